@@ -1,0 +1,140 @@
+"""One error hierarchy for regpatch.
+
+Every error says what failed, on which object, and what to do next. The CLI
+prints ``str(error)`` as a single line and exits with ``error.exit_code``.
+No error message ever contains a credential.
+
+    RegpatchError                    base class; exit code 1
+    ├── UsageError                   bad arguments or options (exit 2)
+    │   ├── InvalidReference         repository, tag or digest fails its grammar
+    │   └── ConfigError              unreadable / invalid registry config.yml
+    ├── BundleError                  the patch bundle is unusable (exit 3)
+    │   ├── UnknownBundleFormat      not a staged folder nor an OCI layout
+    │   ├── ManifestError            malformed or unsupported manifest JSON
+    │   ├── BlobMissing              a descriptor is in neither bundle nor registry
+    │   ├── DigestMismatch           bytes do not hash to the expected digest
+    │   ├── SizeMismatch             bytes are not the expected length
+    │   ├── UnsafePath               symlink or path leaving the bundle / storage
+    │   └── SourceError              the bundle source failed (I/O, S3)
+    ├── StorageError                 the registry storage cannot be read/written (exit 4)
+    │   ├── StorageNotFound          ROOT does not hold a registry storage
+    │   ├── NoSpace                  ENOSPC / EDQUOT while writing
+    │   └── LockTimeout              another patch holds the repository lock
+    ├── RegistryError                the registry HTTP API failed (exit 5)
+    │   ├── RegistryUnavailable      /v2/ does not answer
+    │   ├── AuthError                credentials missing or refused
+    │   └── VerificationError        the pulled image is not the patched image
+    └── RestartError                 the restart strategy failed (exit 6)
+"""
+
+from __future__ import annotations
+
+
+class RegpatchError(Exception):
+    """Base class of every error regpatch raises on purpose."""
+
+    exit_code = 1
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:  # one line, always
+        return " ".join(self.message.split())
+
+
+class UsageError(RegpatchError):
+    exit_code = 2
+
+
+class InvalidReference(UsageError):
+    """A repository name, tag or digest does not match its grammar."""
+
+    def __init__(self, kind: str, value: str, rule: str):
+        self.kind, self.value, self.rule = kind, value, rule
+        super().__init__(f"invalid {kind} {value!r}: {rule}")
+
+
+class ConfigError(UsageError):
+    pass
+
+
+class BundleError(RegpatchError):
+    exit_code = 3
+
+
+class UnknownBundleFormat(BundleError):
+    pass
+
+
+class ManifestError(BundleError):
+    pass
+
+
+class BlobMissing(BundleError):
+    def __init__(self, digest, referenced_by: str, hint: str = ""):
+        self.digest, self.referenced_by = digest, referenced_by
+        msg = f"blob {digest} referenced by {referenced_by} is in neither the bundle nor the registry"
+        super().__init__(msg + (f"; {hint}" if hint else "; add it to the bundle"))
+
+
+class DigestMismatch(BundleError):
+    def __init__(self, what: str, expected, actual, size: int):
+        self.what, self.expected, self.actual, self.size = what, expected, actual, size
+        super().__init__(
+            f"digest mismatch for {what}: expected {expected}, got {actual} "
+            f"after {size} bytes; the file is corrupt or is not the one the manifest names"
+        )
+
+
+class SizeMismatch(BundleError):
+    def __init__(self, what: str, expected: int, actual: int):
+        self.what, self.expected, self.actual = what, expected, actual
+        super().__init__(
+            f"size mismatch for {what}: expected {expected} bytes, got {actual}; "
+            "the file is truncated or is not the one the manifest names"
+        )
+
+
+class UnsafePath(BundleError):
+    pass
+
+
+class SourceError(BundleError):
+    pass
+
+
+class StorageError(RegpatchError):
+    exit_code = 4
+
+
+class StorageNotFound(StorageError):
+    pass
+
+
+class NoSpace(StorageError):
+    pass
+
+
+class LockTimeout(StorageError):
+    pass
+
+
+class RegistryError(RegpatchError):
+    exit_code = 5
+
+
+class RegistryUnavailable(RegistryError):
+    pass
+
+
+class AuthError(RegistryError):
+    pass
+
+
+class VerificationError(RegistryError):
+    pass
+
+
+class RestartError(RegpatchError):
+    exit_code = 6

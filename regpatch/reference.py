@@ -1,0 +1,58 @@
+"""Repository names and tags, validated before they ever touch a path.
+
+Grammar from distribution's ``reference`` package:
+  repository: path components separated by '/', each
+              ``[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*``, total length <= 255
+  tag:        ``[A-Za-z0-9_][A-Za-z0-9._-]{0,127}``
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .errors import InvalidReference
+
+_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*$")
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+
+# Path components the registry itself reserves inside a repository folder.
+_RESERVED = {"_layers", "_manifests", "_uploads"}
+
+
+@dataclass(frozen=True)
+class Repository:
+    name: str
+
+    @classmethod
+    def parse(cls, value: str) -> "Repository":
+        rule = ("lowercase components [a-z0-9] joined by '.', '_', '__' or '-', "
+                "separated by '/', at most 255 characters")
+        if not isinstance(value, str) or not value or len(value) > 255:
+            raise InvalidReference("repository", str(value), rule)
+        for part in value.split("/"):
+            if not _COMPONENT.match(part) or part in _RESERVED:
+                raise InvalidReference("repository", value, rule)
+        return cls(value)
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        return tuple(self.name.split("/"))
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class Tag:
+    name: str
+
+    @classmethod
+    def parse(cls, value: str) -> "Tag":
+        if not isinstance(value, str) or not _TAG.match(value):
+            raise InvalidReference(
+                "tag", str(value), "[A-Za-z0-9_] then up to 127 of [A-Za-z0-9._-]")
+        return cls(value)
+
+    def __str__(self) -> str:
+        return self.name
