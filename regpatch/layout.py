@@ -1,0 +1,82 @@
+"""Every path of the registry's storage, in one place.
+
+Like distribution's ``registry/storage/paths.go``: typed inputs (Digest,
+Repository, Tag) in, a path out; no other module joins registry paths.
+
+    <root>/docker/registry/v2/
+        blobs/sha256/<hex[0:2]>/<hex>/data
+        repositories/<name>/_layers/sha256/<hex>/link
+        repositories/<name>/_manifests/revisions/sha256/<hex>/link
+        repositories/<name>/_manifests/tags/<tag>/index/sha256/<hex>/link
+        repositories/<name>/_manifests/tags/<tag>/current/link
+    <root>/.regpatch/          regpatch's own state (the registry never reads it)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .digest import Digest
+from .reference import Repository, Tag
+
+V2 = ("docker", "registry", "v2")
+STATE_DIR = ".regpatch"
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path  # the registry's rootdirectory
+
+    @property
+    def v2(self) -> Path:
+        return self.root.joinpath(*V2)
+
+    @property
+    def state(self) -> Path:
+        return self.root / STATE_DIR
+
+    @property
+    def staging(self) -> Path:
+        """Verified blob bytes wait here before they are renamed into place."""
+        return self.state / "staging"
+
+    def staged_blob(self, digest: Digest) -> Path:
+        return self.staging / f"{digest.algorithm}-{digest.hex}"
+
+    # -- blobs -------------------------------------------------------------
+    def blob_dir(self, digest: Digest) -> Path:
+        return self.v2 / "blobs" / digest.algorithm / digest.hex[:2] / digest.hex
+
+    def blob_data(self, digest: Digest) -> Path:
+        return self.blob_dir(digest) / "data"
+
+    # -- repositories -------------------------------------------------------
+    def repository(self, repo: Repository) -> Path:
+        return self.v2.joinpath("repositories", *repo.parts)
+
+    def layer_link(self, repo: Repository, digest: Digest) -> Path:
+        return self.repository(repo) / "_layers" / digest.algorithm / digest.hex / "link"
+
+    def revision_link(self, repo: Repository, digest: Digest) -> Path:
+        return (self.repository(repo) / "_manifests" / "revisions" / digest.algorithm
+                / digest.hex / "link")
+
+    def tags_dir(self, repo: Repository) -> Path:
+        return self.repository(repo) / "_manifests" / "tags"
+
+    def tag_dir(self, repo: Repository, tag: Tag) -> Path:
+        return self.tags_dir(repo) / tag.name
+
+    def tag_index_link(self, repo: Repository, tag: Tag, digest: Digest) -> Path:
+        return self.tag_dir(repo, tag) / "index" / digest.algorithm / digest.hex / "link"
+
+    def tag_current_link(self, repo: Repository, tag: Tag) -> Path:
+        return self.tag_dir(repo, tag) / "current" / "link"
+
+    def relative(self, path: Path) -> str:
+        """A path as the operator reads it in logs: relative to v2/ when inside."""
+        try:
+            return str(path.relative_to(self.v2))
+        except ValueError:
+            return str(path)

@@ -1,0 +1,203 @@
+"""PatchPlan: everything a patch will do, computed and validated before any write.
+
+``make_plan`` parses every manifest (the top one and, for an index, every
+child), resolves every descriptor to a bundle file or to a blob the registry
+already holds, and lists the links to write in the crash-safe order of
+DESIGN.md. It reads, it never writes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from .bundle.formats import BundleFile, PatchBundle
+from .bundle.source import BundleSource
+from .digest import Digest
+from .errors import BlobMissing, BundleError, DigestMismatch, SizeMismatch
+from .manifest import (MAX_MANIFEST_SIZE, Descriptor, ImageIndex, ImageManifest, Manifest,
+                       parse_manifest)
+from .reference import Repository, Tag
+from .store import RegistryStore
+
+log = logging.getLogger("regpatch.plan")
+
+# Blob actions
+COPY = "copy"          # from the bundle into the registry
+PRESENT = "present"    # the registry already holds it (verified before the tag flips)
+REPAIR = "repair"      # the registry holds a copy of the wrong size: replaced from the bundle
+FOREIGN = "foreign"    # non-distributable layer in neither: clients fetch it from its urls
+
+
+@dataclass(frozen=True)
+class BlobStep:
+    digest: Digest
+    size: int
+    media_type: str
+    action: str
+    source: Optional[BundleFile]
+    referenced_by: str
+
+
+@dataclass(frozen=True)
+class ManifestStep:
+    manifest: Manifest
+    in_registry: bool  # manifest blob already stored
+
+
+@dataclass(frozen=True)
+class LinkStep:
+    kind: str        # "layer", "revision", "tag-index", "tag-current"
+    path: Path
+    digest: Digest
+    exists: bool     # already holds exactly this digest
+
+
+@dataclass
+class PatchPlan:
+    repository: Repository
+    tag: Tag
+    top: Manifest
+    old: Optional[Digest]
+    source: BundleSource                   # where COPY/REPAIR blobs are read from
+    manifests: list[ManifestStep]          # children first, top last
+    blobs: list[BlobStep]                  # unique by digest
+    links: list[LinkStep]                  # in write order; tag current last
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def new(self) -> Digest:
+        return self.top.digest
+
+    @property
+    def to_copy(self) -> list[BlobStep]:
+        return [b for b in self.blobs if b.action in (COPY, REPAIR)]
+
+    @property
+    def present(self) -> list[BlobStep]:
+        return [b for b in self.blobs if b.action == PRESENT]
+
+    @property
+    def bytes_to_copy(self) -> int:
+        return sum(b.size for b in self.to_copy)
+
+    @property
+    def links_to_write(self) -> list[LinkStep]:
+        return [l for l in self.links if not l.exists]
+
+    @property
+    def is_noop(self) -> bool:
+        return (not self.to_copy and not self.links_to_write
+                and all(m.in_registry for m in self.manifests))
+
+    def render(self, layout) -> str:
+        """The plan as an operator reads it (dry run, logs)."""
+        lines = [f"patch {self.repository}:{self.tag} from {self.source.description}",
+                 f"  tag: {self.old or '(new tag)'} -> {self.new}"
+                 + ("  (already current)" if self.old == self.new else "")]
+        for m in self.manifests:
+            kind = "index" if m.manifest.is_index else "manifest"
+            act = "skip (in registry)" if m.in_registry else "write"
+            lines.append(f"  {kind:8} {act:20} {m.manifest.digest} {len(m.manifest.raw):>14,} B")
+        for b in self.blobs:
+            act = {COPY: "copy", PRESENT: "skip (in registry)", REPAIR: "repair (wrong size)",
+                   FOREIGN: "foreign (not stored)"}[b.action]
+            origin = f"  from {b.source.name}" if b.source and b.action in (COPY, REPAIR) else ""
+            lines.append(f"  blob     {act:20} {b.digest} {b.size:>14,} B{origin}")
+        for l in self.links:
+            lines.append(f"  link     {'unchanged' if l.exists else 'write':20} {layout.relative(l.path)}")
+        lines.append(f"  total: {len(self.to_copy)} blobs to copy ({self.bytes_to_copy:,} B), "
+                     f"{len(self.present)} already present, {len(self.links_to_write)} links to write")
+        for w in self.warnings:
+            lines.append(f"  warning: {w}")
+        return "\n".join(lines)
+
+
+def make_plan(bundle: PatchBundle, store: RegistryStore, repository: Repository, tag: Tag) -> PatchPlan:
+    layout = store.layout
+    warnings: list[str] = []
+    manifests: list[ManifestStep] = []
+    images: list[ImageManifest] = []
+    top = bundle.top
+
+    if isinstance(top, ImageIndex):
+        for i, child_desc in enumerate(top.manifests):
+            where = f"index {top.digest} manifests[{i}]"
+            child = bundle.read_manifest(child_desc, where)
+            in_registry = store.blob_size(child_desc.digest) is not None
+            if child is None:
+                if not in_registry:
+                    raise BlobMissing(child_desc.digest, where, "add the child manifest to the bundle")
+                raw = store.read_blob(child_desc.digest, MAX_MANIFEST_SIZE)
+                child = _registry_manifest(raw, child_desc, f"registry blob {child_desc.digest}")
+            if isinstance(child, ImageIndex):
+                raise BundleError(f"{where}: nested image indexes are not supported")
+            manifests.append(ManifestStep(child, in_registry and _same_bytes(store, child)))
+            images.append(child)
+    else:
+        images.append(top)
+    manifests.append(ManifestStep(top, _same_bytes(store, top)))
+
+    blobs: dict[Digest, BlobStep] = {}
+    for img in images:
+        for desc in img.blobs():
+            if desc.digest in blobs:
+                continue
+            blobs[desc.digest] = _blob_step(bundle, store, desc, f"manifest {img.digest}", warnings)
+
+    links: list[LinkStep] = []
+
+    def link(kind: str, path: Path, digest: Digest) -> None:
+        links.append(LinkStep(kind, path, digest, store.link_ok(path, digest)))
+
+    for b in blobs.values():
+        if b.action != FOREIGN:
+            link("layer", layout.layer_link(repository, b.digest), b.digest)
+    for m in manifests:  # children first, top last
+        link("revision", layout.revision_link(repository, m.manifest.digest), m.manifest.digest)
+    link("tag-index", layout.tag_index_link(repository, tag, top.digest), top.digest)
+    link("tag-current", layout.tag_current_link(repository, tag), top.digest)
+
+    return PatchPlan(repository, tag, top, store.current_tag(repository, tag), bundle.source,
+                     manifests, list(blobs.values()), links, warnings)
+
+
+def _same_bytes(store: RegistryStore, m: Manifest) -> bool:
+    if store.blob_size(m.digest) != len(m.raw):
+        return False
+    return store.read_blob(m.digest, MAX_MANIFEST_SIZE) == m.raw
+
+
+def _registry_manifest(raw: bytes, desc: Descriptor, what: str) -> Manifest:
+    if len(raw) != desc.size or Digest.of_bytes(raw) != desc.digest:
+        raise DigestMismatch(what, desc.digest, Digest.of_bytes(raw), len(raw))
+    return parse_manifest(raw, what=what, media_type_hint=desc.media_type)
+
+
+def _blob_step(bundle: PatchBundle, store: RegistryStore, desc: Descriptor, referenced_by: str,
+               warnings: list[str]) -> BlobStep:
+    src = bundle.find(desc)
+    if src is not None and src.size != desc.size:
+        raise SizeMismatch(f"bundle file {bundle.source.describe(src.name)} ({desc.digest})",
+                           desc.size, src.size)
+    have = store.blob_size(desc.digest)
+    if have is not None:
+        if have == desc.size:
+            return BlobStep(desc.digest, desc.size, desc.media_type, PRESENT, src, referenced_by)
+        if src is None:
+            raise SizeMismatch(f"registry blob {store.layout.relative(store.layout.blob_data(desc.digest))}",
+                               desc.size, have)
+        warnings.append(f"registry blob {desc.digest} has {have} bytes instead of {desc.size}: "
+                        f"replaced from {src.name}")
+        return BlobStep(desc.digest, desc.size, desc.media_type, REPAIR, src, referenced_by)
+    if src is not None:
+        return BlobStep(desc.digest, desc.size, desc.media_type, COPY, src, referenced_by)
+    if desc.is_foreign:
+        msg = (f"foreign layer {desc.digest} ({desc.size:,} B) is in neither the bundle nor the "
+               f"registry; clients will fetch it from {desc.urls[0] if desc.urls else 'its urls'}")
+        warnings.append(msg)
+        log.warning(msg)
+        return BlobStep(desc.digest, desc.size, desc.media_type, FOREIGN, None, referenced_by)
+    raise BlobMissing(desc.digest, referenced_by)

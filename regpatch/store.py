@@ -1,0 +1,317 @@
+"""RegistryStore: atomic, verified reads and writes of the registry's storage.
+
+Every file is written to a temp name in its own folder, fsynced, renamed into
+place, and the folder fsynced. Nothing here ever deletes a file of the
+registry: the only files removed are regpatch's own temp and staging files.
+Files are 0644, folders 0755; link files are exactly ``sha256:<hex>``.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import secrets
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterator, Optional
+
+from .digest import Digest, copy_and_hash, io_retry
+from .errors import (InvalidReference, NoSpace, RegpatchError, StorageError, StorageNotFound,
+                     UnsafePath)
+from .layout import Layout
+from .reference import Repository, Tag
+
+log = logging.getLogger("regpatch.store")
+
+TMP_MARK = ".regpatch-tmp-"
+FILE_MODE = 0o644
+DIR_MODE = 0o755
+
+
+def _space_error(e: OSError, path: Path) -> BaseException:
+    """ENOSPC/EDQUOT become NoSpace; other OS errors keep their own type."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return NoSpace(f"no space left on the device while writing {path}; free space "
+                       "and run the same patch again (blobs already verified are kept)")
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return StorageError(f"cannot write {path}: {e.strerror}")
+    return e
+
+
+def _raise_write_error(e: OSError, path: Path):
+    err = _space_error(e, path)
+    if err is e:
+        raise e
+    raise err from e
+
+
+def fsync_dir(path: Path) -> None:
+    if os.name == "nt":  # directories cannot be opened for fsync on Windows
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class RegistryStore:
+    def __init__(self, root: Path | str, *, create: bool = True):
+        root = Path(root)
+        if not root.is_dir():
+            raise StorageNotFound(f"registry storage root {root} is not a directory; pass the "
+                                  "'rootdirectory' of the registry's config.yml")
+        if (root / "repositories").is_dir() or (root / "blobs").is_dir():
+            raise StorageNotFound(f"{root} looks like docker/registry/v2 itself; pass the registry's "
+                                  "'rootdirectory' (the folder that holds docker/registry/v2)")
+        if (root / "registry" / "v2").is_dir():
+            raise StorageNotFound(f"{root} looks like the 'docker' folder; pass its parent, the "
+                                  "registry's 'rootdirectory'")
+        self.layout = Layout(root)
+        self._real_v2 = Path(os.path.realpath(self.layout.v2))
+        self._real_state = Path(os.path.realpath(self.layout.state))
+
+    @property
+    def root(self) -> Path:
+        return self.layout.root
+
+    # -- safety -------------------------------------------------------------
+    def _check_inside(self, path: Path) -> None:
+        """Refuse any path outside v2/ or the state folder, lexically or through symlinks."""
+        path = Path(os.path.abspath(path))
+        for base, real_base in ((self.layout.v2, self._real_v2), (self.layout.state, self._real_state)):
+            base = Path(os.path.abspath(base))
+            if path != base and base not in path.parents:
+                continue
+            probe = path
+            while not probe.exists() and probe != base:
+                probe = probe.parent
+            if not probe.exists():  # base itself is still to be created: nothing to follow
+                return
+            real = Path(os.path.realpath(probe))
+            if real == real_base or real_base in real.parents:
+                return
+            raise UnsafePath(f"refusing to write {path}: {probe} resolves to {real}, outside the "
+                             f"registry storage {base}")
+        raise UnsafePath(f"refusing to write {path}: outside the registry storage {self.layout.v2}")
+
+    def _mkdirs(self, path: Path) -> None:
+        self._check_inside(path)
+        missing = []
+        p = path
+        while not p.exists():
+            missing.append(p)
+            p = p.parent
+        for d in reversed(missing):
+            try:
+                os.mkdir(d, DIR_MODE)
+            except FileExistsError:
+                continue
+            except OSError as e:
+                _raise_write_error(e, d)
+            os.chmod(d, DIR_MODE)  # umask-proof
+            fsync_dir(d.parent)
+
+    # -- reading ------------------------------------------------------------
+    def blob_size(self, digest: Digest) -> Optional[int]:
+        try:
+            st = os.stat(self.layout.blob_data(digest))
+        except FileNotFoundError:
+            return None
+        return st.st_size
+
+    def read_blob(self, digest: Digest, limit: int) -> bytes:
+        path = self.layout.blob_data(digest)
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+        if len(data) > limit:
+            raise StorageError(f"blob {digest} in the registry is larger than {limit} bytes")
+        return data
+
+    @io_retry
+    def _hash_path(self, path: Path, digest: Digest, size: int,
+                   progress: Optional[Callable[[int], None]]) -> None:
+        with open(path, "rb", buffering=0) as f:
+            copy_and_hash(f, None, what=f"registry blob {self.layout.relative(path)}",
+                          expected=digest, expected_size=size, progress=progress)
+
+    def verify_blob(self, digest: Digest, size: int,
+                    progress: Optional[Callable[[int], None]] = None, *, remember: bool = True) -> bool:
+        """True if the registry holds this blob with the right size and bytes.
+
+        A blob verified before and unchanged since (same inode, size, mtime)
+        is not hashed again. Raises DigestMismatch / SizeMismatch when the
+        registry's copy is corrupt.
+        """
+        path = self.layout.blob_data(digest)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return False
+        if self._verified(digest, st):
+            return True
+        self._hash_path(path, digest, size, progress)
+        if remember:
+            self._remember_verified(digest, path)
+        return True
+
+    def read_link(self, path: Path) -> Optional[Digest]:
+        """The digest in a link file, None if absent. Malformed links raise StorageError."""
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            return Digest.parse(raw.decode("ascii"))
+        except (UnicodeDecodeError, InvalidReference):
+            raise StorageError(
+                f"link file {self.layout.relative(path)} does not hold 'sha256:<hex>' "
+                f"(got {raw[:80]!r}); a UTF-16 or newline-terminated link breaks the registry")
+
+    def current_tag(self, repo: Repository, tag: Tag) -> Optional[Digest]:
+        path = self.layout.tag_current_link(repo, tag)
+        try:
+            return self.read_link(path)
+        except StorageError as e:
+            log.warning("%s; the patch will replace it", e)
+            return None
+
+    def link_ok(self, path: Path, digest: Digest) -> bool:
+        try:
+            return path.read_bytes() == str(digest).encode("ascii")
+        except FileNotFoundError:
+            return False
+
+    # -- verified-blob memory (regpatch state, outside docker/) --------------
+    def _verified_marker(self, digest: Digest) -> Path:
+        return self.layout.state / "verified" / f"{digest.algorithm}-{digest.hex}"
+
+    def _verified(self, digest: Digest, st: os.stat_result) -> bool:
+        try:
+            mark = json.loads(self._verified_marker(digest).read_text())
+        except (OSError, ValueError):
+            return False
+        return mark == {"size": st.st_size, "ino": st.st_ino, "mtime_ns": st.st_mtime_ns}
+
+    def _remember_verified(self, digest: Digest, path: Path) -> None:
+        try:
+            st = os.stat(path)
+            mark = {"size": st.st_size, "ino": st.st_ino, "mtime_ns": st.st_mtime_ns}
+            self.write_file(self._verified_marker(digest), json.dumps(mark).encode(), durable=False)
+        except RegpatchError as e:  # only an optimisation: never fail a patch for it
+            log.debug("could not record verified blob %s: %s", digest, e)
+
+    # -- writing ------------------------------------------------------------
+    @contextmanager
+    def _temp_beside(self, final: Path, durable: bool = True) -> Iterator[BinaryIO]:
+        """A temp file in final's folder; renamed onto final when the block succeeds."""
+        self._mkdirs(final.parent)
+        tmp = final.parent / f"{TMP_MARK}{secrets.token_hex(6)}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        except OSError as e:
+            _raise_write_error(e, final)
+        try:
+            with os.fdopen(fd, "wb", buffering=0) as f:
+                if hasattr(os, "fchmod"):
+                    os.fchmod(f.fileno(), FILE_MODE)  # umask-proof
+                yield f
+                if durable:
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.replace(tmp, final)
+            if durable:
+                fsync_dir(final.parent)
+        except OSError as e:
+            self._discard(tmp)
+            _raise_write_error(e, final)
+        except BaseException:
+            self._discard(tmp)
+            raise
+
+    @staticmethod
+    def _discard(tmp: Path) -> None:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+
+    def write_file(self, path: Path, data: bytes, durable: bool = True) -> None:
+        with self._temp_beside(path, durable) as f:
+            f.write(data)
+
+    def write_link(self, path: Path, digest: Digest) -> bool:
+        """Write a link file atomically; False (and no write) when it already holds digest."""
+        if self.link_ok(path, digest):
+            return False
+        self.write_file(path, str(digest).encode("ascii"))
+        return True
+
+    def write_manifest_blob(self, digest: Digest, raw: bytes) -> bool:
+        """Store manifest bytes (already known to hash to digest) as a blob."""
+        if Digest.of_bytes(raw) != digest:
+            raise StorageError(f"internal: manifest bytes do not hash to {digest}")
+        size = self.blob_size(digest)
+        if size == len(raw) and self.layout.blob_data(digest).read_bytes() == raw:
+            return False
+        self.write_file(self.layout.blob_data(digest), raw)
+        return True
+
+    def staged_path(self, digest: Digest) -> Optional[Path]:
+        """A fully verified staged copy of digest, if one is waiting."""
+        path = self.layout.staged_blob(digest)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        return path if self._verified(digest, st) else None
+
+    def stage_blob(self, digest: Digest, size: int, open_source: Callable[[], BinaryIO], *,
+                   what: str, progress: Optional[Callable[[int], None]] = None) -> Path:
+        """Copy a blob into the staging folder while hashing it: one read pass.
+
+        On a digest or size mismatch the partial file is removed and the error
+        raised; the registry's v2/ tree is never touched here.
+        """
+        final = self.layout.staged_blob(digest)
+        with self._temp_beside(final) as dst, open_source() as src:
+            copy_and_hash(src, dst, what=what, expected=digest, expected_size=size,
+                          progress=progress)
+        self._remember_verified(digest, final)
+        return final
+
+    def install_staged(self, digest: Digest, staged: Path, *, replace: bool = False) -> bool:
+        """Move a verified staged blob to blobs/.../data. False if already present.
+
+        ``replace`` overwrites a registry copy of the wrong size (a repair).
+        """
+        final = self.layout.blob_data(digest)
+        if final.exists() and not replace:
+            return False
+        self._mkdirs(final.parent)
+        try:
+            os.replace(staged, final)  # same filesystem: the state folder is under root
+        except OSError as e:
+            if e.errno != errno.EXDEV:
+                _raise_write_error(e, final)
+            with self._temp_beside(final) as dst, open(staged, "rb") as src:
+                copy_and_hash(src, dst, what=str(staged), expected=digest)
+            os.unlink(staged)
+        fsync_dir(final.parent)
+        self._remember_verified(digest, final)
+        return True
+
+    def clean_temp_files(self, folder: Path) -> int:
+        """Remove regpatch's own temp files left in folder by a killed run."""
+        n = 0
+        try:
+            entries = list(os.scandir(folder))
+        except FileNotFoundError:
+            return 0
+        for e in entries:
+            if e.name.startswith(TMP_MARK) and e.is_file(follow_symlinks=False):
+                self._discard(Path(e.path))
+                n += 1
+        return n

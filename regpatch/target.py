@@ -1,0 +1,58 @@
+"""RegistryTarget: which registry a patch is about, and how to reach its API.
+
+Built from the command-line options (or flow parameters): the storage root
+and URL come from ``--storage``/``--registry-url`` or from the registry's own
+``config.yml``. Credentials are not kept here: they are loaded from the
+environment or the auth file when a client is made, so a target can be
+logged, passed to a task or shown in an artifact without leaking them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+from urllib.parse import urlsplit
+
+from .errors import UsageError
+from .registry_api import RegistryClient, load_credentials
+from .registry_config import registry_url_from_config, storage_root_from_config
+
+
+@dataclass(frozen=True)
+class RegistryTarget:
+    storage: str
+    url: Optional[str] = None
+    config: Optional[str] = None
+    auth_file: Optional[str] = None
+    ca_file: Optional[str] = None
+    insecure: bool = False
+
+    @classmethod
+    def resolve(cls, *, storage: Optional[str] = None, url: Optional[str] = None,
+                config: Optional[str] = None, auth_file: Optional[str] = None,
+                ca_file: Optional[str] = None, insecure: bool = False) -> "RegistryTarget":
+        if config:
+            storage = storage or str(storage_root_from_config(config))
+            url = url or registry_url_from_config(config)
+        if not storage:
+            raise UsageError("the registry storage is unknown: pass --storage ROOT (the registry's "
+                             "rootdirectory) or --registry-config config.yml")
+        if url and "://" not in url:
+            url = ("http://" if insecure else "https://") + url
+        return cls(str(storage), url.rstrip("/") if url else None, config, auth_file, ca_file, insecure)
+
+    @property
+    def host(self) -> str:
+        """host:port as pull references name the registry."""
+        if not self.url:
+            raise UsageError("no registry URL: pass --registry-url or --registry-config")
+        return urlsplit(self.url).netloc
+
+    def tls_verify(self):
+        if self.insecure:
+            return False
+        return self.ca_file or True
+
+    def client(self) -> RegistryClient:
+        creds = load_credentials(self.host, auth_file=self.auth_file)
+        return RegistryClient(self.url, credentials=creds, ca_file=self.ca_file, insecure=self.insecure)
