@@ -78,6 +78,7 @@ def _quiet_tracebacks() -> None:
 def _prepare_environment(debug: bool) -> None:
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "regpatch")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
     if debug:
         os.environ["PREFECT_LOGGING_LEVEL"] = "DEBUG"
 

@@ -27,6 +27,7 @@ import binascii
 import json
 import logging
 import os
+import random
 import re
 import shlex
 import ssl
@@ -40,10 +41,9 @@ from typing import Callable, Iterable, Mapping, Optional, TypeVar, Union
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
-from tenacity import (RetryCallState, Retrying, retry_if_exception, stop_after_attempt,
-                      wait_exponential_jitter)
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
-from .digest import CHUNK, Digest, copy_and_hash
+from .digest import Digest, copy_and_hash
 from .errors import (AuthError, DigestMismatch, InvalidReference, ManifestError, RegistryError,
                      RegistryUnavailable, SizeMismatch, UsageError, VerificationError)
 from .manifest import (ALL_MANIFEST_TYPES, MAX_MANIFEST_SIZE, Descriptor, ImageIndex,
@@ -288,9 +288,11 @@ def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:
 def _error_codes(resp: httpx.Response) -> str:
     """'MANIFEST_UNKNOWN' style codes from a registry JSON error body (read, small)."""
     try:
-        body = resp.read()
-        if len(body) > 65536:
-            return ""
+        body = b""
+        for chunk in resp.iter_bytes():
+            body += chunk
+            if len(body) > 65536:
+                return ""
         doc = json.loads(body)
         codes = [str(e.get("code")) for e in doc.get("errors", []) if isinstance(e, dict)]
         return ", ".join(c for c in codes if c and c != "None")
@@ -374,13 +376,14 @@ class RegistryClient:
         self.credentials = credentials
         self.insecure = insecure
         self.retries = retries
-        self._wait_backoff = wait_exponential_jitter(initial=retry_wait, max=retry_max_wait,
-                                                     jitter=retry_wait)
+        self._retry_wait = retry_wait
         self._retry_max_wait = retry_max_wait
         self._max_retry_after = max_retry_after
         self._verify_workers = max(1, verify_workers)
         if parts.scheme == "https":
-            verify: Union[bool, ssl.SSLContext] = True
+            # the system trust store (where an air-gapped site installs its CA),
+            # not certifi's bundle; OpenSSL honours SSL_CERT_FILE / SSL_CERT_DIR
+            verify: Union[bool, ssl.SSLContext] = ssl.create_default_context()
             if insecure:
                 verify = False
             elif ca_file is not None:
@@ -443,7 +446,9 @@ class RegistryClient:
         if isinstance(exc, _RetryableStatus) and exc.retry_after is not None \
                 and exc.retry_after <= self._max_retry_after:
             return exc.retry_after
-        return min(self._wait_backoff(state), self._retry_max_wait)
+        # exponential backoff with jitter, bounded by retry_max_wait
+        base = self._retry_wait * (2 ** (state.attempt_number - 1))
+        return min(base + random.uniform(0, self._retry_wait), self._retry_max_wait)
 
     def _with_retries(self, what: str, fn: Callable[[], T]) -> T:
         """The one place that retries: transient faults of one whole attempt."""
@@ -515,10 +520,11 @@ class RegistryClient:
             if resp.status_code != 401:
                 return resp
             challenge = resp.headers.get("www-authenticate", "")
-            codes = _error_codes(resp)
+            codes = _error_codes(resp) or "HTTP 401"
             resp.close()
             if sent in ("basic", "fresh-bearer"):
-                raise self._refused(scope, codes or "HTTP 401")
+                error = _parse_challenge(challenge)[1].get("error")
+                raise self._refused(scope, f"{codes}, {error}" if error else codes)
             if sent == "cached-bearer":  # expired: fetch a new one
                 with self._lock:
                     self._tokens.pop(scope, None)
@@ -683,9 +689,19 @@ class RegistryClient:
         url = self._api(f"{repo}/blobs/{desc.digest}")
         scope = f"repository:{repo}:pull"
         what = f"blob {desc.digest} in {repo}"
+        # bytes received when an attempt ended with the body cut short, else None
+        short: list[Optional[int]] = [None]
 
         def attempt() -> Optional[int]:
+            short[0] = None
             resp = self._send_authorized("GET", url, scope=scope, follow_redirects=True)
+            counted = [0]
+
+            def count(n: int) -> None:
+                counted[0] += n
+                if progress:
+                    progress(n)
+
             try:
                 if resp.status_code == 404:
                     return None
@@ -697,14 +713,28 @@ class RegistryClient:
                 if length and length.isdigit() and int(length) != desc.size:
                     raise VerificationError(f"{what}: the registry serves {length} bytes, the "
                                             f"manifest says {desc.size} (digest {desc.digest})")
-                _, n = copy_and_hash(_BodyReader(resp), None, what=what, expected=desc.digest,
-                                     expected_size=desc.size, progress=progress)
+                try:
+                    _, n = copy_and_hash(_BodyReader(resp), None, what=what,
+                                         expected=desc.digest, expected_size=desc.size,
+                                         progress=count)
+                except httpx.RemoteProtocolError:
+                    short[0] = counted[0]
+                    raise
                 return n
             finally:
                 resp.close()
 
         try:
             return self._with_retries(f"GET {what}", attempt)
+        except RegistryUnavailable as e:
+            if short[0] is None:
+                raise
+            # The registry announced the full size (its blob descriptor cache
+            # remembers it) and then ran out of bytes, on every attempt.
+            raise VerificationError(
+                f"{what} is truncated: the registry announced {desc.size} bytes and closed the "
+                f"connection after {short[0]}, on each of {self.retries + 1} attempt(s); the "
+                f"stored blob data is shorter than its digest {desc.digest} says") from e
         except DigestMismatch as e:
             raise VerificationError(
                 f"{what} is corrupt: expected digest {e.expected}, the registry served bytes "

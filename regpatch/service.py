@@ -90,29 +90,15 @@ def http_probe(url: str, verify: bool = True, *, timeout: float = 2.0) -> bool:
 
 
 def url_from_registry_config(config: Path) -> Optional[str]:
-    """The loopback URL of a registry from its config.yml's ``http`` section.
-
-    ``:5000`` and ``0.0.0.0:5000`` become ``127.0.0.1:5000``; https when
-    ``http.tls.certificate`` is set. None when the file or key is unusable
-    (e.g. a unix socket).
-    """
-    import yaml  # local: only needed here
+    """The registry's URL from its config.yml, or None when it cannot be read
+    (the restart then skips the readiness wait rather than failing)."""
+    from .errors import ConfigError
+    from .registry_config import registry_url_from_config
 
     try:
-        doc = yaml.safe_load(Path(config).read_text(encoding="utf-8"))
-        http = doc.get("http") or {}
-        addr = str(http.get("addr") or "")
-    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+        return registry_url_from_config(config)
+    except ConfigError:
         return None
-    if not addr or str(http.get("net", "tcp")) == "unix":
-        return None
-    host, sep, port = addr.rpartition(":")
-    if not sep or not port.isdigit():
-        return None
-    if host in ("", "0.0.0.0", "[::]", "::"):
-        host = "127.0.0.1"
-    scheme = "https" if (http.get("tls") or {}).get("certificate") else "http"
-    return f"{scheme}://{host}:{port}"
 
 
 # --------------------------------------------------------------------------- processes

@@ -16,3 +16,10 @@ def registry(tmp_path):
         yield reg
     finally:
         reg.stop()
+
+
+# regpatch's core loggers are routed to the Prefect API inside flow runs; the
+# registry client is also exercised outside any flow run in these tests.
+import os  # noqa: E402
+
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
