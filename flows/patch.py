@@ -9,10 +9,14 @@ from pathlib import Path
 from typing import Optional
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from regpatch.digest import Digest
+from regpatch.errors import RegpatchError
 from regpatch.progress import human
 from regpatch.reference import Repository, Tag
+from regpatch.rollback import flip_tag
+from regpatch.state import open_journal, read_history, record_history, repository_lock
 from regpatch.service import parse_restart_spec
 from regpatch.target import RegistryTarget
 from tasks.patch_tasks import (copy_blobs, fetch_bundle, plan_patch, restart_registry,
@@ -34,6 +38,9 @@ class PatchResult:
     warnings: list[str] = field(default_factory=list)
     plan_text: str = ""
     seconds: dict[str, float] = field(default_factory=dict)
+    rolled_back: bool = False
+    error: Optional[str] = None
+    fetches: list[dict] = field(default_factory=list)  # per blob fetched from S3: bytes, seconds
 
     @property
     def bytes_copied(self) -> int:
@@ -71,57 +78,143 @@ def patch_registry(
     registry_auth_file: Optional[str] = None,
     registry_ca: Optional[str] = None,
     insecure: bool = False,
+    state_dir: Optional[str] = None,
+    lock_timeout: float = 300.0,
+    rollback_on_failure: bool = True,
+    s3_endpoint_url: Optional[str] = None,
+    s3_region: Optional[str] = None,
+    aws_credentials_block: Optional[str] = None,
+    cache_dir: Optional[str] = None,
+    s3_retries: int = 5,
+    s3_wait_initial: float = 0.5,
+    s3_wait_max: float = 20.0,
 ) -> PatchResult:
     """Patch REPOSITORY:TAG in a registry's storage with BUNDLE and verify by pulling.
 
     bundle: a staged folder or OCI layout (local path or s3://bucket/prefix).
     storage: the registry's rootdirectory (the folder that holds docker/registry/v2).
     restart: none | command:<shell command> | process:pidfile=PATH[,config=PATH][,binary=PATH].
+    state_dir: regpatch's journal, history and locks (default <storage>/.regpatch).
+    rollback_on_failure: when the verification pull fails, point the tag back at the old image.
+    s3_*, aws_credentials_block, cache_dir: for s3:// bundles (endpoint default $AWS_ENDPOINT_URL;
+    credentials from boto3's default chain or the named prefect-aws AwsCredentials block).
     """
     logger = get_run_logger()
     clock = _Clock()
     # Everything that can be checked without I/O is checked before any I/O.
-    Repository.parse(repository)
-    Tag.parse(tag)
+    repo, tg = Repository.parse(repository), Tag.parse(tag)
     target = RegistryTarget.resolve(storage=storage, url=registry_url, config=registry_config,
-                                    auth_file=registry_auth_file, ca_file=registry_ca, insecure=insecure)
+                                    auth_file=registry_auth_file, ca_file=registry_ca, insecure=insecure,
+                                    state_dir=state_dir)
     parse_restart_spec(restart, registry_config=Path(registry_config) if registry_config else None)
+    store = target.store()
+    s3 = dict(endpoint_url=s3_endpoint_url, region=s3_region, aws_credentials_block=aws_credentials_block,
+              cache_dir=cache_dir, retries=s3_retries, wait_initial=s3_wait_initial, wait_max=s3_wait_max)
 
-    with clock.step("fetch bundle"):
-        loaded = fetch_bundle(bundle, image)
-    with clock.step("plan"):
-        plan = plan_patch(loaded, target.storage, repository, tag)
-    with clock.step("verify digests"):
-        verify_digests(plan, target.storage, dry_run)
-
-    result = PatchResult(repository, tag, str(plan.old) if plan.old else None, str(plan.new), dry_run,
-                         changed=False, warnings=list(plan.warnings), plan_text=_plan_text(plan, target))
-    if dry_run:
+    if dry_run:  # reads only: no lock, no journal, no history
+        with clock.step("fetch bundle"):
+            loaded = fetch_bundle(bundle, image, s3)
+        with clock.step("plan"):
+            plan = plan_patch(loaded, target, repository, tag)
+        with clock.step("verify digests"):
+            verify_digests(plan, target, True)
+        result = _result(plan, target, dry_run=True)
+        result.fetches = _fetch_stats(loaded)
         result.blobs_copied = [(str(b.digest), b.size) for b in plan.to_copy]
         result.blobs_skipped = [(str(b.digest), b.size) for b in plan.present]
         result.links_written = [_relative(target, l.path) for l in plan.links_to_write]
         logger.info("dry run: nothing written")
-    else:
-        with clock.step("copy blobs"):
-            report = copy_blobs(plan, target.storage)
-        with clock.step("write links"):
-            report = write_links(plan, target.storage, report)
-        result.changed = report.changed
-        result.blobs_copied = [(str(b.digest), b.size) for b in report.blobs if b.action != "skipped"]
-        result.blobs_skipped = [(str(b.digest), b.size) for b in report.blobs if b.action == "skipped"]
-        result.links_written = report.links_written
-        with clock.step("restart registry"):
-            restart_registry(restart, target)
-        with clock.step("verify pull"):
-            verified = verify_pull(target, repository, tag, str(plan.new),
-                                   sum(b.size for b in plan.blobs), verify_command)
-        result.verified = verified.summary() if verified else None
-        logger.info("%s:%s %s -> %s: %d blobs copied (%s), %d skipped, %d links written",
-                    repository, tag, result.old or "(new tag)", result.new, len(result.blobs_copied),
-                    human(result.bytes_copied), len(result.blobs_skipped), len(result.links_written))
+        return _finish(result, clock)
+
+    with repository_lock(store.layout, repo, timeout=lock_timeout,
+                         on_wait=lambda holder: logger.warning("waiting for the lock of %s: %s", repo, holder)):
+        with clock.step("fetch bundle"):
+            loaded = fetch_bundle(bundle, image, s3)
+        with clock.step("plan"):
+            plan = plan_patch(loaded, target, repository, tag)
+        journal, resumed = open_journal(store, repo, tg, plan.new, plan.old, loaded.description)
+        if resumed:
+            logger.info("resuming the patch of %s:%s to %s started %s (run %d); done before: %s",
+                        repo, tg, plan.new, resumed.started, resumed.runs, ", ".join(resumed.steps) or "nothing")
+        result = _result(plan, target, dry_run=False)
+        try:
+            with clock.step("verify digests"):
+                verify_digests(plan, target, False)
+            result.fetches = _fetch_stats(loaded)
+            journal.mark(store, "verify digests")
+            with clock.step("copy blobs"):
+                report = copy_blobs(plan, target)
+            journal.mark(store, "copy blobs")
+            with clock.step("write links"):
+                report = write_links(plan, target, report)
+            journal.mark(store, "write links")
+            _record_tag_change(store, repo, tg, plan, journal, loaded.description)
+            result.changed = report.changed
+            result.blobs_copied = [(str(b.digest), b.size) for b in report.blobs if b.action != "skipped"]
+            result.blobs_skipped = [(str(b.digest), b.size) for b in report.blobs if b.action == "skipped"]
+            result.links_written = report.links_written
+            with clock.step("restart registry"):
+                restart_registry(restart, target)
+            with clock.step("verify pull"):
+                try:
+                    verified = verify_pull(target, repository, tag, str(plan.new),
+                                           sum(b.size for b in plan.blobs), verify_command)
+                except RegpatchError as e:
+                    if rollback_on_failure and plan.old and plan.old != plan.new:
+                        flip_tag(store, repo, tg, plan.old)
+                        record_history(store, repo, tg, plan.new, plan.old, action="auto-rollback",
+                                       source=f"verification failed: {e}")
+                        journal.status = "rolled-back"
+                        result.rolled_back = True
+                        logger.error("verification failed; %s:%s rolled back to %s", repo, tg, plan.old)
+                    raise
+            result.verified = verified.summary() if verified else None
+            journal.status = "complete"
+            journal.mark(store, "verify pull")
+        except BaseException as e:
+            if journal.status == "running":
+                journal.status = "failed"
+            journal.error = str(e) if isinstance(e, RegpatchError) else type(e).__name__
+            journal.save(store)
+            result.error = journal.error
+            _finish(result, clock)  # the artifact tells what happened, then the run fails
+            raise
+    logger.info("%s:%s %s -> %s: %d blobs copied (%s), %d skipped, %d links written",
+                repository, tag, result.old or "(new tag)", result.new, len(result.blobs_copied),
+                human(result.bytes_copied), len(result.blobs_skipped), len(result.links_written))
+    return _finish(result, clock)
+
+
+def _record_tag_change(store, repo, tag, plan, journal, source: str) -> None:
+    """History gets one entry per tag change, also when a killed run flipped the tag
+    before it could record it (the journal's old digest tells what it was)."""
+    old = plan.old
+    if old == plan.new and journal.old and journal.old != str(plan.new):
+        last = read_history(store.layout, repo.name, tag.name)
+        if not last or last[-1].new != str(plan.new):
+            old = Digest.parse(journal.old)
+    if old != plan.new:
+        record_history(store, repo, tag, old, plan.new, action="patch", source=source)
+
+
+def _result(plan, target: RegistryTarget, *, dry_run: bool) -> PatchResult:
+    return PatchResult(str(plan.repository), str(plan.tag), str(plan.old) if plan.old else None,
+                       str(plan.new), dry_run, changed=False, warnings=list(plan.warnings),
+                       plan_text=_plan_text(plan, target))
+
+
+def _fetch_stats(loaded) -> list[dict]:
+    """Bytes and throughput of each blob an S3 source fetched (none for local folders)."""
+    stats = getattr(loaded.source, "fetch_stats", None) or {}
+    return [dict(name=s.name, digest=s.digest, size=s.size, fetched=s.fetched, resumed=s.resumed,
+                 from_cache=s.from_cache, seconds=round(s.seconds, 3), mb_per_s=round(s.mb_per_s, 1))
+            for s in stats.values()]
+
+
+def _finish(result: PatchResult, clock: _Clock) -> PatchResult:
     result.seconds = clock.seconds
-    create_markdown_artifact(key=_artifact_key(repository, tag), markdown=render_markdown(result),
-                             description=f"regpatch {repository}:{tag}")
+    create_markdown_artifact(key=_artifact_key(result.repository, result.tag), markdown=render_markdown(result),
+                             description=f"regpatch {result.repository}:{result.tag}")
     return result
 
 
@@ -142,6 +235,8 @@ def _artifact_key(repository: str, tag: str) -> str:
 
 def render_markdown(r: PatchResult) -> str:
     title = "Dry run" if r.dry_run else ("Patched" if r.changed else "Already up to date")
+    if r.error:
+        title = "Rolled back after a failed verification" if r.rolled_back else "Failed"
     lines = [f"# {title}: `{r.repository}:{r.tag}`", "",
              "| | |", "|---|---|",
              f"| repository | `{r.repository}` |", f"| tag | `{r.tag}` |",
@@ -155,8 +250,19 @@ def render_markdown(r: PatchResult) -> str:
         lines += [f"| `{d}` | {s:,} | {'to copy' if r.dry_run else 'copied'} |" for d, s in r.blobs_copied]
         lines += [f"| `{d}` | {s:,} | skipped |" for d, s in r.blobs_skipped]
         lines.append("")
+    if r.fetches:
+        lines += ["## Fetched from S3", "", "| file | size | fetched | resumed | seconds | MB/s |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        lines += [f"| `{f['name']}` | {f['size']:,} | {'cache' if f['from_cache'] else format(f['fetched'], ',')} "
+                  f"| {f['resumed']:,} | {f['seconds']:.3f} | {f['mb_per_s']:.1f} |" for f in r.fetches]
+        lines.append("")
     lines += ["## Time per step", "", "| step | seconds |", "|---|---:|"]
     lines += [f"| {k} | {v:.3f} |" for k, v in r.seconds.items()]
+    if r.error:
+        lines += ["", "## Error", "", r.error]
+        if r.rolled_back:
+            lines += ["", f"The tag was pointed back at `{r.old}`; the new image's blobs and links stay "
+                          "in the storage (nothing is deleted)."]
     if r.warnings:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in r.warnings]
     return "\n".join(lines) + "\n"

@@ -20,6 +20,7 @@ from typing import Callable, Optional
 
 from .digest import Digest, io_retry, copy_and_hash
 from .plan import COPY, PRESENT, REPAIR, PatchPlan
+from .faults import checkpoint
 from .store import RegistryStore
 
 log = logging.getLogger("regpatch.apply")
@@ -83,7 +84,7 @@ def verify_blobs(plan: PatchPlan, store: RegistryStore, *, dry_run: bool = False
         elif store.staged_path(step.digest) is not None:
             log.info("%s already staged and verified by an earlier run", step.digest)
         else:
-            _stage(store, source, step, what, bar)
+            _stage(store, source, step, what, _with_checkpoints(bar))
         secs = time.monotonic() - t0
         log.info("%s %s: %s B verified as %s in %.2fs (%.0f MB/s)", "checked" if dry_run else "staged",
                  what, f"{step.size:,}", step.digest, secs, step.size / 1e6 / max(secs, 1e-6))
@@ -97,14 +98,37 @@ def _hash_only(source, name, digest, size, what, bar) -> None:
         copy_and_hash(f, None, what=what, expected=digest, expected_size=size, progress=bar)
 
 
+def _with_checkpoints(bar: Callable[[int], None], every: int = 8 << 20) -> Callable[[int], None]:
+    """Progress callback that also passes a crash checkpoint every ``every`` bytes."""
+    state = {"done": 0}
+
+    def advance(n: int) -> None:
+        bar(n)
+        before = state["done"] // every
+        state["done"] += n
+        if state["done"] // every != before:
+            checkpoint("staging")
+
+    return advance
+
+
 @io_retry
 def _stage(store: RegistryStore, source, step, what, bar) -> None:
+    if getattr(source, "resumable", False):  # network sources (S3): resumable, cached, own retries
+        source.stage_blob(store, step.digest, step.size, step.source.name, what=what, progress=bar)
+        return
     store.stage_blob(step.digest, step.size, lambda: source.open(step.source.name), what=what,
                      progress=bar)
 
 
-def install_blobs(plan: PatchPlan, store: RegistryStore) -> ApplyReport:
-    """Step 1 of the write order: blob data, then manifest blobs (children first)."""
+def install_blobs(plan: PatchPlan, store: RegistryStore, *,
+                  progress: ProgressFactory = _no_progress) -> ApplyReport:
+    """Step 1 of the write order: blob data, then manifest blobs (children first).
+
+    A blob that is neither staged nor installed (its staged copy was removed,
+    or verify_blobs' result came from a cache) is staged again first: nothing
+    unverified is ever installed.
+    """
     report = ApplyReport()
     layout = store.layout
     for step in plan.blobs:
@@ -115,10 +139,13 @@ def install_blobs(plan: PatchPlan, store: RegistryStore) -> ApplyReport:
             continue
         staged = store.staged_path(step.digest)
         if staged is None:
-            if store.blob_size(step.digest) == step.size:  # installed by an earlier, killed run
-                report.blobs.append(BlobResult(step.digest, step.size, "skipped"))
+            if store.blob_size(step.digest) == step.size and step.action != REPAIR:
+                report.blobs.append(BlobResult(step.digest, step.size, "skipped"))  # installed by a killed run
                 continue
-            raise RuntimeError(f"internal: blob {step.digest} was not staged before install")
+            assert step.source is not None
+            what = f"bundle file {plan.source.describe(step.source.name)}"
+            _stage(store, plan.source, step, what, progress(f"stage {step.source.name}", step.size))
+            staged = store.layout.staged_blob(step.digest)
         t0 = time.monotonic()
         store.install_staged(step.digest, staged, replace=step.action == REPAIR)
         action = "repaired" if step.action == REPAIR else "copied"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from .digest import Digest
 from .reference import Repository, Tag
@@ -27,6 +28,7 @@ STATE_DIR = ".regpatch"
 @dataclass(frozen=True)
 class Layout:
     root: Path  # the registry's rootdirectory
+    state_dir: Optional[Path] = None  # default: <root>/.regpatch (same filesystem: renames stay atomic)
 
     @property
     def v2(self) -> Path:
@@ -34,7 +36,17 @@ class Layout:
 
     @property
     def state(self) -> Path:
-        return self.root / STATE_DIR
+        return self.state_dir if self.state_dir is not None else self.root / STATE_DIR
+
+    @property
+    def history(self) -> Path:
+        return self.state / "history.jsonl"
+
+    def journal(self, repo: Repository, tag: Tag) -> Path:
+        return self.state / "journal" / f"{_flat(repo)}@{tag.name}.json"
+
+    def lock(self, repo: Repository) -> Path:
+        return self.state / "locks" / f"{_flat(repo)}.lock"
 
     @property
     def staging(self) -> Path:
@@ -80,3 +92,9 @@ class Layout:
             return str(path.relative_to(self.v2))
         except ValueError:
             return str(path)
+
+
+def _flat(repo: Repository) -> str:
+    """A repository name as one file name: '/' cannot appear in a component,
+    and '+' cannot appear in a repository name, so the mapping is reversible."""
+    return repo.name.replace("/", "+")

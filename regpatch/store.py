@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Optional
 
 from .digest import Digest, copy_and_hash, io_retry
+from .faults import checkpoint
 from .errors import (InvalidReference, NoSpace, RegpatchError, StorageError, StorageNotFound,
                      UnsafePath)
 from .layout import Layout
@@ -47,6 +48,38 @@ def _raise_write_error(e: OSError, path: Path):
     raise err from e
 
 
+def _pid_alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill would terminate the process there: never sweep
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def sweep_temp_files(folder: Path) -> int:
+    """Remove regpatch temp files in folder left by a process that is gone (killed)."""
+    n = 0
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return 0
+    for e in entries:
+        if not e.name.startswith(TMP_MARK):
+            continue
+        pid_part = e.name[len(TMP_MARK):].split("-", 1)[0]
+        if pid_part.isdigit() and not _pid_alive(int(pid_part)) and e.is_file(follow_symlinks=False):
+            try:
+                os.unlink(e.path)
+                n += 1
+            except FileNotFoundError:
+                pass
+    return n
+
+
 def fsync_dir(path: Path) -> None:
     if os.name == "nt":  # directories cannot be opened for fsync on Windows
         return
@@ -58,7 +91,7 @@ def fsync_dir(path: Path) -> None:
 
 
 class RegistryStore:
-    def __init__(self, root: Path | str, *, create: bool = True):
+    def __init__(self, root: Path | str, *, state_dir: Path | str | None = None):
         root = Path(root)
         if not root.is_dir():
             raise StorageNotFound(f"registry storage root {root} is not a directory; pass the "
@@ -69,7 +102,7 @@ class RegistryStore:
         if (root / "registry" / "v2").is_dir():
             raise StorageNotFound(f"{root} looks like the 'docker' folder; pass its parent, the "
                                   "registry's 'rootdirectory'")
-        self.layout = Layout(root)
+        self.layout = Layout(root, Path(state_dir) if state_dir else None)
         self._real_v2 = Path(os.path.realpath(self.layout.v2))
         self._real_state = Path(os.path.realpath(self.layout.state))
 
@@ -113,6 +146,10 @@ class RegistryStore:
                 _raise_write_error(e, d)
             os.chmod(d, DIR_MODE)  # umask-proof
             fsync_dir(d.parent)
+
+    def ensure_state_dir(self, path: Path) -> None:
+        """Create a folder of regpatch's state (refused outside the state folder)."""
+        self._mkdirs(path)
 
     # -- reading ------------------------------------------------------------
     def blob_size(self, digest: Digest) -> Optional[int]:
@@ -208,7 +245,8 @@ class RegistryStore:
     def _temp_beside(self, final: Path, durable: bool = True) -> Iterator[BinaryIO]:
         """A temp file in final's folder; renamed onto final when the block succeeds."""
         self._mkdirs(final.parent)
-        tmp = final.parent / f"{TMP_MARK}{secrets.token_hex(6)}"
+        sweep_temp_files(final.parent)
+        tmp = final.parent / f"{TMP_MARK}{os.getpid()}-{secrets.token_hex(6)}"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         except OSError as e:
@@ -224,6 +262,7 @@ class RegistryStore:
             os.replace(tmp, final)
             if durable:
                 fsync_dir(final.parent)
+            checkpoint(f"wrote {final.name}")
         except OSError as e:
             self._discard(tmp)
             _raise_write_error(e, final)
@@ -282,6 +321,74 @@ class RegistryStore:
         self._remember_verified(digest, final)
         return final
 
+    PARTIAL_SUFFIX = ".partial"
+
+    def partial_path(self, digest: Digest) -> Path:
+        """Where an interrupted download of digest waits to be resumed (staging folder)."""
+        final = self.layout.staged_blob(digest)
+        return final.with_name(final.name + self.PARTIAL_SUFFIX)
+
+    def stage_blob_resumable(self, digest: Digest, size: int, open_at: Callable[[int], BinaryIO], *,
+                             what: str, validator: str,
+                             progress: Optional[Callable[[int], None]] = None) -> int:
+        """Like ``stage_blob``, resuming the partial file an earlier attempt or run left.
+
+        The partial (``partial_path``) and its ``.json`` note of ``validator``
+        (e.g. the source object's URL, ETag and size) stay in the staging
+        folder. A partial with the same validator is hashed first and the rest
+        is read from ``open_at(offset)``; another validator restarts from 0.
+        A digest or size mismatch removes the partial; any other error keeps
+        it. Returns the number of bytes resumed from disk.
+        """
+        from .digest import new_hasher
+        from .errors import DigestMismatch, SizeMismatch
+
+        final = self.layout.staged_blob(digest)
+        partial = self.partial_path(digest)
+        note = partial.with_name(partial.name + ".json")
+        self._mkdirs(partial.parent)
+        want = {"validator": validator, "size": size}
+        try:
+            resumable = json.loads(note.read_text()) == want
+        except (OSError, ValueError):
+            resumable = False
+        hasher, offset = new_hasher(), 0
+        if resumable and partial.is_file() and os.path.getsize(partial) <= size:
+            with open(partial, "rb", buffering=0) as f:
+                _, offset = copy_and_hash(f, None, what=str(partial), hasher=hasher)
+        else:
+            self._discard(partial)
+            self.write_file(note, json.dumps(want).encode())
+            hasher = new_hasher()
+        if offset and progress:
+            progress(offset)
+        try:
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
+        except OSError as e:
+            _raise_write_error(e, partial)
+        try:
+            with os.fdopen(fd, "ab", buffering=0) as dst:
+                if offset < size or offset == 0:
+                    with open_at(offset) as src:
+                        copy_and_hash(src, dst, what=what, expected=digest, expected_size=size,
+                                      progress=progress, hasher=hasher, already=offset)
+                else:
+                    actual = Digest("sha256", hasher.hexdigest())
+                    if actual != digest:
+                        raise DigestMismatch(what, digest, actual, offset)
+                os.fsync(dst.fileno())
+        except (DigestMismatch, SizeMismatch):
+            self._discard(partial)
+            self._discard(note)
+            raise
+        except OSError as e:
+            _raise_write_error(e, partial)
+        os.replace(partial, final)
+        fsync_dir(final.parent)
+        self._discard(note)
+        self._remember_verified(digest, final)
+        return offset
+
     def install_staged(self, digest: Digest, staged: Path, *, replace: bool = False) -> bool:
         """Move a verified staged blob to blobs/.../data. False if already present.
 
@@ -300,18 +407,6 @@ class RegistryStore:
                 copy_and_hash(src, dst, what=str(staged), expected=digest)
             os.unlink(staged)
         fsync_dir(final.parent)
+        checkpoint(f"installed blob {digest.short}")
         self._remember_verified(digest, final)
         return True
-
-    def clean_temp_files(self, folder: Path) -> int:
-        """Remove regpatch's own temp files left in folder by a killed run."""
-        n = 0
-        try:
-            entries = list(os.scandir(folder))
-        except FileNotFoundError:
-            return 0
-        for e in entries:
-            if e.name.startswith(TMP_MARK) and e.is_file(follow_symlinks=False):
-                self._discard(Path(e.path))
-                n += 1
-        return n

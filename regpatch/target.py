@@ -26,11 +26,13 @@ class RegistryTarget:
     auth_file: Optional[str] = None
     ca_file: Optional[str] = None
     insecure: bool = False
+    state_dir: Optional[str] = None
 
     @classmethod
     def resolve(cls, *, storage: Optional[str] = None, url: Optional[str] = None,
                 config: Optional[str] = None, auth_file: Optional[str] = None,
-                ca_file: Optional[str] = None, insecure: bool = False) -> "RegistryTarget":
+                ca_file: Optional[str] = None, insecure: bool = False,
+                state_dir: Optional[str] = None) -> "RegistryTarget":
         if config:
             storage = storage or str(storage_root_from_config(config))
             url = url or registry_url_from_config(config)
@@ -39,7 +41,14 @@ class RegistryTarget:
                              "rootdirectory) or --registry-config config.yml")
         if url and "://" not in url:
             url = ("http://" if insecure else "https://") + url
-        return cls(str(storage), url.rstrip("/") if url else None, config, auth_file, ca_file, insecure)
+        return cls(str(storage), url.rstrip("/") if url else None, config, auth_file, ca_file, insecure,
+                   state_dir)
+
+    def store(self):
+        """The RegistryStore of this registry's storage (and regpatch's state folder)."""
+        from .store import RegistryStore
+
+        return RegistryStore(self.storage, state_dir=self.state_dir)
 
     @property
     def host(self) -> str:
