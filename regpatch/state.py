@@ -22,6 +22,7 @@ from typing import Iterator, Optional
 
 from .digest import Digest
 from .errors import LockTimeout, StorageError
+from .faults import checkpoint
 from .layout import Layout
 from .reference import Repository, Tag
 
@@ -202,6 +203,7 @@ def record_history(store, repo: Repository, tag: Tag, old: Optional[Digest], new
         os.fsync(fd)
     finally:
         os.close(fd)
+    checkpoint("history")
     return entry
 
 

@@ -110,11 +110,12 @@ ACCEPTED_FORMATS = (
 )
 
 
-def open_source(bundle: str) -> BundleSource:
-    """Map the BUNDLE argument to a source."""
+def open_source(bundle: str, *, s3=None) -> BundleSource:
+    """Map the BUNDLE argument to a source (``s3``: optional ``S3Options`` for s3:// URLs)."""
     if bundle.startswith("s3://"):
-        raise UsageError("S3 bundles (s3://) are not available in this version; "
-                         "copy the bundle to a local folder")
+        from .s3 import S3Source
+
+        return S3Source(bundle, s3)
     path = Path(bundle)
     if path.is_file():
         raise UnknownBundleFormat(_describe_file(path) + "; " + ACCEPTED_FORMATS)
