@@ -82,7 +82,10 @@ def verify_blobs(plan: PatchPlan, store: RegistryStore, *, dry_run: bool = False
         if dry_run:
             _hash_only(source, step.source.name, step.digest, step.size, what, bar)
         elif store.staged_path(step.digest) is not None:
-            log.info("%s already staged and verified by an earlier run", step.digest)
+            log.info("%s (%s, %s B) already staged and verified by an earlier run: not copied again",
+                     what, step.digest, f"{step.size:,}")
+            results.append(BlobResult(step.digest, step.size, "resumed", 0.0, step.source.name))
+            continue
         else:
             _stage(store, source, step, what, _with_checkpoints(bar))
         secs = time.monotonic() - t0
