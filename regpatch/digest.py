@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import queue
 import re
+import threading
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Optional
 
@@ -72,25 +74,32 @@ def copy_and_hash(
     Fails at EOF (or as soon as the size is exceeded) with ``SizeMismatch`` or
     ``DigestMismatch`` naming ``what``, the expected and the actual values.
     ``hasher``/``already`` let a caller resume a hash over bytes already seen.
-    Memory use is one chunk, whatever the size.
+    With a ``dst``, reading, hashing and writing overlap in three threads (all
+    three release the GIL), so a copy costs about as much as its slowest part.
+    Memory use is a few chunks, whatever the size.
     """
     h = hasher or new_hasher()
     total = already
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
-    while True:
-        n = src.readinto(buf) if hasattr(src, "readinto") else _readinto(src, buf)
-        if not n:
-            break
-        chunk = view[:n]
-        h.update(chunk)
-        if dst is not None:
-            dst.write(chunk)
+
+    def account(n: int) -> None:
+        nonlocal total
         total += n
         if expected_size is not None and total > expected_size:
             raise SizeMismatch(what, expected_size, total)
         if progress:
             progress(n)
+
+    if dst is None:
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        while True:
+            n = _readinto(src, buf)
+            if not n:
+                break
+            h.update(view[:n])
+            account(n)
+    else:
+        _pipelined_copy(src, dst, h, account)
     if expected_size is not None and total != expected_size:
         raise SizeMismatch(what, expected_size, total)
     actual = Digest("sha256", h.hexdigest())
@@ -99,7 +108,83 @@ def copy_and_hash(
     return actual, total
 
 
+_BUFFERS = 4
+_DONE = object()
+
+
+def _pipelined_copy(src, dst, h, account: Callable[[int], None]) -> None:
+    """reader thread -> (this thread: hash) -> writer thread, over a few reused buffers."""
+    free: queue.Queue = queue.Queue()
+    for _ in range(_BUFFERS):
+        free.put(bytearray(CHUNK))
+    filled: queue.Queue = queue.Queue()
+    to_write: queue.Queue = queue.Queue()
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                buf = free.get()
+                if buf is _DONE:
+                    break
+                n = _readinto(src, buf)
+                filled.put((buf, n))
+                if not n:
+                    return
+        except BaseException as e:  # handed to the hashing thread
+            errors.append(e)
+        filled.put((None, 0))
+
+    def writer() -> None:
+        try:
+            while True:
+                item = to_write.get()
+                if item is _DONE:
+                    return
+                buf, n = item
+                if not errors:
+                    _write_all(dst, memoryview(buf)[:n])
+                free.put(buf)
+        except BaseException as e:
+            errors.append(e)
+            stop.set()
+            free.put(_DONE)
+
+    threads = [threading.Thread(target=reader, daemon=True), threading.Thread(target=writer, daemon=True)]
+    for t in threads:
+        t.start()
+    try:
+        while True:
+            buf, n = filled.get()
+            if errors:
+                raise errors[0]
+            if not n:
+                break
+            h.update(memoryview(buf)[:n])
+            account(n)
+            to_write.put((buf, n))
+    finally:
+        stop.set()
+        to_write.put(_DONE)
+        free.put(_DONE)
+        threads[1].join()
+        threads[0].join(timeout=60)
+    if errors:
+        raise errors[0]
+
+
+def _write_all(dst, view: memoryview) -> None:
+    while view:
+        written = dst.write(view)
+        if written is None:  # non-blocking raw stream: not expected for files
+            continue
+        view = view[written:]
+
+
 def _readinto(src, buf: bytearray) -> int:
+    if hasattr(src, "readinto"):
+        return src.readinto(buf) or 0
     data = src.read(len(buf))
     buf[: len(data)] = data
     return len(data)
