@@ -16,7 +16,7 @@ from regpatch.errors import RegpatchError
 from regpatch.progress import human
 from regpatch.reference import Repository, Tag
 from regpatch.rollback import flip_tag
-from regpatch.state import open_journal, read_history, record_history, repository_lock
+from regpatch.state import open_journal, read_history, record_history, repository_lock, was_verified
 from regpatch.service import parse_restart_spec
 from regpatch.target import RegistryTarget
 from tasks.patch_tasks import (copy_blobs, fetch_bundle, plan_patch, restart_registry,
@@ -81,6 +81,7 @@ def patch_registry(
     state_dir: Optional[str] = None,
     lock_timeout: float = 300.0,
     rollback_on_failure: bool = True,
+    always_verify: bool = False,
     s3_endpoint_url: Optional[str] = None,
     s3_region: Optional[str] = None,
     aws_credentials_block: Optional[str] = None,
@@ -88,16 +89,46 @@ def patch_registry(
     s3_retries: int = 5,
     s3_wait_initial: float = 0.5,
     s3_wait_max: float = 20.0,
+    s3_concurrency: int = 4,
+    s3_part_size_mib: int = 8,
 ) -> PatchResult:
     """Patch REPOSITORY:TAG in a registry's storage with BUNDLE and verify by pulling.
 
-    bundle: a staged folder or OCI layout (local path or s3://bucket/prefix).
-    storage: the registry's rootdirectory (the folder that holds docker/registry/v2).
-    restart: none | command:<shell command> | process:pidfile=PATH[,config=PATH][,binary=PATH].
-    state_dir: regpatch's journal, history and locks (default <storage>/.regpatch).
-    rollback_on_failure: when the verification pull fails, point the tag back at the old image.
-    s3_*, aws_credentials_block, cache_dir: for s3:// bundles (endpoint default $AWS_ENDPOINT_URL;
-    credentials from boto3's default chain or the named prefect-aws AwsCredentials block).
+    (The Args below are the descriptions the Prefect UI shows in the run form.)
+
+    Args:
+        bundle: The patch bundle: a staged folder or an OCI layout, a path on the host that
+            runs the patch, or s3://bucket/prefix.
+        repository: Repository to patch, e.g. servercore or windows/servercore.
+        tag: Tag to point at the bundle's image, e.g. ltsc2019.
+        storage: The registry's rootdirectory (the folder that holds docker/registry/v2);
+            optional when registry_config is given.
+        registry_url: Registry API for the verification pull, e.g. http://127.0.0.1:5000;
+            without any URL the verification pull is skipped.
+        registry_config: The registry's config.yml; storage root and URL are read from it.
+        restart: How to restart the registry after writing: none, command:<shell command>,
+            or process:pidfile=PATH[,config=PATH][,binary=PATH][,log=PATH].
+        image: For an OCI layout holding several images, the one whose ref.name annotation is this.
+        verify_command: External puller run after the API pull, {ref} replaced,
+            e.g. skopeo inspect --tls-verify=false docker://{ref}.
+        dry_run: Plan and hash every blob, write nothing.
+        registry_auth_file: A docker config.json with credentials for the registry.
+        registry_ca: CA bundle to verify the registry's TLS certificate.
+        insecure: Allow plain HTTP and skip TLS verification.
+        state_dir: regpatch's journal, history and locks (default <storage>/.regpatch).
+        lock_timeout: Seconds to wait for the repository lock held by another patch.
+        rollback_on_failure: When the verification pull fails, point the tag back at the old image.
+        always_verify: Pull and verify even when nothing changed since a verified patch of this tag.
+        s3_endpoint_url: For s3:// bundles, the S3 endpoint (default $AWS_ENDPOINT_URL).
+        s3_region: For s3:// bundles, the region.
+        aws_credentials_block: For s3:// bundles, a prefect-aws AwsCredentials block name
+            (default: boto3's credential chain).
+        cache_dir: For s3:// bundles, where fetched blobs are cached.
+        s3_retries: For s3:// bundles, retries of each S3 call on transient faults.
+        s3_wait_initial: For s3:// bundles, first back-off in seconds.
+        s3_wait_max: For s3:// bundles, longest back-off in seconds.
+        s3_concurrency: For s3:// bundles, ranged GETs at once for a large blob (1: one stream).
+        s3_part_size_mib: For s3:// bundles, size of one ranged GET in MiB.
     """
     logger = get_run_logger()
     clock = _Clock()
@@ -109,7 +140,8 @@ def patch_registry(
     parse_restart_spec(restart, registry_config=Path(registry_config) if registry_config else None)
     store = target.store()
     s3 = dict(endpoint_url=s3_endpoint_url, region=s3_region, aws_credentials_block=aws_credentials_block,
-              cache_dir=cache_dir, retries=s3_retries, wait_initial=s3_wait_initial, wait_max=s3_wait_max)
+              cache_dir=cache_dir, retries=s3_retries, wait_initial=s3_wait_initial, wait_max=s3_wait_max,
+              concurrency=s3_concurrency, part_size_mib=s3_part_size_mib)
 
     if dry_run:  # reads only: no lock, no journal, no history
         with clock.step("fetch bundle"):
@@ -132,6 +164,7 @@ def patch_registry(
             loaded = fetch_bundle(bundle, image, s3)
         with clock.step("plan"):
             plan = plan_patch(loaded, target, repository, tag)
+        already_verified = plan.is_noop and was_verified(store, repo, tg, plan.new) and not always_verify
         journal, resumed = open_journal(store, repo, tg, plan.new, plan.old, loaded.description)
         if resumed:
             logger.info("resuming the patch of %s:%s to %s started %s (run %d); done before: %s",
@@ -157,8 +190,13 @@ def patch_registry(
                 restart_registry(restart, target)
             with clock.step("verify pull"):
                 try:
-                    verified = verify_pull(target, repository, tag, str(plan.new),
-                                           sum(b.size for b in plan.blobs), verify_command)
+                    if already_verified:  # nothing changed since a run that pulled it completely
+                        logger.info("%s:%s unchanged since its verified patch: pull skipped "
+                                    "(--always-verify to pull again)", repo, tg)
+                        verified = None
+                    else:
+                        verified = verify_pull(target, repository, tag, str(plan.new),
+                                               sum(b.size for b in plan.blobs), verify_command)
                 except RegpatchError as e:
                     if rollback_on_failure and plan.old and plan.old != plan.new:
                         flip_tag(store, repo, tg, plan.old)
@@ -168,7 +206,8 @@ def patch_registry(
                         result.rolled_back = True
                         logger.error("verification failed; %s:%s rolled back to %s", repo, tg, plan.old)
                     raise
-            result.verified = verified.summary() if verified else None
+            result.verified = (verified.summary() if verified else
+                               "unchanged since its verified patch" if already_verified else None)
             journal.status = "complete"
             journal.mark(store, "verify pull")
         except BaseException as e:
@@ -215,6 +254,12 @@ def _finish(result: PatchResult, clock: _Clock) -> PatchResult:
     result.seconds = clock.seconds
     create_markdown_artifact(key=_artifact_key(result.repository, result.tag), markdown=render_markdown(result),
                              description=f"regpatch {result.repository}:{result.tag}")
+    # machine-readable summary, read back by the rollout flow from a deployment run
+    create_table_artifact(key=_artifact_key(result.repository, result.tag)[:93] + "-result",
+                          description="patch result", table=[{
+                              "old": result.old, "new": result.new, "changed": result.changed,
+                              "dry_run": result.dry_run, "bytes_copied": result.bytes_copied,
+                              "error": result.error}])
     return result
 
 

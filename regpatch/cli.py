@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the plan, verify the bundle, write nothing")
     p.add_argument("--no-rollback", action="store_true",
                    help="leave the tag on the new image when the verification pull fails")
+    p.add_argument("--always-verify", action="store_true",
+                   help="pull and verify even when nothing changed since a verified patch of the tag")
     _add_state_options(p)
     _add_s3_options(p)
 
@@ -176,7 +178,7 @@ def run_patch(args: argparse.Namespace):
         image=args.image, verify_command=args.verify_command, dry_run=args.dry_run,
         registry_auth_file=args.registry_auth_file, registry_ca=args.registry_ca, insecure=args.insecure,
         state_dir=args.state_dir, lock_timeout=args.lock_timeout, rollback_on_failure=not args.no_rollback,
-        **_s3_kwargs(args))
+        always_verify=args.always_verify, **_s3_kwargs(args))
     out = sys.stdout
     if result.dry_run:
         out.write(result.plan_text + "\ndry run: nothing was written\n")

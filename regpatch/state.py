@@ -160,6 +160,12 @@ class Journal:
         self.save(store)
 
 
+def was_verified(store, repo: Repository, tag: Tag, target: Digest) -> bool:
+    """True when the last patch of this tag to ``target`` completed with its verification pull."""
+    j = Journal.load(store.layout.journal(repo, tag))
+    return bool(j and j.target == str(target) and j.status == "complete" and "verify pull" in j.steps)
+
+
 def open_journal(store, repo: Repository, tag: Tag, target: Digest, old: Optional[Digest],
                  source: str) -> tuple[Journal, Optional[Journal]]:
     """The journal for this patch, and the earlier unfinished one it resumes (if any)."""

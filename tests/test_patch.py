@@ -99,6 +99,11 @@ def test_rerun_changes_nothing(capsys, registry, scenario):
     code, out, err = patch(capsys, registry, scenario["staged"])
     assert code == 0, err
     assert "nothing to do" in out
+    assert "unchanged since its verified patch" in out  # no second full pull
+    assert storage_hash(registry) == before
+    code, out, err = patch(capsys, registry, scenario["staged"], "--always-verify")
+    assert code == 0, err
+    assert "nothing to do" in out and "3 blob(s)" in out
     assert storage_hash(registry) == before
 
 
