@@ -160,6 +160,8 @@ def make_plan(bundle: PatchBundle, store: RegistryStore, repository: Repository,
     link("tag-index", layout.tag_index_link(repository, tag, top.digest), top.digest)
     link("tag-current", layout.tag_current_link(repository, tag), top.digest)
 
+    store.check_paths([l.path for l in links] + [layout.blob_data(b.digest) for b in blobs.values()]
+                      + [layout.blob_data(m.manifest.digest) for m in manifests])
     return PatchPlan(repository, tag, top, store.current_tag(repository, tag), bundle.source,
                      manifests, list(blobs.values()), links, warnings)
 
@@ -178,6 +180,10 @@ def _registry_manifest(raw: bytes, desc: Descriptor, what: str) -> Manifest:
 
 def _blob_step(bundle: PatchBundle, store: RegistryStore, desc: Descriptor, referenced_by: str,
                warnings: list[str]) -> BlobStep:
+    # A blob the registry already holds is never read from the bundle (an S3 bundle would
+    # download it): no hashing of sidecar-less files to find it.
+    if store.blob_size(desc.digest) == desc.size and desc.digest not in bundle.files:
+        return BlobStep(desc.digest, desc.size, desc.media_type, PRESENT, None, referenced_by)
     src = bundle.find(desc)
     if src is not None and src.size != desc.size:
         raise SizeMismatch(f"bundle file {bundle.source.describe(src.name)} ({desc.digest})",

@@ -130,6 +130,11 @@ class RegistryStore:
                              f"registry storage {base}")
         raise UnsafePath(f"refusing to write {path}: outside the registry storage {self.layout.v2}")
 
+    def check_paths(self, paths) -> None:
+        """Refuse, before any write, a plan whose paths would leave the storage."""
+        for path in paths:
+            self._check_inside(path)
+
     def _mkdirs(self, path: Path) -> None:
         self._check_inside(path)
         missing = []

@@ -330,3 +330,18 @@ def test_cli_process_exit_code_and_one_line_error(registry, scenario, tmp_path):
     errors = [l for l in proc.stderr.splitlines() if l.startswith("regpatch: error:")]
     assert len(errors) == 1 and "digest mismatch" in errors[0] and "base.tar.gz" in errors[0]
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_symlink_in_storage_leading_outside_is_refused(capsys, registry, scenario, tmp_path):
+    """Nothing is written outside the registry storage, even through a planted symlink."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    layers = registry.root / f"docker/registry/v2/repositories/{REPO}/_layers"
+    moved = tmp_path / "layers-moved"
+    layers.rename(moved)
+    layers.symlink_to(outside)
+    before = storage_hash(registry)
+    code, out, err = patch(capsys, registry, scenario["staged"])
+    assert code == 3 and "outside the registry storage" in error_line(err)
+    assert list(outside.iterdir()) == []
+    assert storage_hash(registry) == before  # refused at plan time, before any write
