@@ -241,6 +241,11 @@ def _wrong_sidecar(bundle: Path) -> str:
     return "base.tar.gz.digest"
 
 
+def _duplicate_sidecar(bundle: Path) -> str:
+    (bundle / "base.tar.gz.digest").write_bytes((bundle / "delta.tar.gz.digest").read_bytes())
+    return "both name"
+
+
 def _malformed_manifest(bundle: Path) -> str:
     p = bundle / "delta.tar.gz.manifest.json"
     p.write_bytes(p.read_bytes().replace(b'"layers"', b'"layers" "', 1))
@@ -267,7 +272,7 @@ def _wrong_config(bundle: Path) -> str:
 
 
 @pytest.mark.parametrize("breaker,exit_code", [
-    (_corrupt, 3), (_truncate, 3), (_wrong_sidecar, 3), (_malformed_manifest, 3),
+    (_corrupt, 3), (_truncate, 3), (_wrong_sidecar, 3), (_duplicate_sidecar, 3), (_malformed_manifest, 3),
     (_missing_layer, 3), (_symlink_outside, 3), (_wrong_config, 3),
 ], ids=lambda v: getattr(v, "__name__", str(v)).strip("_"))
 def test_bad_bundle_is_refused_and_storage_untouched(capsys, registry, scenario, tmp_path, breaker, exit_code):

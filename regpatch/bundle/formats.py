@@ -138,6 +138,10 @@ def _load_staged(source: BundleSource, files: dict[str, int]) -> PatchBundle:
             continue
         if name + ".digest" in sidecars:
             claimed = _read_sidecar(source, name + ".digest")
+            if claimed in bundle_files:
+                raise BundleError(f"{source.describe(name)}.digest and "
+                                  f"{source.describe(bundle_files[claimed].name)}.digest both name {claimed}; "
+                                  "one of the sidecars is wrong")
             bundle_files[claimed] = BundleFile(name, size, claimed, False)
         else:
             unmatched[name] = size
