@@ -1,0 +1,203 @@
+"""The rollout inventory: which registries a bundle goes to, and where each is patched.
+
+    registries:
+      - name: site-a                    # unique
+        storage: /srv/registry/data     # the registry's rootdirectory
+        url: http://127.0.0.1:5000      # for the verification pull
+        restart: none                   # any --restart SPEC of the patch command
+        group: canary                   # optional; waves run in the order groups first appear
+        work_pool: site-a-pool          # optional; where the patch must run
+
+The file is validated with pydantic before anything is touched; every problem
+is reported at once, naming the entry (by its name when it has one, and its
+position) and the field. Unknown fields are refused (a typo such as
+``stroage:`` would otherwise silently drop the storage).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import UsageError
+from .service import parse_restart_spec
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+DEFAULT_GROUP = "default"
+
+
+class InventoryError(UsageError):
+    """The inventory file is missing, not YAML, or fails validation (exit 2)."""
+
+    def __init__(self, path: Any, problems: list[str]):
+        self.path, self.problems = str(path), list(problems)
+        super().__init__(f"inventory {self.path} is invalid: " + "; ".join(self.problems))
+
+
+class RegistryEntry(BaseModel):
+    """One registry of the fleet."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="unique name of the registry (letters, digits, '.', '_', '-')")
+    storage: str = Field(description="the registry's rootdirectory (holds docker/registry/v2)")
+    url: Optional[str] = Field(None, description="registry API URL for the verification pull")
+    restart: str = Field("none", description="restart spec: none | command:<cmd> | process:pidfile=PATH,...")
+    group: Optional[str] = Field(None, description="wave name; waves run in the order groups first appear")
+    work_pool: Optional[str] = Field(None, description="Prefect work pool of the host that owns the disk")
+    registry_config: Optional[str] = Field(None, description="the registry's config.yml on its host")
+    registry_auth_file: Optional[str] = Field(None, description="docker config.json with credentials")
+    registry_ca: Optional[str] = Field(None, description="CA bundle for the registry's TLS certificate")
+    insecure: bool = Field(False, description="allow plain HTTP / skip TLS verification")
+    verify_command: Optional[str] = Field(None, description="external puller, {ref} replaced")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError("must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        return v
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not re.match(r"^(https?://)?[^\s/]+(/\S*)?$", v):
+            raise ValueError(f"{v!r} is not a registry URL (http://HOST:PORT or https://HOST:PORT)")
+        return v
+
+    @field_validator("group", "work_pool")
+    @classmethod
+    def _non_empty(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not v.strip():
+            raise ValueError("must not be empty (leave the field out instead)")
+        return v
+
+    @field_validator("restart")
+    @classmethod
+    def _restart(cls, v: str) -> str:
+        try:
+            # syntax only: config= of process: may come from registry_config (checked in the
+            # model validator), so a placeholder stands in; nothing is read
+            placeholder = Path("config.yml") if v.strip().lower().startswith("process:") else None
+            parse_restart_spec(v, registry_config=placeholder)
+        except UsageError as e:
+            raise ValueError(str(e)) from None
+        return v
+
+    @model_validator(mode="after")
+    def _restart_needs_config(self) -> "RegistryEntry":
+        if self.restart.strip().lower().startswith("process:") and "config=" not in self.restart \
+                and not self.registry_config:
+            raise ValueError("restart 'process:' needs config=PATH or the entry's registry_config")
+        return self
+
+    @property
+    def wave(self) -> str:
+        return self.group or DEFAULT_GROUP
+
+    @property
+    def where(self) -> str:
+        return f"pool {self.work_pool}" if self.work_pool else "local"
+
+
+class Inventory(BaseModel):
+    """The whole file: ``registries:``, a non-empty list of unique names."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    registries: list[RegistryEntry] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> "Inventory":
+        seen: dict[str, int] = {}
+        for i, entry in enumerate(self.registries):
+            if entry.name in seen:
+                raise ValueError(f"registries[{i}]: name {entry.name!r} is already used by "
+                                 f"registries[{seen[entry.name]}]")
+            seen[entry.name] = i
+        return self
+
+    def select(self, only: Optional[list[str]] = None) -> list[RegistryEntry]:
+        """The entries named in ``only`` (all when empty), in inventory order."""
+        if not only:
+            return list(self.registries)
+        names = {e.name for e in self.registries}
+        unknown = [n for n in only if n not in names]
+        if unknown:
+            raise UsageError(f"--only names registries not in the inventory: {', '.join(unknown)}; "
+                             f"known: {', '.join(e.name for e in self.registries)}")
+        return [e for e in self.registries if e.name in set(only)]
+
+    @staticmethod
+    def waves(entries: list[RegistryEntry]) -> list[tuple[str, list[RegistryEntry]]]:
+        """Entries grouped into waves, in the order their groups first appear."""
+        order: dict[str, list[RegistryEntry]] = {}
+        for e in entries:
+            order.setdefault(e.wave, []).append(e)
+        return list(order.items())
+
+
+def _describe(loc: tuple, raw: Any) -> str:
+    """``registries[1] 'site-b': storage`` from a pydantic error location."""
+    parts = list(loc)
+    if len(parts) >= 2 and parts[0] == "registries" and isinstance(parts[1], int):
+        i = parts[1]
+        who = f"registries[{i}]"
+        try:
+            name = raw["registries"][i].get("name")
+        except (KeyError, IndexError, TypeError, AttributeError):
+            name = None
+        if isinstance(name, str):
+            who += f" ({name!r})"
+        field = ".".join(str(p) for p in parts[2:])
+        return f"{who}: {field}" if field else who
+    return ".".join(str(p) for p in parts) or "(top level)"
+
+
+def _message(err: dict) -> str:
+    kind = err.get("type")
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "extra_forbidden":
+        return "unknown field"
+    msg = err.get("msg", "invalid")
+    return msg[len("Value error, "):] if msg.startswith("Value error, ") else msg
+
+
+def parse_inventory(data: Any, source: str = "<inventory>") -> Inventory:
+    """Validate an already-loaded document; InventoryError lists every problem."""
+    try:
+        return Inventory.model_validate(data)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            where = _describe(tuple(err.get("loc", ())), data)
+            problems.append(f"{where}: {_message(err)}" if where != "(top level)" else _message(err))
+        raise InventoryError(source, problems) from None
+
+
+def load_inventory(path: Any) -> Inventory:
+    """Read and validate an inventory YAML file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except OSError as e:
+        raise InventoryError(p, [f"cannot read it: {e.strerror or e}"]) from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise InventoryError(p, [f"not valid YAML: {' '.join(str(e).split())}"]) from None
+    if not isinstance(data, dict):
+        raise InventoryError(p, ["expected a mapping with a 'registries:' list at the top"])
+    return parse_inventory(data, str(p))

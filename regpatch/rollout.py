@@ -1,0 +1,170 @@
+"""Rollout bookkeeping: one outcome per registry, the state file, the summary table.
+
+Pure data and files; the orchestration lives in ``flows/rollout.py``.
+
+The state file remembers which registries already carry a bundle, so that
+running the same rollout again retries only the registries that did not
+finish. It is a small JSON file per (repository, tag, bundle digest) in the
+state folder (``--state-dir``, by default ``.regpatch-rollouts/`` beside the
+inventory), written atomically after every registry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import threading
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Optional
+
+from .errors import RegpatchError
+from .progress import human
+
+PATCHED, UP_TO_DATE, DRY_RUN, FAILED, SKIPPED, NOT_RUN = (
+    "patched", "up-to-date", "dry-run", "failed", "skipped", "not-run")
+FINISHED = (PATCHED, UP_TO_DATE)
+STATE_DIR_NAME = ".regpatch-rollouts"
+
+
+@dataclass
+class RegistryOutcome:
+    """What happened to one registry of a rollout."""
+
+    name: str
+    group: str
+    where: str
+    status: str
+    old: Optional[str] = None
+    new: Optional[str] = None
+    bytes_copied: Optional[int] = None
+    seconds: Optional[float] = None
+    error: Optional[str] = None
+    flow_run: Optional[str] = None
+    note: Optional[str] = None
+
+    @property
+    def failed(self) -> bool:
+        return self.status == FAILED
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RegistryOutcome":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def row(self) -> dict:
+        """One row of the summary table (artifact and terminal)."""
+        return {
+            "registry": self.name,
+            "group": self.group,
+            "where": self.where,
+            "status": self.status,
+            "old → new": f"{_short(self.old) or '(new tag)'} → {_short(self.new) or '?'}"
+                         if self.status in (PATCHED, DRY_RUN) else (_short(self.new) or ""),
+            "bytes copied": "" if self.bytes_copied is None else human(self.bytes_copied),
+            "seconds": "" if self.seconds is None else f"{self.seconds:.1f}",
+            "error": self.error or self.note or "",
+        }
+
+
+def _short(digest: Optional[str]) -> Optional[str]:
+    if not digest:
+        return None
+    algo, _, hexpart = digest.partition(":")
+    return f"{algo}:{hexpart[:12]}" if hexpart else digest
+
+
+class RolloutFailed(RegpatchError):
+    """At least one registry of a rollout failed; carries every outcome (exit 7)."""
+
+    exit_code = 7
+
+    def __init__(self, outcomes: list[RegistryOutcome]):
+        self.outcomes = outcomes
+        failed = [o.name for o in outcomes if o.failed]
+        not_run = [o.name for o in outcomes if o.status == NOT_RUN]
+        msg = f"{len(failed)} of {len(outcomes)} registries failed: {', '.join(failed)}"
+        if not_run:
+            msg += f"; not run (an earlier wave failed): {', '.join(not_run)}"
+        super().__init__(msg + "; run the same rollout again to retry only those")
+
+    def __reduce__(self):
+        return (type(self), (self.outcomes,))
+
+
+def render_table(outcomes: list[RegistryOutcome]) -> str:
+    """A plain-text table, one line per registry."""
+    rows = [o.row() for o in outcomes]
+    if not rows:
+        return "(no registries)\n"
+    cols = list(rows[0])
+    width = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
+    line = lambda r: "  ".join(str(r[c]).ljust(width[c]) for c in cols).rstrip()  # noqa: E731
+    out = [line({c: c for c in cols}), "  ".join("-" * width[c] for c in cols)]
+    out += [line(r) for r in rows]
+    return "\n".join(out) + "\n"
+
+
+def render_markdown(outcomes: list[RegistryOutcome], title: str) -> str:
+    rows = [o.row() for o in outcomes]
+    cols = list(rows[0]) if rows else []
+    lines = [f"# {title}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(r[c]).replace("|", "\\|") for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+class RolloutState:
+    """The JSON file that remembers which registries finished this rollout."""
+
+    def __init__(self, state_dir: Path, repository: str, tag: str, digest: str):
+        key = hashlib.sha256(f"{repository}\0{tag}\0{digest}".encode()).hexdigest()[:12]
+        safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in f"{repository}-{tag}")
+        self.path = Path(state_dir) / f"rollout-{safe}-{key}.json"
+        self.repository, self.tag, self.digest = repository, tag, digest
+        self._lock = threading.Lock()
+        self.registries: dict[str, dict] = {}
+        if self.path.is_file():
+            try:
+                doc = json.loads(self.path.read_text(encoding="utf-8"))
+                if doc.get("digest") == digest:
+                    self.registries = dict(doc.get("registries") or {})
+            except (OSError, ValueError):
+                self.registries = {}  # unreadable: everything is retried, which is safe
+
+    @staticmethod
+    def default_dir(inventory: Path) -> Path:
+        return Path(inventory).resolve().parent / STATE_DIR_NAME
+
+    def finished(self, name: str) -> Optional[RegistryOutcome]:
+        """The earlier outcome when that registry finished with this bundle."""
+        d = self.registries.get(name)
+        if d and d.get("status") in FINISHED and d.get("new") == self.digest:
+            return RegistryOutcome.from_dict(d)
+        return None
+
+    def record(self, outcome: RegistryOutcome) -> None:
+        with self._lock:
+            if outcome.status in (SKIPPED, NOT_RUN, DRY_RUN):
+                return
+            self.registries[outcome.name] = outcome.to_dict()
+            self._write()
+
+    def _write(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        doc = {"repository": self.repository, "tag": self.tag, "digest": self.digest,
+               "registries": self.registries}
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(doc, f, indent=2, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise

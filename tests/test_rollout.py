@@ -1,0 +1,193 @@
+"""Rollouts in-process: one bundle to three real registries, one of them broken.
+
+The rollout flow runs on Prefect's test harness; registries without a
+work_pool are patched as subflows. skopeo checks what each registry serves.
+"""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from regpatch.cli import main as regpatch_main
+from regpatch.inventory import InventoryError, load_inventory
+from regpatch.localregistry import LocalRegistry
+from regpatch.sample import push_with_skopeo, scenario_servercore
+from util import skopeo_inspect_digest, tree_hash
+
+from prefect_fixtures import prefect_api  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+REPO, TAG = "servercore", "ltsc2019"
+
+
+@pytest.fixture(scope="module")
+def scenario(tmp_path_factory):
+    return scenario_servercore(tmp_path_factory.mktemp("sample"), base_size=64 << 10, delta_size=16 << 10)
+
+
+@pytest.fixture
+def fleet(tmp_path, scenario):
+    """Three started registries holding the old image; stopped at teardown."""
+    regs = {}
+    try:
+        for name in ("site-a", "site-b", "site-c"):
+            regs[name] = LocalRegistry(tmp_path / name).start()
+            push_with_skopeo(scenario["old_layout"], scenario["ref"], regs[name].host, REPO, TAG)
+        yield regs
+    finally:
+        for reg in regs.values():
+            reg.stop()
+
+
+def write_inventory(path, entries) -> str:
+    path.write_text(yaml.safe_dump({"registries": entries}, sort_keys=False), encoding="utf-8")
+    return str(path)
+
+
+def entry(name, reg, **extra) -> dict:
+    return {"name": name, "storage": str(reg.root), "url": reg.url, **extra}
+
+
+def rollout(capsys, bundle, inventory, *extra) -> tuple[int, str, str]:
+    code = regpatch_main(["rollout", str(bundle), "--inventory", inventory, "--repository", REPO,
+                          "--tag", TAG, *map(str, extra)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def row(out: str, name: str) -> str:
+    lines = [l for l in out.splitlines() if l.split(" ", 1)[0] == name]
+    assert len(lines) == 1, out
+    return lines[0]
+
+
+def test_three_registries_one_broken_then_rerun_retries_only_it(capsys, tmp_path, fleet, scenario):
+    old, new = str(scenario["old"].manifest_digest), str(scenario["new"].manifest_digest)
+    a, b, c = fleet["site-a"], fleet["site-b"], fleet["site-c"]
+    not_a_dir = tmp_path / "not-a-directory"
+    not_a_dir.write_text("this file is where site-c's storage should be\n")
+    inv = tmp_path / "inventory.yml"
+    broken = entry("site-c", c, group="fleet") | {"storage": str(not_a_dir)}
+    write_inventory(inv, [entry("site-a", a, group="canary"), entry("site-b", b, group="fleet"), broken])
+
+    code, out, err = rollout(capsys, scenario["staged"], str(inv), "--max-parallel", "2")
+    assert code == 7, err
+    assert "patched" in row(out, "site-a") and "patched" in row(out, "site-b")
+    assert "failed" in row(out, "site-c") and str(not_a_dir) in row(out, "site-c")
+    assert "1 of 3 registries failed: site-c" in err
+    for reg in (a, b):
+        assert skopeo_inspect_digest(reg.host, REPO, TAG) == new
+    assert skopeo_inspect_digest(c.host, REPO, TAG) == old
+    assert len(list((tmp_path / ".regpatch-rollouts").glob("rollout-*.json"))) == 1
+
+    # fix site-c's storage; the re-run patches site-c only
+    before = {n: tree_hash(fleet[n].root) for n in ("site-a", "site-b")}
+    write_inventory(inv, [entry("site-a", a, group="canary"), entry("site-b", b, group="fleet"),
+                          entry("site-c", c, group="fleet")])
+    code, out, err = rollout(capsys, scenario["staged"], str(inv))
+    assert code == 0, err
+    assert "skipped" in row(out, "site-a") and "done in an earlier run" in row(out, "site-a")
+    assert "skipped" in row(out, "site-b")
+    assert "patched" in row(out, "site-c")
+    assert {n: tree_hash(fleet[n].root) for n in ("site-a", "site-b")} == before
+    assert skopeo_inspect_digest(c.host, REPO, TAG) == new
+
+
+def test_failed_canary_stops_later_waves(capsys, tmp_path, fleet, scenario):
+    a, b = fleet["site-a"], fleet["site-b"]
+    before = tree_hash(b.root)
+    inv = write_inventory(tmp_path / "inv.yml", [
+        entry("site-a", a, group="canary", url="http://127.0.0.1:9"),  # nothing listens: verify fails
+        entry("site-b", b, group="fleet")])
+    code, out, err = rollout(capsys, scenario["staged"], inv, "--state-dir", tmp_path / "state")
+    assert code == 7
+    assert "failed" in row(out, "site-a")
+    assert "not-run" in row(out, "site-b") and "wave 'canary' failed" in row(out, "site-b")
+    assert tree_hash(b.root) == before
+
+
+def test_only_and_dry_run(capsys, tmp_path, fleet, scenario):
+    before = {n: tree_hash(fleet[n].root) for n in fleet}
+    inv = write_inventory(tmp_path / "inv.yml", [entry(n, r) for n, r in fleet.items()])
+    code, out, err = rollout(capsys, scenario["staged"], inv, "--only", "site-a,site-b", "--dry-run")
+    assert code == 0, err
+    assert "dry-run" in row(out, "site-a") and "dry-run" in row(out, "site-b")
+    assert "site-c" not in out
+    assert {n: tree_hash(fleet[n].root) for n in fleet} == before
+    assert not (tmp_path / ".regpatch-rollouts").exists()
+    code, out, err = rollout(capsys, scenario["staged"], inv, "--only", "site-x")
+    assert code == 2 and "site-x" in err
+
+
+@pytest.mark.parametrize("entries,expected", [
+    ([{"name": "a", "storage": "/x"}, {"name": "a", "storage": "/y"}],
+     ["registries[1]: name 'a' is already used by registries[0]"]),
+    ([{"name": "a", "storage": "/x"}, {"name": "b", "url": "http://127.0.0.1:5000"}],
+     ["registries[1] ('b'): storage: required field is missing"]),
+    ([{"name": "a", "storage": "/x", "stroage": "/y"}],
+     ["registries[0] ('a'): stroage: unknown field"]),
+    ([{"name": "a", "storage": "/x", "restart": "reboot"}],
+     ["registries[0] ('a'): restart: invalid restart spec 'reboot'"]),
+    ([{"name": "bad name", "storage": "/x"}, {"storage": "/y"}],
+     ["registries[0] ('bad name'): name: must be", "registries[1]: name: required field is missing"]),
+])
+def test_invalid_inventory_names_entry_and_field(tmp_path, entries, expected):
+    inv = write_inventory(tmp_path / "inv.yml", entries)
+    with pytest.raises(InventoryError) as e:
+        load_inventory(inv)
+    for text in expected:
+        assert text in str(e.value)
+
+
+def test_invalid_inventory_fails_before_anything_is_touched(capsys, tmp_path, fleet, scenario):
+    before = {n: tree_hash(fleet[n].root) for n in fleet}
+    a, b, c = fleet["site-a"], fleet["site-b"], fleet["site-c"]
+    inv = write_inventory(tmp_path / "inv.yml", [
+        entry("site-a", a), entry("site-a", b),                # duplicate name
+        {"name": "site-c", "url": c.url},                       # missing storage
+        entry("site-d", c, colour="blue")])                     # unknown field
+    code, out, err = rollout(capsys, scenario["staged"], inv)
+    assert code == 2
+    line = [l for l in err.splitlines() if l.startswith("regpatch: error:")]
+    assert len(line) == 1, err
+    assert "registries[2] ('site-c'): storage: required field is missing" in line[0]
+    assert "registries[3] ('site-d'): colour: unknown field" in line[0]
+    (tmp_path / "dup.yml").write_text(yaml.safe_dump({"registries": [entry("site-a", a), entry("site-a", b)]}))
+    code, out, err = rollout(capsys, scenario["staged"], str(tmp_path / "dup.yml"))
+    assert code == 2 and "name 'site-a' is already used by registries[0]" in err
+    assert {n: tree_hash(fleet[n].root) for n in fleet} == before
+    assert not (tmp_path / ".regpatch-rollouts").exists()
+
+
+def test_registry_concurrency_guard_serialises_patches(capsys, tmp_path, fleet, scenario):
+    """While another holder has site-a's concurrency slot, the rollout waits for it."""
+    import threading
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.concurrency.sync import concurrency
+
+    from tasks.rollout_tasks import registry_lock_name
+
+    a = fleet["site-a"]
+    old, new = str(scenario["old"].manifest_digest), str(scenario["new"].manifest_digest)
+    inv = write_inventory(tmp_path / "inv.yml", [entry("site-a", a)])
+    lock = registry_lock_name("site-a")
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(lock, 1)
+    result = {}
+    with concurrency(lock, occupy=1, strict=True):
+        t = threading.Thread(target=lambda: result.update(code=regpatch_main(
+            ["rollout", str(scenario["staged"]), "--inventory", inv, "--repository", REPO, "--tag", TAG])))
+        t.start()
+        time.sleep(6)
+        assert t.is_alive()  # waiting for the slot: nothing written yet
+        assert skopeo_inspect_digest(a.host, REPO, TAG) == old
+        released = time.time()
+    t.join(180)
+    assert result.get("code") == 0, capsys.readouterr()
+    assert skopeo_inspect_digest(a.host, REPO, TAG) == new
+    current = a.root / f"docker/registry/v2/repositories/{REPO}/_manifests/tags/{TAG}/current/link"
+    assert current.stat().st_mtime >= released - 0.01  # written only after the slot was released
