@@ -135,8 +135,6 @@ class Journal:
     updated: str = field(default_factory=now_iso)
     status: str = "running"          # running | complete | failed | rolled-back
     steps: list[str] = field(default_factory=list)
-    staged: list[str] = field(default_factory=list)
-    installed: list[str] = field(default_factory=list)
     runs: int = 1
     error: Optional[str] = None
 
