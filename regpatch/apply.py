@@ -121,7 +121,7 @@ def _stage(store: RegistryStore, source, step, what, bar) -> None:
         source.stage_blob(store, step.digest, step.size, step.source.name, what=what, progress=bar)
         return
     store.stage_blob(step.digest, step.size, lambda: source.open(step.source.name), what=what,
-                     progress=bar)
+                     progress=bar, local=source.local_path(step.source.name) is not None)
 
 
 def install_blobs(plan: PatchPlan, store: RegistryStore, *,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import os
 import queue
 import re
 import threading
@@ -172,6 +173,87 @@ def _pipelined_copy(src, dst, h, account: Callable[[int], None]) -> None:
         threads[0].join(timeout=60)
     if errors:
         raise errors[0]
+
+
+KERNEL_COPY_CHUNK = 16 << 20
+_NO_KERNEL_COPY = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF}
+
+
+def kernel_copy_and_hash(src_fd: int, dst_fd: int, *, what: str, expected: Optional[Digest],
+                         expected_size: int,
+                         progress: Optional[Callable[[int], None]] = None) -> Optional[tuple[Digest, int]]:
+    """Copy with ``os.copy_file_range`` (in the kernel) while hashing the DESTINATION.
+
+    One thread copies; this thread hashes the bytes that landed in the
+    destination right behind it (from the page cache), so what is verified is
+    what was written. Returns None when the kernel cannot copy between these
+    files (nothing written then): the caller falls back to ``copy_and_hash``.
+    """
+    if not hasattr(os, "copy_file_range"):
+        return None
+    copied = 0
+    eof_extra = 0
+    cond = threading.Condition()
+    errors: list[BaseException] = []
+    finished = False
+
+    def copier() -> None:
+        nonlocal copied, finished, eof_extra
+        try:
+            while copied < expected_size:
+                n = os.copy_file_range(src_fd, dst_fd, min(KERNEL_COPY_CHUNK, expected_size - copied))
+                if n == 0:
+                    break
+                with cond:
+                    copied += n
+                    cond.notify()
+            if copied == expected_size:  # one more byte means the source is too long
+                eof_extra = len(os.pread(src_fd, 1, copied))
+        except BaseException as e:
+            errors.append(e)
+        finally:
+            with cond:
+                finished = True
+                cond.notify()
+
+    try:  # probe: can the kernel copy here at all?
+        first = os.copy_file_range(src_fd, dst_fd, min(KERNEL_COPY_CHUNK, expected_size)) if expected_size else 0
+    except OSError as e:
+        if e.errno in _NO_KERNEL_COPY:
+            return None
+        raise
+    copied = first
+    h = new_hasher()
+    t = threading.Thread(target=copier, daemon=True)
+    t.start()
+    hashed = 0
+    try:
+        while True:
+            with cond:
+                while hashed >= copied and not finished:
+                    cond.wait()
+                upto, done = copied, finished
+            while hashed < upto:
+                chunk = os.pread(dst_fd, min(CHUNK, upto - hashed), hashed)
+                if not chunk:
+                    raise OSError(errno.EIO, f"short read of the copy of {what}")
+                h.update(chunk)
+                hashed += len(chunk)
+                if progress:
+                    progress(len(chunk))
+            if done and hashed >= copied:
+                break
+    finally:
+        t.join()
+    if errors:
+        raise errors[0]
+    if copied != expected_size or eof_extra:
+        actual_size = os.fstat(src_fd).st_size if eof_extra else copied
+        raise SizeMismatch(what, expected_size, actual_size)
+    actual = Digest("sha256", h.hexdigest())
+    if expected is not None and actual != expected:
+        raise DigestMismatch(what, expected, actual, copied)
+    return actual, copied
 
 
 def _write_all(dst, view: memoryview) -> None:

@@ -13,11 +13,12 @@ import json
 import logging
 import os
 import secrets
+import stat
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Optional
 
-from .digest import Digest, copy_and_hash, io_retry
+from .digest import Digest, copy_and_hash, io_retry, kernel_copy_and_hash
 from .faults import checkpoint
 from .errors import (InvalidReference, NoSpace, RegpatchError, StorageError, StorageNotFound,
                      UnsafePath)
@@ -39,6 +40,13 @@ def _space_error(e: OSError, path: Path) -> BaseException:
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return StorageError(f"cannot write {path}: {e.strerror}")
     return e
+
+
+def _is_plain_file(f) -> bool:
+    try:
+        return stat.S_ISREG(os.fstat(f.fileno()).st_mode)
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def _raise_write_error(e: OSError, path: Path):
@@ -253,7 +261,7 @@ class RegistryStore:
         sweep_temp_files(final.parent)
         tmp = final.parent / f"{TMP_MARK}{os.getpid()}-{secrets.token_hex(6)}"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, FILE_MODE)  # RDWR: the copy is hashed back
         except OSError as e:
             _raise_write_error(e, final)
         try:
@@ -313,16 +321,25 @@ class RegistryStore:
         return path if self._verified(digest, st) else None
 
     def stage_blob(self, digest: Digest, size: int, open_source: Callable[[], BinaryIO], *,
-                   what: str, progress: Optional[Callable[[int], None]] = None) -> Path:
+                   what: str, progress: Optional[Callable[[int], None]] = None,
+                   local: bool = False) -> Path:
         """Copy a blob into the staging folder while hashing it: one read pass.
+
+        ``local``: the source is a file on this machine; the kernel copies it
+        (``copy_file_range``) while the copy itself is hashed.
 
         On a digest or size mismatch the partial file is removed and the error
         raised; the registry's v2/ tree is never touched here.
         """
         final = self.layout.staged_blob(digest)
         with self._temp_beside(final) as dst, open_source() as src:
-            copy_and_hash(src, dst, what=what, expected=digest, expected_size=size,
-                          progress=progress)
+            done = None
+            if local and _is_plain_file(src):  # the kernel copies, this thread hashes the copy
+                done = kernel_copy_and_hash(src.fileno(), dst.fileno(), what=what, expected=digest,
+                                            expected_size=size, progress=progress)
+            if done is None:
+                copy_and_hash(src, dst, what=what, expected=digest, expected_size=size,
+                              progress=progress)
         self._remember_verified(digest, final)
         return final
 
