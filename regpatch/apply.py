@@ -14,7 +14,9 @@ Each step is idempotent: a re-run after a crash redoes only what is missing.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -57,42 +59,85 @@ class ApplyReport:
         return bool(self.manifests_written or self.links_written or self.bytes_copied)
 
 
+BLOB_WORKERS = 2  # two blobs at once: hashing is the bottleneck and the machines have 2+ cores
+
+
+class _Aborted(Exception):
+    """Another blob failed: this one stops at its next chunk."""
+
+
 def verify_blobs(plan: PatchPlan, store: RegistryStore, *, dry_run: bool = False,
                  progress: ProgressFactory = _no_progress) -> list[BlobResult]:
     """Check every blob of the plan. Bundle blobs are staged unless dry_run.
 
-    Raises DigestMismatch / SizeMismatch naming the file at the first bad blob;
+    Local bundles are staged two blobs at a time (largest first); a network
+    source, which parallelises its own downloads, one at a time. Raises
+    DigestMismatch / SizeMismatch naming the file at the first bad blob;
     nothing under docker/registry/v2 has been written at that point.
     """
-    results = []
     source = plan.source
-    for step in plan.blobs:
-        t0 = time.monotonic()
-        if step.action == PRESENT:
-            store.verify_blob(step.digest, step.size, progress=progress(f"verify {step.digest.short}", step.size),
-                              remember=not dry_run)
-            log.info("registry already holds %s (%s B): verified", step.digest, f"{step.size:,}")
-            results.append(BlobResult(step.digest, step.size, "skipped", time.monotonic() - t0))
-            continue
-        if step.action not in (COPY, REPAIR):
-            continue
-        assert step.source is not None
-        what = f"bundle file {source.describe(step.source.name)}"
-        bar = progress(f"{'check' if dry_run else 'stage'} {step.source.name}", step.size)
-        if dry_run:
-            _hash_only(source, step.source.name, step.digest, step.size, what, bar)
-        elif store.staged_path(step.digest) is not None:
-            log.info("%s (%s, %s B) already staged and verified by an earlier run: not copied again",
-                     what, step.digest, f"{step.size:,}")
-            results.append(BlobResult(step.digest, step.size, "resumed", 0.0, step.source.name))
-            continue
-        else:
-            _stage(store, source, step, what, _with_checkpoints(bar))
-        secs = time.monotonic() - t0
-        log.info("%s %s: %s B verified as %s in %.2fs (%.0f MB/s)", "checked" if dry_run else "staged",
-                 what, f"{step.size:,}", step.digest, secs, step.size / 1e6 / max(secs, 1e-6))
-        results.append(BlobResult(step.digest, step.size, "verified", secs, step.source.name))
-    return results
+    abort = threading.Event()
+
+    def guarded(bar: Callable[[int], None]) -> Callable[[int], None]:
+        def advance(n: int) -> None:
+            if abort.is_set():
+                raise _Aborted()
+            bar(n)
+        return advance
+
+    def one(step) -> Optional[BlobResult]:
+        try:
+            return _verify_one(step, plan, store, dry_run, lambda label, total: guarded(progress(label, total)))
+        except _Aborted:
+            return None
+        except BaseException:
+            abort.set()
+            raise
+
+    steps = [s for s in plan.blobs if s.action in (PRESENT, COPY, REPAIR)]
+    local = all(s.source is None or source.local_path(s.source.name) is not None for s in steps)
+    workers = BLOB_WORKERS if local and len(steps) > 1 else 1
+    if workers == 1:
+        return [r for r in map(one, steps) if r is not None]
+    order = sorted(range(len(steps)), key=lambda i: -steps[i].size)
+    results: dict[int, Optional[BlobResult]] = {}
+    errors: list[BaseException] = []
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="blob") as pool:
+        futures = {pool.submit(one, steps[i]): i for i in order}
+        for fut in as_completed(futures):
+            try:
+                results[futures[fut]] = fut.result()
+            except BaseException as e:  # the first failure is raised once all have stopped
+                errors.append(e)
+    if errors:
+        raise errors[0]
+    return [results[i] for i in range(len(steps)) if results.get(i) is not None]
+
+
+def _verify_one(step, plan: PatchPlan, store: RegistryStore, dry_run: bool,
+                progress: ProgressFactory) -> Optional[BlobResult]:
+    source = plan.source
+    t0 = time.monotonic()
+    if step.action == PRESENT:
+        store.verify_blob(step.digest, step.size, progress=progress(f"verify {step.digest.short}", step.size),
+                          remember=not dry_run)
+        log.info("registry already holds %s (%s B): verified", step.digest, f"{step.size:,}")
+        return BlobResult(step.digest, step.size, "skipped", time.monotonic() - t0)
+    assert step.source is not None
+    what = f"bundle file {source.describe(step.source.name)}"
+    bar = progress(f"{'check' if dry_run else 'stage'} {step.source.name}", step.size)
+    if dry_run:
+        _hash_only(source, step.source.name, step.digest, step.size, what, bar)
+    elif store.staged_path(step.digest) is not None:
+        log.info("%s (%s, %s B) already staged and verified by an earlier run: not copied again",
+                 what, step.digest, f"{step.size:,}")
+        return BlobResult(step.digest, step.size, "resumed", 0.0, step.source.name)
+    else:
+        _stage(store, source, step, what, _with_checkpoints(bar))
+    secs = time.monotonic() - t0
+    log.info("%s %s: %s B verified as %s in %.2fs (%.0f MB/s)", "checked" if dry_run else "staged",
+             what, f"{step.size:,}", step.digest, secs, step.size / 1e6 / max(secs, 1e-6))
+    return BlobResult(step.digest, step.size, "verified", secs, step.source.name)
 
 
 @io_retry
