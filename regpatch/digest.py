@@ -21,6 +21,7 @@ from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponen
 from .errors import DigestMismatch, InvalidReference, SizeMismatch
 
 CHUNK = 4 << 20  # 4 MiB: large enough for throughput, small enough to stay flat
+STREAM_CHUNK = 1 << 20  # network bodies arrive in small pieces: smaller buffers do
 
 _HEX = re.compile(r"^[a-f0-9]{64}$")
 
@@ -90,7 +91,9 @@ def copy_and_hash(
         if progress:
             progress(n)
 
-    if dst is None:
+    if dst is None and _is_stream(src):  # network body: receiving overlaps hashing
+        _pipelined_copy(src, None, h, account, chunk=STREAM_CHUNK)
+    elif dst is None:
         buf = bytearray(CHUNK)
         view = memoryview(buf)
         while True:
@@ -113,11 +116,11 @@ _BUFFERS = 4
 _DONE = object()
 
 
-def _pipelined_copy(src, dst, h, account: Callable[[int], None]) -> None:
+def _pipelined_copy(src, dst, h, account: Callable[[int], None], chunk: int = CHUNK) -> None:
     """reader thread -> (this thread: hash) -> writer thread, over a few reused buffers."""
     free: queue.Queue = queue.Queue()
     for _ in range(_BUFFERS):
-        free.put(bytearray(CHUNK))
+        free.put(bytearray(chunk))
     filled: queue.Queue = queue.Queue()
     to_write: queue.Queue = queue.Queue()
     errors: list[BaseException] = []
@@ -144,7 +147,7 @@ def _pipelined_copy(src, dst, h, account: Callable[[int], None]) -> None:
                 if item is _DONE:
                     return
                 buf, n = item
-                if not errors:
+                if not errors and dst is not None:
                     _write_all(dst, memoryview(buf)[:n])
                 free.put(buf)
         except BaseException as e:
@@ -158,9 +161,7 @@ def _pipelined_copy(src, dst, h, account: Callable[[int], None]) -> None:
     try:
         while True:
             buf, n = filled.get()
-            if errors:
-                raise errors[0]
-            if not n:
+            if not n:  # EOF, or the reader/writer failed: raised below
                 break
             h.update(memoryview(buf)[:n])
             account(n)
@@ -254,6 +255,15 @@ def kernel_copy_and_hash(src_fd: int, dst_fd: int, *, what: str, expected: Optio
     if expected is not None and actual != expected:
         raise DigestMismatch(what, expected, actual, copied)
     return actual, copied
+
+
+def _is_stream(src) -> bool:
+    """True for a source that is not a file (an HTTP body): worth a reader thread."""
+    try:
+        src.fileno()
+        return False
+    except (AttributeError, OSError, ValueError):
+        return True
 
 
 def _write_all(dst, view: memoryview) -> None:
