@@ -14,10 +14,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from regpatch.digest import Digest
 from regpatch.errors import RegpatchError
 from regpatch.progress import human
-from regpatch.reference import Repository, Tag
 from regpatch.rollback import flip_tag
 from regpatch.state import open_journal, read_history, record_history, repository_lock, was_verified
-from regpatch.service import parse_restart_spec
 from regpatch.target import RegistryTarget
 from tasks.patch_tasks import (copy_blobs, fetch_bundle, plan_patch, restart_registry,
                                verify_digests, verify_pull, write_links)
@@ -133,11 +131,9 @@ def patch_registry(
     logger = get_run_logger()
     clock = _Clock()
     # Everything that can be checked without I/O is checked before any I/O.
-    repo, tg = Repository.parse(repository), Tag.parse(tag)
-    target = RegistryTarget.resolve(storage=storage, url=registry_url, config=registry_config,
-                                    auth_file=registry_auth_file, ca_file=registry_ca, insecure=insecure,
-                                    state_dir=state_dir)
-    parse_restart_spec(restart, registry_config=Path(registry_config) if registry_config else None)
+    repo, tg, target = RegistryTarget.for_run(
+        repository, tag, restart, storage=storage, url=registry_url, config=registry_config,
+        auth_file=registry_auth_file, ca_file=registry_ca, insecure=insecure, state_dir=state_dir)
     store = target.store()
     s3 = dict(endpoint_url=s3_endpoint_url, region=s3_region, aws_credentials_block=aws_credentials_block,
               cache_dir=cache_dir, retries=s3_retries, wait_initial=s3_wait_initial, wait_max=s3_wait_max,

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from regpatch.reference import Repository, Tag
-from regpatch.service import parse_restart_spec
 from regpatch.state import record_history, repository_lock
 from regpatch.target import RegistryTarget
 from tasks.patch_tasks import restart_registry, verify_pull
@@ -50,11 +47,9 @@ def rollback_registry(
     removed blobs (the in-memory blob descriptor cache), which a rollback does not do.
     """
     logger = get_run_logger()
-    repo, tg = Repository.parse(repository), Tag.parse(tag)
-    target = RegistryTarget.resolve(storage=storage, url=registry_url, config=registry_config,
-                                    auth_file=registry_auth_file, ca_file=registry_ca, insecure=insecure,
-                                    state_dir=state_dir)
-    parse_restart_spec(restart, registry_config=Path(registry_config) if registry_config else None)
+    repo, tg, target = RegistryTarget.for_run(
+        repository, tag, restart, storage=storage, url=registry_url, config=registry_config,
+        auth_file=registry_auth_file, ca_file=registry_ca, insecure=insecure, state_dir=state_dir)
     store = target.store()
     with repository_lock(store.layout, repo, timeout=lock_timeout):
         current, dest = choose_target(target, repository, tag, to)

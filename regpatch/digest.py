@@ -21,7 +21,6 @@ from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponen
 from .errors import DigestMismatch, InvalidReference, SizeMismatch
 
 CHUNK = 4 << 20  # 4 MiB: large enough for throughput, small enough to stay flat
-STREAM_CHUNK = 1 << 20  # network bodies arrive in small pieces: smaller buffers do
 
 _HEX = re.compile(r"^[a-f0-9]{64}$")
 
@@ -91,9 +90,7 @@ def copy_and_hash(
         if progress:
             progress(n)
 
-    if dst is None and _is_stream(src):  # network body: receiving overlaps hashing
-        _pipelined_copy(src, None, h, account, chunk=STREAM_CHUNK)
-    elif dst is None:
+    if dst is None:  # (a reader thread for network bodies was measured: slower, GIL-bound)
         buf = bytearray(CHUNK)
         view = memoryview(buf)
         while True:
@@ -116,11 +113,11 @@ _BUFFERS = 4
 _DONE = object()
 
 
-def _pipelined_copy(src, dst, h, account: Callable[[int], None], chunk: int = CHUNK) -> None:
+def _pipelined_copy(src, dst, h, account: Callable[[int], None]) -> None:
     """reader thread -> (this thread: hash) -> writer thread, over a few reused buffers."""
     free: queue.Queue = queue.Queue()
     for _ in range(_BUFFERS):
-        free.put(bytearray(chunk))
+        free.put(bytearray(CHUNK))
     filled: queue.Queue = queue.Queue()
     to_write: queue.Queue = queue.Queue()
     errors: list[BaseException] = []
@@ -147,7 +144,7 @@ def _pipelined_copy(src, dst, h, account: Callable[[int], None], chunk: int = CH
                 if item is _DONE:
                     return
                 buf, n = item
-                if not errors and dst is not None:
+                if not errors:
                     _write_all(dst, memoryview(buf)[:n])
                 free.put(buf)
         except BaseException as e:
@@ -255,15 +252,6 @@ def kernel_copy_and_hash(src_fd: int, dst_fd: int, *, what: str, expected: Optio
     if expected is not None and actual != expected:
         raise DigestMismatch(what, expected, actual, copied)
     return actual, copied
-
-
-def _is_stream(src) -> bool:
-    """True for a source that is not a file (an HTTP body): worth a reader thread."""
-    try:
-        src.fileno()
-        return False
-    except (AttributeError, OSError, ValueError):
-        return True
 
 
 def _write_all(dst, view: memoryview) -> None:

@@ -50,6 +50,21 @@ class RegistryTarget:
 
         return RegistryStore(self.storage, state_dir=self.state_dir)
 
+    @classmethod
+    def for_run(cls, repository: str, tag: str, restart: str, **options):
+        """Everything a flow checks before any I/O: (Repository, Tag, RegistryTarget).
+
+        Repository, tag and restart spec are validated before the target is resolved."""
+        from pathlib import Path
+
+        from .reference import Repository, Tag
+        from .service import parse_restart_spec
+
+        repo, tg = Repository.parse(repository), Tag.parse(tag)
+        config = options.get("config")
+        parse_restart_spec(restart, registry_config=Path(config) if config else None)
+        return repo, tg, cls.resolve(**options)
+
     @property
     def host(self) -> str:
         """host:port as pull references name the registry."""

@@ -20,6 +20,6 @@ def _route_core_logs() -> None:
             core.addHandler(handler)
 
 
-from prefect.logging.configuration import setup_logging as _unused  # noqa: E402,F401  (logging is set up)
+import prefect  # noqa: E402,F401  (importing Prefect configures its logging first)
 
 _route_core_logs()

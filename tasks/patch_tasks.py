@@ -20,7 +20,7 @@ from regpatch.bundle.source import open_source
 from regpatch.plan import PatchPlan, make_plan
 from regpatch.progress import Progress
 from regpatch.reference import Repository, Tag
-from regpatch.registry_api import RegistryClient, VerifyReport, run_verify_command
+from regpatch.registry_api import VerifyReport, run_verify_command
 from regpatch.service import http_probe, parse_restart_spec, wait_until_ready
 from regpatch.target import RegistryTarget
 
