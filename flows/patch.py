@@ -13,6 +13,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from regpatch.digest import Digest
 from regpatch.errors import RegpatchError
+from regpatch.layout import Layout
 from regpatch.progress import human
 from regpatch.rollback import flip_tag
 from regpatch.state import open_journal, read_history, record_history, repository_lock, was_verified
@@ -260,12 +261,10 @@ def _finish(result: PatchResult, clock: _Clock) -> PatchResult:
 
 
 def _plan_text(plan, target: RegistryTarget) -> str:
-    from regpatch.store import RegistryStore
-    return plan.render(RegistryStore(target.storage).layout)
+    return plan.render(Layout(Path(target.storage)))
 
 
 def _relative(target: RegistryTarget, path) -> str:
-    from regpatch.layout import Layout
     return Layout(Path(target.storage)).relative(path)
 
 

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from .digest import Digest, io_retry, copy_and_hash
+from .digest import Digest, io_retry
 from .plan import COPY, PRESENT, REPAIR, PatchPlan
 from .faults import checkpoint
 from .store import RegistryStore
@@ -127,7 +127,7 @@ def _verify_one(step, plan: PatchPlan, store: RegistryStore, dry_run: bool,
     what = f"bundle file {source.describe(step.source.name)}"
     bar = progress(f"{'check' if dry_run else 'stage'} {step.source.name}", step.size)
     if dry_run:
-        _hash_only(source, step.source.name, step.digest, step.size, what, bar)
+        source.hash(step.source.name, expected=step.digest, expected_size=step.size, what=what, progress=bar)
     elif store.staged_path(step.digest) is not None:
         log.info("%s (%s, %s B) already staged and verified by an earlier run: not copied again",
                  what, step.digest, f"{step.size:,}")
@@ -138,12 +138,6 @@ def _verify_one(step, plan: PatchPlan, store: RegistryStore, dry_run: bool,
     log.info("%s %s: %s B verified as %s in %.2fs (%.0f MB/s)", "checked" if dry_run else "staged",
              what, f"{step.size:,}", step.digest, secs, step.size / 1e6 / max(secs, 1e-6))
     return BlobResult(step.digest, step.size, "verified", secs, step.source.name)
-
-
-@io_retry
-def _hash_only(source, name, digest, size, what, bar) -> None:
-    with source.open(name) as f:
-        copy_and_hash(f, None, what=what, expected=digest, expected_size=size, progress=bar)
 
 
 def _with_checkpoints(bar: Callable[[int], None], every: int = 8 << 20) -> Callable[[int], None]:
@@ -166,7 +160,7 @@ def _stage(store: RegistryStore, source, step, what, bar) -> None:
         source.stage_blob(store, step.digest, step.size, step.source.name, what=what, progress=bar)
         return
     store.stage_blob(step.digest, step.size, lambda: source.open(step.source.name), what=what,
-                     progress=bar, local=source.local_path(step.source.name) is not None)
+                     progress=bar)
 
 
 def install_blobs(plan: PatchPlan, store: RegistryStore, *,

@@ -146,10 +146,8 @@ class Journal:
             return None
 
     def save(self, store) -> None:
-        from .reference import Repository as _R, Tag as _T
-
         self.updated = now_iso()
-        path = store.layout.journal(_R(self.repository), _T(self.tag))
+        path = store.layout.journal(Repository(self.repository), Tag(self.tag))
         store.write_file(path, json.dumps(asdict(self), indent=1).encode())
 
     def mark(self, store, step: str) -> None:

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Optional
 
-from .digest import Digest, copy_and_hash, io_retry, kernel_copy_and_hash
+from .digest import Digest, copy_and_hash, hash_file, kernel_copy_and_hash
 from .faults import checkpoint
 from .errors import (InvalidReference, NoSpace, RegpatchError, StorageError, StorageNotFound,
                      UnsafePath)
@@ -180,13 +180,6 @@ class RegistryStore:
             raise StorageError(f"blob {digest} in the registry is larger than {limit} bytes")
         return data
 
-    @io_retry
-    def _hash_path(self, path: Path, digest: Digest, size: int,
-                   progress: Optional[Callable[[int], None]]) -> None:
-        with open(path, "rb", buffering=0) as f:
-            copy_and_hash(f, None, what=f"registry blob {self.layout.relative(path)}",
-                          expected=digest, expected_size=size, progress=progress)
-
     def verify_blob(self, digest: Digest, size: int,
                     progress: Optional[Callable[[int], None]] = None, *, remember: bool = True) -> bool:
         """True if the registry holds this blob with the right size and bytes.
@@ -202,7 +195,8 @@ class RegistryStore:
             return False
         if self._verified(digest, st):
             return True
-        self._hash_path(path, digest, size, progress)
+        hash_file(path, what=f"registry blob {self.layout.relative(path)}", expected=digest,
+                  expected_size=size, progress=progress)
         if remember:
             self._remember_verified(digest, path)
         return True
@@ -321,11 +315,10 @@ class RegistryStore:
         return path if self._verified(digest, st) else None
 
     def stage_blob(self, digest: Digest, size: int, open_source: Callable[[], BinaryIO], *,
-                   what: str, progress: Optional[Callable[[int], None]] = None,
-                   local: bool = False) -> Path:
+                   what: str, progress: Optional[Callable[[int], None]] = None) -> Path:
         """Copy a blob into the staging folder while hashing it: one read pass.
 
-        ``local``: the source is a file on this machine; the kernel copies it
+        A source that is a regular file is copied by the kernel
         (``copy_file_range``) while the copy itself is hashed.
 
         On a digest or size mismatch the partial file is removed and the error
@@ -334,7 +327,7 @@ class RegistryStore:
         final = self.layout.staged_blob(digest)
         with self._temp_beside(final) as dst, open_source() as src:
             done = None
-            if local and _is_plain_file(src):  # the kernel copies, this thread hashes the copy
+            if _is_plain_file(src):  # the kernel copies, this thread hashes the copy
                 done = kernel_copy_and_hash(src.fileno(), dst.fileno(), what=what, expected=digest,
                                             expected_size=size, progress=progress)
             if done is None:

@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ..digest import Digest, copy_and_hash, io_retry
+from ..digest import Digest
 from ..errors import (BundleError, DigestMismatch, InvalidReference, ManifestError, SizeMismatch,
                       UnknownBundleFormat, UsageError)
 from ..manifest import (ImageManifest, Manifest, MAX_MANIFEST_SIZE, OCI_INDEX, Descriptor,
@@ -54,7 +54,7 @@ class PatchBundle:
         for name, size in sorted(self._unmatched.items()):
             if size != desc.size:
                 continue
-            digest = _hash_source_file(self.source, name, size)
+            digest = self.source.hash(name, expected_size=size)
             del self._unmatched[name]
             self.files.setdefault(digest, BundleFile(name, size, digest, True))
             if digest == desc.digest:
@@ -77,13 +77,6 @@ def check_manifest_bytes(raw: bytes, desc: Descriptor, what: str) -> Manifest:
     if actual != desc.digest:
         raise DigestMismatch(what, desc.digest, actual, len(raw))
     return parse_manifest(raw, what=what, media_type_hint=desc.media_type)
-
-
-@io_retry
-def _hash_source_file(source: BundleSource, name: str, size: int) -> Digest:
-    with source.open(name) as f:
-        digest, _ = copy_and_hash(f, None, what=source.describe(name), expected_size=size)
-    return digest
 
 
 def load_bundle(source: BundleSource, *, image: Optional[str] = None) -> PatchBundle:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Optional
+from typing import BinaryIO, Callable, Optional
+
+from ..digest import Digest, copy_and_hash, io_retry
 
 from ..errors import SourceError, UnknownBundleFormat, UnsafePath, UsageError
 
@@ -37,6 +39,15 @@ class BundleSource(ABC):
     def local_path(self, name: str) -> Optional[Path]:
         """A path on this machine's filesystem, when the source has one."""
         return None
+
+    @io_retry
+    def hash(self, name: str, *, expected: Optional[Digest] = None, expected_size: Optional[int] = None,
+             what: Optional[str] = None, progress: Optional[Callable[[int], None]] = None) -> Digest:
+        """Hash a file of the source, streamed; transient I/O errors restart it."""
+        with self.open(name) as f:
+            digest, _ = copy_and_hash(f, None, what=what or self.describe(name), expected=expected,
+                                      expected_size=expected_size, progress=progress)
+        return digest
 
     def describe(self, name: str) -> str:
         return f"{self.description}/{name}"
