@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from regpatch.localregistry import LocalRegistry
+from regpatch.sample import push_with_skopeo, scenario_servercore
 
 
 @pytest.fixture
@@ -16,6 +17,15 @@ def registry(tmp_path):
         yield reg
     finally:
         reg.stop()
+
+
+@pytest.fixture
+def scenario(tmp_path, registry):
+    """The seed's story: old servercore:ltsc2019 pushed to ``registry``, and its patch
+    (``scenario_servercore``'s keys: old, new, staged, old_layout, new_layout, ...)."""
+    s = scenario_servercore(tmp_path / "sample", base_size=1 << 20, delta_size=256 << 10)
+    push_with_skopeo(s["old_layout"], s["ref"], registry.host, s["repository"], s["tag"])
+    return s
 
 
 # regpatch's core loggers are routed to the Prefect API inside flow runs; the

@@ -8,7 +8,6 @@ harness), and pulls the result with skopeo, which checks every digest.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -17,9 +16,8 @@ from pathlib import Path
 import pytest
 
 from regpatch.cli import main as regpatch_main
-from regpatch.digest import Digest
 from regpatch.sample import (make_image, make_index, make_layer, push_with_skopeo, scenario_servercore,
-                             write_oci_layout, write_staged_bundle)
+                             write_oci_layout)
 from util import skopeo_inspect_digest, skopeo_inspect_raw, skopeo_pull, tree_hash
 
 from prefect_fixtures import prefect_api  # noqa: F401  (fixture)
@@ -27,14 +25,6 @@ from prefect_fixtures import prefect_api  # noqa: F401  (fixture)
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 REPO, TAG = "servercore", "ltsc2019"
-
-
-@pytest.fixture
-def scenario(tmp_path, registry):
-    """The seed's story: old servercore:ltsc2019 in the registry, a staged patch bundle."""
-    s = scenario_servercore(tmp_path / "sample", base_size=1 << 20, delta_size=256 << 10)
-    push_with_skopeo(s["old_layout"], s["ref"], registry.host, REPO, TAG)
-    return s
 
 
 def run(capsys, *args) -> tuple[int, str, str]:

@@ -26,13 +26,6 @@ REPO, TAG = "servercore", "ltsc2019"
 REGPATCH = str(Path(sys.executable).with_name("regpatch"))
 
 
-@pytest.fixture
-def scenario(tmp_path, registry):
-    s = scenario_servercore(tmp_path / "sample", base_size=512 << 10, delta_size=128 << 10)
-    push_with_skopeo(s["old_layout"], s["ref"], registry.host, REPO, TAG)
-    return s
-
-
 def cli(capsys, *args) -> tuple[int, str, str]:
     code = regpatch_main([*map(str, args)])
     out, err = capsys.readouterr()
