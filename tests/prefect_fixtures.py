@@ -1,14 +1,6 @@
-"""Prefect for tests: the real engine on a temporary local API (prefect_test_harness)."""
+"""Prefect for the end-to-end tests: one real ``prefect server start`` on 127.0.0.1."""
 
 import pytest
-
-
-@pytest.fixture(scope="session")
-def prefect_api():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 class PrefectServer:
@@ -67,12 +59,3 @@ class PrefectServer:
             except Exception:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
-
-
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory):
-    server = PrefectServer(tmp_path_factory.mktemp("prefect-home")).start()
-    try:
-        yield server
-    finally:
-        server.stop()

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from prefect_fixtures import prefect_server  # noqa: F401  (fixture)
 from regpatch.sample import make_image, make_layer, push_with_skopeo, write_oci_layout, write_staged_bundle
 from util import skopeo, skopeo_inspect_digest
 

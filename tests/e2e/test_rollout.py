@@ -15,7 +15,6 @@ from regpatch.localregistry import LocalRegistry
 from regpatch.sample import push_with_skopeo, scenario_servercore
 from util import skopeo_inspect_digest, tree_hash
 
-from prefect_fixtures import prefect_api  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 

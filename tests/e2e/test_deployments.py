@@ -26,7 +26,7 @@ from regpatch.localregistry import LocalRegistry, free_port
 from regpatch.sample import push_with_skopeo, scenario_servercore
 from util import skopeo_inspect_digest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 REPO, TAG = "servercore", "ltsc2019"
 POOLS = {"site-a": "pool-a", "site-b": "pool-b"}

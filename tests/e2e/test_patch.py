@@ -20,7 +20,6 @@ from regpatch.sample import (make_image, make_index, make_layer, push_with_skope
                              write_oci_layout)
 from util import skopeo_inspect_digest, skopeo_inspect_raw, skopeo_pull, tree_hash
 
-from prefect_fixtures import prefect_api  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 

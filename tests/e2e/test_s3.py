@@ -23,7 +23,6 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from faultproxy import FaultProxy
-from prefect_fixtures import prefect_api  # noqa: F401  (fixture)
 from regpatch.bundle.s3 import S3Options, S3Source, is_transient
 from regpatch.cli import main as regpatch_main
 from regpatch.errors import SourceError

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from prefect_fixtures import prefect_api  # noqa: F401  (fixture)
 from regpatch.cli import main as regpatch_main
 from regpatch.layout import Layout
 from regpatch.localregistry import LocalRegistry

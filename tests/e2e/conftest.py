@@ -1,0 +1,27 @@
+"""End-to-end layer: real docker-registry processes, skopeo/podman, moto's server and one
+real Prefect server for the whole session (started on first use)."""
+
+from __future__ import annotations
+
+import pytest
+
+from prefect_fixtures import PrefectServer
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """One ``prefect server start`` on 127.0.0.1 for the session, with its own PREFECT_HOME."""
+    server = PrefectServer(tmp_path_factory.mktemp("prefect-home")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def prefect_api(prefect_server):
+    """Flows called in this process talk to the session's server."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: prefect_server.url, PREFECT_HOME: str(prefect_server.home)}):
+        yield prefect_server
