@@ -404,10 +404,14 @@ class RegistryStore:
         self._remember_verified(digest, final)
         return offset
 
-    def install_staged(self, digest: Digest, staged: Path, *, replace: bool = False) -> bool:
+    def install_staged(self, digest: Digest, staged: Path, *, size: int, replace: bool = False) -> bool:
         """Move a verified staged blob to blobs/.../data. False if already present.
 
-        ``replace`` overwrites a registry copy of the wrong size (a repair).
+        ``replace`` overwrites a registry copy of the wrong size (a repair). The
+        staging folder is shared by every run on this storage: when another run
+        (another repository's patch) installed the same blob first, the staged
+        file is gone and the blob is in place; it is verified (hashed, unless its
+        verified marker matches) and the call returns False.
         """
         final = self.layout.blob_data(digest)
         if final.exists() and not replace:
@@ -415,6 +419,13 @@ class RegistryStore:
         self._mkdirs(final.parent)
         try:
             os.replace(staged, final)  # same filesystem: the state folder is under root
+        except FileNotFoundError:
+            if not final.exists():
+                raise StorageError(f"staged blob {staged} disappeared before it could be installed, and "
+                                   f"{self.layout.relative(final)} is not there; run the patch again") from None
+            self.verify_blob(digest, size)
+            log.info("blob %s was installed by another run meanwhile: verified in place", digest)
+            return False
         except OSError as e:
             if e.errno != errno.EXDEV:
                 _raise_write_error(e, final)

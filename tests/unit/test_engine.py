@@ -253,3 +253,38 @@ def test_index_bundle_writes_every_child_first(site, tmp_path):
     assert result.tag_moved and site.current() == str(index.manifest_digest).encode()
     for img in imgs:
         assert site.layout.revision_link(Repository(REPO), img.manifest_digest).is_file()
+
+
+def test_two_runs_installing_the_same_blob_never_trip_over_each_other(site, tmp_path):
+    """The staging folder is shared by every run on a storage (patches of two repositories
+    at once): when one installs a blob first, the other finds it in place and verifies it."""
+    from regpatch.store import RegistryStore
+
+    blob = site.scenario["new"].layers[0]
+    first, second = RegistryStore(site.root), RegistryStore(site.root)
+    staged = first.stage_blob(blob.digest, blob.size, lambda: open(blob.path, "rb"), what="base")
+    assert second.staged_path(blob.digest) == staged
+    assert first.install_staged(blob.digest, staged, size=blob.size) is True
+    assert second.install_staged(blob.digest, staged, size=blob.size) is False
+    assert site.layout.blob_data(blob.digest).read_bytes() == blob.path.read_bytes()
+
+
+def test_four_repositories_patched_at_once_all_succeed(site, tmp_path):
+    import threading
+
+    results, errors = [], []
+
+    def one(n):
+        try:
+            results.append(engine.patch(site.request(repository=f"repo{n}")))
+        except Exception as e:  # noqa: BLE001 - collected and asserted below
+            errors.append(e)
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 4
+    for n in range(4):
+        assert site.current_of(f"repo{n}") == str(site.new).encode()
