@@ -2,50 +2,60 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Annotated, Optional
 
 from prefect import flow
+from pydantic import Field
 
 from regpatch import engine, interrupt
 from regpatch.errors import RegpatchError
-from regpatch.params import RegistryParams, S3Params, VerifyParams, patch_request, refuse_inline_credentials
-from tasks.observer import PrefectObserver, publish_summary, s3_options_for
+from regpatch.params import (RegistryParams, S3Params, VerifyParams, form_terms, patch_request,
+                             refuse_inline_credentials)
+from tasks import debug_logs
+from tasks.observer import PrefectObserver, label_run, publish_patch, s3_options_for
+
+NonEmpty = Annotated[str, Field(min_length=1)]
 
 
 @flow(name="patch-registry", log_prints=False, persist_result=False)
 def patch_registry(
-    bundle: str,
-    repository: str,
-    tag: str,
+    bundle: NonEmpty,
+    repository: NonEmpty,
+    tag: NonEmpty,
     registry: RegistryParams,
     verify: VerifyParams = VerifyParams(),
     s3: S3Params = S3Params(),
     image: Optional[str] = None,
     dry_run: bool = False,
+    debug: bool = False,
 ) -> engine.PatchResult:
     """Patch REPOSITORY:TAG in one registry's storage with BUNDLE: every byte is verified,
     blobs and links are written, the new image is pulled by digest, and only then does
-    the tag move (if nobody else moved it meanwhile).
+    the tag move (if nobody else moved it meanwhile). A failed patch never moves the tag.
 
     Args:
         bundle: The patch bundle: a staged folder or an OCI layout, a path on the host that
             runs the patch, or s3://bucket/prefix.
         repository: Repository to patch, e.g. servercore or windows/servercore.
         tag: Tag to point at the bundle's image, e.g. ltsc2019.
-        registry: The registry: its storage (or config.yml), API URL, restart strategy.
-        verify: How the new image is proven before the tag moves.
-        s3: For s3:// bundles: endpoint, credentials block, retries.
-        image: For an OCI layout holding several images, the one whose ref.name annotation is this.
+        registry: The registry. A per-registry deployment (regpatch deployments) fills it in;
+            otherwise give its storage folder or its config.yml.
+        verify: Optional. An external puller run before the tag moves.
+        s3: Only for s3:// bundles: endpoint, credentials block, retries.
+        image: Only for an OCI layout holding several images: the one whose ref.name annotation is this.
         dry_run: Plan and hash every blob, write nothing.
+        debug: Debug logs, and a traceback for every error.
     """
-    refuse_inline_credentials("verify.command", verify.command)
-    request = patch_request(bundle=bundle, repository=repository, tag=tag, registry=registry, verify=verify,
-                            image=image, dry_run=dry_run, s3=s3_options_for(bundle, s3))
-    try:
-        with interrupt.chained_handlers():
-            result = engine.patch(request, PrefectObserver())
-    except RegpatchError as e:
-        publish_summary(getattr(e, "result", None))
-        raise
-    publish_summary(result)
+    name = registry.label()
+    with label_run(name, repository, tag), debug_logs(debug), form_terms():
+        refuse_inline_credentials("verify.command", verify.command)
+        request = patch_request(bundle=bundle, repository=repository, tag=tag, registry=registry,
+                                verify=verify, image=image, dry_run=dry_run, s3=s3_options_for(bundle, s3))
+        try:
+            with interrupt.chained_handlers():
+                result = engine.patch(request, PrefectObserver())
+        except RegpatchError as e:
+            publish_patch(name, request.target, getattr(e, "result", None), e)
+            raise
+        publish_patch(name, request.target, result)
     return result

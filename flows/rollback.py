@@ -2,37 +2,49 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Annotated, Optional
 
 from prefect import flow
+from pydantic import Field
 
 from regpatch import engine, interrupt
-from regpatch.params import RegistryParams, VerifyParams, refuse_inline_credentials, rollback_request
-from tasks.observer import PrefectObserver, publish_summary
+from regpatch.params import RegistryParams, VerifyParams, form_terms, refuse_inline_credentials, rollback_request
+from tasks import debug_logs
+from tasks.observer import PrefectObserver, label_run, publish_history, publish_summary
+
+NonEmpty = Annotated[str, Field(min_length=1)]
 
 
 @flow(name="rollback-registry", log_prints=False, persist_result=False)
 def rollback_registry(
-    repository: str,
-    tag: str,
+    repository: NonEmpty,
+    tag: NonEmpty,
     registry: RegistryParams,
     to: Optional[str] = None,
     verify: VerifyParams = VerifyParams(),
+    debug: bool = False,
 ) -> engine.RollbackResult:
     """Point REPOSITORY:TAG back at the image it had before its last change (from the
-    history), or at TO. The image must be complete in the storage and is pulled by digest
-    before the tag moves; a tag someone else moved meanwhile is never overwritten.
+    registry's history), or at TO. The image must be complete in the storage and is pulled
+    by digest before the tag moves; a tag someone else moved meanwhile is never overwritten.
 
     Args:
         repository: Repository, e.g. servercore.
         tag: Tag to roll back, e.g. ltsc2019.
-        registry: The registry: its storage (or config.yml), API URL, restart strategy.
-        to: The digest (sha256:...) to point the tag at; default: the one before the last change.
-        verify: How the image is proven before the tag moves.
+        registry: The registry. A per-registry deployment (regpatch deployments) fills it in;
+            otherwise give its storage folder or its config.yml.
+        to: Optional. The digest (sha256:...) to point the tag at; default: the one before the
+            last change (see the history-<registry> artifact).
+        verify: Optional. An external puller run before the tag moves.
+        debug: Debug logs, and a traceback for every error.
     """
-    refuse_inline_credentials("verify.command", verify.command)
-    request = rollback_request(repository=repository, tag=tag, registry=registry, to=to, verify=verify)
-    with interrupt.chained_handlers():
-        result = engine.rollback(request, PrefectObserver())
-    publish_summary(result, kind="rollback")
+    name = registry.label()
+    with label_run(name, repository, tag), debug_logs(debug), form_terms():
+        refuse_inline_credentials("verify.command", verify.command)
+        request = rollback_request(repository=repository, tag=tag, registry=registry, to=to or None,
+                                   verify=verify)
+        with interrupt.chained_handlers():
+            result = engine.rollback(request, PrefectObserver())
+        publish_summary(result, name, kind="rollback")
+        publish_history(name, request.target)
     return result

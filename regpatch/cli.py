@@ -36,6 +36,9 @@ def _add_target_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--registry-ca", metavar="PEM", help="CA bundle to verify the registry's TLS certificate")
     p.add_argument("--insecure", action="store_true",
                    help="allow plain HTTP / skip TLS verification of the registry")
+    p.add_argument("--registry-name", metavar="NAME",
+                   help="short name of the registry (e.g. site-a) for Prefect run names, tags and artifact "
+                        "keys; default: the host name and the storage folder")
 
 
 def _add_state_options(p: argparse.ArgumentParser) -> None:
@@ -119,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--json", action="store_true", help="one JSON object per line")
     h.add_argument("--state-dir", metavar="DIR", help="regpatch's state folder (default ROOT/.regpatch)")
     _add_rollout_parser(sub)
+    _add_deployments_parser(sub)
     return parser
 
 
@@ -143,6 +147,52 @@ def _add_rollout_parser(sub) -> None:
                    help="external puller run after each patch, {ref} is replaced")
     p.add_argument("--local", action="store_true",
                    help="run here without Prefect even when a Prefect API is configured")
+
+
+def _add_deployments_parser(sub) -> None:
+    p = sub.add_parser("deployments", help="per-registry Prefect deployments from an inventory",
+                       description="For every registry of the inventory, the deployments patch-registry/NAME, "
+                                   "rollback-registry/NAME and registry-history/NAME on its work pool, with the "
+                                   "registry (storage, config, URL, restart...) stored as their parameters: a run "
+                                   "from the UI needs only the bundle, the repository and the tag. Prints them "
+                                   "as a prefect.yaml; --apply creates or updates them on the Prefect API.")
+    p.add_argument("--inventory", required=True, metavar="FILE", help="inventory YAML file")
+    p.add_argument("--only", action="append", metavar="NAMES",
+                   help="only these registries (comma-separated; may be repeated)")
+    p.add_argument("--repository", metavar="NAME", help="prefill the repository of the patch and rollback forms")
+    p.add_argument("--default-pool", default="regpatch", metavar="POOL",
+                   help="work pool of registries without a work_pool (default regpatch: where the rollout runs)")
+    p.add_argument("--output", metavar="FILE", help="write the prefect.yaml here instead of printing it")
+    p.add_argument("--apply", action="store_true",
+                   help="create or update the deployments (and missing process work pools) on the Prefect API")
+
+
+def run_deployments(args: argparse.Namespace) -> None:
+    """Plain data from the inventory; Prefect is imported only with --apply."""
+    from .deployments import render_prefect_yaml, specs_for
+    from .inventory import load_inventory
+    from .reference import Repository
+
+    if args.repository:
+        Repository.parse(args.repository)
+    only = [n.strip() for v in (args.only or []) for n in v.split(",") if n.strip()] or None
+    specs = specs_for(load_inventory(args.inventory), default_pool=args.default_pool,
+                      repository=args.repository, only=only)
+    text = render_prefect_yaml(specs, args.inventory)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        sys.stdout.write(f"wrote {len(specs)} deployments to {args.output}\n")
+    elif not args.apply:
+        sys.stdout.write(text)
+    if args.apply:
+        api = configured_prefect_api()
+        if not api:
+            raise UsageError("--apply needs a Prefect API: set PREFECT_API_URL (e.g. http://HOST:4200/api)")
+        _check_prefect_api(api)
+        from tasks.deploy import apply
+
+        for line in apply(specs):
+            sys.stdout.write(line + "\n")
 
 
 def _quiet_tracebacks(debug: bool) -> None:
@@ -218,7 +268,12 @@ def _registry_params(args: argparse.Namespace):
 
     if not math.isfinite(args.lock_timeout) or args.lock_timeout < 0:
         raise UsageError(f"--lock-timeout must be a finite number of seconds >= 0, not {args.lock_timeout}")
-    return RegistryParams(storage=args.storage, registry_config=args.registry_config,
+    from .params import REGISTRY_NAME_RE
+
+    if args.registry_name is not None and not REGISTRY_NAME_RE.fullmatch(args.registry_name):
+        raise UsageError(f"--registry-name {args.registry_name!r} must be 1-63 letters, digits, '.', '_' or '-', "
+                         "starting with a letter or digit")
+    return RegistryParams(name=args.registry_name, storage=args.storage, registry_config=args.registry_config,
                           registry_url=args.registry_url, restart=args.restart,
                           registry_auth_file=args.registry_auth_file, registry_ca=args.registry_ca,
                           insecure=args.insecure, state_dir=args.state_dir, lock_timeout=args.lock_timeout)
@@ -409,6 +464,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.command == "history":
             run_history(args)
+            return 0
+        if args.command == "deployments":
+            run_deployments(args)
             return 0
         if not _use_prefect(args):
             _console_logging(args.debug)

@@ -125,11 +125,24 @@ def render_table(outcomes: list[RegistryOutcome]) -> str:
 
 
 def render_markdown(outcomes: list[RegistryOutcome], title: str) -> str:
+    """The table, then each failed registry's whole error (a table cell may be cut)."""
     rows = [o.row() for o in outcomes]
     cols = list(rows[0]) if rows else []
     lines = [f"# {title}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(r[c]).replace("|", "\\|") for c in cols) + " |" for r in rows]
+    failed = [o for o in outcomes if o.failed]
+    if failed:
+        lines += ["", "## Errors", ""]
+        lines += [f"- **{o.name}**: {o.error}" for o in failed]
     return "\n".join(lines) + "\n"
+
+
+def tag_state(moved: bool, old: Optional[str], new: Optional[str]) -> str:
+    """Where a failed patch left the tag (a failed patch moves it only after the new
+    image was proven, when the failure came after the flip)."""
+    if moved:
+        return f"the tag was moved to {new} before the failure"
+    return f"the tag was not moved: it still points at {old or '(nothing)'}"
 
 
 class RolloutState:
@@ -258,7 +271,10 @@ def _run_wave(todo: list[RegistryEntry], patch_one: PatchOne, max_parallel: int)
 def outcome_of(entry: RegistryEntry, result=None, error: Optional[BaseException] = None) -> RegistryOutcome:
     """A registry's outcome from an engine ``PatchResult`` (or the error it raised)."""
     if error is not None:
-        return RegistryOutcome(entry.name, entry.wave, entry.where, FAILED, error=_one_line(error))
+        text, result = _one_line(error), getattr(error, "result", None)
+        if result is not None and not getattr(result, "dry_run", True):
+            text += "; " + tag_state(bool(result.tag_moved), result.old, result.new)
+        return RegistryOutcome(entry.name, entry.wave, entry.where, FAILED, error=text)
     status = DRY_RUN if result.dry_run else (PATCHED if result.changed else UP_TO_DATE)
     return RegistryOutcome(entry.name, entry.wave, entry.where, status, old=result.old, new=result.new,
                            bytes_copied=result.bytes_copied)

@@ -1,55 +1,260 @@
-"""The engine's steps as Prefect task runs, and the run's summary as an artifact.
+"""The engine's steps as Prefect task runs; run names, tags, artifacts and progress.
 
 ``PrefectObserver.run`` wraps each step of ``regpatch.engine`` in a task run named
 after the step: nothing is cached, no result is persisted, and a task run has no
 inputs (the step is a closure), so no parameter value, secret or not, ever becomes
 a task input or a cache key. Retries stay in the core (tenacity around single I/O
 calls); no Prefect retries are stacked on top.
+
+``PrefectObserver.progress`` shows long copies (staging, S3 fetches, the
+verification pull) as Prefect progress artifacts of the step's task run: percent
+and throughput, updated at most once a second, and once more when the copy ends.
+
+Every run of a registry is named ``<registry>-<repository>-<tag>`` and tagged
+``registry:<name>`` and ``repository:<name>`` (``label_run``), whoever started it:
+the UI, the command line, a rollout or a schedule. Its summary is one markdown
+artifact keyed the same way, so the Artifacts page holds one history per registry
+and tag; ``history-<registry>`` shows the registry's tag changes (``regpatch
+history``), refreshed by every patch and rollback.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
-from typing import Callable, Optional, TypeVar
+import threading
+import time
+from typing import Callable, Iterator, Optional, TypeVar
+from uuid import UUID
 
+from prefect import tags as prefect_tags
 from prefect import task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import ArtifactCreate, ArtifactUpdate
+from prefect.context import FlowRunContext, TaskRunContext
 
-from regpatch.progress import Progress
+from regpatch.progress import Progress, human
 
 T = TypeVar("T")
+log = logging.getLogger("regpatch.prefect")
+
+PROGRESS_MIN_BYTES = 1 << 20     # smaller copies get no progress artifact
+PROGRESS_EVERY_SECONDS = 1.0     # at most one update a second (and one at the end)
+HISTORY_ENTRIES = 100            # the newest tag changes shown in history-<registry>
 
 
 class PrefectObserver:
     def __init__(self) -> None:
-        self._progress = Progress()
+        self._progress = Progress()  # log lines for long copies, as on the command line
+        ctx = FlowRunContext.get()
+        self.flow_run_id: Optional[UUID] = ctx.flow_run.id if ctx and ctx.flow_run else None
+        self._task_run_id: Optional[UUID] = None
 
     def run(self, step: str, fn: Callable[[], T]) -> T:
-        return task(name=step, cache_policy=NO_CACHE, persist_result=False, retries=0)(fn)()
+        def body() -> T:
+            ctx = TaskRunContext.get()
+            self._task_run_id = ctx.task_run.id if ctx else None
+            try:
+                return fn()
+            finally:
+                self._task_run_id = None
+
+        return task(name=step, cache_policy=NO_CACHE, persist_result=False, retries=0)(body)()
 
     def progress(self, label: str, total: int) -> Callable[[int], None]:
-        return self._progress(label, total)
+        """May be called, and its callback too, from the engine's worker threads: the run
+        ids are the ones captured here, not read from a thread's context."""
+        line = self._progress(label, total)
+        if total < PROGRESS_MIN_BYTES or self.flow_run_id is None:
+            return line
+        artifact = ProgressArtifact(label, total, self.flow_run_id, self._task_run_id)
 
+        def advance(n: int) -> None:
+            line(n)
+            artifact.advance(n)
+
+        return advance
+
+
+class ProgressArtifact:
+    """One copy as a Prefect progress artifact. ``advance`` is thread-safe and never
+    blocks a copy on the API for long: one thread posts while the others count; a
+    failing API is logged once and the copy goes on without it."""
+
+    def __init__(self, label: str, total: int, flow_run_id: UUID, task_run_id: Optional[UUID],
+                 every: float = PROGRESS_EVERY_SECONDS, clock: Callable[[], float] = time.monotonic):
+        self.label, self.total = label, total
+        self.flow_run_id, self.task_run_id = flow_run_id, task_run_id
+        self.every, self.clock = every, clock
+        self.start = clock()
+        self.sent_at = self.start  # the first update comes a second in (a short copy: only the end)
+        self.updates = 0
+        self.artifact_id: Optional[UUID] = None
+        self._done = 0
+        self._count = threading.Lock()
+        self._send = threading.Lock()
+        self._closed = False
+
+    def advance(self, n: int) -> None:
+        with self._count:
+            self._done += n
+            done = self._done
+        final = done >= self.total
+        if not final and self.clock() - self.sent_at < self.every:
+            return
+        if not self._send.acquire(blocking=final):
+            return  # another thread is posting: its update is at most a second old
+        try:
+            now = self.clock()
+            if self._closed or (not final and now - self.sent_at < self.every):
+                return
+            self._post(done, now, final)
+            self.sent_at = now
+            self._closed = self._closed or final
+        finally:
+            self._send.release()
+
+    def text(self, done: int, now: float, final: bool) -> tuple[float, str]:
+        secs = max(now - self.start, 1e-6)
+        pct = min(100.0, 100.0 * done / self.total) if self.total else 100.0
+        rate = f"{human(done / secs)}/s"
+        if final:
+            return 100.0, f"{self.label}: {human(self.total)} in {secs:.1f} s ({rate})"
+        return pct, f"{self.label}: {pct:.0f}% of {human(self.total)}, {rate}"
+
+    def _post(self, done: int, now: float, final: bool) -> None:
+        pct, description = self.text(done, now, final)
+        try:
+            with get_client(sync_client=True) as client:
+                if self.artifact_id is None:
+                    self.artifact_id = client.create_artifact(ArtifactCreate(
+                        type="progress", data=pct, description=description, flow_run_id=self.flow_run_id,
+                        task_run_id=self.task_run_id)).id
+                else:
+                    client.update_artifact(self.artifact_id, ArtifactUpdate(data=pct, description=description))
+            self.updates += 1
+        except Exception as e:  # noqa: BLE001 - progress never fails a patch
+            log.warning("progress of %s not shown in Prefect: %s", self.label, type(e).__name__)
+            self._closed = True
+
+
+# --------------------------------------------------------------------------- names, tags
 
 def artifact_key(*parts: str) -> str:
     """Artifact keys allow lowercase letters, digits and dashes only."""
     key = re.sub(r"[^a-z0-9]+", "-", "-".join(parts).lower()).strip("-")
-    return key[:100]
+    return key[:100].rstrip("-")
 
 
-def publish_summary(result, kind: str = "patch") -> None:
-    """The run's summary (the same markdown the command line writes to the state folder)."""
+def run_name(registry: str, repository: str, tag: str) -> str:
+    """``site-a-windows-servercore-ltsc2019``: run names may not hold '/'."""
+    return re.sub(r"[/%&<>]+", "-", f"{registry}-{repository}-{tag}")
+
+
+def run_tags(registry: str, repository: str) -> list[str]:
+    return [f"registry:{registry}", f"repository:{repository}"]
+
+
+@contextlib.contextmanager
+def label_run(registry: str, repository: str, tag: Optional[str]) -> Iterator[None]:
+    """Name and tag the current flow run after its registry, repository and tag; the task
+    runs started inside the block carry the same tags."""
+    tags = run_tags(registry, repository)
+    ctx = FlowRunContext.get()
+    if ctx and ctx.flow_run:
+        fr = ctx.flow_run
+        name = run_name(registry, repository, tag) if tag else None
+        try:
+            with get_client(sync_client=True) as client:
+                client.update_flow_run(fr.id, name=name, tags=sorted(set(fr.tags or []) | set(tags)))
+        except Exception as e:  # noqa: BLE001 - a label never fails a patch
+            log.warning("could not name the flow run %s: %s", fr.id, type(e).__name__)
+    with prefect_tags(*tags):
+        yield
+
+
+# --------------------------------------------------------------------------- artifacts
+
+def summary_markdown(result, registry: str) -> str:
+    """The engine's summary (the same markdown the state folder keeps), its title naming
+    the registry."""
+    text = result.markdown()
+    first, sep, rest = text.partition("\n")
+    return f"{first} on `{registry}`{sep}{rest}"
+
+
+def publish_summary(result, registry: str, kind: str = "patch") -> None:
+    """The run's one summary artifact, keyed ``<registry>-<repository>-<tag>``."""
     if result is None:
         return
-    create_markdown_artifact(key=artifact_key(kind, result.repository, result.tag), markdown=result.markdown(),
-                             description=f"regpatch {kind} {result.repository}:{result.tag}")
-    if kind == "patch":  # machine-readable, read back by the rollout flow from a deployment run
-        create_table_artifact(key=artifact_key(kind, result.repository, result.tag)[:93] + "-result",
-                              description="patch result", table=[{
-                                  "old": result.old, "new": result.new, "changed": result.changed,
-                                  "dry_run": result.dry_run, "bytes_copied": result.bytes_copied,
-                                  "error": result.error}])
+    create_markdown_artifact(key=artifact_key(registry, result.repository, result.tag),
+                             markdown=summary_markdown(result, registry),
+                             description=f"{registry}: {kind} {result.repository}:{result.tag}")
+
+
+def history_markdown(registry: str, target, repository: Optional[str] = None, tag: Optional[str] = None,
+                     limit: int = HISTORY_ENTRIES) -> str:
+    """``regpatch history`` of one registry as markdown, newest first."""
+    from regpatch.state import read_history
+
+    entries = read_history(target.store().layout, repository, tag)
+    which = f" of `{repository}{':' + tag if tag else ''}`" if repository else ""
+    lines = [f"# History of `{registry}`{which}", "",
+             f"Registry `{target.describe()}`: {len(entries)} tag change(s) recorded"
+             f"{f', the newest {limit} shown' if len(entries) > limit else ''}.", ""]
+    if entries:
+        lines += ["| time | repository:tag | action | old | new | source | by |", "|---|---|---|---|---|---|---|"]
+        for e in reversed(entries[-limit:]):
+            cells = (e.time, f"`{e.repository}:{e.tag}`", e.action, f"`{e.old or '(new tag)'}`", f"`{e.new}`",
+                     e.source, e.actor)
+            lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def publish_history(registry: str, target, repository: Optional[str] = None, tag: Optional[str] = None) -> None:
+    """Refresh the ``history-<registry>`` artifact; never fails the run."""
+    try:
+        markdown = history_markdown(registry, target, repository, tag)
+    except Exception as e:  # noqa: BLE001 - an unreadable history must not fail a finished patch
+        log.warning("history of %s not published: %s", registry, e)
+        return
+    key = artifact_key("history", registry, *([repository] if repository else []), *([tag] if tag else []))
+    create_markdown_artifact(key=key, markdown=markdown, description=f"{registry}: tag changes (regpatch history)")
+
+
+def publish_patch(registry: str, target, result, error: Optional[BaseException] = None) -> None:
+    """What a patch run leaves in Prefect: its summary, its outcome as labels, and the
+    registry's refreshed history (a dry run changes no history)."""
+    publish_summary(result, registry)
+    record_outcome(result, error)
+    if result is None or not result.dry_run:
+        publish_history(registry, target)
+
+
+OUTCOME_LABELS = ("status", "old", "new", "bytes_copied", "tag_moved", "error")
+
+
+def record_outcome(result, error: Optional[BaseException] = None) -> None:
+    """The run's outcome as labels of its flow run (``regpatch.status``, ``.old``, ``.new``,
+    ``.bytes_copied``, ``.tag_moved``, ``.error``): a rollout reads them back from a run
+    on another host through the API, whatever result storage that host has."""
+    ctx = FlowRunContext.get()
+    if not ctx or not ctx.flow_run or result is None:
+        return
+    if error is not None:
+        status = "interrupted" if getattr(result, "status", "") == "interrupted" else "failed"
+    else:
+        status = "dry-run" if result.dry_run else ("patched" if result.changed else "up-to-date")
+    values = dict(status=status, old=result.old or "", new=result.new or "", bytes_copied=result.bytes_copied,
+                  tag_moved=bool(result.tag_moved), error=str(error) if error is not None else "")
+    try:
+        with get_client(sync_client=True) as client:
+            client.update_flow_run_labels(ctx.flow_run.id, {f"regpatch.{k}": v for k, v in values.items()})
+    except Exception as e:  # noqa: BLE001 - the state still tells failed from completed
+        log.warning("could not record the outcome on flow run %s: %s", ctx.flow_run.id, type(e).__name__)
 
 
 def s3_options_for(bundle: str, s3) -> Optional[object]:

@@ -1,30 +1,36 @@
 """The tasks of the rollout flow: find where each registry is patched, patch one registry.
 
-Whatever goes wrong with one registry becomes a ``failed`` outcome (``run_rollout``
-guards every call), so one registry never stops or harms the others of its wave.
+Each registry of a rollout is one task run named ``<registry>-<repository>-<tag>``
+and tagged ``registry:<name>``, ``repository:<name>``, whose final state is the
+registry's outcome: Completed when it was patched (or was up to date), Failed when
+its patch failed, Cancelled ("NotRun") when an earlier wave failed, Completed
+("Skipped") when an earlier run of the same rollout finished it. The task returns
+the outcome inside its state, so ``run_rollout`` gets every outcome while a failed
+registry shows red in the run graph; one registry never stops or harms the others.
 """
 
 from __future__ import annotations
 
-import json
 import re
+from pathlib import Path
 from typing import Any, Optional
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterType,
-                                            FlowFilter, FlowFilterName, WorkPoolFilter, WorkPoolFilterName)
+from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 from prefect.concurrency.sync import concurrency
 from prefect.deployments import run_deployment
+from prefect.states import Cancelled, Completed, Failed, State
 
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_markdown_artifact
 
 from regpatch.errors import UsageError
-from regpatch.inventory import RegistryEntry
+from regpatch.inventory import RegistryEntry, load_inventory
 from regpatch.params import S3Params, VerifyParams
-from regpatch.rollout import DRY_RUN, FAILED, PATCHED, UP_TO_DATE, RegistryOutcome, outcome_of, render_markdown
-from tasks.observer import artifact_key
+from regpatch.rollout import (DRY_RUN, FAILED, NOT_RUN, PATCHED, SKIPPED, UP_TO_DATE, RegistryOutcome,
+                              outcome_of, render_markdown, tag_state)
+from tasks.observer import artifact_key, run_name, run_tags
 
 PATCH_FLOW_NAME = "patch-registry"
 _opts = dict(cache_policy=NO_CACHE, persist_result=False)
@@ -36,41 +42,54 @@ def registry_lock_name(name: str) -> str:
 
 
 @task(name="find-patch-deployments", **_opts)
-def find_patch_deployments(pools: list[str]) -> dict[str, str]:
-    """For every work pool, the ``patch-registry/<name>`` deployment that runs on it.
-
-    Preferred: a deployment named like the pool, then one named
-    ``patch-registry``; otherwise the only one on that pool. Raises UsageError
-    (before anything is touched) when a pool has none, or several and none preferred.
-    """
+def find_patch_deployments(entries: list[RegistryEntry]) -> dict[str, str]:
+    """For every registry with a work pool, the ``patch-registry/<name>`` deployment
+    that patches it: the one named after the registry (``regpatch deployments``), else
+    one named after its pool, else one named ``patch-registry``, else the only one on
+    its pool. Raises UsageError (before anything is touched) naming what is missing."""
     found: dict[str, str] = {}
     problems = []
+    pooled = [e for e in entries if e.work_pool]
     with get_client(sync_client=True) as client:
-        for pool in pools:
-            deps = client.read_deployments(
-                flow_filter=FlowFilter(name=FlowFilterName(any_=[PATCH_FLOW_NAME])),
-                work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool])))
-            names = sorted(d.name for d in deps)
-            pick = next((n for n in (pool, PATCH_FLOW_NAME) if n in names), None)
-            if pick is None and len(names) == 1:
-                pick = names[0]
-            if pick is None:
-                problems.append(f"work pool {pool!r} has no {PATCH_FLOW_NAME} deployment" if not names else
-                                f"work pool {pool!r} has several {PATCH_FLOW_NAME} deployments "
-                                f"({', '.join(names)}): name one after the pool")
-                continue
-            found[pool] = f"{PATCH_FLOW_NAME}/{pick}"
+        deps = client.read_deployments(flow_filter=FlowFilter(name=FlowFilterName(any_=[PATCH_FLOW_NAME])))
+    by_pool: dict[str, list[str]] = {}
+    for d in deps:
+        by_pool.setdefault(d.work_pool_name or "", []).append(d.name)
+    for e in pooled:
+        names = sorted(by_pool.get(e.work_pool, []))
+        pick = next((n for n in (e.name, e.work_pool, PATCH_FLOW_NAME) if n in names), None)
+        if pick is None and len(names) == 1:
+            pick = names[0]
+        if pick is None:
+            problems.append(f"registry {e.name!r}: work pool {e.work_pool!r} has no {PATCH_FLOW_NAME} deployment"
+                            if not names else
+                            f"registry {e.name!r}: work pool {e.work_pool!r} has several {PATCH_FLOW_NAME} "
+                            f"deployments ({', '.join(names)}) and none named {e.name!r}")
+            continue
+        found[e.name] = f"{PATCH_FLOW_NAME}/{pick}"
     if problems:
-        raise UsageError("; ".join(problems) + " (deploy deployments/prefect.yaml with `prefect deploy --all`)")
-    get_run_logger().info("patch deployments: %s", ", ".join(f"{p} -> {d}" for p, d in found.items()))
+        raise UsageError("; ".join(problems) + "; create them with: regpatch deployments --inventory FILE --apply")
+    if found:
+        get_run_logger().info("patch deployments: %s", ", ".join(f"{n} -> {d}" for n, d in found.items()))
     return found
+
+
+def read_inventory(path: str, only: Optional[list[str]]) -> list[RegistryEntry]:
+    """The selected entries of the inventory; a missing file says what to create (the
+    shipped schedule names /etc/regpatch/inventory.yml)."""
+    if not Path(path).is_file():
+        raise UsageError(f"the inventory {path} does not exist on this host: create it (see "
+                         "deployments/inventory.example.yml and README, Rollouts), or set the rollout "
+                         "deployment's inventory parameter to the inventory's path")
+    return load_inventory(path).select(only)
 
 
 def _parameters(entry: RegistryEntry, *, bundle: str, repository: str, tag: str, image: Optional[str],
                 verify_command: Optional[str], dry_run: bool, s3: S3Params) -> dict[str, Any]:
     """patch-registry's parameters for one registry (JSON, as a deployment run takes them)."""
-    return dict(bundle=bundle, repository=repository, tag=tag,
-                registry=entry.registry_params().model_dump(),
+    registry = entry.registry_params().model_dump()
+    registry["name"] = entry.name
+    return dict(bundle=bundle, repository=repository, tag=tag, registry=registry,
                 verify=VerifyParams(command=entry.verify_command or verify_command).model_dump(),
                 s3=s3.model_dump(), image=image, dry_run=dry_run)
 
@@ -85,51 +104,56 @@ def _run_local(entry: RegistryEntry, params: dict) -> RegistryOutcome:
     return outcome_of(entry, error=exc if isinstance(exc, BaseException) else RuntimeError(state.message or state.name))
 
 
-def _remote_result(flow_run_id) -> Optional[dict]:
-    """The ``patch-result`` table artifact the patch-registry flow run created."""
-    with get_client(sync_client=True) as client:
-        arts = client.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]), type=ArtifactFilterType(any_=["table"])))
-    for art in arts:
-        if art.key and art.key.endswith("-result"):
-            data = json.loads(art.data) if isinstance(art.data, str) else art.data
-            if isinstance(data, list) and data:
-                return data[0]
-    return None
+def outcome_from_labels(entry: RegistryEntry, labels: dict, state_name: str, state_message: Optional[str],
+                        completed: bool, dry_run: bool, run: str) -> RegistryOutcome:
+    """A registry's outcome from the labels its patch-registry run set (``record_outcome``)."""
+    get = lambda key: labels.get(f"regpatch.{key}")  # noqa: E731
+    outcome = RegistryOutcome(entry.name, entry.wave, entry.where, FAILED)
+    if completed:
+        status = get("status")
+        outcome.status = status if status in (PATCHED, UP_TO_DATE, DRY_RUN) else (DRY_RUN if dry_run else PATCHED)
+        outcome.old, outcome.new = get("old") or None, get("new") or None
+        if isinstance(get("bytes_copied"), int):
+            outcome.bytes_copied = get("bytes_copied")
+        return outcome
+    error = get("error") or f"{state_name}: {state_message or 'no message'}"
+    if get("status") in ("failed", "interrupted") and not dry_run:
+        error += "; " + tag_state(bool(get("tag_moved")), get("old") or None, get("new") or None)
+    outcome.error = f"{error} (flow run {run})"
+    return outcome
 
 
 def _run_remote(entry: RegistryEntry, deployment: str, params: dict, timeout: Optional[float]) -> RegistryOutcome:
     outcome = RegistryOutcome(entry.name, entry.wave, entry.where, FAILED)
     fr = run_deployment(deployment, parameters=params, timeout=timeout, poll_interval=2,
-                        flow_run_name=f"{entry.name}-{params['repository'].replace('/', '-')}-{params['tag']}")
+                        flow_run_name=run_name(entry.name, params["repository"], params["tag"]),
+                        tags=run_tags(entry.name, params["repository"]))
     outcome.flow_run = str(fr.id)
     state = fr.state
     if state is None or not state.is_final():
         outcome.error = (f"the {deployment} run {fr.name} did not finish within {timeout:g} s "
                          f"(is a worker polling work pool {entry.work_pool!r}?); it was cancelled")
         try:
-            from prefect.states import Cancelled
             with get_client(sync_client=True) as client:
                 client.set_flow_run_state(fr.id, Cancelled(message="rollout gave up waiting"), force=True)
         except Exception:  # noqa: BLE001 - best effort
             pass
         return outcome
-    if not state.is_completed():
-        outcome.error = f"{state.name}: {state.message or 'no message'} (flow run {fr.name})"
-        return outcome
-    r = _remote_result(fr.id) or {}
-    outcome.status = (DRY_RUN if r.get("dry_run", params["dry_run"]) else
-                      PATCHED if r.get("changed", True) else UP_TO_DATE)
-    outcome.old, outcome.new, outcome.bytes_copied = r.get("old"), r.get("new"), r.get("bytes_copied")
-    return outcome
+    with get_client(sync_client=True) as client:
+        labels = dict(client.read_flow_run(fr.id).labels or {})
+    found = outcome_from_labels(entry, labels, state.name, state.message, state.is_completed(),
+                                params["dry_run"], fr.name)
+    found.flow_run = outcome.flow_run
+    return found
 
 
 def patcher(*, bundle: str, repository: str, tag: str, image: Optional[str], verify_command: Optional[str],
             dry_run: bool, s3: S3Params, deployments: dict[str, str], timeout: Optional[float]):
-    """``patch_one`` for ``regpatch.rollout.run_rollout``: one task run per registry."""
+    """``patch_one`` for ``regpatch.rollout.run_rollout``: one task run per registry,
+    ending in the registry's outcome."""
 
-    @task(name="patch-one", task_run_name="patch-{entry.name}", **_opts)
-    def patch_one(entry: RegistryEntry) -> RegistryOutcome:
+    @task(name="patch-registry", **_opts)
+    def patch_one_task(entry: RegistryEntry) -> State:
         """Holds the registry's global concurrency slot (limit 1) for the whole patch,
         so two patches of the same registry never run at once."""
         params = _parameters(entry, bundle=bundle, repository=repository, tag=tag, image=image,
@@ -139,18 +163,54 @@ def patcher(*, bundle: str, repository: str, tag: str, image: Optional[str], ver
             client.upsert_global_concurrency_limit_by_name(lock, 1)
         with concurrency(lock, occupy=1, strict=True):
             if entry.work_pool:
-                deployment = deployments.get(entry.work_pool)
+                deployment = deployments.get(entry.name)
                 if not deployment:
-                    raise UsageError(f"no patch-registry deployment for work pool {entry.work_pool!r}")
+                    raise UsageError(f"no patch-registry deployment for registry {entry.name!r}")
                 get_run_logger().info("%s: running %s on work pool %s", entry.name, deployment, entry.work_pool)
-                return _run_remote(entry, deployment, params, timeout)
-            get_run_logger().info("%s: patching here (subflow)", entry.name)
-            return _run_local(entry, params)
+                outcome = _run_remote(entry, deployment, params, timeout)
+            else:
+                get_run_logger().info("%s: patching here (subflow)", entry.name)
+                outcome = _run_local(entry, params)
+        return outcome_state(outcome)
+
+    def patch_one(entry: RegistryEntry) -> RegistryOutcome:
+        state = patch_one_task.with_options(task_run_name=run_name(entry.name, repository, tag),
+                                            tags=run_tags(entry.name, repository))(entry, return_state=True)
+        value = state.result(raise_on_failure=False)
+        if isinstance(value, RegistryOutcome):
+            return value
+        raise value if isinstance(value, BaseException) else RuntimeError(state.message or state.name)
 
     return patch_one
 
 
+def outcome_state(outcome: RegistryOutcome) -> State:
+    """The task run's final state for a registry's outcome, carrying the outcome."""
+    if outcome.failed:
+        return Failed(message=outcome.error, data=outcome)
+    if outcome.status == NOT_RUN:
+        return Cancelled(name="NotRun", message=outcome.note, data=outcome)
+    if outcome.status == SKIPPED:
+        return Completed(name="Skipped", message=outcome.note, data=outcome)
+    return Completed(message=f"{outcome.status}: {outcome.old or '(new tag)'} -> {outcome.new}", data=outcome)
+
+
+def show_unrun(outcomes: list[RegistryOutcome], repository: str, tag: str) -> None:
+    """A task run for each registry the rollout did not patch (skipped: done earlier;
+    not run: an earlier wave failed), so every registry has its node in the graph."""
+
+    @task(name="patch-registry", **_opts)
+    def unrun(outcome: RegistryOutcome) -> State:
+        return outcome_state(outcome)
+
+    for o in outcomes:
+        if o.status in (NOT_RUN, SKIPPED):
+            unrun.with_options(task_run_name=run_name(o.name, repository, tag),
+                               tags=run_tags(o.name, repository))(o, return_state=True)
+
+
 def publish_rollout(outcomes: list[RegistryOutcome], title: str, repository: str, tag: str) -> None:
-    key = artifact_key("rollout", repository, tag)
-    create_table_artifact(key=key, table=[o.row() for o in outcomes], description=title)
-    create_markdown_artifact(markdown=render_markdown(outcomes, title), description=title)
+    """One markdown artifact keyed ``rollout-<repository>-<tag>``: the table, then every
+    error in full with where the tag stands."""
+    create_markdown_artifact(key=artifact_key("rollout", repository, tag), markdown=render_markdown(outcomes, title),
+                             description=title)

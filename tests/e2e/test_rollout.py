@@ -162,6 +162,7 @@ def test_invalid_inventory_fails_before_anything_is_touched(capsys, tmp_path, fl
 
 def test_registry_concurrency_guard_serialises_patches(capsys, tmp_path, fleet, scenario):
     """While another holder has site-a's concurrency slot, the rollout waits for it."""
+    import contextvars
     import threading
     import time
 
@@ -178,8 +179,9 @@ def test_registry_concurrency_guard_serialises_patches(capsys, tmp_path, fleet, 
         client.upsert_global_concurrency_limit_by_name(lock, 1)
     result = {}
     with concurrency(lock, occupy=1, strict=True):
-        t = threading.Thread(target=lambda: result.update(code=regpatch_main(
-            ["rollout", str(scenario["staged"]), "--inventory", inv, "--repository", REPO, "--tag", TAG])))
+        # the thread carries this context: the session server's settings, not a temporary server
+        t = threading.Thread(target=contextvars.copy_context().run, args=(lambda: result.update(code=regpatch_main(
+            ["rollout", str(scenario["staged"]), "--inventory", inv, "--repository", REPO, "--tag", TAG])),))
         t.start()
         time.sleep(6)
         assert t.is_alive()  # waiting for the slot: nothing written yet

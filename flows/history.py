@@ -1,0 +1,32 @@
+"""The registry-history flow: ``regpatch history`` of one registry as an artifact."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from prefect import flow
+
+from regpatch.params import RegistryParams, form_terms
+from tasks.observer import history_markdown, label_run, publish_history
+
+
+
+@flow(name="registry-history", log_prints=False, persist_result=False)
+def registry_history(
+    registry: RegistryParams,
+    repository: Optional[str] = None,
+    tag: Optional[str] = None,
+) -> str:
+    """Show every tag change regpatch recorded in one registry (patches and rollbacks: time,
+    old and new digest, bundle, who) as the artifact history-<registry>, newest first.
+
+    Args:
+        registry: The registry. A per-registry deployment (regpatch deployments) fills it in.
+        repository: Optional. Only this repository.
+        tag: Optional. Only this tag (with a repository).
+    """
+    name = registry.label()
+    with label_run(name, repository or "all", None), form_terms():
+        target = registry.target()
+        publish_history(name, target, repository or None, tag or None)
+        return history_markdown(name, target, repository or None, tag or None)
