@@ -26,7 +26,7 @@ def registry_history(
         tag: Optional. Only this tag (with a repository).
     """
     name = registry.label()
-    with label_run(name, repository or "all", None), form_terms():
+    with label_run(f"history-{name}", [f"registry:{name}"]), form_terms():
         target = registry.target()
         publish_history(name, target, repository or None, tag or None)
         return history_markdown(name, target, repository or None, tag or None)

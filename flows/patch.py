@@ -12,7 +12,7 @@ from regpatch.errors import RegpatchError
 from regpatch.params import (RegistryParams, S3Params, VerifyParams, form_terms, patch_request,
                              refuse_inline_credentials)
 from tasks import debug_logs
-from tasks.observer import PrefectObserver, label_run, publish_patch, s3_options_for
+from tasks.observer import PrefectObserver, label_registry_run, publish_patch, s3_options_for
 
 NonEmpty = Annotated[str, Field(min_length=1)]
 
@@ -47,7 +47,7 @@ def patch_registry(
         debug: Debug logs, and a traceback for every error.
     """
     name = registry.label()
-    with label_run(name, repository, tag), debug_logs(debug), form_terms():
+    with label_registry_run(name, repository, tag), debug_logs(debug), form_terms():
         refuse_inline_credentials("verify.command", verify.command)
         request = patch_request(bundle=bundle, repository=repository, tag=tag, registry=registry,
                                 verify=verify, image=image, dry_run=dry_run, s3=s3_options_for(bundle, s3))

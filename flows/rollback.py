@@ -10,7 +10,7 @@ from pydantic import Field
 from regpatch import engine, interrupt
 from regpatch.params import RegistryParams, VerifyParams, form_terms, refuse_inline_credentials, rollback_request
 from tasks import debug_logs
-from tasks.observer import PrefectObserver, label_run, publish_history, publish_summary
+from tasks.observer import PrefectObserver, label_registry_run, publish_history, publish_summary
 
 NonEmpty = Annotated[str, Field(min_length=1)]
 
@@ -39,7 +39,7 @@ def rollback_registry(
         debug: Debug logs, and a traceback for every error.
     """
     name = registry.label()
-    with label_run(name, repository, tag), debug_logs(debug), form_terms():
+    with label_registry_run(name, repository, tag), debug_logs(debug), form_terms():
         refuse_inline_credentials("verify.command", verify.command)
         request = rollback_request(repository=repository, tag=tag, registry=registry, to=to or None,
                                    verify=verify)

@@ -19,7 +19,7 @@ from regpatch.params import S3Params, form_terms
 from regpatch.reference import Repository, Tag
 from regpatch.rollout import MAX_PARALLEL, RolloutFailed, RolloutState, render_table, run_rollout
 from tasks import debug_logs
-from tasks.observer import s3_options_for
+from tasks.observer import label_run, run_name, s3_options_for
 from tasks.rollout_tasks import (find_patch_deployments, patcher, publish_rollout, read_inventory,
                                  show_unrun)
 
@@ -62,7 +62,8 @@ def rollout(
         s3: Only for s3:// bundles: endpoint, credentials block, retries.
         debug: Debug logs, and a traceback for every error.
     """
-    with debug_logs(debug), form_terms():
+    with label_run(run_name("rollout", repository, tag), [f"repository:{repository}"]), debug_logs(debug), \
+            form_terms():
         Repository.parse(repository), Tag.parse(tag)
         entries = read_inventory(inventory, only)
         deployments = find_patch_deployments(entries) if any(e.work_pool for e in entries) else {}

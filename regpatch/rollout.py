@@ -63,6 +63,9 @@ class RegistryOutcome:
     def failed(self) -> bool:
         return self.status == FAILED
 
+    def __repr__(self) -> str:  # what an orchestrator's log line shows of a result
+        return f"RegistryOutcome({self.name}: {self.status})"
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -137,12 +140,13 @@ def render_markdown(outcomes: list[RegistryOutcome], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def tag_state(moved: bool, old: Optional[str], new: Optional[str]) -> str:
-    """Where a failed patch left the tag (a failed patch moves it only after the new
-    image was proven, when the failure came after the flip)."""
+def tag_state(moved: bool, old: Optional[str] = None) -> str:
+    """Where a failed patch left the tag: a patch moves it only after the new image was
+    proven, so it moved only when the failure came after that (the registry then
+    serving something else, say)."""
     if moved:
-        return f"the tag was moved to {new} before the failure"
-    return f"the tag was not moved: it still points at {old or '(nothing)'}"
+        return "the tag was moved to the new image before the failure"
+    return "the tag was not moved" + (f": it still points at {old}" if old else "")
 
 
 class RolloutState:
@@ -272,8 +276,8 @@ def outcome_of(entry: RegistryEntry, result=None, error: Optional[BaseException]
     """A registry's outcome from an engine ``PatchResult`` (or the error it raised)."""
     if error is not None:
         text, result = _one_line(error), getattr(error, "result", None)
-        if result is not None and not getattr(result, "dry_run", True):
-            text += "; " + tag_state(bool(result.tag_moved), result.old, result.new)
+        if not getattr(result, "dry_run", False):  # no result: it failed before the plan, nothing written
+            text += "; " + tag_state(bool(getattr(result, "tag_moved", False)), getattr(result, "old", None))
         return RegistryOutcome(entry.name, entry.wave, entry.where, FAILED, error=text)
     status = DRY_RUN if result.dry_run else (PATCHED if result.changed else UP_TO_DATE)
     return RegistryOutcome(entry.name, entry.wave, entry.where, status, old=result.old, new=result.new,

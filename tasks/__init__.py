@@ -57,8 +57,13 @@ class OneTraceback(logging.Filter):
         self._lock = threading.Lock()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if exc is None or debugging():
+        if not record.exc_info:
+            return True
+        exc = record.exc_info[1]
+        if exc is None:  # logged "with" an exception outside of one: no "NoneType: None" line
+            record.exc_info = None
+            return True
+        if debugging():
             return True
         from regpatch.errors import RegpatchError
 

@@ -159,14 +159,12 @@ def run_tags(registry: str, repository: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def label_run(registry: str, repository: str, tag: Optional[str]) -> Iterator[None]:
-    """Name and tag the current flow run after its registry, repository and tag; the task
-    runs started inside the block carry the same tags."""
-    tags = run_tags(registry, repository)
+def label_run(name: Optional[str], tags: list[str]) -> Iterator[None]:
+    """Name and tag the current flow run; the task runs started inside the block carry
+    the same tags."""
     ctx = FlowRunContext.get()
     if ctx and ctx.flow_run:
         fr = ctx.flow_run
-        name = run_name(registry, repository, tag) if tag else None
         try:
             with get_client(sync_client=True) as client:
                 client.update_flow_run(fr.id, name=name, tags=sorted(set(fr.tags or []) | set(tags)))
@@ -174,6 +172,11 @@ def label_run(registry: str, repository: str, tag: Optional[str]) -> Iterator[No
             log.warning("could not name the flow run %s: %s", fr.id, type(e).__name__)
     with prefect_tags(*tags):
         yield
+
+
+def label_registry_run(registry: str, repository: str, tag: str):
+    """``<registry>-<repository>-<tag>``, tagged ``registry:<registry>``, ``repository:<repository>``."""
+    return label_run(run_name(registry, repository, tag), run_tags(registry, repository))
 
 
 # --------------------------------------------------------------------------- artifacts
@@ -230,7 +233,7 @@ def publish_patch(registry: str, target, result, error: Optional[BaseException] 
     registry's refreshed history (a dry run changes no history)."""
     publish_summary(result, registry)
     record_outcome(result, error)
-    if result is None or not result.dry_run:
+    if result is not None and not result.dry_run:
         publish_history(registry, target)
 
 
@@ -242,14 +245,16 @@ def record_outcome(result, error: Optional[BaseException] = None) -> None:
     ``.bytes_copied``, ``.tag_moved``, ``.error``): a rollout reads them back from a run
     on another host through the API, whatever result storage that host has."""
     ctx = FlowRunContext.get()
-    if not ctx or not ctx.flow_run or result is None:
+    if not ctx or not ctx.flow_run or (result is None and error is None):
         return
     if error is not None:
         status = "interrupted" if getattr(result, "status", "") == "interrupted" else "failed"
     else:
         status = "dry-run" if result.dry_run else ("patched" if result.changed else "up-to-date")
-    values = dict(status=status, old=result.old or "", new=result.new or "", bytes_copied=result.bytes_copied,
-                  tag_moved=bool(result.tag_moved), error=str(error) if error is not None else "")
+    # no result: the patch failed before its plan, nothing was written
+    values = dict(status=status, old=getattr(result, "old", None) or "", new=getattr(result, "new", None) or "",
+                  bytes_copied=getattr(result, "bytes_copied", 0), tag_moved=bool(getattr(result, "tag_moved", False)),
+                  error=str(error) if error is not None else "")
     try:
         with get_client(sync_client=True) as client:
             client.update_flow_run_labels(ctx.flow_run.id, {f"regpatch.{k}": v for k, v in values.items()})

@@ -118,7 +118,7 @@ def outcome_from_labels(entry: RegistryEntry, labels: dict, state_name: str, sta
         return outcome
     error = get("error") or f"{state_name}: {state_message or 'no message'}"
     if get("status") in ("failed", "interrupted") and not dry_run:
-        error += "; " + tag_state(bool(get("tag_moved")), get("old") or None, get("new") or None)
+        error += "; " + tag_state(bool(get("tag_moved")), get("old") or None)
     outcome.error = f"{error} (flow run {run})"
     return outcome
 
@@ -199,14 +199,12 @@ def show_unrun(outcomes: list[RegistryOutcome], repository: str, tag: str) -> No
     """A task run for each registry the rollout did not patch (skipped: done earlier;
     not run: an earlier wave failed), so every registry has its node in the graph."""
 
-    @task(name="patch-registry", **_opts)
-    def unrun(outcome: RegistryOutcome) -> State:
-        return outcome_state(outcome)
-
     for o in outcomes:
         if o.status in (NOT_RUN, SKIPPED):
+            # no inputs: the outcome is a closure, so the graph draws no dependency
+            unrun = task(name="patch-registry", **_opts)(lambda o=o: outcome_state(o))
             unrun.with_options(task_run_name=run_name(o.name, repository, tag),
-                               tags=run_tags(o.name, repository))(o, return_state=True)
+                               tags=run_tags(o.name, repository))(return_state=True)
 
 
 def publish_rollout(outcomes: list[RegistryOutcome], title: str, repository: str, tag: str) -> None:

@@ -1,223 +1,263 @@
-"""The distributed path, for real: a Prefect server, two work pools, two process workers.
+"""The distributed path, for real, as the README's production recipe sets it up.
 
-One ``prefect server start`` on 127.0.0.1 (its own PREFECT_HOME) for the module;
-two registries, each "owned" by the worker of its own pool; the project's
-deployments/prefect.yaml deployed with ``prefect deploy --all`` (adapted: one
-patch-registry deployment per pool); then a rollout across both pools, a
-patch-registry run created as the UI does (``prefect deployment run --param``),
-and a run of the rollout deployment itself. Every result is checked with skopeo.
+PostgreSQL (Debian's, own cluster on a private socket), ``prefect server start`` on
+it, the shipped deployments/prefect.yaml deployed with ``prefect deploy --all``,
+the per-registry deployments written by ``regpatch deployments --apply`` from an
+inventory of two registries, each on its own work pool with its own process
+worker, plus a worker on the ``regpatch`` pool for rollouts. Then what an operator
+does from the UI (runs of deployments with only bundle and tag), rollouts across
+both pools (one failing), a rollback, and the shipped rollout deployment. Every
+result is checked with skopeo and through the API.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
+import shutil
 
 import httpx
 import pytest
 import yaml
 
-from regpatch.localregistry import LocalRegistry, free_port
+from prefect_cluster import BIN, PrefectCluster, run
+from regpatch.localregistry import LocalRegistry
 from regpatch.sample import push_with_skopeo, scenario_servercore
 from util import skopeo_inspect_digest
 
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 REPO, TAG = "servercore", "ltsc2019"
 POOLS = {"site-a": "pool-a", "site-b": "pool-b"}
-
-
-class Proc:
-    """A background process in its own session, its output in a log file."""
-
-    def __init__(self, argv, env, log: Path, cwd=ROOT):
-        self.log = log
-        self._f = open(log, "wb")
-        self.p = subprocess.Popen([str(a) for a in argv], env=env, cwd=cwd, stdout=self._f,
-                                  stderr=subprocess.STDOUT, start_new_session=True)
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.p.poll() is None:
-            os.killpg(self.p.pid, signal.SIGTERM)
-            try:
-                self.p.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.p.pid, signal.SIGKILL)
-                self.p.wait(10)
-        self._f.close()
-
-
-def run(argv, env, timeout=300, cwd=ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([str(a) for a in argv], env=env, cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout)
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cluster")
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    base_env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                "PREFECT_UI_ENABLED": "false", "PREFECT_WORKER_QUERY_SECONDS": "1",
-                "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "false", "COLUMNS": "200"}
-
-    def env(home: str) -> dict:
-        (tmp / home).mkdir(exist_ok=True)
-        return {**base_env, "PREFECT_HOME": str(tmp / home)}
-
-    procs: list[Proc] = []
+    c = PrefectCluster(tmp)
     regs: dict[str, LocalRegistry] = {}
     try:
-        server = Proc([BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", port],
-                      env(".server"), tmp / "server.log")
-        procs.append(server)
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.p.poll() is None, server.text()[-3000:]
-            try:
-                if httpx.get(api + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "prefect server did not start: " + server.text()[-3000:]
-            time.sleep(0.5)
-
-        s = scenario_servercore(tmp / "sample", base_size=64 << 10, delta_size=16 << 10)
+        c.start()
+        s = scenario_servercore(tmp / "sample", base_size=2 << 20, delta_size=16 << 10)
         for site in POOLS:
             regs[site] = LocalRegistry(tmp / site).start()
             push_with_skopeo(s["old_layout"], s["ref"], regs[site].host, REPO, TAG)
+        inventory = tmp / "inventory.yml"
+        inventory.write_text(yaml.safe_dump({"registries": [
+            {"name": site, "storage": str(regs[site].root), "url": regs[site].url, "work_pool": pool,
+             "group": "canary" if site == "site-a" else "fleet"} for site, pool in POOLS.items()]}))
 
-        # the project's prefect.yaml, plus one patch-registry deployment per pool;
-        # the rollout deployment runs on pool-a
-        doc = yaml.safe_load((ROOT / "deployments/prefect.yaml").read_text())
-        template = next(d for d in doc["deployments"] if d["name"] == "patch-registry")
-        for pool in ("regpatch", *POOLS.values()):
-            out = run([BIN / "prefect", "work-pool", "create", pool, "--type", "process"], env("cli"))
-            assert out.returncode == 0, out.stdout + out.stderr
-        for pool in POOLS.values():
-            doc["deployments"].append({**template, "name": pool, "work_pool": {"name": pool}})
-        rollout_dep = next(d for d in doc["deployments"] if d["name"] == "rollout")
-        rollout_dep["work_pool"] = {"name": "pool-a"}
-        prefect_file = tmp / "prefect.yaml"
-        prefect_file.write_text(yaml.safe_dump(doc, sort_keys=False))
-        deploy = run([BIN / "prefect", "--no-prompt", "deploy", "--all", "--prefect-file", prefect_file],
-                     env("cli"))
+        out = run([BIN / "prefect", "work-pool", "create", "regpatch", "--type", "process"], c.env())
+        assert out.returncode == 0, out.stdout + out.stderr
+        deploy = run([BIN / "prefect", "--no-prompt", "deploy", "--all", "--prefect-file",
+                      "deployments/prefect.yaml"], c.env())
         assert deploy.returncode == 0, deploy.stdout + deploy.stderr
-        listing = run([BIN / "prefect", "deployment", "ls"], env("cli"))
-
-        workers = {}
-        for site, pool in POOLS.items():
-            workers[site] = Proc([BIN / "prefect", "worker", "start", "--pool", pool, "--type", "process",
-                                  "--name", f"worker-{site}"], env(f"worker-{site}"), tmp / f"worker-{site}.log",
-                                 cwd=tmp)
-            procs.append(workers[site])
-        yield dict(api=api, env=env("cli"), regs=regs, scenario=s, workers=workers, tmp=tmp,
-                   deploy_output=deploy.stdout, listing=listing.stdout)
+        apply = run([BIN / "regpatch", "deployments", "--inventory", inventory, "--repository", REPO, "--apply"],
+                    c.env())
+        assert apply.returncode == 0, apply.stdout + apply.stderr
+        for pool in ("regpatch", *POOLS.values()):
+            c.start_worker(pool)
+        yield dict(c=c, regs=regs, scenario=s, tmp=tmp, inventory=inventory, deploy=deploy.stdout,
+                   apply=apply.stdout)
     finally:
-        for p in reversed(procs):
-            p.stop()
+        c.stop()
         for reg in regs.values():
             reg.stop()
 
 
-def flow_runs(api: str, **flt) -> list[dict]:
-    body = {"flow_runs": flt} if flt else {}
-    r = httpx.post(api + "/flow_runs/filter", json=body, timeout=10)
-    r.raise_for_status()
-    return r.json()
+def deployment(c, name: str) -> dict:
+    return c.get(f"/deployments/name/{name}")
 
 
-def test_deploy_all_lists_both_deployments_with_schedule(cluster):
-    out = cluster["deploy_output"]
-    assert "Deployment 'patch-registry/patch-registry' successfully created" in out
-    assert "Deployment 'rollout/rollout' successfully created" in out
-    assert "patch-registry/pool-a" in cluster["listing"] and "rollout/rollout" in cluster["listing"]
-    dep = httpx.get(cluster["api"] + "/deployments/name/rollout/rollout", timeout=10).json()
-    (schedule,) = dep["schedules"]
+def run_deployment(c, name: str, params: dict, run_name: str = None, timeout: float = 300) -> dict:
+    """A run created the way the UI's form creates it (POST create_flow_run), waited for."""
+    dep = deployment(c, name)
+    body = {"parameters": params, **({"name": run_name} if run_name else {})}
+    fr = c.post(f"/deployments/{dep['id']}/create_flow_run", body)
+    return c.wait_final(fr["id"], timeout)
+
+
+def test_shipped_deployments_and_their_forms(cluster):
+    c, out = cluster["c"], cluster["deploy"]
+    for name in ("patch-registry/patch-registry", "rollback-registry/rollback-registry",
+                 "registry-history/registry-history", "rollout/rollout"):
+        assert f"Deployment '{name}' successfully created" in out, out
+    rollout = deployment(c, "rollout/rollout")
+    (schedule,) = rollout["schedules"]
     assert schedule["schedule"]["cron"] == "0 3 8-14 * 3" and schedule["schedule"]["day_or"] is False
-    patch = httpx.get(cluster["api"] + "/deployments/name/patch-registry/pool-b", timeout=10).json()
-    assert patch["work_pool_name"] == "pool-b"
+    assert schedule["schedule"]["timezone"] == "Europe/Berlin"
+    assert schedule["active"] is False  # inactive until an inventory exists: it never fails out of the box
+    patch = deployment(c, "patch-registry/patch-registry")
     schema = patch["parameter_openapi_schema"]
-    props = schema["properties"]
     registry = schema["definitions"]["RegistryParams"]["properties"]
-    assert "rootdirectory" in registry["storage"]["description"]
-    assert props["dry_run"]["type"] == "boolean"
+    assert "rootdirectory" in registry["storage"]["description"] and registry["storage"]["title"]
+    assert schema["properties"]["dry_run"]["type"] == "boolean"
+    rollback = deployment(c, "rollback-registry/rollback-registry")["parameter_openapi_schema"]["properties"]
+    assert all(p.get("description") for p in rollback.values()), rollback
 
 
-def test_rollout_across_two_pools(cluster):
-    regs, s, tmp = cluster["regs"], cluster["scenario"], cluster["tmp"]
-    inventory = tmp / "inventory.yml"
-    inventory.write_text(yaml.safe_dump({"registries": [
-        {"name": site, "storage": str(regs[site].root), "url": regs[site].url, "work_pool": pool,
-         "group": "canary" if site == "site-a" else "fleet"}
-        for site, pool in POOLS.items()]}))
-    proc = run([BIN / "regpatch", "rollout", s["staged"], "--inventory", inventory, "--repository", REPO,
-                "--tag", TAG, "--verify-command", "skopeo inspect --tls-verify=false docker://{ref}"],
-               cluster["env"], timeout=400)
-    print(proc.stdout)
+def test_an_empty_registry_is_refused_by_the_form_schema(cluster):
+    """What the run form checks (the UI's validate call) and what the server enforces:
+    no run is created without a storage folder or a config.yml."""
+    c = cluster["c"]
+    dep = deployment(c, "patch-registry/patch-registry")
+    values = {"bundle": "/x", "repository": REPO, "tag": TAG, "registry": {"storage": "", "registry_url": None}}
+    check = c.post("/ui/schemas/validate", {"schema": dep["parameter_openapi_schema"], "values": values})
+    assert check["valid"] is False
+    assert {"property": "registry", "errors": [{"property": "storage", "errors": ["'' should be non-empty"]}]} \
+        in check["errors"]
+    values["registry"] = {}
+    check = c.post("/ui/schemas/validate", {"schema": dep["parameter_openapi_schema"], "values": values})
+    assert "'storage' is a required property" in json.dumps(check["errors"])
+    before = len(c.flow_runs())
+    r = httpx.post(f"{c.api}/deployments/{dep['id']}/create_flow_run", json={"parameters": values}, timeout=10)
+    assert r.status_code in (409, 422) and "storage" in r.text, r.text
+    assert len(c.flow_runs()) == before
+    values["registry"] = {"registry_config": "/etc/docker/registry/config.yml"}
+    check = c.post("/ui/schemas/validate", {"schema": dep["parameter_openapi_schema"], "values": values})
+    assert check["valid"] is True, check
+
+
+def test_regpatch_deployments_know_their_registry(cluster):
+    c, regs = cluster["c"], cluster["regs"]
+    out = cluster["apply"]
+    for site, pool in POOLS.items():
+        assert f"work pool {pool} created (type process)" in out
+        for flow in ("patch-registry", "rollback-registry", "registry-history"):
+            assert f"deployment {flow}/{site} created (work pool {pool})" in out, out
+            dep = deployment(c, f"{flow}/{site}")
+            assert dep["work_pool_name"] == pool and f"registry:{site}" in dep["tags"]
+            assert dep["parameters"]["registry"] == {"name": site, "storage": str(regs[site].root),
+                                                     "registry_url": regs[site].url}
+            assert dep["entrypoint"].startswith("flows.") and dep["enforce_parameter_schema"] is True
+    assert deployment(c, "patch-registry/site-a")["parameters"]["repository"] == REPO
+    # running it again updates in place: same ids
+    ids = {site: deployment(c, f"patch-registry/{site}")["id"] for site in POOLS}
+    again = run([BIN / "regpatch", "deployments", "--inventory", cluster["inventory"], "--repository", REPO,
+                 "--apply"], c.env())
+    assert again.returncode == 0, again.stderr
+    assert "deployment patch-registry/site-a updated" in again.stdout and "created" not in again.stdout
+    assert {site: deployment(c, f"patch-registry/{site}")["id"] for site in POOLS} == ids
+
+
+def test_ui_run_needs_only_bundle_and_tag_then_rollback_from_the_ui(cluster):
+    """The operator's path: patch from patch-registry/site-b's form (bundle and tag only),
+    read the summary and the history, roll back from rollback-registry/site-b's form."""
+    c, regs, s = cluster["c"], cluster["regs"], cluster["scenario"]
+    old, new = str(s["old"].manifest_digest), str(s["new"].manifest_digest)
+    fr = run_deployment(c, "patch-registry/site-b", {"bundle": str(s["staged"]), "tag": TAG})
+    assert fr["state_type"] == "COMPLETED", fr["state"]
+    assert fr["name"] == f"site-b-{REPO}-{TAG}"
+    assert {"registry:site-b", f"repository:{REPO}", "regpatch"} <= set(fr["tags"])
+    assert fr["labels"]["regpatch.status"] == "patched" and fr["labels"]["regpatch.new"] == new
+    assert fr["id"] in c.workers["pool-b"].text() and fr["id"] not in c.workers["pool-a"].text()
+    assert skopeo_inspect_digest(regs["site-b"].host, REPO, TAG) == new
+
+    arts = c.artifacts(flow_run_id={"any_": [fr["id"]]})
+    summaries = [a for a in arts if a["type"] == "markdown" and a["key"] == f"site-b-{REPO}-{TAG}"]
+    assert len(summaries) == 1 and not [a for a in arts if a["type"] == "table"]
+    assert summaries[0]["data"].startswith(f"# Patched: `{REPO}:{TAG}` on `site-b`")
+    assert str(regs["site-b"].root) in summaries[0]["data"]
+    progress = [a for a in arts if a["type"] == "progress"]
+    assert any("stage base.tar.gz" in a["description"] for a in progress), progress  # 2 MiB: shown
+    assert all(a["data"] == 100 for a in progress)
+    (history,) = [a for a in arts if a["key"] == "history-site-b"]
+    assert f"`{REPO}:{TAG}` | patch | `{old}` | `{new}`" in history["data"]
+
+    fr = run_deployment(c, "rollback-registry/site-b", {"tag": TAG})
+    assert fr["state_type"] == "COMPLETED", fr["state"]
+    assert fr["name"] == f"site-b-{REPO}-{TAG}" and "registry:site-b" in fr["tags"]
+    assert skopeo_inspect_digest(regs["site-b"].host, REPO, TAG) == old
+    fr = run_deployment(c, "registry-history/site-b", {})
+    assert fr["state_type"] == "COMPLETED", fr["state"]
+    (history,) = [a for a in c.artifacts(flow_run_id={"any_": [fr["id"]]}) if a["key"] == "history-site-b"]
+    assert f"| rollback | `{new}` | `{old}` |" in history["data"]
+
+
+def test_a_failed_patch_on_a_worker_logs_no_traceback_and_says_what_happened(cluster):
+    c, s, tmp = cluster["c"], cluster["scenario"], cluster["tmp"]
+    bad = tmp / "bad-bundle"
+    shutil.copytree(s["staged"], bad)
+    layer = bad / "delta.tar.gz"
+    data = bytearray(layer.read_bytes())
+    data[200] ^= 0xFF
+    layer.write_bytes(bytes(data))
+    fr = run_deployment(c, "patch-registry/site-a", {"bundle": str(bad), "tag": "corrupt"})
+    assert fr["state_type"] == "FAILED"
+    assert "digest mismatch" in fr["state"]["message"] and "delta.tar.gz" in fr["state"]["message"]
+    assert fr["labels"]["regpatch.status"] == "failed" and fr["labels"]["regpatch.tag_moved"] is False
+    logs = "\n".join(l["message"] for l in c.logs(fr["id"]))
+    assert "digest mismatch" in logs
+    assert "Traceback" not in logs, logs  # a RegpatchError: its one line is the whole story
+    (summary,) = [a for a in c.artifacts(flow_run_id={"any_": [fr["id"]]}) if a["key"] == "site-a-servercore-corrupt"]
+    assert summary["data"].startswith("# Failed: `servercore:corrupt` on `site-a`")
+    assert "The tag was not moved" in summary["data"]
+
+
+def test_rollout_across_two_pools_each_registry_a_task_run(cluster):
+    c, regs, s = cluster["c"], cluster["regs"], cluster["scenario"]
+    proc = run([BIN / "regpatch", "rollout", s["staged"], "--inventory", cluster["inventory"], "--repository", REPO,
+                "--tag", "fleet", "--verify-command", "skopeo inspect --tls-verify=false docker://{ref}"],
+               c.env(), timeout=400)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     new = str(s["new"].manifest_digest)
     for site, pool in POOLS.items():
         line = next(l for l in proc.stdout.splitlines() if l.startswith(site + " "))
-        assert f"pool {pool}" in line and "patched" in line and "KiB" in line, proc.stdout
-        assert skopeo_inspect_digest(regs[site].host, REPO, TAG) == new
-    # each registry was patched by the worker of its own pool
-    runs = [r for r in flow_runs(cluster["api"]) if (r["parameters"].get("registry") or {}).get("storage")
-            and r["parameters"].get("tag") == TAG]
-    assert {(r["work_pool_name"], r["parameters"]["registry"]["storage"], r["state_type"]) for r in runs} == {
-        (pool, str(regs[site].root), "COMPLETED") for site, pool in POOLS.items()}
+        assert f"pool {pool}" in line and "patched" in line, proc.stdout
+        assert skopeo_inspect_digest(regs[site].host, REPO, "fleet") == new
+    (rollout,) = c.flow_runs(name={"any_": [f"rollout-{REPO}-fleet"]})
+    tasks = {t["name"]: t for t in c.task_runs(rollout["id"])}
+    for site in POOLS:
+        t = tasks[f"{site}-{REPO}-fleet"]
+        assert t["state_type"] == "COMPLETED" and {f"registry:{site}", f"repository:{REPO}"} <= set(t["tags"])
+    # each registry was patched by the worker of its own pool, its run named after it
     for site, pool in POOLS.items():
-        run_ = next(r for r in runs if r["work_pool_name"] == pool)
-        assert run_["id"] in cluster["workers"][site].text()
-        other = next(w for s_, w in cluster["workers"].items() if s_ != site)
-        assert run_["id"] not in other.text()
+        (fr,) = c.flow_runs(name={"any_": [f"{site}-{REPO}-fleet"]})
+        assert fr["work_pool_name"] == pool and fr["state_type"] == "COMPLETED"
+        assert fr["id"] in c.workers[pool].text()
 
 
-def test_patch_registry_run_from_the_cli_like_the_ui(cluster):
-    regs, s = cluster["regs"], cluster["scenario"]
-    params = {"bundle": str(s["staged"]), "repository": REPO, "tag": "ui-triggered",
-              "registry": {"storage": str(regs["site-b"].root), "registry_url": regs["site-b"].url}}
-    argv = [BIN / "prefect", "deployment", "run", "patch-registry/pool-b", "--watch", "--watch-interval", "1",
-            "--flow-run-name", "ui-like-run"]
-    for k, v in params.items():
-        argv += ["--param", f"{k}={json.dumps(v)}"]
-    proc = run(argv, cluster["env"], timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    (fr,) = flow_runs(cluster["api"], name={"any_": ["ui-like-run"]})
-    assert fr["state_type"] == "COMPLETED" and fr["work_pool_name"] == "pool-b"
-    assert fr["id"] in cluster["workers"]["site-b"].text()
-    assert fr["id"] not in cluster["workers"]["site-a"].text()
-    assert skopeo_inspect_digest(regs["site-b"].host, REPO, "ui-triggered") == str(s["new"].manifest_digest)
+def test_failed_rollout_failing_registry_red_later_wave_not_run(cluster, tmp_path):
+    """site-a (canary) fails its verification pull on its own host; site-b's wave never runs."""
+    c, regs, s = cluster["c"], cluster["regs"], cluster["scenario"]
+    untouched = regs["site-b"].root / f"docker/registry/v2/repositories/{REPO}/_manifests/tags/broken"
+    inv = tmp_path / "inventory.yml"
+    inv.write_text(yaml.safe_dump({"registries": [
+        {"name": "site-a", "storage": str(regs["site-a"].root), "url": "http://127.0.0.1:9", "work_pool": "pool-a",
+         "group": "canary"},
+        {"name": "site-b", "storage": str(regs["site-b"].root), "url": regs["site-b"].url, "work_pool": "pool-b",
+         "group": "fleet"}]}))
+    proc = run([BIN / "regpatch", "rollout", s["staged"], "--inventory", inv, "--repository", REPO,
+                "--tag", "broken"], c.env(), timeout=400)
+    assert proc.returncode == 7, proc.stdout + proc.stderr
+    (rollout,) = c.flow_runs(name={"any_": [f"rollout-{REPO}-broken"]})
+    assert rollout["state_type"] == "FAILED"
+    tasks = {t["name"]: t for t in c.task_runs(rollout["id"])}
+    a, b = tasks[f"site-a-{REPO}-broken"], tasks[f"site-b-{REPO}-broken"]
+    assert a["state_type"] == "FAILED" and "127.0.0.1:9" in a["state"]["message"]
+    assert b["state_type"] == "CANCELLED" and b["state_name"] == "NotRun"
+    assert "wave 'canary' failed" in b["state"]["message"]
+    (art,) = [x for x in c.artifacts(flow_run_id={"any_": [rollout["id"]]}) if x["key"] == f"rollout-{REPO}-broken"]
+    errors = art["data"].split("## Errors", 1)[1]
+    assert "site-a" in errors and "the tag was not moved" in errors and "127.0.0.1:9" in errors
+    (remote,) = c.flow_runs(name={"any_": [f"site-a-{REPO}-broken"]})
+    assert remote["state_type"] == "FAILED" and remote["labels"]["regpatch.status"] == "failed"
+    assert not untouched.exists()
+    logs = "\n".join(l["message"] for l in c.logs(rollout["id"]) + c.logs(remote["id"]))
+    assert logs.count("Traceback") == 0, logs
 
 
-def test_rollout_deployment_run_on_a_worker(cluster):
-    """The scheduled path: the rollout deployment itself, run by pool-a's worker."""
-    regs, s, tmp = cluster["regs"], cluster["scenario"], cluster["tmp"]
-    inventory = tmp / "inventory-deployed.yml"
-    inventory.write_text(yaml.safe_dump({"registries": [
-        {"name": site, "storage": str(regs[site].root), "url": regs[site].url, "work_pool": pool}
-        for site, pool in POOLS.items()]}))
-    params = {"bundle": str(s["staged"]), "inventory": str(inventory), "repository": REPO,
-              "tag": "monthly", "max_parallel": 2}
-    argv = [BIN / "prefect", "deployment", "run", "rollout/rollout", "--watch", "--watch-interval", "1",
-            "--flow-run-name", "monthly-window"]
-    for k, v in params.items():
-        argv += ["--param", f"{k}={json.dumps(v)}"]
-    proc = run(argv, cluster["env"], timeout=400)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+def test_rollout_deployment_on_a_worker_and_its_shipped_defaults(cluster):
+    """The scheduled path: the rollout deployment run by the regpatch pool's worker; with
+    the shipped parameters (no inventory yet) it fails saying what to create."""
+    c, regs, s = cluster["c"], cluster["regs"], cluster["scenario"]
+    fr = run_deployment(c, "rollout/rollout", {})
+    assert fr["state_type"] == "FAILED"
+    assert "the inventory /etc/regpatch/inventory.yml does not exist on this host: create it" \
+        in fr["state"]["message"]
+    fr = run_deployment(c, "rollout/rollout", {"bundle": str(s["staged"]), "inventory": str(cluster["inventory"]),
+                                               "tag": "monthly", "max_parallel": 2}, timeout=400)
+    assert fr["state_type"] == "COMPLETED", fr["state"]
+    assert fr["name"] == f"rollout-{REPO}-monthly" and fr["work_pool_name"] == "regpatch"
     for site in POOLS:
         assert skopeo_inspect_digest(regs[site].host, REPO, "monthly") == str(s["new"].manifest_digest)
-    (fr,) = flow_runs(cluster["api"], name={"any_": ["monthly-window"]})
-    arts = httpx.post(cluster["api"] + "/artifacts/filter", timeout=10, json={
-        "artifacts": {"flow_run_id": {"any_": [fr["id"]]}, "type": {"any_": ["table"]}}}).json()
-    (table,) = arts
-    rows = json.loads(table["data"]) if isinstance(table["data"], str) else table["data"]
-    assert sorted((r["registry"], r["status"]) for r in rows) == [("site-a", "patched"), ("site-b", "patched")]
+    (art,) = [a for a in c.artifacts(flow_run_id={"any_": [fr["id"]]}) if a["key"] == f"rollout-{REPO}-monthly"]
+    assert "| site-a | canary | pool pool-a | patched |" in art["data"]
+    assert "| site-b | fleet | pool pool-b | patched |" in art["data"]
