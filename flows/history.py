@@ -18,7 +18,7 @@ def registry_history(
     tag: Optional[str] = None,
 ) -> str:
     """Show every tag change regpatch recorded in one registry (patches and rollbacks: time,
-    old and new digest, bundle, who) as the artifact history-<registry>, newest first.
+    old and new digest, bundle, who) as the artifact history-REGISTRY, newest first.
 
     Args:
         registry: The registry. A per-registry deployment (regpatch deployments) fills it in.

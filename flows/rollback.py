@@ -34,7 +34,7 @@ def rollback_registry(
         registry: The registry. A per-registry deployment (regpatch deployments) fills it in;
             otherwise give its storage folder or its config.yml.
         to: Optional. The digest (sha256:...) to point the tag at; default: the one before the
-            last change (see the history-<registry> artifact).
+            last change (see the history-REGISTRY artifact).
         verify: Optional. An external puller run before the tag moves.
         debug: Debug logs, and a traceback for every error.
     """

@@ -41,6 +41,14 @@ _TARGET_SCHEMA = {
 }
 
 
+def _text_field(schema: dict) -> None:
+    """In the run form: a plain text box (empty = not given), not a "str | None" switch
+    whose None the schema's storage-or-config rule would then have to explain."""
+    schema.pop("anyOf", None)
+    schema.pop("default", None)
+    schema["type"] = "string"
+
+
 class RegistryParams(BaseModel):
     """Which registry: its storage, how to reach its API, how to restart it. Per-host
     deployments made by `regpatch deployments` fill these in from the inventory."""
@@ -51,14 +59,14 @@ class RegistryParams(BaseModel):
     name: Optional[str] = Field(
         None, title="Registry name",
         description="Short name of this registry, e.g. site-a (letters, digits, '.', '_', '-'). Runs are "
-                    "named <name>-<repository>-<tag> and tagged registry:<name>; the summary artifact is "
-                    "keyed by it. Default: the host name and the storage folder.")
+                    "named NAME-REPOSITORY-TAG and tagged registry:NAME; the summary artifact is keyed the "
+                    "same way. Default: the host name and the storage folder.")
     storage: Optional[str] = Field(
-        None, title="Storage folder (rootdirectory)",
+        None, title="Storage folder (rootdirectory)", json_schema_extra=_text_field,
         description="Required unless the registry's config.yml is given. The registry's rootdirectory: the "
                     "folder that holds docker/registry/v2, on the host that runs the patch.")
     registry_config: Optional[str] = Field(
-        None, title="Registry config.yml",
+        None, title="Registry config.yml", json_schema_extra=_text_field,
         description="The registry's config.yml on the host that runs the patch: the storage folder and the "
                     "API URL are read from it (the two fields above and below win when set).")
     registry_url: Optional[str] = Field(
@@ -68,7 +76,7 @@ class RegistryParams(BaseModel):
     restart: str = Field(
         "none", title="Restart",
         description="How to restart the registry before the verification pull: none (a patch needs none), "
-                    "command:<shell command>, or process:pidfile=PATH[,config=PATH][,binary=PATH]"
+                    "command:COMMAND (a shell command), or process:pidfile=PATH[,config=PATH][,binary=PATH]"
                     "[,log=PATH][,pass_env=NAME+NAME].")
     registry_auth_file: Optional[str] = Field(
         None, title="Auth file",
@@ -79,7 +87,8 @@ class RegistryParams(BaseModel):
     insecure: bool = Field(False, title="Insecure", description="Allow plain HTTP and skip TLS verification.")
     state_dir: Optional[str] = Field(
         None, title="State folder",
-        description="Optional. regpatch's journal, history and reports (default <storage>/.regpatch).")
+        description="Optional. regpatch's journal, history and reports (default: .regpatch in the storage "
+                    "folder).")
     lock_timeout: float = Field(
         300.0, ge=0, allow_inf_nan=False, title="Lock timeout (s)",
         description="Seconds to wait for another patch of the same repository.")

@@ -87,7 +87,7 @@ def read_inventory(path: str, only: Optional[list[str]]) -> list[RegistryEntry]:
 def _parameters(entry: RegistryEntry, *, bundle: str, repository: str, tag: str, image: Optional[str],
                 verify_command: Optional[str], dry_run: bool, s3: S3Params) -> dict[str, Any]:
     """patch-registry's parameters for one registry (JSON, as a deployment run takes them)."""
-    registry = entry.registry_params().model_dump()
+    registry = entry.registry_params().model_dump(exclude_none=True)  # the form's schema has no nulls there
     registry["name"] = entry.name
     return dict(bundle=bundle, repository=repository, tag=tag, registry=registry,
                 verify=VerifyParams(command=entry.verify_command or verify_command).model_dump(),
@@ -202,9 +202,17 @@ def show_unrun(outcomes: list[RegistryOutcome], repository: str, tag: str) -> No
     for o in outcomes:
         if o.status in (NOT_RUN, SKIPPED):
             # no inputs: the outcome is a closure, so the graph draws no dependency
-            unrun = task(name="patch-registry", **_opts)(lambda o=o: outcome_state(o))
+            unrun = task(name="patch-registry", **_opts)(_not_patched(o))
             unrun.with_options(task_run_name=run_name(o.name, repository, tag),
                                tags=run_tags(o.name, repository))(return_state=True)
+
+
+def _not_patched(outcome: RegistryOutcome):
+    """A task body with no parameters (so no inputs, no drawn dependency) whose state,
+    made when it runs, is the outcome's."""
+    def not_patched() -> State:
+        return outcome_state(outcome)
+    return not_patched
 
 
 def publish_rollout(outcomes: list[RegistryOutcome], title: str, repository: str, tag: str) -> None:

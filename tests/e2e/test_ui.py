@@ -1,0 +1,182 @@
+"""The operator's path in a real browser: Debian's Chromium driven by Playwright.
+
+A Prefect server on PostgreSQL with its UI, the shipped deployments and the
+per-registry ones from ``regpatch deployments --apply``, a process worker on the
+``regpatch`` pool, one real registry. In the browser: the generic form refuses a
+registry without storage; the per-registry form needs only bundle and tag, is
+submitted, the run reaches Completed, its graph and its summary (which names the
+registry) are shown; a failed rollout shows its failing registry red.
+
+Screenshots go to $REGPATCH_SCREENSHOTS (``docs/screenshots`` to refresh the
+README's), else to the test's tmp folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from prefect_cluster import BIN, ROOT, PrefectCluster, run
+from regpatch.localregistry import LocalRegistry
+from regpatch.sample import push_with_skopeo, scenario_servercore
+from util import skopeo_inspect_digest
+
+REPO, TAG = "servercore", "ltsc2019"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ui")
+    c = PrefectCluster(tmp, ui=True)
+    reg = None
+    try:
+        c.start()
+        s = scenario_servercore(tmp / "sample", base_size=2 << 20, delta_size=16 << 10)
+        reg = LocalRegistry(tmp / "site-ui").start()
+        push_with_skopeo(s["old_layout"], s["ref"], reg.host, REPO, TAG)
+        inventory = tmp / "inventory.yml"
+        inventory.write_text(yaml.safe_dump({"registries": [
+            {"name": "site-ui", "storage": str(reg.root), "url": reg.url}]}))
+        for argv in ([BIN / "prefect", "work-pool", "create", "regpatch", "--type", "process"],
+                     [BIN / "prefect", "--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml"],
+                     [BIN / "regpatch", "deployments", "--inventory", inventory, "--repository", REPO, "--apply"]):
+            out = run(argv, c.env())
+            assert out.returncode == 0, out.stdout + out.stderr
+        c.start_worker("regpatch")
+        shots = Path(os.environ.get("REGPATCH_SCREENSHOTS") or tmp / "screenshots")
+        if not shots.is_absolute():
+            shots = ROOT / shots
+        shots.mkdir(parents=True, exist_ok=True)
+        yield dict(c=c, reg=reg, scenario=s, tmp=tmp, shots=shots)
+    finally:
+        c.stop()
+        if reg:
+            reg.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(site):
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), "Debian's chromium is missing: run scripts/bootstrap.sh"
+    with sync_playwright() as p:
+        # Playwright gives the browser a fresh, temporary profile (user data dir)
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = context.new_page()
+    pg.set_default_timeout(60_000)
+    yield pg
+    context.close()
+
+
+def field(page, label: str):
+    """The input of the run form's property labelled exactly ``label``."""
+    prop = page.locator(".schema-form-property").filter(
+        has=page.locator(".schema-form-property__label", has_text=re.compile(f"^{re.escape(label)}$")))
+    return prop.locator("textarea, input").first
+
+
+def open_form(page, c, deployment: str) -> None:
+    dep = c.get(f"/deployments/name/{deployment}")
+    page.goto(f"{c.ui_url}/deployments/deployment/{dep['id']}/run", wait_until="networkidle")
+    field(page, "bundle").wait_for()
+
+
+def shot(page, site, name: str, settle: int = 1500) -> Path:
+    path = site["shots"] / name
+    page.wait_for_timeout(settle)  # let the graph and the markdown settle
+    page.screenshot(path=str(path))
+    assert path.stat().st_size > 20_000, f"{path} looks empty"
+    return path
+
+
+def test_generic_form_refuses_a_registry_without_storage(site, page):
+    c = site["c"]
+    runs = len(c.flow_runs())
+    open_form(page, c, "patch-registry/patch-registry")
+    field(page, "bundle").fill(str(site["scenario"]["staged"]))
+    field(page, "repository").fill(REPO)
+    field(page, "tag").fill(TAG)
+    page.get_by_role("button", name="Submit").click()
+    # the server checks the values against the form's schema: no run, a message naming the field
+    page.get_by_text("'storage' is a required property").first.wait_for()
+    shot(page, site, "ui-form-refuses-empty-registry.png", settle=200)
+    assert "/runs/flow-run/" not in page.url
+    assert len(c.flow_runs()) == runs  # refused by the form: no run was created
+
+
+def test_patch_from_the_run_form_completes_and_its_summary_names_the_registry(site, page):
+    c, reg, s = site["c"], site["reg"], site["scenario"]
+    open_form(page, c, "patch-registry/site-ui")
+    assert field(page, "repository").input_value() == REPO   # prefilled by regpatch deployments
+    field(page, "bundle").fill(str(s["staged"]))
+    field(page, "tag").fill(TAG)
+    shot(page, site, "ui-run-form.png")
+    dep = c.get("/deployments/name/patch-registry/site-ui")
+    page.get_by_role("button", name="Submit").click()
+    page.wait_for_url(re.compile(r"/deployments/deployment/[0-9a-f-]+(\?.*)?$"))  # back to the deployment
+    (fr,) = c.flow_runs(deployment_id={"any_": [dep["id"]]})
+    flow_run_id = fr["id"]
+    fr = c.wait_final(flow_run_id, timeout=300)
+    assert fr["state_type"] == "COMPLETED", fr["state"]
+    assert fr["name"] == f"site-ui-{REPO}-{TAG}" and "registry:site-ui" in fr["tags"]
+    assert skopeo_inspect_digest(reg.host, REPO, TAG) == str(s["new"].manifest_digest)
+
+    page.get_by_text(f"site-ui-{REPO}-{TAG}").first.click()  # the run, renamed, in the deployment's list
+    page.wait_for_url(re.compile(f"/runs/flow-run/{flow_run_id}"))
+    page.get_by_text("Completed").first.wait_for()
+    page.locator("canvas").first.wait_for()
+    shot(page, site, "ui-run-graph.png", settle=6000)  # the graph draws its nodes after the page
+
+    (art,) = [a for a in c.artifacts(flow_run_id={"any_": [flow_run_id]}) if a["key"] == f"site-ui-{REPO}-{TAG}"]
+    page.goto(f"{c.ui_url}/artifacts/artifact/{art['id']}", wait_until="networkidle")
+    page.get_by_text("Patched:").first.wait_for()
+    body = page.inner_text("body")
+    assert "site-ui" in body and str(reg.root) in body and str(s["new"].manifest_digest) in body
+    shot(page, site, "ui-run-summary.png")
+
+
+def test_failed_rollout_shows_the_failing_registry_red(site, page):
+    c, reg, s, tmp = site["c"], site["reg"], site["scenario"], site["tmp"]
+    broken = tmp / "site-broken-storage"
+    broken.write_text("not a registry storage\n")
+    second = LocalRegistry(tmp / "site-late").start()
+    try:
+        push_with_skopeo(s["old_layout"], s["ref"], second.host, REPO, TAG)
+        inventory = tmp / "rollout.yml"
+        inventory.write_text(yaml.safe_dump({"registries": [
+            {"name": "site-ui", "storage": str(reg.root), "url": reg.url, "group": "canary"},
+            {"name": "site-broken", "storage": str(broken), "group": "canary"},
+            {"name": "site-late", "storage": str(second.root), "url": second.url, "group": "fleet"}]}))
+        out = run([BIN / "regpatch", "rollout", s["staged"], "--inventory", inventory, "--repository", REPO,
+                   "--tag", "october"], c.env(), timeout=400)
+        assert out.returncode == 7, out.stdout + out.stderr
+    finally:
+        second.stop()
+    (rollout,) = c.flow_runs(name={"any_": [f"rollout-{REPO}-october"]})
+    # one task run per registry (a subflow's own task run is named after the subflow)
+    states = {t["name"]: t["state_name"] for t in c.task_runs(rollout["id"]) if t["name"].endswith("-october")}
+    assert states == {f"site-ui-{REPO}-october": "Completed", f"site-broken-{REPO}-october": "Failed",
+                      f"site-late-{REPO}-october": "NotRun"}
+    page.goto(f"{c.ui_url}/runs/flow-run/{rollout['id']}", wait_until="networkidle")
+    page.get_by_text(f"rollout-{REPO}-october").first.wait_for()
+    page.get_by_text("Failed").first.wait_for()
+    # the graph is a canvas: what it draws comes from these states (checked above); the
+    # picture is for the README
+    page.locator("canvas").first.wait_for()
+    shot(page, site, "ui-rollout-failed.png", settle=6000)
