@@ -3,7 +3,9 @@
 # a second run installs nothing and takes a second or two.
 #
 #   1. apt-get install what is missing of: docker-registry skopeo podman
-#      apache2-utils python3-venv (and python3 itself if absent);
+#      apache2-utils python3-venv postgresql chromium (and python3 itself if
+#      absent); postgresql for the Prefect server's database (the deployment
+#      tests start their own cluster), chromium for the browser test;
 #   2. make sure the Debian docker-registry *service* is not running: it would
 #      listen on :5000 on all interfaces. The tests and the demo start their own
 #      registries on 127.0.0.1 with generated configs;
@@ -17,7 +19,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 STAMP="$VENV/.regpatch-bootstrap-stamp"
-APT_PACKAGES=(docker-registry skopeo podman apache2-utils python3-venv)
+APT_PACKAGES=(docker-registry skopeo podman apache2-utils python3-venv postgresql chromium)
 
 log() { printf 'bootstrap: %s\n' "$*"; }
 die() { printf 'bootstrap: error: %s\n' "$*" >&2; exit 1; }
@@ -122,7 +124,8 @@ installed_ok() {
     "$VENV/bin/python" -I - "$ROOT" <<'PY' >/dev/null 2>&1
 import importlib.util, os, sys
 root = os.path.realpath(sys.argv[1])
-for name in ("prefect", "pytest", "moto", "bcrypt", "httpx", "yaml", "tenacity", "boto3", "pydantic", "coverage"):
+for name in ("prefect", "pytest", "moto", "bcrypt", "httpx", "yaml", "tenacity", "boto3", "pydantic", "coverage",
+             "playwright"):
     if importlib.util.find_spec(name) is None:
         sys.exit(1)
 spec = importlib.util.find_spec("regpatch")

@@ -191,6 +191,18 @@ def test_a_failed_patch_on_a_worker_logs_no_traceback_and_says_what_happened(clu
     assert "The tag was not moved" in summary["data"]
 
 
+def test_a_bad_value_from_the_form_is_named_as_the_form_names_it(cluster):
+    c, regs = cluster["c"], cluster["regs"]
+    registry = {"name": "site-a", "storage": str(regs["site-a"].root), "registry_url": regs["site-a"].url,
+                "registry_ca": "/nonexistent/ca.pem"}
+    fr = run_deployment(c, "patch-registry/site-a", {"bundle": str(cluster["scenario"]["staged"]), "tag": TAG,
+                                                     "registry": registry})
+    assert fr["state_type"] == "FAILED"
+    message = fr["state"]["message"]
+    assert '"CA bundle" (registry.registry_ca)' in message and "/nonexistent/ca.pem" in message, message
+    assert "--registry-ca" not in message
+
+
 def test_rollout_across_two_pools_each_registry_a_task_run(cluster):
     c, regs, s = cluster["c"], cluster["regs"], cluster["scenario"]
     proc = run([BIN / "regpatch", "rollout", s["staged"], "--inventory", cluster["inventory"], "--repository", REPO,

@@ -1,0 +1,133 @@
+"""What the Prefect run forms and per-registry deployments are made of, without Prefect:
+the parameter models' schema, messages in the caller's terms, deployment specs, the
+rollout table's errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from regpatch.deployments import specs_for, render_prefect_yaml
+from regpatch.errors import StorageError, UsageError
+from regpatch.inventory import load_inventory, parse_inventory
+from regpatch.params import RegistryParams, form_terms, in_form_terms
+from regpatch.rollout import FAILED, RegistryOutcome, outcome_of, render_markdown, tag_state
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def schema_errors(registry: dict) -> list[str]:
+    schema = RegistryParams.model_json_schema()
+    validator = jsonschema.Draft202012Validator(schema)
+    return sorted(f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(registry))
+
+
+@pytest.mark.parametrize("registry,errors", [
+    ({}, [": 'storage' is a required property"]),
+    ({"storage": ""}, ["storage: '' should be non-empty"]),
+    ({"registry_config": ""}, [": 'storage' is a required property"]),
+    ({"registry_config": None, "registry_url": "http://127.0.0.1:5000"},
+     [": 'storage' is a required property", "registry_config: None is not of type 'string'"]),
+    ({"storage": "/srv/registry/data"}, []),
+    ({"registry_config": "/etc/docker/registry/config.yml"}, []),
+    ({"storage": "/srv/registry/data", "registry_config": "/etc/docker/registry/config.yml"}, []),
+])
+def test_the_form_schema_refuses_a_registry_without_storage_or_config(registry, errors):
+    assert schema_errors(registry) == errors
+
+
+def test_storage_and_config_are_plain_text_fields_with_titles_and_descriptions():
+    props = RegistryParams.model_json_schema()["properties"]
+    for key in ("storage", "registry_config"):
+        assert props[key]["type"] == "string" and "default" not in props[key] and "anyOf" not in props[key]
+    for key, prop in props.items():
+        assert prop.get("title") and prop.get("description"), key
+        assert "<" not in prop["description"], f"{key}: the UI renders descriptions as markdown"
+
+
+def test_registry_label_and_name_rules():
+    assert RegistryParams(name="site-a", storage="/x").label() == "site-a"
+    label = RegistryParams(storage="/srv/registry/data").label()
+    assert label.endswith("-srv-registry-data") and len(label) <= 63
+    assert RegistryParams(name="", storage="/x").name is None
+    with pytest.raises(ValueError, match="registry name 'bad/name'"):
+        RegistryParams(name="bad/name", storage="/x")
+
+
+def test_messages_name_form_fields_for_a_run_started_from_the_form():
+    core = ("the registry storage is unknown: pass --storage ROOT (the registry's rootdirectory) or "
+            "--registry-config config.yml")
+    text = in_form_terms(core)
+    assert '"Storage folder (rootdirectory)" (registry.storage)' in text
+    assert '"Registry config.yml" (registry.registry_config)' in text and "--" not in text
+    assert in_form_terms("--verify-command needs {ref}") == '"Verify command" (verify.command) needs {ref}'
+    assert in_form_terms("use --image NAME") == "use the field 'image'"
+    assert in_form_terms("no flag here: --unknown-flag stays") == "no flag here: --unknown-flag stays"
+    with pytest.raises(UsageError) as e, form_terms():
+        RegistryParams().target()
+    assert "registry.storage" in str(e.value) and "--storage" not in str(e.value)
+    with pytest.raises(StorageError) as e, form_terms():  # a subclass keeps its type (and exit code)
+        raise StorageError("see --state-dir DIR")
+    assert str(e.value) == 'see "State folder" (registry.state_dir)' and e.value.exit_code == 4
+
+
+def test_deployment_specs_from_the_inventory():
+    inv = load_inventory(ROOT / "deployments/inventory.example.yml")
+    specs = specs_for(inv, repository="servercore")
+    assert [s.full_name for s in specs[:3]] == ["patch-registry/site-a", "rollback-registry/site-a",
+                                                "registry-history/site-a"]
+    assert len(specs) == 3 * len(inv.registries)
+    by = {s.full_name: s for s in specs}
+    assert by["patch-registry/site-a"].work_pool == "site-a-pool"
+    assert by["patch-registry/local-mirror"].work_pool == "regpatch"  # no work_pool: where the rollout runs
+    assert by["patch-registry/site-b"].parameters == {
+        "registry": {"name": "site-b", "storage": "D:\\registry\\data",
+                     "registry_url": "https://registry.site-b.example:5000",
+                     "registry_ca": "C:\\regpatch\\site-b-ca.pem"},
+        "repository": "servercore"}
+    assert "repository" not in by["registry-history/site-b"].parameters
+    assert by["rollback-registry/site-a"].tags == ["regpatch", "registry:site-a"]
+    for s in specs:  # the form's schema has no nulls for these: a null would be refused
+        assert None not in s.parameters["registry"].values()
+        RegistryParams(**s.parameters["registry"])
+    doc = yaml.safe_load(render_prefect_yaml(specs, "inventory.example.yml"))
+    assert len(doc["deployments"]) == len(specs) and doc["pull"] == []
+    assert doc["deployments"][0]["entrypoint"] == "flows.patch.patch_registry"
+
+
+def test_deployments_command_prints_yaml_without_importing_prefect(tmp_path):
+    out = tmp_path / "registries.yaml"
+    code = ("import sys\nfrom regpatch.cli import main\n"
+            f"rc = main(['deployments', '--inventory', {str(ROOT / 'deployments/inventory.example.yml')!r}, "
+            f"'--only', 'site-a', '--output', {str(out)!r}])\n"
+            "assert 'prefect' not in sys.modules, 'prefect was imported'\nsys.exit(rc)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote 3 deployments" in proc.stdout
+    assert [d["name"] for d in yaml.safe_load(out.read_text())["deployments"]] == ["site-a"] * 3
+
+
+def test_rollout_table_keeps_every_error_whole_and_says_where_the_tag_is():
+    entry = parse_inventory({"registries": [{"name": "site-a", "storage": "/x"}]}).registries[0]
+
+    class Result:
+        dry_run, tag_moved, old, new = False, False, "sha256:" + "a" * 64, "sha256:" + "b" * 64
+
+    error = StorageError("disk full while writing blobs/sha256/ab/" + "c" * 64 + "/data; free space and retry")
+    error.result = Result()
+    outcome = outcome_of(entry, error=error)
+    assert outcome.status == FAILED
+    assert outcome.error.endswith("; the tag was not moved: it still points at sha256:" + "a" * 64)
+    assert repr(outcome) == "RegistryOutcome(site-a: failed)"
+    text = render_markdown([outcome, RegistryOutcome("site-b", "fleet", "local", "not-run", note="not run")], "t")
+    errors = text.split("## Errors", 1)[1]
+    assert f"- **site-a**: {outcome.error}" in errors and "site-b" not in errors
+    assert outcome_of(entry, error=UsageError("bad")).error == "bad; the tag was not moved"
+    assert tag_state(True) == "the tag was moved to the new image before the failure"
