@@ -165,10 +165,8 @@ def test_ui_run_needs_only_bundle_and_tag_then_rollback_from_the_ui(cluster):
     assert fr["state_type"] == "COMPLETED", fr["state"]
     assert fr["name"] == f"site-b-{REPO}-{TAG}" and "registry:site-b" in fr["tags"]
     assert skopeo_inspect_digest(regs["site-b"].host, REPO, TAG) == old
-    fr = run_deployment(c, "registry-history/site-b", {})
-    assert fr["state_type"] == "COMPLETED", fr["state"]
     (history,) = [a for a in c.artifacts(flow_run_id={"any_": [fr["id"]]}) if a["key"] == "history-site-b"]
-    assert f"| rollback | `{new}` | `{old}` |" in history["data"]
+    assert f"| rollback | `{new}` | `{old}` |" in history["data"]  # refreshed by the rollback
 
 
 def test_a_failed_patch_on_a_worker_logs_no_traceback_and_says_what_happened(cluster):
@@ -189,18 +187,6 @@ def test_a_failed_patch_on_a_worker_logs_no_traceback_and_says_what_happened(clu
     (summary,) = [a for a in c.artifacts(flow_run_id={"any_": [fr["id"]]}) if a["key"] == "site-a-servercore-corrupt"]
     assert summary["data"].startswith("# Failed: `servercore:corrupt` on `site-a`")
     assert "The tag was not moved" in summary["data"]
-
-
-def test_a_bad_value_from_the_form_is_named_as_the_form_names_it(cluster):
-    c, regs = cluster["c"], cluster["regs"]
-    registry = {"name": "site-a", "storage": str(regs["site-a"].root), "registry_url": regs["site-a"].url,
-                "registry_ca": "/nonexistent/ca.pem"}
-    fr = run_deployment(c, "patch-registry/site-a", {"bundle": str(cluster["scenario"]["staged"]), "tag": TAG,
-                                                     "registry": registry})
-    assert fr["state_type"] == "FAILED"
-    message = fr["state"]["message"]
-    assert '"CA bundle" (registry.registry_ca)' in message and "/nonexistent/ca.pem" in message, message
-    assert "--registry-ca" not in message
 
 
 def test_rollout_across_two_pools_each_registry_a_task_run(cluster):

@@ -192,3 +192,62 @@ def test_registry_concurrency_guard_serialises_patches(capsys, tmp_path, fleet, 
     assert skopeo_inspect_digest(a.host, REPO, TAG) == new
     current = a.root / f"docker/registry/v2/repositories/{REPO}/_manifests/tags/{TAG}/current/link"
     assert current.stat().st_mtime >= released - 0.01  # written only after the slot was released
+
+
+def test_one_traceback_at_most_per_failure_in_the_run_logs(capsys, tmp_path, fleet, scenario, monkeypatch):
+    """A RegpatchError logs none (its line says it all); an unexpected error logs one,
+    not again in every run it passes through; REGPATCH_DEBUG=1 keeps them all."""
+    import logging
+
+    from regpatch.errors import StorageError
+    from tasks import ONE_TRACEBACK
+
+    def record(exc: BaseException) -> logging.LogRecord:
+        try:
+            raise exc
+        except BaseException:
+            import sys
+            return logging.LogRecord("prefect.task_runs", logging.ERROR, __file__, 1, "failed", None, sys.exc_info())
+
+    monkeypatch.delenv("REGPATCH_DEBUG", raising=False)
+    monkeypatch.delenv("PREFECT_LOGGING_LEVEL", raising=False)
+    r = record(StorageError("disk full"))
+    assert ONE_TRACEBACK.filter(r) and r.exc_info is None
+    boom = ValueError("unexpected")
+    first, again = record(boom), record(boom)
+    assert ONE_TRACEBACK.filter(first) and first.exc_info is not None      # the task run's: kept
+    assert ONE_TRACEBACK.filter(again) and again.exc_info is None          # the flow run's: dropped
+    monkeypatch.setenv("REGPATCH_DEBUG", "1")
+    r = record(StorageError("disk full"))
+    assert ONE_TRACEBACK.filter(r) and r.exc_info is not None
+    # and for real: a rollout with a failing registry, through the session's Prefect server
+    monkeypatch.delenv("REGPATCH_DEBUG")
+    inv = write_inventory(tmp_path / "inv.yml", [entry("site-a", fleet["site-a"], url="http://127.0.0.1:9")])
+    code, out, err = rollout(capsys, scenario["staged"], inv, "--state-dir", tmp_path / "state")
+    assert code == 7 and "127.0.0.1:9" in row(out, "site-a")
+    assert "Traceback" not in err, err
+
+
+def test_flow_errors_name_the_form_fields_and_history_on_demand(fleet, scenario, prefect_api):
+    """A run started from the form (the flow called with its parameters) names what is
+    wrong the way the form does; registry-history publishes the registry's history."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    from flows.history import registry_history
+    from flows.patch import patch_registry
+    from regpatch.errors import UsageError
+    from regpatch.params import RegistryParams
+
+    a = fleet["site-a"]
+    with pytest.raises(UsageError) as e:
+        patch_registry(bundle=str(scenario["staged"]), repository=REPO, tag=TAG, registry=RegistryParams(
+            name="site-a", storage=str(a.root), registry_url=a.url, registry_ca="/nonexistent/ca.pem"))
+    assert '"CA bundle" (registry.registry_ca)' in str(e.value) and "--registry-ca" not in str(e.value)
+    text = registry_history(registry=RegistryParams(name="site-a", storage=str(a.root)))
+    assert text.startswith("# History of `site-a`") and "0 tag change(s) recorded" in text
+    with get_client(sync_client=True) as client:
+        (art,) = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["history-site-a"])),
+                                       sort=ArtifactSort.CREATED_DESC, limit=1)
+    assert art.data == text
