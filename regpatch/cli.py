@@ -171,13 +171,17 @@ def run_deployments(args: argparse.Namespace) -> None:
     """Plain data from the inventory; Prefect is imported only with --apply."""
     from .deployments import render_prefect_yaml, specs_for
     from .inventory import load_inventory
+    from .params import refuse_inline_credentials
     from .reference import Repository
 
     if args.repository:
         Repository.parse(args.repository)
     only = [n.strip() for v in (args.only or []) for n in v.split(",") if n.strip()] or None
-    specs = specs_for(load_inventory(args.inventory), default_pool=args.default_pool,
-                      repository=args.repository, only=only)
+    inventory = load_inventory(args.inventory)
+    for e in inventory.select(only):  # deployment parameters are stored in Prefect's database
+        refuse_inline_credentials(f"inventory entry {e.name!r} verify_command", e.verify_command)
+        refuse_inline_credentials(f"inventory entry {e.name!r} url", e.url)
+    specs = specs_for(inventory, default_pool=args.default_pool, repository=args.repository, only=only)
     text = render_prefect_yaml(specs, args.inventory)
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")

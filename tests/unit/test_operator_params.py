@@ -131,3 +131,15 @@ def test_rollout_table_keeps_every_error_whole_and_says_where_the_tag_is():
     assert f"- **site-a**: {outcome.error}" in errors and "site-b" not in errors
     assert outcome_of(entry, error=UsageError("bad")).error == "bad; the tag was not moved"
     assert tag_state(True) == "the tag was moved to the new image before the failure"
+
+
+def test_deployments_refuse_an_inventory_with_an_inline_credential(tmp_path, capsys):
+    from regpatch.cli import main
+
+    inv = tmp_path / "inv.yml"
+    inv.write_text(yaml.safe_dump({"registries": [
+        {"name": "site-a", "storage": "/x", "verify_command": "skopeo inspect --creds u:secret docker://{ref}"}]}))
+    assert main(["deployments", "--inventory", str(inv)]) == 2
+    out, err = capsys.readouterr()
+    assert "inventory entry 'site-a' verify_command carries a credential inline" in err
+    assert "secret" not in out + err
