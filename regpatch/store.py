@@ -222,6 +222,59 @@ class RegistryStore:
             log.warning("%s; the patch will replace it", e)
             return None
 
+    def tags(self, repo: Repository, limit: int = 1000) -> list[Tag]:
+        """Tags of a repository that hold a current link (names that fail the grammar are skipped)."""
+        found: list[Tag] = []
+        try:
+            entries = sorted(os.scandir(self.layout.tags_dir(repo)), key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError):
+            return found
+        for e in entries[:limit]:
+            try:
+                tag = Tag.parse(e.name)
+            except InvalidReference:
+                continue
+            if self.layout.tag_current_link(repo, tag).is_file():
+                found.append(tag)
+        return found
+
+    def any_tag(self, prefer: Optional[tuple[Repository, Tag]] = None,
+                max_dirs: int = 10000) -> Optional[tuple[Repository, Tag, Digest]]:
+        """A (repository, tag, digest) the storage holds: ``prefer`` if it is there, else
+        another tag of its repository, else the first tagged repository found (a bounded
+        walk of repositories/). None for a storage with no tag at all."""
+        candidates: list[Repository] = []
+        if prefer is not None:
+            repo, tag = prefer
+            held = self.current_tag(repo, tag)
+            if held is not None:
+                return repo, tag, held
+            candidates.append(repo)
+        for repo in candidates:
+            for tag in self.tags(repo):
+                held = self.current_tag(repo, tag)
+                if held is not None:
+                    return repo, tag, held
+        base = self.layout.repositories
+        seen = 0
+        for dirpath, dirnames, _ in os.walk(base):
+            seen += 1
+            if seen > max_dirs:
+                break
+            dirnames.sort()
+            if "_manifests" in dirnames:
+                try:
+                    repo = Repository.parse(os.path.relpath(dirpath, base).replace(os.sep, "/"))
+                except InvalidReference:
+                    dirnames[:] = []
+                    continue
+                for tag in self.tags(repo):
+                    held = self.current_tag(repo, tag)
+                    if held is not None:
+                        return repo, tag, held
+            dirnames[:] = [d for d in dirnames if not d.startswith("_")]
+        return None
+
     def link_ok(self, path: Path, digest: Digest) -> bool:
         try:
             return path.read_bytes() == str(digest).encode("ascii")

@@ -259,3 +259,27 @@ def test_registry_auth_file_in_the_environment_does_not_break_a_process_restart(
     environ = Path(f"/proc/{new_pid}/environ").read_bytes().split(b"\0")
     assert not any(v.startswith(b"REGISTRY_") for v in environ)
     assert skopeo_inspect_digest(registry.host, REPO, TAG) == str(scenario["new"].manifest_digest)
+
+
+def test_a_storage_and_a_url_of_two_different_registries_are_refused(tmp_path, scenario, registry):
+    other = LocalRegistry(tmp_path / "other").start()
+    try:
+        push_with_skopeo(scenario["new_layout"], scenario["ref"], other.host, REPO, TAG)
+        before = tree_hash(registry.root / "docker")
+        proc = cli("patch", scenario["staged"], "--storage", registry.root, "--registry-url", other.url,
+                   "--repository", REPO, "--tag", TAG, env=env_without_prefect())
+        assert proc.returncode == 4, proc.stderr
+        line = proc.stderr.strip().splitlines()[-1]
+        assert f"the registry at {other.url} serves" in line and "different registries" in line
+        assert tree_hash(registry.root / "docker") == before
+    finally:
+        other.stop()
+
+
+def test_an_empty_folder_is_refused_unless_init(tmp_path, scenario):
+    empty = tmp_path / "typo"
+    empty.mkdir()
+    proc = cli("patch", scenario["staged"], "--storage", empty, "--repository", REPO, "--tag", TAG,
+               env=env_without_prefect())
+    assert proc.returncode == 4 and "pass --init" in proc.stderr
+    assert list(empty.iterdir()) == []

@@ -288,3 +288,33 @@ def test_four_repositories_patched_at_once_all_succeed(site, tmp_path):
     assert not errors and len(results) == 4
     for n in range(4):
         assert site.current_of(f"repo{n}") == str(site.new).encode()
+
+
+def test_a_storage_without_a_registry_tree_needs_init(tmp_path, scenario_files, site):
+    from regpatch.errors import StorageNotFound
+
+    typo = tmp_path / "var-lib-registy"
+    typo.mkdir()
+    with pytest.raises(StorageNotFound, match="pass --init"):
+        engine.patch(site.request(target=RegistryTarget.resolve(storage=str(typo))))
+    assert list(typo.iterdir()) == []  # not even the state folder
+    result = engine.patch(site.request(target=RegistryTarget.resolve(storage=str(typo)), init=True))
+    assert result.tag_moved and (typo / "docker/registry/v2").is_dir()
+
+
+def test_a_repair_in_place_needs_a_restart_when_the_registry_caches_sizes(site):
+    """A blob held with the wrong size is replaced; a registry with a blob descriptor cache
+    would serve the old size: with a URL and no restart strategy, refused before any write."""
+    blob = site.scenario["new"].layers[0]
+    data = site.layout.blob_data(blob.digest)
+    data.parent.mkdir(parents=True)
+    data.write_bytes(b"truncated")
+    before = site.docker_hash()
+    target = RegistryTarget.resolve(storage=str(site.root), url="http://127.0.0.1:9")
+    with pytest.raises(UsageError, match="give --restart"):
+        engine.patch(site.request(target=target))
+    assert site.docker_hash() == before
+    # without a URL nothing can be served stale by this run: repaired, with a warning
+    result = engine.patch(site.request())
+    assert any("replaced" in w for w in result.warnings)
+    assert data.read_bytes() == blob.path.read_bytes()
