@@ -22,6 +22,7 @@ def patch_registry(
     s3: S3Params = S3Params(),
     image: Optional[str] = None,
     dry_run: bool = False,
+    consume: bool = False,
 ) -> engine.PatchResult:
     """Patch REPOSITORY:TAG in one registry's storage with BUNDLE: every byte is verified,
     blobs and links are written, the new image is pulled by digest, and only then does
@@ -37,10 +38,12 @@ def patch_registry(
         s3: For s3:// bundles: endpoint, credentials block, retries.
         image: For an OCI layout holding several images, the one whose ref.name annotation is this.
         dry_run: Plan and hash every blob, write nothing.
+        consume: Rename the bundle's layer files into the storage instead of copying them
+            (the bundle must be on the storage's filesystem; it keeps a note of what was taken).
     """
     refuse_inline_credentials("verify.command", verify.command)
     request = patch_request(bundle=bundle, repository=repository, tag=tag, registry=registry, verify=verify,
-                            image=image, dry_run=dry_run, s3=s3_options_for(bundle, s3))
+                            image=image, dry_run=dry_run, s3=s3_options_for(bundle, s3), consume=consume)
     try:
         with interrupt.chained_handlers():
             result = engine.patch(request, PrefectObserver())

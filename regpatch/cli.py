@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pull and verify even when nothing changed since a verified patch of the tag")
     p.add_argument("--local", action="store_true",
                    help="run here without Prefect even when a Prefect API is configured")
+    p.add_argument("--consume", action="store_true",
+                   help="take the bundle's layer files instead of copying them: each is renamed into the "
+                        "storage (same filesystem only) and verified there; the bundle folder keeps a note "
+                        "(regpatch-consumed.jsonl) of what was taken")
     p.add_argument("--init", action="store_true",
                    help="create docker/registry/v2 if the storage has none (a new registry); "
                         "without it such a storage is refused as a likely typo")
@@ -256,7 +260,8 @@ def run_patch(args: argparse.Namespace):
                          "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE)")
     s3_options = s3.options() if is_s3 and not s3.aws_credentials_block else None
     request = patch_request(bundle=args.bundle, repository=args.repository, tag=args.tag, registry=registry,
-                            verify=verify, image=args.image, dry_run=args.dry_run, s3=s3_options)
+                            verify=verify, image=args.image, dry_run=args.dry_run, s3=s3_options,
+                            consume=args.consume)
     if api:
         refuse_inline_credentials("--verify-command", args.verify_command)
         _check_prefect_api(api)
@@ -266,7 +271,7 @@ def run_patch(args: argparse.Namespace):
 
         result = patch_registry(bundle=args.bundle, repository=args.repository, tag=args.tag,
                                 registry=registry, verify=verify, s3=s3, image=args.image,
-                                dry_run=args.dry_run)
+                                dry_run=args.dry_run, consume=args.consume)
     else:
         result = engine.patch(request)
     out = sys.stdout

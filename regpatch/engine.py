@@ -149,6 +149,7 @@ class PatchRequest:
     lock_timeout: float = 300.0
     s3: object = None
     init: bool = False               # create docker/registry/v2 when the storage has none
+    consume: bool = False            # rename the bundle's layer files into the storage instead of copying
 
     def check(self) -> None:
         """Every check that needs no storage, bundle or network: bad arguments fail here."""
@@ -350,6 +351,8 @@ def _plan(request: PatchRequest, store: RegistryStore, loaded: PatchBundle) -> P
     plan = make_plan(loaded, store, request.repository, request.tag)
     log.info("plan:\n%s", plan.render(store.layout))
     _check_repairs(request, plan)
+    if request.consume:
+        _check_consumable(store, plan)
     if request.target.url:  # credentials, TLS and "same registry" are proved before the first write
         with request.target.client() as client:
             client.check()
@@ -379,6 +382,24 @@ def check_same_registry(store: RegistryStore, client, repo: Repository, tag: Tag
             "--storage / --registry-url / --registry-config); nothing was written")
 
 
+def _check_consumable(store: RegistryStore, plan: PatchPlan) -> None:
+    """--consume renames bundle files into the storage: they must be local files on the
+    storage's filesystem. Refused before any write otherwise."""
+    from .apply import consumable
+
+    for b in plan.to_copy:
+        if b.source is None or consumable(plan, b) or plan.source.local_path(b.source.name) is not None:
+            continue
+        raise UsageError("--consume takes the files of a local bundle folder; this bundle is not one "
+                         "(drop --consume)")
+    for b in plan.to_copy:
+        if consumable(plan, b):
+            path = plan.source.local_path(b.source.name)
+            if not store.same_filesystem(path):
+                raise UsageError(f"--consume: {path} is not on the filesystem of the storage {store.root}, so "
+                                 "it cannot be renamed into it; drop --consume to copy it")
+
+
 def _check_repairs(request: PatchRequest, plan: PatchPlan) -> None:
     """A blob replaced in place (the registry held it with a wrong size) is served with the
     old size by a running registry that caches blob descriptors, until it restarts."""
@@ -405,7 +426,7 @@ def _apply(request: PatchRequest, plan: PatchPlan, loaded: PatchBundle, store: R
            journal: Journal, result: PatchResult, steps: _Steps, observer: Observer, skip_pull: bool) -> None:
     target, repo, tag = request.target, request.repository, request.tag
 
-    steps("verify-digests", lambda: verify_blobs(plan, store, progress=observer.progress))
+    steps("verify-digests", lambda: verify_blobs(plan, store, consume=request.consume, progress=observer.progress))
     result.fetches = _fetch_stats(loaded)
     journal.mark(store, "verify digests")
     report: ApplyReport = steps("copy-blobs", lambda: install_blobs(plan, store, progress=observer.progress))

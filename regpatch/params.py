@@ -108,13 +108,13 @@ class S3Params(BaseModel):
 
 def patch_request(*, bundle: str, repository: str, tag: str, registry: RegistryParams,
                   verify: VerifyParams = VerifyParams(), image: Optional[str] = None, dry_run: bool = False,
-                  s3=None) -> PatchRequest:
+                  s3=None, consume: bool = False) -> PatchRequest:
     """Parse and check everything; raises UsageError naming the parameter. No I/O but
     reading the registry's config.yml and checking the files named."""
     request = PatchRequest(bundle=bundle, repository=Repository.parse(repository), tag=Tag.parse(tag),
                            target=registry.target(), restart=registry.restart, image=image,
                            verify_command=verify.command, always_verify=verify.always, dry_run=dry_run,
-                           lock_timeout=registry.lock_timeout, s3=s3, init=registry.init)
+                           lock_timeout=registry.lock_timeout, s3=s3, init=registry.init, consume=consume)
     request.check()
     return request
 

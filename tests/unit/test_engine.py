@@ -318,3 +318,53 @@ def test_a_repair_in_place_needs_a_restart_when_the_registry_caches_sizes(site):
     result = engine.patch(site.request())
     assert any("replaced" in w for w in result.warnings)
     assert data.read_bytes() == blob.path.read_bytes()
+
+
+def test_consume_renames_layer_files_into_the_storage_and_notes_it(site, tmp_path):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(site.scenario["staged"], bundle)
+    layers = {p.name: p.read_bytes() for p in bundle.glob("*.tar.gz")}
+    result = engine.patch(site.request(bundle, consume=True))
+    assert result.tag_moved
+    assert not list(bundle.glob("*.tar.gz"))  # taken, not copied
+    assert (bundle / "delta.tar.gz.manifest.json").is_file() and (bundle / "delta.tar.gz.config.json").is_file()
+    notes = [json.loads(l) for l in (bundle / "regpatch-consumed.jsonl").read_text().splitlines()]
+    assert sorted(n["file"] for n in notes) == sorted(layers)
+    for blob in site.scenario["new"].layers:
+        data = site.layout.blob_data(blob.digest)
+        assert data.read_bytes() == blob.path.read_bytes() and oct(data.stat().st_mode & 0o777) == "0o644"
+    # the consumed bundle still describes the patch: the same command again changes nothing
+    before = site.docker_hash()
+    assert not engine.patch(site.request(bundle, consume=True)).changed
+    assert site.docker_hash() == before
+
+
+def test_consume_gives_a_corrupt_file_back_and_writes_nothing(site, tmp_path):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(site.scenario["staged"], bundle)
+    data = bytearray((bundle / "base.tar.gz").read_bytes())
+    data[-100] ^= 0xFF
+    (bundle / "base.tar.gz").write_bytes(bytes(data))
+    before = site.docker_hash()
+    with pytest.raises(DigestMismatch):
+        engine.patch(site.request(bundle, consume=True))
+    assert (bundle / "base.tar.gz").read_bytes() == bytes(data)  # renamed back where it was
+    assert site.docker_hash() == before
+
+
+def test_consume_refuses_a_bundle_on_another_filesystem(site, tmp_path):
+    import subprocess
+
+    mnt = tmp_path / "other-fs"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)]).returncode != 0:
+        pytest.fail("cannot mount a tmpfs (the tests run as root)")
+    try:
+        bundle = mnt / "bundle"
+        shutil.copytree(site.scenario["staged"], bundle)
+        with pytest.raises(UsageError, match="not on the filesystem of the storage"):
+            engine.patch(site.request(bundle, consume=True))
+        assert (bundle / "base.tar.gz").is_file()
+        assert engine.patch(site.request(bundle)).tag_moved  # without --consume: copied
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)])
