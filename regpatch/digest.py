@@ -235,15 +235,7 @@ def kernel_copy_and_hash(src_fd: int, dst_fd: int, *, what: str, expected: Optio
                 while hashed >= copied and not finished:
                     cond.wait()
                 upto, done = copied, finished
-            while hashed < upto:
-                chunk = os.pread(dst_fd, min(CHUNK, upto - hashed), hashed)
-                if not chunk:
-                    raise OSError(errno.EIO, f"short read of the copy of {what}")
-                h.update(chunk)
-                hashed += len(chunk)
-                interrupt.check()
-                if progress:
-                    progress(len(chunk))
+            hashed = _hash_range(dst_fd, h, hashed, upto, f"the copy of {what}", progress)
             if done and hashed >= copied:
                 break
     except BaseException:
@@ -260,6 +252,22 @@ def kernel_copy_and_hash(src_fd: int, dst_fd: int, *, what: str, expected: Optio
     if expected is not None and actual != expected:
         raise DigestMismatch(what, expected, actual, copied)
     return actual, copied
+
+
+def _hash_range(fd: int, h, start: int, end: int, what: str,
+                progress: Optional[Callable[[int], None]]) -> int:
+    """Hash bytes [start, end) of an open file by ``pread``; returns ``end``. A stop
+    request ends it at a chunk boundary."""
+    while start < end:
+        chunk = os.pread(fd, min(CHUNK, end - start), start)
+        if not chunk:
+            raise OSError(errno.EIO, f"short read of {what}")
+        h.update(chunk)
+        start += len(chunk)
+        interrupt.check()
+        if progress:
+            progress(len(chunk))
+    return start
 
 
 def _write_all(dst, view: memoryview) -> None:
@@ -376,16 +384,7 @@ def hash_fd(fd: int, *, what: str, expected: Optional[Digest], expected_size: in
         raise SizeMismatch(what, expected_size, size)
     advise_sequential(fd)
     h = new_hasher()
-    done = 0
-    while done < size:
-        chunk = os.pread(fd, min(KERNEL_COPY_CHUNK, size - done), done)
-        if not chunk:
-            raise OSError(errno.EIO, f"short read of {what}")
-        h.update(chunk)
-        done += len(chunk)
-        interrupt.check()
-        if progress:
-            progress(len(chunk))
+    done = _hash_range(fd, h, 0, size, what, progress)
     actual = Digest("sha256", h.hexdigest())
     if expected is not None and actual != expected:
         raise DigestMismatch(what, expected, actual, done)
