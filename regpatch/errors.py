@@ -15,7 +15,10 @@ No error message ever contains a credential.
     │   ├── DigestMismatch           bytes do not hash to the expected digest
     │   ├── SizeMismatch             bytes are not the expected length
     │   ├── UnsafePath               symlink or path leaving the bundle / storage
-    │   └── SourceError              the bundle source failed (I/O, S3)
+    │   ├── SourceError              the bundle source failed (I/O, S3)
+    │   ├── SignatureError           signature missing (UnsignedBundle) or not by a trust key
+    │   ├── BundleMismatch           regpatch-bundle.json does not describe the bundle
+    │   └── BaseBlobsMissing         blobs the bundle assumes present are not in the registry
     ├── StorageError                 the registry storage cannot be read/written (exit 4)
     │   ├── StorageNotFound          ROOT does not hold a registry storage
     │   ├── NoSpace                  ENOSPC / EDQUOT while writing
@@ -138,3 +141,22 @@ class VerificationError(RegistryError):
 
 class RestartError(RegpatchError):
     exit_code = 6
+
+
+# -- bundle trust (the shuttle side: regpatch-bundle.json and its signature) ------
+# All are BundleErrors (exit 3), raised before anything is staged.
+
+class SignatureError(BundleError):
+    """The bundle's signature does not verify with any trust key (or is malformed)."""
+
+
+class UnsignedBundle(SignatureError):
+    """Trust keys are configured and the bundle carries no signature."""
+
+
+class BundleMismatch(BundleError):
+    """regpatch-bundle.json does not describe the bundle (a file added, removed or altered)."""
+
+
+class BaseBlobsMissing(BundleError):
+    """Blobs the bundle assumes the site holds are not in the registry storage."""
