@@ -22,7 +22,7 @@ from .errors import DigestMismatch, InvalidReference, SizeMismatch
 
 CHUNK = 4 << 20  # 4 MiB: large enough for throughput, small enough to stay flat
 
-_HEX = re.compile(r"^[a-f0-9]{64}$")
+_HEX = re.compile(r"[a-f0-9]{64}")
 
 
 @dataclass(frozen=True, order=True)
@@ -39,7 +39,7 @@ class Digest:
             raise InvalidReference("digest", value, "expected 'sha256:<64 lowercase hex>'")
         if algo != "sha256":
             raise InvalidReference("digest", value, "only sha256 digests are supported")
-        if not _HEX.match(hexpart):
+        if not _HEX.fullmatch(hexpart):
             raise InvalidReference("digest", value, "expected 'sha256:<64 lowercase hex>'")
         return cls(algo, hexpart)
 
