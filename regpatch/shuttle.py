@@ -403,10 +403,18 @@ class FolderDestination:
             pass
 
     def blob_names(self) -> set[str]:
+        """Regular files under blobs/sha256 (what the site would see listed)."""
         try:
-            return {f"blobs/sha256/{n}" for n in os.listdir(self.blobs)}
+            entries = list(os.scandir(self.blobs))
         except FileNotFoundError:
             return set()
+        out = set()
+        for e in entries:
+            if e.is_file(follow_symlinks=False):
+                out.add(f"blobs/sha256/{e.name}")
+            else:
+                log.warning("%s is not a regular file; remove it from the bundle folder", e.path)
+        return out
 
     def finish(self) -> None:
         for name in os.listdir(self.partial):
