@@ -108,6 +108,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", type=Path)
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args(argv)
+    load_at_start = "%.2f %.2f %.2f" % os.getloadavg()
     created = args.workdir is None
     work = Path(tempfile.mkdtemp(prefix="regpatch-bench-shuttle-", dir="/var/tmp")) if created else args.workdir
     work.mkdir(parents=True, exist_ok=True)
@@ -197,7 +198,7 @@ def main(argv=None) -> int:
         for c in checks:
             print("  " + c)
         print("\nmachine:")
-        for k, v in common.machine_info(work) + [("load average at end", "%.2f %.2f %.2f" % os.getloadavg()),
+        for k, v in common.machine_info(work) + [("load avg at start", load_at_start),
                                                  ("command", " ".join(["python", "bench/shuttle.py", *(argv or sys.argv[1:])]))]:
             print(f"  {k:20} {v}")
         return 0
