@@ -6,7 +6,9 @@
                    under docker/registry/v2 happens before this succeeds.
     install_blobs  1. blob data: staged files renamed into blobs/, manifests written
     write_links    2. _layers links  3. revision links (children first)
-                   4. tag index link 5. tag current/link: the commit point
+                   4. tag index link
+    (the engine then verifies the image by digest, and only then moves the tag:
+     rollback.flip_tag writes 6. tag current/link, the commit point)
 
 Each step is idempotent: a re-run after a crash redoes only what is missing.
 """
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from .digest import Digest, io_retry
-from .plan import COPY, PRESENT, REPAIR, PatchPlan
+from .plan import COPY, PRESENT, REPAIR, TAG_CURRENT, PatchPlan
 from .faults import checkpoint
 from .store import RegistryStore
 
@@ -203,15 +205,15 @@ def install_blobs(plan: PatchPlan, store: RegistryStore, *,
 
 
 def write_links(plan: PatchPlan, store: RegistryStore, report: Optional[ApplyReport] = None) -> ApplyReport:
-    """Steps 2-5: layer links, revision links, tag index, and current/link last."""
+    """Steps 2-4: layer links, revision links, tag index link. Never the tag's
+    current/link: the image becomes pullable by digest, the tag still serves the old one."""
     report = report or ApplyReport()
     for link in plan.links:  # already in the crash-safe order
+        if link.kind == TAG_CURRENT:
+            continue
         if store.write_link(link.path, link.digest):
             report.links_written.append(store.layout.relative(link.path))
             log.info("wrote %s link %s -> %s", link.kind, store.layout.relative(link.path), link.digest)
         else:
             report.links_unchanged += 1
-    if plan.old != plan.new:
-        log.info("tag %s:%s now points at %s (was %s)", plan.repository, plan.tag, plan.new,
-                 plan.old or "nothing")
     return report

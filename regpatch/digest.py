@@ -18,6 +18,7 @@ from typing import BinaryIO, Callable, Optional
 
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
+from . import interrupt
 from .errors import DigestMismatch, InvalidReference, SizeMismatch
 
 CHUNK = 4 << 20  # 4 MiB: large enough for throughput, small enough to stay flat
@@ -84,6 +85,7 @@ def copy_and_hash(
 
     def account(n: int) -> None:
         nonlocal total
+        interrupt.check()  # a stop request ends the copy at this chunk boundary
         total += n
         if expected_size is not None and total > expected_size:
             raise SizeMismatch(what, expected_size, total)
@@ -194,11 +196,12 @@ def kernel_copy_and_hash(src_fd: int, dst_fd: int, *, what: str, expected: Optio
     cond = threading.Condition()
     errors: list[BaseException] = []
     finished = False
+    abandon = threading.Event()  # the hashing side failed or was interrupted: stop copying
 
     def copier() -> None:
         nonlocal copied, finished, eof_extra
         try:
-            while copied < expected_size:
+            while copied < expected_size and not abandon.is_set():
                 n = os.copy_file_range(src_fd, dst_fd, min(KERNEL_COPY_CHUNK, expected_size - copied))
                 if n == 0:
                     break
@@ -237,10 +240,14 @@ def kernel_copy_and_hash(src_fd: int, dst_fd: int, *, what: str, expected: Optio
                     raise OSError(errno.EIO, f"short read of the copy of {what}")
                 h.update(chunk)
                 hashed += len(chunk)
+                interrupt.check()
                 if progress:
                     progress(len(chunk))
             if done and hashed >= copied:
                 break
+    except BaseException:
+        abandon.set()
+        raise
     finally:
         t.join()
     if errors:
@@ -284,6 +291,7 @@ io_retry = retry(
     retry=retry_if_exception(is_transient_io),
     stop=stop_after_attempt(5),
     wait=wait_exponential(multiplier=0.2, max=5),
+    sleep=interrupt.sleep,
     reraise=True,
 )
 

@@ -22,12 +22,15 @@ No error message ever contains a credential.
     ├── StorageError                 the registry storage cannot be read/written (exit 4)
     │   ├── StorageNotFound          ROOT does not hold a registry storage
     │   ├── NoSpace                  ENOSPC / EDQUOT while writing
-    │   └── LockTimeout              another patch holds the repository lock
+    │   ├── LockTimeout              another patch holds the repository lock
+    │   └── TagMoved                 another writer moved the tag during the run
     ├── RegistryError                the registry HTTP API failed (exit 5)
     │   ├── RegistryUnavailable      /v2/ does not answer
     │   ├── AuthError                credentials missing or refused
     │   └── VerificationError        the pulled image is not the patched image
-    └── RestartError                 the restart strategy failed (exit 6)
+    ├── RestartError                 the restart strategy failed (exit 6)
+    └── Interrupted                  SIGINT / SIGTERM: stopped at a chunk boundary
+                                     (exit 130 / 143, as a shell reports a signal)
 """
 
 from __future__ import annotations
@@ -123,6 +126,18 @@ class LockTimeout(StorageError):
     pass
 
 
+class TagMoved(StorageError):
+    """The tag no longer holds the digest read when the run planned: someone pushed."""
+
+    def __init__(self, repository, tag, expected, found):
+        self.expected, self.found = expected, found
+        super().__init__(
+            f"tag {repository}:{tag} was moved by another writer during this run: it held "
+            f"{expected or '(nothing)'} when the patch was planned and holds {found or '(nothing)'} now; "
+            "the tag was left as the other writer set it (the new image is stored and verified); "
+            "check who pushed, then run the patch again to move the tag on purpose")
+
+
 class RegistryError(RegpatchError):
     exit_code = 5
 
@@ -141,6 +156,19 @@ class VerificationError(RegistryError):
 
 class RestartError(RegpatchError):
     exit_code = 6
+
+
+class Interrupted(RegpatchError):
+    """The run was asked to stop (SIGINT / SIGTERM) and stopped cleanly."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        self.signum = signum
+        self.exit_code = 128 + int(signum)
+        name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else str(signum)
+        super().__init__(f"interrupted by {name}; nothing is half-written: run the same command "
+                         "again to resume")
 
 
 # -- bundle trust (the shuttle side: regpatch-bundle.json and its signature) ------

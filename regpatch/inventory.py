@@ -102,6 +102,14 @@ class RegistryEntry(BaseModel):
             raise ValueError("restart 'process:' needs config=PATH or the entry's registry_config")
         return self
 
+    def registry_params(self):
+        """This registry as the engine's ``RegistryParams``."""
+        from .params import RegistryParams
+
+        return RegistryParams(storage=self.storage, registry_config=self.registry_config, registry_url=self.url,
+                              restart=self.restart, registry_auth_file=self.registry_auth_file,
+                              registry_ca=self.registry_ca, insecure=self.insecure)
+
     @property
     def wave(self) -> str:
         return self.group or DEFAULT_GROUP

@@ -10,6 +10,7 @@ Repository, Tag) in, a path out; no other module joins registry paths.
         repositories/<name>/_manifests/tags/<tag>/index/sha256/<hex>/link
         repositories/<name>/_manifests/tags/<tag>/current/link
     <root>/.regpatch/          regpatch's own state (the registry never reads it)
+    <root>/.regpatch/locks/    repository locks (always here, whatever --state-dir says)
 """
 
 from __future__ import annotations
@@ -46,7 +47,17 @@ class Layout:
         return self.state / "journal" / f"{_flat(repo)}@{tag.name}.json"
 
     def lock(self, repo: Repository) -> Path:
-        return self.state / "locks" / f"{_flat(repo)}.lock"
+        """The repository's lock lives with the storage it protects, whatever the state
+        folder: two runs naming different --state-dir folders still exclude each other."""
+        return self.root / STATE_DIR / "locks" / f"{_flat(repo)}.lock"
+
+    @property
+    def reports(self) -> Path:
+        """One markdown report per run (what the Prefect artifact shows, for runs without Prefect)."""
+        return self.state / "reports"
+
+    def report(self, repo: Repository, tag: Tag, stamp: str) -> Path:
+        return self.reports / f"{stamp}-{_flat(repo)}@{tag.name}.md"
 
     @property
     def staging(self) -> Path:

@@ -47,9 +47,12 @@ class ManifestStep:
     in_registry: bool  # manifest blob already stored
 
 
+TAG_CURRENT = "tag-current"  # the commit point: written last, by rollback.flip_tag
+
+
 @dataclass(frozen=True)
 class LinkStep:
-    kind: str        # "layer", "revision", "tag-index", "tag-current"
+    kind: str        # "layer", "revision", "tag-index", TAG_CURRENT
     path: Path
     digest: Digest
     exists: bool     # already holds exactly this digest
@@ -158,7 +161,7 @@ def make_plan(bundle: PatchBundle, store: RegistryStore, repository: Repository,
     for m in manifests:  # children first, top last
         link("revision", layout.revision_link(repository, m.manifest.digest), m.manifest.digest)
     link("tag-index", layout.tag_index_link(repository, tag, top.digest), top.digest)
-    link("tag-current", layout.tag_current_link(repository, tag), top.digest)
+    link(TAG_CURRENT, layout.tag_current_link(repository, tag), top.digest)
 
     store.check_paths([l.path for l in links] + [layout.blob_data(b.digest) for b in blobs.values()]
                       + [layout.blob_data(m.manifest.digest) for m in manifests])

@@ -31,7 +31,7 @@ class Repository:
         if not isinstance(value, str) or not value or len(value) > 255:
             raise InvalidReference("repository", str(value), rule)
         for part in value.split("/"):
-            if not _COMPONENT.match(part) or part in _RESERVED:
+            if not _COMPONENT.fullmatch(part) or part in _RESERVED:
                 raise InvalidReference("repository", value, rule)
         return cls(value)
 
@@ -49,7 +49,7 @@ class Tag:
 
     @classmethod
     def parse(cls, value: str) -> "Tag":
-        if not isinstance(value, str) or not _TAG.match(value):
+        if not isinstance(value, str) or not _TAG.fullmatch(value):
             raise InvalidReference(
                 "tag", str(value), "[A-Za-z0-9_] then up to 127 of [A-Za-z0-9._-]")
         return cls(value)

@@ -43,6 +43,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
+from . import interrupt
 from .digest import Digest, copy_and_hash
 from .errors import (AuthError, DigestMismatch, InvalidReference, ManifestError, RegistryError,
                      RegistryUnavailable, SizeMismatch, UsageError, VerificationError)
@@ -211,7 +212,7 @@ class FetchedManifest:
 @dataclass(frozen=True)
 class VerifyReport:
     repository: str
-    tag: str
+    reference: str  # the tag, or the digest itself when pulled by digest
     digest: Digest
     manifests: tuple[Digest, ...]
     blobs_verified: int
@@ -220,7 +221,9 @@ class VerifyReport:
     seconds: float
 
     def summary(self) -> str:
-        s = (f"{self.repository}:{self.tag} @ {self.digest}: {len(self.manifests)} manifest(s), "
+        name = (f"{self.repository}@{self.digest}" if self.reference == str(self.digest)
+                else f"{self.repository}:{self.reference} @ {self.digest}")
+        s = (f"{name}: {len(self.manifests)} manifest(s), "
              f"{self.blobs_verified} blob(s), {self.bytes_verified} bytes verified in "
              f"{self.seconds:.1f}s")
         if self.foreign_skipped:
@@ -462,7 +465,7 @@ class RegistryClient:
 
         retrying = Retrying(retry=retry_if_exception(_is_transient),
                             stop=stop_after_attempt(self.retries + 1), wait=self._wait,
-                            before_sleep=before_sleep, reraise=True)
+                            before_sleep=before_sleep, sleep=interrupt.sleep, reraise=True)
         attempts = self.retries + 1
         try:
             return retrying(fn)
@@ -754,26 +757,34 @@ class RegistryClient:
                                     f"{self.url} (BLOB_UNKNOWN); its _layers link or data is missing")
         return n
 
-    def verify_image(self, repository: RepoLike, tag: Union[str, Tag], expected: Digest, *,
-                     progress: Optional[Callable[[int], None]] = None) -> VerifyReport:
-        """Pull ``repository:tag`` completely and prove it is the image ``expected``.
+    def tag_digest(self, repository: RepoLike, tag: Union[str, Tag]) -> Digest:
+        """The digest of the manifest the registry serves for ``repository:tag``."""
+        return self.get_manifest(_repo(repository), _ref(tag)).digest
 
-        ``progress`` (if given) is called with byte counts from up to two
-        worker threads.
+    def verify_image(self, repository: RepoLike, reference: RefLike, expected: Digest, *,
+                     progress: Optional[Callable[[int], None]] = None) -> VerifyReport:
+        """Pull the image completely and prove it is the image ``expected``.
+
+        ``reference`` is a tag (its manifest must be ``expected``) or the digest
+        ``expected`` itself: a patch proves the new image by digest before the
+        tag points at it. ``progress`` (if given) is called with byte counts from
+        up to two worker threads.
         """
         start = time.monotonic()
-        repo, tg = _repo(repository), _ref(tag)
-        if not isinstance(tg, Tag):
-            raise UsageError(f"verify_image needs a tag, got the digest {tg}")
+        repo, tg = _repo(repository), _ref(reference)
         expected = expected if isinstance(expected, Digest) else Digest.parse(expected)
-
-        by_tag = self.get_manifest(repo, tg)
-        if by_tag.digest != expected:
-            raise VerificationError(f"tag {repo}:{tg} points at {by_tag.digest}, expected {expected}")
-        top = self.get_manifest(repo, expected)
-        if top.raw != by_tag.raw:
-            raise VerificationError(f"manifest {repo}@{expected} by digest differs from the one "
-                                    f"tag {tg} serves")
+        if isinstance(tg, Digest):
+            if tg != expected:
+                raise UsageError(f"verify_image: reference {tg} is not the expected digest {expected}")
+            top = self.get_manifest(repo, expected)
+        else:
+            by_tag = self.get_manifest(repo, tg)
+            if by_tag.digest != expected:
+                raise VerificationError(f"tag {repo}:{tg} points at {by_tag.digest}, expected {expected}")
+            top = self.get_manifest(repo, expected)
+            if top.raw != by_tag.raw:
+                raise VerificationError(f"manifest {repo}@{expected} by digest differs from the one "
+                                        f"tag {tg} serves")
 
         manifests: list[Digest] = []
         blobs: dict[Digest, Descriptor] = {}
@@ -832,7 +843,7 @@ class RegistryClient:
                                         "(BLOB_UNKNOWN); its _layers link or data is missing")
             total += n
 
-        report = VerifyReport(repository=str(repo), tag=str(tg), digest=expected,
+        report = VerifyReport(repository=str(repo), reference=str(tg), digest=expected,
                               manifests=tuple(manifests),
                               blobs_verified=len(todo) - len(skipped), bytes_verified=total,
                               foreign_skipped=tuple(skipped),
@@ -925,24 +936,33 @@ def run_verify_command(template: str, ref: str, *, timeout: float = 1800) -> Non
         raise UsageError("the verify command must contain {ref}, where the image reference goes, "
                          "e.g. 'skopeo inspect docker://{ref}'")
     command = template.replace("{ref}", shlex.quote(ref))
-    try:
-        proc = subprocess.run(command, shell=True, stdin=subprocess.DEVNULL,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise VerificationError(f"verify command for {ref} did not finish within {timeout:g}s") from None
-    except OSError as e:
-        raise VerificationError(f"verify command for {ref} could not start: "
-                                f"{e.strerror or type(e).__name__}") from None
-    if proc.returncode == 0:
-        return
-    lines = [l.strip() for l in proc.stderr.decode("utf-8", "replace").splitlines() if l.strip()]
+    # Its own session, stderr in a temp file: on a stop request or the timeout the
+    # whole process group is killed and reaped (interrupt.wait_child).
+    import tempfile
+
+    with tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.Popen(command, shell=True, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+        except OSError as e:
+            raise VerificationError(f"verify command for {ref} could not start: "
+                                    f"{e.strerror or type(e).__name__}") from None
+        try:
+            returncode = interrupt.wait_child(proc, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise VerificationError(f"verify command for {ref} did not finish within {timeout:g}s") from None
+        if returncode == 0:
+            return
+        size = err.seek(0, os.SEEK_END)
+        err.seek(max(0, size - (64 << 10)))  # the last lines are what tell
+        stderr = err.read()
+    lines = [l.strip() for l in stderr.decode("utf-8", "replace").splitlines() if l.strip()]
     last = lines[-1] if lines else "(no output on stderr)"
     secret = os.environ.get(ENV_PASSWORD)
     if secret:
         last = last.replace(secret, "***")
-    if proc.returncode < 0:
-        status = f"was killed by signal {-proc.returncode}"
+    if returncode < 0:
+        status = f"was killed by signal {-returncode}"
     else:
-        status = f"exited with code {proc.returncode}"
+        status = f"exited with code {returncode}"
     raise VerificationError(f"verify command for {ref} {status}: {last}")

@@ -122,19 +122,25 @@ installed_ok() {
     "$VENV/bin/python" -I - "$ROOT" <<'PY' >/dev/null 2>&1
 import importlib.util, os, sys
 root = os.path.realpath(sys.argv[1])
-for name in ("prefect", "pytest", "moto", "bcrypt", "httpx", "yaml", "tenacity", "boto3", "pydantic"):
+for name in ("prefect", "pytest", "moto", "bcrypt", "httpx", "yaml", "tenacity", "boto3", "pydantic", "coverage"):
     if importlib.util.find_spec(name) is None:
         sys.exit(1)
 spec = importlib.util.find_spec("regpatch")
 sys.exit(0 if spec and spec.origin and os.path.realpath(spec.origin).startswith(root + os.sep) else 1)
 PY
 }
+# The environment may set PYTHONDONTWRITEBYTECODE: compile the project once, so every
+# command starts from bytecode (cheap; rewrites only what changed).
+compile_project() { "$VENV/bin/python" -m compileall -q "$ROOT/regpatch" "$ROOT/tasks" "$ROOT/flows" >/dev/null || true; }
+
 if [ "$(cat "$STAMP" 2>/dev/null || true)" = "$want" ] && installed_ok; then
+    compile_project
     log "ready (system packages present, $VENV up to date)"
 else
     log "pip install -e \"$ROOT[test]\" into $VENV"
     PIP_DISABLE_PIP_VERSION_CHECK=1 "$VENV/bin/python" -m pip install -q -e "$ROOT[test]"
     installed_ok || die "regpatch is not importable from $VENV after pip install"
     printf '%s\n' "$want" > "$STAMP"
+    compile_project
     log "ready"
 fi

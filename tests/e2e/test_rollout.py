@@ -16,7 +16,7 @@ from regpatch.sample import push_with_skopeo, scenario_servercore
 from util import skopeo_inspect_digest, tree_hash
 
 
-pytestmark = pytest.mark.usefixtures("prefect_api")
+pytestmark = pytest.mark.usefixtures("prefect_env")
 
 REPO, TAG = "servercore", "ltsc2019"
 
