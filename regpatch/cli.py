@@ -94,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pull and verify even when nothing changed since a verified patch of the tag")
     p.add_argument("--local", action="store_true",
                    help="run here without Prefect even when a Prefect API is configured")
+    p.add_argument("--trust-key", action="append", default=[], metavar="PUB",
+                   help="PEM public key (Ed25519 / P-256; repeatable): the bundle must be signed by one of "
+                        "them, match its regpatch-bundle.json and find its base blobs in the storage, "
+                        "checked before anything is staged")
+    p.add_argument("--allow-unsigned", action="store_true",
+                   help="with --trust-key: accept a bundle without signature (a wrong one is refused)")
     _add_state_options(p)
     _add_s3_options(p)
 
@@ -241,10 +247,12 @@ def run_patch(args: argparse.Namespace):
 
     Repository.parse(args.repository), Tag.parse(args.tag)  # the commonest typo fails before any import
     from . import engine
-    from .params import VerifyParams, patch_request, refuse_inline_credentials
+    from .params import TrustParams, VerifyParams, patch_request, refuse_inline_credentials
 
     registry, verify, s3 = _registry_params(args), VerifyParams(command=args.verify_command,
                                                                 always=args.always_verify), _s3_params(args)
+    trust = TrustParams(trust_keys=[str(Path(k).absolute()) for k in args.trust_key],
+                        allow_unsigned=args.allow_unsigned)
     api = _use_prefect(args)
     is_s3 = args.bundle.startswith("s3://")
     if is_s3 and s3.aws_credentials_block and not api:
@@ -253,7 +261,7 @@ def run_patch(args: argparse.Namespace):
                          "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE)")
     s3_options = s3.options() if is_s3 and not s3.aws_credentials_block else None
     request = patch_request(bundle=args.bundle, repository=args.repository, tag=args.tag, registry=registry,
-                            verify=verify, image=args.image, dry_run=args.dry_run, s3=s3_options)
+                            verify=verify, image=args.image, dry_run=args.dry_run, s3=s3_options, trust=trust)
     if api:
         refuse_inline_credentials("--verify-command", args.verify_command)
         _check_prefect_api(api)
@@ -263,7 +271,7 @@ def run_patch(args: argparse.Namespace):
 
         result = patch_registry(bundle=args.bundle, repository=args.repository, tag=args.tag,
                                 registry=registry, verify=verify, s3=s3, image=args.image,
-                                dry_run=args.dry_run)
+                                dry_run=args.dry_run, trust=trust)
     else:
         result = engine.patch(request)
     out = sys.stdout

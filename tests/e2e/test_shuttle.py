@@ -5,7 +5,7 @@ a site registry holds last month's (same base layer, another delta). On the
 site ``regpatch contents``; on the connected side ``regpatch bundle
 docker://...`` with ``--have`` and a key made by ``openssl genpkey``; the
 signature checked by ``openssl pkeyutl`` alone; on the site the bundle checked
-and patched; skopeo pulls the tag with the new digest. Each refusal (tampered
+and patched with ``patch --trust-key``; skopeo pulls the tag with the new digest. Each refusal (tampered
 blob, tampered descriptor, wrong key, unsigned with trust keys, missing base
 blob) leaves the site storage's ``docker/`` tree byte-for-byte unchanged.
 """
@@ -168,8 +168,9 @@ def test_round_trip(tmp_path, capsys, world, site_contents):
         assert code == 0, err
         assert "signed by trust key" in out
         code, out, err = regpatch(capsys, "patch", bundle, "--registry-config", site.config_path,
-                                  "--repository", REPO, "--tag", TAG)
+                                  "--repository", REPO, "--tag", TAG, "--trust-key", pub)
         assert code == 0, err
+        assert f"patched {REPO}:{TAG}: {world['old'].manifest_digest} -> {new.manifest_digest}" in out
         assert skopeo_inspect_digest(site.host, REPO, TAG) == str(new.manifest_digest)
         skopeo_pull(site.host, REPO, TAG, tmp_path / "pulled")
         skopeo_pull(site.host, REPO, str(world["old"].manifest_digest), tmp_path / "pulled-old")
@@ -193,6 +194,11 @@ def check_args(world, bundle, *trust):
             *[a for t in trust for a in ("--trust-key", t)]]
 
 
+def patch_args(world, bundle, *trust):
+    return ["patch", bundle, "--registry-config", world["site"].config_path, "--repository", REPO,
+            "--tag", TAG, *[a for t in trust for a in ("--trust-key", t)]]
+
+
 def test_tampered_descriptor(tmp_path, capsys, world, signed_bundle):
     b = copy_bundle(signed_bundle, tmp_path / "b")
     data = (b / DESCRIPTOR).read_bytes()
@@ -201,17 +207,20 @@ def test_tampered_descriptor(tmp_path, capsys, world, signed_bundle):
                 "-sigfile", b / SIGNATURE)
     assert p.returncode != 0  # openssl agrees
     refused(capsys, world, *check_args(world, b, world["ed"][1]), match="does not verify")
+    refused(capsys, world, *patch_args(world, b, world["ed"][1]), match="does not verify")
 
 
 def test_wrong_key(tmp_path, capsys, world, signed_bundle):
     _, other = openssl_keypair(tmp_path, "ed25519")
     refused(capsys, world, *check_args(world, signed_bundle, other), match="does not verify with the trust key")
+    refused(capsys, world, *patch_args(world, signed_bundle, other), match="does not verify with the trust key")
 
 
 def test_unsigned_with_trust_keys(tmp_path, capsys, world, signed_bundle):
     b = copy_bundle(signed_bundle, tmp_path / "b")
     (b / SIGNATURE).unlink()
     refused(capsys, world, *check_args(world, b, world["ed"][1]), match="is not signed")
+    refused(capsys, world, *patch_args(world, b, world["ed"][1]), match="is not signed")
     code, out, err = regpatch(capsys, *check_args(world, b, world["ed"][1]), "--allow-unsigned")
     assert code == 0, err
 
@@ -230,8 +239,9 @@ def test_missing_base_blob(tmp_path, capsys, world, signed_bundle, site_contents
         assert str(world["base"].digest) in err and "site-a.contents.json (sha256:" in err
         assert Digest.of_bytes(site_contents.read_bytes()).hex in err
         code, out, err = regpatch(capsys, "patch", signed_bundle, "--registry-config", lone.config_path,
-                                  "--repository", REPO, "--tag", TAG)
+                                  "--repository", REPO, "--tag", TAG, "--trust-key", world["ed"][1])
         assert code == 3 and str(world["base"].digest) in err, err
+        assert "site-a.contents.json (sha256:" in err
         assert tree_hash(lone.root / "docker") == before
     finally:
         lone.stop()
@@ -246,8 +256,7 @@ def test_tampered_blob_is_refused_by_the_patch(tmp_path, capsys, world, signed_b
     blob.write_bytes(bytes(data))
     code, out, err = regpatch(capsys, *check_args(world, b, world["ed"][1]))
     assert code == 0, err  # names, sizes and signature are fine: the bytes are checked once, when staged
-    err = refused(capsys, world, "patch", b, "--registry-config", world["site"].config_path,
-                  "--repository", REPO, "--tag", TAG, match="digest mismatch")
+    err = refused(capsys, world, *patch_args(world, b, world["ed"][1]), match="digest mismatch")
     assert world["delta2"].digest.hex in err
     assert skopeo_inspect_digest(world["site"].host, REPO, TAG) == str(world["old"].manifest_digest)
 
@@ -353,7 +362,8 @@ def test_s3_destination_check_and_patch(tmp_path, capsys, monkeypatch, world, si
     try:
         push_with_skopeo(world["old_layout"], TAG, site.host, REPO, TAG)
         code, out, err = regpatch(capsys, "patch", url, "--registry-config", site.config_path,
-                                  "--repository", REPO, "--tag", TAG, "--s3-endpoint-url", moto_url)
+                                  "--repository", REPO, "--tag", TAG, "--s3-endpoint-url", moto_url,
+                                  "--trust-key", world["ed"][1])
         assert code == 0, err
         assert skopeo_inspect_digest(site.host, REPO, TAG) == str(world["new"].manifest_digest)
     finally:

@@ -378,3 +378,106 @@ def test_cli_check_bundle_exit_codes(bundle, site, keys, capsys):
     assert regpatch_main(args + ["--trust-key", str(keys["other"][1])]) == 3
     assert "does not verify" in capsys.readouterr().err
     assert regpatch_main(args + ["--trust-key", str(keys["ed"][0])]) == 2  # a private key as trust key
+
+
+# -- the engine: patch --trust-key ---------------------------------------------------------
+
+def _request(bundle, store, **kw):
+    from regpatch import engine
+    from regpatch.target import RegistryTarget
+
+    return engine.PatchRequest(bundle=str(bundle), repository=Repository.parse("servercore"),
+                               tag=Tag.parse("ltsc2019"), target=RegistryTarget.resolve(storage=str(store.root)),
+                               **kw)
+
+
+def test_engine_patches_a_trusted_bundle(bundle, site, keys, imgs):
+    from regpatch import engine
+
+    store, _ = site
+    result = engine.patch(_request(bundle, store, trust_keys=(str(keys["ed"][1]),)))
+    assert result.status == "complete" and result.tag_moved
+    assert result.new == str(imgs["new"].manifest_digest)
+    assert "signed by trust key SHA256:" in result.bundle_trust
+    assert "bundle trust" in result.markdown()
+    cur = store.layout.tag_current_link(Repository.parse("servercore"), Tag.parse("ltsc2019"))
+    assert cur.read_bytes() == str(imgs["new"].manifest_digest).encode()
+    # the base layer came from the storage, only the delta from the bundle
+    assert {d for d, _ in result.blobs_copied} == {str(imgs["delta2"].digest), str(imgs["new"].config.digest)}
+
+
+def test_engine_refusals_leave_the_storage_unchanged(tmp_path, bundle, site, keys, imgs):
+    from regpatch import engine
+
+    store, _ = site
+    docker = store.root / "docker"
+    before = tree_hash(docker)
+    ed, other = str(keys["ed"][1]), str(keys["other"][1])
+    cases = []
+    # wrong key
+    cases.append((bundle, dict(trust_keys=(other,)), SignatureError))
+    # unsigned, with trust keys
+    unsigned = tmp_path / "unsigned"
+    shutil.copytree(bundle, unsigned)
+    (unsigned / SIGNATURE).unlink()
+    cases.append((unsigned, dict(trust_keys=(ed,)), UnsignedBundle))
+    # tampered descriptor
+    tampered = tmp_path / "tampered-descriptor"
+    shutil.copytree(bundle, tampered)
+    (tampered / DESCRIPTOR).write_bytes((tampered / DESCRIPTOR).read_bytes().replace(b"servercore", b"servercorf"))
+    cases.append((tampered, dict(trust_keys=(ed,)), SignatureError))
+    # tampered blob, same size: refused by the staging hash, before docker/ is written
+    blob_bad = tmp_path / "tampered-blob"
+    shutil.copytree(bundle, blob_bad)
+    delta = blob_bad / "blobs/sha256" / imgs["delta2"].digest.hex
+    data = bytearray(delta.read_bytes())
+    data[-100] ^= 0x10
+    delta.write_bytes(bytes(data))
+    cases.append((blob_bad, dict(trust_keys=(ed,)), DigestMismatch))
+    for b, kw, exc in cases:
+        for dry_run in (True, False):
+            with pytest.raises(exc) as e:
+                engine.patch(_request(b, store, dry_run=dry_run, **kw))
+            assert e.value.exit_code == 3
+            assert tree_hash(docker) == before, (b, exc)
+    # a site without the base layer: the base-version guard
+    (tmp_path / "bare").mkdir()
+    bare = RegistryStore(tmp_path / "bare")
+    (bare.root / "docker/registry/v2").mkdir(parents=True)
+    with pytest.raises(BaseBlobsMissing, match="site-a.contents.json"):
+        engine.patch(_request(bundle, bare, trust_keys=(ed,)))
+    assert not list((bare.root / "docker").rglob("data"))
+
+
+def test_trust_options_are_checked_before_anything(site, bundle, keys):
+    from regpatch import engine
+
+    store, _ = site
+    with pytest.raises(UsageError, match="--allow-unsigned only relaxes --trust-key"):
+        engine.patch(_request(bundle, store, allow_unsigned=True))
+    with pytest.raises(UsageError, match="is a private key"):
+        engine.patch(_request(bundle, store, trust_keys=(str(keys["ed"][0]),)))
+    with pytest.raises(UsageError, match="does not exist"):
+        engine.patch(_request(bundle, store, trust_keys=("/nonexistent.pub",)))
+
+
+def test_cli_patch_trust_key_without_prefect(site, bundle, keys, capsys, monkeypatch):
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    store, _ = site
+    monkeypatch.setenv("PREFECT_HOME", str(store.root / "no-prefect-here"))
+    args = ["patch", str(bundle), "--storage", str(store.root), "--repository", "servercore", "--tag", "ltsc2019"]
+    before = tree_hash(store.root / "docker")
+    assert regpatch_main(args + ["--trust-key", str(keys["other"][1])]) == 3
+    assert "does not verify with the trust key" in capsys.readouterr().err
+    assert tree_hash(store.root / "docker") == before
+    assert regpatch_main(args + ["--trust-key", str(keys["ed"][1])]) == 0
+    assert "patched servercore:ltsc2019" in capsys.readouterr().out
+
+
+def test_inventory_trust_fields(tmp_path):
+    from regpatch.inventory import InventoryError, parse_inventory
+
+    inv = parse_inventory({"registries": [{"name": "a", "storage": "/srv/a", "trust_keys": ["/etc/k.pub"]}]})
+    assert inv.registries[0].trust_params().trust_keys == ["/etc/k.pub"]
+    with pytest.raises(InventoryError, match="allow_unsigned only relaxes trust_keys"):
+        parse_inventory({"registries": [{"name": "a", "storage": "/srv/a", "allow_unsigned": True}]})
