@@ -381,3 +381,23 @@ def test_make_bundle_flow(tmp_path, world, site_contents):
     assert result["signed_with"].startswith("SHA256:")
     assert (tmp_path / "b" / SIGNATURE).is_file()
 
+
+
+def test_patch_flow_takes_trust_parameters(tmp_path, world, signed_bundle):
+    """The patch-registry flow's ``trust`` parameter: a wrong key fails the run before any
+    write; the right key lets a dry run through, with the trust in the result."""
+    from flows.patch import patch_registry
+    from regpatch.errors import SignatureError
+    from regpatch.params import RegistryParams, TrustParams
+
+    _, other = openssl_keypair(tmp_path, "ed25519")
+    registry = RegistryParams(registry_config=str(world["site"].config_path))
+    before = site_docker_hash(world)
+    with pytest.raises(SignatureError):
+        patch_registry(bundle=str(signed_bundle), repository=REPO, tag=TAG, registry=registry,
+                       trust=TrustParams(trust_keys=[str(other)]))
+    assert site_docker_hash(world) == before
+    result = patch_registry(bundle=str(signed_bundle), repository=REPO, tag=TAG, registry=registry,
+                            trust=TrustParams(trust_keys=[str(world["ed"][1])]), dry_run=True)
+    assert result.dry_run and "signed by trust key" in result.bundle_trust
+    assert site_docker_hash(world) == before
