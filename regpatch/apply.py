@@ -191,7 +191,9 @@ def install_blobs(plan: PatchPlan, store: RegistryStore, *,
             _stage(store, plan.source, step, what, progress(f"stage {step.source.name}", step.size))
             staged = store.layout.staged_blob(step.digest)
         t0 = time.monotonic()
-        store.install_staged(step.digest, staged, replace=step.action == REPAIR)
+        if not store.install_staged(step.digest, staged, size=step.size, replace=step.action == REPAIR):
+            report.blobs.append(BlobResult(step.digest, step.size, "skipped"))  # another run was first
+            continue
         action = "repaired" if step.action == REPAIR else "copied"
         log.info("%s blob %s (%s B) -> %s", action, step.digest, f"{step.size:,}",
                  layout.relative(layout.blob_data(step.digest)))

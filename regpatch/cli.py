@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "checked before anything is staged")
     p.add_argument("--allow-unsigned", action="store_true",
                    help="with --trust-key: accept a bundle without signature (a wrong one is refused)")
+    p.add_argument("--init", action="store_true",
+                   help="create docker/registry/v2 if the storage has none (a new registry); "
+                        "without it such a storage is refused as a likely typo")
     _add_state_options(p)
     _add_s3_options(p)
 
@@ -228,7 +231,8 @@ def _registry_params(args: argparse.Namespace):
     return RegistryParams(storage=args.storage, registry_config=args.registry_config,
                           registry_url=args.registry_url, restart=args.restart,
                           registry_auth_file=args.registry_auth_file, registry_ca=args.registry_ca,
-                          insecure=args.insecure, state_dir=args.state_dir, lock_timeout=args.lock_timeout)
+                          insecure=args.insecure, state_dir=args.state_dir, lock_timeout=args.lock_timeout,
+                          init=getattr(args, "init", False))
 
 
 def _s3_params(args: argparse.Namespace):

@@ -43,12 +43,14 @@ from .apply import ApplyReport, install_blobs, verify_blobs, write_links
 from .bundle.formats import PatchBundle, load_bundle
 from .bundle.source import open_source
 from .digest import Digest
-from .errors import Interrupted, RegpatchError, UsageError, VerificationError
+from .errors import (Interrupted, RegpatchError, StorageMismatch, StorageNotFound, UsageError,
+                     VerificationError)
 from .layout import Layout
-from .plan import PatchPlan, make_plan
+from .plan import REPAIR, PatchPlan, make_plan
 from .progress import Progress, human
 from .reference import Repository, Tag
 from .registry_api import VerifyReport, run_verify_command
+from .registry_config import blob_descriptor_cache
 from .rollback import check_complete_image, flip_tag, rollback_target
 from .service import parse_restart_spec
 from .state import Journal, open_journal, read_history, record_history, repository_lock, was_verified
@@ -159,6 +161,7 @@ class PatchRequest:
     dry_run: bool = False
     lock_timeout: float = 300.0
     s3: object = None
+    init: bool = False               # create docker/registry/v2 when the storage has none
     trust_keys: tuple[str, ...] = ()  # PEM public keys: the bundle must be signed by one of them
     allow_unsigned: bool = False      # with trust_keys: accept a bundle without a signature
 
@@ -276,6 +279,7 @@ def patch(request: PatchRequest, observer: Optional[Observer] = None) -> PatchRe
     steps = _Steps(observer)
     target, repo, tag = request.target, request.repository, request.tag
     store = target.store()
+    check_storage_tree(store, request.init)
 
     trusts: list = []
 
@@ -344,7 +348,17 @@ def preflight(request: PatchRequest) -> PatchPlan:
     (credentials, TLS). What a caller runs before handing the patch to an orchestrator."""
     request.check()
     store = request.target.store()
+    check_storage_tree(store, request.init)
     return _plan(request, store, _open_bundle(request, store)[0])
+
+
+def check_storage_tree(store: RegistryStore, init: bool) -> None:
+    """A storage without ``docker/registry/v2`` is a typo more often than a new registry:
+    it is created only when asked (``--init``)."""
+    if store.layout.v2.is_dir() or init:
+        return
+    raise StorageNotFound(f"{store.root} holds no registry storage (no docker/registry/v2): check that it is "
+                          "the registry's rootdirectory; to start a new, empty registry storage there, pass --init")
 
 
 def open_bundle(bundle: str, *, image: Optional[str] = None, s3=None) -> PatchBundle:
@@ -371,10 +385,56 @@ def _open_bundle(request: PatchRequest, store: RegistryStore):
 def _plan(request: PatchRequest, store: RegistryStore, loaded: PatchBundle) -> PatchPlan:
     plan = make_plan(loaded, store, request.repository, request.tag)
     log.info("plan:\n%s", plan.render(store.layout))
-    if request.target.url:  # credentials and TLS are proved before the first write
+    _check_repairs(request, plan)
+    if request.target.url:  # credentials, TLS and "same registry" are proved before the first write
         with request.target.client() as client:
             client.check()
+            check_same_registry(store, client, request.repository, request.tag)
     return plan
+
+
+def check_same_registry(store: RegistryStore, client, repo: Repository, tag: Tag) -> None:
+    """The registry behind the URL must serve what the storage holds: the tag's digest
+    (or, for a new tag, another tag of the repository, or of any repository). A
+    storage path and a URL that name two different registries are refused here."""
+    from .errors import VerificationError as _Mismatch
+
+    probe = store.any_tag(prefer=(repo, tag))
+    if probe is None:
+        log.debug("the storage holds no tag yet: nothing to compare with the registry at %s", client.url)
+        return
+    prepo, ptag, held = probe
+    try:
+        served = client.tag_digest(prepo, ptag)
+    except _Mismatch:
+        served = None
+    if served != held:
+        raise StorageMismatch(
+            f"the registry at {client.url} serves {served or 'nothing'} for {prepo}:{ptag}, but the storage "
+            f"{store.root} holds {held}: the storage and the URL belong to different registries (check "
+            "--storage / --registry-url / --registry-config); nothing was written")
+
+
+def _check_repairs(request: PatchRequest, plan: PatchPlan) -> None:
+    """A blob replaced in place (the registry held it with a wrong size) is served with the
+    old size by a running registry that caches blob descriptors, until it restarts."""
+    repairs = [b for b in plan.blobs if b.action == REPAIR]
+    if not repairs:
+        return
+    strategy = parse_restart_spec(request.restart, registry_config=request.target.config_path)
+    cache = blob_descriptor_cache(request.target.config) if request.target.config else "inmemory"
+    if strategy.needed or not request.target.url or cache not in ("inmemory", "redis"):
+        if repairs:
+            log.warning("%d blob(s) are repaired in place (%s): %s", len(repairs),
+                        ", ".join(str(b.digest.short) for b in repairs),
+                        "the registry is restarted before the verification pull" if strategy.needed
+                        else "restart the registry if it runs with a blob descriptor cache")
+        return
+    raise UsageError(
+        f"blob {repairs[0].digest} is held by the storage with the wrong size and will be replaced in place; "
+        "a running registry caches blob sizes (storage.cache.blobdescriptor) and would keep serving the old "
+        "one until it restarts: give --restart (command:... or process:...) so regpatch restarts it before "
+        "the verification pull")
 
 
 def _apply(request: PatchRequest, plan: PatchPlan, loaded: PatchBundle, store: RegistryStore,

@@ -23,6 +23,7 @@ No error message ever contains a credential.
     │   ├── StorageNotFound          ROOT does not hold a registry storage
     │   ├── NoSpace                  ENOSPC / EDQUOT while writing
     │   ├── LockTimeout              another patch holds the repository lock
+    │   ├── StorageMismatch          the URL's registry does not serve this storage
     │   └── TagMoved                 another writer moved the tag during the run
     ├── RegistryError                the registry HTTP API failed (exit 5)
     │   ├── RegistryUnavailable      /v2/ does not answer
@@ -124,6 +125,10 @@ class NoSpace(StorageError):
 
 class LockTimeout(StorageError):
     pass
+
+
+class StorageMismatch(StorageError):
+    """The registry behind the URL does not serve what the storage holds."""
 
 
 class TagMoved(StorageError):

@@ -75,8 +75,12 @@ class Layout:
         return self.blob_dir(digest) / "data"
 
     # -- repositories -------------------------------------------------------
+    @property
+    def repositories(self) -> Path:
+        return self.v2 / "repositories"
+
     def repository(self, repo: Repository) -> Path:
-        return self.v2.joinpath("repositories", *repo.parts)
+        return self.repositories.joinpath(*repo.parts)
 
     def layer_link(self, repo: Repository, digest: Digest) -> Path:
         return self.repository(repo) / "_layers" / digest.algorithm / digest.hex / "link"

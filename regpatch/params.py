@@ -51,6 +51,8 @@ class RegistryParams(BaseModel):
     lock_timeout: float = Field(
         300.0, ge=0, allow_inf_nan=False,
         description="Seconds to wait for another patch of the same repository.")
+    init: bool = Field(False, description="Create docker/registry/v2 when the storage has none (a new, "
+                                          "empty registry); without it such a storage is refused as a typo.")
 
     def target(self) -> RegistryTarget:
         if self.registry_url:
@@ -127,8 +129,8 @@ def patch_request(*, bundle: str, repository: str, tag: str, registry: RegistryP
     request = PatchRequest(bundle=bundle, repository=Repository.parse(repository), tag=Tag.parse(tag),
                            target=registry.target(), restart=registry.restart, image=image,
                            verify_command=verify.command, always_verify=verify.always, dry_run=dry_run,
-                           lock_timeout=registry.lock_timeout, s3=s3, trust_keys=tuple(trust.trust_keys),
-                           allow_unsigned=trust.allow_unsigned)
+                           lock_timeout=registry.lock_timeout, s3=s3, init=registry.init,
+                           trust_keys=tuple(trust.trust_keys), allow_unsigned=trust.allow_unsigned)
     request.check()
     return request
 

@@ -222,6 +222,59 @@ class RegistryStore:
             log.warning("%s; the patch will replace it", e)
             return None
 
+    def tags(self, repo: Repository, limit: int = 1000) -> list[Tag]:
+        """Tags of a repository that hold a current link (names that fail the grammar are skipped)."""
+        found: list[Tag] = []
+        try:
+            entries = sorted(os.scandir(self.layout.tags_dir(repo)), key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError):
+            return found
+        for e in entries[:limit]:
+            try:
+                tag = Tag.parse(e.name)
+            except InvalidReference:
+                continue
+            if self.layout.tag_current_link(repo, tag).is_file():
+                found.append(tag)
+        return found
+
+    def any_tag(self, prefer: Optional[tuple[Repository, Tag]] = None,
+                max_dirs: int = 10000) -> Optional[tuple[Repository, Tag, Digest]]:
+        """A (repository, tag, digest) the storage holds: ``prefer`` if it is there, else
+        another tag of its repository, else the first tagged repository found (a bounded
+        walk of repositories/). None for a storage with no tag at all."""
+        candidates: list[Repository] = []
+        if prefer is not None:
+            repo, tag = prefer
+            held = self.current_tag(repo, tag)
+            if held is not None:
+                return repo, tag, held
+            candidates.append(repo)
+        for repo in candidates:
+            for tag in self.tags(repo):
+                held = self.current_tag(repo, tag)
+                if held is not None:
+                    return repo, tag, held
+        base = self.layout.repositories
+        seen = 0
+        for dirpath, dirnames, _ in os.walk(base):
+            seen += 1
+            if seen > max_dirs:
+                break
+            dirnames.sort()
+            if "_manifests" in dirnames:
+                try:
+                    repo = Repository.parse(os.path.relpath(dirpath, base).replace(os.sep, "/"))
+                except InvalidReference:
+                    dirnames[:] = []
+                    continue
+                for tag in self.tags(repo):
+                    held = self.current_tag(repo, tag)
+                    if held is not None:
+                        return repo, tag, held
+            dirnames[:] = [d for d in dirnames if not d.startswith("_")]
+        return None
+
     def link_ok(self, path: Path, digest: Digest) -> bool:
         try:
             return path.read_bytes() == str(digest).encode("ascii")
@@ -404,10 +457,14 @@ class RegistryStore:
         self._remember_verified(digest, final)
         return offset
 
-    def install_staged(self, digest: Digest, staged: Path, *, replace: bool = False) -> bool:
+    def install_staged(self, digest: Digest, staged: Path, *, size: int, replace: bool = False) -> bool:
         """Move a verified staged blob to blobs/.../data. False if already present.
 
-        ``replace`` overwrites a registry copy of the wrong size (a repair).
+        ``replace`` overwrites a registry copy of the wrong size (a repair). The
+        staging folder is shared by every run on this storage: when another run
+        (another repository's patch) installed the same blob first, the staged
+        file is gone and the blob is in place; it is verified (hashed, unless its
+        verified marker matches) and the call returns False.
         """
         final = self.layout.blob_data(digest)
         if final.exists() and not replace:
@@ -415,6 +472,13 @@ class RegistryStore:
         self._mkdirs(final.parent)
         try:
             os.replace(staged, final)  # same filesystem: the state folder is under root
+        except FileNotFoundError:
+            if not final.exists():
+                raise StorageError(f"staged blob {staged} disappeared before it could be installed, and "
+                                   f"{self.layout.relative(final)} is not there; run the patch again") from None
+            self.verify_blob(digest, size)
+            log.info("blob %s was installed by another run meanwhile: verified in place", digest)
+            return False
         except OSError as e:
             if e.errno != errno.EXDEV:
                 _raise_write_error(e, final)

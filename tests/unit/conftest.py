@@ -58,7 +58,10 @@ class Site:
         return Layout(self.root)
 
     def current(self, tag: str = TAG) -> bytes:
-        return self.layout.tag_current_link(Repository(REPO), Tag(tag)).read_bytes()
+        return self.current_of(REPO, tag)
+
+    def current_of(self, repository: str, tag: str = TAG) -> bytes:
+        return self.layout.tag_current_link(Repository(repository), Tag(tag)).read_bytes()
 
     def request(self, bundle=None, **kw) -> engine.PatchRequest:
         target = kw.pop("target", None) or RegistryTarget.resolve(storage=str(self.root),

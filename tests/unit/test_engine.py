@@ -253,3 +253,68 @@ def test_index_bundle_writes_every_child_first(site, tmp_path):
     assert result.tag_moved and site.current() == str(index.manifest_digest).encode()
     for img in imgs:
         assert site.layout.revision_link(Repository(REPO), img.manifest_digest).is_file()
+
+
+def test_two_runs_installing_the_same_blob_never_trip_over_each_other(site, tmp_path):
+    """The staging folder is shared by every run on a storage (patches of two repositories
+    at once): when one installs a blob first, the other finds it in place and verifies it."""
+    from regpatch.store import RegistryStore
+
+    blob = site.scenario["new"].layers[0]
+    first, second = RegistryStore(site.root), RegistryStore(site.root)
+    staged = first.stage_blob(blob.digest, blob.size, lambda: open(blob.path, "rb"), what="base")
+    assert second.staged_path(blob.digest) == staged
+    assert first.install_staged(blob.digest, staged, size=blob.size) is True
+    assert second.install_staged(blob.digest, staged, size=blob.size) is False
+    assert site.layout.blob_data(blob.digest).read_bytes() == blob.path.read_bytes()
+
+
+def test_four_repositories_patched_at_once_all_succeed(site, tmp_path):
+    import threading
+
+    results, errors = [], []
+
+    def one(n):
+        try:
+            results.append(engine.patch(site.request(repository=f"repo{n}")))
+        except Exception as e:  # noqa: BLE001 - collected and asserted below
+            errors.append(e)
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 4
+    for n in range(4):
+        assert site.current_of(f"repo{n}") == str(site.new).encode()
+
+
+def test_a_storage_without_a_registry_tree_needs_init(tmp_path, scenario_files, site):
+    from regpatch.errors import StorageNotFound
+
+    typo = tmp_path / "var-lib-registy"
+    typo.mkdir()
+    with pytest.raises(StorageNotFound, match="pass --init"):
+        engine.patch(site.request(target=RegistryTarget.resolve(storage=str(typo))))
+    assert list(typo.iterdir()) == []  # not even the state folder
+    result = engine.patch(site.request(target=RegistryTarget.resolve(storage=str(typo)), init=True))
+    assert result.tag_moved and (typo / "docker/registry/v2").is_dir()
+
+
+def test_a_repair_in_place_needs_a_restart_when_the_registry_caches_sizes(site):
+    """A blob held with the wrong size is replaced; a registry with a blob descriptor cache
+    would serve the old size: with a URL and no restart strategy, refused before any write."""
+    blob = site.scenario["new"].layers[0]
+    data = site.layout.blob_data(blob.digest)
+    data.parent.mkdir(parents=True)
+    data.write_bytes(b"truncated")
+    before = site.docker_hash()
+    target = RegistryTarget.resolve(storage=str(site.root), url="http://127.0.0.1:9")
+    with pytest.raises(UsageError, match="give --restart"):
+        engine.patch(site.request(target=target))
+    assert site.docker_hash() == before
+    # without a URL nothing can be served stale by this run: repaired, with a warning
+    result = engine.patch(site.request())
+    assert any("replaced" in w for w in result.warnings)
+    assert data.read_bytes() == blob.path.read_bytes()
