@@ -23,7 +23,7 @@ from .errors import DigestMismatch, InvalidReference, SizeMismatch
 
 CHUNK = 4 << 20  # 4 MiB: large enough for throughput, small enough to stay flat
 
-_HEX = re.compile(r"^[a-f0-9]{64}$")
+_HEX = re.compile(r"[a-f0-9]{64}")
 
 
 @dataclass(frozen=True, order=True)

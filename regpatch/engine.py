@@ -3,7 +3,9 @@
 ``patch(request, observer)`` and ``rollback(request, observer)`` are the only
 places that decide the order of a run (docs/architecture.md, "The engine"):
 
-    fetch-bundle     open the bundle, read its manifests
+    fetch-bundle     open the bundle; with trust keys (or a regpatch-bundle.json) check
+                     its signature, listing and base blobs (``signing.check_bundle``)
+                     before anything is staged; read its manifests
     plan-patch       resolve every descriptor against bundle and storage; probe the
                      registry API (credentials, TLS) when one is given
     verify-digests   hash every blob; bundle blobs are staged while hashed
@@ -129,6 +131,17 @@ def check_verify_command(command: Optional[str], target: RegistryTarget) -> None
                          "--registry-config) to name the image it pulls")
 
 
+def check_trust_options(trust_keys, allow_unsigned: bool) -> None:
+    """Every trust key is a readable Ed25519 / P-256 public key; --allow-unsigned needs keys."""
+    if allow_unsigned and not trust_keys:
+        raise UsageError("--allow-unsigned only relaxes --trust-key: give the trust keys too, or "
+                         "leave both out (bundles are then not signature-checked)")
+    from .signing import load_public_key
+
+    for key in trust_keys:
+        load_public_key(key)
+
+
 @dataclass(frozen=True)
 class PatchRequest:
     """Everything a patch needs; ``check`` validates it without touching the storage.
@@ -150,6 +163,8 @@ class PatchRequest:
     s3: object = None
     init: bool = False               # create docker/registry/v2 when the storage has none
     consume: bool = False            # rename the bundle's layer files into the storage instead of copying
+    trust_keys: tuple[str, ...] = ()  # PEM public keys: the bundle must be signed by one of them
+    allow_unsigned: bool = False      # with trust_keys: accept a bundle without a signature
 
     def check(self) -> None:
         """Every check that needs no storage, bundle or network: bad arguments fail here."""
@@ -163,6 +178,7 @@ class PatchRequest:
         self.target.check()
         if self.s3 is not None:
             self.s3.check()
+        check_trust_options(self.trust_keys, self.allow_unsigned)
 
 
 @dataclass(frozen=True)
@@ -205,6 +221,7 @@ class PatchResult:
     tag_moved: bool = False           # current/link now names ``new`` (set by publish-tag)
     report_path: Optional[str] = None
     fetches: list[dict] = field(default_factory=list)  # per blob fetched from S3
+    bundle_trust: Optional[str] = None  # what check_bundle established (signature, listing, base)
 
     @property
     def bytes_copied(self) -> int:
@@ -265,8 +282,18 @@ def patch(request: PatchRequest, observer: Optional[Observer] = None) -> PatchRe
     store = target.store()
     check_storage_tree(store, request.init)
 
+    trusts: list = []
+
     def open_bundle() -> PatchBundle:
-        return _open_bundle(request)
+        loaded, trust = _open_bundle(request, store)
+        trusts.append(trust)
+        return loaded
+
+    def with_trust(result: PatchResult) -> PatchResult:
+        trust = trusts[-1]
+        result.bundle_trust = trust.summary()
+        result.warnings += list(trust.warnings) + trust.target_warnings(repo.name, tag.name)
+        return result
 
     def plan_it(loaded: PatchBundle) -> PatchPlan:
         return _plan(request, store, loaded)
@@ -275,7 +302,7 @@ def patch(request: PatchRequest, observer: Optional[Observer] = None) -> PatchRe
         loaded = steps("fetch-bundle", open_bundle)
         plan = steps("plan-patch", lambda: plan_it(loaded))
         steps("verify-digests", lambda: verify_blobs(plan, store, dry_run=True, progress=observer.progress))
-        result = _new_result(plan, target, store, dry_run=True)
+        result = with_trust(_new_result(plan, target, store, dry_run=True))
         result.blobs_copied = [(str(b.digest), b.size) for b in plan.to_copy]
         result.blobs_skipped = [(str(b.digest), b.size) for b in plan.present]
         result.links_written = [store.layout.relative(l.path) for l in plan.links_to_write]
@@ -298,7 +325,7 @@ def patch(request: PatchRequest, observer: Optional[Observer] = None) -> PatchRe
         if resumed:
             log.info("resuming the patch of %s:%s to %s started %s (run %d); done before: %s",
                      repo, tag, plan.new, resumed.started, resumed.runs, ", ".join(resumed.steps) or "nothing")
-        result = _new_result(plan, target, store, dry_run=False)
+        result = with_trust(_new_result(plan, target, store, dry_run=False))
         try:
             _apply(request, plan, loaded, store, journal, result, steps, observer, skip_pull)
             journal.status = result.status = "complete"
@@ -323,7 +350,7 @@ def preflight(request: PatchRequest) -> PatchPlan:
     request.check()
     store = request.target.store()
     check_storage_tree(store, request.init)
-    return _plan(request, store, _open_bundle(request))
+    return _plan(request, store, _open_bundle(request, store)[0])
 
 
 def check_storage_tree(store: RegistryStore, init: bool) -> None:
@@ -340,11 +367,20 @@ def open_bundle(bundle: str, *, image: Optional[str] = None, s3=None) -> PatchBu
     return load_bundle(open_source(bundle, s3=s3), image=image)
 
 
-def _open_bundle(request: PatchRequest) -> PatchBundle:
-    loaded = open_bundle(request.bundle, image=request.image, s3=request.s3)
+def _open_bundle(request: PatchRequest, store: RegistryStore):
+    """(bundle, BundleTrust): the trust check runs on the source before its manifests are used."""
+    from .errors import BundleMismatch
+    from .signing import check_bundle
+
+    source = open_source(request.bundle, s3=request.s3)
+    trust = check_bundle(source, request.trust_keys, request.allow_unsigned, store)
+    loaded = load_bundle(source, image=request.image)
+    if trust.descriptor is not None and loaded.top.digest != trust.descriptor.image.digest:
+        raise BundleMismatch(f"bundle {loaded.description}: the image read ({loaded.top.digest}) is not the "
+                             f"one regpatch-bundle.json describes ({trust.descriptor.image.digest})")
     log.info("bundle %s: %s format, top manifest %s (%s)", loaded.description, loaded.format,
              loaded.top.digest, loaded.top.media_type)
-    return loaded
+    return loaded, trust
 
 
 def _plan(request: PatchRequest, store: RegistryStore, loaded: PatchBundle) -> PatchPlan:
@@ -617,7 +653,8 @@ def render_patch_markdown(r: PatchResult) -> str:
              f"| blobs skipped (in registry) | {len(r.blobs_skipped)} "
              f"({human(sum(s for _, s in r.blobs_skipped))}) |",
              f"| links {'to write' if r.dry_run else 'written'} | {len(r.links_written)} |",
-             f"| verification | {r.verified or ('dry run' if r.dry_run else 'not run')} |", ""]
+             f"| verification | {r.verified or ('dry run' if r.dry_run else 'not run')} |",
+             f"| bundle trust | {r.bundle_trust or 'not checked'} |", ""]
     if r.blobs_copied or r.blobs_skipped:
         lines += ["## Blobs", "", "| digest | size | action |", "|---|---:|---|"]
         lines += [f"| `{d}` | {s:,} | {'to copy' if r.dry_run else 'copied'} |" for d, s in r.blobs_copied]

@@ -101,6 +101,19 @@ class Layout:
     def tag_current_link(self, repo: Repository, tag: Tag) -> Path:
         return self.tag_dir(repo, tag) / "current" / "link"
 
+    # -- enumeration (read-only walks, e.g. ``regpatch contents``) -----------
+    def blobs_root(self, algorithm: str = "sha256") -> Path:
+        """Parent of every ``<hex[0:2]>/<hex>/data`` of one algorithm."""
+        return self.v2 / "blobs" / algorithm
+
+    @property
+    def repositories_root(self) -> Path:
+        return self.v2 / "repositories"
+
+    def revisions_dir(self, repo: Repository, algorithm: str = "sha256") -> Path:
+        """Parent of every ``<hex>/link`` revision link of a repository."""
+        return self.repository(repo) / "_manifests" / "revisions" / algorithm
+
     def relative(self, path: Path) -> str:
         """A path as the operator reads it in logs: relative to v2/ when inside."""
         try:
