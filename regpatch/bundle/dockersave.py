@@ -121,7 +121,7 @@ class SavedImage:
 def read_saved_images(source: BundleSource) -> list[SavedImage]:
     """Every image of a docker save archive, checked for shape (no layer is read)."""
     files = source.list()
-    mwhat = source.describe("manifest.json")
+    mwhat = f"docker save archive {source.describe('manifest.json')}"
     doc = strict_json(source.read_bytes("manifest.json", MAX_INDEX_JSON), mwhat)
     if not isinstance(doc, list) or not doc:
         raise ManifestError(f"{mwhat}: a docker save manifest.json is a non-empty JSON list")
