@@ -579,6 +579,7 @@ class S3ObjectReader(io.RawIOBase):
         self.source = source
         self.name = name
         self.size = source.size(name) if end is None else min(end, source.size(name))
+        self._last = None if end is None else self.size - 1   # open-ended GETs unless bounded
         self.etag = source.etag(name)
         if start > self.size:
             raise SourceError(f"cannot resume {source.describe(name)} at byte {start}: "
@@ -609,7 +610,7 @@ class S3ObjectReader(io.RawIOBase):
     def _read_some(self, b) -> int:
         try:
             if self._body is None:
-                self._body = self.source.get_range(self.name, self.pos, self.size - 1, self.etag)
+                self._body = self.source.get_range(self.name, self.pos, self._last, self.etag)
             data = self._read1(min(len(b), READ_SIZE))
             if not data:
                 raise TruncatedBody(f"the body ended at byte {self.pos:,} of {self.size:,}")
