@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""Benchmark: regpatch ingest of each bundle format against skopeo (issue 11).
+
+Not a test. In one run, on one generated image of ``--size`` MiB (four
+layers, incompressible content, written by regpatch.sample with gzip level 0):
+
+- the image as an OCI layout, as a ``dir:`` folder and as an OCI archive
+  (both written by ``skopeo copy``): regpatch ingest of each (read the bundle,
+  plan, verify every digest while staging, install the blobs: the core
+  functions the patch flow runs, without the Prefect start-up and the
+  verification pull) into a fresh registry storage, against ``skopeo copy``
+  of the same input into a fresh running ``docker-registry``;
+- the image as a ``docker save`` archive (``skopeo copy ... docker-archive:``):
+  regpatch conversion + ingest (converted layers written into the scratch
+  folder beside the staging folder) against ``skopeo copy docker-archive:...
+  docker://...``.
+
+Each figure is the median of ``--repeat`` runs (default 1). Targets: every
+format within 1.2x of the OCI layout figure; docker save conversion no slower
+than skopeo's.
+
+    .venv/bin/python bench/formats.py [--size 2048] [--repeat 1] [--workdir DIR] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from regpatch.apply import install_blobs, verify_blobs  # noqa: E402
+from regpatch.bundle.formats import load_bundle  # noqa: E402
+from regpatch.bundle.source import open_source  # noqa: E402
+from regpatch.localregistry import LocalRegistry  # noqa: E402
+from regpatch.plan import make_plan  # noqa: E402
+from regpatch.reference import Repository, Tag  # noqa: E402
+from regpatch.sample import make_image, make_layer, write_oci_layout  # noqa: E402
+from regpatch.store import RegistryStore  # noqa: E402
+
+
+def skopeo(*args: str) -> None:
+    subprocess.run(["skopeo", "--insecure-policy", "copy", "--quiet", *args], check=True,
+                   capture_output=True, timeout=3600)
+
+
+def drop_storage(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def regpatch_ingest(bundle: Path, storage: Path, *, convert: bool = False) -> tuple[float, dict]:
+    storage.mkdir(parents=True)
+    store = RegistryStore(storage)
+    t0 = time.monotonic()
+    b = load_bundle(open_source(str(bundle)), scratch=store.layout.state / "convert" if convert else None)
+    t_load = time.monotonic() - t0
+    plan = make_plan(b, store, Repository.parse("bench/app"), Tag.parse("t"))
+    verify_blobs(plan, store)
+    install_blobs(plan, store)
+    total = time.monotonic() - t0
+    b.close()
+    return total, {"load/convert": t_load, "digest": str(b.top.digest)}
+
+
+def skopeo_push(src: str, workdir: Path, name: str) -> float:
+    with LocalRegistry(workdir / f"reg-{name}") as reg:
+        t0 = time.monotonic()
+        skopeo("--dest-tls-verify=false", src, f"docker://{reg.host}/bench/app:t")
+        took = time.monotonic() - t0
+    drop_storage(workdir / f"reg-{name}")
+    return took
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size", type=int, default=2048, help="image size in MiB (default 2048)")
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--workdir")
+    ap.add_argument("--keep", action="store_true")
+    args = ap.parse_args()
+    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="rp-formats-", dir="/var/tmp"))
+    work.mkdir(parents=True, exist_ok=True)
+    size = args.size << 20
+    try:
+        t0 = time.monotonic()
+        layers = [make_layer(work / "src", f"l{i}", seed=900 + i, size=size // 4, compresslevel=0, oci=True)
+                  for i in range(4)]
+        img = make_image(work / "src", layers, fmt="oci", name="bench")
+        layout = write_oci_layout(work / "layout", {"bench": img})
+        skopeo(f"oci:{layout}:bench", f"dir:{work / 'dir'}")
+        skopeo(f"oci:{layout}:bench", f"oci-archive:{work / 'image.tar'}")
+        skopeo(f"oci:{layout}:bench", f"docker-archive:{work / 'saved.tar'}:bench/app:t")
+        print(f"inputs: {args.size} MiB image, 4 layers; built in {time.monotonic() - t0:.1f}s in {work}")
+        cases = [("OCI layout", work / "layout", f"oci:{layout}:bench", False),
+                 ("dir:", work / "dir", f"dir:{work / 'dir'}", False),
+                 ("OCI archive (tar)", work / "image.tar", f"oci-archive:{work / 'image.tar'}", False),
+                 ("docker save archive (converted)", work / "saved.tar", f"docker-archive:{work / 'saved.tar'}",
+                  True)]
+        rows = []
+        for label, bundle, skopeo_src, convert in cases:
+            ours, theirs, extra = [], [], {}
+            for r in range(args.repeat):
+                storage = work / f"storage-{r}"
+                took, extra = regpatch_ingest(bundle, storage, convert=convert)
+                drop_storage(storage)
+                ours.append(took)
+                theirs.append(skopeo_push(skopeo_src, work, f"{r}"))
+            rows.append((label, statistics.median(ours), statistics.median(theirs), extra))
+        base = rows[0][1]
+        print(f"\n{'format':34} {'regpatch s':>10} {'skopeo s':>9} {'vs OCI layout':>13}  notes")
+        for label, ours, theirs, extra in rows:
+            print(f"{label:34} {ours:10.2f} {theirs:9.2f} {ours / base:13.2f}  "
+                  f"load/convert {extra['load/convert']:.2f}s")
+        print("\ntargets:")
+        for label, ours, theirs, _ in rows[1:3]:
+            print(f"  {'PASS' if ours <= 1.2 * base else 'FAIL'}  {label}: {ours / base:.2f} x OCI layout (<= 1.2)")
+        label, ours, theirs, _ = rows[3]
+        print(f"  {'PASS' if ours <= theirs else 'FAIL'}  {label}: {ours:.2f}s vs skopeo copy "
+              f"docker-archive: {theirs:.2f}s ({ours / theirs:.2f} x, <= 1.0)")
+        print(f"\nmachine: {os.cpu_count()} cores, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    finally:
+        if not args.keep and not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
