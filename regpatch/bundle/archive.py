@@ -391,6 +391,10 @@ class PlainTarSource(_ArchiveSource):
     def resumable(self) -> bool:  # an S3 archive stages its members resumably (ranged GETs)
         return self.archive.is_remote
 
+    @property
+    def parallel_reads(self) -> bool:  # a local archive: members are independent preads
+        return not self.archive.is_remote
+
     def list(self) -> dict[str, int]:
         return {n: m.size for n, m in self._files.items()}
 

@@ -56,6 +56,7 @@ MAX_CONFIG_SIZE = 16 << 20
 MAX_IMAGES = 10_000
 MAX_LAYERS = 1_000
 MAX_TAG = 512
+MAX_CONFIGS_TOTAL = 64 << 20   # all the configs of one archive, held in memory together
 
 
 # -- strict JSON --------------------------------------------------------------------
@@ -128,6 +129,7 @@ def read_saved_images(source: BundleSource) -> list[SavedImage]:
     if len(doc) > MAX_IMAGES:
         raise ManifestError(f"{mwhat}: more than {MAX_IMAGES} images")
     images = []
+    held = 0
     for i, entry in enumerate(doc):
         where = f"{mwhat} [{i}]"
         if not isinstance(entry, dict):
@@ -143,6 +145,10 @@ def read_saved_images(source: BundleSource) -> list[SavedImage]:
         if not isinstance(sources, dict):
             raise ManifestError(f"{where}: LayerSources must be a JSON object")
         config = source.read_bytes(cname, MAX_CONFIG_SIZE)
+        held += len(config)
+        if held > MAX_CONFIGS_TOTAL:
+            raise ManifestError(f"{mwhat}: its image configs add up to more than {MAX_CONFIGS_TOTAL >> 20} MiB; "
+                                "not a docker save archive regpatch reads")
         image_id = Digest.of_bytes(config)
         claimed = _claimed_digest(cname)
         if claimed is not None and claimed != image_id:
@@ -505,6 +511,10 @@ class ConvertedSource(BundleSource):
         self._names = {f"blobs/sha256/{image.image_id.hex}": (image.image_id, len(image.config))}
         for d, l in self._layers.items():
             self._names[f"blobs/sha256/{d.hex}"] = (d, l.size)
+
+    @property
+    def parallel_reads(self) -> bool:  # layers in the scratch folder are plain local files
+        return self._work is not None
 
     def blob_names(self) -> dict[str, tuple[Digest, int]]:
         return dict(self._names)

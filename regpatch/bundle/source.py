@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Callable, Iterable, Optional
+from typing import BinaryIO, Callable, Iterable, Optional, Protocol, runtime_checkable
 
 from ..digest import Digest, copy_and_hash, io_retry
 
@@ -19,6 +19,9 @@ from ..errors import SourceError, UnknownBundleFormat, UnsafePath, UsageError
 class BundleSource(ABC):
     #: how the source is named in logs and errors (never holds a credential)
     description: str
+    #: several files can be read at once at full speed (a local disk): a stager may
+    #: stage two blobs at a time. Network and compressed sources say False.
+    parallel_reads: bool = False
 
     @abstractmethod
     def list(self) -> dict[str, int]:
@@ -73,6 +76,16 @@ def _safe_name(name: str) -> str:
     return str(p)
 
 
+@runtime_checkable
+class StagesBlobs(Protocol):
+    """A source that copies a blob into the store's staging folder itself (S3: resumable
+    ranged GETs; a compressed archive: one pass staging every wanted blob in archive
+    order; an archive in S3: the member's byte range). Such sources set ``resumable``."""
+
+    def stage_blob(self, store, digest: Digest, size: int, name: str, *, what: str,
+                   progress: Optional[Callable[[int], None]] = None) -> Path: ...
+
+
 class LocalFolderSource(BundleSource):
     """A bundle folder on a local disk or mounted share.
 
@@ -87,6 +100,8 @@ class LocalFolderSource(BundleSource):
             raise UsageError(f"bundle folder {self.folder} does not exist or is not a folder")
         self._real = Path(os.path.realpath(self.folder))
         self._files: Optional[dict[str, int]] = None
+
+    parallel_reads = True
 
     def _resolve(self, name: str) -> Path:
         name = _safe_name(name)
