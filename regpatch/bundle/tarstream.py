@@ -77,7 +77,7 @@ def _checksum_ok(block: bytes) -> bool:
     except TarError:
         return False
     unsigned = sum(block[:148]) + 8 * 32 + sum(block[156:])
-    signed = unsigned - sum(b for b in block[:148] + block[156:] if b > 127) * 2 + 0
+    signed = unsigned - 256 * sum(1 for b in block[:148] + block[156:] if b > 127)  # old signed-char writers
     return stored in (unsigned, signed)
 
 
