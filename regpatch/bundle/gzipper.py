@@ -50,16 +50,21 @@ def _stored(data: memoryview) -> bytes:
 
 
 def deflate_block(data: bytes, dictionary: bytes, level: int) -> bytes:
-    """One block: raw deflate primed with ``dictionary``, ending byte-aligned (sync flush)."""
+    """One block: raw deflate primed with ``dictionary``, ending byte-aligned (sync flush).
+
+    The first ``SAMPLE`` bytes are deflated and sync-flushed first: when they do not
+    shrink, the whole block is stored instead; otherwise the same compressor goes on
+    with the rest (the sample is not compressed twice).
+    """
     view = memoryview(data)
-    if len(data) >= SAMPLE:
-        probe = zlib.compressobj(level, zlib.DEFLATED, -15)
-        size = len(probe.compress(view[:SAMPLE])) + len(probe.flush(zlib.Z_SYNC_FLUSH))
-        if size >= INCOMPRESSIBLE * SAMPLE:
-            return _stored(view)
     c = zlib.compressobj(level, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY,
                          **({"zdict": dictionary} if dictionary else {}))
-    return c.compress(view) + c.flush(zlib.Z_SYNC_FLUSH)
+    if len(data) <= SAMPLE:
+        return c.compress(view) + c.flush(zlib.Z_SYNC_FLUSH)
+    head = c.compress(view[:SAMPLE]) + c.flush(zlib.Z_SYNC_FLUSH)
+    if len(head) >= INCOMPRESSIBLE * SAMPLE:
+        return _stored(view)
+    return head + c.compress(view[SAMPLE:]) + c.flush(zlib.Z_SYNC_FLUSH)
 
 
 class GzipStats:

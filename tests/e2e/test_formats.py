@@ -181,3 +181,48 @@ def test_inspect_does_not_import_prefect(inputs):
     assert proc.returncode == 0, proc.stderr
     assert "prefect" not in proc.stderr.lower().replace("regpatch", "")
     assert exe.exists()
+
+
+def test_windows_docker_save_keeps_foreign_layers(registry, capsys, tmp_path):
+    """A Windows docker save archive names its base layer's original descriptor in LayerSources
+    (no Windows docker here: the archive is written in that layout by Python). The foreign
+    layer is kept as a foreign descriptor with its urls, the delta is converted and stored."""
+    import io
+    import random
+
+    def layer(seed: int, size: int) -> bytes:
+        raw = io.BytesIO()
+        with tarfile.open(fileobj=raw, mode="w") as t:
+            ti = tarfile.TarInfo(f"Files/f{seed}")
+            ti.size = size
+            t.addfile(ti, io.BytesIO(random.Random(seed).randbytes(size)))
+        return raw.getvalue()
+
+    base, delta = layer(1, 50_000), layer(2, 20_000)
+    folder = tmp_path / "win-saved"
+    folder.mkdir()
+    config = json.dumps({"architecture": "amd64", "os": "windows", "os.version": "10.0.17763.6000",
+                         "rootfs": {"type": "layers", "diff_ids": [_sha(base), _sha(delta)]}}).encode()
+    cid = hashlib.sha256(config).hexdigest()
+    (folder / f"{cid}.json").write_bytes(config)
+    for i, data in enumerate((base, delta)):
+        (folder / f"l{i}").mkdir()
+        (folder / f"l{i}" / "layer.tar").write_bytes(data)
+    url = "https://mcr.microsoft.com/v2/windows/servercore/blobs/sha256:" + "b" * 64
+    foreign = {"mediaType": "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip", "size": 1_234_567,
+               "digest": "sha256:" + "b" * 64, "urls": [url]}
+    (folder / "manifest.json").write_text(json.dumps([{
+        "Config": f"{cid}.json", "RepoTags": ["windows/servercore:ltsc2019"],
+        "Layers": ["l0/layer.tar", "l1/layer.tar"], "LayerSources": {_sha(base): foreign}}]))
+
+    code = regpatch_main(["patch", str(folder), "--storage", str(registry.root), "--registry-url", registry.url,
+                          "--repository", "windows/servercore", "--tag", "ltsc2019"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    served = json.loads(skopeo_inspect_raw(registry.host, "windows/servercore", "ltsc2019"))
+    assert served["layers"][0] == foreign           # kept as it was, urls and all
+    assert served["config"]["digest"] == f"sha256:{cid}"
+    v2 = registry.root / "docker/registry/v2"
+    assert not (v2 / "blobs/sha256/bb").exists()    # the foreign layer is not stored
+    second = served["layers"][1]["digest"].split(":")[1]
+    assert (v2 / f"blobs/sha256/{second[:2]}/{second}/data").is_file()
