@@ -16,7 +16,10 @@ layers, incompressible content, written by regpatch.sample with gzip level 0):
   (converted layers written into the scratch folder beside the staging
   folder) against ``skopeo copy docker-archive:... docker://...``.
 
-Each figure is the median of ``--repeat`` runs (default 1). Targets: every
+Each input is read once before it is timed (page cache warm for every format
+and for skopeo alike). Each figure is the median of ``--repeat`` runs (default
+1); rounds interleave the formats. CPU seconds (regpatch's process; skopeo's
+plus the registry's) do not depend on what else the machine runs. Targets: every
 format within 1.2x of the OCI layout figure; docker save conversion no slower
 than skopeo's.
 
@@ -110,6 +113,16 @@ def cpu_children() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def warm(path: Path) -> None:
+    """Read every file of an input once, so that each format is timed from the page cache alike
+    (the inputs were written minutes earlier, other pushes in between)."""
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    for f in files:
+        with open(f, "rb", buffering=0) as fh:
+            while fh.read(16 << 20):
+                pass
+
+
 def regpatch_ingest(bundle: Path, storage: Path, *, convert: bool = False) -> tuple[float, dict]:
     storage.mkdir(parents=True)
     store = RegistryStore(storage)
@@ -175,10 +188,12 @@ def main() -> int:
         for r in range(args.repeat):  # rounds interleave the formats: load and cache hit all alike
             for label, bundle, skopeo_src, convert in cases:
                 storage = work / f"storage-{r}"
+                warm(bundle)
                 took, extra = regpatch_ingest(bundle, storage, convert=convert)
                 drop_storage(storage)
                 results[label][0].append(took)
                 results[label][2].update(extra)
+                warm(bundle)
                 took, cpu = skopeo_push(skopeo_src, work, f"{r}")
                 results[label][1].append(took)
                 results[label][2].setdefault("skopeo_cpu", []).append(cpu)

@@ -95,7 +95,8 @@ def verify_blobs(plan: PatchPlan, store: RegistryStore, *, dry_run: bool = False
             raise
 
     steps = [s for s in plan.blobs if s.action in (PRESENT, COPY, REPAIR)]
-    local = all(s.source is None or source.local_path(s.source.name) is not None for s in steps)
+    local = getattr(source, "parallel_reads", False) or all(  # local folders, local plain archives
+        s.source is None or source.local_path(s.source.name) is not None for s in steps)
     workers = BLOB_WORKERS if local and len(steps) > 1 else 1
     if workers == 1:
         return [r for r in map(one, steps) if r is not None]

@@ -327,7 +327,11 @@ class RegistryStore:
         final = self.layout.staged_blob(digest)
         with self._temp_beside(final) as dst, open_source() as src:
             done = None
-            if _is_plain_file(src):  # the kernel copies, this thread hashes the copy
+            region = getattr(src, "file_region", None)  # (fd, offset): a member of a local archive
+            if region is not None:
+                done = kernel_copy_and_hash(region[0], dst.fileno(), what=what, expected=digest,
+                                            expected_size=size, progress=progress, src_offset=region[1])
+            elif _is_plain_file(src):  # the kernel copies, this thread hashes the copy
                 done = kernel_copy_and_hash(src.fileno(), dst.fileno(), what=what, expected=digest,
                                             expected_size=size, progress=progress)
             if done is None:

@@ -120,6 +120,12 @@ class _FileWindow(io.RawIOBase):
         self._end = offset + length
         self._path = path
 
+    @property
+    def file_region(self) -> tuple[int, int]:
+        """(descriptor, offset) of the bytes still to read: a kernel copy of exactly the
+        member's bytes (``kernel_copy_and_hash(src_offset=...)``) reads them in place."""
+        return self._fd, self._pos
+
     def readable(self) -> bool:
         return True
 
