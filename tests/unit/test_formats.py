@@ -117,6 +117,35 @@ def test_compressed_archive_member_corruption_is_a_digest_mismatch(sample, tmp_p
         src.hash(bundle.files[layer.digest].name, expected=layer.digest, expected_size=layer.size)
 
 
+def test_plain_archive_member_is_copied_by_range_and_checked(sample, tmp_path):
+    """A local member is staged by a kernel copy of exactly its bytes: the bytes after it
+    (the next tar header) are not part of it; a corrupt member is a digest mismatch; an
+    archive cut short is refused when it is opened."""
+    layout = one_image_layout(sample, tmp_path)
+    archive = pack(layout, tmp_path / "a.tar")
+    layer = sample["img"].layers[0]
+    src = open_source(str(archive))
+    name = load_bundle(src).files[layer.digest].name
+    with src.open(name) as f:
+        fd, offset = f.file_region
+        assert os.pread(fd, 16, offset) == Path(layer.path).read_bytes()[:16]
+    store = new_store(tmp_path / "reg")
+    store.stage_blob(layer.digest, layer.size, lambda: src.open(name), what="layer")
+    assert store.staged_path(layer.digest).read_bytes() == Path(layer.path).read_bytes()
+    data = bytearray(archive.read_bytes())
+    member = src._files[name]
+    data[member.offset + 10] ^= 1
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(bytes(data))
+    bsrc = open_source(str(bad))
+    with pytest.raises(DigestMismatch, match=layer.digest.hex):
+        new_store(tmp_path / "reg2").stage_blob(layer.digest, layer.size, lambda: bsrc.open(name), what="x")
+    short = tmp_path / "short.tar"
+    short.write_bytes(bytes(data[:member.offset + 100]))
+    with pytest.raises(BundleError, match="truncated|ends inside"):
+        open_source(str(short))
+
+
 def test_oci_archive_with_several_images_needs_image(sample, tmp_path):
     archive = pack(sample["layout"], tmp_path / "two.tar")
     with pytest.raises(UsageError, match="choose one with --image"):
