@@ -374,7 +374,10 @@ def _open_bundle(request: PatchRequest, store: RegistryStore):
 
     source = open_source(request.bundle, s3=request.s3)
     trust = check_bundle(source, request.trust_keys, request.allow_unsigned, store)
-    loaded = load_bundle(source, image=request.image)
+    # a docker save archive's layers are compressed once, into the state folder (same filesystem)
+    loaded = load_bundle(source, image=request.image, scratch=None if request.dry_run else store.layout.scratch)
+    for note in loaded.notes:
+        log.info("%s", note)
     if trust.descriptor is not None and loaded.top.digest != trust.descriptor.image.digest:
         raise BundleMismatch(f"bundle {loaded.description}: the image read ({loaded.top.digest}) is not the "
                              f"one regpatch-bundle.json describes ({trust.descriptor.image.digest})")

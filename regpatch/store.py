@@ -381,7 +381,11 @@ class RegistryStore:
         final = self.layout.staged_blob(digest)
         with self._temp_beside(final) as dst, open_source() as src:
             done = None
-            if _is_plain_file(src):
+            region = getattr(src, "file_region", None)  # (fd, offset): a member of a local archive
+            if region is not None:
+                done = kernel_copy_and_hash(region[0], dst.fileno(), what=what, expected=digest,
+                                            expected_size=size, progress=progress, src_offset=region[1])
+            elif _is_plain_file(src):
                 advise_sequential(src.fileno())
                 if try_reflink(src.fileno(), dst.fileno()):  # XFS, btrfs: blocks shared, no copy
                     log.info("%s: cloned (reflink), hashing the clone", what)
