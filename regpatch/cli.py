@@ -333,6 +333,8 @@ def run_patch(args: argparse.Namespace):
     out = sys.stdout
     if result.dry_run:
         out.write(result.plan_text + "\n")
+    for note in result.notes:
+        out.write(f"note: {note}\n")
     out.write(result.summary_line() + "\n")
     if result.verified:
         out.write(f"verified: {result.verified}\n")

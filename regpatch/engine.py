@@ -219,6 +219,7 @@ class PatchResult:
     error: Optional[str] = None
     status: str = "running"           # complete | failed | interrupted | dry-run
     tag_moved: bool = False           # current/link now names ``new`` (set by publish-tag)
+    notes: list[str] = field(default_factory=list)  # what the bundle reader says (a conversion: the new digest)
     report_path: Optional[str] = None
     fetches: list[dict] = field(default_factory=list)  # per blob fetched from S3
     bundle_trust: Optional[str] = None  # what check_bundle established (signature, listing, base)
@@ -276,16 +277,24 @@ def patch(request: PatchRequest, observer: Optional[Observer] = None) -> PatchRe
     failed run is attached to the exception as ``.result`` (the summary to show).
     """
     request.check()
-    observer = observer or LogObserver()
+    opened: list[PatchBundle] = []
+    try:
+        return _patch(request, observer or LogObserver(), opened)
+    finally:
+        for loaded in opened:  # scratch files of a converted archive go, the staged blobs stay
+            loaded.close()
+
+
+def _patch(request: PatchRequest, observer: Observer, opened: list) -> PatchResult:
     steps = _Steps(observer)
     target, repo, tag = request.target, request.repository, request.tag
     store = target.store()
     check_storage_tree(store, request.init)
-
     trusts: list = []
 
     def open_bundle() -> PatchBundle:
         loaded, trust = _open_bundle(request, store)
+        opened.append(loaded)
         trusts.append(trust)
         return loaded
 
@@ -293,6 +302,7 @@ def patch(request: PatchRequest, observer: Optional[Observer] = None) -> PatchRe
         trust = trusts[-1]
         result.bundle_trust = trust.summary()
         result.warnings += list(trust.warnings) + trust.target_warnings(repo.name, tag.name)
+        result.notes = list(opened[-1].notes)
         return result
 
     def plan_it(loaded: PatchBundle) -> PatchPlan:
@@ -677,6 +687,8 @@ def render_patch_markdown(r: PatchResult) -> str:
                  f"The tag was not moved: it still points at `{r.old or '(nothing)'}`. Blobs and "
                  "links already written stay (nothing is deleted); the same command resumes.")
         lines += ["", "## Error", "", r.error, "", where]
+    if r.notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in r.notes]
     if r.warnings:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in r.warnings]
     return "\n".join(lines) + "\n"
