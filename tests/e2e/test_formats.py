@@ -127,11 +127,13 @@ def test_format_patches_and_pulls(case, inputs, registry, capsys, tmp_path):
     bundle, expected, is_list = inputs[case]
     repo, tag = f"formats/{case}", "t1"
     code = regpatch_main(["patch", str(bundle), "--storage", str(registry.root), "--registry-url",
-                          registry.url, "--repository", repo, "--tag", tag])
+                          registry.url, "--repository", repo, "--tag", tag, "--init"])  # a new registry
     out, err = capsys.readouterr()
     assert code == 0, err
     served = skopeo_inspect_digest(registry.host, repo, tag)
     if expected is None:  # docker save: converted; the same digest a second conversion gives
+        assert f"-> NEW manifest digest {served}" in out or f"{served}" in "".join(
+            l for l in out.splitlines() if l.startswith("note: ")), out
         again = load_bundle(open_source(str(bundle)))
         assert again.format == "docker-archive"
         assert served == str(again.top.digest)
@@ -216,7 +218,7 @@ def test_windows_docker_save_keeps_foreign_layers(registry, capsys, tmp_path):
         "Layers": ["l0/layer.tar", "l1/layer.tar"], "LayerSources": {_sha(base): foreign}}]))
 
     code = regpatch_main(["patch", str(folder), "--storage", str(registry.root), "--registry-url", registry.url,
-                          "--repository", "windows/servercore", "--tag", "ltsc2019"])
+                          "--repository", "windows/servercore", "--tag", "ltsc2019", "--init"])
     out, err = capsys.readouterr()
     assert code == 0, err
     served = json.loads(skopeo_inspect_raw(registry.host, "windows/servercore", "ltsc2019"))

@@ -42,7 +42,7 @@ def put(s3, path, key: str) -> str:
 
 def run_patch(capsys, registry, url, proxy, repo):
     code = regpatch_main(["patch", url, "--storage", str(registry.root), "--registry-url", registry.url,
-                          "--repository", repo, "--tag", "t", "--s3-endpoint-url", proxy.url, *FAST_RETRIES])
+                          "--repository", repo, "--tag", "t", "--s3-endpoint-url", proxy.url, "--init", *FAST_RETRIES])
     out, err = capsys.readouterr()
     assert code == 0, err
     return out
