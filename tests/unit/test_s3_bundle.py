@@ -214,9 +214,11 @@ def test_a_fault_outlasting_the_retries_keeps_the_bytes_and_the_next_run_resumes
 
     proxy.reset()
     src = source(bundle_url, clients)
+    progress = []
     with caplog.at_level(logging.INFO, logger="regpatch.s3"):
-        staged = src.stage_blob(store, base.digest, base.size, "base.tar.gz", what="base")
+        staged = src.stage_blob(store, base.digest, base.size, "base.tar.gz", what="base", progress=progress.append)
     assert staged.read_bytes() == base.path.read_bytes() and not partial.exists()
+    assert progress[0] == on_disk and sum(progress) == base.size  # the bar starts at the bytes on disk
     assert [r.range for r in proxy.gets("base.tar.gz")] == [f"bytes={on_disk}-"]
     assert proxy.bytes_served("base.tar.gz") == base.size - on_disk
     stat = src.fetch_stats[str(base.digest)]
