@@ -114,6 +114,8 @@ def test_operating_system_errors_are_one_line_and_a_stop_wins(site, capsys, no_a
     interrupt.request_stop(signal.SIGTERM)  # an I/O error while stopping reports the stop
     code, out, err = run(capsys, "history", "--storage", hosts)
     assert code == 143 and "interrupted by SIGTERM; nothing is half-written" in error_line(err)
+    code, out, err = run(capsys, "--debug", "history", "--storage", hosts)
+    assert code == 143 and "Traceback" in err
 
 
 def test_with_an_unreachable_api_nothing_runs_and_expected_errors_stay_one_line(site, capsys, monkeypatch, tmp_path):
@@ -136,6 +138,12 @@ def test_with_an_unreachable_api_nothing_runs_and_expected_errors_stay_one_line(
                                (UsageError, UsageError("bad"), None))
     assert all(f.filter(record) for f in logging.getLogger("prefect.task_runs").filters)
     assert record.exc_info is None
+    code, out, err = run(capsys, "--debug", "rollback", "--storage", site.root, "--repository", REPO, "--tag", TAG)
+    assert code == 2 and "Traceback" in err  # --debug keeps tracebacks, on an API too
+    # --local runs here all the same
+    code, out, err = run(capsys, "patch", site.scenario["staged"], "--storage", site.root, "--repository", REPO,
+                         "--tag", TAG, "--local")
+    assert code == 0 and f"patched {REPO}:{TAG}" in out and site.current() == str(site.new).encode()
 
 
 # --------------------------------------------------------------------------- rollouts

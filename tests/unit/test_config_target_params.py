@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from regpatch.digest import Digest
-from regpatch.errors import ConfigError, UsageError
+from regpatch.errors import ConfigError, InvalidReference, UsageError
 from regpatch.params import (RegistryParams, S3Params, VerifyParams, has_inline_credentials, patch_request,
                              refuse_inline_credentials, rollback_request)
+from regpatch.reference import Repository, Tag
 from regpatch.registry_config import registry_url_from_config, storage_root_from_config
 from regpatch.target import RegistryTarget
 
@@ -176,3 +177,19 @@ def test_s3_parameters_become_checked_options(monkeypatch):
         ("http://127.0.0.1:9000", "eu-west-1", None, 2, 16 << 20, 2)
     with pytest.raises(UsageError, match="s3 endpoint_url carries a credential inline"):
         S3Params(endpoint_url="http://key:secret@127.0.0.1:9000").options()
+
+
+@pytest.mark.parametrize("kind, value", [
+    ("repository", "Servercore"), ("repository", "a/_layers"), ("repository", "a//b"), ("repository", "../etc"),
+    ("repository", "a" * 256), ("repository", ""), ("repository", None), ("repository", "windows/servercore\n"),
+    ("tag", "-latest"), ("tag", "a" * 129), ("tag", "ltsc2019/../x"), ("tag", None), ("tag", "ltsc 2019"),
+])
+def test_names_that_would_leave_their_folder_are_refused_whole(kind, value):
+    with pytest.raises(InvalidReference, match=f"invalid {kind}"):
+        (Repository if kind == "repository" else Tag).parse(value)
+
+
+def test_names_the_registry_accepts_are_kept_as_given():
+    assert Repository.parse("windows/servercore").parts == ("windows", "servercore")
+    assert str(Repository.parse("a.b_c__d-e--f/g")) == "a.b_c__d-e--f/g"
+    assert str(Tag.parse("_10.0.17763.1-ltsc2019")) == "_10.0.17763.1-ltsc2019"
