@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -343,3 +344,33 @@ def test_the_kernel_copy_checks_what_landed(tmp_path):
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_bytes_read_before_a_source_fails_are_all_written(tmp_path):
+    """A download cut short keeps every byte that arrived (what a resume starts from),
+    even when the destination is slower than the source."""
+    chunk = os.urandom(1024)
+
+    class CutShort(io.RawIOBase):
+        def __init__(self):
+            self.reads = 0
+
+        def readable(self):
+            return True
+
+        def readinto(self, b):
+            self.reads += 1
+            if self.reads > 3:
+                raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
+            b[:len(chunk)] = chunk
+            return len(chunk)
+
+    class SlowDisk(io.BytesIO):
+        def write(self, b):
+            time.sleep(0.1)
+            return super().write(b)
+
+    dst = SlowDisk()
+    with pytest.raises(ConnectionResetError):
+        copy_and_hash(CutShort(), dst, what="layer")
+    assert dst.getvalue() == chunk * 3
