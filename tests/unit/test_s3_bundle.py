@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import secrets
 
 import boto3
@@ -181,9 +182,10 @@ def test_dry_run_of_a_bundle_without_sidecars_hashes_it_from_s3_and_writes_nothi
 def test_transient_faults_are_retried_and_logged_without_secrets(scenario_files, bundle_url, proxy, clients,
                                                                  aws_env, caplog):
     base = scenario_files["new"].layers[0]
-    cases = [("slowdown", proxy.listing(), "SlowDown (HTTP 503)"),
+    # a body cut short is seen as an early end or as urllib3's IncompleteRead, depending on timing
+    cases = [("slowdown", proxy.listing(), r"SlowDown \(HTTP 503\)"),
              ("reset", proxy.object_get("base.tar.gz"), "Connection"),
-             ("truncate", proxy.object_get("base.tar.gz"), "truncated body")]
+             ("truncate", proxy.object_get("base.tar.gz"), "truncated body|IncompleteRead")]
     for kind, match, reason in cases:
         proxy.reset()
         caplog.clear()
@@ -195,7 +197,7 @@ def test_transient_faults_are_retried_and_logged_without_secrets(scenario_files,
                 assert hashlib.sha256(f.read()).hexdigest() == base.digest.hex
         retries = [r.getMessage() for r in caplog.records if "retry" in r.getMessage()]
         assert len(proxy.faults()) == 2 and len(retries) == 2, (kind, retries)
-        assert reason in retries[0] and "retry 1 of 5" in retries[0], retries
+        assert re.search(reason, retries[0]) and "retry 1 of 5" in retries[0], retries
         assert_no_secret(aws_env, caplog.text)
 
 
@@ -207,7 +209,7 @@ def test_a_fault_outlasting_the_retries_keeps_the_bytes_and_the_next_run_resumes
     proxy.inject("truncate", count=1, match=proxy.object_get("base.tar.gz"))
     with pytest.raises(SourceError) as e:
         source(bundle_url, clients, retries=0).stage_blob(store, base.digest, base.size, "base.tar.gz", what="base")
-    assert "failed after 1 attempts: truncated body" in str(e.value)
+    assert re.search("failed after 1 attempts: (truncated body|ProtocolError: .*IncompleteRead)", str(e.value))
     assert "bytes already fetched are kept: run the same command again to resume" in str(e.value)
     on_disk = partial.stat().st_size
     assert 0 < on_disk <= base.size // 2  # what arrived before the cut is on disk
