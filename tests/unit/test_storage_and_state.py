@@ -374,3 +374,17 @@ def test_bytes_read_before_a_source_fails_are_all_written(tmp_path):
     with pytest.raises(ConnectionResetError):
         copy_and_hash(CutShort(), dst, what="layer")
     assert dst.getvalue() == chunk * 3
+
+
+def test_a_staged_blob_another_run_installed_at_once_does_not_fail_this_run(site):
+    """Two patches of different repositories stage the same blob: the other run may rename
+    this run's staged file into blobs/ right after it was written, before its verified
+    marker is recorded. The marker is only a speed-up: its absence must not fail the run,
+    and the install finds the blob in place and verifies it."""
+    blob = site.scenario["new"].layers[0]
+    first, second = RegistryStore(site.root), RegistryStore(site.root)
+    staged = first.stage_blob(blob.digest, blob.size, lambda: open(blob.path, "rb"), what="base")
+    assert second.install_staged(blob.digest, staged, size=blob.size) is True  # the other run was quicker
+    first._remember_verified(blob.digest, staged)  # what stage_blob does right after its rename
+    assert first.install_staged(blob.digest, staged, size=blob.size) is False
+    assert site.layout.blob_data(blob.digest).read_bytes() == blob.path.read_bytes()
