@@ -327,7 +327,7 @@ def test_signals_only_set_the_flag_and_sleeps_end_early():
         t0 = time.monotonic()
         with pytest.raises(Interrupted) as e:
             interrupt.sleep(30)
-        assert time.monotonic() - t0 < 1 and e.value.exit_code == 130
+        assert time.monotonic() - t0 < 5 and e.value.exit_code == 130
     finally:
         for s, h in original.items():
             signal.signal(s, h)

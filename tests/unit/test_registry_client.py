@@ -264,7 +264,7 @@ def test_statuses_are_retried_with_bounded_backoff_honouring_short_retry_after(c
         calls.clear()
         with pytest.raises(RegistryError, match="answered HTTP 500") as e:
             client._with_retries("GET /v2/", always(500, 3600))  # a Retry-After too long is not obeyed
-        assert not isinstance(e.value, RegistryUnavailable) and calls[2] - calls[0] < 1.0
+        assert not isinstance(e.value, RegistryUnavailable) and calls[2] - calls[0] < 3.0
 
     attempts = []
 
