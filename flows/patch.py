@@ -8,7 +8,8 @@ from prefect import flow
 
 from regpatch import engine, interrupt
 from regpatch.errors import RegpatchError
-from regpatch.params import RegistryParams, S3Params, VerifyParams, patch_request, refuse_inline_credentials
+from regpatch.params import (RegistryParams, S3Params, TrustParams, VerifyParams, patch_request,
+                             refuse_inline_credentials)
 from tasks.observer import PrefectObserver, publish_summary, s3_options_for
 
 
@@ -22,6 +23,8 @@ def patch_registry(
     s3: S3Params = S3Params(),
     image: Optional[str] = None,
     dry_run: bool = False,
+    consume: bool = False,
+    trust: TrustParams = TrustParams(),
 ) -> engine.PatchResult:
     """Patch REPOSITORY:TAG in one registry's storage with BUNDLE: every byte is verified,
     blobs and links are written, the new image is pulled by digest, and only then does
@@ -37,10 +40,14 @@ def patch_registry(
         s3: For s3:// bundles: endpoint, credentials block, retries.
         image: For an OCI layout holding several images, the one whose ref.name annotation is this.
         dry_run: Plan and hash every blob, write nothing.
+        consume: Rename the bundle's layer files into the storage instead of copying them
+            (the bundle must be on the storage's filesystem; it keeps a note of what was taken).
+        trust: The keys whose signature a bundle must carry (regpatch bundle --sign-key).
     """
     refuse_inline_credentials("verify.command", verify.command)
     request = patch_request(bundle=bundle, repository=repository, tag=tag, registry=registry, verify=verify,
-                            image=image, dry_run=dry_run, s3=s3_options_for(bundle, s3))
+                            image=image, dry_run=dry_run, s3=s3_options_for(bundle, s3), consume=consume,
+                            trust=trust)
     try:
         with interrupt.chained_handlers():
             result = engine.patch(request, PrefectObserver())

@@ -15,11 +15,15 @@ No error message ever contains a credential.
     │   ├── DigestMismatch           bytes do not hash to the expected digest
     │   ├── SizeMismatch             bytes are not the expected length
     │   ├── UnsafePath               symlink or path leaving the bundle / storage
-    │   └── SourceError              the bundle source failed (I/O, S3)
+    │   ├── SourceError              the bundle source failed (I/O, S3)
+    │   ├── SignatureError           signature missing (UnsignedBundle) or not by a trust key
+    │   ├── BundleMismatch           regpatch-bundle.json does not describe the bundle
+    │   └── BaseBlobsMissing         blobs the bundle assumes present are not in the registry
     ├── StorageError                 the registry storage cannot be read/written (exit 4)
     │   ├── StorageNotFound          ROOT does not hold a registry storage
     │   ├── NoSpace                  ENOSPC / EDQUOT while writing
     │   ├── LockTimeout              another patch holds the repository lock
+    │   ├── StorageMismatch          the URL's registry does not serve this storage
     │   └── TagMoved                 another writer moved the tag during the run
     ├── RegistryError                the registry HTTP API failed (exit 5)
     │   ├── RegistryUnavailable      /v2/ does not answer
@@ -123,6 +127,10 @@ class LockTimeout(StorageError):
     pass
 
 
+class StorageMismatch(StorageError):
+    """The registry behind the URL does not serve what the storage holds."""
+
+
 class TagMoved(StorageError):
     """The tag no longer holds the digest read when the run planned: someone pushed."""
 
@@ -166,3 +174,22 @@ class Interrupted(RegpatchError):
         name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else str(signum)
         super().__init__(f"interrupted by {name}; nothing is half-written: run the same command "
                          "again to resume")
+
+
+# -- bundle trust (the shuttle side: regpatch-bundle.json and its signature) ------
+# All are BundleErrors (exit 3), raised before anything is staged.
+
+class SignatureError(BundleError):
+    """The bundle's signature does not verify with any trust key (or is malformed)."""
+
+
+class UnsignedBundle(SignatureError):
+    """Trust keys are configured and the bundle carries no signature."""
+
+
+class BundleMismatch(BundleError):
+    """regpatch-bundle.json does not describe the bundle (a file added, removed or altered)."""
+
+
+class BaseBlobsMissing(BundleError):
+    """Blobs the bundle assumes the site holds are not in the registry storage."""

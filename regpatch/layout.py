@@ -75,8 +75,12 @@ class Layout:
         return self.blob_dir(digest) / "data"
 
     # -- repositories -------------------------------------------------------
+    @property
+    def repositories(self) -> Path:
+        return self.v2 / "repositories"
+
     def repository(self, repo: Repository) -> Path:
-        return self.v2.joinpath("repositories", *repo.parts)
+        return self.repositories.joinpath(*repo.parts)
 
     def layer_link(self, repo: Repository, digest: Digest) -> Path:
         return self.repository(repo) / "_layers" / digest.algorithm / digest.hex / "link"
@@ -96,6 +100,19 @@ class Layout:
 
     def tag_current_link(self, repo: Repository, tag: Tag) -> Path:
         return self.tag_dir(repo, tag) / "current" / "link"
+
+    # -- enumeration (read-only walks, e.g. ``regpatch contents``) -----------
+    def blobs_root(self, algorithm: str = "sha256") -> Path:
+        """Parent of every ``<hex[0:2]>/<hex>/data`` of one algorithm."""
+        return self.v2 / "blobs" / algorithm
+
+    @property
+    def repositories_root(self) -> Path:
+        return self.v2 / "repositories"
+
+    def revisions_dir(self, repo: Repository, algorithm: str = "sha256") -> Path:
+        """Parent of every ``<hex>/link`` revision link of a repository."""
+        return self.repository(repo) / "_manifests" / "revisions" / algorithm
 
     def relative(self, path: Path) -> str:
         """A path as the operator reads it in logs: relative to v2/ when inside."""

@@ -203,6 +203,8 @@ def _blob_step(bundle: PatchBundle, store: RegistryStore, desc: Descriptor, refe
         return BlobStep(desc.digest, desc.size, desc.media_type, REPAIR, src, referenced_by)
     if src is not None:
         return BlobStep(desc.digest, desc.size, desc.media_type, COPY, src, referenced_by)
+    if store.staged_path(desc.digest) is not None:  # verified by an earlier run (e.g. taken with --consume)
+        return BlobStep(desc.digest, desc.size, desc.media_type, COPY, None, referenced_by)
     if desc.is_foreign:
         msg = (f"foreign layer {desc.digest} ({desc.size:,} B) is in neither the bundle nor the "
                f"registry; clients will fetch it from {desc.urls[0] if desc.urls else 'its urls'}")

@@ -852,6 +852,77 @@ class RegistryClient:
         return report
 
 
+    def fetch_blob(self, repository: RepoLike, descriptor: Descriptor, dst, *, offset: int = 0,
+                   hasher=None, progress: Optional[Callable[[int], None]] = None) -> Digest:
+        """Stream one blob into the writable ``dst``, hashing while writing; memory flat.
+
+        ``offset``/``hasher``: resume after ``offset`` bytes already written to
+        ``dst`` and fed to ``hasher`` (a partial file of an earlier run). A
+        transient fault mid-body is retried from the bytes received so far
+        (``Range``); a registry that ignores ``Range`` answers 200 and the
+        bytes already held are skipped. Raises ``SizeMismatch`` /
+        ``DigestMismatch`` naming the blob and registry, ``VerificationError``
+        when the registry does not have it (404).
+        """
+        from .digest import new_hasher
+
+        repo = _repo(repository)
+        url = self._api(f"{repo}/blobs/{descriptor.digest}")
+        scope = f"repository:{repo}:pull"
+        what = f"blob {descriptor.digest} of {repo} from registry {self.url}"
+        size = descriptor.size
+        h = hasher or new_hasher()
+        pos = [offset]
+        if offset > size:
+            raise SizeMismatch(what, size, offset)
+
+        def attempt() -> None:
+            if pos[0] == size and size > 0:
+                return
+            headers = {"Range": f"bytes={pos[0]}-"} if pos[0] else {}
+            resp = self._send_authorized("GET", url, scope=scope, headers=headers, follow_redirects=True)
+            try:
+                if resp.status_code == 404:
+                    raise VerificationError(f"{what}: not found (BLOB_UNKNOWN)")
+                skip = 0
+                if resp.status_code == 200:
+                    skip = pos[0]  # the whole blob again: drop what is already held
+                elif resp.status_code != 206 or not pos[0]:
+                    codes = _error_codes(resp)
+                    raise RegistryError(f"registry at {self.url} answered HTTP {resp.status_code} for "
+                                        f"{what}" + (f" ({codes})" if codes else ""))
+                else:
+                    first = resp.headers.get("content-range", "").removeprefix("bytes ").split("-")[0]
+                    if first != str(pos[0]):
+                        raise RegistryError(f"registry at {self.url} answered a range request for "
+                                            f"{what} with Content-Range {first!r}")
+                for chunk in resp.iter_bytes():
+                    if skip:
+                        cut = min(skip, len(chunk))
+                        chunk, skip = chunk[cut:], skip - cut
+                        if not chunk:
+                            continue
+                    if pos[0] + len(chunk) > size:
+                        raise SizeMismatch(what, size, pos[0] + len(chunk))
+                    h.update(chunk)
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[dst.write(view):]
+                    pos[0] += len(chunk)
+                    if progress:
+                        progress(len(chunk))
+            finally:
+                resp.close()
+
+        self._with_retries(f"GET {what}", attempt)
+        if pos[0] != size:
+            raise SizeMismatch(what, size, pos[0])
+        actual = Digest("sha256", h.hexdigest())
+        if actual != descriptor.digest:
+            raise DigestMismatch(what, descriptor.digest, actual, pos[0])
+        return actual
+
+
 # --------------------------------------------------------------------------- operator command
 
 def run_verify_command(template: str, ref: str, *, timeout: float = 1800) -> None:

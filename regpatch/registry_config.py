@@ -131,3 +131,11 @@ def registry_url_from_config(config_path: PathLike) -> str:
         raise ConfigError(f"registry config {config_path}: key http.prefix must be a string")
     prefix = "/" + prefix.strip("/") if prefix.strip("/") else ""
     return f"{'https' if https else 'http'}://{host}:{port}{prefix}"
+
+
+def blob_descriptor_cache(config_path: PathLike) -> str:
+    """``storage.cache.blobdescriptor`` ('' when absent): with ``inmemory`` (or
+    ``redis``) a running registry remembers a blob's size until it restarts."""
+    doc = _load(config_path)
+    value = _get(doc, "storage.cache.blobdescriptor", config_path, required=False)
+    return value.strip().lower() if isinstance(value, str) else ""

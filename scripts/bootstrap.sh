@@ -3,7 +3,7 @@
 # a second run installs nothing and takes a second or two.
 #
 #   1. apt-get install what is missing of: docker-registry skopeo podman
-#      apache2-utils python3-venv (and python3 itself if absent);
+#      apache2-utils python3-venv xfsprogs (and python3 itself if absent);
 #   2. make sure the Debian docker-registry *service* is not running: it would
 #      listen on :5000 on all interfaces. The tests and the demo start their own
 #      registries on 127.0.0.1 with generated configs;
@@ -17,7 +17,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 STAMP="$VENV/.regpatch-bootstrap-stamp"
-APT_PACKAGES=(docker-registry skopeo podman apache2-utils python3-venv)
+APT_PACKAGES=(docker-registry skopeo podman apache2-utils python3-venv xfsprogs)
 
 log() { printf 'bootstrap: %s\n' "$*"; }
 die() { printf 'bootstrap: error: %s\n' "$*" >&2; exit 1; }

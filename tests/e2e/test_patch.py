@@ -304,7 +304,7 @@ def test_docker_save_archive_is_refused_with_the_accepted_formats(capsys, regist
         t.add(folder / "manifest.json", "manifest.json")
         t.add(folder / "repositories", "repositories")
     for bundle in (archive, folder):
-        code, out, err = patch(capsys, registry, bundle)
+        code, out, err = patch(capsys, registry, bundle, "--init")  # a new registry: nothing pushed yet
         assert code == 3
         line = error_line(err)
         assert "docker save" in line and "OCI image layout" in line
