@@ -388,3 +388,25 @@ def test_a_staged_blob_another_run_installed_at_once_does_not_fail_this_run(site
     first._remember_verified(blob.digest, staged)  # what stage_blob does right after its rename
     assert first.install_staged(blob.digest, staged, size=blob.size) is False
     assert site.layout.blob_data(blob.digest).read_bytes() == blob.path.read_bytes()
+
+
+def test_the_tag_compared_with_the_registry_is_found_in_the_storage(site):
+    """Before the first write a patch compares one tag the storage holds with what the
+    registry serves for it: the patched tag, else another tag of the repository, else
+    the first tagged repository (names that fail the grammar are passed over)."""
+    store = RegistryStore(site.root)
+    assert store.any_tag(prefer=(R, T)) == (R, T, site.old)
+    assert store.tags(R) == [T] and store.tags(Repository("absent")) == []
+    assert store.any_tag(prefer=(R, Tag("new-tag"))) == (R, T, site.old)
+    assert store.any_tag(prefer=(Repository("other"), Tag("x"))) == (R, T, site.old)
+    assert store.any_tag() == (R, T, site.old)
+    (site.layout.tags_dir(R) / "Not a tag!").mkdir()
+    (site.layout.tags_dir(R) / "no-current-link").mkdir()
+    assert store.tags(R) == [T]
+    (site.v2 / "repositories" / "Bad_Name" / "_manifests").mkdir(parents=True)
+    shutil.move(str(site.layout.repository(R)), str(site.v2 / "repositories" / "windows" / REPO))
+    assert store.any_tag() == (Repository(f"windows/{REPO}"), T, site.old)
+    assert store.any_tag(max_dirs=1) is None  # the walk is bounded
+    empty = site.root.parent / "empty"
+    (empty / "docker/registry/v2").mkdir(parents=True)
+    assert RegistryStore(empty).any_tag(prefer=(R, T)) is None
