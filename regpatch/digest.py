@@ -124,6 +124,8 @@ def _pipelined_copy(src, dst, h, account: Callable[[int], None]) -> None:
     to_write: queue.Queue = queue.Queue()
     errors: list[BaseException] = []
     stop = threading.Event()
+    write_failed = threading.Event()  # only a failed write stops the writes: bytes read before
+    # a source error are still written (a resumable download keeps all that arrived)
 
     def reader() -> None:
         try:
@@ -146,11 +148,12 @@ def _pipelined_copy(src, dst, h, account: Callable[[int], None]) -> None:
                 if item is _DONE:
                     return
                 buf, n = item
-                if not errors:
+                if not write_failed.is_set():
                     _write_all(dst, memoryview(buf)[:n])
                 free.put(buf)
         except BaseException as e:
             errors.append(e)
+            write_failed.set()
             stop.set()
             free.put(_DONE)
 

@@ -298,7 +298,8 @@ class RegistryStore:
             st = os.stat(path)
             mark = {"size": st.st_size, "ino": st.st_ino, "mtime_ns": st.st_mtime_ns}
             self.write_file(self._verified_marker(digest), json.dumps(mark).encode(), durable=False)
-        except RegpatchError as e:  # only an optimisation: never fail a patch for it
+        except (RegpatchError, OSError) as e:  # only an optimisation: never fail a patch for it
+            # (OSError: e.g. another run installed the staged file meanwhile)
             log.debug("could not record verified blob %s: %s", digest, e)
 
     # -- writing ------------------------------------------------------------

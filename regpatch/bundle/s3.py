@@ -563,7 +563,7 @@ class S3Source(BundleSource):
 def _unlink(path: Path) -> None:
     try:
         os.unlink(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # absent: its folder is missing or is a file
         pass
 
 
