@@ -110,16 +110,16 @@ def test_a_staged_bundle_cannot_pick_an_image(tmp_path):
         load(staged(tmp_path / "b"), image="ltsc2019")
 
 
-@pytest.mark.parametrize("files, message", [
-    ({"manifest.json": b"[]", "repositories": b"{}"}, "is an unpacked 'docker save' archive"),
-    ({"manifest.json": b"[]", "abc/layer.tar": b""}, "is an unpacked 'docker save' archive"),
-    ({"readme.txt": b"hello"}, "is not a patch bundle; accepted bundle formats: a staged folder"),
+@pytest.mark.parametrize("files, error, message", [
+    ({"manifest.json": b"[]", "repositories": b"{}"}, BundleError, "a docker save manifest.json is a non-empty JSON list"),
+    ({"manifest.json": b"[]", "abc/layer.tar": b""}, BundleError, "a docker save manifest.json is a non-empty JSON list"),
+    ({"readme.txt": b"hello"}, UnknownBundleFormat, r"is not a patch bundle \(folder with 1 files: readme.txt\); accepted bundles"),
 ])
-def test_folders_that_are_no_bundle_say_what_they_are(tmp_path, files, message):
+def test_folders_that_are_no_bundle_say_what_they_are(tmp_path, files, error, message):
     for name, data in files.items():
         (tmp_path / "b" / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "b" / name).write_bytes(data)
-    with pytest.raises(UnknownBundleFormat, match=message):
+    with pytest.raises(error, match=message):
         load(tmp_path / "b")
 
 
@@ -257,15 +257,16 @@ def test_bundle_arguments_that_are_files_say_what_to_do_instead(tmp_path):
                 t.add(src / m, arcname=m)
         return path
 
-    cases = {tar("saved.tar", ["manifest.json", "repositories", "abc/layer.tar"]): "is a 'docker save' archive",
-             tar("oci.tar", ["oci-layout", "index.json"]): "is an OCI layout packed in a tar; unpack it",
-             tar("other.tar", ["readme"]): "is a tar archive, not a bundle folder; unpack it first"}
+    # archives are read in place now (issue 11): what is wrong inside them is named
+    cases = {tar("saved.tar", ["manifest.json", "repositories", "abc/layer.tar"]): "'docker save' archive",
+             tar("oci.tar", ["oci-layout", "index.json"]): "oci-layout is not valid JSON",
+             tar("other.tar", ["readme"]): r"is not a patch bundle \(archive with 1 files: readme\)"}
     plain = tmp_path / "notes.txt"
     plain.write_text("just a file")
-    cases[plain] = "is a file, not a bundle folder"
+    cases[plain] = "too short for a tar archive; accepted bundles"
     for path, message in cases.items():
-        with pytest.raises(UnknownBundleFormat, match=message):
-            open_source(str(path))
+        with pytest.raises(BundleError, match=message):
+            load_bundle(open_source(str(path)))
     with pytest.raises(UsageError, match="bundle .*absent does not exist"):
         open_source(str(tmp_path / "absent"))
     with pytest.raises(UsageError, match="does not exist or is not a folder"):
