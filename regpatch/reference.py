@@ -4,6 +4,9 @@ Grammar from distribution's ``reference`` package:
   repository: path components separated by '/', each
               ``[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*``, total length <= 255
   tag:        ``[A-Za-z0-9_][A-Za-z0-9._-]{0,127}``
+
+Every check matches the WHOLE string (``re.fullmatch``): a valid name followed
+by a newline, a NUL or a look-alike letter is refused, never trimmed.
 """
 
 from __future__ import annotations
@@ -13,8 +16,8 @@ from dataclasses import dataclass
 
 from .errors import InvalidReference
 
-_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*$")
-_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*", re.ASCII)
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}", re.ASCII)
 
 # Path components the registry itself reserves inside a repository folder.
 _RESERVED = {"_layers", "_manifests", "_uploads"}
@@ -31,7 +34,7 @@ class Repository:
         if not isinstance(value, str) or not value or len(value) > 255:
             raise InvalidReference("repository", str(value), rule)
         for part in value.split("/"):
-            if not _COMPONENT.match(part) or part in _RESERVED:
+            if not _COMPONENT.fullmatch(part) or part in _RESERVED:
                 raise InvalidReference("repository", value, rule)
         return cls(value)
 
@@ -49,7 +52,7 @@ class Tag:
 
     @classmethod
     def parse(cls, value: str) -> "Tag":
-        if not isinstance(value, str) or not _TAG.match(value):
+        if not isinstance(value, str) or not _TAG.fullmatch(value):
             raise InvalidReference(
                 "tag", str(value), "[A-Za-z0-9_] then up to 127 of [A-Za-z0-9._-]")
         return cls(value)
