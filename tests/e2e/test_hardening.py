@@ -28,8 +28,8 @@ from regpatch.cli import main as regpatch_main
 from regpatch.digest import Digest
 from regpatch.errors import AuthError, ManifestError, VerificationError
 from regpatch.localregistry import LocalRegistry
-from regpatch.manifest import DOCKER_FOREIGN_LAYER, DOCKER_LAYER, OCI_LAYER, OCI_MANIFEST
-from regpatch.plan import make_plan
+from regpatch.manifest import DOCKER_FOREIGN_LAYER, DOCKER_LAYER, OCI_LAYER, OCI_MANIFEST, parse_manifest
+from regpatch.plan import make_plan, url_refusals
 from regpatch.reference import Repository, Tag
 from regpatch.registry_api import RegistryClient, credentials_from_helper, load_credentials, run_verify_command
 from regpatch.registry_config import url_policy_from_config
@@ -303,26 +303,31 @@ def test_immutable_folder_is_eperm(capsys, registry, scenario, tmp_path):
 
 def test_permission_denied_as_another_user(registry, scenario, tmp_path, prefect_server):
     """Run as 'nobody' on a storage owned by root: EACCES on the first write, exit 4."""
-    state = tmp_path / "nobody-state"
-    home = tmp_path / "nobody-home"
+    state, home = tmp_path / "nobody-state", tmp_path / "nobody-home"
     for d in (state, home):
         d.mkdir()
         os.chmod(d, 0o777)
-    os.chmod(tmp_path, 0o755)
-    for parent in tmp_path.parents:
-        if os.stat(parent).st_mode & 0o001 == 0:
-            pytest.fail(f"{parent} is not searchable by other users: the test cannot run as nobody")
+    # pytest's temp folders are private (0700): let 'nobody' traverse them for this test
+    private = [p for p in [tmp_path, *tmp_path.parents] if not os.stat(p).st_mode & 0o001]
+    modes = {p: os.stat(p).st_mode & 0o7777 for p in private}
     before = tree_hash(registry.root / "docker")
     exe = Path(sys.executable).with_name("regpatch")
-    proc = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(exe), "patch",
-         str(scenario["staged"]), "--storage", str(registry.root), "--state-dir", str(state),
-         "--registry-url", registry.url, "--repository", REPO, "--tag", TAG],
-        capture_output=True, text=True, timeout=300,
-        env=prefect_server.env(HOME=str(home), PREFECT_HOME=str(home / ".prefect")))
+    try:
+        for p in private:
+            os.chmod(p, modes[p] | 0o001)
+        proc = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(exe), "patch",
+             str(scenario["staged"]), "--storage", str(registry.root), "--state-dir", str(state),
+             "--registry-url", registry.url, "--repository", REPO, "--tag", TAG],
+            capture_output=True, text=True, timeout=300,
+            env=prefect_server.env(HOME=str(home), PREFECT_HOME=str(home / ".prefect")))
+    finally:
+        for p, mode in modes.items():
+            os.chmod(p, mode)
     assert proc.returncode == 4, proc.stderr
     line = error_line(proc.stderr)
     assert "[EACCES]" in line and "run regpatch as the user that owns the registry storage" in line
+    assert "Traceback" not in proc.stderr
     assert tree_hash(registry.root / "docker") == before
     skopeo_pull(registry.host, REPO, TAG, tmp_path / "pulled")
 
@@ -390,7 +395,7 @@ def test_url_policy_agrees_with_the_registrys_own_push_validation(tmp_path, poli
         config_policy = url_policy_from_config(reg.config_path)
         config = b'{"architecture":"amd64","os":"windows","rootfs":{"type":"layers","diff_ids":[]}}'
         layer = b"an ordinary layer the registry holds"
-        disagreements = []
+        disagreements, accepted = [], 0
         with httpx.Client(timeout=30) as client:
             _push_blob(client, reg.url, "policy/test", config)
             _push_blob(client, reg.url, "policy/test", layer)
@@ -410,13 +415,13 @@ def test_url_policy_agrees_with_the_registrys_own_push_validation(tmp_path, poli
                     r = client.put(f"{reg.url}/v2/policy/test/manifests/t", content=raw,
                                    headers={"Content-Type": doc["mediaType"]})
                     registry_accepts = r.status_code == 201
-                    from regpatch.manifest import parse_manifest
-                    from regpatch.plan import url_refusals
-
+                    accepted += registry_accepts
                     ours = url_refusals([parse_manifest(raw, what="m")], config_policy)
                     if registry_accepts != (not ours):
                         disagreements.append((oci, url, r.status_code, r.text[:200], ours))
         assert not disagreements
+        # the cases do discriminate: the default config refuses every URL, the others some
+        assert (accepted == 0) if policy == "default" else (0 < accepted < 2 * len(URLS))
     finally:
         reg.stop()
 
