@@ -8,7 +8,8 @@ characters (a newline shows as ``\\n``), so a message is always one line and
 can never forge another.
 
 Operating-system errors of the registry storage and of regpatch's state files
-become errors of this hierarchy in one place, ``os_error`` (see there).
+become errors of this hierarchy in one place, ``os_error`` (see there), used
+through the ``os_errors`` context manager by every reader and writer.
 
     RegpatchError                    base class; exit code 1
     ├── UsageError                   bad arguments or options (exit 2)
@@ -38,7 +39,8 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 from .sanitize import escape_controls
 
@@ -162,8 +164,8 @@ class RestartError(RegpatchError):
 # errno -> (error class, what to do). Every read and write of the registry storage
 # and of the state folder maps its OSError through ``os_error``.
 _OS_ADVICE = {
-    errno.ENOSPC: (NoSpace, "free space on that filesystem and run the same command again "
-                            "(blobs already verified are kept)"),
+    errno.ENOSPC: (NoSpace, "no space left on the device: free space on that filesystem and run "
+                            "the same command again (blobs already verified are kept)"),
     errno.EDQUOT: (NoSpace, "raise the disk quota of this user or free space, and run the same "
                             "command again (blobs already verified are kept)"),
     errno.EROFS: (StorageError, "the filesystem is mounted read-only: remount it read-write, or run "
@@ -218,3 +220,18 @@ def os_error(e: OSError, *, doing: str, path: Optional[object] = None) -> Regpat
     reason = e.strerror or str(e) or type(e).__name__
     at = f" (at {', '.join(also)})" if also else ""
     return cls(f"{doing} {target} failed{at}: [{name}] {reason}; {advice}")
+
+
+@contextmanager
+def os_errors(doing: str, path: Optional[object] = None) -> Iterator[None]:
+    """Map an ``OSError`` raised in the block with ``os_error``; other errors pass.
+
+        with os_errors("writing", path):
+            os.write(fd, data)
+    """
+    try:
+        yield
+    except RegpatchError:
+        raise
+    except OSError as e:
+        raise os_error(e, doing=doing, path=path) from e

@@ -28,8 +28,8 @@ planted at ``repositories/<name>/_layers`` or ``.../_layers/sha256/<hex>``
 regpatch creates is ever a symlink (``os.mkdir``, ``O_EXCL`` files, renames).
 
 Operating-system errors of every read and write here go through
-``errors.os_error`` (``_io``): ``StorageError``/``NoSpace``, exit 4, with the
-errno, the path and what to do.
+``errors.os_errors`` / ``os_error``: ``StorageError``/``NoSpace``, exit 4, with
+the errno, the path and what to do.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from typing import BinaryIO, Callable, Iterator, Optional
 from .digest import Digest, copy_and_hash, hash_file, kernel_copy_and_hash
 from .faults import checkpoint
 from .errors import (MalformedLink, RegpatchError, StorageError, StorageNotFound, UnsafePath,
-                     UsageError, os_error)
+                     UsageError, os_error, os_errors)
 from .layout import Layout
 from .reference import Repository, Tag
 
@@ -67,15 +67,7 @@ def _is_plain_file(f) -> bool:
         return False
 
 
-@contextmanager
-def _io(doing: str, path) -> Iterator[None]:
-    """Map an OSError of the block to the error hierarchy (``errors.os_error``)."""
-    try:
-        yield
-    except RegpatchError:
-        raise
-    except OSError as e:
-        raise os_error(e, doing=doing, path=path) from e
+_io = os_errors  # every OSError of a read or write here goes through errors.os_error
 
 
 def _raise_write_error(e: OSError, path: Path):
