@@ -183,3 +183,14 @@ def test_state_names_are_unique_and_readable():
     assert state_name(Repository.parse("team/app"), Tag.parse("v1")).startswith("team+app@v1~")
     layout = Layout(Path("/r"))
     assert layout.lock(Repository.parse("team/app")).parent.name == "locks"
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:5000\n", "http://127.0.0.1:5000\r\n", "http://127.0.0.1:5000\x00"],
+                         ids=repr)
+def test_registry_url_with_a_control_character_is_refused_before_any_io(url):
+    from regpatch.errors import UsageError
+    from regpatch.target import RegistryTarget
+
+    with pytest.raises(UsageError, match="control character"):
+        RegistryTarget.for_run("app", "v1", "none", storage="/nonexistent", url=url)
+    assert RegistryTarget.resolve(storage="/x", url="http://127.0.0.1:5000").url == "http://127.0.0.1:5000"
