@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import uuid
@@ -105,6 +106,15 @@ def test_names_followed_by_anything_are_refused(capsys, registry, scenario, tmp_
     line = assert_refused(capsys, registry, scenario, tmp_path, scenario["staged"], code=2,
                           needle="invalid", repository=repository, tag=tag)
     assert "forged" not in line or "\\nregpatch: error: forged" in line
+
+
+def test_registry_url_followed_by_a_newline_is_refused(capsys, registry, scenario, tmp_path):
+    before = tree_hash(registry.root / "docker")
+    code, out, err = run(capsys, scenario["staged"], "--storage", registry.root, "--registry-url",
+                         registry.url + "\n", "--repository", REPO, "--tag", TAG)
+    assert code == 2 and "control character" in error_line(err)
+    assert tree_hash(registry.root / "docker") == before
+    skopeo_pull(registry.host, REPO, TAG, tmp_path / "pulled")
 
 
 def test_longest_valid_names_patch_and_pull(capsys, registry, scenario, tmp_path):
@@ -301,35 +311,38 @@ def test_immutable_folder_is_eperm(capsys, registry, scenario, tmp_path):
     skopeo_pull(registry.host, REPO, TAG, tmp_path / "pulled")
 
 
-def test_permission_denied_as_another_user(registry, scenario, tmp_path, prefect_server):
-    """Run as 'nobody' on a storage owned by root: EACCES on the first write, exit 4."""
-    state, home = tmp_path / "nobody-state", tmp_path / "nobody-home"
-    for d in (state, home):
-        d.mkdir()
-        os.chmod(d, 0o777)
-    # pytest's temp folders are private (0700): let 'nobody' traverse them for this test
-    private = [p for p in [tmp_path, *tmp_path.parents] if not os.stat(p).st_mode & 0o001]
-    modes = {p: os.stat(p).st_mode & 0o7777 for p in private}
-    before = tree_hash(registry.root / "docker")
-    exe = Path(sys.executable).with_name("regpatch")
+def test_permission_denied_as_another_user(scenario, tmp_path, prefect_server):
+    """Run as 'nobody' on a storage owned by root: EACCES on the first write, exit 4.
+
+    Everything 'nobody' must reach lives in a folder of its own under /var/tmp: pytest's
+    temp folders are private, and other pytest sessions reset their modes at any time."""
+    work = Path(tempfile.mkdtemp(prefix="regpatch-nobody-", dir="/var/tmp"))
+    os.chmod(work, 0o755)
+    reg = LocalRegistry(work / "registry").start()
     try:
-        for p in private:
-            os.chmod(p, modes[p] | 0o001)
+        push_with_skopeo(scenario["old_layout"], scenario["ref"], reg.host, REPO, TAG)
+        bundle = shutil.copytree(scenario["staged"], work / "bundle")
+        state, home = work / "nobody-state", work / "nobody-home"
+        for d in (state, home):
+            d.mkdir()
+            os.chmod(d, 0o777)
+        before = tree_hash(reg.root / "docker")
+        exe = Path(sys.executable).with_name("regpatch")
         proc = subprocess.run(
             ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(exe), "patch",
-             str(scenario["staged"]), "--storage", str(registry.root), "--state-dir", str(state),
-             "--registry-url", registry.url, "--repository", REPO, "--tag", TAG],
+             str(bundle), "--storage", str(reg.root), "--state-dir", str(state),
+             "--registry-url", reg.url, "--repository", REPO, "--tag", TAG],
             capture_output=True, text=True, timeout=300,
             env=prefect_server.env(HOME=str(home), PREFECT_HOME=str(home / ".prefect")))
+        assert proc.returncode == 4, proc.stderr
+        line = error_line(proc.stderr)
+        assert "[EACCES]" in line and "run regpatch as the user that owns the registry storage" in line
+        assert "Traceback" not in proc.stderr
+        assert tree_hash(reg.root / "docker") == before
+        skopeo_pull(reg.host, REPO, TAG, tmp_path / "pulled")
     finally:
-        for p, mode in modes.items():
-            os.chmod(p, mode)
-    assert proc.returncode == 4, proc.stderr
-    line = error_line(proc.stderr)
-    assert "[EACCES]" in line and "run regpatch as the user that owns the registry storage" in line
-    assert "Traceback" not in proc.stderr
-    assert tree_hash(registry.root / "docker") == before
-    skopeo_pull(registry.host, REPO, TAG, tmp_path / "pulled")
+        reg.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 # -- control characters ------------------------------------------------------------------
