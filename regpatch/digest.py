@@ -19,6 +19,7 @@ from typing import BinaryIO, Callable, Optional
 
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
+from . import interrupt
 from .errors import DigestMismatch, InvalidReference, SizeMismatch
 
 CHUNK = 4 << 20  # 4 MiB: large enough for throughput, small enough to stay flat
@@ -90,6 +91,7 @@ def copy_and_hash(
 
     def account(n: int) -> None:
         nonlocal total
+        interrupt.check()  # a stop request ends the copy at this chunk boundary
         total += n
         if expected_size is not None and total > expected_size:
             raise SizeMismatch(what, expected_size, total)
@@ -200,14 +202,16 @@ def kernel_copy_and_hash(src_fd: int, dst_fd: int, *, what: str, expected: Optio
     cond = threading.Condition()
     errors: list[BaseException] = []
     finished = False
+    abandon = threading.Event()  # the hashing side failed or was interrupted: stop copying
 
     def copier() -> None:
         nonlocal copied, finished, eof_extra
         try:
-            while copied < expected_size:
+            while copied < expected_size and not abandon.is_set():
                 n = os.copy_file_range(src_fd, dst_fd, min(KERNEL_COPY_CHUNK, expected_size - copied))
                 if n == 0:
                     break
+                start_writeback(dst_fd, copied, n)
                 with cond:
                     copied += n
                     cond.notify()
@@ -237,16 +241,12 @@ def kernel_copy_and_hash(src_fd: int, dst_fd: int, *, what: str, expected: Optio
                 while hashed >= copied and not finished:
                     cond.wait()
                 upto, done = copied, finished
-            while hashed < upto:
-                chunk = os.pread(dst_fd, min(CHUNK, upto - hashed), hashed)
-                if not chunk:
-                    raise OSError(errno.EIO, f"short read of the copy of {what}")
-                h.update(chunk)
-                hashed += len(chunk)
-                if progress:
-                    progress(len(chunk))
+            hashed = _hash_range(dst_fd, h, hashed, upto, f"the copy of {what}", progress)
             if done and hashed >= copied:
                 break
+    except BaseException:
+        abandon.set()
+        raise
     finally:
         t.join()
     if errors:
@@ -258,6 +258,22 @@ def kernel_copy_and_hash(src_fd: int, dst_fd: int, *, what: str, expected: Optio
     if expected is not None and actual != expected:
         raise DigestMismatch(what, expected, actual, copied)
     return actual, copied
+
+
+def _hash_range(fd: int, h, start: int, end: int, what: str,
+                progress: Optional[Callable[[int], None]]) -> int:
+    """Hash bytes [start, end) of an open file by ``pread``; returns ``end``. A stop
+    request ends it at a chunk boundary."""
+    while start < end:
+        chunk = os.pread(fd, min(CHUNK, end - start), start)
+        if not chunk:
+            raise OSError(errno.EIO, f"short read of {what}")
+        h.update(chunk)
+        start += len(chunk)
+        interrupt.check()
+        if progress:
+            progress(len(chunk))
+    return start
 
 
 def _write_all(dst, view: memoryview) -> None:
@@ -290,6 +306,7 @@ io_retry = retry(
     retry=retry_if_exception(is_transient_io),
     stop=stop_after_attempt(5),
     wait=wait_exponential(multiplier=0.2, max=5),
+    sleep=interrupt.sleep,
     reraise=True,
 )
 
@@ -302,3 +319,79 @@ def hash_file(path, *, what: Optional[str] = None, expected: Optional[Digest] = 
     with open(path, "rb", buffering=0) as f:
         return copy_and_hash(f, None, what=what or str(path), expected=expected,
                              expected_size=expected_size, progress=progress)
+
+
+
+# --------------------------------------------------------------------------- kernel helpers
+# Linux-only speed-ups, each optional: when the call is missing or refused the copy
+# goes on the portable way, with the same result.
+
+_SYNC_FILE_RANGE_WRITE = 2
+_libc = None
+
+
+def _c():
+    global _libc
+    if _libc is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            fn = lib.sync_file_range
+            fn.argtypes = (ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)
+            fn.restype = ctypes.c_int
+            _libc = fn
+        except (OSError, AttributeError):
+            _libc = False
+    return _libc
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing ``[offset, offset+length)`` to disk now
+    (``sync_file_range(SYNC_FILE_RANGE_WRITE)``, which does not wait), so that the
+    fsync at the end of a large copy finds little left to do."""
+    fn = _c()
+    if fn:
+        fn(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+
+def advise_sequential(fd: int) -> None:
+    if hasattr(os, "posix_fadvise"):
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        except OSError:
+            pass
+
+
+FICLONE = 0x40049409  # _IOW(0x94, 9, int)
+
+
+def try_reflink(src_fd: int, dst_fd: int) -> bool:
+    """Share the source's blocks with the destination (XFS, btrfs, ...): an instant copy.
+    False when the filesystem cannot (ext4, another filesystem): nothing was written."""
+    import fcntl
+
+    try:
+        fcntl.ioctl(dst_fd, FICLONE, src_fd)
+        return True
+    except OSError as e:
+        if e.errno in (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY, errno.EBADF, errno.EPERM,
+                       errno.ENOSYS):
+            return False
+        raise
+
+
+def hash_fd(fd: int, *, what: str, expected: Optional[Digest], expected_size: int,
+            progress: Optional[Callable[[int], None]] = None) -> tuple[Digest, int]:
+    """Hash an open file by ``pread`` from offset 0 (what is verified is what is stored)."""
+    size = os.fstat(fd).st_size
+    if size != expected_size:
+        raise SizeMismatch(what, expected_size, size)
+    advise_sequential(fd)
+    h = new_hasher()
+    done = _hash_range(fd, h, 0, size, what, progress)
+    actual = Digest("sha256", h.hexdigest())
+    if expected is not None and actual != expected:
+        raise DigestMismatch(what, expected, actual, done)
+    return actual, done

@@ -22,17 +22,24 @@ through the ``os_errors`` context manager by every reader and writer.
     │   ├── DigestMismatch           bytes do not hash to the expected digest
     │   ├── SizeMismatch             bytes are not the expected length
     │   ├── UnsafePath               symlink or path leaving the bundle / storage
-    │   └── SourceError              the bundle source failed (I/O, S3)
+    │   ├── SourceError              the bundle source failed (I/O, S3)
+    │   ├── SignatureError           signature missing (UnsignedBundle) or not by a trust key
+    │   ├── BundleMismatch           regpatch-bundle.json does not describe the bundle
+    │   └── BaseBlobsMissing         blobs the bundle assumes present are not in the registry
     ├── StorageError                 the registry storage cannot be read/written (exit 4)
     │   ├── StorageNotFound          ROOT does not hold a registry storage
     │   ├── MalformedLink            a link file does not hold exactly 'sha256:<hex>'
     │   ├── NoSpace                  ENOSPC / EDQUOT while writing
-    │   └── LockTimeout              another patch holds the repository lock
+    │   ├── LockTimeout              another patch holds the repository lock
+    │   ├── StorageMismatch          the URL's registry does not serve this storage
+    │   └── TagMoved                 another writer moved the tag during the run
     ├── RegistryError                the registry HTTP API failed (exit 5)
     │   ├── RegistryUnavailable      /v2/ does not answer
     │   ├── AuthError                credentials missing or refused
     │   └── VerificationError        the pulled image is not the patched image
-    └── RestartError                 the restart strategy failed (exit 6)
+    ├── RestartError                 the restart strategy failed (exit 6)
+    └── Interrupted                  SIGINT / SIGTERM: stopped at a chunk boundary
+                                     (exit 130 / 143, as a shell reports a signal)
 """
 
 from __future__ import annotations
@@ -139,6 +146,22 @@ class LockTimeout(StorageError):
     pass
 
 
+class StorageMismatch(StorageError):
+    """The registry behind the URL does not serve what the storage holds."""
+
+
+class TagMoved(StorageError):
+    """The tag no longer holds the digest read when the run planned: someone pushed."""
+
+    def __init__(self, repository, tag, expected, found):
+        self.expected, self.found = expected, found
+        super().__init__(
+            f"tag {repository}:{tag} was moved by another writer during this run: it held "
+            f"{expected or '(nothing)'} when the patch was planned and holds {found or '(nothing)'} now; "
+            "the tag was left as the other writer set it (the new image is stored and verified); "
+            "check who pushed, then run the patch again to move the tag on purpose")
+
+
 class RegistryError(RegpatchError):
     exit_code = 5
 
@@ -157,6 +180,38 @@ class VerificationError(RegistryError):
 
 class RestartError(RegpatchError):
     exit_code = 6
+
+
+class Interrupted(RegpatchError):
+    """The run was asked to stop (SIGINT / SIGTERM) and stopped cleanly."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        self.signum = signum
+        self.exit_code = 128 + int(signum)
+        name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else str(signum)
+        super().__init__(f"interrupted by {name}; nothing is half-written: run the same command "
+                         "again to resume")
+
+
+# -- bundle trust (the shuttle side: regpatch-bundle.json and its signature) ------
+# All are BundleErrors (exit 3), raised before anything is staged.
+
+class SignatureError(BundleError):
+    """The bundle's signature does not verify with any trust key (or is malformed)."""
+
+
+class UnsignedBundle(SignatureError):
+    """Trust keys are configured and the bundle carries no signature."""
+
+
+class BundleMismatch(BundleError):
+    """regpatch-bundle.json does not describe the bundle (a file added, removed or altered)."""
+
+
+class BaseBlobsMissing(BundleError):
+    """Blobs the bundle assumes the site holds are not in the registry storage."""
 
 
 # -- operating-system errors --------------------------------------------------------

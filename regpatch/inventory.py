@@ -57,6 +57,10 @@ class RegistryEntry(BaseModel):
     registry_ca: Optional[str] = Field(None, description="CA bundle for the registry's TLS certificate")
     insecure: bool = Field(False, description="allow plain HTTP / skip TLS verification")
     verify_command: Optional[str] = Field(None, description="external puller, {ref} replaced")
+    trust_keys: list[str] = Field(default_factory=list,
+                                  description="PEM public keys on the registry's host; the bundle must be "
+                                              "signed by one of them (patch --trust-key)")
+    allow_unsigned: bool = Field(False, description="with trust_keys: accept an unsigned bundle")
 
     @field_validator("name")
     @classmethod
@@ -117,12 +121,39 @@ class RegistryEntry(BaseModel):
             raise ValueError(str(e)) from None
         return v
 
+    @field_validator("trust_keys")
+    @classmethod
+    def _trust_keys(cls, v: list[str]) -> list[str]:
+        if any(not k.strip() for k in v):
+            raise ValueError("a trust key path must not be empty")
+        return v
+
+    @model_validator(mode="after")
+    def _allow_unsigned_needs_keys(self) -> "RegistryEntry":
+        if self.allow_unsigned and not self.trust_keys:
+            raise ValueError("allow_unsigned only relaxes trust_keys: give trust_keys too, or leave both out")
+        return self
+
     @model_validator(mode="after")
     def _restart_needs_config(self) -> "RegistryEntry":
         if self.restart.strip().lower().startswith("process:") and "config=" not in self.restart \
                 and not self.registry_config:
             raise ValueError("restart 'process:' needs config=PATH or the entry's registry_config")
         return self
+
+    def registry_params(self):
+        """This registry as the engine's ``RegistryParams``."""
+        from .params import RegistryParams
+
+        return RegistryParams(storage=self.storage, registry_config=self.registry_config, registry_url=self.url,
+                              restart=self.restart, registry_auth_file=self.registry_auth_file,
+                              registry_ca=self.registry_ca, insecure=self.insecure)
+
+    def trust_params(self):
+        """This registry's bundle trust as the engine's ``TrustParams``."""
+        from .params import TrustParams
+
+        return TrustParams(trust_keys=list(self.trust_keys), allow_unsigned=self.allow_unsigned)
 
     @property
     def wave(self) -> str:

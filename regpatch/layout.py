@@ -10,6 +10,7 @@ Repository, Tag) in, a path out; no other module joins registry paths.
         repositories/<name>/_manifests/tags/<tag>/index/sha256/<hex>/link
         repositories/<name>/_manifests/tags/<tag>/current/link
     <root>/.regpatch/          regpatch's own state (the registry never reads it)
+    <root>/.regpatch/locks/    repository locks (always here, whatever --state-dir says)
 
 State file names are bounded whatever the names: a repository may have 255
 characters and a tag 128, and a file name only 255 bytes. ``state_name`` gives
@@ -51,8 +52,18 @@ class Layout:
         return self.state / "journal" / f"{state_name(repo, tag)}.json"
 
     def lock(self, repo: Repository) -> Path:
-        """The one place that names a repository's lock file."""
-        return self.state / "locks" / f"{state_name(repo)}.lock"
+        """The repository's lock lives with the storage it protects, whatever the state
+        folder: two runs naming different --state-dir folders still exclude each other.
+        The one place that names it; the name is bounded (``state_name``)."""
+        return self.root / STATE_DIR / "locks" / f"{state_name(repo)}.lock"
+
+    @property
+    def reports(self) -> Path:
+        """One markdown report per run (what the Prefect artifact shows, for runs without Prefect)."""
+        return self.state / "reports"
+
+    def report(self, repo: Repository, tag: Tag, stamp: str) -> Path:
+        return self.reports / f"{stamp}-{state_name(repo, tag)}.md"
 
     @property
     def staging(self) -> Path:
@@ -70,8 +81,12 @@ class Layout:
         return self.blob_dir(digest) / "data"
 
     # -- repositories -------------------------------------------------------
+    @property
+    def repositories(self) -> Path:
+        return self.v2 / "repositories"
+
     def repository(self, repo: Repository) -> Path:
-        return self.v2.joinpath("repositories", *repo.parts)
+        return self.repositories.joinpath(*repo.parts)
 
     def layer_link(self, repo: Repository, digest: Digest) -> Path:
         return self.repository(repo) / "_layers" / digest.algorithm / digest.hex / "link"
@@ -91,6 +106,19 @@ class Layout:
 
     def tag_current_link(self, repo: Repository, tag: Tag) -> Path:
         return self.tag_dir(repo, tag) / "current" / "link"
+
+    # -- enumeration (read-only walks, e.g. ``regpatch contents``) -----------
+    def blobs_root(self, algorithm: str = "sha256") -> Path:
+        """Parent of every ``<hex[0:2]>/<hex>/data`` of one algorithm."""
+        return self.v2 / "blobs" / algorithm
+
+    @property
+    def repositories_root(self) -> Path:
+        return self.v2 / "repositories"
+
+    def revisions_dir(self, repo: Repository, algorithm: str = "sha256") -> Path:
+        """Parent of every ``<hex>/link`` revision link of a repository."""
+        return self.repository(repo) / "_manifests" / "revisions" / algorithm
 
     def relative(self, path: Path) -> str:
         """A path as the operator reads it in logs: relative to v2/ when inside."""

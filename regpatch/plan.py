@@ -60,9 +60,12 @@ class ManifestStep:
     in_registry: bool  # manifest blob already stored
 
 
+TAG_CURRENT = "tag-current"  # the commit point: written last, by rollback.flip_tag
+
+
 @dataclass(frozen=True)
 class LinkStep:
-    kind: str        # "layer", "revision", "tag-index", "tag-current"
+    kind: str        # "layer", "revision", "tag-index", TAG_CURRENT
     path: Path
     digest: Digest
     exists: bool     # already holds exactly this digest
@@ -193,7 +196,7 @@ def make_plan(bundle: PatchBundle, store: RegistryStore, repository: Repository,
     for m in manifests:  # children first, top last
         link("revision", layout.revision_link(repository, m.manifest.digest), m.manifest.digest)
     link("tag-index", layout.tag_index_link(repository, tag, top.digest), top.digest)
-    link("tag-current", layout.tag_current_link(repository, tag), top.digest)
+    link(TAG_CURRENT, layout.tag_current_link(repository, tag), top.digest)
 
     store.check_paths([l.path for l in links] + [layout.blob_data(b.digest) for b in blobs.values()]
                       + [layout.blob_data(m.manifest.digest) for m in manifests])
@@ -235,6 +238,8 @@ def _blob_step(bundle: PatchBundle, store: RegistryStore, desc: Descriptor, refe
         return BlobStep(desc.digest, desc.size, desc.media_type, REPAIR, src, referenced_by)
     if src is not None:
         return BlobStep(desc.digest, desc.size, desc.media_type, COPY, src, referenced_by)
+    if store.staged_path(desc.digest) is not None:  # verified by an earlier run (e.g. taken with --consume)
+        return BlobStep(desc.digest, desc.size, desc.media_type, COPY, None, referenced_by)
     if desc.is_foreign:
         msg = (f"foreign layer {desc.digest} ({desc.size:,} B) is in neither the bundle nor the "
                f"registry; clients will fetch it from {desc.urls[0] if desc.urls else 'its urls'}")

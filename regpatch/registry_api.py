@@ -47,6 +47,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
+from . import interrupt
 from .digest import Digest, copy_and_hash
 from .errors import (AuthError, DigestMismatch, InvalidReference, ManifestError, RegistryError,
                      RegistryUnavailable, SizeMismatch, UsageError, VerificationError)
@@ -302,7 +303,7 @@ class FetchedManifest:
 @dataclass(frozen=True)
 class VerifyReport:
     repository: str
-    tag: str
+    reference: str  # the tag, or the digest itself when pulled by digest
     digest: Digest
     manifests: tuple[Digest, ...]
     blobs_verified: int
@@ -311,7 +312,9 @@ class VerifyReport:
     seconds: float
 
     def summary(self) -> str:
-        s = (f"{self.repository}:{self.tag} @ {self.digest}: {len(self.manifests)} manifest(s), "
+        name = (f"{self.repository}@{self.digest}" if self.reference == str(self.digest)
+                else f"{self.repository}:{self.reference} @ {self.digest}")
+        s = (f"{name}: {len(self.manifests)} manifest(s), "
              f"{self.blobs_verified} blob(s), {self.bytes_verified} bytes verified in "
              f"{self.seconds:.1f}s")
         if self.foreign_skipped:
@@ -553,7 +556,7 @@ class RegistryClient:
 
         retrying = Retrying(retry=retry_if_exception(_is_transient),
                             stop=stop_after_attempt(self.retries + 1), wait=self._wait,
-                            before_sleep=before_sleep, reraise=True)
+                            before_sleep=before_sleep, sleep=interrupt.sleep, reraise=True)
         attempts = self.retries + 1
         try:
             return retrying(fn)
@@ -869,26 +872,34 @@ class RegistryClient:
                                     f"{self.url} (BLOB_UNKNOWN); its _layers link or data is missing")
         return n
 
-    def verify_image(self, repository: RepoLike, tag: Union[str, Tag], expected: Digest, *,
-                     progress: Optional[Callable[[int], None]] = None) -> VerifyReport:
-        """Pull ``repository:tag`` completely and prove it is the image ``expected``.
+    def tag_digest(self, repository: RepoLike, tag: Union[str, Tag]) -> Digest:
+        """The digest of the manifest the registry serves for ``repository:tag``."""
+        return self.get_manifest(_repo(repository), _ref(tag)).digest
 
-        ``progress`` (if given) is called with byte counts from up to two
-        worker threads.
+    def verify_image(self, repository: RepoLike, reference: RefLike, expected: Digest, *,
+                     progress: Optional[Callable[[int], None]] = None) -> VerifyReport:
+        """Pull the image completely and prove it is the image ``expected``.
+
+        ``reference`` is a tag (its manifest must be ``expected``) or the digest
+        ``expected`` itself: a patch proves the new image by digest before the
+        tag points at it. ``progress`` (if given) is called with byte counts from
+        up to two worker threads.
         """
         start = time.monotonic()
-        repo, tg = _repo(repository), _ref(tag)
-        if not isinstance(tg, Tag):
-            raise UsageError(f"verify_image needs a tag, got the digest {tg}")
+        repo, tg = _repo(repository), _ref(reference)
         expected = expected if isinstance(expected, Digest) else Digest.parse(expected)
-
-        by_tag = self.get_manifest(repo, tg)
-        if by_tag.digest != expected:
-            raise VerificationError(f"tag {repo}:{tg} points at {by_tag.digest}, expected {expected}")
-        top = self.get_manifest(repo, expected)
-        if top.raw != by_tag.raw:
-            raise VerificationError(f"manifest {repo}@{expected} by digest differs from the one "
-                                    f"tag {tg} serves")
+        if isinstance(tg, Digest):
+            if tg != expected:
+                raise UsageError(f"verify_image: reference {tg} is not the expected digest {expected}")
+            top = self.get_manifest(repo, expected)
+        else:
+            by_tag = self.get_manifest(repo, tg)
+            if by_tag.digest != expected:
+                raise VerificationError(f"tag {repo}:{tg} points at {by_tag.digest}, expected {expected}")
+            top = self.get_manifest(repo, expected)
+            if top.raw != by_tag.raw:
+                raise VerificationError(f"manifest {repo}@{expected} by digest differs from the one "
+                                        f"tag {tg} serves")
 
         manifests: list[Digest] = []
         blobs: dict[Digest, Descriptor] = {}
@@ -947,13 +958,84 @@ class RegistryClient:
                                         "(BLOB_UNKNOWN); its _layers link or data is missing")
             total += n
 
-        report = VerifyReport(repository=str(repo), tag=str(tg), digest=expected,
+        report = VerifyReport(repository=str(repo), reference=str(tg), digest=expected,
                               manifests=tuple(manifests),
                               blobs_verified=len(todo) - len(skipped), bytes_verified=total,
                               foreign_skipped=tuple(skipped),
                               seconds=round(time.monotonic() - start, 3))
         log.info("verified %s", report.summary())
         return report
+
+
+    def fetch_blob(self, repository: RepoLike, descriptor: Descriptor, dst, *, offset: int = 0,
+                   hasher=None, progress: Optional[Callable[[int], None]] = None) -> Digest:
+        """Stream one blob into the writable ``dst``, hashing while writing; memory flat.
+
+        ``offset``/``hasher``: resume after ``offset`` bytes already written to
+        ``dst`` and fed to ``hasher`` (a partial file of an earlier run). A
+        transient fault mid-body is retried from the bytes received so far
+        (``Range``); a registry that ignores ``Range`` answers 200 and the
+        bytes already held are skipped. Raises ``SizeMismatch`` /
+        ``DigestMismatch`` naming the blob and registry, ``VerificationError``
+        when the registry does not have it (404).
+        """
+        from .digest import new_hasher
+
+        repo = _repo(repository)
+        url = self._api(f"{repo}/blobs/{descriptor.digest}")
+        scope = f"repository:{repo}:pull"
+        what = f"blob {descriptor.digest} of {repo} from registry {self.url}"
+        size = descriptor.size
+        h = hasher or new_hasher()
+        pos = [offset]
+        if offset > size:
+            raise SizeMismatch(what, size, offset)
+
+        def attempt() -> None:
+            if pos[0] == size and size > 0:
+                return
+            headers = {"Range": f"bytes={pos[0]}-"} if pos[0] else {}
+            resp = self._send_authorized("GET", url, scope=scope, headers=headers, follow_redirects=True)
+            try:
+                if resp.status_code == 404:
+                    raise VerificationError(f"{what}: not found (BLOB_UNKNOWN)")
+                skip = 0
+                if resp.status_code == 200:
+                    skip = pos[0]  # the whole blob again: drop what is already held
+                elif resp.status_code != 206 or not pos[0]:
+                    codes = _error_codes(resp)
+                    raise RegistryError(f"registry at {self.url} answered HTTP {resp.status_code} for "
+                                        f"{what}" + (f" ({codes})" if codes else ""))
+                else:
+                    first = resp.headers.get("content-range", "").removeprefix("bytes ").split("-")[0]
+                    if first != str(pos[0]):
+                        raise RegistryError(f"registry at {self.url} answered a range request for "
+                                            f"{what} with Content-Range {first!r}")
+                for chunk in resp.iter_bytes():
+                    if skip:
+                        cut = min(skip, len(chunk))
+                        chunk, skip = chunk[cut:], skip - cut
+                        if not chunk:
+                            continue
+                    if pos[0] + len(chunk) > size:
+                        raise SizeMismatch(what, size, pos[0] + len(chunk))
+                    h.update(chunk)
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[dst.write(view):]
+                    pos[0] += len(chunk)
+                    if progress:
+                        progress(len(chunk))
+            finally:
+                resp.close()
+
+        self._with_retries(f"GET {what}", attempt)
+        if pos[0] != size:
+            raise SizeMismatch(what, size, pos[0])
+        actual = Digest("sha256", h.hexdigest())
+        if actual != descriptor.digest:
+            raise DigestMismatch(what, descriptor.digest, actual, pos[0])
+        return actual
 
 
 # --------------------------------------------------------------------------- operator command
@@ -974,23 +1056,32 @@ def run_verify_command(template: str, ref: str, *, timeout: float = 1800) -> Non
     secrets = tuple(s for s in (os.environ.get(ENV_PASSWORD),) if s)
     shown = redact_command(command, secrets)
     log.info("running the verify command: %s", shown)
-    try:
-        proc = subprocess.run(command, shell=True, stdin=subprocess.DEVNULL,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise VerificationError(f"verify command for {ref} ({shown}) did not finish within "
-                                f"{timeout:g}s") from None
-    except OSError as e:
-        raise VerificationError(f"verify command for {ref} ({shown}) could not start: "
-                                f"{e.strerror or type(e).__name__}") from None
-    if proc.returncode == 0:
-        log.info("verify command passed: %s", shown)
-        return
-    lines = [l.strip() for l in proc.stderr.decode("utf-8", "replace").splitlines() if l.strip()]
+    # Its own session, stderr in a temp file: on a stop request or the timeout the
+    # whole process group is killed and reaped (interrupt.wait_child).
+    import tempfile
+
+    with tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.Popen(command, shell=True, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+        except OSError as e:
+            raise VerificationError(f"verify command for {ref} ({shown}) could not start: "
+                                    f"{e.strerror or type(e).__name__}") from None
+        try:
+            returncode = interrupt.wait_child(proc, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise VerificationError(f"verify command for {ref} ({shown}) did not finish within "
+                                    f"{timeout:g}s") from None
+        if returncode == 0:
+            log.info("verify command passed: %s", shown)
+            return
+        size = err.seek(0, os.SEEK_END)
+        err.seek(max(0, size - (64 << 10)))  # the last lines are what tell
+        stderr = err.read()
+    lines = [l.strip() for l in stderr.decode("utf-8", "replace").splitlines() if l.strip()]
     last = redact_command(lines[-1], secrets) if lines else "(no output on stderr)"
-    if proc.returncode < 0:
-        status = f"was killed by signal {-proc.returncode}"
+    if returncode < 0:
+        status = f"was killed by signal {-returncode}"
     else:
-        status = f"exited with code {proc.returncode}"
+        status = f"exited with code {returncode}"
     raise VerificationError(f"verify command for {ref} ({shown}) {status}: {last}")

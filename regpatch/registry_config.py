@@ -352,3 +352,11 @@ def go_url_problem(url: str) -> Optional[str]:
     if _bad_escape(rest):
         return "its path has a malformed %-escape"
     return None
+
+
+def blob_descriptor_cache(config_path: PathLike) -> str:
+    """``storage.cache.blobdescriptor`` ('' when absent): with ``inmemory`` (or
+    ``redis``) a running registry remembers a blob's size until it restarts."""
+    doc = _load(config_path)
+    value = _get(doc, "storage.cache.blobdescriptor", config_path, required=False)
+    return value.strip().lower() if isinstance(value, str) else ""

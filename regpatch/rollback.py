@@ -12,7 +12,7 @@ import logging
 from typing import Optional
 
 from .digest import Digest
-from .errors import StorageError, UsageError
+from .errors import StorageError, TagMoved, UsageError
 from .manifest import MAX_MANIFEST_SIZE, ImageIndex, Manifest, parse_manifest
 from .reference import Repository, Tag
 from .state import previous_digest
@@ -76,10 +76,23 @@ def rollback_target(store: RegistryStore, repo: Repository, tag: Tag,
     return current, prev
 
 
-def flip_tag(store: RegistryStore, repo: Repository, tag: Tag, to: Digest) -> bool:
-    """Point the tag at ``to``: tag index link, then current/link (the commit point)."""
+def flip_tag(store: RegistryStore, repo: Repository, tag: Tag, to: Digest,
+             expected: Optional[Digest]) -> bool:
+    """Point the tag at ``to`` if it still holds ``expected`` (None: no tag yet):
+    tag index link, then current/link, the commit point.
+
+    A tag that holds anything else was moved by another writer (a push) since
+    the caller read it: ``TagMoved``, and the tag is left as that writer set it.
+    A tag that already holds ``to`` is left alone (False).
+    """
     layout = store.layout
+    current = store.current_tag(repo, tag)
+    if current == to:
+        log.info("tag %s:%s already points at %s", repo, tag, to)
+        return False
+    if current != expected:
+        raise TagMoved(repo, tag, expected, current)
     store.write_link(layout.tag_index_link(repo, tag, to), to)
-    changed = store.write_link(layout.tag_current_link(repo, tag), to)
-    log.info("tag %s:%s now points at %s%s", repo, tag, to, "" if changed else " (unchanged)")
-    return changed
+    store.write_link(layout.tag_current_link(repo, tag), to)
+    log.info("tag %s:%s now points at %s (was %s)", repo, tag, to, expected or "nothing")
+    return True

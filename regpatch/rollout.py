@@ -1,6 +1,12 @@
-"""Rollout bookkeeping: one outcome per registry, the state file, the summary table.
+"""Rollouts: one bundle to many registries, in waves.
 
-Pure data and files; the orchestration lives in ``flows/rollout.py``.
+``run_rollout`` is the whole orchestration in plain Python: waves in the order
+their groups first appear, up to ``max_parallel`` registries of a wave at once, a
+wave with a failed registry stops the later waves, registries that finished this
+bundle in an earlier run are skipped. How one registry is patched is the caller's
+``patch_one`` (the engine here, or a Prefect deployment run on the registry's
+host); it never raises. The command line runs it without Prefect; the rollout
+flow runs it with each registry as a task run.
 
 The state file remembers which registries already carry a bundle, so that
 running the same rollout again retries only the registries that did not
@@ -11,17 +17,25 @@ inventory), written atomically after every registry.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Iterator, Optional
 
-from .errors import RegpatchError
+from .errors import Interrupted, RegpatchError, UsageError
+from .inventory import Inventory, RegistryEntry
 from .progress import human
+
+log = logging.getLogger("regpatch.rollout")
+MAX_PARALLEL = 32
 
 PATCHED, UP_TO_DATE, DRY_RUN, FAILED, SKIPPED, NOT_RUN = (
     "patched", "up-to-date", "dry-run", "failed", "skipped", "not-run")
@@ -168,3 +182,105 @@ class RolloutState:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+# --------------------------------------------------------------------------- orchestration
+
+PatchOne = Callable[[RegistryEntry], RegistryOutcome]
+
+
+def run_rollout(entries: list[RegistryEntry], patch_one: PatchOne, *, state: RolloutState,
+                max_parallel: int = 4, dry_run: bool = False) -> list[RegistryOutcome]:
+    """Patch ``entries`` in waves with ``patch_one``; the outcomes in inventory order."""
+    if not 1 <= max_parallel <= MAX_PARALLEL:
+        raise UsageError(f"--max-parallel must be between 1 and {MAX_PARALLEL}, not {max_parallel}")
+    outcomes: dict[str, RegistryOutcome] = {}
+    stopped_by: Optional[str] = None
+    for group, members in Inventory.waves(entries):
+        if stopped_by:
+            for e in members:
+                outcomes[e.name] = RegistryOutcome(e.name, e.wave, e.where, NOT_RUN,
+                                                   note=f"not run: wave {stopped_by!r} failed")
+            continue
+        todo: list[RegistryEntry] = []
+        for e in members:
+            earlier = None if dry_run else state.finished(e.name)
+            if earlier:
+                outcomes[e.name] = RegistryOutcome(e.name, e.wave, e.where, SKIPPED, old=earlier.old,
+                                                   new=earlier.new, note="done in an earlier run")
+            else:
+                todo.append(e)
+        log.info("wave %r: %d to patch, %d done earlier", group, len(todo), len(members) - len(todo))
+        for outcome in _run_wave(todo, patch_one, max_parallel):
+            outcomes[outcome.name] = outcome
+            if not dry_run:
+                state.record(outcome)
+        if any(outcomes[e.name].failed for e in members):
+            stopped_by = group
+            log.error("wave %r failed: later waves are not run", group)
+    return [outcomes[e.name] for e in entries]
+
+
+def _guarded(patch_one: PatchOne, entry: RegistryEntry) -> RegistryOutcome:
+    t0 = time.monotonic()
+    try:
+        outcome = patch_one(entry)
+    except Interrupted:
+        raise
+    except Exception as e:  # noqa: BLE001 - one registry never harms the others
+        outcome = RegistryOutcome(entry.name, entry.wave, entry.where, FAILED, error=_one_line(e))
+    if outcome.seconds is None:
+        outcome.seconds = round(time.monotonic() - t0, 1)
+    if outcome.failed:
+        log.error("%s: failed: %s", entry.name, outcome.error)
+    else:
+        log.info("%s: %s %s -> %s", entry.name, outcome.status, outcome.old or "(new tag)", outcome.new)
+    return outcome
+
+
+def _one_line(e: BaseException) -> str:
+    return str(e) if isinstance(e, RegpatchError) else f"{type(e).__name__}: {' '.join(str(e).split())}"
+
+
+def _run_wave(todo: list[RegistryEntry], patch_one: PatchOne, max_parallel: int) -> Iterator[RegistryOutcome]:
+    """At most ``max_parallel`` at once; each in a thread that carries the caller's
+    context (an orchestrator's run context travels with it)."""
+    if not todo:
+        return
+    with ThreadPoolExecutor(max_workers=min(max_parallel, len(todo)), thread_name_prefix="rollout") as pool:
+        pending = {pool.submit(contextvars.copy_context().run, _guarded, patch_one, e) for e in todo}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                yield fut.result()
+
+
+def outcome_of(entry: RegistryEntry, result=None, error: Optional[BaseException] = None) -> RegistryOutcome:
+    """A registry's outcome from an engine ``PatchResult`` (or the error it raised)."""
+    if error is not None:
+        return RegistryOutcome(entry.name, entry.wave, entry.where, FAILED, error=_one_line(error))
+    status = DRY_RUN if result.dry_run else (PATCHED if result.changed else UP_TO_DATE)
+    return RegistryOutcome(entry.name, entry.wave, entry.where, status, old=result.old, new=result.new,
+                           bytes_copied=result.bytes_copied)
+
+
+def engine_patcher(*, bundle: str, repository: str, tag: str, image: Optional[str] = None,
+                   verify_command: Optional[str] = None, dry_run: bool = False, s3=None,
+                   observer=None) -> PatchOne:
+    """``patch_one`` that runs the engine in this process for each registry."""
+    from . import engine
+    from .params import VerifyParams, patch_request
+
+    def patch_one(entry: RegistryEntry) -> RegistryOutcome:
+        try:
+            request = patch_request(bundle=bundle, repository=repository, tag=tag,
+                                    registry=entry.registry_params(),
+                                    verify=VerifyParams(command=entry.verify_command or verify_command),
+                                    image=image, dry_run=dry_run, s3=s3, trust=entry.trust_params())
+            return outcome_of(entry, engine.patch(request, observer))
+        except Interrupted:
+            raise
+        except RegpatchError as e:
+            return outcome_of(entry, error=e)
+
+    return patch_one

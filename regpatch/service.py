@@ -9,11 +9,12 @@ Strategies, chosen with a one-line spec (``parse_restart_spec``):
 
     none                      nothing to do (``needed`` is False)
     command:<shell command>   run a shell command (systemctl, sc.exe, ssh ...)
-    process:pidfile=PATH[,config=PATH][,binary=PATH][,log=PATH][,url=URL][,timeout=SECONDS]
+    process:pidfile=PATH[,config=PATH][,binary=PATH][,log=PATH][,url=URL][,timeout=SECONDS][,pass_env=A+B]
                               the registry is a plain process regpatch manages:
                               stop the pid in the pidfile, start
                               ``<binary> serve <config>`` again detached, write
-                              the new pid
+                              the new pid; it never inherits REGISTRY_*, REGPATCH_*,
+                              AWS_* or PREFECT_* variables except those in pass_env
 
 ``process:`` takes key=value pairs separated by commas because Windows paths
 contain ':'. After a restart both strategies wait until ``/v2/`` answers when
@@ -26,7 +27,9 @@ registry detached and write the pidfile"; ``regpatch.localregistry`` uses them.
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -37,10 +40,11 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import httpx
 
+from . import interrupt
 from .errors import RegistryUnavailable, RestartError, UsageError
 
 DEFAULT_BINARY = "docker-registry"
@@ -49,7 +53,8 @@ DEFAULT_STOP_TIMEOUT = 10.0
 DEFAULT_READY_TIMEOUT = 30.0
 
 SPEC_FORMS = ("none", "command:<shell command>",
-              "process:pidfile=PATH[,config=PATH][,binary=PATH][,log=PATH][,url=URL][,timeout=SECONDS]")
+              "process:pidfile=PATH[,config=PATH][,binary=PATH][,log=PATH][,url=URL][,timeout=SECONDS]"
+              "[,pass_env=NAME+NAME]")
 
 
 # --------------------------------------------------------------------------- waiting
@@ -73,7 +78,7 @@ def wait_until_ready(probe: Callable[[], bool], *, timeout: float = DEFAULT_READ
         now = time.monotonic()
         if now >= deadline:
             raise RegistryUnavailable(f"{what} did not become ready within {timeout:g} s")
-        time.sleep(min(delay, deadline - now))
+        interrupt.sleep(min(delay, deadline - now))
         delay = min(delay * 2, 1.0)
 
 
@@ -347,9 +352,8 @@ class CommandRestart(RestartStrategy):
             proc = subprocess.Popen(self.command, shell=True, stdin=subprocess.DEVNULL,
                                     stdout=out, stderr=err, **kwargs)
             try:
-                code = proc.wait(timeout=self.timeout)
+                code = interrupt.wait_child(proc, timeout=self.timeout)
             except subprocess.TimeoutExpired:
-                self._kill(proc)
                 raise RestartError(f"restart command timed out after {self.timeout:g} s: {self.command}") from None
             if code != 0:
                 err.seek(0)
@@ -360,17 +364,6 @@ class CommandRestart(RestartStrategy):
         if self.ready_url:
             wait_until_ready(lambda: http_probe(self.ready_url, verify=self.verify, timeout=1.0),
                              timeout=self.ready_timeout, what=f"registry at {self.ready_url} after restart")
-
-    @staticmethod
-    def _kill(proc: subprocess.Popen) -> None:
-        try:
-            if sys.platform == "win32":  # pragma: no cover
-                proc.kill()
-            else:
-                os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        proc.wait()
 
 
 class ProcessRestart(RestartStrategy):
@@ -386,7 +379,8 @@ class ProcessRestart(RestartStrategy):
     def __init__(self, pidfile: Path, config: Path, *, binary: str = DEFAULT_BINARY,
                  log: Optional[Path] = None, ready_url: Optional[str] = None,
                  stop_timeout: float = DEFAULT_STOP_TIMEOUT,
-                 ready_timeout: float = DEFAULT_READY_TIMEOUT):
+                 ready_timeout: float = DEFAULT_READY_TIMEOUT,
+                 pass_env: Sequence[str] = ()):
         self.pidfile = Path(pidfile)
         self.config = Path(config)
         self.binary = binary
@@ -394,6 +388,7 @@ class ProcessRestart(RestartStrategy):
         self.ready_url = ready_url
         self.stop_timeout = stop_timeout
         self.ready_timeout = ready_timeout
+        self.pass_env = tuple(pass_env)
         self.last_pid: Optional[int] = None
 
     def describe(self) -> str:
@@ -418,7 +413,7 @@ class ProcessRestart(RestartStrategy):
                                    f"({' '.join(_cmdline(old) or [])!r}); fix the pidfile")
             stop_pid(old, timeout=self.stop_timeout)
         pid = start_detached([binary, "serve", str(self.config)], log_path=self.log,
-                             pidfile=self.pidfile)
+                             pidfile=self.pidfile, env=registry_environment(os.environ, self.pass_env))
         self.last_pid = pid
         url = self.ready_url or url_from_registry_config(self.config)
         if url:
@@ -430,6 +425,22 @@ class ProcessRestart(RestartStrategy):
                 last = _last_line(self.log)
                 raise RestartError(f"registry exited right after start (pid {pid})"
                                    + (f"; last log line: {last}" if last else ""))
+
+
+# --------------------------------------------------------------------------- environment
+
+#: Variables a registry started by regpatch never inherits unless the operator names
+#: them (``pass_env=``): distribution reads every ``REGISTRY_*`` variable as a
+#: configuration override (``REGISTRY_AUTH_FILE`` would replace its auth section),
+#: and regpatch's own, AWS's and Prefect's variables may hold credentials.
+WITHHELD_ENV_PREFIXES = ("REGISTRY_", "REGPATCH_", "AWS_", "PREFECT_")
+
+
+def registry_environment(env: Mapping[str, str], pass_env: Sequence[str] = ()) -> dict[str, str]:
+    """The environment of a registry process regpatch starts: ``env`` without the
+    withheld prefixes, except the variables named in ``pass_env``."""
+    keep = set(pass_env)
+    return {k: v for k, v in env.items() if k in keep or not k.upper().startswith(WITHHELD_ENV_PREFIXES)}
 
 
 # --------------------------------------------------------------------------- parsing
@@ -465,7 +476,7 @@ def parse_restart_spec(spec: str, *, registry_config: Optional[Path] = None) -> 
             key = key.strip().lower()
             if not eq or not value.strip():
                 raise _bad(spec, f"{part.strip()!r} is not key=value")
-            if key not in ("pidfile", "config", "binary", "log", "url", "timeout"):
+            if key not in ("pidfile", "config", "binary", "log", "url", "timeout", "pass_env"):
                 raise _bad(spec, f"unknown key {key!r}")
             if key in opts:
                 raise _bad(spec, f"key {key!r} given twice")
@@ -481,11 +492,15 @@ def parse_restart_spec(spec: str, *, registry_config: Optional[Path] = None) -> 
                 timeout = float(opts["timeout"])
             except ValueError:
                 raise _bad(spec, f"timeout {opts['timeout']!r} is not a number of seconds") from None
-            if timeout <= 0:
-                raise _bad(spec, "timeout must be positive")
+            if not (math.isfinite(timeout) and timeout > 0):
+                raise _bad(spec, "timeout must be a positive number of seconds")
+        pass_env = [n for n in opts.get("pass_env", "").split("+") if n]
+        for name in pass_env:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise _bad(spec, f"pass_env: {name!r} is not an environment variable name")
         return ProcessRestart(Path(opts["pidfile"]), Path(config),
                               binary=opts.get("binary", DEFAULT_BINARY),
                               log=Path(opts["log"]) if "log" in opts else None,
-                              ready_url=opts.get("url"), ready_timeout=timeout)
+                              ready_url=opts.get("url"), ready_timeout=timeout, pass_env=pass_env)
     raise _bad(spec, f"unknown kind {kind!r}" if kind not in ("none", "command", "process")
                else "malformed")

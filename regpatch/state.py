@@ -1,10 +1,12 @@
 """regpatch's own state, kept outside ``docker/`` (the registry never reads it).
 
-    <state>/locks/<repo>.lock        one patch or rollback per repository at a time
-    <state>/journal/<repo>@<tag>.json what the last patch of that tag has done so far
-    <state>/history.jsonl            every tag change: who, when, old -> new, from what
+    <root>/.regpatch/locks/<repo>.lock one patch or rollback per repository at a time
+    <state>/journal/<repo>@<tag>.json  what the last patch of that tag has done so far
+    <state>/history.jsonl              every tag change: who, when, old -> new, from what
+    <state>/reports/<time>-<repo>@<tag>.md  the summary of each run
 
-The state folder defaults to ``<rootdirectory>/.regpatch``.
+The state folder defaults to ``<rootdirectory>/.regpatch``; the locks stay under the
+storage root whatever the state folder is (docs/architecture.md, "The state folder").
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, Optional
 
+from . import interrupt
 from .digest import Digest
 from .errors import LockTimeout, StorageError
 from .faults import checkpoint
@@ -83,8 +86,12 @@ def repository_lock(layout: Layout, repo: Repository, *, timeout: float = 300.0,
     holder dies, so a killed patch never leaves a stale lock behind.
     """
     path = layout.lock(repo)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise StorageError(f"cannot create the repository lock {path}: {e.strerror}; regpatch needs "
+                           "write access to the registry storage") from e
     try:
         deadline = time.monotonic() + timeout
         delay, warned = 0.05, False
@@ -96,7 +103,7 @@ def repository_lock(layout: Layout, repo: Repository, *, timeout: float = 300.0,
             if on_wait and not warned:
                 on_wait(_read_holder(path))
                 warned = True
-            time.sleep(delay)
+            interrupt.sleep(delay)
             delay = min(delay * 2, 1.0)
         os.ftruncate(fd, 0)
         os.lseek(fd, 0, os.SEEK_SET)
@@ -133,10 +140,11 @@ class Journal:
     source: str
     started: str = field(default_factory=now_iso)
     updated: str = field(default_factory=now_iso)
-    status: str = "running"          # running | complete | failed | rolled-back
+    status: str = "running"          # running | complete | failed | interrupted
     steps: list[str] = field(default_factory=list)
     runs: int = 1
     error: Optional[str] = None
+    verified_url: Optional[str] = None  # the registry API whose pull proved ``target``
 
     @classmethod
     def load(cls, path: Path) -> Optional["Journal"]:
@@ -156,10 +164,13 @@ class Journal:
         self.save(store)
 
 
-def was_verified(store, repo: Repository, tag: Tag, target: Digest) -> bool:
-    """True when the last patch of this tag to ``target`` completed with its verification pull."""
+def was_verified(store, repo: Repository, tag: Tag, target: Digest, url: Optional[str]) -> bool:
+    """True when the last patch of this tag to ``target`` completed with a verification
+    pull that went through the registry API ``url`` (never for a run without a URL)."""
+    if not url:
+        return False
     j = Journal.load(store.layout.journal(repo, tag))
-    return bool(j and j.target == str(target) and j.status == "complete" and "verify pull" in j.steps)
+    return bool(j and j.target == str(target) and j.status == "complete" and j.verified_url == url)
 
 
 def open_journal(store, repo: Repository, tag: Tag, target: Digest, old: Optional[Digest],
@@ -167,9 +178,9 @@ def open_journal(store, repo: Repository, tag: Tag, target: Digest, old: Optiona
     """The journal for this patch, and the earlier unfinished one it resumes (if any)."""
     path = store.layout.journal(repo, tag)
     previous = Journal.load(path)
-    if previous and previous.target == str(target) and previous.status in ("running", "failed"):
+    if previous and previous.target == str(target) and previous.status in ("running", "failed", "interrupted"):
         previous.runs += 1
-        previous.status, previous.error = "running", None
+        previous.status, previous.error, previous.verified_url = "running", None, None
         previous.save(store)
         return previous, previous
     j = Journal(repo.name, tag.name, str(target), str(old) if old else None, source)

@@ -46,10 +46,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Optional
 
-from .digest import Digest, copy_and_hash, hash_file, kernel_copy_and_hash
+from .digest import (Digest, advise_sequential, copy_and_hash, hash_fd, hash_file, kernel_copy_and_hash,
+                     try_reflink)
 from .faults import checkpoint
-from .errors import (MalformedLink, RegpatchError, StorageError, StorageNotFound, UnsafePath,
-                     UsageError, os_error, os_errors)
+from .errors import (InvalidReference, MalformedLink, RegpatchError, StorageError, StorageNotFound,
+                     UnsafePath, UsageError, os_error, os_errors)
 from .layout import Layout
 from .reference import Repository, Tag
 
@@ -324,6 +325,62 @@ class RegistryStore:
             log.warning("%s; the patch will replace it", e)
             return None
 
+    def tags(self, repo: Repository, limit: int = 1000) -> list[Tag]:
+        """Tags of a repository that hold a current link (names that fail the grammar are skipped)."""
+        found: list[Tag] = []
+        tags_dir = self.layout.tags_dir(repo)
+        self._check_inside(tags_dir)
+        with _io("listing", tags_dir):
+            try:
+                entries = sorted(os.scandir(tags_dir), key=lambda e: e.name)
+            except (FileNotFoundError, NotADirectoryError):
+                return found
+        for e in entries[:limit]:
+            try:
+                tag = Tag.parse(e.name)
+            except InvalidReference:
+                continue
+            if os.path.isfile(self.layout.tag_current_link(repo, tag)):
+                found.append(tag)
+        return found
+
+    def any_tag(self, prefer: Optional[tuple[Repository, Tag]] = None,
+                max_dirs: int = 10000) -> Optional[tuple[Repository, Tag, Digest]]:
+        """A (repository, tag, digest) the storage holds: ``prefer`` if it is there, else
+        another tag of its repository, else the first tagged repository found (a bounded
+        walk of repositories/). None for a storage with no tag at all."""
+        candidates: list[Repository] = []
+        if prefer is not None:
+            repo, tag = prefer
+            held = self.current_tag(repo, tag)
+            if held is not None:
+                return repo, tag, held
+            candidates.append(repo)
+        for repo in candidates:
+            for tag in self.tags(repo):
+                held = self.current_tag(repo, tag)
+                if held is not None:
+                    return repo, tag, held
+        base = self.layout.repositories
+        seen = 0
+        for dirpath, dirnames, _ in os.walk(base):
+            seen += 1
+            if seen > max_dirs:
+                break
+            dirnames.sort()
+            if "_manifests" in dirnames:
+                try:
+                    repo = Repository.parse(os.path.relpath(dirpath, base).replace(os.sep, "/"))
+                except InvalidReference:
+                    dirnames[:] = []
+                    continue
+                for tag in self.tags(repo):
+                    held = self.current_tag(repo, tag)
+                    if held is not None:
+                        return repo, tag, held
+            dirnames[:] = [d for d in dirnames if not d.startswith("_")]
+        return None
+
     def link_ok(self, path: Path, digest: Digest) -> bool:
         want = str(digest).encode("ascii")
         self._check_inside(path)
@@ -439,9 +496,15 @@ class RegistryStore:
         final = self.layout.staged_blob(digest)
         with self._temp_beside(final) as dst, _io(f"copying {what} into", final), open_source() as src:
             done = None
-            if _is_plain_file(src):  # the kernel copies, this thread hashes the copy
-                done = kernel_copy_and_hash(src.fileno(), dst.fileno(), what=what, expected=digest,
-                                            expected_size=size, progress=progress)
+            if _is_plain_file(src):
+                advise_sequential(src.fileno())
+                if try_reflink(src.fileno(), dst.fileno()):  # XFS, btrfs: blocks shared, no copy
+                    log.info("%s: cloned (reflink), hashing the clone", what)
+                    done = hash_fd(dst.fileno(), what=what, expected=digest, expected_size=size,
+                                   progress=progress)
+                else:  # the kernel copies, this thread hashes the copy
+                    done = kernel_copy_and_hash(src.fileno(), dst.fileno(), what=what, expected=digest,
+                                                expected_size=size, progress=progress)
             if done is None:
                 copy_and_hash(src, dst, what=what, expected=digest, expected_size=size,
                               progress=progress)
@@ -523,23 +586,34 @@ class RegistryStore:
         self._remember_verified(digest, final)
         return offset
 
-    def install_staged(self, digest: Digest, staged: Path, *, replace: bool = False) -> bool:
+    def install_staged(self, digest: Digest, staged: Path, *, size: int, replace: bool = False) -> bool:
         """Move a verified staged blob to blobs/.../data. False if already present.
 
-        ``replace`` overwrites a registry copy of the wrong size (a repair).
+        ``replace`` overwrites a registry copy of the wrong size (a repair). The
+        staging folder is shared by every run on this storage: when another run
+        (another repository's patch) installed the same blob first, the staged
+        file is gone and the blob is in place; it is verified (hashed, unless its
+        verified marker matches) and the call returns False.
         """
         final = self.layout.blob_data(digest)
         self._check_inside(staged)
         with _io("installing the blob", final):
-            return self._install_staged(digest, staged, final, replace)
+            return self._install_staged(digest, staged, final, replace, size)
 
-    def _install_staged(self, digest: Digest, staged: Path, final: Path, replace: bool) -> bool:
+    def _install_staged(self, digest: Digest, staged: Path, final: Path, replace: bool, size: int) -> bool:
         self._check_inside(final)
         if os.path.lexists(final) and not replace:
             return False
         self._mkdirs(final.parent)
         try:
             os.replace(staged, final)  # same filesystem: the state folder is under root
+        except FileNotFoundError:
+            if not final.exists():
+                raise StorageError(f"staged blob {staged} disappeared before it could be installed, and "
+                                   f"{self.layout.relative(final)} is not there; run the patch again") from None
+            self.verify_blob(digest, size)
+            log.info("blob %s was installed by another run meanwhile: verified in place", digest)
+            return False
         except OSError as e:
             if e.errno != errno.EXDEV:
                 _raise_write_error(e, final)
@@ -550,3 +624,57 @@ class RegistryStore:
         checkpoint(f"installed blob {digest.short}")
         self._remember_verified(digest, final)
         return True
+
+
+    # -- --consume: take a bundle file instead of copying it ---------------------
+    def same_filesystem(self, path: Path) -> bool:
+        """True when ``path`` is on the filesystem of the staging folder (a rename works)."""
+        probe = self.layout.staging
+        with _io("checking the filesystem of", path):
+            while not probe.exists():
+                probe = probe.parent
+            return os.stat(path).st_dev == os.stat(probe).st_dev
+
+    def adopt_blob(self, digest: Digest, size: int, path: Path, *, what: str,
+                   progress: Optional[Callable[[int], None]] = None) -> Path:
+        """Move a bundle file into the staging folder (a rename) and verify it there:
+        ingest costs one hash. A file that fails verification is renamed back to where
+        it was; the registry's v2/ tree is never touched here."""
+        with _io(f"moving {what} into", self.layout.staged_blob(digest)):
+            return self._adopt_blob(digest, size, path, what=what, progress=progress)
+
+    def _adopt_blob(self, digest: Digest, size: int, path: Path, *, what: str,
+                    progress: Optional[Callable[[int], None]] = None) -> Path:
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            raise UnsafePath(f"{what} is {'a symlink' if stat.S_ISLNK(st.st_mode) else 'not a plain file with one link'}"
+                             "; it cannot be consumed (renamed into the storage): copy it instead")
+        final = self.layout.staged_blob(digest)
+        self._mkdirs(final.parent)
+        tmp = final.parent / f"{TMP_MARK}{os.getpid()}-{secrets.token_hex(6)}"
+        try:
+            os.rename(path, tmp)
+        except OSError as e:
+            if e.errno == errno.EXDEV:
+                raise UnsafePath(f"{what} is on another filesystem than the storage: --consume cannot "
+                                 "rename it; drop --consume to copy it") from None
+            _raise_write_error(e, final)
+        try:
+            with open(tmp, "rb", buffering=0) as f:
+                hash_fd(f.fileno(), what=what, expected=digest, expected_size=size, progress=progress)
+                os.fsync(f.fileno())
+            os.chmod(tmp, FILE_MODE)
+        except BaseException:
+            try:
+                if not os.path.lexists(path):
+                    os.rename(tmp, path)  # give it back, as it was
+                else:
+                    self._discard(tmp)
+            except OSError:
+                pass
+            raise
+        os.replace(tmp, final)
+        fsync_dir(final.parent)
+        fsync_dir(Path(path).parent)
+        self._remember_verified(digest, final)
+        return final

@@ -53,20 +53,35 @@ class RegistryTarget:
 
         return RegistryStore(self.storage, state_dir=self.state_dir)
 
-    @classmethod
-    def for_run(cls, repository: str, tag: str, restart: str, **options):
-        """Everything a flow checks before any I/O: (Repository, Tag, RegistryTarget).
-
-        Repository, tag and restart spec are validated before the target is resolved."""
+    @property
+    def config_path(self):
         from pathlib import Path
 
-        from .reference import Repository, Tag
-        from .service import parse_restart_spec
+        return Path(self.config) if self.config else None
 
-        repo, tg = Repository.parse(repository), Tag.parse(tag)
-        config = options.get("config")
-        parse_restart_spec(restart, registry_config=Path(config) if config else None)
-        return repo, tg, cls.resolve(**options)
+    def describe(self) -> str:
+        """How logs and summaries name this registry (never a credential)."""
+        return self.storage + (f" ({self.url})" if self.url else "")
+
+    def check(self) -> None:
+        """Everything about the target that can be checked without the network: the URL
+        (scheme, no credentials in it), the CA file (a readable PEM bundle), the auth
+        file (readable, valid). Raises UsageError; a client is built and closed unused."""
+        import os
+
+        for option, path in (("--registry-ca", self.ca_file), ("--registry-auth-file", self.auth_file)):
+            if path and not os.path.isfile(path):
+                raise UsageError(f"{option}: {'CA' if option == '--registry-ca' else 'auth'} file {path} "
+                                 "does not exist or is not a file")
+            if path and not os.access(path, os.R_OK):
+                raise UsageError(f"{option}: {path} is not readable by this user")
+        if not self.url:
+            if self.auth_file or self.ca_file:
+                raise UsageError("--registry-auth-file and --registry-ca need the registry's URL "
+                                 "(--registry-url or --registry-config)")
+            return
+        with self.client():
+            pass
 
     @property
     def host(self) -> str:

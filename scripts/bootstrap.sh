@@ -3,7 +3,7 @@
 # a second run installs nothing and takes a second or two.
 #
 #   1. apt-get install what is missing of: docker-registry skopeo podman
-#      apache2-utils python3-venv (and python3 itself if absent);
+#      apache2-utils python3-venv xfsprogs (and python3 itself if absent);
 #   2. make sure the Debian docker-registry *service* is not running: it would
 #      listen on :5000 on all interfaces. The tests and the demo start their own
 #      registries on 127.0.0.1 with generated configs;
@@ -17,7 +17,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 STAMP="$VENV/.regpatch-bootstrap-stamp"
-APT_PACKAGES=(docker-registry skopeo podman apache2-utils python3-venv)
+APT_PACKAGES=(docker-registry skopeo podman apache2-utils python3-venv xfsprogs)
 
 log() { printf 'bootstrap: %s\n' "$*"; }
 die() { printf 'bootstrap: error: %s\n' "$*" >&2; exit 1; }
@@ -122,19 +122,25 @@ installed_ok() {
     "$VENV/bin/python" -I - "$ROOT" <<'PY' >/dev/null 2>&1
 import importlib.util, os, sys
 root = os.path.realpath(sys.argv[1])
-for name in ("prefect", "pytest", "moto", "bcrypt", "httpx", "yaml", "tenacity", "boto3", "pydantic"):
+for name in ("prefect", "pytest", "moto", "bcrypt", "httpx", "yaml", "tenacity", "boto3", "pydantic", "coverage"):
     if importlib.util.find_spec(name) is None:
         sys.exit(1)
 spec = importlib.util.find_spec("regpatch")
 sys.exit(0 if spec and spec.origin and os.path.realpath(spec.origin).startswith(root + os.sep) else 1)
 PY
 }
+# The environment may set PYTHONDONTWRITEBYTECODE: compile the project once, so every
+# command starts from bytecode (cheap; rewrites only what changed).
+compile_project() { "$VENV/bin/python" -m compileall -q "$ROOT/regpatch" "$ROOT/tasks" "$ROOT/flows" >/dev/null || true; }
+
 if [ "$(cat "$STAMP" 2>/dev/null || true)" = "$want" ] && installed_ok; then
+    compile_project
     log "ready (system packages present, $VENV up to date)"
 else
     log "pip install -e \"$ROOT[test]\" into $VENV"
     PIP_DISABLE_PIP_VERSION_CHECK=1 "$VENV/bin/python" -m pip install -q -e "$ROOT[test]"
     installed_ok || die "regpatch is not importable from $VENV after pip install"
     printf '%s\n' "$want" > "$STAMP"
+    compile_project
     log "ready"
 fi

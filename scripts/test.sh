@@ -1,15 +1,34 @@
 #!/usr/bin/env bash
-# Install what is missing (scripts/bootstrap.sh), then run the whole pytest
-# suite from the repository root. Extra arguments go to pytest (paths are
-# relative to the repository root). The exit code is pytest's; "no tests
-# collected" (pytest's exit 5) is reported as a failure.
+# Install what is missing (scripts/bootstrap.sh), then run the test suite from the
+# repository root in two layers:
+#   1. tests/unit: fast, real files in tmp folders, no external process, under
+#      coverage (the figure for regpatch/ is printed);
+#   2. tests/e2e: real docker-registry, skopeo, podman, moto, one Prefect server.
+# Arguments, when given, go to one pytest run instead (paths relative to the root).
+# The exit code is pytest's; "no tests collected" (pytest's exit 5) is a failure.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$ROOT/scripts/bootstrap.sh"
 cd "$ROOT"
-rc=0
-"$ROOT/.venv/bin/pytest" -q "$@" || rc=$?
-if [ "$rc" -eq 5 ]; then
-    echo "test.sh: pytest collected no tests; that is a failure" >&2
+PY="$ROOT/.venv/bin/python"
+
+run() {
+    local rc=0
+    "$@" || rc=$?
+    if [ "$rc" -eq 5 ]; then
+        echo "test.sh: pytest collected no tests; that is a failure" >&2
+    fi
+    return "$rc"
+}
+
+if [ "$#" -gt 0 ]; then
+    run "$PY" -m pytest -q "$@"
+    exit
 fi
-exit "$rc"
+
+echo "== unit layer (tests/unit) =="
+rm -f .coverage
+run "$PY" -m coverage run --source=regpatch -m pytest -q tests/unit
+"$PY" -m coverage report --skip-covered --sort=cover | tail -n 25
+echo "== end-to-end layer (tests/e2e) =="
+run "$PY" -m pytest -q tests/e2e

@@ -1,9 +1,10 @@
-"""Prefect tasks: thin, typed wrappers over the regpatch core.
+"""Prefect's side of regpatch: the engine's steps as task runs, artifacts, deployments.
 
-Each task is a verb (fetch_bundle, verify_digests, copy_blobs, write_links,
-restart_registry, verify_pull) that calls one core function and logs what it
-did. Retries live in the core (tenacity around single I/O calls), not here:
-no Prefect task retries are stacked on top.
+``observer.PrefectObserver`` turns each step of ``regpatch.engine`` (fetch-bundle,
+plan-patch, verify-digests, copy-blobs, write-links, restart-registry, verify-pull,
+publish-tag) into a task run; ``rollout_tasks`` patches one registry of a rollout
+(here or through its host's deployment). Retries live in the core (tenacity around
+single I/O calls), not here: no Prefect task retries are stacked on top.
 """
 
 import logging

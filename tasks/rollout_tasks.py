@@ -1,14 +1,13 @@
 """The tasks of the rollout flow: find where each registry is patched, patch one registry.
 
-``patch_one`` never raises: whatever goes wrong with one registry becomes a
-``failed`` outcome, so one registry never stops or harms the others of its wave.
+Whatever goes wrong with one registry becomes a ``failed`` outcome (``run_rollout``
+guards every call), so one registry never stops or harms the others of its wave.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import time
 from typing import Any, Optional
 
 from prefect import get_run_logger, task
@@ -19,9 +18,13 @@ from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRu
 from prefect.concurrency.sync import concurrency
 from prefect.deployments import run_deployment
 
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
 from regpatch.errors import UsageError
 from regpatch.inventory import RegistryEntry
-from regpatch.rollout import DRY_RUN, FAILED, PATCHED, UP_TO_DATE, RegistryOutcome
+from regpatch.params import S3Params, VerifyParams
+from regpatch.rollout import DRY_RUN, FAILED, PATCHED, UP_TO_DATE, RegistryOutcome, outcome_of, render_markdown
+from tasks.observer import artifact_key
 
 PATCH_FLOW_NAME = "patch-registry"
 _opts = dict(cache_policy=NO_CACHE, persist_result=False)
@@ -64,31 +67,22 @@ def find_patch_deployments(pools: list[str]) -> dict[str, str]:
 
 
 def _parameters(entry: RegistryEntry, *, bundle: str, repository: str, tag: str, image: Optional[str],
-                verify_command: Optional[str], dry_run: bool, s3: Optional[dict] = None) -> dict[str, Any]:
-    """patch-registry's parameters for one registry (s3: s3_endpoint_url, s3_region, aws_credentials_block)."""
-    return dict(bundle=bundle, repository=repository, tag=tag, storage=entry.storage,
-                registry_url=entry.url, registry_config=entry.registry_config, restart=entry.restart,
-                image=image, verify_command=entry.verify_command or verify_command, dry_run=dry_run,
-                registry_auth_file=entry.registry_auth_file, registry_ca=entry.registry_ca,
-                insecure=entry.insecure, **(s3 or {}))
+                verify_command: Optional[str], dry_run: bool, s3: S3Params) -> dict[str, Any]:
+    """patch-registry's parameters for one registry (JSON, as a deployment run takes them)."""
+    return dict(bundle=bundle, repository=repository, tag=tag,
+                registry=entry.registry_params().model_dump(),
+                verify=VerifyParams(command=entry.verify_command or verify_command).model_dump(),
+                s3=s3.model_dump(), image=image, dry_run=dry_run, trust=entry.trust_params().model_dump())
 
 
-def _status(dry_run: bool, changed: bool) -> str:
-    return DRY_RUN if dry_run else (PATCHED if changed else UP_TO_DATE)
-
-
-def _run_local(entry: RegistryEntry, params: dict, outcome: RegistryOutcome) -> None:
+def _run_local(entry: RegistryEntry, params: dict) -> RegistryOutcome:
     from flows.patch import patch_registry
 
     state = patch_registry(**params, return_state=True)
     if state.is_completed():
-        r = state.result()
-        outcome.status = _status(r.dry_run, r.changed)
-        outcome.old, outcome.new, outcome.bytes_copied = r.old, r.new, r.bytes_copied
-    else:
-        exc = state.result(raise_on_failure=False)
-        outcome.status = FAILED
-        outcome.error = str(exc) if isinstance(exc, BaseException) else (state.message or state.name)
+        return outcome_of(entry, state.result())
+    exc = state.result(raise_on_failure=False)
+    return outcome_of(entry, error=exc if isinstance(exc, BaseException) else RuntimeError(state.message or state.name))
 
 
 def _remote_result(flow_run_id) -> Optional[dict]:
@@ -104,14 +98,13 @@ def _remote_result(flow_run_id) -> Optional[dict]:
     return None
 
 
-def _run_remote(entry: RegistryEntry, deployment: str, params: dict, outcome: RegistryOutcome,
-                timeout: Optional[float]) -> None:
+def _run_remote(entry: RegistryEntry, deployment: str, params: dict, timeout: Optional[float]) -> RegistryOutcome:
+    outcome = RegistryOutcome(entry.name, entry.wave, entry.where, FAILED)
     fr = run_deployment(deployment, parameters=params, timeout=timeout, poll_interval=2,
                         flow_run_name=f"{entry.name}-{params['repository'].replace('/', '-')}-{params['tag']}")
     outcome.flow_run = str(fr.id)
     state = fr.state
     if state is None or not state.is_final():
-        outcome.status = FAILED
         outcome.error = (f"the {deployment} run {fr.name} did not finish within {timeout:g} s "
                          f"(is a worker polling work pool {entry.work_pool!r}?); it was cancelled")
         try:
@@ -120,50 +113,44 @@ def _run_remote(entry: RegistryEntry, deployment: str, params: dict, outcome: Re
                 client.set_flow_run_state(fr.id, Cancelled(message="rollout gave up waiting"), force=True)
         except Exception:  # noqa: BLE001 - best effort
             pass
-        return
+        return outcome
     if not state.is_completed():
-        outcome.status = FAILED
         outcome.error = f"{state.name}: {state.message or 'no message'} (flow run {fr.name})"
-        return
+        return outcome
     r = _remote_result(fr.id) or {}
-    outcome.status = _status(bool(r.get("dry_run", params["dry_run"])), bool(r.get("changed", True)))
-    outcome.old, outcome.new = r.get("old"), r.get("new")
-    outcome.bytes_copied = r.get("bytes_copied")
+    outcome.status = (DRY_RUN if r.get("dry_run", params["dry_run"]) else
+                      PATCHED if r.get("changed", True) else UP_TO_DATE)
+    outcome.old, outcome.new, outcome.bytes_copied = r.get("old"), r.get("new"), r.get("bytes_copied")
+    return outcome
 
 
-@task(name="patch-one", task_run_name="patch-{entry.name}", **_opts)
-def patch_one(entry: RegistryEntry, *, bundle: str, repository: str, tag: str, image: Optional[str] = None,
-              verify_command: Optional[str] = None, dry_run: bool = False, s3: Optional[dict] = None,
-              deployment: Optional[str] = None, timeout: Optional[float] = None) -> RegistryOutcome:
-    """Patch one registry: the patch-registry deployment on its pool, or a subflow here.
+def patcher(*, bundle: str, repository: str, tag: str, image: Optional[str], verify_command: Optional[str],
+            dry_run: bool, s3: S3Params, deployments: dict[str, str], timeout: Optional[float]):
+    """``patch_one`` for ``regpatch.rollout.run_rollout``: one task run per registry."""
 
-    Holds the registry's global concurrency slot (limit 1) for the whole patch,
-    so two patches of the same registry never run at once.
-    """
-    logger = get_run_logger()
-    outcome = RegistryOutcome(entry.name, entry.wave, entry.where, FAILED)
-    params = _parameters(entry, bundle=bundle, repository=repository, tag=tag, image=image,
-                         verify_command=verify_command, dry_run=dry_run, s3=s3)
-    t0 = time.monotonic()
-    try:
+    @task(name="patch-one", task_run_name="patch-{entry.name}", **_opts)
+    def patch_one(entry: RegistryEntry) -> RegistryOutcome:
+        """Holds the registry's global concurrency slot (limit 1) for the whole patch,
+        so two patches of the same registry never run at once."""
+        params = _parameters(entry, bundle=bundle, repository=repository, tag=tag, image=image,
+                             verify_command=verify_command, dry_run=dry_run, s3=s3)
         lock = registry_lock_name(entry.name)
         with get_client(sync_client=True) as client:
             client.upsert_global_concurrency_limit_by_name(lock, 1)
         with concurrency(lock, occupy=1, strict=True):
             if entry.work_pool:
+                deployment = deployments.get(entry.work_pool)
                 if not deployment:
                     raise UsageError(f"no patch-registry deployment for work pool {entry.work_pool!r}")
-                logger.info("%s: running %s on work pool %s", entry.name, deployment, entry.work_pool)
-                _run_remote(entry, deployment, params, outcome, timeout)
-            else:
-                logger.info("%s: patching here (subflow)", entry.name)
-                _run_local(entry, params, outcome)
-    except Exception as e:  # noqa: BLE001 - one registry never harms the others
-        outcome.status = FAILED
-        outcome.error = f"{type(e).__name__}: {e}"
-    outcome.seconds = round(time.monotonic() - t0, 1)
-    if outcome.failed:
-        logger.error("%s: failed: %s", entry.name, outcome.error)
-    else:
-        logger.info("%s: %s %s -> %s", entry.name, outcome.status, outcome.old or "(new tag)", outcome.new)
-    return outcome
+                get_run_logger().info("%s: running %s on work pool %s", entry.name, deployment, entry.work_pool)
+                return _run_remote(entry, deployment, params, timeout)
+            get_run_logger().info("%s: patching here (subflow)", entry.name)
+            return _run_local(entry, params)
+
+    return patch_one
+
+
+def publish_rollout(outcomes: list[RegistryOutcome], title: str, repository: str, tag: str) -> None:
+    key = artifact_key("rollout", repository, tag)
+    create_table_artifact(key=key, table=[o.row() for o in outcomes], description=title)
+    create_markdown_artifact(markdown=render_markdown(outcomes, title), description=title)

@@ -46,6 +46,7 @@ from urllib.parse import urlsplit, urlunsplit
 from tenacity import (RetryCallState, Retrying, retry_if_exception, stop_after_attempt,
                       wait_random_exponential)
 
+from .. import interrupt
 from ..digest import CHUNK, Digest
 from ..errors import DigestMismatch, RegpatchError, SizeMismatch, SourceError, UsageError
 from .source import BundleSource, _safe_name
@@ -328,6 +329,7 @@ class S3Source(BundleSource):
             stop=stop_after_attempt(opts.retries + 1),
             wait=wait_random_exponential(multiplier=opts.wait_initial, max=opts.wait_max),
             before_sleep=before_sleep,
+            sleep=interrupt.sleep,
             reraise=True,
         )
         try:

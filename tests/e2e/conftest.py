@@ -25,3 +25,12 @@ def prefect_api(prefect_server):
 
     with temporary_settings({PREFECT_API_URL: prefect_server.url, PREFECT_HOME: str(prefect_server.home)}):
         yield prefect_server
+
+
+@pytest.fixture
+def prefect_env(prefect_api, monkeypatch):
+    """The command line sees a configured Prefect API (PREFECT_API_URL), so its runs go
+    to the session's server as flow runs instead of straight to the engine."""
+    monkeypatch.setenv("PREFECT_API_URL", prefect_api.url)
+    monkeypatch.setenv("PREFECT_HOME", str(prefect_api.home))
+    return prefect_api

@@ -145,8 +145,10 @@ def test_deploy_all_lists_both_deployments_with_schedule(cluster):
     assert schedule["schedule"]["cron"] == "0 3 8-14 * 3" and schedule["schedule"]["day_or"] is False
     patch = httpx.get(cluster["api"] + "/deployments/name/patch-registry/pool-b", timeout=10).json()
     assert patch["work_pool_name"] == "pool-b"
-    props = patch["parameter_openapi_schema"]["properties"]
-    assert "rootdirectory" in props["storage"]["description"]
+    schema = patch["parameter_openapi_schema"]
+    props = schema["properties"]
+    registry = schema["definitions"]["RegistryParams"]["properties"]
+    assert "rootdirectory" in registry["storage"]["description"]
     assert props["dry_run"]["type"] == "boolean"
 
 
@@ -168,9 +170,9 @@ def test_rollout_across_two_pools(cluster):
         assert f"pool {pool}" in line and "patched" in line and "KiB" in line, proc.stdout
         assert skopeo_inspect_digest(regs[site].host, REPO, TAG) == new
     # each registry was patched by the worker of its own pool
-    runs = [r for r in flow_runs(cluster["api"]) if r["parameters"].get("storage")
+    runs = [r for r in flow_runs(cluster["api"]) if (r["parameters"].get("registry") or {}).get("storage")
             and r["parameters"].get("tag") == TAG]
-    assert {(r["work_pool_name"], r["parameters"]["storage"], r["state_type"]) for r in runs} == {
+    assert {(r["work_pool_name"], r["parameters"]["registry"]["storage"], r["state_type"]) for r in runs} == {
         (pool, str(regs[site].root), "COMPLETED") for site, pool in POOLS.items()}
     for site, pool in POOLS.items():
         run_ = next(r for r in runs if r["work_pool_name"] == pool)
@@ -182,7 +184,7 @@ def test_rollout_across_two_pools(cluster):
 def test_patch_registry_run_from_the_cli_like_the_ui(cluster):
     regs, s = cluster["regs"], cluster["scenario"]
     params = {"bundle": str(s["staged"]), "repository": REPO, "tag": "ui-triggered",
-              "storage": str(regs["site-b"].root), "registry_url": regs["site-b"].url}
+              "registry": {"storage": str(regs["site-b"].root), "registry_url": regs["site-b"].url}}
     argv = [BIN / "prefect", "deployment", "run", "patch-registry/pool-b", "--watch", "--watch-interval", "1",
             "--flow-run-name", "ui-like-run"]
     for k, v in params.items():

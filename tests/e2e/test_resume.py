@@ -19,7 +19,6 @@ from regpatch.sample import make_image, make_layer, push_with_skopeo, scenario_s
 from regpatch.state import read_history, repository_lock
 from util import skopeo_inspect_digest, skopeo_pull, tree_hash
 
-pytestmark = pytest.mark.usefixtures("prefect_api")
 
 REPO, TAG = "servercore", "ltsc2019"
 REGPATCH = str(Path(sys.executable).with_name("regpatch"))
@@ -81,16 +80,30 @@ def test_rollback_refuses_incomplete_or_unknown_image(capsys, registry, scenario
     assert skopeo_inspect_digest(registry.host, REPO, TAG) == str(new.manifest_digest)
 
 
-def test_failed_verification_rolls_back(capsys, registry, scenario):
-    old = str(scenario["old"].manifest_digest)
+def test_failed_verification_never_moves_the_tag(capsys, registry, scenario):
+    """The new image is proven by digest before current/link is written: a failed
+    verification leaves the tag where it was (nothing to roll back), the new image
+    stays pullable by digest, and the re-run resumes."""
+    old, new = str(scenario["old"].manifest_digest), str(scenario["new"].manifest_digest)
+    current = registry.root / f"docker/registry/v2/repositories/{REPO}/_manifests/tags/{TAG}/current/link"
+    before = current.read_bytes()
     code, out, err = cli(capsys, "patch", scenario["staged"], *target_args(registry), "--repository", REPO,
                          "--tag", TAG, "--verify-command", "test {ref} = nothing")
     assert code == 5, err
+    assert "verify command for 127.0.0.1" in err and f"/{REPO}@{new}" in err  # {ref} is repo@digest
+    assert current.read_bytes() == before
     assert skopeo_inspect_digest(registry.host, REPO, TAG) == old
-    actions = [e.action for e in read_history(Layout(registry.root), REPO, TAG)]
-    assert actions == ["patch", "auto-rollback"]
+    assert skopeo_inspect_digest(registry.host, REPO, new) == new  # proven by digest, not published
+    assert read_history(Layout(registry.root), REPO, TAG) == []
     journal = json.loads(Layout(registry.root).journal(Repository.parse(REPO), Tag.parse(TAG)).read_text())
-    assert journal["status"] == "rolled-back"
+    assert journal["status"] == "failed" and "verify pull" not in journal["steps"]
+    report = sorted((registry.root / ".regpatch/reports").glob("*.md"))[-1].read_text()
+    assert "The tag was not moved" in report
+    code, out, err = cli(capsys, "patch", scenario["staged"], *target_args(registry), "--repository", REPO,
+                         "--tag", TAG)
+    assert code == 0, err
+    assert f"{old} -> {new}" in out
+    assert skopeo_inspect_digest(registry.host, REPO, TAG) == new
 
 
 def test_lock_timeout_and_other_repository_runs(capsys, registry, scenario):

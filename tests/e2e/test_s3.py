@@ -32,7 +32,6 @@ from regpatch.sample import (make_image, make_layer, push_with_skopeo, scenario_
 from regpatch.store import RegistryStore
 from util import skopeo_inspect_digest, skopeo_pull, tree_hash
 
-pytestmark = pytest.mark.usefixtures("prefect_api")
 
 REPO, TAG = "servercore", "ltsc2019"
 FAST_RETRIES = ["--s3-wait-initial", "0.01", "--s3-wait-max", "0.05"]
@@ -170,23 +169,11 @@ def test_s3_bundle_patches_and_pulls(capsys, logs, registry, scenario, s3, proxy
     assert_no_secret(aws_env, out, err, logs.text)
     staging = RegistryStore(registry.root).layout.staging
     assert not list(staging.glob("*.partial*"))
-    # the flow's artifact lists bytes and throughput per fetched blob
-    markdown = latest_artifact("patch-servercore-ltsc2019")
+    # the run's report lists bytes and throughput per fetched blob
+    markdown = sorted((registry.root / ".regpatch/reports").glob("*.md"))[-1].read_text()
     assert "## Fetched from S3" in markdown and "`base.tar.gz`" in markdown
     assert f"| {new.layers[0].size:,} |" in markdown
     assert_no_secret(aws_env, markdown)
-
-
-def latest_artifact(key: str) -> str:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-    from prefect.client.schemas.sorting import ArtifactSort
-
-    with get_client(sync_client=True) as client:
-        arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
-                                     sort=ArtifactSort.CREATED_DESC, limit=1)
-    assert arts, f"no artifact {key}"
-    return str(arts[0].data)
 
 
 @pytest.mark.parametrize("kind", ["slowdown", "reset", "truncate"])
@@ -414,7 +401,18 @@ def test_aws_endpoint_url_from_the_environment(capsys, registry, scenario, s3, p
 
 # -- options ----------------------------------------------------------------------------
 
-def test_credentials_block_needs_prefect_aws(capsys, registry, scenario, s3, proxy, aws_env):
+def test_credentials_block_needs_a_prefect_api(capsys, registry, scenario, s3, proxy, aws_env, monkeypatch):
+    """A block lives on a Prefect API: without one the command says so before any request."""
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setenv("PREFECT_HOME", str(registry.root / "no-prefect"))
+    code, out, err = patch(capsys, registry, "s3://bucket/p", "--s3-endpoint-url", proxy.url,
+                           "--aws-credentials-block", "site-store")
+    assert code == 2
+    assert "needs a Prefect API" in error_line(err)
+    assert proxy.requests == []
+
+
+def test_credentials_block_needs_prefect_aws(capsys, registry, scenario, s3, proxy, aws_env, prefect_env):
     try:
         import prefect_aws  # noqa: F401
         pytest.skip("prefect-aws is installed: the missing-package message cannot be shown")

@@ -192,5 +192,5 @@ def test_registry_url_with_a_control_character_is_refused_before_any_io(url):
     from regpatch.target import RegistryTarget
 
     with pytest.raises(UsageError, match="control character"):
-        RegistryTarget.for_run("app", "v1", "none", storage="/nonexistent", url=url)
+        RegistryTarget.resolve(storage="/nonexistent", url=url)
     assert RegistryTarget.resolve(storage="/x", url="http://127.0.0.1:5000").url == "http://127.0.0.1:5000"

@@ -42,7 +42,7 @@ def _apply(store: RegistryStore, p) -> None:
     for b in p.to_copy:
         staged = store.stage_blob(b.digest, b.size, lambda b=b: p.source.open(b.source.name),
                                   what=b.source.name)
-        store.install_staged(b.digest, staged)
+        store.install_staged(b.digest, staged, size=b.size)
     for link in p.links:
         store.write_link(link.path, link.digest)
 
