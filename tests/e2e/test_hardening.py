@@ -127,7 +127,8 @@ def test_longest_valid_names_patch_and_pull(capsys, registry, scenario, tmp_path
     # name works only on a registry without that cache
     nocache = LocalRegistry(tmp_path / "nocache", blobdescriptor_cache=False).start()
     try:
-        code, out, err = patch(capsys, nocache, scenario["staged"], repository=long_repo, tag=long_tag)
+        code, out, err = patch(capsys, nocache, scenario["staged"], "--init", repository=long_repo,
+                               tag=long_tag)
         assert code == 0, err
         # skopeo counts the registry host in the 255 characters: check this one over raw HTTP
         resp = httpx.get(f"{nocache.url}/v2/{long_repo}/manifests/{long_tag}",
@@ -323,8 +324,9 @@ def test_permission_denied_as_another_user(scenario, tmp_path, prefect_server):
         push_with_skopeo(scenario["old_layout"], scenario["ref"], reg.host, REPO, TAG)
         bundle = shutil.copytree(scenario["staged"], work / "bundle")
         state, home = work / "nobody-state", work / "nobody-home"
-        for d in (state, home):
-            d.mkdir()
+        locks = reg.root / ".regpatch" / "locks"  # the repository lock is always kept here
+        for d in (state, home, locks):
+            d.mkdir(parents=True)
             os.chmod(d, 0o777)
         before = tree_hash(reg.root / "docker")
         exe = Path(sys.executable).with_name("regpatch")
