@@ -32,7 +32,7 @@ from .manifest import (DOCKER_FOREIGN_LAYER, DOCKER_MANIFEST, MAX_MANIFEST_SIZE,
                        ImageIndex, ImageManifest, Manifest, parse_manifest)
 from .reference import Repository, Tag
 from .registry_config import UrlPolicy
-from .sanitize import escape_controls
+from .sanitize import SafeText, escape_controls
 from .store import RegistryStore
 
 log = logging.getLogger("regpatch.plan")
@@ -108,8 +108,9 @@ class PatchPlan:
         return (not self.to_copy and not self.links_to_write
                 and all(m.in_registry for m in self.manifests))
 
-    def render(self, layout) -> str:
-        """The plan as an operator reads it (dry run, logs)."""
+    def render(self, layout) -> SafeText:
+        """The plan as an operator reads it (dry run, logs); names from the bundle are escaped.
+        Log it as ``log.info(SafeText("plan:\\n%s"), plan.render(layout))`` to keep its lines."""
         lines = [f"patch {self.repository}:{self.tag} from {escape_controls(self.source.description)}",
                  f"  tag: {self.old or '(new tag)'} -> {self.new}"
                  + ("  (already current)" if self.old == self.new else "")]
@@ -129,7 +130,7 @@ class PatchPlan:
                      f"{len(self.present)} already present, {len(self.links_to_write)} links to write")
         for w in self.warnings:
             lines.append(f"  warning: {escape_controls(w)}")
-        return "\n".join(lines)
+        return SafeText("\n".join(lines))  # every name in it escaped: its lines may stay
 
 
 def make_plan(bundle: PatchBundle, store: RegistryStore, repository: Repository, tag: Tag, *,

@@ -5,7 +5,8 @@
   layer file named ``"x\\nregpatch: error: ..."`` must not forge a line of
   output. Every such character becomes a visible escape (``\\n``, ``\\x1b``,
   ``\\u202e``). ``RegpatchError.__str__`` and every ``regpatch.*`` log record
-  (``install_log_escaping``) pass through it: one place each.
+  (``install_log_escaping``) pass through it: one place each. Multi-line text
+  regpatch composes from escaped parts is marked ``SafeText`` to keep its lines.
 * ``redact_command``: a command line (``--verify-command``) shown in a log
   line or an error, with the values of credential options, ``user:password@``
   in URLs, ``Authorization:`` headers and ``*_PASSWORD=`` / ``*_TOKEN=`` /
@@ -46,6 +47,15 @@ def escape_controls(text: str) -> str:
     return _UNSAFE_RE.sub(lambda m: _escape(m.group()), text)
 
 
+class SafeText(str):
+    """Text regpatch composed itself whose untrusted parts are already escaped (with
+    ``escape_controls``), so its own line breaks may stay: a multi-line plan, a table.
+
+    A ``regpatch.*`` log record whose format string and string arguments are all
+    ``SafeText`` is left as it is; any other record is escaped whole.
+    """
+
+
 _FACTORY_MARK = "_regpatch_escaping"
 
 
@@ -68,6 +78,8 @@ def install_log_escaping() -> None:
         record = previous(*args, **kwargs)
         name = record.name
         if name == "regpatch" or name.startswith("regpatch."):
+            if _vouched(record):
+                return record
             try:
                 message = record.getMessage()
             except Exception:  # a bad format string: leave it to the handler to report
@@ -77,6 +89,14 @@ def install_log_escaping() -> None:
 
     setattr(factory, _FACTORY_MARK, True)
     logging.setLogRecordFactory(factory)
+
+
+def _vouched(record: logging.LogRecord) -> bool:
+    if not isinstance(record.msg, SafeText):
+        return False
+    args = record.args if isinstance(record.args, tuple) else (record.args,) if record.args else ()
+    return all(isinstance(a, SafeText) or (isinstance(a, (int, float)) and not isinstance(a, bool))
+               or a is None for a in args)
 
 
 # -- secrets in command lines ------------------------------------------------------

@@ -121,3 +121,22 @@ def test_redact_command_keeps_what_is_not_secret():
     assert redact_command("curl https://alice:pw@reg/v2/") == "curl https://alice:***@reg/v2/"
     assert redact_command("docker login --password-stdin reg") == "docker login --password-stdin reg"
     assert redact_command(f"echo {SECRET}", (SECRET,)) == "echo ***"
+
+
+def test_safe_text_keeps_the_lines_regpatch_composed(tmp_path, caplog):
+    from regpatch.sanitize import SafeText
+
+    layer = b"the layer"
+    m = manifest_bytes([descriptor(layer, DOCKER_LAYER)])
+    bundle = staged_bundle(tmp_path / "b", m, {"l\nregpatch: error: forged.tar.gz": layer})
+    store = RegistryStore(empty_storage(tmp_path / "root"))
+    rendered = plan(bundle, store).render(store.layout)
+    log = logging.getLogger("regpatch.engine")
+    with caplog.at_level(logging.INFO, logger="regpatch.engine"):
+        log.info(SafeText("plan:\n%s"), rendered)           # vouched: lines kept, names escaped
+        log.info("plan:\n%s", rendered)                     # not vouched: one line
+        log.info(SafeText("plan:\n%s"), "x\nregpatch: error: forged")  # a plain str arg: escaped
+    first, second, third = [r.getMessage() for r in caplog.records]
+    assert first.count("\n") >= 3 and "l\\nregpatch: error: forged.tar.gz" in first
+    assert not any(line.startswith("regpatch: error") for line in first.splitlines())
+    assert "\n" not in second and "\n" not in third
