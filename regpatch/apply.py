@@ -94,7 +94,7 @@ def verify_blobs(plan: PatchPlan, store: RegistryStore, *, dry_run: bool = False
     def one(step) -> Optional[BlobResult]:
         try:
             return _verify_one(step, plan, store, dry_run, lambda label, total: guarded(progress(label, total)),
-                               consume)
+                               consume, step.digest in earlier)
         except _Aborted:
             return None
         except BaseException:
@@ -102,7 +102,11 @@ def verify_blobs(plan: PatchPlan, store: RegistryStore, *, dry_run: bool = False
             raise
 
     steps = [s for s in plan.blobs if s.action in (PRESENT, COPY, REPAIR)]
-    local = all(s.source is None or source.local_path(s.source.name) is not None for s in steps)
+    # staged before this run began (an interrupted run); a source that stages several blobs
+    # in one pass (a compressed archive) stages the others during this run
+    earlier = set() if dry_run else {s.digest for s in steps if store.staged_path(s.digest) is not None}
+    local = getattr(source, "parallel_reads", False) or all(  # local folders, local plain archives
+        s.source is None or source.local_path(s.source.name) is not None for s in steps)
     workers = BLOB_WORKERS if local and len(steps) > 1 else 1
     if workers == 1:
         return [r for r in map(one, steps) if r is not None]
@@ -133,7 +137,7 @@ def _is_config(media_type: str) -> bool:
 
 
 def _verify_one(step, plan: PatchPlan, store: RegistryStore, dry_run: bool,
-                progress: ProgressFactory, consume: bool = False) -> Optional[BlobResult]:
+                progress: ProgressFactory, consume: bool = False, staged_earlier: bool = True) -> Optional[BlobResult]:
     source = plan.source
     t0 = time.monotonic()
     if step.action == PRESENT:
@@ -151,6 +155,10 @@ def _verify_one(step, plan: PatchPlan, store: RegistryStore, dry_run: bool,
     if dry_run:
         source.hash(step.source.name, expected=step.digest, expected_size=step.size, what=what, progress=bar)
     elif store.staged_path(step.digest) is not None:
+        if not staged_earlier:  # the source staged it in the same pass as another blob
+            log.info("%s (%s, %s B) staged and verified in the same pass through the bundle",
+                     what, step.digest, f"{step.size:,}")
+            return BlobResult(step.digest, step.size, "verified", 0.0, step.source.name)
         log.info("%s (%s, %s B) already staged and verified by an earlier run: not copied again",
                  what, step.digest, f"{step.size:,}")
         return BlobResult(step.digest, step.size, "resumed", 0.0, step.source.name)

@@ -133,7 +133,54 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--state-dir", metavar="DIR", help="regpatch's state folder (default ROOT/.regpatch)")
     _add_rollout_parser(sub)
     _add_shuttle_parsers(sub)
+    _add_inspect_parser(sub)
     return parser
+
+
+def _add_inspect_parser(sub) -> None:
+    p = sub.add_parser("inspect", help="show what a bundle holds (format, images, platforms, blobs)",
+                       description="Show what BUNDLE holds: its format, images and platforms (with "
+                                   "os.version), manifest digests, blobs with sizes and which are foreign, "
+                                   "total bytes. Reads names, manifests and configs only; --verify hashes "
+                                   "every blob. Writes nothing.")
+    p.add_argument("bundle", metavar="BUNDLE",
+                   help="a folder, an archive (.tar, .tar.gz, .tar.zst, ...), or s3://bucket/prefix")
+    p.add_argument("--json", action="store_true", help="one JSON document")
+    p.add_argument("--verify", action="store_true", help="hash every blob of the bundle")
+    p.add_argument("--image", metavar="NAME",
+                   help="only this image (OCI ref name, or a RepoTag of a docker save archive)")
+    _add_s3_options(p)
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    """Reads the bundle only: no Prefect import, no registry."""
+    from .bundle.inspect import inspect_bundle
+    from .bundle.source import open_source
+
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                        format="regpatch: %(levelname)s: %(message)s", stream=sys.stderr)
+    options = None
+    if args.bundle.startswith("s3://"):
+        if args.aws_credentials_block:
+            from tasks.s3_support import s3_options  # imports prefect-aws only for the block
+
+            options = s3_options(**{k[3:] if k.startswith("s3_") else k: v for k, v in _s3_kwargs(args).items()})
+        else:
+            from .bundle.s3 import S3Options
+
+            options = S3Options(endpoint_url=args.s3_endpoint_url, region=args.s3_region,
+                                retries=args.s3_retries, wait_initial=args.s3_wait_initial,
+                                wait_max=args.s3_wait_max, cache_dir=args.cache_dir,
+                                concurrency=args.s3_concurrency, part_size=args.s3_part_size << 20)
+    progress = None
+    if args.verify and not args.json:
+        from .progress import Progress
+
+        progress = Progress()
+    info = inspect_bundle(open_source(args.bundle, s3=options), image=args.image, verify=args.verify,
+                          progress=progress)
+    sys.stdout.write((info.to_json() if args.json else info.render()) + "\n")
+    return 0
 
 
 def _add_rollout_parser(sub) -> None:
@@ -286,6 +333,8 @@ def run_patch(args: argparse.Namespace):
     out = sys.stdout
     if result.dry_run:
         out.write(result.plan_text + "\n")
+    for note in result.notes:
+        out.write(f"note: {note}\n")
     out.write(result.summary_line() + "\n")
     if result.verified:
         out.write(f"verified: {result.verified}\n")
@@ -567,6 +616,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "history":
             run_history(args)
             return 0
+        if args.command == "inspect":
+            return run_inspect(args)
         if args.command in SHUTTLE_COMMANDS:  # no Prefect: plain core calls
             _console_logging(args.debug)
             SHUTTLE_COMMANDS[args.command](args)

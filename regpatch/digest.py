@@ -130,6 +130,8 @@ def _pipelined_copy(src, dst, h, account: Callable[[int], None]) -> None:
     to_write: queue.Queue = queue.Queue()
     errors: list[BaseException] = []
     stop = threading.Event()
+    write_failed = threading.Event()  # only a failed write stops the writes: bytes read before
+    # a source error are still written (a resumable download keeps all that arrived)
 
     def reader() -> None:
         try:
@@ -152,11 +154,12 @@ def _pipelined_copy(src, dst, h, account: Callable[[int], None]) -> None:
                 if item is _DONE:
                     return
                 buf, n = item
-                if not errors:
+                if not write_failed.is_set():
                     _write_all(dst, memoryview(buf)[:n])
                 free.put(buf)
         except BaseException as e:
             errors.append(e)
+            write_failed.set()
             stop.set()
             free.put(_DONE)
 
@@ -187,13 +190,19 @@ _NO_KERNEL_COPY = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, er
 
 def kernel_copy_and_hash(src_fd: int, dst_fd: int, *, what: str, expected: Optional[Digest],
                          expected_size: int,
-                         progress: Optional[Callable[[int], None]] = None) -> Optional[tuple[Digest, int]]:
+                         progress: Optional[Callable[[int], None]] = None,
+                         src_offset: Optional[int] = None) -> Optional[tuple[Digest, int]]:
     """Copy with ``os.copy_file_range`` (in the kernel) while hashing the DESTINATION.
 
     One thread copies; this thread hashes the bytes that landed in the
     destination right behind it (from the page cache), so what is verified is
     what was written. Returns None when the kernel cannot copy between these
     files (nothing written then): the caller falls back to ``copy_and_hash``.
+
+    ``src_offset``: copy ``expected_size`` bytes from there (a member of an
+    archive file); the bytes after them belong to something else and are not
+    checked. Without it, the copy starts at the descriptor's position and one
+    byte more than ``expected_size`` is a SizeMismatch.
     """
     if not hasattr(os, "copy_file_range"):
         return None
@@ -208,14 +217,14 @@ def kernel_copy_and_hash(src_fd: int, dst_fd: int, *, what: str, expected: Optio
         nonlocal copied, finished, eof_extra
         try:
             while copied < expected_size and not abandon.is_set():
-                n = os.copy_file_range(src_fd, dst_fd, min(KERNEL_COPY_CHUNK, expected_size - copied))
+                n = _copy_range(src_fd, dst_fd, min(KERNEL_COPY_CHUNK, expected_size - copied), copied)
                 if n == 0:
                     break
                 start_writeback(dst_fd, copied, n)
                 with cond:
                     copied += n
                     cond.notify()
-            if copied == expected_size:  # one more byte means the source is too long
+            if copied == expected_size and src_offset is None:  # one more byte: the source is too long
                 eof_extra = len(os.pread(src_fd, 1, copied))
         except BaseException as e:
             errors.append(e)
@@ -224,8 +233,13 @@ def kernel_copy_and_hash(src_fd: int, dst_fd: int, *, what: str, expected: Optio
                 finished = True
                 cond.notify()
 
+    def _copy_range(src: int, dst: int, n: int, done: int) -> int:
+        if src_offset is None:
+            return os.copy_file_range(src, dst, n)
+        return os.copy_file_range(src, dst, n, src_offset + done)
+
     try:  # probe: can the kernel copy here at all?
-        first = os.copy_file_range(src_fd, dst_fd, min(KERNEL_COPY_CHUNK, expected_size)) if expected_size else 0
+        first = _copy_range(src_fd, dst_fd, min(KERNEL_COPY_CHUNK, expected_size), 0) if expected_size else 0
     except OSError as e:
         if e.errno in _NO_KERNEL_COPY:
             return None

@@ -220,6 +220,7 @@ class PatchResult:
     error: Optional[str] = None
     status: str = "running"           # complete | failed | interrupted | dry-run
     tag_moved: bool = False           # current/link now names ``new`` (set by publish-tag)
+    notes: list[str] = field(default_factory=list)  # what the bundle reader says (a conversion: the new digest)
     report_path: Optional[str] = None
     fetches: list[dict] = field(default_factory=list)  # per blob fetched from S3
     bundle_trust: Optional[str] = None  # what check_bundle established (signature, listing, base)
@@ -277,16 +278,24 @@ def patch(request: PatchRequest, observer: Optional[Observer] = None) -> PatchRe
     failed run is attached to the exception as ``.result`` (the summary to show).
     """
     request.check()
-    observer = observer or LogObserver()
+    opened: list[PatchBundle] = []
+    try:
+        return _patch(request, observer or LogObserver(), opened)
+    finally:
+        for loaded in opened:  # scratch files of a converted archive go, the staged blobs stay
+            loaded.close()
+
+
+def _patch(request: PatchRequest, observer: Observer, opened: list) -> PatchResult:
     steps = _Steps(observer)
     target, repo, tag = request.target, request.repository, request.tag
     store = target.store()
     check_storage_tree(store, request.init)
-
     trusts: list = []
 
     def open_bundle() -> PatchBundle:
         loaded, trust = _open_bundle(request, store)
+        opened.append(loaded)
         trusts.append(trust)
         return loaded
 
@@ -294,6 +303,7 @@ def patch(request: PatchRequest, observer: Optional[Observer] = None) -> PatchRe
         trust = trusts[-1]
         result.bundle_trust = trust.summary()
         result.warnings += list(trust.warnings) + trust.target_warnings(repo.name, tag.name)
+        result.notes = list(opened[-1].notes)
         return result
 
     def plan_it(loaded: PatchBundle) -> PatchPlan:
@@ -375,7 +385,10 @@ def _open_bundle(request: PatchRequest, store: RegistryStore):
 
     source = open_source(request.bundle, s3=request.s3)
     trust = check_bundle(source, request.trust_keys, request.allow_unsigned, store)
-    loaded = load_bundle(source, image=request.image)
+    # a docker save archive's layers are compressed once, into the state folder (same filesystem)
+    loaded = load_bundle(source, image=request.image, scratch=None if request.dry_run else store.layout.scratch)
+    for note in loaded.notes:
+        log.info("%s", note)
     if trust.descriptor is not None and loaded.top.digest != trust.descriptor.image.digest:
         raise BundleMismatch(f"bundle {loaded.description}: the image read ({loaded.top.digest}) is not the "
                              f"one regpatch-bundle.json describes ({trust.descriptor.image.digest})")
@@ -675,6 +688,8 @@ def render_patch_markdown(r: PatchResult) -> str:
                  f"The tag was not moved: it still points at `{r.old or '(nothing)'}`. Blobs and "
                  "links already written stay (nothing is deleted); the same command resumes.")
         lines += ["", "## Error", "", r.error, "", where]
+    if r.notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in r.notes]
     if r.warnings:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in r.warnings]
     return "\n".join(lines) + "\n"

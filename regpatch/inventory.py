@@ -84,7 +84,7 @@ class RegistryEntry(BaseModel):
         # typo that would name another file (or a forged log line), never trimmed silently
         if v is not None and _CONTROL.search(v):
             raise ValueError(f"{v!r} contains a control character (newline, tab, NUL...)")
-        if v is not None and v != v.strip():
+        if v is not None and v.strip() and v != v.strip():  # (all blank: "must not be empty")
             raise ValueError(f"{v!r} has leading or trailing spaces")
         return v
 

@@ -70,6 +70,11 @@ class Layout:
         """Verified blob bytes wait here before they are renamed into place."""
         return self.state / "staging"
 
+    @property
+    def scratch(self) -> Path:
+        """Blobs regpatch makes itself (a docker save archive's compressed layers) wait here."""
+        return self.state / "convert"
+
     def staged_blob(self, digest: Digest) -> Path:
         return self.staging / f"{digest.algorithm}-{digest.hex}"
 

@@ -123,7 +123,7 @@ def load_json(raw: bytes, *, what: str, max_depth: int = MAX_JSON_DEPTH,
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ManifestError(f"{what}: not UTF-8 text ({e.reason} at byte {e.start})") from e
+        raise ManifestError(f"{what} is not UTF-8 text ({e.reason} at byte {e.start})") from e
 
     def refuse_constant(name: str):
         raise ManifestError(f"{what}: {name} is not JSON (Go's encoding/json refuses it)")
@@ -136,8 +136,9 @@ def load_json(raw: bytes, *, what: str, max_depth: int = MAX_JSON_DEPTH,
             f = _fold(key)
             if f in seen:
                 if seen[f] == key:
-                    raise ManifestError(f"{what}: duplicate key {key!r} in one object; JSON readers "
-                                        "disagree on which one counts: refusing an ambiguous document")
+                    raise ManifestError(f"{what}: duplicate key {key!r} appears twice in one object; "
+                                        "JSON readers disagree on which one counts: refusing an "
+                                        "ambiguous document")
                 raise ManifestError(f"{what}: keys {seen[f]!r} and {key!r} in one object differ only "
                                     "in letter case; Go's encoding/json reads both as the same field "
                                     "(the last wins): refusing an ambiguous document")
@@ -238,8 +239,10 @@ def _descriptor(obj, where: str) -> Descriptor:
     except InvalidReference as e:
         raise ManifestError(f"{where}: {e}") from e
     size = obj.get("size")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0 or size > MAX_INT64:
-        raise ManifestError(f"{where}: 'size' must be a non-negative 64-bit integer, got {size!r}")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise ManifestError(f"{where}: 'size' must be a non-negative integer, got {size!r}")
+    if size > MAX_INT64:
+        raise ManifestError(f"{where}: 'size' {size} does not fit a 64-bit integer (Go refuses it)")
     media_type = obj.get("mediaType", "")
     if not isinstance(media_type, str):
         raise ManifestError(f"{where}: 'mediaType' must be a string")

@@ -194,11 +194,11 @@ class RegistryStore:
                 if stat.S_ISLNK(st.st_mode):
                     if p not in self._anchors:
                         raise UnsafePath(
-                            f"refusing {path}: {p} is a symlink (to {os.readlink(p)}); symlinks are "
+                            f"refusing {path}: {p} is a symlink that resolves to {os.path.realpath(p)}, "
+                            "outside the registry storage as the operator laid it out: symlinks are "
                             "followed only at the registry's fixed folders (root, docker, "
                             "docker/registry, v2, v2/blobs, v2/blobs/sha256, v2/repositories, the "
-                            "state folder), never below them, or writes could land outside the "
-                            "registry storage; replace it with a real folder")
+                            "state folder), never below them; replace it with a real folder")
                     self._follow_anchor(p)
                 elif not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
                     # (a regular file where a folder must be fails later with ENOTDIR)
@@ -312,9 +312,9 @@ class RegistryStore:
         if m is None:
             shown = raw[:80] + (b"..." if len(raw) > 80 else b"")
             raise MalformedLink(
-                f"link file {self.layout.relative(path)} does not hold exactly 'sha256:<64 lowercase "
-                f"hex>' (got {shown!r}); the registry cannot use it either (a newline, CRLF, BOM or "
-                "UTF-16 makes it answer an error)")
+                f"link file {self.layout.relative(path)} does not hold 'sha256:<hex>' exactly "
+                f"(64 lowercase hex; got {shown!r}); the registry cannot use it either: a UTF-16 or "
+                "newline-terminated link (CRLF, BOM, spaces) makes it answer an error")
         return Digest("sha256", m.group(1).decode("ascii"))
 
     def current_tag(self, repo: Repository, tag: Tag) -> Optional[Digest]:
@@ -408,6 +408,7 @@ class RegistryStore:
             mark = {"size": st.st_size, "ino": st.st_ino, "mtime_ns": st.st_mtime_ns}
             self.write_file(self._verified_marker(digest), json.dumps(mark).encode(), durable=False)
         except (RegpatchError, OSError) as e:  # only an optimisation: never fail a patch for it
+            # (OSError: e.g. another run installed the staged file meanwhile)
             log.debug("could not record verified blob %s: %s", digest, e)
 
     # -- writing ------------------------------------------------------------
@@ -496,7 +497,11 @@ class RegistryStore:
         final = self.layout.staged_blob(digest)
         with self._temp_beside(final) as dst, _io(f"copying {what} into", final), open_source() as src:
             done = None
-            if _is_plain_file(src):
+            region = getattr(src, "file_region", None)  # (fd, offset): a member of a local archive
+            if region is not None:
+                done = kernel_copy_and_hash(region[0], dst.fileno(), what=what, expected=digest,
+                                            expected_size=size, progress=progress, src_offset=region[1])
+            elif _is_plain_file(src):
                 advise_sequential(src.fileno())
                 if try_reflink(src.fileno(), dst.fileno()):  # XFS, btrfs: blocks shared, no copy
                     log.info("%s: cloned (reflink), hashing the clone", what)
@@ -596,7 +601,6 @@ class RegistryStore:
         verified marker matches) and the call returns False.
         """
         final = self.layout.blob_data(digest)
-        self._check_inside(staged)
         with _io("installing the blob", final):
             return self._install_staged(digest, staged, final, replace, size)
 

@@ -117,7 +117,7 @@ def _manifest_text(**replace) -> bytes:
     # every object level, names the key
     (lambda: _manifest_text(**{'"size"': '"annotations": {"a": "1", "A": "2"}, "size"'}),
      "'a' and 'A'"),
-    (lambda: _manifest_text(**{'"size": ': '"size": 1e400, "x": '}), "64-bit integer, got inf"),
+    (lambda: _manifest_text(**{'"size": ': '"size": 1e400, "x": '}), "non-negative integer, got inf"),
     (lambda: _manifest_text(**{'"schemaVersion": 2': '"schemaVersion": 2, "x": NaN'}), "NaN is not JSON"),
     (lambda: _manifest_text(**{'"size": 11': '"size": 9223372036854775808'}), "64-bit integer"),
     (lambda: _manifest_text(**{'"layers"': '"\\ud800"'}), "lone UTF-16 surrogate"),

@@ -104,6 +104,9 @@ def test_registry_config_values_are_used_whole(tmp_path):
     assert storage_root_from_config(cfg).as_posix() == "/var/lib/registry"
     with pytest.raises(ConfigError, match="http.addr"):
         registry_url_from_config(cfg)
+    cfg.write_text("http:\n  addr: ' reg.local:443 '\n")  # Go cannot listen on it: not trimmed
+    with pytest.raises(ConfigError, match="http.addr"):
+        registry_url_from_config(cfg)
     cfg.write_text('http:\n  addr: ":５０００"\n')  # full-width digits: str.isdigit() says yes
     with pytest.raises(ConfigError, match="http.addr"):
         registry_url_from_config(cfg)
