@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Optional, Sequence
 
 from .digest import Digest
-from .errors import (InvalidReference, StorageError, StorageNotFound, UsageError)
+from .errors import (InvalidReference, ManifestError, StorageError, StorageNotFound, UsageError)
+from .manifest import load_json
 from .layout import Layout
 from .reference import Repository, Tag
 from .store import RegistryStore
@@ -291,9 +292,9 @@ def _size(value, name: str, where: str) -> int:
 def parse_contents(data: bytes, name: str) -> Contents:
     """Parse and check the bytes of a contents file (every key and value)."""
     try:
-        doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise _bad(name, f"not JSON ({type(e).__name__})") from None
+        doc = load_json(data, what=name)  # bounded depth, no duplicate or case-folded keys
+    except ManifestError as e:
+        raise _bad(name, f"not JSON, or JSON Go would read differently ({e})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise _bad(name, f"'format' is not {FORMAT!r}")
     unknown = set(doc) - {"format", "blobs", "repositories"}

@@ -1,7 +1,8 @@
 """Digest value type and streaming hash-while-copy.
 
-A digest is never a bare string once parsed: ``Digest.parse`` validates it and
-everything else takes ``Digest``. Only sha256 is accepted: it is the only
+A digest is never a bare string once parsed: ``Digest.parse`` validates the
+whole string (no trailing newline, no surrounding space) and everything else
+takes ``Digest``. Only sha256 is accepted: it is the only
 algorithm the patch bundles and the registry's ``blobs/sha256`` tree use.
 """
 
@@ -23,13 +24,18 @@ from .errors import DigestMismatch, InvalidReference, SizeMismatch
 
 CHUNK = 4 << 20  # 4 MiB: large enough for throughput, small enough to stay flat
 
-_HEX = re.compile(r"[a-f0-9]{64}")
+_HEX = re.compile(r"[a-f0-9]{64}", re.ASCII)
 
 
 @dataclass(frozen=True, order=True)
 class Digest:
     algorithm: str
     hex: str
+
+    def __post_init__(self) -> None:  # no Digest can hold anything but sha256 and 64 hex
+        if self.algorithm != "sha256" or not isinstance(self.hex, str) or not _HEX.fullmatch(self.hex):
+            raise InvalidReference("digest", f"{self.algorithm}:{self.hex}",
+                                   "expected 'sha256:<64 lowercase hex>'")
 
     @classmethod
     def parse(cls, value: str) -> "Digest":

@@ -50,6 +50,7 @@ from .plan import REPAIR, PatchPlan, make_plan
 from .progress import Progress, human
 from .reference import Repository, Tag
 from .registry_api import VerifyReport, run_verify_command
+from .sanitize import SafeText
 from .registry_config import blob_descriptor_cache
 from .rollback import check_complete_image, flip_tag, rollback_target
 from .service import parse_restart_spec
@@ -398,7 +399,7 @@ def _open_bundle(request: PatchRequest, store: RegistryStore):
 
 def _plan(request: PatchRequest, store: RegistryStore, loaded: PatchBundle) -> PatchPlan:
     plan = make_plan(loaded, store, request.repository, request.tag)
-    log.info("plan:\n%s", plan.render(store.layout))
+    log.info(SafeText("plan:\n%s"), plan.render(store.layout))  # names escaped in render
     _check_repairs(request, plan)
     if request.consume:
         _check_consumable(store, plan)

@@ -49,7 +49,7 @@ from .contents import ContentsFile, read_contents_file, union_blobs
 from .digest import Digest, copy_and_hash, new_hasher
 from .errors import (BlobMissing, DigestMismatch, InvalidReference, ManifestError, RegpatchError,
                      SizeMismatch, SourceError, UsageError, VerificationError)
-from .manifest import (ALL_MANIFEST_TYPES, MAX_MANIFEST_SIZE, OCI_INDEX, Descriptor, ImageIndex,
+from .manifest import (ALL_MANIFEST_TYPES, load_json, MAX_MANIFEST_SIZE, OCI_INDEX, Descriptor, ImageIndex,
                        ImageManifest, Manifest, parse_manifest)
 from .reference import Repository, Tag
 from .signing import (DESCRIPTOR, SIGNATURE, BlobEntry, BundleDescriptor, ContentsRef, ManifestEntry,
@@ -273,7 +273,7 @@ def open_image_source(source: str, *, image: Optional[str], registry: RegistryOp
 
 def _layout_ref_names(loaded: PatchBundle) -> list[str]:
     try:
-        index = json.loads(loaded.source.read_bytes("index.json", MAX_MANIFEST_SIZE))
+        index = load_json(loaded.source.read_bytes("index.json", MAX_MANIFEST_SIZE), what="index.json")
         return [str((m.get("annotations") or {}).get(REF_NAME)) for m in index.get("manifests", [])
                 if (m.get("annotations") or {}).get(REF_NAME)]
     except (ValueError, AttributeError, RegpatchError):
@@ -657,8 +657,8 @@ def _matches(want: dict, have: dict) -> bool:
 
 def _platform_from_config(raw: bytes) -> dict:
     try:
-        doc = json.loads(raw)
-    except ValueError:
+        doc = load_json(raw, what="config")
+    except ManifestError:
         return {}
     if not isinstance(doc, dict):
         return {}

@@ -60,7 +60,7 @@ from .bundle.source import BundleSource
 from .digest import Digest
 from .errors import (BaseBlobsMissing, BundleMismatch, InvalidReference, ManifestError,
                      SignatureError, UnsignedBundle, UsageError)
-from .manifest import (ALL_MANIFEST_TYPES, MAX_MANIFEST_SIZE, ImageIndex, ImageManifest,
+from .manifest import (ALL_MANIFEST_TYPES, load_json, MAX_MANIFEST_SIZE, ImageIndex, ImageManifest,
                        Manifest, parse_manifest)
 from .reference import Repository, Tag
 from .store import RegistryStore
@@ -258,9 +258,9 @@ def _manifest(doc, where: str, what: str) -> ManifestEntry:
 
 def parse_descriptor(raw: bytes, where: str) -> BundleDescriptor:
     try:
-        doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise _mismatch(where, f"not JSON ({type(e).__name__})") from None
+        doc = load_json(raw, what="the document")  # depth, duplicate and case-folded keys, as Go reads it
+    except ManifestError as e:
+        raise _mismatch(where, f"not JSON, or JSON Go would read differently ({e})") from None
     doc = _keys(doc, {"format", "tool", "created", "source", "image", "files", "blobs",
                       "assumed_present", "foreign"},
                 {"format", "image", "files", "blobs", "assumed_present"}, where, "the document")
@@ -594,7 +594,8 @@ def _check_layout_files(source: BundleSource, desc: BundleDescriptor) -> None:
         if Digest.of_bytes(data) != b.digest or len(data) != b.size:
             raise BundleMismatch(f"{source.describe(name)} does not hash to {b.digest} as {DESCRIPTOR} "
                                  "says; it was altered after the bundle was made")
-    index = json.loads(source.read_bytes("index.json", MAX_LAYOUT_FILE))  # hash-checked just above
+    index = load_json(source.read_bytes("index.json", MAX_LAYOUT_FILE),  # hash-checked just above
+                      what=source.describe("index.json"))
     entries = index.get("manifests") if isinstance(index, dict) else None
     if not isinstance(entries, list) or len(entries) != 1 or not isinstance(entries[0], dict) \
             or entries[0].get("digest") != str(desc.image.digest):

@@ -45,7 +45,8 @@ from typing import BinaryIO, Callable, Optional
 from ..digest import Digest
 from ..errors import (BundleError, DigestMismatch, InvalidReference, ManifestError, SourceError,
                       UsageError)
-from ..manifest import DOCKER_CONFIG, DOCKER_FOREIGN_LAYER, DOCKER_LAYER, DOCKER_MANIFEST, parse_manifest
+from ..manifest import (DOCKER_CONFIG, DOCKER_FOREIGN_LAYER, DOCKER_LAYER, DOCKER_MANIFEST, load_json,
+                        parse_manifest)
 from .gzipper import DEFAULT_LEVEL, compress_stream
 from .source import BundleSource, _safe_name
 
@@ -62,27 +63,9 @@ MAX_CONFIGS_TOTAL = 64 << 20   # all the configs of one archive, held in memory 
 # -- strict JSON --------------------------------------------------------------------
 
 def strict_json(raw: bytes, what: str):
-    """Parse JSON as strictly as Go's encoding/json would accept it, and no further:
-    UTF-8 only, no duplicate keys, no NaN/Infinity, nesting bounded."""
-    def pairs(items):
-        out = {}
-        for k, v in items:
-            if k in out:
-                raise ManifestError(f"{what}: key {k[:60]!r} appears twice")
-            out[k] = v
-        return out
-
-    def bad_constant(name):
-        raise ManifestError(f"{what}: {name} is not JSON")
-
-    try:
-        return json.loads(raw.decode("utf-8"), object_pairs_hook=pairs, parse_constant=bad_constant)
-    except UnicodeDecodeError as e:
-        raise ManifestError(f"{what} is not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except json.JSONDecodeError as e:
-        raise ManifestError(f"{what}: malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
-    except RecursionError:
-        raise ManifestError(f"{what}: JSON nested too deeply") from None
+    """Parse JSON as Go's encoding/json reads it (the one strict reader, manifest.load_json:
+    UTF-8 only, no duplicate or case-folded keys, no NaN/Infinity, nesting bounded)."""
+    return load_json(raw, what=what)
 
 
 def printable(text: str, limit: int = 200) -> str:

@@ -22,7 +22,6 @@ the layers of a ``docker save`` archive (compressed to learn their digest).
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,7 @@ from ..digest import Digest
 from ..errors import (BundleError, DigestMismatch, InvalidReference, ManifestError, RegpatchError,
                       SizeMismatch, UnknownBundleFormat, UsageError)
 from ..manifest import (ImageIndex, ImageManifest, Manifest, MAX_MANIFEST_SIZE, OCI_INDEX, Descriptor,
-                        parse_manifest)
+                        load_json, parse_manifest)
 from .source import ACCEPTED_FORMATS, BundleSource
 
 if TYPE_CHECKING:
@@ -278,10 +277,8 @@ def _load_staged(source: BundleSource, files: dict[str, int]) -> PatchBundle:
         cdigest = Digest.of_bytes(craw)
         if cdigest != top.config.digest:
             raise DigestMismatch(f"config {what}", top.config.digest, cdigest, len(craw))
-        try:
-            json.loads(craw)
-        except ValueError as e:
-            raise ManifestError(f"config {what} is not valid JSON: {e}") from e
+        if not isinstance(load_json(craw, what=f"config {what}"), dict):
+            raise ManifestError(f"config {what} is not a JSON object")
         unmatched.pop(cname, None)
         bundle_files[cdigest] = BundleFile(cname, len(craw), cdigest, True)
 
@@ -304,11 +301,10 @@ def _referenced_digests(top: Manifest) -> set[Digest]:
 
 def _load_oci_layout(source: BundleSource, files: dict[str, int], image: Optional[str]) -> PatchBundle:
     where = source.description
-    try:
-        layout = json.loads(source.read_bytes("oci-layout", 4096))
-        version = layout.get("imageLayoutVersion")
-    except (ValueError, AttributeError):
-        raise ManifestError(f"{where}/oci-layout is not valid JSON") from None
+    layout = load_json(source.read_bytes("oci-layout", 4096), what=f"{where}/oci-layout")
+    if not isinstance(layout, dict):
+        raise ManifestError(f"{where}/oci-layout is not a JSON object")
+    version = layout.get("imageLayoutVersion")
     if not isinstance(version, str) or not version.startswith("1."):
         raise UnknownBundleFormat(f"{where}/oci-layout declares imageLayoutVersion {version!r}; 1.x is supported")
     index = parse_manifest(source.read_bytes("index.json", MAX_MANIFEST_SIZE),

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from regpatch.layout import Layout
 from regpatch.localregistry import LocalRegistry
+from regpatch.reference import Repository, Tag
 from regpatch.sample import make_image, make_layer, push_with_skopeo, scenario_servercore, write_oci_layout, \
     write_staged_bundle
 from util import skopeo, skopeo_inspect_digest, skopeo_pull, tree_hash
@@ -155,7 +157,7 @@ def test_interrupt_stops_cleanly_and_the_same_command_resumes(tmp_path, scenario
     assert _session_processes(p.pid) == []  # no child left behind (a temporary server, a verify command)
     assert not list(staging.glob(".regpatch-tmp-*"))
     assert tree_hash(registry.root / "docker") == before
-    journal = json.loads((registry.root / f".regpatch/journal/{REPO}@{TAG}.json").read_text())
+    journal = json.loads(Layout(registry.root).journal(Repository.parse(REPO), Tag.parse(TAG)).read_text())
     assert journal["status"] == "interrupted"
     proc = cli("patch", bundle, *target(registry), env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr

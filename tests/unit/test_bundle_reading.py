@@ -66,7 +66,7 @@ def test_a_hand_made_staged_folder_loads_with_its_sidecars(tmp_path):
     ("foreign_sidecar", BundleError, "which the manifest"),
     ("config_size", SizeMismatch, "size mismatch for config"),
     ("config_bytes", DigestMismatch, "digest mismatch for config"),
-    ("config_not_json", ManifestError, "is not valid JSON"),
+    ("config_not_json", ManifestError, "malformed JSON"),
     ("huge_manifest", SourceError, "is larger than 4194304 bytes; it cannot be a manifest or config"),
 ])
 def test_staged_folders_that_do_not_add_up_are_refused(tmp_path, breaker, error, message):
@@ -172,7 +172,7 @@ def edit_index(layout, change):
 
 
 @pytest.mark.parametrize("breaker, error, message", [
-    ("layout_not_json", ManifestError, "oci-layout is not valid JSON"),
+    ("layout_not_json", ManifestError, "oci-layout: malformed JSON"),
     ("layout_v2", UnknownBundleFormat, "declares imageLayoutVersion '2.0.0'; 1.x is supported"),
     ("index_is_manifest", ManifestError, "index.json is not an image index"),
     ("no_images", BundleError, "holds no image (index.json lists no manifest)"),
@@ -316,7 +316,8 @@ def test_manifests_are_read_never_rewritten():
                      indent=3).encode()
     m = parse_manifest(raw, what="x")
     assert (m.media_type, m.raw, m.digest) == (OCI_MANIFEST, raw, Digest.of_bytes(raw))  # mediaType inferred
-    assert m.layers[0].is_foreign and m.layers[0].annotation("k") == "v" and not m.is_index
+    # urls on an ordinary layer do not make it foreign (only the media type does)
+    assert not m.layers[0].is_foreign and m.layers[0].annotation("k") == "v" and not m.is_index
     index = parse_manifest(json.dumps({"schemaVersion": 2, "manifests": [
         {**blob(raw, OCI_MANIFEST), "platform": {"os": "windows", "architecture": "amd64",
                                                  "os.version": "10.0.17763.1"}}]}).encode(), what="i")

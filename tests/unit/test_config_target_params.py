@@ -29,7 +29,7 @@ def yml(tmp_path, text: str, name: str = "config.yml") -> Path:
     ("addr: :5000", "http://127.0.0.1:5000"),
     ("addr: 0.0.0.0:5001", "http://127.0.0.1:5001"),
     ("addr: '[::]:5002'", "http://127.0.0.1:5002"),
-    ("addr: ' reg.local:443 '", "http://reg.local:443"),
+    ("addr: reg.local:443", "http://reg.local:443"),
     ("addr: :5443\n  prefix: /registry/\n  tls:\n    certificate: /etc/r.crt\n    key: /etc/r.key",
      "https://127.0.0.1:5443/registry"),
     ("addr: :443\n  tls:\n    letsencrypt:\n      email: ops@example.com", "https://127.0.0.1:443"),

@@ -27,7 +27,8 @@ from regpatch.layout import Layout
 from regpatch.reference import Repository, Tag
 from regpatch.state import (Journal, actor, open_journal, previous_digest, read_history, record_history,
                             render_history, repository_lock, was_verified)
-from regpatch.store import TMP_MARK, RegistryStore, _space_error, sweep_temp_files
+from regpatch.errors import os_error
+from regpatch.store import TMP_MARK, RegistryStore, sweep_temp_files
 
 R, T = Repository(REPO), Tag(TAG)
 
@@ -161,15 +162,16 @@ def test_temp_files_of_dead_runs_are_swept_and_live_ones_kept(site):
 
 
 def test_write_errors_name_the_path_and_what_to_do():
+    """(Every errno is mapped, see test_hardening_storage.py.)"""
     path = Path("/srv/registry/docker/registry/v2/blobs/sha256/ab/abcd/data")
     for code in (errno.ENOSPC, errno.EDQUOT):
-        err = _space_error(OSError(code, os.strerror(code)), path)
-        assert isinstance(err, NoSpace) and f"while writing {path}; free space" in str(err)
+        err = os_error(OSError(code, os.strerror(code)), doing="writing", path=path)
+        assert isinstance(err, NoSpace) and f"writing {path} failed" in str(err) and "free space" in str(err)
         assert err.exit_code == 4
-    err = _space_error(OSError(errno.EROFS, "Read-only file system"), path)
-    assert type(err) is StorageError and str(err) == f"cannot write {path}: Read-only file system"
-    other = OSError(errno.EIO, "Input/output error")
-    assert _space_error(other, path) is other
+    err = os_error(OSError(errno.EROFS, "Read-only file system"), doing="writing", path=path)
+    assert type(err) is StorageError and str(err).startswith(f"writing {path} failed: [EROFS] Read-only")
+    err = os_error(OSError(errno.EIO, "Input/output error"), doing="writing", path=path)
+    assert type(err) is StorageError and "[EIO]" in str(err) and err.exit_code == 4
 
 
 # --------------------------------------------------------------------------- locks, journal, history
