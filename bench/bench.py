@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark: ``regpatch patch`` against cp, hashlib and skopeo (issue 6).
+"""Benchmark: ``regpatch patch`` against cp, hashlib and skopeo (issues 6, 9, 14).
 
 Not a test. In one run, on a generated bundle of ``--size`` bytes (default
 2 GiB: a base layer of 75% and a delta layer of 25%, incompressible content,
@@ -13,12 +13,16 @@ prints median and spread (min-max):
   per blob), and ``sha256sum`` for reference;
 - ``skopeo copy`` pushing the image from an OCI layout over HTTP into a
   fresh ``docker-registry`` (fresh storage each repetition);
-- ``regpatch patch`` (the real CLI, a subprocess) of the staged bundle into
-  a fresh storage of a fresh registry; the Prefect engine start-up is the
-  time of a ``regpatch patch`` of a tiny bundle, so the table shows total,
-  start-up and total minus start-up. One ``prefect server start`` on
-  127.0.0.1 serves every CLI run (``PREFECT_API_URL``); the start-up with the
-  ephemeral API is measured once for information;
+- ``regpatch patch`` (the real CLI, a subprocess, without a Prefect API: the
+  engine runs in the command's process) of the staged bundle into a fresh
+  storage of a fresh registry; the start-up is the time of a ``regpatch patch``
+  of a tiny bundle, so the table shows total, start-up and total minus start-up;
+  "ingest" is the run's verify-digests + copy-blobs seconds (its report in the
+  state folder);
+- ``regpatch patch --consume`` of a copy of the bundle on the storage's
+  filesystem (files renamed into the storage, hashed there: ingest = hashing);
+- for information, the tiny patch with ``PREFECT_API_URL`` set to one
+  ``prefect server start`` on 127.0.0.1 (a flow run, one task run per step);
 - the verification pull alone (``RegistryClient.verify_image`` in this
   process) against ``skopeo copy docker://... dir:`` of the same image;
 - a re-run of the already applied patch;
@@ -66,7 +70,6 @@ from regpatch.sample import (make_image, make_layer, push_with_skopeo, write_oci
                              write_staged_bundle)
 
 REPO, TAG, REF = "servercore", "ltsc2019", "ltsc2019"
-ARTIFACT_KEY = "patch-servercore-ltsc2019"
 CHUNK = 4 << 20
 MiB = 1 << 20
 
@@ -305,23 +308,6 @@ class PrefectServer:
             time.sleep(0.3)
         raise RuntimeError(f"prefect server did not answer {self.url}/health in {timeout}s")
 
-    def latest_step_seconds(self) -> dict[str, float]:
-        """Per-step seconds from the newest markdown artifact of the patch flow."""
-        import httpx
-        r = httpx.post(self.url + "/artifacts/filter", timeout=10, json={
-            "artifacts": {"key": {"any_": [ARTIFACT_KEY]}}, "sort": "CREATED_DESC", "limit": 1})
-        r.raise_for_status()
-        rows = r.json()
-        if not rows:
-            return {}
-        md = rows[0].get("data") or ""
-        steps: dict[str, float] = {}
-        part = md.split("## Time per step", 1)
-        if len(part) == 2:
-            for m in re.finditer(r"^\| ([^|]+?) \| ([0-9.]+) \|$", part[1], re.M):
-                steps[m.group(1)] = float(m.group(2))
-        return steps
-
     def stop(self) -> None:
         if self.proc is None:
             return
@@ -342,6 +328,19 @@ class PrefectServer:
             pass
         self._log.close()
         self.proc = None
+
+
+def report_steps(root: Path) -> dict[str, float]:
+    """Per-step seconds from the newest run report in the storage's state folder."""
+    reports = sorted((root / ".regpatch" / "reports").glob("*.md"))
+    if not reports:
+        return {}
+    steps: dict[str, float] = {}
+    part = reports[-1].read_text().split("## Time per step", 1)
+    if len(part) == 2:
+        for m in re.finditer(r"^\| ([^|]+?) \| ([0-9.]+) \|$", part[1], re.M):
+            steps[m.group(1)] = float(m.group(2))
+    return steps
 
 
 # --------------------------------------------------------------------------- the benchmark
@@ -402,19 +401,16 @@ class Bench:
             env["PREFECT_API_URL"] = self.server.url
         return env
 
-    def patch(self, bundle: Path, reg: LocalRegistry, label: str, server: bool = True) -> Proc:
+    def patch(self, bundle: Path, reg: LocalRegistry, label: str, server: bool = False, *extra: str) -> Proc:
         cmd = [str(Path(sys.executable).parent / "regpatch"), "patch", str(bundle), "--repository", REPO,
-               "--tag", TAG, "--registry-config", str(reg.config_path)]
+               "--tag", TAG, "--registry-config", str(reg.config_path), "--init", *extra]
         return run_child(cmd, env=self.cli_env(server), log_to=self.work / "logs" / f"{self.n:02d}-{label}.log")
 
     def tiny_patch(self, tiny: "Bundle") -> None:
         reg = self.fresh_registry("tiny")
         try:
             p = self.patch(tiny.staged, reg, "tiny")
-            self.row("startup", "start-up: patch of a tiny bundle").add(p.seconds)
-            fw = flow_wall(p.stderr)
-            if fw is not None:
-                self.row("startup-flow", "  of which: its flow run (log: Beginning->Finished)").add(fw)
+            self.row("startup", "start-up: patch of a tiny bundle (no Prefect API)").add(p.seconds)
         finally:
             self.drop_registry(reg)
 
@@ -498,20 +494,21 @@ class Bench:
                 self.drop_registry(reg)
             log(f"skopeo push {i + 1}/{R}: {self.rows['push'].values[-1]:.2f}s")
 
-        # 4. start-up: a patch of a tiny bundle (server), and once with the ephemeral API;
+        # 4. start-up: a patch of a tiny bundle without a Prefect API, and (info) with the server;
         #    more tiny patches are interleaved with the big ones below (the load drifts)
         for i in range(max(R, 3)):
             self.tiny_patch(tiny)
         for i in range(max(R, 3)):
-            self.row("import", "  of which: python -c 'import flows.patch'").add(
-                run_child([sys.executable, "-c", "import flows.patch"], env=self.cli_env()).seconds)
-        reg = self.fresh_registry("tiny-ephemeral")
-        try:
-            self.row("startup-eph", "start-up, ephemeral API (info)").add(
-                self.patch(tiny.staged, reg, "tiny-ephemeral", server=False).seconds)
-        finally:
-            self.drop_registry(reg)
-        log(f"start-up: {self.rows['startup'].values}, ephemeral {self.rows['startup-eph'].values}")
+            reg = self.fresh_registry("tiny-server")
+            try:
+                p = self.patch(tiny.staged, reg, "tiny-server", True)
+                self.row("startup-api", "start-up with PREFECT_API_URL (a flow run; info)").add(p.seconds)
+                fw = flow_wall(p.stderr)
+                if fw is not None:
+                    self.row("startup-flow", "  of which: its flow run (log: Beginning->Finished)").add(fw)
+            finally:
+                self.drop_registry(reg)
+        log(f"start-up: {self.rows['startup'].values}, with the API {self.rows['startup-api'].values}")
 
         # 5. regpatch patch, verification pull, skopeo pull to dir:, re-run
         for i in range(R):
@@ -523,16 +520,13 @@ class Bench:
                 self.staged_lines.append(staged_rates(p.stderr))
                 if "patched" not in p.stdout:
                     raise RuntimeError(f"regpatch did not patch: {p.stdout}")
-                steps = self.server.latest_step_seconds()
+                steps = report_steps(reg.root)
                 self.steps.append(steps)
                 self.rss.setdefault("default", []).append(p.maxrss)
                 self.row("patch", "regpatch patch (CLI), total", nb).add(p.seconds)
-                fw = flow_wall(p.stderr)
-                if fw is not None:
-                    self.row("patch-flow", "regpatch patch, flow run only (log: Beginning->Finished)", nb).add(fw)
-                ingest = steps.get("verify digests", 0) + steps.get("copy blobs", 0)
+                ingest = steps.get("verify-digests", 0) + steps.get("copy-blobs", 0)
                 if ingest > 0:
-                    self.row("ingest", "regpatch ingest (verify digests + copy blobs)", nb).add(ingest)
+                    self.row("ingest", "regpatch ingest (verify-digests + copy-blobs)", nb).add(ingest)
                 log(f"patch {i + 1}/{R}: {p.seconds:.2f}s, rss {human(p.maxrss)}, steps {steps}")
 
                 with RegistryClient(reg.url, insecure=True) as client:
@@ -549,14 +543,29 @@ class Bench:
                 if "nothing to do" not in p2.stdout:
                     self.notes.append(f"re-run {i + 1} did not say 'nothing to do': {p2.stdout.strip()}")
                 self.row("rerun", "re-run of the applied patch, total").add(p2.seconds)
-                fw2 = flow_wall(p2.stderr)
-                if fw2 is not None:
-                    self.row("rerun-flow", "re-run, flow run only (log: Beginning->Finished)").add(fw2)
-                self.rerun_steps = self.server.latest_step_seconds()
+                self.rerun_steps = report_steps(reg.root)
                 log(f"verify {self.rows['verify'].values[-1]:.2f}s, skopeo pull {self.rows['pull'].values[-1]:.2f}s, "
                     f"re-run {p2.seconds:.2f}s")
             finally:
                 self.drop_registry(reg)
+
+            # --consume: a copy of the bundle on the storage's filesystem is taken, not copied
+            reg = self.fresh_registry("consume")
+            taken = self.work / "registries" / "consume-bundle"
+            try:
+                shutil.rmtree(taken, ignore_errors=True)
+                run_child(["cp", "-r", str(b.staged), str(taken)])
+                run_child(["sync"])
+                p = self.patch(taken, reg, "consume", False, "--consume")
+                steps = report_steps(reg.root)
+                ingest = steps.get("verify-digests", 0) + steps.get("copy-blobs", 0)
+                if ingest > 0:
+                    self.row("consume", "regpatch ingest with --consume (rename + hash)", nb).add(ingest)
+                self.rss.setdefault("default", []).append(p.maxrss)
+                log(f"consume {i + 1}/{R}: ingest {ingest:.2f}s, total {p.seconds:.2f}s")
+            finally:
+                self.drop_registry(reg)
+                shutil.rmtree(taken, ignore_errors=True)
 
         # "minus start-up" with the median of every tiny patch (interleaved with the big ones)
         startup = self.rows["startup"].median
@@ -611,7 +620,7 @@ class Bench:
         out.append("")
         if self.steps:
             names = list(self.steps[0])
-            out.append("regpatch per-step seconds (from the run's 'Time per step' artifact), per repetition:")
+            out.append("regpatch per-step seconds (from the run's report, 'Time per step'), per repetition:")
             out.append("  " + "  ".join(f"{n:>16}" for n in names))
             for s in self.steps:
                 out.append("  " + "  ".join(f"{s.get(n, float('nan')):16.3f}" for n in names))
@@ -625,43 +634,39 @@ class Bench:
         m = lambda k: self.rows[k].median if k in self.rows and self.rows[k].values else float("nan")
         nb = self.bundle.blob_bytes
         targets = []
+        out_floor = None
+        floor2 = m("hashlib2")  # sha256 of the same bytes on both cores (one thread per blob)
         if "ingest" in self.rows:
-            ingest_tp, cp_tp, cps_tp = nb / m("ingest"), nb / m("cp"), nb / m("cp+sync")
-            targets.append((f"ingest throughput >= 0.8 x cp  [ingest = blob bytes / (verify digests + copy "
-                            f"blobs) from the artifact: {ingest_tp / 1e6:.0f} MB/s; cp {cp_tp / 1e6:.0f} MB/s; "
-                            f"(vs cp+sync {cps_tp / 1e6:.0f} MB/s: {ingest_tp / cps_tp:.2f})]",
-                            ingest_tp / cp_tp, ingest_tp / cp_tp >= 0.8))
-            floor = min(m("hashlib"), m("hashlib2"))
-            out_floor = (f"  info  floor of ingest: sha256 of the same bytes alone takes {floor:.2f}s (best of 1 thread "
-                         f"and 1 thread per blob); even with a free copy the best ingest ratio is "
-                         f"{m('cp') / floor:.2f} of cp, {m('cp+sync') / floor:.2f} of cp+sync")
-        else:
-            out_floor = None
+            ingest_tp, cps_tp = nb / m("ingest"), nb / m("cp+sync")
+            targets.append((f"ingest throughput >= 0.9 x cp + sync  [ingest {ingest_tp / 1e6:.0f} MB/s "
+                            f"({m('ingest'):.2f}s), cp+sync {cps_tp / 1e6:.0f} MB/s ({m('cp+sync'):.2f}s)]",
+                            ingest_tp / cps_tp, ingest_tp / cps_tp >= 0.9))
+            out_floor = (f"  info  hash floor: sha256 of the same bytes takes {m('hashlib'):.2f}s on one core, "
+                         f"{floor2:.2f}s on both (one thread per blob: bound by the largest blob)")
+        if "consume" in self.rows:
+            r = floor2 / m("consume")
+            targets.append((f"ingest with --consume >= 0.8 x the hash floor on both cores  [{m('consume'):.2f}s "
+                            f"vs {floor2:.2f}s]", r, r >= 0.8))
         r = m("patch-net") / m("push")
-        targets.append((f"patch - start-up <= 0.6 x skopeo push  [{m('patch-net'):.2f}s vs {m('push'):.2f}s]", r, r <= 0.6))
+        targets.append((f"patch - start-up <= 0.5 x skopeo push  [{m('patch-net'):.2f}s vs {m('push'):.2f}s]", r, r <= 0.5))
         r = m("verify") / m("pull")
         targets.append((f"verification pull <= 0.5 x skopeo copy to dir:  [{m('verify'):.2f}s vs {m('pull'):.2f}s]",
                         r, r <= 0.5))
         r = m("rerun-net") / m("patch-net")
         targets.append((f"re-run - start-up <= 10% of first run - start-up  [{m('rerun-net'):.2f}s vs "
                         f"{m('patch-net'):.2f}s]", r, r <= 0.10))
-        if "rerun-flow" in self.rows and "patch-flow" in self.rows:
-            r = m("rerun-flow") / m("patch-flow")
-            targets.append((f"(same target, start-up independent: re-run flow run <= 10% of first flow run  "
-                            f"[{m('rerun-flow'):.2f}s vs {m('patch-flow'):.2f}s])", r, r <= 0.10))
         for k, label in (("256MiB", "256 MiB"), ("default", human(self.size))):
             if not self.rss.get(k):
                 continue
             peak = max(self.rss[k])
-            targets.append((f"peak RSS <= 350 MB at {label}  [{peak / 1e6:.0f} MB]", peak / 350e6, peak <= 350e6))
+            targets.append((f"peak RSS <= 200 MB at {label}  [{peak / 1e6:.0f} MB]", peak / 200e6, peak <= 200e6))
         out.append("targets (ratio = measured / reference; PASS when within the target):")
         for text, ratio, ok in targets:
             out.append(f"  {'PASS' if ok else 'FAIL'}  ratio {ratio:5.2f}  {text}")
         if out_floor:
             out.append(out_floor)
-        out.append(f"  info  start-up (patch of an {human(8 << 10)} bundle): {m('startup'):.2f}s with the "
-                   f"server (PREFECT_API_URL), {m('startup-eph'):.2f}s with the ephemeral API; "
-                   f"'import flows.patch' alone {m('import'):.2f}s, the tiny flow run itself {m('startup-flow'):.2f}s")
+        out.append(f"  info  start-up (patch of an {human(8 << 10)} bundle): {m('startup'):.2f}s without a Prefect "
+                   f"API, {m('startup-api'):.2f}s with PREFECT_API_URL (its flow run {m('startup-flow'):.2f}s)")
         out.append("")
         out.append("machine:")
         for k, v in self.machine:

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from regpatch import engine, interrupt
 from regpatch.errors import RegpatchError
-from regpatch.params import (RegistryParams, S3Params, VerifyParams, form_terms, patch_request,
+from regpatch.params import (RegistryParams, S3Params, TrustParams, VerifyParams, form_terms, patch_request,
                              refuse_inline_credentials)
 from tasks import debug_logs
 from tasks.observer import PrefectObserver, label_registry_run, publish_patch, s3_options_for
@@ -27,6 +27,8 @@ def patch_registry(
     s3: S3Params = S3Params(),
     image: Optional[str] = None,
     dry_run: bool = False,
+    consume: bool = False,
+    trust: TrustParams = TrustParams(),
     debug: bool = False,
 ) -> engine.PatchResult:
     """Patch REPOSITORY:TAG in one registry's storage with BUNDLE: every byte is verified,
@@ -44,13 +46,17 @@ def patch_registry(
         s3: Only for s3:// bundles: endpoint, credentials block, retries.
         image: Only for an OCI layout holding several images: the one whose ref.name annotation is this.
         dry_run: Plan and hash every blob, write nothing.
+        consume: Rename the bundle's layer files into the storage instead of copying them
+            (the bundle must be on the storage's filesystem; it keeps a note of what was taken).
+        trust: The keys whose signature a bundle must carry (regpatch bundle --sign-key).
         debug: Debug logs, and a traceback for every error.
     """
     name = registry.label()
     with label_registry_run(name, repository, tag), debug_logs(debug), form_terms():
         refuse_inline_credentials("verify.command", verify.command)
         request = patch_request(bundle=bundle, repository=repository, tag=tag, registry=registry,
-                                verify=verify, image=image, dry_run=dry_run, s3=s3_options_for(bundle, s3))
+                                verify=verify, image=image, dry_run=dry_run, s3=s3_options_for(bundle, s3),
+                                consume=consume, trust=trust)
         try:
             with interrupt.chained_handlers():
                 result = engine.patch(request, PrefectObserver())

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from .digest import Digest, io_retry
+from .errors import BlobMissing
+from .manifest import DOCKER_CONFIG, OCI_CONFIG
 from .plan import COPY, PRESENT, REPAIR, TAG_CURRENT, PatchPlan
 from .faults import checkpoint
 from .store import RegistryStore
@@ -68,9 +70,11 @@ class _Aborted(Exception):
     """Another blob failed: this one stops at its next chunk."""
 
 
-def verify_blobs(plan: PatchPlan, store: RegistryStore, *, dry_run: bool = False,
+def verify_blobs(plan: PatchPlan, store: RegistryStore, *, dry_run: bool = False, consume: bool = False,
                  progress: ProgressFactory = _no_progress) -> list[BlobResult]:
-    """Check every blob of the plan. Bundle blobs are staged unless dry_run.
+    """Check every blob of the plan. Bundle blobs are staged unless dry_run; with
+    ``consume``, layer files of a local bundle are renamed into the staging folder and
+    hashed there instead of copied (see ``consumable``).
 
     Local bundles are staged two blobs at a time (largest first); a network
     source, which parallelises its own downloads, one at a time. Raises
@@ -89,7 +93,8 @@ def verify_blobs(plan: PatchPlan, store: RegistryStore, *, dry_run: bool = False
 
     def one(step) -> Optional[BlobResult]:
         try:
-            return _verify_one(step, plan, store, dry_run, lambda label, total: guarded(progress(label, total)))
+            return _verify_one(step, plan, store, dry_run, lambda label, total: guarded(progress(label, total)),
+                               consume, step.digest in earlier)
         except _Aborted:
             return None
         except BaseException:
@@ -97,7 +102,11 @@ def verify_blobs(plan: PatchPlan, store: RegistryStore, *, dry_run: bool = False
             raise
 
     steps = [s for s in plan.blobs if s.action in (PRESENT, COPY, REPAIR)]
-    local = all(s.source is None or source.local_path(s.source.name) is not None for s in steps)
+    # staged before this run began (an interrupted run); a source that stages several blobs
+    # in one pass (a compressed archive) stages the others during this run
+    earlier = set() if dry_run else {s.digest for s in steps if store.staged_path(s.digest) is not None}
+    local = getattr(source, "parallel_reads", False) or all(  # local folders, local plain archives
+        s.source is None or source.local_path(s.source.name) is not None for s in steps)
     workers = BLOB_WORKERS if local and len(steps) > 1 else 1
     if workers == 1:
         return [r for r in map(one, steps) if r is not None]
@@ -116,8 +125,19 @@ def verify_blobs(plan: PatchPlan, store: RegistryStore, *, dry_run: bool = False
     return [results[i] for i in range(len(steps)) if results.get(i) is not None]
 
 
+def consumable(plan: PatchPlan, step) -> bool:
+    """--consume takes layer files of a local bundle; manifests and configs stay (a
+    re-run reads them), and so does anything that is not a plain local file."""
+    return (step.source is not None and step.action in (COPY, REPAIR) and not _is_config(step.media_type)
+            and plan.source.local_path(step.source.name) is not None)
+
+
+def _is_config(media_type: str) -> bool:
+    return media_type in (DOCKER_CONFIG, OCI_CONFIG) or media_type.endswith(".config.v1+json")
+
+
 def _verify_one(step, plan: PatchPlan, store: RegistryStore, dry_run: bool,
-                progress: ProgressFactory) -> Optional[BlobResult]:
+                progress: ProgressFactory, consume: bool = False, staged_earlier: bool = True) -> Optional[BlobResult]:
     source = plan.source
     t0 = time.monotonic()
     if step.action == PRESENT:
@@ -125,15 +145,28 @@ def _verify_one(step, plan: PatchPlan, store: RegistryStore, dry_run: bool,
                           remember=not dry_run)
         log.info("registry already holds %s (%s B): verified", step.digest, f"{step.size:,}")
         return BlobResult(step.digest, step.size, "skipped", time.monotonic() - t0)
-    assert step.source is not None
+    if step.source is None:  # taken by an earlier run (--consume): only its staged copy is left
+        if store.staged_path(step.digest) is None:
+            raise BlobMissing(step.digest, step.referenced_by, "the bundle no longer holds it (consumed?) and "
+                              "its staged copy is gone; use the original bundle")
+        return BlobResult(step.digest, step.size, "resumed", 0.0)
     what = f"bundle file {source.describe(step.source.name)}"
     bar = progress(f"{'check' if dry_run else 'stage'} {step.source.name}", step.size)
     if dry_run:
         source.hash(step.source.name, expected=step.digest, expected_size=step.size, what=what, progress=bar)
     elif store.staged_path(step.digest) is not None:
+        if not staged_earlier:  # the source staged it in the same pass as another blob
+            log.info("%s (%s, %s B) staged and verified in the same pass through the bundle",
+                     what, step.digest, f"{step.size:,}")
+            return BlobResult(step.digest, step.size, "verified", 0.0, step.source.name)
         log.info("%s (%s, %s B) already staged and verified by an earlier run: not copied again",
                  what, step.digest, f"{step.size:,}")
         return BlobResult(step.digest, step.size, "resumed", 0.0, step.source.name)
+    elif consume and consumable(plan, step):
+        path = source.local_path(step.source.name)
+        staged = store.adopt_blob(step.digest, step.size, path, what=what, progress=_with_checkpoints(bar))
+        _note_consumed(path, step, store.layout.relative(staged))
+        log.info("consumed %s: renamed into the storage's staging folder", what)
     else:
         _stage(store, source, step, what, _with_checkpoints(bar))
     secs = time.monotonic() - t0
@@ -154,6 +187,25 @@ def _with_checkpoints(bar: Callable[[int], None], every: int = 8 << 20) -> Calla
             checkpoint("staging")
 
     return advance
+
+
+CONSUMED_NOTE = "regpatch-consumed.jsonl"
+
+
+def _note_consumed(path, step, where: str) -> None:
+    """The bundle folder keeps a line per file taken from it (what, when, where to)."""
+    import json
+    import os
+
+    from .state import actor, now_iso
+
+    line = json.dumps({"time": now_iso(), "file": os.path.basename(path), "digest": str(step.digest),
+                       "size": step.size, "moved_to": where, "by": actor()}) + "\n"
+    try:
+        with open(os.path.join(os.path.dirname(path), CONSUMED_NOTE), "a", encoding="utf-8") as f:
+            f.write(line)
+    except OSError as e:
+        log.warning("could not note the consumed file in %s: %s", os.path.dirname(path), e)
 
 
 @io_retry
@@ -186,7 +238,9 @@ def install_blobs(plan: PatchPlan, store: RegistryStore, *,
             if store.blob_size(step.digest) == step.size and step.action != REPAIR:
                 report.blobs.append(BlobResult(step.digest, step.size, "skipped"))  # installed by a killed run
                 continue
-            assert step.source is not None
+            if step.source is None:
+                raise BlobMissing(step.digest, step.referenced_by, "its staged copy disappeared and the bundle "
+                                  "no longer holds it; use the original bundle")
             what = f"bundle file {plan.source.describe(step.source.name)}"
             _stage(store, plan.source, step, what, progress(f"stage {step.source.name}", step.size))
             staged = store.layout.staged_blob(step.digest)

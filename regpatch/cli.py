@@ -97,6 +97,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pull and verify even when nothing changed since a verified patch of the tag")
     p.add_argument("--local", action="store_true",
                    help="run here without Prefect even when a Prefect API is configured")
+    p.add_argument("--consume", action="store_true",
+                   help="take the bundle's layer files instead of copying them: each is renamed into the "
+                        "storage (same filesystem only) and verified there; the bundle folder keeps a note "
+                        "(regpatch-consumed.jsonl) of what was taken")
+    p.add_argument("--trust-key", action="append", default=[], metavar="PUB",
+                   help="PEM public key (Ed25519 / P-256; repeatable): the bundle must be signed by one of "
+                        "them, match its regpatch-bundle.json and find its base blobs in the storage, "
+                        "checked before anything is staged")
+    p.add_argument("--allow-unsigned", action="store_true",
+                   help="with --trust-key: accept a bundle without signature (a wrong one is refused)")
+    p.add_argument("--init", action="store_true",
+                   help="create docker/registry/v2 if the storage has none (a new registry); "
+                        "without it such a storage is refused as a likely typo")
     _add_state_options(p)
     _add_s3_options(p)
 
@@ -123,7 +136,55 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--state-dir", metavar="DIR", help="regpatch's state folder (default ROOT/.regpatch)")
     _add_rollout_parser(sub)
     _add_deployments_parser(sub)
+    _add_shuttle_parsers(sub)
+    _add_inspect_parser(sub)
     return parser
+
+
+def _add_inspect_parser(sub) -> None:
+    p = sub.add_parser("inspect", help="show what a bundle holds (format, images, platforms, blobs)",
+                       description="Show what BUNDLE holds: its format, images and platforms (with "
+                                   "os.version), manifest digests, blobs with sizes and which are foreign, "
+                                   "total bytes. Reads names, manifests and configs only; --verify hashes "
+                                   "every blob. Writes nothing.")
+    p.add_argument("bundle", metavar="BUNDLE",
+                   help="a folder, an archive (.tar, .tar.gz, .tar.zst, ...), or s3://bucket/prefix")
+    p.add_argument("--json", action="store_true", help="one JSON document")
+    p.add_argument("--verify", action="store_true", help="hash every blob of the bundle")
+    p.add_argument("--image", metavar="NAME",
+                   help="only this image (OCI ref name, or a RepoTag of a docker save archive)")
+    _add_s3_options(p)
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    """Reads the bundle only: no Prefect import, no registry."""
+    from .bundle.inspect import inspect_bundle
+    from .bundle.source import open_source
+
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                        format="regpatch: %(levelname)s: %(message)s", stream=sys.stderr)
+    options = None
+    if args.bundle.startswith("s3://"):
+        if args.aws_credentials_block:
+            from tasks.s3_support import s3_options  # imports prefect-aws only for the block
+
+            options = s3_options(**{k[3:] if k.startswith("s3_") else k: v for k, v in _s3_kwargs(args).items()})
+        else:
+            from .bundle.s3 import S3Options
+
+            options = S3Options(endpoint_url=args.s3_endpoint_url, region=args.s3_region,
+                                retries=args.s3_retries, wait_initial=args.s3_wait_initial,
+                                wait_max=args.s3_wait_max, cache_dir=args.cache_dir,
+                                concurrency=args.s3_concurrency, part_size=args.s3_part_size << 20)
+    progress = None
+    if args.verify and not args.json:
+        from .progress import Progress
+
+        progress = Progress()
+    info = inspect_bundle(open_source(args.bundle, s3=options), image=args.image, verify=args.verify,
+                          progress=progress)
+    sys.stdout.write((info.to_json() if args.json else info.render()) + "\n")
+    return 0
 
 
 def _add_rollout_parser(sub) -> None:
@@ -280,7 +341,8 @@ def _registry_params(args: argparse.Namespace):
     return RegistryParams(name=args.registry_name, storage=args.storage, registry_config=args.registry_config,
                           registry_url=args.registry_url, restart=args.restart,
                           registry_auth_file=args.registry_auth_file, registry_ca=args.registry_ca,
-                          insecure=args.insecure, state_dir=args.state_dir, lock_timeout=args.lock_timeout)
+                          insecure=args.insecure, state_dir=args.state_dir, lock_timeout=args.lock_timeout,
+                          init=getattr(args, "init", False))
 
 
 def _s3_params(args: argparse.Namespace):
@@ -299,10 +361,12 @@ def run_patch(args: argparse.Namespace):
 
     Repository.parse(args.repository), Tag.parse(args.tag)  # the commonest typo fails before any import
     from . import engine
-    from .params import VerifyParams, patch_request, refuse_inline_credentials
+    from .params import TrustParams, VerifyParams, patch_request, refuse_inline_credentials
 
     registry, verify, s3 = _registry_params(args), VerifyParams(command=args.verify_command,
                                                                 always=args.always_verify), _s3_params(args)
+    trust = TrustParams(trust_keys=[str(Path(k).absolute()) for k in args.trust_key],
+                        allow_unsigned=args.allow_unsigned)
     api = _use_prefect(args)
     is_s3 = args.bundle.startswith("s3://")
     if is_s3 and s3.aws_credentials_block and not api:
@@ -311,7 +375,8 @@ def run_patch(args: argparse.Namespace):
                          "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE)")
     s3_options = s3.options() if is_s3 and not s3.aws_credentials_block else None
     request = patch_request(bundle=args.bundle, repository=args.repository, tag=args.tag, registry=registry,
-                            verify=verify, image=args.image, dry_run=args.dry_run, s3=s3_options)
+                            verify=verify, image=args.image, dry_run=args.dry_run, s3=s3_options,
+                            consume=args.consume, trust=trust)
     if api:
         refuse_inline_credentials("--verify-command", args.verify_command)
         _check_prefect_api(api)
@@ -321,12 +386,14 @@ def run_patch(args: argparse.Namespace):
 
         result = patch_registry(bundle=args.bundle, repository=args.repository, tag=args.tag,
                                 registry=registry, verify=verify, s3=s3, image=args.image,
-                                dry_run=args.dry_run)
+                                dry_run=args.dry_run, consume=args.consume, trust=trust)
     else:
         result = engine.patch(request)
     out = sys.stdout
     if result.dry_run:
         out.write(result.plan_text + "\n")
+    for note in result.notes:
+        out.write(f"note: {note}\n")
     out.write(result.summary_line() + "\n")
     if result.verified:
         out.write(f"verified: {result.verified}\n")
@@ -460,6 +527,145 @@ def _console_logging(debug: bool) -> None:
     core.setLevel(logging.DEBUG if debug else logging.INFO)
 
 
+# --------------------------------------------------------------------------- the shuttle side
+# contents (site), bundle (connected side), keygen, check-bundle (site): no Prefect run.
+
+def _add_shuttle_parsers(sub) -> None:
+    c = sub.add_parser("contents", help="write what a registry's storage holds, for 'bundle --have'",
+                       description="Write a small deterministic JSON of the blobs (digest, size) and, per "
+                                   "repository, the tags and manifest revisions of a registry's storage. "
+                                   "Reads only.")
+    c.add_argument("--storage", metavar="ROOT", help="the registry's rootdirectory")
+    c.add_argument("--registry-config", metavar="CONFIG_YML", help="or the registry's config.yml")
+    c.add_argument("--repository", action="append", metavar="NAME",
+                   help="only these repositories' tags and revisions (repeatable); blobs are always all")
+    c.add_argument("--out", required=True, metavar="FILE", help="the contents file to write ('-': stdout)")
+
+    b = sub.add_parser("bundle", help="make a (delta, signed) bundle of an image",
+                       description="Write SOURCE's image as an OCI image layout to DEST, leaving out the "
+                                   "configs and layers the --have contents files list, with "
+                                   "regpatch-bundle.json and, with --sign-key, its signature.")
+    b.add_argument("source", metavar="SOURCE",
+                   help="docker://HOST[:PORT]/REPO:TAG (or @sha256:...), an OCI layout folder (oci:PATH), "
+                        "or a dir: / staged folder")
+    b.add_argument("--out", required=True, metavar="DEST", help="a new or empty folder, or s3://bucket/prefix")
+    b.add_argument("--have", action="append", default=[], metavar="FILE",
+                   help="a contents file of the target site (repeatable): its blobs are not carried")
+    b.add_argument("--sign-key", metavar="KEY",
+                   help="PEM private key (Ed25519 or P-256) to sign regpatch-bundle.json; an encrypted "
+                        "key is opened with $REGPATCH_SIGN_KEY_PASSWORD")
+    b.add_argument("--image", metavar="NAME", help="image of an OCI layout SOURCE, by its ref.name")
+    b.add_argument("--platform", metavar="OS/ARCH[/VARIANT][:OSVERSION]",
+                   help="take only this platform's manifest of a multi-platform index (default: the "
+                        "whole index)")
+    b.add_argument("--repository", metavar="NAME",
+                   help="repository the bundle is meant for (default: that of a docker:// SOURCE)")
+    b.add_argument("--tag", help="tag the bundle is meant for (default: that of a docker:// SOURCE)")
+    b.add_argument("--registry-auth-file", metavar="FILE",
+                   help="docker config.json with credentials for the source registry")
+    b.add_argument("--registry-ca", metavar="PEM", help="CA bundle for the source registry's TLS certificate")
+    b.add_argument("--insecure", action="store_true",
+                   help="allow plain HTTP / skip TLS verification of the source registry")
+    g = b.add_argument_group("S3 destination (DEST = s3://bucket/prefix)")
+    g.add_argument("--s3-endpoint-url", metavar="URL", help="S3-compatible endpoint; default $AWS_ENDPOINT_URL")
+    g.add_argument("--s3-region", metavar="REGION", help="region (default: boto3's, else us-east-1)")
+    g.add_argument("--s3-retries", type=int, default=5, metavar="N",
+                   help="retries of each S3 call on transient faults (default 5)")
+    g.add_argument("--s3-part-size", type=int, default=8, metavar="MIB",
+                   help="multipart upload part size in MiB (default 8, at least 5)")
+
+    k = sub.add_parser("keygen", help="make a key pair to sign bundles",
+                       description="Write PREFIX.key (PKCS#8 PEM, mode 0600; encrypted when "
+                                   "$REGPATCH_SIGN_KEY_PASSWORD is set) and PREFIX.pub. Never overwrites.")
+    k.add_argument("--out", required=True, metavar="PREFIX")
+    k.add_argument("--algorithm", choices=("ed25519", "p256"), default="ed25519",
+                   help="ed25519 (default) or p256 (ECDSA P-256)")
+
+    v = sub.add_parser("check-bundle", help="check a bundle's signature, listing and base before a patch",
+                       description="What 'patch --trust-key' checks before anything is staged: the "
+                                   "signature, that regpatch-bundle.json describes the bundle, and that "
+                                   "the blobs it assumes present are in the registry storage. Reads only.")
+    v.add_argument("bundle", metavar="BUNDLE", help="bundle folder or s3://bucket/prefix")
+    v.add_argument("--storage", metavar="ROOT", help="the registry's rootdirectory")
+    v.add_argument("--registry-config", metavar="CONFIG_YML", help="or the registry's config.yml")
+    v.add_argument("--trust-key", action="append", default=[], metavar="PUB",
+                   help="PEM public key whose signatures are trusted (repeatable)")
+    v.add_argument("--allow-unsigned", action="store_true",
+                   help="accept a bundle without signature even though trust keys are given")
+    v.add_argument("--state-dir", metavar="DIR", help="regpatch's state folder (default ROOT/.regpatch)")
+    v.add_argument("--s3-endpoint-url", metavar="URL", help="S3-compatible endpoint; default $AWS_ENDPOINT_URL")
+    v.add_argument("--s3-region", metavar="REGION", help="region (default: boto3's, else us-east-1)")
+
+
+def _storage_root(args) -> str:
+    from .registry_config import storage_root_from_config
+
+    root = args.storage or (storage_root_from_config(args.registry_config) if args.registry_config else None)
+    if not root:
+        from .errors import UsageError
+        raise UsageError("pass --storage ROOT or --registry-config config.yml")
+    return str(root)
+
+
+def run_contents(args: argparse.Namespace) -> None:
+    from .contents import read_storage, write_contents
+    from .store import RegistryStore
+
+    store = RegistryStore(_storage_root(args))
+    contents = read_storage(store, args.repository)
+    digest = write_contents(contents, args.out, storage_root=store.root)
+    if args.out != "-":
+        sys.stdout.write(f"wrote {args.out}: {contents.summary()}; sha256 {digest.hex}\n")
+
+
+def run_bundle(args: argparse.Namespace) -> None:
+    from .progress import Progress
+    from .shuttle import RegistryOptions, make_bundle
+
+    s3 = None
+    if args.out.startswith("s3://"):
+        from .bundle.s3 import S3Options
+
+        if args.s3_part_size < 5:
+            from .errors import UsageError
+            raise UsageError("--s3-part-size must be at least 5 MiB (the S3 minimum part size)")
+        s3 = S3Options(endpoint_url=args.s3_endpoint_url, region=args.s3_region, retries=args.s3_retries,
+                       part_size=args.s3_part_size << 20)
+    report = make_bundle(args.source, args.out, have=args.have, sign_key=args.sign_key, image=args.image,
+                         platform=args.platform, repository=args.repository, tag=args.tag,
+                         registry=RegistryOptions(args.registry_auth_file, args.registry_ca, args.insecure),
+                         s3=s3, progress=Progress())
+    sys.stdout.write(report.summary() + "\n")
+
+
+def run_keygen(args: argparse.Namespace) -> None:
+    from .signing import algorithm_name, fingerprint, generate_keypair, load_public_key
+
+    key_path, pub_path = generate_keypair(args.out, args.algorithm)
+    pub = load_public_key(pub_path)
+    sys.stdout.write(f"wrote {key_path} (private, 0600) and {pub_path} (public): "
+                     f"{algorithm_name(pub)} {fingerprint(pub)}\n")
+
+
+def run_check_bundle(args: argparse.Namespace) -> None:
+    from .bundle.source import open_source
+    from .signing import check_bundle
+    from .store import RegistryStore
+
+    s3 = None
+    if args.bundle.startswith("s3://"):
+        from .bundle.s3 import S3Options
+
+        s3 = S3Options(endpoint_url=args.s3_endpoint_url, region=args.s3_region)
+    store = RegistryStore(_storage_root(args), state_dir=args.state_dir)
+    trust = check_bundle(open_source(args.bundle, s3=s3), args.trust_key, args.allow_unsigned, store)
+    sys.stdout.write(trust.summary() + "\n")
+
+
+SHUTTLE_COMMANDS = {"contents": run_contents, "bundle": run_bundle, "keygen": run_keygen,
+                    "check-bundle": run_check_bundle}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -471,6 +677,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 0
         if args.command == "deployments":
             run_deployments(args)
+            return 0
+        if args.command == "inspect":
+            return run_inspect(args)
+        if args.command in SHUTTLE_COMMANDS:  # no Prefect: plain core calls
+            _console_logging(args.debug)
+            SHUTTLE_COMMANDS[args.command](args)
             return 0
         if not _use_prefect(args):
             _console_logging(args.debug)

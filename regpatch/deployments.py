@@ -83,6 +83,8 @@ def specs_for(inventory: Inventory, *, default_pool: str = DEFAULT_POOL, reposit
                 params["repository"] = repository
             if kind is PATCH and entry.verify_command:
                 params["verify"] = {"command": entry.verify_command}
+            if kind is PATCH and entry.trust_keys:
+                params["trust"] = entry.trust_params().model_dump()
             specs.append(DeploymentSpec(kind, entry.name, pool, params, ["regpatch", f"registry:{entry.name}"],
                                         kind.what.format(name=entry.name, where=where), registry=entry.name))
     return specs

@@ -1,7 +1,8 @@
 """Digest value type and streaming hash-while-copy.
 
-A digest is never a bare string once parsed: ``Digest.parse`` validates it and
-everything else takes ``Digest``. Only sha256 is accepted: it is the only
+A digest is never a bare string once parsed: ``Digest.parse`` validates the
+whole string (no trailing newline, no surrounding space) and everything else
+takes ``Digest``. Only sha256 is accepted: it is the only
 algorithm the patch bundles and the registry's ``blobs/sha256`` tree use.
 """
 
@@ -23,13 +24,18 @@ from .errors import DigestMismatch, InvalidReference, SizeMismatch
 
 CHUNK = 4 << 20  # 4 MiB: large enough for throughput, small enough to stay flat
 
-_HEX = re.compile(r"^[a-f0-9]{64}$")
+_HEX = re.compile(r"[a-f0-9]{64}", re.ASCII)
 
 
 @dataclass(frozen=True, order=True)
 class Digest:
     algorithm: str
     hex: str
+
+    def __post_init__(self) -> None:  # no Digest can hold anything but sha256 and 64 hex
+        if self.algorithm != "sha256" or not isinstance(self.hex, str) or not _HEX.fullmatch(self.hex):
+            raise InvalidReference("digest", f"{self.algorithm}:{self.hex}",
+                                   "expected 'sha256:<64 lowercase hex>'")
 
     @classmethod
     def parse(cls, value: str) -> "Digest":
@@ -124,6 +130,8 @@ def _pipelined_copy(src, dst, h, account: Callable[[int], None]) -> None:
     to_write: queue.Queue = queue.Queue()
     errors: list[BaseException] = []
     stop = threading.Event()
+    write_failed = threading.Event()  # only a failed write stops the writes: bytes read before
+    # a source error are still written (a resumable download keeps all that arrived)
 
     def reader() -> None:
         try:
@@ -146,11 +154,12 @@ def _pipelined_copy(src, dst, h, account: Callable[[int], None]) -> None:
                 if item is _DONE:
                     return
                 buf, n = item
-                if not errors:
+                if not write_failed.is_set():
                     _write_all(dst, memoryview(buf)[:n])
                 free.put(buf)
         except BaseException as e:
             errors.append(e)
+            write_failed.set()
             stop.set()
             free.put(_DONE)
 
@@ -181,13 +190,19 @@ _NO_KERNEL_COPY = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, er
 
 def kernel_copy_and_hash(src_fd: int, dst_fd: int, *, what: str, expected: Optional[Digest],
                          expected_size: int,
-                         progress: Optional[Callable[[int], None]] = None) -> Optional[tuple[Digest, int]]:
+                         progress: Optional[Callable[[int], None]] = None,
+                         src_offset: Optional[int] = None) -> Optional[tuple[Digest, int]]:
     """Copy with ``os.copy_file_range`` (in the kernel) while hashing the DESTINATION.
 
     One thread copies; this thread hashes the bytes that landed in the
     destination right behind it (from the page cache), so what is verified is
     what was written. Returns None when the kernel cannot copy between these
     files (nothing written then): the caller falls back to ``copy_and_hash``.
+
+    ``src_offset``: copy ``expected_size`` bytes from there (a member of an
+    archive file); the bytes after them belong to something else and are not
+    checked. Without it, the copy starts at the descriptor's position and one
+    byte more than ``expected_size`` is a SizeMismatch.
     """
     if not hasattr(os, "copy_file_range"):
         return None
@@ -202,13 +217,14 @@ def kernel_copy_and_hash(src_fd: int, dst_fd: int, *, what: str, expected: Optio
         nonlocal copied, finished, eof_extra
         try:
             while copied < expected_size and not abandon.is_set():
-                n = os.copy_file_range(src_fd, dst_fd, min(KERNEL_COPY_CHUNK, expected_size - copied))
+                n = _copy_range(src_fd, dst_fd, min(KERNEL_COPY_CHUNK, expected_size - copied), copied)
                 if n == 0:
                     break
+                start_writeback(dst_fd, copied, n)
                 with cond:
                     copied += n
                     cond.notify()
-            if copied == expected_size:  # one more byte means the source is too long
+            if copied == expected_size and src_offset is None:  # one more byte: the source is too long
                 eof_extra = len(os.pread(src_fd, 1, copied))
         except BaseException as e:
             errors.append(e)
@@ -217,8 +233,13 @@ def kernel_copy_and_hash(src_fd: int, dst_fd: int, *, what: str, expected: Optio
                 finished = True
                 cond.notify()
 
+    def _copy_range(src: int, dst: int, n: int, done: int) -> int:
+        if src_offset is None:
+            return os.copy_file_range(src, dst, n)
+        return os.copy_file_range(src, dst, n, src_offset + done)
+
     try:  # probe: can the kernel copy here at all?
-        first = os.copy_file_range(src_fd, dst_fd, min(KERNEL_COPY_CHUNK, expected_size)) if expected_size else 0
+        first = _copy_range(src_fd, dst_fd, min(KERNEL_COPY_CHUNK, expected_size), 0) if expected_size else 0
     except OSError as e:
         if e.errno in _NO_KERNEL_COPY:
             return None
@@ -234,15 +255,7 @@ def kernel_copy_and_hash(src_fd: int, dst_fd: int, *, what: str, expected: Optio
                 while hashed >= copied and not finished:
                     cond.wait()
                 upto, done = copied, finished
-            while hashed < upto:
-                chunk = os.pread(dst_fd, min(CHUNK, upto - hashed), hashed)
-                if not chunk:
-                    raise OSError(errno.EIO, f"short read of the copy of {what}")
-                h.update(chunk)
-                hashed += len(chunk)
-                interrupt.check()
-                if progress:
-                    progress(len(chunk))
+            hashed = _hash_range(dst_fd, h, hashed, upto, f"the copy of {what}", progress)
             if done and hashed >= copied:
                 break
     except BaseException:
@@ -259,6 +272,22 @@ def kernel_copy_and_hash(src_fd: int, dst_fd: int, *, what: str, expected: Optio
     if expected is not None and actual != expected:
         raise DigestMismatch(what, expected, actual, copied)
     return actual, copied
+
+
+def _hash_range(fd: int, h, start: int, end: int, what: str,
+                progress: Optional[Callable[[int], None]]) -> int:
+    """Hash bytes [start, end) of an open file by ``pread``; returns ``end``. A stop
+    request ends it at a chunk boundary."""
+    while start < end:
+        chunk = os.pread(fd, min(CHUNK, end - start), start)
+        if not chunk:
+            raise OSError(errno.EIO, f"short read of {what}")
+        h.update(chunk)
+        start += len(chunk)
+        interrupt.check()
+        if progress:
+            progress(len(chunk))
+    return start
 
 
 def _write_all(dst, view: memoryview) -> None:
@@ -304,3 +333,79 @@ def hash_file(path, *, what: Optional[str] = None, expected: Optional[Digest] = 
     with open(path, "rb", buffering=0) as f:
         return copy_and_hash(f, None, what=what or str(path), expected=expected,
                              expected_size=expected_size, progress=progress)
+
+
+
+# --------------------------------------------------------------------------- kernel helpers
+# Linux-only speed-ups, each optional: when the call is missing or refused the copy
+# goes on the portable way, with the same result.
+
+_SYNC_FILE_RANGE_WRITE = 2
+_libc = None
+
+
+def _c():
+    global _libc
+    if _libc is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            fn = lib.sync_file_range
+            fn.argtypes = (ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)
+            fn.restype = ctypes.c_int
+            _libc = fn
+        except (OSError, AttributeError):
+            _libc = False
+    return _libc
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing ``[offset, offset+length)`` to disk now
+    (``sync_file_range(SYNC_FILE_RANGE_WRITE)``, which does not wait), so that the
+    fsync at the end of a large copy finds little left to do."""
+    fn = _c()
+    if fn:
+        fn(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+
+def advise_sequential(fd: int) -> None:
+    if hasattr(os, "posix_fadvise"):
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        except OSError:
+            pass
+
+
+FICLONE = 0x40049409  # _IOW(0x94, 9, int)
+
+
+def try_reflink(src_fd: int, dst_fd: int) -> bool:
+    """Share the source's blocks with the destination (XFS, btrfs, ...): an instant copy.
+    False when the filesystem cannot (ext4, another filesystem): nothing was written."""
+    import fcntl
+
+    try:
+        fcntl.ioctl(dst_fd, FICLONE, src_fd)
+        return True
+    except OSError as e:
+        if e.errno in (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY, errno.EBADF, errno.EPERM,
+                       errno.ENOSYS):
+            return False
+        raise
+
+
+def hash_fd(fd: int, *, what: str, expected: Optional[Digest], expected_size: int,
+            progress: Optional[Callable[[int], None]] = None) -> tuple[Digest, int]:
+    """Hash an open file by ``pread`` from offset 0 (what is verified is what is stored)."""
+    size = os.fstat(fd).st_size
+    if size != expected_size:
+        raise SizeMismatch(what, expected_size, size)
+    advise_sequential(fd)
+    h = new_hasher()
+    done = _hash_range(fd, h, 0, size, what, progress)
+    actual = Digest("sha256", h.hexdigest())
+    if expected is not None and actual != expected:
+        raise DigestMismatch(what, expected, actual, done)
+    return actual, done

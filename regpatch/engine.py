@@ -3,7 +3,9 @@
 ``patch(request, observer)`` and ``rollback(request, observer)`` are the only
 places that decide the order of a run (docs/architecture.md, "The engine"):
 
-    fetch-bundle     open the bundle, read its manifests
+    fetch-bundle     open the bundle; with trust keys (or a regpatch-bundle.json) check
+                     its signature, listing and base blobs (``signing.check_bundle``)
+                     before anything is staged; read its manifests
     plan-patch       resolve every descriptor against bundle and storage; probe the
                      registry API (credentials, TLS) when one is given
     verify-digests   hash every blob; bundle blobs are staged while hashed
@@ -41,12 +43,15 @@ from .apply import ApplyReport, install_blobs, verify_blobs, write_links
 from .bundle.formats import PatchBundle, load_bundle
 from .bundle.source import open_source
 from .digest import Digest
-from .errors import Interrupted, RegpatchError, UsageError, VerificationError
+from .errors import (Interrupted, RegpatchError, StorageMismatch, StorageNotFound, UsageError,
+                     VerificationError)
 from .layout import Layout
-from .plan import PatchPlan, make_plan
+from .plan import REPAIR, PatchPlan, make_plan
 from .progress import Progress, human
 from .reference import Repository, Tag
 from .registry_api import VerifyReport, run_verify_command
+from .sanitize import SafeText
+from .registry_config import blob_descriptor_cache
 from .rollback import check_complete_image, flip_tag, rollback_target
 from .service import parse_restart_spec
 from .state import Journal, open_journal, read_history, record_history, repository_lock, was_verified
@@ -127,6 +132,17 @@ def check_verify_command(command: Optional[str], target: RegistryTarget) -> None
                          "--registry-config) to name the image it pulls")
 
 
+def check_trust_options(trust_keys, allow_unsigned: bool) -> None:
+    """Every trust key is a readable Ed25519 / P-256 public key; --allow-unsigned needs keys."""
+    if allow_unsigned and not trust_keys:
+        raise UsageError("--allow-unsigned only relaxes --trust-key: give the trust keys too, or "
+                         "leave both out (bundles are then not signature-checked)")
+    from .signing import load_public_key
+
+    for key in trust_keys:
+        load_public_key(key)
+
+
 @dataclass(frozen=True)
 class PatchRequest:
     """Everything a patch needs; ``check`` validates it without touching the storage.
@@ -146,6 +162,10 @@ class PatchRequest:
     dry_run: bool = False
     lock_timeout: float = 300.0
     s3: object = None
+    init: bool = False               # create docker/registry/v2 when the storage has none
+    consume: bool = False            # rename the bundle's layer files into the storage instead of copying
+    trust_keys: tuple[str, ...] = ()  # PEM public keys: the bundle must be signed by one of them
+    allow_unsigned: bool = False      # with trust_keys: accept a bundle without a signature
 
     def check(self) -> None:
         """Every check that needs no storage, bundle or network: bad arguments fail here."""
@@ -159,6 +179,7 @@ class PatchRequest:
         self.target.check()
         if self.s3 is not None:
             self.s3.check()
+        check_trust_options(self.trust_keys, self.allow_unsigned)
 
 
 @dataclass(frozen=True)
@@ -199,8 +220,10 @@ class PatchResult:
     error: Optional[str] = None
     status: str = "running"           # complete | failed | interrupted | dry-run
     tag_moved: bool = False           # current/link now names ``new`` (set by publish-tag)
+    notes: list[str] = field(default_factory=list)  # what the bundle reader says (a conversion: the new digest)
     report_path: Optional[str] = None
     fetches: list[dict] = field(default_factory=list)  # per blob fetched from S3
+    bundle_trust: Optional[str] = None  # what check_bundle established (signature, listing, base)
 
     @property
     def bytes_copied(self) -> int:
@@ -255,13 +278,33 @@ def patch(request: PatchRequest, observer: Optional[Observer] = None) -> PatchRe
     failed run is attached to the exception as ``.result`` (the summary to show).
     """
     request.check()
-    observer = observer or LogObserver()
+    opened: list[PatchBundle] = []
+    try:
+        return _patch(request, observer or LogObserver(), opened)
+    finally:
+        for loaded in opened:  # scratch files of a converted archive go, the staged blobs stay
+            loaded.close()
+
+
+def _patch(request: PatchRequest, observer: Observer, opened: list) -> PatchResult:
     steps = _Steps(observer)
     target, repo, tag = request.target, request.repository, request.tag
     store = target.store()
+    check_storage_tree(store, request.init)
+    trusts: list = []
 
     def open_bundle() -> PatchBundle:
-        return _open_bundle(request)
+        loaded, trust = _open_bundle(request, store)
+        opened.append(loaded)
+        trusts.append(trust)
+        return loaded
+
+    def with_trust(result: PatchResult) -> PatchResult:
+        trust = trusts[-1]
+        result.bundle_trust = trust.summary()
+        result.warnings += list(trust.warnings) + trust.target_warnings(repo.name, tag.name)
+        result.notes = list(opened[-1].notes)
+        return result
 
     def plan_it(loaded: PatchBundle) -> PatchPlan:
         return _plan(request, store, loaded)
@@ -270,7 +313,7 @@ def patch(request: PatchRequest, observer: Optional[Observer] = None) -> PatchRe
         loaded = steps("fetch-bundle", open_bundle)
         plan = steps("plan-patch", lambda: plan_it(loaded))
         steps("verify-digests", lambda: verify_blobs(plan, store, dry_run=True, progress=observer.progress))
-        result = _new_result(plan, target, store, dry_run=True)
+        result = with_trust(_new_result(plan, target, store, dry_run=True))
         result.blobs_copied = [(str(b.digest), b.size) for b in plan.to_copy]
         result.blobs_skipped = [(str(b.digest), b.size) for b in plan.present]
         result.links_written = [store.layout.relative(l.path) for l in plan.links_to_write]
@@ -293,7 +336,7 @@ def patch(request: PatchRequest, observer: Optional[Observer] = None) -> PatchRe
         if resumed:
             log.info("resuming the patch of %s:%s to %s started %s (run %d); done before: %s",
                      repo, tag, plan.new, resumed.started, resumed.runs, ", ".join(resumed.steps) or "nothing")
-        result = _new_result(plan, target, store, dry_run=False)
+        result = with_trust(_new_result(plan, target, store, dry_run=False))
         try:
             _apply(request, plan, loaded, store, journal, result, steps, observer, skip_pull)
             journal.status = result.status = "complete"
@@ -317,7 +360,17 @@ def preflight(request: PatchRequest) -> PatchPlan:
     (credentials, TLS). What a caller runs before handing the patch to an orchestrator."""
     request.check()
     store = request.target.store()
-    return _plan(request, store, _open_bundle(request))
+    check_storage_tree(store, request.init)
+    return _plan(request, store, _open_bundle(request, store)[0])
+
+
+def check_storage_tree(store: RegistryStore, init: bool) -> None:
+    """A storage without ``docker/registry/v2`` is a typo more often than a new registry:
+    it is created only when asked (``--init``)."""
+    if store.layout.v2.is_dir() or init:
+        return
+    raise StorageNotFound(f"{store.root} holds no registry storage (no docker/registry/v2): check that it is "
+                          "the registry's rootdirectory; to start a new, empty registry storage there, pass --init")
 
 
 def open_bundle(bundle: str, *, image: Optional[str] = None, s3=None) -> PatchBundle:
@@ -325,27 +378,105 @@ def open_bundle(bundle: str, *, image: Optional[str] = None, s3=None) -> PatchBu
     return load_bundle(open_source(bundle, s3=s3), image=image)
 
 
-def _open_bundle(request: PatchRequest) -> PatchBundle:
-    loaded = open_bundle(request.bundle, image=request.image, s3=request.s3)
+def _open_bundle(request: PatchRequest, store: RegistryStore):
+    """(bundle, BundleTrust): the trust check runs on the source before its manifests are used."""
+    from .errors import BundleMismatch
+    from .signing import check_bundle
+
+    source = open_source(request.bundle, s3=request.s3)
+    trust = check_bundle(source, request.trust_keys, request.allow_unsigned, store)
+    # a docker save archive's layers are compressed once, into the state folder (same filesystem)
+    loaded = load_bundle(source, image=request.image, scratch=None if request.dry_run else store.layout.scratch)
+    for note in loaded.notes:
+        log.info("%s", note)
+    if trust.descriptor is not None and loaded.top.digest != trust.descriptor.image.digest:
+        raise BundleMismatch(f"bundle {loaded.description}: the image read ({loaded.top.digest}) is not the "
+                             f"one regpatch-bundle.json describes ({trust.descriptor.image.digest})")
     log.info("bundle %s: %s format, top manifest %s (%s)", loaded.description, loaded.format,
              loaded.top.digest, loaded.top.media_type)
-    return loaded
+    return loaded, trust
 
 
 def _plan(request: PatchRequest, store: RegistryStore, loaded: PatchBundle) -> PatchPlan:
     plan = make_plan(loaded, store, request.repository, request.tag)
-    log.info("plan:\n%s", plan.render(store.layout))
-    if request.target.url:  # credentials and TLS are proved before the first write
+    log.info(SafeText("plan:\n%s"), plan.render(store.layout))  # names escaped in render
+    _check_repairs(request, plan)
+    if request.consume:
+        _check_consumable(store, plan)
+    if request.target.url:  # credentials, TLS and "same registry" are proved before the first write
         with request.target.client() as client:
             client.check()
+            check_same_registry(store, client, request.repository, request.tag)
     return plan
+
+
+def check_same_registry(store: RegistryStore, client, repo: Repository, tag: Tag) -> None:
+    """The registry behind the URL must serve what the storage holds: the tag's digest
+    (or, for a new tag, another tag of the repository, or of any repository). A
+    storage path and a URL that name two different registries are refused here."""
+    from .errors import VerificationError as _Mismatch
+
+    probe = store.any_tag(prefer=(repo, tag))
+    if probe is None:
+        log.debug("the storage holds no tag yet: nothing to compare with the registry at %s", client.url)
+        return
+    prepo, ptag, held = probe
+    try:
+        served = client.tag_digest(prepo, ptag)
+    except _Mismatch:
+        served = None
+    if served != held:
+        raise StorageMismatch(
+            f"the registry at {client.url} serves {served or 'nothing'} for {prepo}:{ptag}, but the storage "
+            f"{store.root} holds {held}: the storage and the URL belong to different registries (check "
+            "--storage / --registry-url / --registry-config); nothing was written")
+
+
+def _check_consumable(store: RegistryStore, plan: PatchPlan) -> None:
+    """--consume renames bundle files into the storage: they must be local files on the
+    storage's filesystem. Refused before any write otherwise."""
+    from .apply import consumable
+
+    for b in plan.to_copy:
+        if b.source is None or consumable(plan, b) or plan.source.local_path(b.source.name) is not None:
+            continue
+        raise UsageError("--consume takes the files of a local bundle folder; this bundle is not one "
+                         "(drop --consume)")
+    for b in plan.to_copy:
+        if consumable(plan, b):
+            path = plan.source.local_path(b.source.name)
+            if not store.same_filesystem(path):
+                raise UsageError(f"--consume: {path} is not on the filesystem of the storage {store.root}, so "
+                                 "it cannot be renamed into it; drop --consume to copy it")
+
+
+def _check_repairs(request: PatchRequest, plan: PatchPlan) -> None:
+    """A blob replaced in place (the registry held it with a wrong size) is served with the
+    old size by a running registry that caches blob descriptors, until it restarts."""
+    repairs = [b for b in plan.blobs if b.action == REPAIR]
+    if not repairs:
+        return
+    strategy = parse_restart_spec(request.restart, registry_config=request.target.config_path)
+    cache = blob_descriptor_cache(request.target.config) if request.target.config else "inmemory"
+    if strategy.needed or not request.target.url or cache not in ("inmemory", "redis"):
+        if repairs:
+            log.warning("%d blob(s) are repaired in place (%s): %s", len(repairs),
+                        ", ".join(str(b.digest.short) for b in repairs),
+                        "the registry is restarted before the verification pull" if strategy.needed
+                        else "restart the registry if it runs with a blob descriptor cache")
+        return
+    raise UsageError(
+        f"blob {repairs[0].digest} is held by the storage with the wrong size and will be replaced in place; "
+        "a running registry caches blob sizes (storage.cache.blobdescriptor) and would keep serving the old "
+        "one until it restarts: give --restart (command:... or process:...) so regpatch restarts it before "
+        "the verification pull")
 
 
 def _apply(request: PatchRequest, plan: PatchPlan, loaded: PatchBundle, store: RegistryStore,
            journal: Journal, result: PatchResult, steps: _Steps, observer: Observer, skip_pull: bool) -> None:
     target, repo, tag = request.target, request.repository, request.tag
 
-    steps("verify-digests", lambda: verify_blobs(plan, store, progress=observer.progress))
+    steps("verify-digests", lambda: verify_blobs(plan, store, consume=request.consume, progress=observer.progress))
     result.fetches = _fetch_stats(loaded)
     journal.mark(store, "verify digests")
     report: ApplyReport = steps("copy-blobs", lambda: install_blobs(plan, store, progress=observer.progress))
@@ -536,7 +667,8 @@ def render_patch_markdown(r: PatchResult) -> str:
              f"| blobs skipped (in registry) | {len(r.blobs_skipped)} "
              f"({human(sum(s for _, s in r.blobs_skipped))}) |",
              f"| links {'to write' if r.dry_run else 'written'} | {len(r.links_written)} |",
-             f"| verification | {r.verified or ('dry run' if r.dry_run else 'not run')} |", ""]
+             f"| verification | {r.verified or ('dry run' if r.dry_run else 'not run')} |",
+             f"| bundle trust | {r.bundle_trust or 'not checked'} |", ""]
     if r.blobs_copied or r.blobs_skipped:
         lines += ["## Blobs", "", "| digest | size | action |", "|---|---:|---|"]
         lines += [f"| `{d}` | {s:,} | {'to copy' if r.dry_run else 'copied'} |" for d, s in r.blobs_copied]
@@ -556,6 +688,8 @@ def render_patch_markdown(r: PatchResult) -> str:
                  f"The tag was not moved: it still points at `{r.old or '(nothing)'}`. Blobs and "
                  "links already written stay (nothing is deleted); the same command resumes.")
         lines += ["", "## Error", "", r.error, "", where]
+    if r.notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in r.notes]
     if r.warnings:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in r.warnings]
     return "\n".join(lines) + "\n"

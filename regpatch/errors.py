@@ -2,7 +2,14 @@
 
 Every error says what failed, on which object, and what to do next. The CLI
 prints ``str(error)`` as a single line and exits with ``error.exit_code``.
-No error message ever contains a credential.
+No error message ever contains a credential. Names in a message may come from
+a hostile bundle or a damaged storage: ``str(error)`` escapes their control
+characters (a newline shows as ``\\n``), so a message is always one line and
+can never forge another.
+
+Operating-system errors of the registry storage and of regpatch's state files
+become errors of this hierarchy in one place, ``os_error`` (see there), used
+through the ``os_errors`` context manager by every reader and writer.
 
     RegpatchError                    base class; exit code 1
     ├── UsageError                   bad arguments or options (exit 2)
@@ -15,11 +22,16 @@ No error message ever contains a credential.
     │   ├── DigestMismatch           bytes do not hash to the expected digest
     │   ├── SizeMismatch             bytes are not the expected length
     │   ├── UnsafePath               symlink or path leaving the bundle / storage
-    │   └── SourceError              the bundle source failed (I/O, S3)
+    │   ├── SourceError              the bundle source failed (I/O, S3)
+    │   ├── SignatureError           signature missing (UnsignedBundle) or not by a trust key
+    │   ├── BundleMismatch           regpatch-bundle.json does not describe the bundle
+    │   └── BaseBlobsMissing         blobs the bundle assumes present are not in the registry
     ├── StorageError                 the registry storage cannot be read/written (exit 4)
     │   ├── StorageNotFound          ROOT does not hold a registry storage
+    │   ├── MalformedLink            a link file does not hold exactly 'sha256:<hex>'
     │   ├── NoSpace                  ENOSPC / EDQUOT while writing
     │   ├── LockTimeout              another patch holds the repository lock
+    │   ├── StorageMismatch          the URL's registry does not serve this storage
     │   └── TagMoved                 another writer moved the tag during the run
     ├── RegistryError                the registry HTTP API failed (exit 5)
     │   ├── RegistryUnavailable      /v2/ does not answer
@@ -32,6 +44,13 @@ No error message ever contains a credential.
 
 from __future__ import annotations
 
+import errno
+import os
+from contextlib import contextmanager
+from typing import Iterator, Optional
+
+from .sanitize import escape_controls
+
 
 class RegpatchError(Exception):
     """Base class of every error regpatch raises on purpose."""
@@ -42,8 +61,8 @@ class RegpatchError(Exception):
         super().__init__(message)
         self.message = message
 
-    def __str__(self) -> str:  # one line, always
-        return " ".join(self.message.split())
+    def __str__(self) -> str:  # one line, always: control characters escaped, never removed
+        return escape_controls(self.message.strip())
 
 
 class UsageError(RegpatchError):
@@ -115,12 +134,20 @@ class StorageNotFound(StorageError):
     pass
 
 
+class MalformedLink(StorageError):
+    """A link file of the storage that neither regpatch nor the registry can use."""
+
+
 class NoSpace(StorageError):
     pass
 
 
 class LockTimeout(StorageError):
     pass
+
+
+class StorageMismatch(StorageError):
+    """The registry behind the URL does not serve what the storage holds."""
 
 
 class TagMoved(StorageError):
@@ -166,3 +193,100 @@ class Interrupted(RegpatchError):
         name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else str(signum)
         super().__init__(f"interrupted by {name}; nothing is half-written: run the same command "
                          "again to resume")
+
+
+# -- bundle trust (the shuttle side: regpatch-bundle.json and its signature) ------
+# All are BundleErrors (exit 3), raised before anything is staged.
+
+class SignatureError(BundleError):
+    """The bundle's signature does not verify with any trust key (or is malformed)."""
+
+
+class UnsignedBundle(SignatureError):
+    """Trust keys are configured and the bundle carries no signature."""
+
+
+class BundleMismatch(BundleError):
+    """regpatch-bundle.json does not describe the bundle (a file added, removed or altered)."""
+
+
+class BaseBlobsMissing(BundleError):
+    """Blobs the bundle assumes the site holds are not in the registry storage."""
+
+
+# -- operating-system errors --------------------------------------------------------
+
+# errno -> (error class, what to do). Every read and write of the registry storage
+# and of the state folder maps its OSError through ``os_error``.
+_OS_ADVICE = {
+    errno.ENOSPC: (NoSpace, "no space left on the device: free space on that filesystem and run "
+                            "the same command again (blobs already verified are kept)"),
+    errno.EDQUOT: (NoSpace, "raise the disk quota of this user or free space, and run the same "
+                            "command again (blobs already verified are kept)"),
+    errno.EROFS: (StorageError, "the filesystem is mounted read-only: remount it read-write, or run "
+                                "regpatch on the host that mounts the storage read-write"),
+    errno.EACCES: (StorageError, "permission denied: run regpatch as the user that owns the registry "
+                                 "storage (the registry's own user, or root), or fix the folder's "
+                                 "owner and mode"),
+    errno.EPERM: (StorageError, "operation not permitted: the file or folder may be immutable or "
+                                "append-only (lsattr), or the filesystem refuses it; fix that and run "
+                                "again"),
+    errno.ENOTDIR: (StorageError, "a component of the path is a file where a folder must be: the "
+                                  "storage layout is damaged there; inspect it (and the registry's "
+                                  "rootdirectory) before running again"),
+    errno.EISDIR: (StorageError, "a folder stands where a file must be: the storage layout is damaged "
+                                 "there; inspect it before running again"),
+    errno.ENAMETOOLONG: (StorageError, "a file name or the whole path is longer than the filesystem "
+                                       "allows; use a shorter storage root or --state-dir"),
+    errno.ELOOP: (StorageError, "too many levels of symbolic links: a symlink in the storage points "
+                                "back at itself or at a loop; fix the symlink"),
+    errno.EIO: (StorageError, "the device reported an I/O error: check the disk or the network "
+                              "filesystem (dmesg, mount state) before running again"),
+    errno.ENOENT: (StorageError, "it disappeared or a folder of its path is missing: is another "
+                                 "process changing the storage? run the same command again"),
+    errno.EMFILE: (StorageError, "too many open files in this process: raise the limit (ulimit -n) "
+                                 "and run again"),
+    errno.ENFILE: (StorageError, "the system ran out of file handles: try again later"),
+    errno.ESTALE: (StorageError, "stale network filesystem handle: remount the share and run again"),
+    errno.EXDEV: (StorageError, "the rename crosses filesystems: keep --state-dir on the storage's "
+                                "filesystem"),
+}
+
+
+def os_error(e: OSError, *, doing: str, path: Optional[object] = None) -> RegpatchError:
+    """The ``RegpatchError`` for an ``OSError`` raised while ``doing`` (e.g.
+    ``"writing"``) ``path`` (default: the file the OS named).
+
+    ENOSPC/EDQUOT become ``NoSpace``, every other errno a ``StorageError``
+    (exit 4) whose one-line message names the errno, the path (and the file
+    the OS named, when another one) and what to do. Raise it ``from e``.
+    """
+    def text(p) -> str:
+        if isinstance(p, bytes):
+            return p.decode("utf-8", "replace")
+        return os.fspath(p) if isinstance(p, os.PathLike) else str(p)
+
+    named = [text(f) for f in (e.filename, e.filename2) if f is not None]
+    target = text(path) if path is not None else (named[0] if named else "?")
+    also = [n for n in named if n != target]
+    code = e.errno
+    cls, advice = _OS_ADVICE.get(code, (StorageError, "check the storage and run the same command again"))
+    name = errno.errorcode.get(code, str(code)) if code is not None else type(e).__name__
+    reason = e.strerror or str(e) or type(e).__name__
+    at = f" (at {', '.join(also)})" if also else ""
+    return cls(f"{doing} {target} failed{at}: [{name}] {reason}; {advice}")
+
+
+@contextmanager
+def os_errors(doing: str, path: Optional[object] = None) -> Iterator[None]:
+    """Map an ``OSError`` raised in the block with ``os_error``; other errors pass.
+
+        with os_errors("writing", path):
+            os.write(fd, data)
+    """
+    try:
+        yield
+    except RegpatchError:
+        raise
+    except OSError as e:
+        raise os_error(e, doing=doing, path=path) from e

@@ -26,7 +26,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import UsageError
 from .service import parse_restart_spec
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", re.ASCII)
+URL_RE = re.compile(r"(https?://)?[^\s/]+(/\S*)?")
+# control characters (C0, DEL, C1, line/paragraph separators): never part of a path or name
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 DEFAULT_GROUP = "default"
 
 
@@ -54,11 +57,15 @@ class RegistryEntry(BaseModel):
     registry_ca: Optional[str] = Field(None, description="CA bundle for the registry's TLS certificate")
     insecure: bool = Field(False, description="allow plain HTTP / skip TLS verification")
     verify_command: Optional[str] = Field(None, description="external puller, {ref} replaced")
+    trust_keys: list[str] = Field(default_factory=list,
+                                  description="PEM public keys on the registry's host; the bundle must be "
+                                              "signed by one of them (patch --trust-key)")
+    allow_unsigned: bool = Field(False, description="with trust_keys: accept an unsigned bundle")
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not NAME_RE.match(v):
+        if not NAME_RE.fullmatch(v):
             raise ValueError("must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit")
         return v
 
@@ -69,10 +76,29 @@ class RegistryEntry(BaseModel):
             raise ValueError("must not be empty")
         return v
 
+    @field_validator("storage", "url", "registry_config", "registry_auth_file", "registry_ca", "group",
+                     "work_pool", "restart")
+    @classmethod
+    def _one_line(cls, v: Optional[str]) -> Optional[str]:
+        # the whole value is used as given: a trailing newline or a control character is a
+        # typo that would name another file (or a forged log line), never trimmed silently
+        if v is not None and _CONTROL.search(v):
+            raise ValueError(f"{v!r} contains a control character (newline, tab, NUL...)")
+        if v is not None and v.strip() and v != v.strip():  # (all blank: "must not be empty")
+            raise ValueError(f"{v!r} has leading or trailing spaces")
+        return v
+
+    @field_validator("verify_command")
+    @classmethod
+    def _command(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and "\x00" in v:
+            raise ValueError("contains a NUL character")
+        return v
+
     @field_validator("url")
     @classmethod
     def _url(cls, v: Optional[str]) -> Optional[str]:
-        if v is not None and not re.match(r"^(https?://)?[^\s/]+(/\S*)?$", v):
+        if v is not None and not URL_RE.fullmatch(v):
             raise ValueError(f"{v!r} is not a registry URL (http://HOST:PORT or https://HOST:PORT)")
         return v
 
@@ -95,6 +121,19 @@ class RegistryEntry(BaseModel):
             raise ValueError(str(e)) from None
         return v
 
+    @field_validator("trust_keys")
+    @classmethod
+    def _trust_keys(cls, v: list[str]) -> list[str]:
+        if any(not k.strip() for k in v):
+            raise ValueError("a trust key path must not be empty")
+        return v
+
+    @model_validator(mode="after")
+    def _allow_unsigned_needs_keys(self) -> "RegistryEntry":
+        if self.allow_unsigned and not self.trust_keys:
+            raise ValueError("allow_unsigned only relaxes trust_keys: give trust_keys too, or leave both out")
+        return self
+
     @model_validator(mode="after")
     def _restart_needs_config(self) -> "RegistryEntry":
         if self.restart.strip().lower().startswith("process:") and "config=" not in self.restart \
@@ -109,6 +148,12 @@ class RegistryEntry(BaseModel):
         return RegistryParams(storage=self.storage, registry_config=self.registry_config, registry_url=self.url,
                               restart=self.restart, registry_auth_file=self.registry_auth_file,
                               registry_ca=self.registry_ca, insecure=self.insecure)
+
+    def trust_params(self):
+        """This registry's bundle trust as the engine's ``TrustParams``."""
+        from .params import TrustParams
+
+        return TrustParams(trust_keys=list(self.trust_keys), allow_unsigned=self.allow_unsigned)
 
     @property
     def wave(self) -> str:

@@ -11,10 +11,15 @@ Repository, Tag) in, a path out; no other module joins registry paths.
         repositories/<name>/_manifests/tags/<tag>/current/link
     <root>/.regpatch/          regpatch's own state (the registry never reads it)
     <root>/.regpatch/locks/    repository locks (always here, whatever --state-dir says)
+
+State file names are bounded whatever the names: a repository may have 255
+characters and a tag 128, and a file name only 255 bytes. ``state_name`` gives
+a readable, truncated prefix of the names plus the sha256 of the full names.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -44,12 +49,13 @@ class Layout:
         return self.state / "history.jsonl"
 
     def journal(self, repo: Repository, tag: Tag) -> Path:
-        return self.state / "journal" / f"{_flat(repo)}@{tag.name}.json"
+        return self.state / "journal" / f"{state_name(repo, tag)}.json"
 
     def lock(self, repo: Repository) -> Path:
         """The repository's lock lives with the storage it protects, whatever the state
-        folder: two runs naming different --state-dir folders still exclude each other."""
-        return self.root / STATE_DIR / "locks" / f"{_flat(repo)}.lock"
+        folder: two runs naming different --state-dir folders still exclude each other.
+        The one place that names it; the name is bounded (``state_name``)."""
+        return self.root / STATE_DIR / "locks" / f"{state_name(repo)}.lock"
 
     @property
     def reports(self) -> Path:
@@ -57,12 +63,17 @@ class Layout:
         return self.state / "reports"
 
     def report(self, repo: Repository, tag: Tag, stamp: str) -> Path:
-        return self.reports / f"{stamp}-{_flat(repo)}@{tag.name}.md"
+        return self.reports / f"{stamp}-{state_name(repo, tag)}.md"
 
     @property
     def staging(self) -> Path:
         """Verified blob bytes wait here before they are renamed into place."""
         return self.state / "staging"
+
+    @property
+    def scratch(self) -> Path:
+        """Blobs regpatch makes itself (a docker save archive's compressed layers) wait here."""
+        return self.state / "convert"
 
     def staged_blob(self, digest: Digest) -> Path:
         return self.staging / f"{digest.algorithm}-{digest.hex}"
@@ -75,8 +86,12 @@ class Layout:
         return self.blob_dir(digest) / "data"
 
     # -- repositories -------------------------------------------------------
+    @property
+    def repositories(self) -> Path:
+        return self.v2 / "repositories"
+
     def repository(self, repo: Repository) -> Path:
-        return self.v2.joinpath("repositories", *repo.parts)
+        return self.repositories.joinpath(*repo.parts)
 
     def layer_link(self, repo: Repository, digest: Digest) -> Path:
         return self.repository(repo) / "_layers" / digest.algorithm / digest.hex / "link"
@@ -97,6 +112,19 @@ class Layout:
     def tag_current_link(self, repo: Repository, tag: Tag) -> Path:
         return self.tag_dir(repo, tag) / "current" / "link"
 
+    # -- enumeration (read-only walks, e.g. ``regpatch contents``) -----------
+    def blobs_root(self, algorithm: str = "sha256") -> Path:
+        """Parent of every ``<hex[0:2]>/<hex>/data`` of one algorithm."""
+        return self.v2 / "blobs" / algorithm
+
+    @property
+    def repositories_root(self) -> Path:
+        return self.v2 / "repositories"
+
+    def revisions_dir(self, repo: Repository, algorithm: str = "sha256") -> Path:
+        """Parent of every ``<hex>/link`` revision link of a repository."""
+        return self.repository(repo) / "_manifests" / "revisions" / algorithm
+
     def relative(self, path: Path) -> str:
         """A path as the operator reads it in logs: relative to v2/ when inside."""
         try:
@@ -105,7 +133,21 @@ class Layout:
             return str(path)
 
 
-def _flat(repo: Repository) -> str:
-    """A repository name as one file name: '/' cannot appear in a component,
-    and '+' cannot appear in a repository name, so the mapping is reversible."""
-    return repo.name.replace("/", "+")
+REPO_PREFIX = 64   # characters of the repository name kept readable in a state file name
+TAG_PREFIX = 32    # characters of the tag kept readable
+
+
+def state_name(repo: Repository, tag: Optional[Tag] = None) -> str:
+    """A file name (without suffix) for a repository, or a repository and tag.
+
+    ``<repo prefix>[@<tag prefix>]~<sha256 of "repo" or "repo:tag">``: the
+    prefixes ('/' shown as '+') are for the operator's eyes; the hash of the
+    full names makes it unique, so two names sharing a prefix (or differing
+    only in case, on a case-insensitive disk) never share a file. At most
+    64 + 1 + 32 + 1 + 64 = 162 characters, all ASCII.
+    """
+    full = repo.name if tag is None else f"{repo.name}:{tag.name}"
+    readable = repo.name[:REPO_PREFIX].replace("/", "+")
+    if tag is not None:
+        readable += "@" + tag.name[:TAG_PREFIX]
+    return f"{readable}~{hashlib.sha256(full.encode('ascii')).hexdigest()}"

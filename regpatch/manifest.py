@@ -2,13 +2,30 @@
 
 The raw bytes of every manifest are kept: they are the blob, and their sha256 is
 the manifest digest. JSON is parsed only to read it, never re-serialised.
+
+Every JSON document of a bundle (manifests, configs, ``index.json``,
+``oci-layout``) is read with ``load_json``, so that regpatch sees what the
+registry's and the clients' Go code (``encoding/json``) will see, or refuses:
+
+* nesting deeper than ``MAX_JSON_DEPTH`` is refused before parsing (a cheap
+  scan of bracket depth outside strings), never a ``RecursionError``;
+* Go matches object keys to struct fields case-insensitively (with Unicode
+  simple folding: ``ſ`` is ``s``, the Kelvin sign ``K`` is ``k``) and keeps the
+  LAST duplicate, where Python reads the exact key: a duplicate key, or two
+  keys equal under case folding, are refused at every object level, naming
+  the key; in manifests a key that only folds to a known field
+  (``"Layers"``, ``"ſchemaVersion"``) is refused too;
+* ``NaN``/``Infinity``, lone UTF-16 surrogates in keys, and numbers beyond
+  int64 for sizes are refused (Go refuses them as well).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from itertools import accumulate, count
+from operator import sub
+from typing import Any, Optional, Union
 
 from .digest import Digest
 from .errors import InvalidReference, ManifestError
@@ -29,8 +46,126 @@ OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 DOCKER_FOREIGN_LAYER = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
+OCI_ND_LAYER_TAR = "application/vnd.oci.image.layer.nondistributable.v1.tar"
+OCI_ND_LAYER = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+OCI_ND_LAYER_ZSTD = "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"
+
+# Layers a client fetches from their ``urls`` rather than from the registry: the
+# only blobs that may be absent from both the bundle and the registry.
+FOREIGN_LAYER_TYPES = frozenset({DOCKER_FOREIGN_LAYER, OCI_ND_LAYER_TAR, OCI_ND_LAYER, OCI_ND_LAYER_ZSTD})
 
 MAX_MANIFEST_SIZE = 4 << 20  # the registry refuses larger manifests too
+MAX_JSON_DEPTH = 64          # real manifests and configs nest < 10 levels; Go allows 10000
+MAX_INT64 = (1 << 63) - 1
+
+# Fields of manifests, indexes and descriptors that regpatch reads or the registry
+# decodes: a key that folds to one of them without being it is read differently by Go.
+MANIFEST_KEYS = frozenset({
+    "schemaVersion", "mediaType", "config", "layers", "manifests", "digest", "size", "urls",
+    "platform", "annotations", "architecture", "os", "os.version", "os.features", "variant",
+    "features", "subject", "artifactType", "data",
+})
+
+
+# -- the one strict JSON reader -------------------------------------------------------
+
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_STEP_TABLE = bytes.maketrans(b"[{]}", b"\x02\x02\x00\x00")
+
+
+def json_depth(raw: bytes, limit: Optional[int] = None) -> int:
+    """The deepest bracket nesting of a JSON text, counting outside strings only.
+
+    For valid JSON this is exact; for invalid JSON it is exact up to the first
+    point where a parser stops, which is all a parser can recurse into. With
+    ``limit``, the scan stops at the first depth beyond it (and returns it).
+    """
+    # escaped backslashes, then escaped quotes, leave only the quotes that open and close
+    # strings: every other piece between quotes is outside a string
+    unescaped = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    brackets = b"".join(unescaped.split(b'"')[0::2]).translate(None, _NOT_BRACKETS)
+    opening = brackets.count(b"[") + brackets.count(b"{")
+    if opening <= 1:
+        return opening
+    # opening -> 2, closing -> 0: the depth after k brackets is (sum of the first k) - k,
+    # computed by C-level iterators (accumulate, map, count), in chunks for an early stop
+    steps = brackets.translate(_STEP_TABLE)
+    depth = best = 0
+    chunk = 1 << 16
+    for i in range(0, len(steps), chunk):
+        part = steps[i:i + chunk]
+        best = max(best, depth + max(map(sub, accumulate(part), count(1))))
+        depth += sum(part) - len(part)
+        if limit is not None and best > limit:
+            break
+    return best
+
+
+def _fold(key: str) -> str:
+    # Go's encoding/json folds keys with Unicode simple case folding; casefold() is a
+    # superset (it also folds 'ß' to 'ss'): it can only refuse more, never less.
+    return key.casefold()
+
+
+def load_json(raw: bytes, *, what: str, max_depth: int = MAX_JSON_DEPTH,
+              strict_keys: bool = True) -> Any:
+    """Parse a JSON document of a bundle (or a registry) strictly; ``ManifestError`` on refusal.
+
+    ``what`` names the document in every message. ``strict_keys=False`` keeps
+    only the depth, UTF-8 and constant checks (documents regpatch reads for
+    one value, e.g. a token server's answer).
+    """
+    depth = json_depth(raw, limit=max_depth)
+    if depth > max_depth:
+        raise ManifestError(f"{what}: JSON nested more than {max_depth} levels deep; regpatch "
+                            "refuses it (image manifests and configs nest a few levels)")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ManifestError(f"{what} is not UTF-8 text ({e.reason} at byte {e.start})") from e
+
+    def refuse_constant(name: str):
+        raise ManifestError(f"{what}: {name} is not JSON (Go's encoding/json refuses it)")
+
+    def pairs(items: list[tuple[str, Any]]) -> dict:
+        seen: dict[str, str] = {}
+        for key, _ in items:
+            if any(0xD800 <= ord(c) <= 0xDFFF for c in key):
+                raise ManifestError(f"{what}: object key {key!r} holds a lone UTF-16 surrogate")
+            f = _fold(key)
+            if f in seen:
+                if seen[f] == key:
+                    raise ManifestError(f"{what}: duplicate key {key!r} appears twice in one object; "
+                                        "JSON readers disagree on which one counts: refusing an "
+                                        "ambiguous document")
+                raise ManifestError(f"{what}: keys {seen[f]!r} and {key!r} in one object differ only "
+                                    "in letter case; Go's encoding/json reads both as the same field "
+                                    "(the last wins): refusing an ambiguous document")
+            seen[f] = key
+        return dict(items)
+
+    try:
+        if strict_keys:
+            return json.loads(text, object_pairs_hook=pairs, parse_constant=refuse_constant)
+        return json.loads(text, parse_constant=refuse_constant)
+    except json.JSONDecodeError as e:
+        raise ManifestError(f"{what}: malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from e
+    except RecursionError:  # the depth scan makes this unreachable; never let it escape
+        raise ManifestError(f"{what}: JSON nested too deeply") from None
+
+
+_FOLDED_FIELDS = {_fold(k): k for k in MANIFEST_KEYS}
+
+
+def _exact_fields(obj: dict, where: str) -> None:
+    """Refuse a key of a manifest, index, descriptor or platform object that Go would
+    read as one of its fields but Python would not (``"Layers"``, ``"ſize"``)."""
+    for key in obj:
+        field_name = _FOLDED_FIELDS.get(_fold(key))
+        if field_name is not None and field_name != key:
+            raise ManifestError(f"{where}: key {key!r} is not {field_name!r}, but Go's encoding/json "
+                                f"reads it as {field_name!r}: refusing an ambiguous document")
 
 
 @dataclass(frozen=True)
@@ -56,8 +191,9 @@ class Descriptor:
 
     @property
     def is_foreign(self) -> bool:
-        """Non-distributable layer that clients may fetch from its urls."""
-        return bool(self.urls) or "foreign" in self.media_type or "nondistributable" in self.media_type
+        """A foreign / non-distributable layer (by its media type): clients may fetch it
+        from its urls. ``urls`` on any other layer do not make it optional."""
+        return self.media_type in FOREIGN_LAYER_TYPES
 
     def annotation(self, key: str) -> Optional[str]:
         return dict(self.annotations).get(key)
@@ -97,6 +233,7 @@ Manifest = Union[ImageManifest, ImageIndex]
 def _descriptor(obj, where: str) -> Descriptor:
     if not isinstance(obj, dict):
         raise ManifestError(f"{where}: a descriptor must be a JSON object")
+    _exact_fields(obj, where)
     try:
         digest = Digest.parse(obj.get("digest"))
     except InvalidReference as e:
@@ -104,6 +241,8 @@ def _descriptor(obj, where: str) -> Descriptor:
     size = obj.get("size")
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise ManifestError(f"{where}: 'size' must be a non-negative integer, got {size!r}")
+    if size > MAX_INT64:
+        raise ManifestError(f"{where}: 'size' {size} does not fit a 64-bit integer (Go refuses it)")
     media_type = obj.get("mediaType", "")
     if not isinstance(media_type, str):
         raise ManifestError(f"{where}: 'mediaType' must be a string")
@@ -113,6 +252,7 @@ def _descriptor(obj, where: str) -> Descriptor:
     plat = obj.get("platform")
     platform = None
     if isinstance(plat, dict):
+        _exact_fields(plat, f"{where} platform")
         platform = Platform(str(plat.get("os", "")), str(plat.get("architecture", "")),
                             str(plat.get("os.version", "")), str(plat.get("variant", "")))
     ann = obj.get("annotations") or {}
@@ -124,14 +264,10 @@ def parse_manifest(raw: bytes, *, what: str, media_type_hint: str = "") -> Manif
     """Parse manifest bytes; ``what`` names the file or blob in every error."""
     if len(raw) > MAX_MANIFEST_SIZE:
         raise ManifestError(f"{what}: manifest is {len(raw)} bytes, larger than the 4 MiB a registry accepts")
-    try:
-        doc = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise ManifestError(f"{what}: manifest is not UTF-8 text ({e.reason} at byte {e.start})") from e
-    except json.JSONDecodeError as e:
-        raise ManifestError(f"{what}: malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from e
+    doc = load_json(raw, what=what)
     if not isinstance(doc, dict):
         raise ManifestError(f"{what}: a manifest must be a JSON object")
+    _exact_fields(doc, what)
     media_type = doc.get("mediaType") or media_type_hint or ""
     if media_type in DOCKER_SCHEMA1 or doc.get("schemaVersion") == 1:
         raise ManifestError(f"{what}: Docker schema 1 manifests are not supported; "

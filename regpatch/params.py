@@ -92,6 +92,9 @@ class RegistryParams(BaseModel):
     lock_timeout: float = Field(
         300.0, ge=0, allow_inf_nan=False, title="Lock timeout (s)",
         description="Seconds to wait for another patch of the same repository.")
+    init: bool = Field(False, title="Create a new storage",
+                       description="Create docker/registry/v2 when the storage has none (a new, "
+                                          "empty registry); without it such a storage is refused as a typo.")
 
     @field_validator("name")
     @classmethod
@@ -174,15 +177,32 @@ class S3Params(BaseModel):
         return opts
 
 
+class TrustParams(BaseModel):
+    """Which signatures a bundle must carry (bundles made by regpatch bundle --sign-key)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="Signatures")
+
+    trust_keys: list[str] = Field(
+        default_factory=list, title="Trust keys",
+        description="PEM public keys (Ed25519 or ECDSA P-256) on the host that runs the patch: the "
+                    "bundle's regpatch-bundle.json must be signed by one of them, its listing must match "
+                    "and the blobs it assumes present must be in the storage, before anything is staged.")
+    allow_unsigned: bool = Field(
+        False, title="Allow unsigned",
+        description="With trust keys: accept a bundle that carries no signature (a signature that no trust "
+                    "key verifies is refused all the same).")
+
+
 def patch_request(*, bundle: str, repository: str, tag: str, registry: RegistryParams,
                   verify: VerifyParams = VerifyParams(), image: Optional[str] = None, dry_run: bool = False,
-                  s3=None) -> PatchRequest:
+                  s3=None, consume: bool = False, trust: TrustParams = TrustParams()) -> PatchRequest:
     """Parse and check everything; raises UsageError naming the parameter. No I/O but
     reading the registry's config.yml and checking the files named."""
     request = PatchRequest(bundle=bundle, repository=Repository.parse(repository), tag=Tag.parse(tag),
                            target=registry.target(), restart=registry.restart, image=image,
                            verify_command=verify.command, always_verify=verify.always, dry_run=dry_run,
-                           lock_timeout=registry.lock_timeout, s3=s3)
+                           lock_timeout=registry.lock_timeout, s3=s3, init=registry.init, consume=consume,
+                           trust_keys=tuple(trust.trust_keys), allow_unsigned=trust.allow_unsigned)
     request.check()
     return request
 
@@ -236,11 +256,12 @@ FORM_FIELDS = {
     "--s3-retries": ("s3", "retries"), "--s3-wait-initial": ("s3", "wait_initial"),
     "--s3-wait-max": ("s3", "wait_max"), "--s3-concurrency": ("s3", "concurrency"),
     "--s3-part-size": ("s3", "part_size_mib"), "--image": (None, "image"), "--dry-run": (None, "dry_run"),
-    "--to": (None, "to"),
+    "--to": (None, "to"), "--init": ("registry", "init"), "--consume": (None, "consume"),
+    "--trust-key": ("trust", "trust_keys"), "--allow-unsigned": ("trust", "allow_unsigned"),
 }
-_MODELS = {"registry": RegistryParams, "verify": VerifyParams, "s3": S3Params}
+_MODELS = {"registry": RegistryParams, "verify": VerifyParams, "s3": S3Params, "trust": TrustParams}
 # a flag with its metavar, as the core's messages write it ("--storage ROOT")
-_FLAG_RE = re.compile(r"--[a-z0-9-]+(?: (?:ROOT|URL|FILE|PEM|SPEC|DIR|SECONDS|NAME|DIGEST|CMD|CONFIG_YML|"
+_FLAG_RE = re.compile(r"--[a-z0-9-]+(?: (?:ROOT|URL|FILE|PEM|SPEC|DIR|SECONDS|NAME|DIGEST|CMD|CONFIG_YML|PUB|"
                       r"config\.yml))?")
 
 

@@ -4,6 +4,16 @@
 child), resolves every descriptor to a bundle file or to a blob the registry
 already holds, and lists the links to write in the crash-safe order of
 DESIGN.md. It reads, it never writes.
+
+Two rules of the registry's own API are applied, so that regpatch never
+stores what a push would have been refused:
+
+* only foreign / non-distributable layers (``FOREIGN_LAYER_TYPES``) may be
+  absent from both the bundle and the registry; ``urls`` on any other layer do
+  not make it optional (clients fetch ordinary layers from the registry);
+* with a ``UrlPolicy`` (the registry config's ``validation.manifests.urls``),
+  every URL the registry checks on a push is checked the same way, see
+  ``url_refusals``.
 """
 
 from __future__ import annotations
@@ -16,10 +26,13 @@ from typing import Optional
 from .bundle.formats import BundleFile, PatchBundle
 from .bundle.source import BundleSource
 from .digest import Digest
-from .errors import BlobMissing, BundleError, DigestMismatch, SizeMismatch
-from .manifest import (MAX_MANIFEST_SIZE, Descriptor, ImageIndex, ImageManifest, Manifest,
-                       parse_manifest)
+from .errors import BlobMissing, BundleError, DigestMismatch, ManifestError, SizeMismatch
+from .manifest import (DOCKER_FOREIGN_LAYER, DOCKER_MANIFEST, MAX_MANIFEST_SIZE, OCI_LAYER,
+                       OCI_LAYER_TAR, OCI_MANIFEST, OCI_ND_LAYER, OCI_ND_LAYER_TAR, Descriptor,
+                       ImageIndex, ImageManifest, Manifest, parse_manifest)
 from .reference import Repository, Tag
+from .registry_config import UrlPolicy
+from .sanitize import SafeText, escape_controls
 from .store import RegistryStore
 
 log = logging.getLogger("regpatch.plan")
@@ -95,9 +108,10 @@ class PatchPlan:
         return (not self.to_copy and not self.links_to_write
                 and all(m.in_registry for m in self.manifests))
 
-    def render(self, layout) -> str:
-        """The plan as an operator reads it (dry run, logs)."""
-        lines = [f"patch {self.repository}:{self.tag} from {self.source.description}",
+    def render(self, layout) -> SafeText:
+        """The plan as an operator reads it (dry run, logs); names from the bundle are escaped.
+        Log it as ``log.info(SafeText("plan:\\n%s"), plan.render(layout))`` to keep its lines."""
+        lines = [f"patch {self.repository}:{self.tag} from {escape_controls(self.source.description)}",
                  f"  tag: {self.old or '(new tag)'} -> {self.new}"
                  + ("  (already current)" if self.old == self.new else "")]
         for m in self.manifests:
@@ -107,18 +121,29 @@ class PatchPlan:
         for b in self.blobs:
             act = {COPY: "copy", PRESENT: "skip (in registry)", REPAIR: "repair (wrong size)",
                    FOREIGN: "foreign (not stored)"}[b.action]
-            origin = f"  from {b.source.name}" if b.source and b.action in (COPY, REPAIR) else ""
+            origin = (f"  from {escape_controls(b.source.name)}"
+                      if b.source and b.action in (COPY, REPAIR) else "")
             lines.append(f"  blob     {act:20} {b.digest} {b.size:>14,} B{origin}")
         for l in self.links:
             lines.append(f"  link     {'unchanged' if l.exists else 'write':20} {layout.relative(l.path)}")
         lines.append(f"  total: {len(self.to_copy)} blobs to copy ({self.bytes_to_copy:,} B), "
                      f"{len(self.present)} already present, {len(self.links_to_write)} links to write")
         for w in self.warnings:
-            lines.append(f"  warning: {w}")
-        return "\n".join(lines)
+            lines.append(f"  warning: {escape_controls(w)}")
+        return SafeText("\n".join(lines))  # every name in it escaped: its lines may stay
 
 
-def make_plan(bundle: PatchBundle, store: RegistryStore, repository: Repository, tag: Tag) -> PatchPlan:
+def make_plan(bundle: PatchBundle, store: RegistryStore, repository: Repository, tag: Tag, *,
+              url_policy: Optional[UrlPolicy] = None, ignore_url_policy: bool = False) -> PatchPlan:
+    """The plan of patching ``repository:tag`` with ``bundle``; reads only.
+
+    ``url_policy``: the registry's ``validation.manifests.urls`` rules (from
+    ``registry_config.url_policy_from_config``); a manifest whose layer URLs
+    the registry's API would refuse on push is refused here with a
+    ``ManifestError`` naming the URL and the rule, before anything is read
+    from the storage. ``ignore_url_policy`` turns that refusal into a warning
+    (the operator's explicit override).
+    """
     layout = store.layout
     warnings: list[str] = []
     manifests: list[ManifestStep] = []
@@ -142,6 +167,17 @@ def make_plan(bundle: PatchBundle, store: RegistryStore, repository: Repository,
     else:
         images.append(top)
     manifests.append(ManifestStep(top, _same_bytes(store, top)))
+
+    if url_policy is not None:
+        refusals = url_refusals(images, url_policy)
+        if refusals and not ignore_url_policy:
+            raise ManifestError(refusals[0] + "; the registry's API would refuse this manifest on "
+                                "push: fix the bundle or the registry's config, or override with the "
+                                "explicit URL-policy override")
+        for r in refusals:
+            msg = f"URL policy overridden: {r}"
+            warnings.append(msg)
+            log.warning("%s", msg)
 
     blobs: dict[Digest, BlobStep] = {}
     for img in images:
@@ -203,10 +239,51 @@ def _blob_step(bundle: PatchBundle, store: RegistryStore, desc: Descriptor, refe
         return BlobStep(desc.digest, desc.size, desc.media_type, REPAIR, src, referenced_by)
     if src is not None:
         return BlobStep(desc.digest, desc.size, desc.media_type, COPY, src, referenced_by)
+    if store.staged_path(desc.digest) is not None:  # verified by an earlier run (e.g. taken with --consume)
+        return BlobStep(desc.digest, desc.size, desc.media_type, COPY, None, referenced_by)
     if desc.is_foreign:
         msg = (f"foreign layer {desc.digest} ({desc.size:,} B) is in neither the bundle nor the "
                f"registry; clients will fetch it from {desc.urls[0] if desc.urls else 'its urls'}")
         warnings.append(msg)
-        log.warning(msg)
+        log.warning("%s", msg)
         return BlobStep(desc.digest, desc.size, desc.media_type, FOREIGN, None, referenced_by)
+    if desc.urls:
+        raise BlobMissing(desc.digest, referenced_by,
+                          f"it has urls, but its media type {desc.media_type!r} is not a foreign / "
+                          "non-distributable layer: clients fetch it from the registry; add it to "
+                          "the bundle")
     raise BlobMissing(desc.digest, referenced_by)
+
+
+# Descriptors whose urls distribution checks on a manifest push (2.8: schema2 and OCI handlers).
+_URL_CHECKED = {
+    DOCKER_MANIFEST: frozenset({DOCKER_FOREIGN_LAYER}),
+    OCI_MANIFEST: frozenset({OCI_LAYER_TAR, OCI_LAYER, OCI_ND_LAYER_TAR, OCI_ND_LAYER}),
+}
+
+
+def url_refusals(images: list[ImageManifest], policy: UrlPolicy) -> list[str]:
+    """Every reason the registry's API would refuse one of these manifests for its URLs.
+
+    As distribution's manifest handlers: in a Docker schema 2 manifest a
+    foreign layer must carry at least one URL and each of its URLs must pass
+    ``policy``; in an OCI manifest each URL of an ordinary or
+    non-distributable tar / tar+gzip layer must pass ``policy``. URLs of other
+    descriptors are not checked by the registry, nor here.
+    """
+    out = []
+    for img in images:
+        checked = _URL_CHECKED.get(img.media_type, frozenset())
+        labelled = [("config", img.config)] + [(f"layers[{i}]", d) for i, d in enumerate(img.layers)]
+        for label, d in labelled:
+            if d.media_type not in checked:
+                continue
+            where = f"manifest {img.digest} {label} ({d.digest})"
+            if d.media_type == DOCKER_FOREIGN_LAYER and not d.urls:
+                out.append(f"{where} is a foreign layer without urls (the registry refuses it: "
+                           "missing URL on layer)")
+            for url in d.urls:
+                why = policy.refusal(url)
+                if why:
+                    out.append(f"{where}: URL {url!r} is refused: {why}")
+    return out

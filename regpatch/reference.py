@@ -4,6 +4,9 @@ Grammar from distribution's ``reference`` package:
   repository: path components separated by '/', each
               ``[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*``, total length <= 255
   tag:        ``[A-Za-z0-9_][A-Za-z0-9._-]{0,127}``
+
+Every check matches the WHOLE string (``re.fullmatch``): a valid name followed
+by a newline, a NUL or a look-alike letter is refused, never trimmed.
 """
 
 from __future__ import annotations
@@ -13,8 +16,8 @@ from dataclasses import dataclass
 
 from .errors import InvalidReference
 
-_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*$")
-_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*", re.ASCII)
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}", re.ASCII)
 
 # Path components the registry itself reserves inside a repository folder.
 _RESERVED = {"_layers", "_manifests", "_uploads"}

@@ -3,11 +3,14 @@
 What it does, in the order a verification needs it:
 
 * ``load_credentials``: username/password from ``REGPATCH_REGISTRY_USERNAME`` /
-  ``REGPATCH_REGISTRY_PASSWORD``, else from a docker ``config.json``.
+  ``REGPATCH_REGISTRY_PASSWORD``, else from a docker ``config.json``: its
+  ``credHelpers`` / ``credsStore`` credential helpers (``docker-credential-<name>
+  get``, the protocol docker, skopeo and crane use) or its ``auths`` entries.
 * ``RegistryClient``: ``ping``/``check`` the ``/v2/`` endpoint, ``get_manifest``,
   ``verify_blob`` (streamed and hashed, memory flat) and ``verify_image`` (tag,
   digest, every child manifest, every config and layer, each blob once).
-* ``run_verify_command``: an operator's own pull command (skopeo, podman, docker).
+* ``run_verify_command``: an operator's own pull command (skopeo, podman, docker),
+  logged only through ``sanitize.redact_command``.
 
 Authentication follows the registry's ``WWW-Authenticate`` challenge: ``Basic``
 (htpasswd) or ``Bearer`` (a token server; the token is cached per scope).
@@ -30,6 +33,7 @@ import os
 import random
 import re
 import shlex
+import shutil
 import ssl
 import subprocess
 import threading
@@ -48,8 +52,9 @@ from .digest import Digest, copy_and_hash
 from .errors import (AuthError, DigestMismatch, InvalidReference, ManifestError, RegistryError,
                      RegistryUnavailable, SizeMismatch, UsageError, VerificationError)
 from .manifest import (ALL_MANIFEST_TYPES, MAX_MANIFEST_SIZE, Descriptor, ImageIndex,
-                       ImageManifest, parse_manifest)
+                       ImageManifest, load_json, parse_manifest)
 from .reference import Repository, Tag
+from .sanitize import redact_command
 from .registry_config import registry_url_from_config, storage_root_from_config  # noqa: F401 (re-export)
 
 log = logging.getLogger("regpatch.registry")
@@ -58,7 +63,13 @@ ENV_USERNAME = "REGPATCH_REGISTRY_USERNAME"
 ENV_PASSWORD = "REGPATCH_REGISTRY_PASSWORD"
 
 HOW_TO_GIVE_CREDENTIALS = (f"set {ENV_USERNAME} and {ENV_PASSWORD}, or give a docker config.json "
-                           "(auth file) with an 'auths' entry for the registry")
+                           "(auth file) with an 'auths' entry or a credential helper for the registry")
+
+HELPER_PREFIX = "docker-credential-"
+HELPER_TIMEOUT = 30.0
+HELPER_NOT_FOUND = b"credentials not found in native keychain"  # the protocol's "no entry" answer
+TOKEN_USERNAME = "<token>"  # a helper's Username meaning: Secret is an identity token
+_HELPER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", re.ASCII)
 
 T = TypeVar("T")
 RepoLike = Union[str, Repository]
@@ -69,13 +80,17 @@ RefLike = Union[str, Tag, Digest]
 
 @dataclass(frozen=True)
 class Credentials:
-    """A username and password. The password never shows in repr or str."""
+    """A username and password, or an identity token (``identity_token=True``: the
+    password is an OAuth2 refresh token for the registry's token server). The
+    secret never shows in repr or str."""
 
     username: str
     password: str = field(repr=False)
+    identity_token: bool = False
 
     def __repr__(self) -> str:
-        return f"Credentials(username={self.username!r}, password='***')"
+        kind = ", identity_token=True" if self.identity_token else ""
+        return f"Credentials(username={self.username!r}, password='***'{kind})"
 
     __str__ = __repr__
 
@@ -115,7 +130,13 @@ def load_credentials(host: str, *, auth_file: Optional[Path] = None,
     variables; else ``auth_file`` (a docker ``config.json``); else, when no
     ``auth_file`` is given, the first existing of ``$REGISTRY_AUTH_FILE``,
     ``$DOCKER_CONFIG/config.json``, ``$XDG_RUNTIME_DIR/containers/auth.json``,
-    ``$HOME/.docker/config.json``. Credential helpers are not supported.
+    ``$HOME/.docker/config.json``.
+
+    In a config file: a ``credHelpers`` entry for the host wins; then an
+    ``auths`` entry with credentials in it; then the ``credsStore`` helper.
+    A helper is run as ``docker-credential-<name> get`` (found on ``PATH`` of
+    ``env``), the host on stdin, within ``HELPER_TIMEOUT`` seconds, see
+    ``credentials_from_helper``.
     """
     user, password = env.get(ENV_USERNAME), env.get(ENV_PASSWORD)
     if user or password:
@@ -129,34 +150,35 @@ def load_credentials(host: str, *, auth_file: Optional[Path] = None,
         path = Path(auth_file)
         if not path.is_file():
             raise UsageError(f"auth file {path} does not exist or is not a file")
-        return _credentials_from_file(path, host)
+        return _credentials_from_file(path, host, env)
     for candidate in _default_auth_files(env):
         if candidate.is_file():
-            return _credentials_from_file(candidate, host)
+            return _credentials_from_file(candidate, host, env)
     return None
 
 
-def _credentials_from_file(path: Path, host: str) -> Optional[Credentials]:
+def _credentials_from_file(path: Path, host: str, env: Mapping[str, str] = os.environ) -> Optional[Credentials]:
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
     except OSError as e:
         raise UsageError(f"auth file {path} cannot be read: {e.strerror or type(e).__name__}") from e
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    try:
+        doc = load_json(raw, what=f"auth file {path}", strict_keys=False)
+    except ManifestError:
         # never echo the content: it holds secrets
         raise UsageError(f"auth file {path} is not valid JSON; expected a docker config.json "
                          "with an 'auths' object") from None
     if not isinstance(doc, dict):
         raise UsageError(f"auth file {path} must hold a JSON object with an 'auths' object")
     want = _normalise_host(host)
-    helpers_hint = (f"credential helpers are not supported by regpatch; set {ENV_USERNAME} and "
-                    f"{ENV_PASSWORD} instead")
 
     helpers = doc.get("credHelpers") or {}
-    if isinstance(helpers, dict):
-        for key, helper in helpers.items():
-            if _normalise_host(str(key)) == want:
-                raise UsageError(f"auth file {path} sends {want} to the credential helper "
-                                 f"{str(helper)!r}; {helpers_hint}")
+    if not isinstance(helpers, dict):
+        raise UsageError(f"auth file {path}: 'credHelpers' must be an object keyed by registry host")
+    for key, helper in helpers.items():
+        if _normalise_host(str(key)) == want:
+            return credentials_from_helper(helper, want, origin=f"auth file {path} (credHelpers)",
+                                           env=env)
 
     auths = doc.get("auths") or {}
     if not isinstance(auths, dict):
@@ -169,8 +191,8 @@ def _credentials_from_file(path: Path, host: str) -> Optional[Credentials]:
 
     creds = _credentials_from_entry(entry, path, want) if entry is not None else None
     if creds is None and doc.get("credsStore"):
-        raise UsageError(f"auth file {path} keeps credentials in the credential store "
-                         f"{str(doc['credsStore'])!r}, not in the file; {helpers_hint}")
+        return credentials_from_helper(doc["credsStore"], want,
+                                       origin=f"auth file {path} (credsStore)", env=env)
     return creds
 
 
@@ -178,8 +200,10 @@ def _credentials_from_entry(entry, path: Path, host: str) -> Optional[Credential
     if not isinstance(entry, dict):
         raise UsageError(f"auth file {path}: the 'auths' entry for {host} must be an object")
     if entry.get("identitytoken"):
-        raise UsageError(f"auth file {path}: the entry for {host} holds an identity token, which "
-                         f"regpatch does not support; set {ENV_USERNAME} and {ENV_PASSWORD}")
+        token = entry["identitytoken"]
+        if not isinstance(token, str):
+            raise UsageError(f"auth file {path}: the 'identitytoken' for {host} must be a string")
+        return Credentials(TOKEN_USERNAME, token, identity_token=True)
     if entry.get("auth"):
         try:
             decoded = base64.b64decode(str(entry["auth"]), validate=False).decode("utf-8")
@@ -198,6 +222,73 @@ def _credentials_from_entry(entry, path: Path, host: str) -> Optional[Credential
                              "'password' strings")
         return Credentials(user, password)
     return None
+
+
+def credentials_from_helper(helper: object, server: str, *, origin: str,
+                            env: Mapping[str, str] = os.environ,
+                            timeout: float = HELPER_TIMEOUT) -> Optional[Credentials]:
+    """Ask a docker credential helper for ``server``'s credentials (None: it has none).
+
+    The protocol of docker-credential-helpers: ``docker-credential-<helper> get``
+    reads the server (``host:port``) on stdin and prints
+    ``{"ServerURL": ..., "Username": ..., "Secret": ...}``; a ``Username`` of
+    ``<token>`` means ``Secret`` is an identity token. A helper that prints
+    ``credentials not found in native keychain`` and fails means "no
+    credentials" (anonymous, as docker does). Any other failure, a missing
+    helper or a helper slower than ``timeout`` is an ``AuthError``. Neither
+    the helper's stderr nor its stdout is ever shown: both may hold secrets.
+    """
+    if not isinstance(helper, str) or not _HELPER_NAME.fullmatch(helper):
+        raise AuthError(f"{origin} names the credential helper {str(helper)[:64]!r}, which is not a "
+                        "helper name (letters, digits, '.', '_', '-'); fix the config file")
+    program = HELPER_PREFIX + helper
+    exe = shutil.which(program, path=env.get("PATH", os.defpath))
+    if exe is None:
+        raise AuthError(f"credential helper {program} (from {origin}) is not installed or not on "
+                        f"PATH; install it, or {HOW_TO_GIVE_CREDENTIALS}")
+    try:
+        proc = subprocess.run([exe, "get"], input=server.encode("utf-8"), capture_output=True,
+                              timeout=timeout, env=None if env is os.environ else dict(env))
+    except subprocess.TimeoutExpired:
+        raise AuthError(f"credential helper {program} (from {origin}) did not answer within "
+                        f"{timeout:g}s for {server}; check it (it may be waiting for an unlock "
+                        "prompt)") from None
+    except OSError as e:
+        raise AuthError(f"credential helper {program} (from {origin}) could not be started: "
+                        f"{e.strerror or type(e).__name__}") from None
+    if proc.returncode != 0:
+        if proc.stdout.strip() == HELPER_NOT_FOUND:
+            log.info("credential helper %s has no credentials for %s: pulling anonymously",
+                     program, server)
+            return None
+        status = (f"was killed by signal {-proc.returncode}" if proc.returncode < 0
+                  else f"exited with code {proc.returncode}")
+        raise AuthError(f"credential helper {program} (from {origin}) {status} for {server}; its "
+                        f"output is not shown (it may hold secrets): run 'echo {server} | {program} "
+                        "get' to see why")
+    bad = AuthError(f"credential helper {program} (from {origin}) did not answer {server} with a "
+                    "JSON object {\"ServerURL\", \"Username\", \"Secret\"} (its output is not "
+                    "shown: it may hold secrets)")
+    try:
+        doc = load_json(proc.stdout, what=f"the answer of {program}")
+    except ManifestError:
+        raise bad from None
+    if not isinstance(doc, dict):
+        raise bad
+    fields = {k.casefold(): v for k, v in doc.items()}  # Go decodes these keys case-insensitively
+    user, secret = fields.get("username", ""), fields.get("secret", "")
+    if not isinstance(user, str) or not isinstance(secret, str):
+        raise bad
+    if not user and not secret:
+        log.info("credential helper %s has empty credentials for %s: pulling anonymously",
+                 program, server)
+        return None
+    if user == TOKEN_USERNAME:
+        return Credentials(TOKEN_USERNAME, secret, identity_token=True)
+    if not user:
+        raise AuthError(f"credential helper {program} (from {origin}) answered {server} with a "
+                        "secret but no username")
+    return Credentials(user, secret)
 
 
 # --------------------------------------------------------------------------- results
@@ -500,6 +591,16 @@ class RegistryClient:
             raise _RetryableStatus(resp.status_code, retry_after)
         return resp
 
+    def _send_form(self, url: str, form: dict) -> httpx.Response:
+        """POST a form (the token server's refresh-token grant); 5xx/429 as in ``_send``."""
+        req = self._http.build_request("POST", url, data=form)
+        resp = self._http.send(req, stream=True, follow_redirects=False)
+        if resp.status_code >= 500 or resp.status_code == 429:
+            retry_after = _retry_after(resp.headers.get("retry-after"))
+            resp.close()
+            raise _RetryableStatus(resp.status_code, retry_after)
+        return resp
+
     def _auth_header(self, scope: Optional[str]) -> tuple[dict, str]:
         with self._lock:
             token = self._tokens.get(scope)
@@ -540,6 +641,9 @@ class RegistryClient:
     def _refused(self, scope: Optional[str], detail: str) -> AuthError:
         detail = self._scrub(detail)
         target = f" for {scope}" if scope else ""
+        if self.credentials and self.credentials.identity_token:
+            return AuthError(f"registry at {self.url} refused the identity token{target} ({detail}); "
+                             "log in again to renew it, or give a username and password")
         if self.credentials:
             return AuthError(f"registry at {self.url} refused the credentials for user "
                              f"{self.credentials.username!r}{target} ({detail}); check the "
@@ -552,6 +656,10 @@ class RegistryClient:
         if scheme == "basic":
             if not self.credentials:
                 raise self._refused(scope, "Basic authentication required")
+            if self.credentials.identity_token:
+                raise AuthError(f"registry at {self.url} asks for Basic authentication, but the "
+                                "credentials for it are an identity token, which only a token "
+                                "server accepts; give a username and password instead")
             with self._lock:
                 self._use_basic = True
             return {"Authorization": self.credentials.basic_header()}, "basic"
@@ -579,9 +687,15 @@ class RegistryClient:
         want = params.get("scope") or scope
         if want:
             query["scope"] = want
-        auth = httpx.BasicAuth(self.credentials.username, self.credentials.password) \
-            if self.credentials else None
-        resp = self._send("GET", realm, params=query, auth=auth)
+        if self.credentials and self.credentials.identity_token:
+            # OAuth2 refresh-token grant of the docker token spec: POST, form-encoded
+            form = {**query, "grant_type": "refresh_token", "client_id": "regpatch",
+                    "refresh_token": self.credentials.password}
+            resp = self._send_form(realm, form)
+        else:
+            auth = httpx.BasicAuth(self.credentials.username, self.credentials.password) \
+                if self.credentials else None
+            resp = self._send("GET", realm, params=query, auth=auth)
         try:
             if resp.status_code in (401, 403):
                 raise self._refused(scope, f"token server {realm} answered HTTP {resp.status_code}")
@@ -592,8 +706,9 @@ class RegistryClient:
         finally:
             resp.close()
         try:
-            doc = json.loads(body) if len(body) <= 1 << 20 else None
-        except ValueError:
+            doc = load_json(body, what=f"token server {realm}", strict_keys=False) \
+                if len(body) <= 1 << 20 else None
+        except ManifestError:
             doc = None
         token = (doc.get("token") or doc.get("access_token")) if isinstance(doc, dict) else None
         if not isinstance(token, str) or not token:
@@ -852,19 +967,95 @@ class RegistryClient:
         return report
 
 
+    def fetch_blob(self, repository: RepoLike, descriptor: Descriptor, dst, *, offset: int = 0,
+                   hasher=None, progress: Optional[Callable[[int], None]] = None) -> Digest:
+        """Stream one blob into the writable ``dst``, hashing while writing; memory flat.
+
+        ``offset``/``hasher``: resume after ``offset`` bytes already written to
+        ``dst`` and fed to ``hasher`` (a partial file of an earlier run). A
+        transient fault mid-body is retried from the bytes received so far
+        (``Range``); a registry that ignores ``Range`` answers 200 and the
+        bytes already held are skipped. Raises ``SizeMismatch`` /
+        ``DigestMismatch`` naming the blob and registry, ``VerificationError``
+        when the registry does not have it (404).
+        """
+        from .digest import new_hasher
+
+        repo = _repo(repository)
+        url = self._api(f"{repo}/blobs/{descriptor.digest}")
+        scope = f"repository:{repo}:pull"
+        what = f"blob {descriptor.digest} of {repo} from registry {self.url}"
+        size = descriptor.size
+        h = hasher or new_hasher()
+        pos = [offset]
+        if offset > size:
+            raise SizeMismatch(what, size, offset)
+
+        def attempt() -> None:
+            if pos[0] == size and size > 0:
+                return
+            headers = {"Range": f"bytes={pos[0]}-"} if pos[0] else {}
+            resp = self._send_authorized("GET", url, scope=scope, headers=headers, follow_redirects=True)
+            try:
+                if resp.status_code == 404:
+                    raise VerificationError(f"{what}: not found (BLOB_UNKNOWN)")
+                skip = 0
+                if resp.status_code == 200:
+                    skip = pos[0]  # the whole blob again: drop what is already held
+                elif resp.status_code != 206 or not pos[0]:
+                    codes = _error_codes(resp)
+                    raise RegistryError(f"registry at {self.url} answered HTTP {resp.status_code} for "
+                                        f"{what}" + (f" ({codes})" if codes else ""))
+                else:
+                    first = resp.headers.get("content-range", "").removeprefix("bytes ").split("-")[0]
+                    if first != str(pos[0]):
+                        raise RegistryError(f"registry at {self.url} answered a range request for "
+                                            f"{what} with Content-Range {first!r}")
+                for chunk in resp.iter_bytes():
+                    if skip:
+                        cut = min(skip, len(chunk))
+                        chunk, skip = chunk[cut:], skip - cut
+                        if not chunk:
+                            continue
+                    if pos[0] + len(chunk) > size:
+                        raise SizeMismatch(what, size, pos[0] + len(chunk))
+                    h.update(chunk)
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[dst.write(view):]
+                    pos[0] += len(chunk)
+                    if progress:
+                        progress(len(chunk))
+            finally:
+                resp.close()
+
+        self._with_retries(f"GET {what}", attempt)
+        if pos[0] != size:
+            raise SizeMismatch(what, size, pos[0])
+        actual = Digest("sha256", h.hexdigest())
+        if actual != descriptor.digest:
+            raise DigestMismatch(what, descriptor.digest, actual, pos[0])
+        return actual
+
+
 # --------------------------------------------------------------------------- operator command
 
 def run_verify_command(template: str, ref: str, *, timeout: float = 1800) -> None:
     """Run the operator's verification command with ``{ref}`` replaced (shell-quoted).
 
     A non-zero exit becomes a ``VerificationError`` with the exit code and the
-    last non-empty line of stderr. The command line itself is not echoed: it is
-    the operator's and may hold secrets.
+    last non-empty line of stderr. The command line is logged, and named in
+    errors, only through ``redact_command`` (credential options, passwords in
+    URLs and secret variables hidden); the stderr line is redacted the same
+    way, and ``REGPATCH_REGISTRY_PASSWORD``'s value is hidden wherever it is.
     """
     if "{ref}" not in template:
         raise UsageError("the verify command must contain {ref}, where the image reference goes, "
                          "e.g. 'skopeo inspect docker://{ref}'")
     command = template.replace("{ref}", shlex.quote(ref))
+    secrets = tuple(s for s in (os.environ.get(ENV_PASSWORD),) if s)
+    shown = redact_command(command, secrets)
+    log.info("running the verify command: %s", shown)
     # Its own session, stderr in a temp file: on a stop request or the timeout the
     # whole process group is killed and reaped (interrupt.wait_child).
     import tempfile
@@ -874,24 +1065,23 @@ def run_verify_command(template: str, ref: str, *, timeout: float = 1800) -> Non
             proc = subprocess.Popen(command, shell=True, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
         except OSError as e:
-            raise VerificationError(f"verify command for {ref} could not start: "
+            raise VerificationError(f"verify command for {ref} ({shown}) could not start: "
                                     f"{e.strerror or type(e).__name__}") from None
         try:
             returncode = interrupt.wait_child(proc, timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise VerificationError(f"verify command for {ref} did not finish within {timeout:g}s") from None
+            raise VerificationError(f"verify command for {ref} ({shown}) did not finish within "
+                                    f"{timeout:g}s") from None
         if returncode == 0:
+            log.info("verify command passed: %s", shown)
             return
         size = err.seek(0, os.SEEK_END)
         err.seek(max(0, size - (64 << 10)))  # the last lines are what tell
         stderr = err.read()
     lines = [l.strip() for l in stderr.decode("utf-8", "replace").splitlines() if l.strip()]
-    last = lines[-1] if lines else "(no output on stderr)"
-    secret = os.environ.get(ENV_PASSWORD)
-    if secret:
-        last = last.replace(secret, "***")
+    last = redact_command(lines[-1], secrets) if lines else "(no output on stderr)"
     if returncode < 0:
         status = f"was killed by signal {-returncode}"
     else:
         status = f"exited with code {returncode}"
-    raise VerificationError(f"verify command for {ref} {status}: {last}")
+    raise VerificationError(f"verify command for {ref} ({shown}) {status}: {last}")

@@ -296,7 +296,7 @@ def engine_patcher(*, bundle: str, repository: str, tag: str, image: Optional[st
             request = patch_request(bundle=bundle, repository=repository, tag=tag,
                                     registry=entry.registry_params(),
                                     verify=VerifyParams(command=entry.verify_command or verify_command),
-                                    image=image, dry_run=dry_run, s3=s3)
+                                    image=image, dry_run=dry_run, s3=s3, trust=entry.trust_params())
             return outcome_of(entry, engine.patch(request, observer))
         except Interrupted:
             raise

@@ -4,6 +4,32 @@ Every file is written to a temp name in its own folder, fsynced, renamed into
 place, and the folder fsynced. Nothing here ever deletes a file of the
 registry: the only files removed are regpatch's own temp and staging files.
 Files are 0644, folders 0755; link files are exactly ``sha256:<hex>``.
+
+Inside and outside the storage (the rule every read and write follows)
+-----------------------------------------------------------------------
+The bundle is untrusted, the operator's layout of the storage is not. An
+operator may have made some folders symlinks to other disks (``blobs`` is the
+usual one); those are the *anchors*, the folders whose names the registry
+fixes and no input chooses:
+
+    <root>   <root>/docker   docker/registry   docker/registry/v2
+    v2/blobs   v2/blobs/sha256   v2/repositories   and the state folder itself
+
+A path regpatch reads or writes is inside the storage when it lies (by its
+names, ``..`` never used) under ``docker/registry/v2`` or the state folder,
+and, walking its components from the root (or the state folder) with
+``lstat``: an anchor may be a symlink, which is followed when it leads to a
+directory (logged once per process); every component below the anchors that
+exists is a real directory or, last, a regular file, never a symlink, FIFO,
+socket or device. So ``blobs -> /mnt/disk2/blobs`` works, while a symlink
+planted at ``repositories/<name>/_layers`` or ``.../_layers/sha256/<hex>``
+(the names come from the repository and the bundle) is refused with
+``UnsafePath`` before any byte is read through it or written. Nothing
+regpatch creates is ever a symlink (``os.mkdir``, ``O_EXCL`` files, renames).
+
+Operating-system errors of every read and write here go through
+``errors.os_errors`` / ``os_error``: ``StorageError``/``NoSpace``, exit 4, with
+the errno, the path and what to do.
 """
 
 from __future__ import annotations
@@ -12,16 +38,19 @@ import errno
 import json
 import logging
 import os
+import re
 import secrets
 import stat
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Optional
 
-from .digest import Digest, copy_and_hash, hash_file, kernel_copy_and_hash
+from .digest import (Digest, advise_sequential, copy_and_hash, hash_fd, hash_file, kernel_copy_and_hash,
+                     try_reflink)
 from .faults import checkpoint
-from .errors import (InvalidReference, NoSpace, RegpatchError, StorageError, StorageNotFound,
-                     UnsafePath)
+from .errors import (InvalidReference, MalformedLink, RegpatchError, StorageError, StorageNotFound,
+                     UnsafePath, UsageError, os_error, os_errors)
 from .layout import Layout
 from .reference import Repository, Tag
 
@@ -32,16 +61,6 @@ FILE_MODE = 0o644
 DIR_MODE = 0o755
 
 
-def _space_error(e: OSError, path: Path) -> BaseException:
-    """ENOSPC/EDQUOT become NoSpace; other OS errors keep their own type."""
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return NoSpace(f"no space left on the device while writing {path}; free space "
-                       "and run the same patch again (blobs already verified are kept)")
-    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return StorageError(f"cannot write {path}: {e.strerror}")
-    return e
-
-
 def _is_plain_file(f) -> bool:
     try:
         return stat.S_ISREG(os.fstat(f.fileno()).st_mode)
@@ -49,11 +68,18 @@ def _is_plain_file(f) -> bool:
         return False
 
 
+_io = os_errors  # every OSError of a read or write here goes through errors.os_error
+
+
 def _raise_write_error(e: OSError, path: Path):
-    err = _space_error(e, path)
-    if err is e:
-        raise e
-    raise err from e
+    raise os_error(e, doing="writing", path=path) from e
+
+
+LINK_RE = re.compile(rb"sha256:([a-f0-9]{64})")
+LINK_READ_LIMIT = 1024  # a link is 71 bytes; anything longer is not a link
+
+_FOLLOWED: set[tuple[str, str]] = set()  # anchor symlinks already logged by this process
+_FOLLOWED_LOCK = threading.Lock()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -109,34 +135,88 @@ class RegistryStore:
                                   "'rootdirectory' (the folder that holds docker/registry/v2)")
         if (root / "registry" / "v2").is_dir():
             raise StorageNotFound(f"{root} looks like the 'docker' folder; pass its parent, the "
-                                  "registry's 'rootdirectory'")
+                                  "'rootdirectory' of the registry")
         self.layout = Layout(root, Path(state_dir) if state_dir else None)
-        self._real_v2 = Path(os.path.realpath(self.layout.v2))
-        self._real_state = Path(os.path.realpath(self.layout.state))
+        v2, state = self._abs(self.layout.v2), self._abs(self.layout.state)
+        self._v2, self._state, self._root = v2, state, self._abs(root)
+        self._anchors = {self._root, self._root / "docker", self._root / "docker" / "registry", v2,
+                         v2 / "blobs", v2 / "blobs" / "sha256", v2 / "repositories", state}
+        if state_dir:
+            self._refuse_state_in_docker()
 
     @property
     def root(self) -> Path:
         return self.layout.root
 
     # -- safety -------------------------------------------------------------
+    @staticmethod
+    def _abs(path: Path) -> Path:
+        return Path(os.path.abspath(path))
+
+    def _refuse_state_in_docker(self) -> None:
+        """--state-dir must not be inside docker/: the registry would list its files as
+        repositories (or walk them as blobs). Checked by names and through symlinks."""
+        docker = self._root / "docker"
+        inside = [docker]
+        with _io("reading", docker):
+            for anchor in (docker, self._v2, self._v2 / "blobs", self._v2 / "repositories"):
+                if os.path.lexists(anchor):
+                    inside.append(Path(os.path.realpath(anchor)))
+            real_state = Path(os.path.realpath(self._state))
+        for base in inside:
+            for state in (self._state, real_state):
+                if state == base or base in state.parents:
+                    raise UsageError(f"--state-dir {self.layout.state} is inside the registry's "
+                                     f"storage tree {base}; the registry would take regpatch's "
+                                     "files for repositories or blobs: choose a folder outside "
+                                     f"{docker} (default: {self._root / '.regpatch'})")
+
     def _check_inside(self, path: Path) -> None:
-        """Refuse any path outside v2/ or the state folder, lexically or through symlinks."""
-        path = Path(os.path.abspath(path))
-        for base, real_base in ((self.layout.v2, self._real_v2), (self.layout.state, self._real_state)):
-            base = Path(os.path.abspath(base))
-            if path != base and base not in path.parents:
-                continue
-            probe = path
-            while not probe.exists() and probe != base:
-                probe = probe.parent
-            if not probe.exists():  # base itself is still to be created: nothing to follow
+        """Refuse a path outside the storage as the operator laid it out (module docstring)."""
+        raw = Path(path)
+        if any(part in ("..", ".") for part in raw.parts):
+            raise UnsafePath(f"refusing {raw}: a storage path never holds '.' or '..'")
+        path = self._abs(raw)
+        if path == self._v2 or self._v2 in path.parents:
+            start = self._root
+        elif path == self._state or self._state in path.parents:
+            start = self._state if self._root not in self._state.parents else self._root
+        else:
+            raise UnsafePath(f"refusing {path}: outside the registry storage {self.layout.v2} "
+                             f"and regpatch's state folder {self.layout.state}")
+        chain = [start] + [p for p in reversed(path.parents) if start in p.parents] + [path]
+        with _io("checking", path):
+            for p in chain:
+                try:
+                    st = os.lstat(p)
+                except FileNotFoundError:
+                    return  # the rest will be created by regpatch, as real folders
+                if stat.S_ISLNK(st.st_mode):
+                    if p not in self._anchors:
+                        raise UnsafePath(
+                            f"refusing {path}: {p} is a symlink that resolves to {os.path.realpath(p)}, "
+                            "outside the registry storage as the operator laid it out: symlinks are "
+                            "followed only at the registry's fixed folders (root, docker, "
+                            "docker/registry, v2, v2/blobs, v2/blobs/sha256, v2/repositories, the "
+                            "state folder), never below them; replace it with a real folder")
+                    self._follow_anchor(p)
+                elif not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+                    # (a regular file where a folder must be fails later with ENOTDIR)
+                    raise UnsafePath(f"refusing {path}: {p} is a FIFO, socket or device; the "
+                                     "registry storage holds only folders and regular files")
+
+    def _follow_anchor(self, p: Path) -> None:
+        target = os.path.realpath(p)
+        st = os.stat(p)  # ELOOP, ENOENT (dangling) are reported by the caller's _io
+        if not stat.S_ISDIR(st.st_mode):
+            raise StorageError(f"storage folder {p} is a symlink to {target}, which is not a folder; "
+                               "fix the symlink")
+        key = (str(p), target)
+        with _FOLLOWED_LOCK:
+            if key in _FOLLOWED:
                 return
-            real = Path(os.path.realpath(probe))
-            if real == real_base or real_base in real.parents:
-                return
-            raise UnsafePath(f"refusing to write {path}: {probe} resolves to {real}, outside the "
-                             f"registry storage {base}")
-        raise UnsafePath(f"refusing to write {path}: outside the registry storage {self.layout.v2}")
+            _FOLLOWED.add(key)
+        log.info("storage folder %s is a symlink to %s: followed (the operator's layout)", p, target)
 
     def check_paths(self, paths) -> None:
         """Refuse, before any write, a plan whose paths would leave the storage."""
@@ -147,9 +227,10 @@ class RegistryStore:
         self._check_inside(path)
         missing = []
         p = path
-        while not p.exists():
-            missing.append(p)
-            p = p.parent
+        with _io("checking", path):
+            while not os.path.lexists(p):
+                missing.append(p)
+                p = p.parent
         for d in reversed(missing):
             try:
                 os.mkdir(d, DIR_MODE)
@@ -157,8 +238,9 @@ class RegistryStore:
                 continue
             except OSError as e:
                 _raise_write_error(e, d)
-            os.chmod(d, DIR_MODE)  # umask-proof
-            fsync_dir(d.parent)
+            with _io("creating", d):
+                os.chmod(d, DIR_MODE)  # umask-proof
+                fsync_dir(d.parent)
 
     def ensure_state_dir(self, path: Path) -> None:
         """Create a folder of regpatch's state (refused outside the state folder)."""
@@ -166,16 +248,21 @@ class RegistryStore:
 
     # -- reading ------------------------------------------------------------
     def blob_size(self, digest: Digest) -> Optional[int]:
-        try:
-            st = os.stat(self.layout.blob_data(digest))
-        except FileNotFoundError:
-            return None
+        path = self.layout.blob_data(digest)
+        self._check_inside(path)
+        with _io("reading", path):
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                return None
         return st.st_size
 
     def read_blob(self, digest: Digest, limit: int) -> bytes:
         path = self.layout.blob_data(digest)
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)
+        self._check_inside(path)
+        with _io("reading", path):
+            with open(path, "rb") as f:
+                data = f.read(limit + 1)
         if len(data) > limit:
             raise StorageError(f"blob {digest} in the registry is larger than {limit} bytes")
         return data
@@ -189,44 +276,120 @@ class RegistryStore:
         registry's copy is corrupt.
         """
         path = self.layout.blob_data(digest)
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            return False
-        if self._verified(digest, st):
-            return True
-        hash_file(path, what=f"registry blob {self.layout.relative(path)}", expected=digest,
-                  expected_size=size, progress=progress)
+        self._check_inside(path)
+        with _io("reading", path):
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                return False
+            if self._verified(digest, st):
+                return True
+            hash_file(path, what=f"registry blob {self.layout.relative(path)}", expected=digest,
+                      expected_size=size, progress=progress)
         if remember:
             self._remember_verified(digest, path)
         return True
 
     def read_link(self, path: Path) -> Optional[Digest]:
-        """The digest in a link file, None if absent. Malformed links raise StorageError."""
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
-            return None
-        try:
-            return Digest.parse(raw.decode("ascii"))
-        except (UnicodeDecodeError, InvalidReference):
-            raise StorageError(
-                f"link file {self.layout.relative(path)} does not hold 'sha256:<hex>' "
-                f"(got {raw[:80]!r}); a UTF-16 or newline-terminated link breaks the registry")
+        """The digest in a link file, None if absent.
+
+        Read strictly, as distribution's ``readlink`` + go-digest's ``Parse``
+        do: the whole file must be ``sha256:<64 hex>``; Go's anchored regexp
+        allows no trailing newline, CR, space or BOM (the registry answers an
+        error for such a link), and regpatch also refuses upper-case hex (the
+        registry would look for a blob path that does not exist). Anything
+        else raises ``MalformedLink``; the digest returned is rebuilt from the
+        matched hex only, never from the raw text.
+        """
+        self._check_inside(path)
+        with _io("reading", path):
+            try:
+                with open(path, "rb") as f:
+                    raw = f.read(LINK_READ_LIMIT + 1)
+            except FileNotFoundError:
+                return None
+        m = LINK_RE.fullmatch(raw)
+        if m is None:
+            shown = raw[:80] + (b"..." if len(raw) > 80 else b"")
+            raise MalformedLink(
+                f"link file {self.layout.relative(path)} does not hold 'sha256:<hex>' exactly "
+                f"(64 lowercase hex; got {shown!r}); the registry cannot use it either: a UTF-16 or "
+                "newline-terminated link (CRLF, BOM, spaces) makes it answer an error")
+        return Digest("sha256", m.group(1).decode("ascii"))
 
     def current_tag(self, repo: Repository, tag: Tag) -> Optional[Digest]:
         path = self.layout.tag_current_link(repo, tag)
         try:
             return self.read_link(path)
-        except StorageError as e:
+        except MalformedLink as e:
             log.warning("%s; the patch will replace it", e)
             return None
 
+    def tags(self, repo: Repository, limit: int = 1000) -> list[Tag]:
+        """Tags of a repository that hold a current link (names that fail the grammar are skipped)."""
+        found: list[Tag] = []
+        tags_dir = self.layout.tags_dir(repo)
+        self._check_inside(tags_dir)
+        with _io("listing", tags_dir):
+            try:
+                entries = sorted(os.scandir(tags_dir), key=lambda e: e.name)
+            except (FileNotFoundError, NotADirectoryError):
+                return found
+        for e in entries[:limit]:
+            try:
+                tag = Tag.parse(e.name)
+            except InvalidReference:
+                continue
+            if os.path.isfile(self.layout.tag_current_link(repo, tag)):
+                found.append(tag)
+        return found
+
+    def any_tag(self, prefer: Optional[tuple[Repository, Tag]] = None,
+                max_dirs: int = 10000) -> Optional[tuple[Repository, Tag, Digest]]:
+        """A (repository, tag, digest) the storage holds: ``prefer`` if it is there, else
+        another tag of its repository, else the first tagged repository found (a bounded
+        walk of repositories/). None for a storage with no tag at all."""
+        candidates: list[Repository] = []
+        if prefer is not None:
+            repo, tag = prefer
+            held = self.current_tag(repo, tag)
+            if held is not None:
+                return repo, tag, held
+            candidates.append(repo)
+        for repo in candidates:
+            for tag in self.tags(repo):
+                held = self.current_tag(repo, tag)
+                if held is not None:
+                    return repo, tag, held
+        base = self.layout.repositories
+        seen = 0
+        for dirpath, dirnames, _ in os.walk(base):
+            seen += 1
+            if seen > max_dirs:
+                break
+            dirnames.sort()
+            if "_manifests" in dirnames:
+                try:
+                    repo = Repository.parse(os.path.relpath(dirpath, base).replace(os.sep, "/"))
+                except InvalidReference:
+                    dirnames[:] = []
+                    continue
+                for tag in self.tags(repo):
+                    held = self.current_tag(repo, tag)
+                    if held is not None:
+                        return repo, tag, held
+            dirnames[:] = [d for d in dirnames if not d.startswith("_")]
+        return None
+
     def link_ok(self, path: Path, digest: Digest) -> bool:
-        try:
-            return path.read_bytes() == str(digest).encode("ascii")
-        except FileNotFoundError:
-            return False
+        want = str(digest).encode("ascii")
+        self._check_inside(path)
+        with _io("reading", path):
+            try:
+                with open(path, "rb") as f:
+                    return f.read(len(want) + 1) == want
+            except FileNotFoundError:
+                return False
 
     # -- verified-blob memory (regpatch state, outside docker/) --------------
     def _verified_marker(self, digest: Digest) -> Path:
@@ -244,7 +407,8 @@ class RegistryStore:
             st = os.stat(path)
             mark = {"size": st.st_size, "ino": st.st_ino, "mtime_ns": st.st_mtime_ns}
             self.write_file(self._verified_marker(digest), json.dumps(mark).encode(), durable=False)
-        except RegpatchError as e:  # only an optimisation: never fail a patch for it
+        except (RegpatchError, OSError) as e:  # only an optimisation: never fail a patch for it
+            # (OSError: e.g. another run installed the staged file meanwhile)
             log.debug("could not record verified blob %s: %s", digest, e)
 
     # -- writing ------------------------------------------------------------
@@ -252,7 +416,8 @@ class RegistryStore:
     def _temp_beside(self, final: Path, durable: bool = True) -> Iterator[BinaryIO]:
         """A temp file in final's folder; renamed onto final when the block succeeds."""
         self._mkdirs(final.parent)
-        sweep_temp_files(final.parent)
+        with _io("cleaning temp files of", final.parent):
+            sweep_temp_files(final.parent)
         tmp = final.parent / f"{TMP_MARK}{os.getpid()}-{secrets.token_hex(6)}"
         try:
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, FILE_MODE)  # RDWR: the copy is hashed back
@@ -279,10 +444,13 @@ class RegistryStore:
 
     @staticmethod
     def _discard(tmp: Path) -> None:
+        """Remove a temp file of regpatch's; a failure here never hides the error being raised."""
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        except OSError as e:
+            log.debug("could not remove %s: %s", tmp, e)
 
     def write_file(self, path: Path, data: bytes, durable: bool = True) -> None:
         with self._temp_beside(path, durable) as f:
@@ -300,7 +468,7 @@ class RegistryStore:
         if Digest.of_bytes(raw) != digest:
             raise StorageError(f"internal: manifest bytes do not hash to {digest}")
         size = self.blob_size(digest)
-        if size == len(raw) and self.layout.blob_data(digest).read_bytes() == raw:
+        if size == len(raw) and self.read_blob(digest, len(raw)) == raw:
             return False
         self.write_file(self.layout.blob_data(digest), raw)
         return True
@@ -308,10 +476,12 @@ class RegistryStore:
     def staged_path(self, digest: Digest) -> Optional[Path]:
         """A fully verified staged copy of digest, if one is waiting."""
         path = self.layout.staged_blob(digest)
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            return None
+        self._check_inside(path)
+        with _io("reading", path):
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                return None
         return path if self._verified(digest, st) else None
 
     def stage_blob(self, digest: Digest, size: int, open_source: Callable[[], BinaryIO], *,
@@ -325,11 +495,21 @@ class RegistryStore:
         raised; the registry's v2/ tree is never touched here.
         """
         final = self.layout.staged_blob(digest)
-        with self._temp_beside(final) as dst, open_source() as src:
+        with self._temp_beside(final) as dst, _io(f"copying {what} into", final), open_source() as src:
             done = None
-            if _is_plain_file(src):  # the kernel copies, this thread hashes the copy
-                done = kernel_copy_and_hash(src.fileno(), dst.fileno(), what=what, expected=digest,
-                                            expected_size=size, progress=progress)
+            region = getattr(src, "file_region", None)  # (fd, offset): a member of a local archive
+            if region is not None:
+                done = kernel_copy_and_hash(region[0], dst.fileno(), what=what, expected=digest,
+                                            expected_size=size, progress=progress, src_offset=region[1])
+            elif _is_plain_file(src):
+                advise_sequential(src.fileno())
+                if try_reflink(src.fileno(), dst.fileno()):  # XFS, btrfs: blocks shared, no copy
+                    log.info("%s: cloned (reflink), hashing the clone", what)
+                    done = hash_fd(dst.fileno(), what=what, expected=digest, expected_size=size,
+                                   progress=progress)
+                else:  # the kernel copies, this thread hashes the copy
+                    done = kernel_copy_and_hash(src.fileno(), dst.fileno(), what=what, expected=digest,
+                                                expected_size=size, progress=progress)
             if done is None:
                 copy_and_hash(src, dst, what=what, expected=digest, expected_size=size,
                               progress=progress)
@@ -346,6 +526,13 @@ class RegistryStore:
     def stage_blob_resumable(self, digest: Digest, size: int, open_at: Callable[[int], BinaryIO], *,
                              what: str, validator: str,
                              progress: Optional[Callable[[int], None]] = None) -> int:
+        with _io(f"staging {what} in", self.partial_path(digest)):
+            return self._stage_blob_resumable(digest, size, open_at, what=what, validator=validator,
+                                              progress=progress)
+
+    def _stage_blob_resumable(self, digest: Digest, size: int, open_at: Callable[[int], BinaryIO], *,
+                              what: str, validator: str,
+                              progress: Optional[Callable[[int], None]] = None) -> int:
         """Like ``stage_blob``, resuming the partial file an earlier attempt or run left.
 
         The partial (``partial_path``) and its ``.json`` note of ``validator``
@@ -414,7 +601,12 @@ class RegistryStore:
         verified marker matches) and the call returns False.
         """
         final = self.layout.blob_data(digest)
-        if final.exists() and not replace:
+        with _io("installing the blob", final):
+            return self._install_staged(digest, staged, final, replace, size)
+
+    def _install_staged(self, digest: Digest, staged: Path, final: Path, replace: bool, size: int) -> bool:
+        self._check_inside(final)
+        if os.path.lexists(final) and not replace:
             return False
         self._mkdirs(final.parent)
         try:
@@ -436,3 +628,57 @@ class RegistryStore:
         checkpoint(f"installed blob {digest.short}")
         self._remember_verified(digest, final)
         return True
+
+
+    # -- --consume: take a bundle file instead of copying it ---------------------
+    def same_filesystem(self, path: Path) -> bool:
+        """True when ``path`` is on the filesystem of the staging folder (a rename works)."""
+        probe = self.layout.staging
+        with _io("checking the filesystem of", path):
+            while not probe.exists():
+                probe = probe.parent
+            return os.stat(path).st_dev == os.stat(probe).st_dev
+
+    def adopt_blob(self, digest: Digest, size: int, path: Path, *, what: str,
+                   progress: Optional[Callable[[int], None]] = None) -> Path:
+        """Move a bundle file into the staging folder (a rename) and verify it there:
+        ingest costs one hash. A file that fails verification is renamed back to where
+        it was; the registry's v2/ tree is never touched here."""
+        with _io(f"moving {what} into", self.layout.staged_blob(digest)):
+            return self._adopt_blob(digest, size, path, what=what, progress=progress)
+
+    def _adopt_blob(self, digest: Digest, size: int, path: Path, *, what: str,
+                    progress: Optional[Callable[[int], None]] = None) -> Path:
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            raise UnsafePath(f"{what} is {'a symlink' if stat.S_ISLNK(st.st_mode) else 'not a plain file with one link'}"
+                             "; it cannot be consumed (renamed into the storage): copy it instead")
+        final = self.layout.staged_blob(digest)
+        self._mkdirs(final.parent)
+        tmp = final.parent / f"{TMP_MARK}{os.getpid()}-{secrets.token_hex(6)}"
+        try:
+            os.rename(path, tmp)
+        except OSError as e:
+            if e.errno == errno.EXDEV:
+                raise UnsafePath(f"{what} is on another filesystem than the storage: --consume cannot "
+                                 "rename it; drop --consume to copy it") from None
+            _raise_write_error(e, final)
+        try:
+            with open(tmp, "rb", buffering=0) as f:
+                hash_fd(f.fileno(), what=what, expected=digest, expected_size=size, progress=progress)
+                os.fsync(f.fileno())
+            os.chmod(tmp, FILE_MODE)
+        except BaseException:
+            try:
+                if not os.path.lexists(path):
+                    os.rename(tmp, path)  # give it back, as it was
+                else:
+                    self._discard(tmp)
+            except OSError:
+                pass
+            raise
+        os.replace(tmp, final)
+        fsync_dir(final.parent)
+        fsync_dir(Path(path).parent)
+        self._remember_verified(digest, final)
+        return final

@@ -39,6 +39,9 @@ class RegistryTarget:
         if not storage:
             raise UsageError("the registry storage is unknown: pass --storage ROOT (the registry's "
                              "rootdirectory) or --registry-config config.yml")
+        if url is not None and any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in url):
+            raise UsageError(f"registry URL {url!r} contains a control character (a newline?); "
+                             "pass the URL alone, e.g. https://registry.example:5000")
         if url and "://" not in url:
             url = ("http://" if insecure else "https://") + url
         return cls(str(storage), url.rstrip("/") if url else None, config, auth_file, ca_file, insecure,

@@ -3,7 +3,7 @@
 # a second run installs nothing and takes a second or two.
 #
 #   1. apt-get install what is missing of: docker-registry skopeo podman
-#      apache2-utils python3-venv postgresql chromium (and python3 itself if
+#      apache2-utils python3-venv xfsprogs postgresql chromium (and python3 itself if
 #      absent); postgresql for the Prefect server's database (the deployment
 #      tests start their own cluster), chromium for the browser test;
 #   2. make sure the Debian docker-registry *service* is not running: it would
@@ -19,7 +19,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 STAMP="$VENV/.regpatch-bootstrap-stamp"
-APT_PACKAGES=(docker-registry skopeo podman apache2-utils python3-venv postgresql chromium)
+APT_PACKAGES=(docker-registry skopeo podman apache2-utils python3-venv xfsprogs postgresql chromium)
 
 log() { printf 'bootstrap: %s\n' "$*"; }
 die() { printf 'bootstrap: error: %s\n' "$*" >&2; exit 1; }

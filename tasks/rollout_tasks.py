@@ -91,7 +91,7 @@ def _parameters(entry: RegistryEntry, *, bundle: str, repository: str, tag: str,
     registry["name"] = entry.name
     return dict(bundle=bundle, repository=repository, tag=tag, registry=registry,
                 verify=VerifyParams(command=entry.verify_command or verify_command).model_dump(),
-                s3=s3.model_dump(), image=image, dry_run=dry_run)
+                s3=s3.model_dump(), image=image, dry_run=dry_run, trust=entry.trust_params().model_dump())
 
 
 def _run_local(entry: RegistryEntry, params: dict) -> RegistryOutcome:

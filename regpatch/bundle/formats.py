@@ -1,24 +1,41 @@
-"""Patch bundle readers: the seed's staged folder and the OCI image layout.
+"""Patch bundle readers: every on-disk image format operators carry across the gap.
 
-Both produce a ``PatchBundle``: the top manifest (exact bytes), and a way to
-find the bundle file that holds any digest. Nothing is hashed here beyond
-manifests and configs, except staged files without a ``.digest`` sidecar,
-which are matched to descriptors by size first and then by hash.
+All produce a ``PatchBundle``: the top manifest (exact bytes), and a way to
+find the bundle file that holds any digest. Formats (``detect_format``):
+
+- ``oci-layout``: an OCI image layout folder (``oci-layout``, ``index.json``,
+  ``blobs/sha256``); as ``oci-archive`` when it is packed in a tar (plain or
+  compressed), read in place (``archive.py``);
+- ``dir``: skopeo's ``dir:`` folder (``version``, ``manifest.json``, blobs
+  named by hex, children of a list as ``<hex>.manifest.json``), as skopeo,
+  ``podman save --format docker-dir`` and ``skopeo sync`` write it;
+- ``docker-archive``: a ``docker save`` archive (tar or unpacked folder): its
+  layers are uncompressed, so it is converted the way ``docker push`` would
+  (``dockersave.py``), and the manifest digest is new;
+- ``staged``: the seed's staged folder.
+
+Digests are kept byte for byte for all but ``docker-archive``. Nothing is
+hashed here beyond manifests and configs, except staged files without a
+``.digest`` sidecar (matched to descriptors by size first, then by hash) and
+the layers of a ``docker save`` archive (compressed to learn their digest).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
-from typing import Optional
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
 
 from ..digest import Digest
-from ..errors import (BundleError, DigestMismatch, InvalidReference, ManifestError, SizeMismatch,
-                      UnknownBundleFormat, UsageError)
-from ..manifest import (ImageManifest, Manifest, MAX_MANIFEST_SIZE, OCI_INDEX, Descriptor,
-                        parse_manifest)
+from ..errors import (BundleError, DigestMismatch, InvalidReference, ManifestError, RegpatchError,
+                      SizeMismatch, UnknownBundleFormat, UsageError)
+from ..manifest import (ImageIndex, ImageManifest, Manifest, MAX_MANIFEST_SIZE, OCI_INDEX, Descriptor,
+                        load_json, parse_manifest)
 from .source import ACCEPTED_FORMATS, BundleSource
+
+if TYPE_CHECKING:
+    from .dockersave import Conversion
 
 log = logging.getLogger("regpatch.bundle")
 
@@ -37,10 +54,20 @@ class BundleFile:
 @dataclass
 class PatchBundle:
     source: BundleSource
-    format: str                      # "staged" or "oci-layout"
+    format: str                      # FORMATS: "oci-layout", "oci-archive", "dir", "docker-archive", "staged"
     top: Manifest
     files: dict[Digest, BundleFile]  # digest -> bundle file claiming it
     _unmatched: dict[str, int] = field(default_factory=dict, repr=False)
+    #: what the operator must be told in the plan and the summary (e.g. a converted, new digest)
+    notes: list[str] = field(default_factory=list)
+    #: for docker save archives: how it was converted (old image id -> new manifest digest)
+    conversion: Optional["Conversion"] = None
+
+    def close(self) -> None:
+        """Remove what reading the bundle wrote (converted layers in the scratch folder)."""
+        cleanup = getattr(self.source, "cleanup", None)
+        if cleanup is not None:
+            cleanup()
 
     @property
     def description(self) -> str:
@@ -79,20 +106,113 @@ def check_manifest_bytes(raw: bytes, desc: Descriptor, what: str) -> Manifest:
     return parse_manifest(raw, what=what, media_type_hint=desc.media_type)
 
 
-def load_bundle(source: BundleSource, *, image: Optional[str] = None) -> PatchBundle:
+FORMATS = ("oci-layout", "oci-archive", "dir", "docker-archive", "staged")
+FOREIGN_KEEP, FOREIGN_INCLUDE = "keep", "include"
+DIR_VERSION_PREFIX = b"Directory Transport Version: 1."
+
+
+def detect_format(source: BundleSource) -> str:
+    """Which format a source holds ("oci-layout", "dir", "docker-archive", "staged"), from its
+    file names and a few small files; UnknownBundleFormat naming what it found otherwise."""
     files = source.list()
     if "oci-layout" in files and "index.json" in files:
-        return _load_oci_layout(source, files, image)
+        return "oci-layout"  # docker 25+ 'docker save' archives are OCI layouts too: digests kept
+    if "manifest.json" in files:
+        head = source.read_bytes("manifest.json", MAX_MANIFEST_SIZE).lstrip()
+        if head[:1] == b"[":
+            return "docker-archive"
+        if "version" in files:
+            return "dir"
+        if head[:1] == b"{" and any(_is_hex(n) for n in files):
+            log.warning("%s has manifest.json and blobs named by hex but no 'version' file: read as a "
+                        "dir: folder", source.description)
+            return "dir"
     if any(_is_manifest_name(n) for n in files if "/" not in n):
+        return "staged"
+    raise UnknownBundleFormat(_unknown_folder(source, files))
+
+
+def _is_hex(name: str) -> bool:
+    return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
+
+
+def _unknown_folder(source: BundleSource, files: dict[str, int]) -> str:
+    where = source.description
+    archive = getattr(source, "compression", None) is not None
+    kind = "archive" if archive else "folder"
+    if "repositories" in files or any(n.endswith("/layer.tar") for n in files):
+        return (f"{where} is an old 'docker save' {kind} without manifest.json (Docker before 1.10); "
+                "load it (docker load / podman load) and save it again, or export it with "
+                "'skopeo copy docker-daemon:IMAGE oci-archive:FILE.tar'")
+    tops = sorted({n.split("/", 1)[0] for n in files})
+    if len(tops) == 1 and any("/" in n for n in files):
+        return (f"{where} holds only the folder {tops[0]!r}: pass that folder (unpack the archive, "
+                "or re-create it from inside the folder: tar -C FOLDER -cf FILE.tar .)")
+    if any(n in ("etc", "usr", "bin") or n.startswith(("etc/", "usr/", "bin/")) for n in files):
+        return (f"{where} looks like a root filesystem (a single layer), not an image: build an image "
+                "from it (podman import FILE; podman save --format oci-archive) first")
+    if "index.json" in files and "oci-layout" not in files:
+        return (f"{where} has index.json but no oci-layout file: it is not a complete OCI image "
+                "layout; copy it again with skopeo copy ... oci:DIR")
+    shown = ", ".join(sorted(files)[:6]) + (", ..." if len(files) > 6 else "")
+    return (f"{where} is not a patch bundle ({kind} with {len(files)} files: {shown or 'none'}); "
+            + ACCEPTED_FORMATS)
+
+
+def load_bundle(source: BundleSource, *, image: Optional[str] = None, scratch: Optional[Path] = None,
+                foreign_layers: str = FOREIGN_KEEP, gzip_level: Optional[int] = None) -> PatchBundle:
+    """Read a bundle of any format (``detect_format``) and select its image.
+
+    ``image``: of a bundle holding several (OCI layout/archive: ref name;
+    docker save archive: one of its RepoTags). ``scratch``, ``foreign_layers``
+    and ``gzip_level`` only matter for docker save archives (``dockersave``):
+    converted layers are written into ``scratch`` (a folder on the registry's
+    filesystem, e.g. beside its staging folder; without it they are compressed
+    twice: once to learn the digest, once while staged).
+    """
+    if foreign_layers not in (FOREIGN_KEEP, FOREIGN_INCLUDE):
+        raise UsageError(f"foreign layers: {foreign_layers!r} is neither 'keep' nor 'include'")
+    fmt = detect_format(source)
+    files = source.list()
+    if fmt == "oci-layout":
+        bundle = _load_oci_layout(source, files, image)
+    elif fmt == "dir":
+        bundle = _load_dir(source, files, image)
+    elif fmt == "docker-archive":
+        from .dockersave import load_docker_save
+
+        bundle = load_docker_save(source, image=image, scratch=scratch, foreign_layers=foreign_layers,
+                                  gzip_level=gzip_level)
+    else:
         if image:
-            raise UsageError("--image selects an image of an OCI layout; "
+            raise UsageError("--image selects an image of an OCI layout or a docker save archive; "
                              f"{source.description} is a staged bundle with a single manifest")
-        return _load_staged(source, files)
-    if "manifest.json" in files and ("repositories" in files or any(n.endswith("/layer.tar") for n in files)):
-        raise UnknownBundleFormat(
-            f"{source.description} is an unpacked 'docker save' archive: its layers are uncompressed "
-            "and cannot reproduce the registry's manifest digest; " + ACCEPTED_FORMATS)
-    raise UnknownBundleFormat(f"{source.description} is not a patch bundle; " + ACCEPTED_FORMATS)
+        bundle = _load_staged(source, files)
+    if fmt != "docker-archive":
+        source.want(_reachable_names(bundle))
+    return bundle
+
+
+def _reachable_names(bundle: PatchBundle) -> list[str]:
+    """Bundle files of every blob of the top image(s): what a patch may read."""
+    top = bundle.top
+    images = [top]
+    if isinstance(top, ImageIndex):
+        for i, d in enumerate(top.manifests):
+            try:
+                child = bundle.read_manifest(d, f"{bundle.description} manifests[{i}]")
+            except RegpatchError:
+                child = None
+            if isinstance(child, ImageManifest):
+                images.append(child)
+    names = []
+    for img in images:
+        if isinstance(img, ImageManifest):
+            for d in img.blobs():
+                f = bundle.files.get(d.digest)
+                if f is not None:
+                    names.append(f.name)
+    return names
 
 
 def _is_manifest_name(name: str) -> bool:
@@ -157,10 +277,8 @@ def _load_staged(source: BundleSource, files: dict[str, int]) -> PatchBundle:
         cdigest = Digest.of_bytes(craw)
         if cdigest != top.config.digest:
             raise DigestMismatch(f"config {what}", top.config.digest, cdigest, len(craw))
-        try:
-            json.loads(craw)
-        except ValueError as e:
-            raise ManifestError(f"config {what} is not valid JSON: {e}") from e
+        if not isinstance(load_json(craw, what=f"config {what}"), dict):
+            raise ManifestError(f"config {what} is not a JSON object")
         unmatched.pop(cname, None)
         bundle_files[cdigest] = BundleFile(cname, len(craw), cdigest, True)
 
@@ -183,11 +301,10 @@ def _referenced_digests(top: Manifest) -> set[Digest]:
 
 def _load_oci_layout(source: BundleSource, files: dict[str, int], image: Optional[str]) -> PatchBundle:
     where = source.description
-    try:
-        layout = json.loads(source.read_bytes("oci-layout", 4096))
-        version = layout.get("imageLayoutVersion")
-    except (ValueError, AttributeError):
-        raise ManifestError(f"{where}/oci-layout is not valid JSON") from None
+    layout = load_json(source.read_bytes("oci-layout", 4096), what=f"{where}/oci-layout")
+    if not isinstance(layout, dict):
+        raise ManifestError(f"{where}/oci-layout is not a JSON object")
+    version = layout.get("imageLayoutVersion")
     if not isinstance(version, str) or not version.startswith("1."):
         raise UnknownBundleFormat(f"{where}/oci-layout declares imageLayoutVersion {version!r}; 1.x is supported")
     index = parse_manifest(source.read_bytes("index.json", MAX_MANIFEST_SIZE),
@@ -221,10 +338,40 @@ def _load_oci_layout(source: BundleSource, files: dict[str, int], image: Optiona
                 log.warning("ignoring %s: not named by a sha256 digest", source.describe(name))
                 continue
             bundle_files[d] = BundleFile(name, size, d, False)
-    bundle = PatchBundle(source, "oci-layout", None, bundle_files)  # type: ignore[arg-type]
+    fmt = "oci-archive" if getattr(source, "compression", None) else "oci-layout"
+    bundle = PatchBundle(source, fmt, None, bundle_files)  # type: ignore[arg-type]
     top = bundle.read_manifest(desc, f"{where}/index.json")
     if top is None:
         raise BundleError(f"OCI layout {where}: index.json names {desc.digest}, but "
                           f"blobs/sha256/{desc.digest.hex} is missing")
     bundle.top = top
     return bundle
+
+
+# -- dir: (skopeo's directory transport) -------------------------------------------
+
+def _load_dir(source: BundleSource, files: dict[str, int], image: Optional[str]) -> PatchBundle:
+    where = source.description
+    if "version" in files:
+        version = source.read_bytes("version", 256)
+        if not version.startswith(DIR_VERSION_PREFIX):
+            raise UnknownBundleFormat(f"{source.describe('version')} holds {version[:60]!r}, not "
+                                      "'Directory Transport Version: 1.x': not a dir: folder regpatch knows")
+    if image:
+        raise UsageError(f"--image selects an image of an OCI layout or a docker save archive; {where} is "
+                         "a dir: folder holding one image (or one manifest list)")
+    raw = source.read_bytes("manifest.json", MAX_MANIFEST_SIZE)
+    top = parse_manifest(raw, what=source.describe("manifest.json"))
+    bundle_files: dict[Digest, BundleFile] = {}
+    for name, size in files.items():
+        if "/" in name:
+            continue
+        hexpart = name[:-len(".manifest.json")] if name.endswith(".manifest.json") else name
+        if _is_hex(hexpart):
+            d = Digest("sha256", hexpart)
+            if d in bundle_files:
+                raise BundleError(f"{where} holds {d} twice ({bundle_files[d].name} and {name})")
+            bundle_files[d] = BundleFile(name, size, d, False)
+    # manifest.json is the top manifest's blob too (a child or a list may name it)
+    bundle_files.setdefault(top.digest, BundleFile("manifest.json", len(raw), top.digest, True))
+    return PatchBundle(source, "dir", top, bundle_files)

@@ -264,10 +264,22 @@ class S3Source(BundleSource):
         self._client = client if client is not None else self._make_client()
         self._files: Optional[dict[str, int]] = None
         self._etags: dict[str, str] = {}
+        self._only: Optional[str] = None   # for_object: list this one object only
         self.fetch_stats: dict[str, FetchStat] = {}
         self._lock = threading.Lock()
         self._per_name: dict[str, int] = {}
         self.bytes_fetched = 0   # every body byte received, all objects, this process
+
+    @classmethod
+    def for_object(cls, url: str, options: Optional[S3Options] = None, *, client: Any = None) -> "S3Source":
+        """A source over the one object ``url`` names (an archive): its name is the last part."""
+        bucket, key = parse_s3_url(url)
+        if not key:
+            raise UsageError(f"bundle {url!r}: expected s3://BUCKET/KEY of an archive")
+        parent, _, name = key.rpartition("/")
+        src = cls(f"s3://{bucket}/{parent}" if parent else f"s3://{bucket}", options, client=client)
+        src._only = name
+        return src
 
     def __repr__(self) -> str:
         return f"S3Source({self.url!r}, endpoint={_strip_userinfo(self.endpoint or 'aws')!r})"
@@ -384,7 +396,7 @@ class S3Source(BundleSource):
             base = f"{self.prefix}/" if self.prefix else ""
             token: Optional[str] = None
             while True:
-                kw = {"Bucket": self.bucket, "Prefix": base}
+                kw = {"Bucket": self.bucket, "Prefix": base + (self._only or "")}
                 if token:
                     kw["ContinuationToken"] = token
                 page = self._call(f"listing {self.url}/", lambda: self._client.list_objects_v2(**kw))
@@ -393,11 +405,15 @@ class S3Source(BundleSource):
                     if key.endswith("/"):
                         continue  # "folder" markers
                     rel = key[len(base):]
+                    if self._only is not None and rel != self._only:
+                        continue
                     files[rel] = int(obj["Size"])
                     self._etags[rel] = obj.get("ETag", "")
                 if not page.get("IsTruncated"):
                     break
                 token = page.get("NextContinuationToken")
+            if not files and self._only is not None:
+                raise SourceError(f"{self.url}/{self._only} does not exist; check the bucket and key")
             if not files:
                 raise SourceError(f"{self.url}/ holds no object; check the bucket and prefix "
                                   f"(the prefix must be the folder that holds the bundle)")
@@ -415,8 +431,30 @@ class S3Source(BundleSource):
         return self._etags.get(name, "")
 
     # -- reading ---------------------------------------------------------------
-    def open(self, name: str, start: int = 0) -> BinaryIO:
-        return S3ObjectReader(self, name, start=start)  # type: ignore[return-value]
+    def open(self, name: str, start: int = 0, end: Optional[int] = None) -> BinaryIO:
+        """The object from byte ``start`` up to ``end`` (exclusive; None: its end)."""
+        return S3ObjectReader(self, name, start=start, end=end)  # type: ignore[return-value]
+
+    def read_at(self, name: str, offset: int, n: int) -> bytes:
+        """Bytes offset..offset+n-1 of an object (fewer at its end): one ranged GET, retried."""
+        size = self.size(name)
+        last = min(offset + n, size) - 1
+        if n <= 0 or offset >= size:
+            return b""
+        etag = self.etag(name)
+
+        def get() -> bytes:
+            body = self.get_range(name, offset, last, etag)
+            try:
+                data = body.read()
+            finally:
+                body.close()
+            self._count_name(name, len(data))
+            if len(data) != last - offset + 1:
+                raise TruncatedBody(f"{len(data)} of {last - offset + 1} bytes of the range")
+            return data
+
+        return self._call(f"GET {self.describe(name)} bytes {offset:,}-{last:,}", get)
 
     def read_bytes(self, name: str, limit: int) -> bytes:
         """Small files (manifests, configs, sidecars): one GET, into memory."""
@@ -525,7 +563,7 @@ class S3Source(BundleSource):
 def _unlink(path: Path) -> None:
     try:
         os.unlink(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # absent: its folder is missing or is a file
         pass
 
 
@@ -538,11 +576,12 @@ class S3ObjectReader(io.RawIOBase):
     threads, each part retried on its own, and returned in order.
     """
 
-    def __init__(self, source: S3Source, name: str, *, start: int = 0):
+    def __init__(self, source: S3Source, name: str, *, start: int = 0, end: Optional[int] = None):
         super().__init__()
         self.source = source
         self.name = name
-        self.size = source.size(name)
+        self.size = source.size(name) if end is None else min(end, source.size(name))
+        self._last = None if end is None else self.size - 1   # open-ended GETs unless bounded
         self.etag = source.etag(name)
         if start > self.size:
             raise SourceError(f"cannot resume {source.describe(name)} at byte {start}: "
@@ -573,7 +612,7 @@ class S3ObjectReader(io.RawIOBase):
     def _read_some(self, b) -> int:
         try:
             if self._body is None:
-                self._body = self.source.get_range(self.name, self.pos, None, self.etag)
+                self._body = self.source.get_range(self.name, self.pos, self._last, self.etag)
             data = self._read1(min(len(b), READ_SIZE))
             if not data:
                 raise TruncatedBody(f"the body ended at byte {self.pos:,} of {self.size:,}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Callable, Optional
+from typing import BinaryIO, Callable, Iterable, Optional, Protocol, runtime_checkable
 
 from ..digest import Digest, copy_and_hash, io_retry
 
@@ -19,6 +19,9 @@ from ..errors import SourceError, UnknownBundleFormat, UnsafePath, UsageError
 class BundleSource(ABC):
     #: how the source is named in logs and errors (never holds a credential)
     description: str
+    #: several files can be read at once at full speed (a local disk): a stager may
+    #: stage two blobs at a time. Network and compressed sources say False.
+    parallel_reads: bool = False
 
     @abstractmethod
     def list(self) -> dict[str, int]:
@@ -52,12 +55,35 @@ class BundleSource(ABC):
     def describe(self, name: str) -> str:
         return f"{self.description}/{name}"
 
+    def want(self, names: Iterable[str]) -> None:
+        """Hint: the files a patch may read. Sources read in passes (compressed archives) use it."""
+
+    def canonical(self, name: str) -> str:
+        """The file a name reads (archives resolve their links); two names, one content."""
+        return name
+
+    def scan(self, names: Iterable[str], fn: Callable[[str, BinaryIO], None]) -> None:
+        """``fn(name, stream)`` for each name; compressed archives do it in one pass, in their order."""
+        for name in names:
+            with self.open(name) as f:
+                fn(name, f)
+
 
 def _safe_name(name: str) -> str:
     p = PurePosixPath(name)
     if p.is_absolute() or any(part in ("..", "") for part in p.parts) or "\\" in name:
         raise UnsafePath(f"bundle file name {name!r} is not a plain relative path")
     return str(p)
+
+
+@runtime_checkable
+class StagesBlobs(Protocol):
+    """A source that copies a blob into the store's staging folder itself (S3: resumable
+    ranged GETs; a compressed archive: one pass staging every wanted blob in archive
+    order; an archive in S3: the member's byte range). Such sources set ``resumable``."""
+
+    def stage_blob(self, store, digest: Digest, size: int, name: str, *, what: str,
+                   progress: Optional[Callable[[int], None]] = None) -> Path: ...
 
 
 class LocalFolderSource(BundleSource):
@@ -74,6 +100,8 @@ class LocalFolderSource(BundleSource):
             raise UsageError(f"bundle folder {self.folder} does not exist or is not a folder")
         self._real = Path(os.path.realpath(self.folder))
         self._files: Optional[dict[str, int]] = None
+
+    parallel_reads = True
 
     def _resolve(self, name: str) -> Path:
         name = _safe_name(name)
@@ -115,40 +143,38 @@ class LocalFolderSource(BundleSource):
 
 
 ACCEPTED_FORMATS = (
-    "accepted bundle formats: a staged folder (one *.manifest.json, one *.config.json, the layer "
-    "files, optional <file>.digest sidecars) or an OCI image layout folder (oci-layout, index.json, "
-    "blobs/sha256/), from a local path or s3://bucket/prefix"
+    "accepted bundles: an OCI image layout folder or OCI archive (skopeo copy ... oci:DIR / "
+    "oci-archive:FILE.tar, podman save --format oci-archive), a dir: folder (skopeo copy ... dir:DIR, "
+    "podman save --format docker-dir), a docker save archive or its unpacked folder (converted), or "
+    "the staged folder (*.manifest.json, *.config.json, layers, optional .digest sidecars); tar files "
+    "plain or gzip/zstd/xz/bzip2 compressed; local or s3://bucket/prefix (s3://bucket/key.tar for an archive)"
 )
+
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.zst", ".tzst", ".tar.zstd", ".tar.xz", ".txz",
+                    ".tar.bz2", ".tbz2", ".oci", ".ociarchive")
 
 
 def open_source(bundle: str, *, s3=None) -> BundleSource:
-    """Map the BUNDLE argument to a source (``s3``: optional ``S3Options`` for s3:// URLs)."""
+    """Map the BUNDLE argument to a source (``s3``: optional ``S3Options`` for s3:// URLs).
+
+    A folder or S3 prefix is read as a folder; a file, or an S3 key naming an
+    archive (``.tar``, ``.tar.gz``, ``.tar.zst``, ...), as an archive read in place.
+    """
+    from .archive import LocalArchiveFile, SourceArchiveFile, open_archive
+
     if bundle.startswith("s3://"):
         from .s3 import S3Source
 
+        if bundle.rstrip("/").lower().endswith(ARCHIVE_SUFFIXES) and not bundle.endswith("/"):
+            obj = S3Source.for_object(bundle.rstrip("/"), s3)
+            name = next(iter(obj.list()))
+            return open_archive(SourceArchiveFile(obj, name))
         return S3Source(bundle, s3)
     path = Path(bundle)
     if path.is_file():
-        raise UnknownBundleFormat(_describe_file(path) + "; " + ACCEPTED_FORMATS)
+        return open_archive(LocalArchiveFile(path))
     if not path.exists():
         raise UsageError(f"bundle {bundle} does not exist")
+    if not path.is_dir():
+        raise UnknownBundleFormat(f"bundle {bundle} is neither a file nor a folder; " + ACCEPTED_FORMATS)
     return LocalFolderSource(path)
-
-
-def _describe_file(path: Path) -> str:
-    import tarfile
-
-    try:
-        if tarfile.is_tarfile(path):
-            with tarfile.open(path) as t:
-                names = set(t.getnames()[:10000])
-            if "manifest.json" in names and ("repositories" in names or any(n.endswith("/layer.tar") for n in names)):
-                return (f"{path} is a 'docker save' archive: its layers are uncompressed and cannot "
-                        "reproduce the registry's manifest digest; export the image with "
-                        "'skopeo copy docker-daemon:IMAGE oci:FOLDER:NAME' instead")
-            if "oci-layout" in names or "./oci-layout" in names:
-                return f"{path} is an OCI layout packed in a tar; unpack it to a folder first"
-            return f"{path} is a tar archive, not a bundle folder; unpack it first"
-    except (OSError, tarfile.TarError):
-        pass
-    return f"{path} is a file, not a bundle folder"

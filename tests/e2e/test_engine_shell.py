@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from regpatch.layout import Layout
 from regpatch.localregistry import LocalRegistry
+from regpatch.reference import Repository, Tag
 from regpatch.sample import make_image, make_layer, push_with_skopeo, scenario_servercore, write_oci_layout, \
     write_staged_bundle
 from util import skopeo, skopeo_inspect_digest, skopeo_pull, tree_hash
@@ -155,7 +157,7 @@ def test_interrupt_stops_cleanly_and_the_same_command_resumes(tmp_path, scenario
     assert _session_processes(p.pid) == []  # no child left behind (a temporary server, a verify command)
     assert not list(staging.glob(".regpatch-tmp-*"))
     assert tree_hash(registry.root / "docker") == before
-    journal = json.loads((registry.root / f".regpatch/journal/{REPO}@{TAG}.json").read_text())
+    journal = json.loads(Layout(registry.root).journal(Repository.parse(REPO), Tag.parse(TAG)).read_text())
     assert journal["status"] == "interrupted"
     proc = cli("patch", bundle, *target(registry), env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -259,3 +261,55 @@ def test_registry_auth_file_in_the_environment_does_not_break_a_process_restart(
     environ = Path(f"/proc/{new_pid}/environ").read_bytes().split(b"\0")
     assert not any(v.startswith(b"REGISTRY_") for v in environ)
     assert skopeo_inspect_digest(registry.host, REPO, TAG) == str(scenario["new"].manifest_digest)
+
+
+def test_a_storage_and_a_url_of_two_different_registries_are_refused(tmp_path, scenario, registry):
+    other = LocalRegistry(tmp_path / "other").start()
+    try:
+        push_with_skopeo(scenario["new_layout"], scenario["ref"], other.host, REPO, TAG)
+        before = tree_hash(registry.root / "docker")
+        proc = cli("patch", scenario["staged"], "--storage", registry.root, "--registry-url", other.url,
+                   "--repository", REPO, "--tag", TAG, env=env_without_prefect())
+        assert proc.returncode == 4, proc.stderr
+        line = proc.stderr.strip().splitlines()[-1]
+        assert f"the registry at {other.url} serves" in line and "different registries" in line
+        assert tree_hash(registry.root / "docker") == before
+    finally:
+        other.stop()
+
+
+def test_an_empty_folder_is_refused_unless_init(tmp_path, scenario):
+    empty = tmp_path / "typo"
+    empty.mkdir()
+    proc = cli("patch", scenario["staged"], "--storage", empty, "--repository", REPO, "--tag", TAG,
+               env=env_without_prefect())
+    assert proc.returncode == 4 and "pass --init" in proc.stderr
+    assert list(empty.iterdir()) == []
+
+
+def test_reflink_on_xfs_shares_the_blocks_instead_of_copying(tmp_path, scenario):
+    """On a filesystem with reflinks (XFS here, a loop-mounted image) staging clones the
+    bundle file: the blob costs no space, and is still hashed as stored."""
+    image, mnt = tmp_path / "xfs.img", tmp_path / "xfs"
+    mnt.mkdir()
+    subprocess.run(["truncate", "-s", "400M", str(image)], check=True)
+    subprocess.run(["mkfs.xfs", "-q", "-f", str(image)], check=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True)
+    try:
+        root = mnt / "registry"
+        (root / "docker/registry/v2").mkdir(parents=True)
+        bundle = mnt / "bundle"
+        big = make_layer(mnt / "img", "base.tar.gz", seed=77, size=96 << 20, compresslevel=0)
+        img = make_image(mnt / "img", [big], os="windows", seed=77)
+        write_staged_bundle(bundle, img)
+        used = lambda: os.statvfs(mnt).f_blocks - os.statvfs(mnt).f_bfree  # noqa: E731
+        before = used() * os.statvfs(mnt).f_frsize
+        proc = cli("patch", bundle, "--storage", root, "--repository", REPO, "--tag", TAG, env=env_without_prefect())
+        assert proc.returncode == 0, proc.stderr
+        assert "cloned (reflink)" in proc.stderr
+        grown = used() * os.statvfs(mnt).f_frsize - before
+        assert grown < 16 << 20, f"the storage grew by {grown} bytes for a 96 MiB blob"
+        data = root / f"docker/registry/v2/blobs/sha256/{big.digest.hex[:2]}/{big.digest.hex}/data"
+        assert data.read_bytes() == big.path.read_bytes()
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)])

@@ -292,7 +292,9 @@ def test_invalid_repository_or_tag(capsys, registry, scenario, repository, tag, 
     assert tree_hash(registry.root) == before
 
 
-def test_docker_save_archive_is_refused_with_the_accepted_formats(capsys, registry, tmp_path):
+def test_incomplete_docker_save_archive_is_refused(capsys, registry, tmp_path):
+    """A docker save archive is converted (tests/e2e/test_formats.py); one whose manifest.json
+    names files it does not hold is refused, as an archive or unpacked, storage untouched."""
     import tarfile
 
     folder = tmp_path / "saved"
@@ -303,11 +305,13 @@ def test_docker_save_archive_is_refused_with_the_accepted_formats(capsys, regist
     with tarfile.open(archive, "w") as t:
         t.add(folder / "manifest.json", "manifest.json")
         t.add(folder / "repositories", "repositories")
+    before = storage_hash(registry)
     for bundle in (archive, folder):
-        code, out, err = patch(capsys, registry, bundle)
+        code, out, err = patch(capsys, registry, bundle, "--init")  # a new registry: nothing pushed yet
         assert code == 3
         line = error_line(err)
-        assert "docker save" in line and "OCI image layout" in line
+        assert "docker save archive" in line and "abc.json" in line and "incomplete" in line
+    assert storage_hash(registry) == before
 
 
 def test_cli_process_exit_code_and_one_line_error(registry, scenario, tmp_path):

@@ -537,17 +537,18 @@ def test_load_credentials_default_locations(tmp_path):
     assert load_credentials("r:1", env={}) is None
 
 
-def test_load_credentials_helpers_refused(tmp_path):
+def test_load_credentials_missing_helper_is_an_auth_error(tmp_path):
+    """Helpers are run (see test_hardening.py); one that is not installed is a clear AuthError."""
     cfg = tmp_path / "config.json"
-    cfg.write_text(json.dumps({"auths": {"r:1": {}}, "credHelpers": {"r:1": "secretservice"}}))
-    with pytest.raises(UsageError, match="credential helpers are not supported.*REGPATCH_REGISTRY_USERNAME"):
-        load_credentials("r:1", auth_file=cfg, env={})
-    cfg.write_text(json.dumps({"auths": {"r:1": {}}, "credsStore": "desktop"}))
-    with pytest.raises(UsageError, match="credential store 'desktop'"):
-        load_credentials("r:1", auth_file=cfg, env={})
+    cfg.write_text(json.dumps({"auths": {"r:1": {}}, "credHelpers": {"r:1": "regpatch-absent"}}))
+    with pytest.raises(AuthError, match="docker-credential-regpatch-absent .* not on PATH"):
+        load_credentials("r:1", auth_file=cfg, env={"PATH": str(tmp_path)})
+    cfg.write_text(json.dumps({"auths": {"r:1": {}}, "credsStore": "regpatch-absent"}))
+    with pytest.raises(AuthError, match="credsStore"):
+        load_credentials("r:1", auth_file=cfg, env={"PATH": str(tmp_path)})
     # inline credentials still win over a global credsStore
     cfg.write_text(json.dumps({"auths": {"r:1": {"username": "u", "password": "p"}},
-                               "credsStore": "desktop"}))
+                               "credsStore": "regpatch-absent"}))
     assert load_credentials("r:1", auth_file=cfg, env={}) == Credentials("u", "p")
 
 

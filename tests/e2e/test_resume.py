@@ -14,7 +14,7 @@ import pytest
 from regpatch.cli import main as regpatch_main
 from regpatch.layout import Layout
 from regpatch.localregistry import LocalRegistry
-from regpatch.reference import Repository
+from regpatch.reference import Repository, Tag
 from regpatch.sample import make_image, make_layer, push_with_skopeo, scenario_servercore, write_staged_bundle
 from regpatch.state import read_history, repository_lock
 from util import skopeo_inspect_digest, skopeo_pull, tree_hash
@@ -95,7 +95,7 @@ def test_failed_verification_never_moves_the_tag(capsys, registry, scenario):
     assert skopeo_inspect_digest(registry.host, REPO, TAG) == old
     assert skopeo_inspect_digest(registry.host, REPO, new) == new  # proven by digest, not published
     assert read_history(Layout(registry.root), REPO, TAG) == []
-    journal = json.loads((registry.root / ".regpatch/journal/servercore@ltsc2019.json").read_text())
+    journal = json.loads(Layout(registry.root).journal(Repository.parse(REPO), Tag.parse(TAG)).read_text())
     assert journal["status"] == "failed" and "verify pull" not in journal["steps"]
     report = sorted((registry.root / ".regpatch/reports").glob("*.md"))[-1].read_text()
     assert "The tag was not moved" in report

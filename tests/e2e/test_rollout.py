@@ -162,8 +162,6 @@ def test_invalid_inventory_fails_before_anything_is_touched(capsys, tmp_path, fl
 
 def test_registry_concurrency_guard_serialises_patches(capsys, tmp_path, fleet, scenario):
     """While another holder has site-a's concurrency slot, the rollout waits for it."""
-    import contextvars
-    import threading
     import time
 
     from prefect.client.orchestration import get_client
@@ -177,18 +175,21 @@ def test_registry_concurrency_guard_serialises_patches(capsys, tmp_path, fleet, 
     lock = registry_lock_name("site-a")
     with get_client(sync_client=True) as client:
         client.upsert_global_concurrency_limit_by_name(lock, 1)
-    result = {}
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
     with concurrency(lock, occupy=1, strict=True):
-        # the thread carries this context: the session server's settings, not a temporary server
-        t = threading.Thread(target=contextvars.copy_context().run, args=(lambda: result.update(code=regpatch_main(
-            ["rollout", str(scenario["staged"]), "--inventory", inv, "--repository", REPO, "--tag", TAG])),))
-        t.start()
-        time.sleep(6)
-        assert t.is_alive()  # waiting for the slot: nothing written yet
+        proc = subprocess.Popen([str(Path(sys.executable).with_name("regpatch")), "rollout", str(scenario["staged"]),
+                                 "--inventory", str(inv), "--repository", REPO, "--tag", TAG], env=dict(os.environ),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        time.sleep(8)
+        assert proc.poll() is None  # waiting for the slot: nothing written yet
         assert skopeo_inspect_digest(a.host, REPO, TAG) == old
         released = time.time()
-    t.join(180)
-    assert result.get("code") == 0, capsys.readouterr()
+    out = proc.communicate(timeout=300)[0].decode()
+    assert proc.returncode == 0, out
     assert skopeo_inspect_digest(a.host, REPO, TAG) == new
     current = a.root / f"docker/registry/v2/repositories/{REPO}/_manifests/tags/{TAG}/current/link"
     assert current.stat().st_mtime >= released - 0.01  # written only after the slot was released

@@ -384,7 +384,7 @@ def test_cache_dir_fetches_each_blob_once_for_several_registries(capsys, registr
     with LocalRegistry(tmp_path / "second").start() as second:
         code = regpatch_main(["patch", url, "--storage", str(second.root), "--registry-url", second.url,
                               "--repository", REPO, "--tag", TAG, "--s3-endpoint-url", proxy.url,
-                              "--cache-dir", str(cache), *FAST_RETRIES])
+                              "--cache-dir", str(cache), "--init", *FAST_RETRIES])
         out, err = capsys.readouterr()
         assert code == 0, err
         assert proxy.gets("base.tar.gz") == [] and proxy.gets("delta.tar.gz") == []

@@ -288,3 +288,83 @@ def test_four_repositories_patched_at_once_all_succeed(site, tmp_path):
     assert not errors and len(results) == 4
     for n in range(4):
         assert site.current_of(f"repo{n}") == str(site.new).encode()
+
+
+def test_a_storage_without_a_registry_tree_needs_init(tmp_path, scenario_files, site):
+    from regpatch.errors import StorageNotFound
+
+    typo = tmp_path / "var-lib-registy"
+    typo.mkdir()
+    with pytest.raises(StorageNotFound, match="pass --init"):
+        engine.patch(site.request(target=RegistryTarget.resolve(storage=str(typo))))
+    assert list(typo.iterdir()) == []  # not even the state folder
+    result = engine.patch(site.request(target=RegistryTarget.resolve(storage=str(typo)), init=True))
+    assert result.tag_moved and (typo / "docker/registry/v2").is_dir()
+
+
+def test_a_repair_in_place_needs_a_restart_when_the_registry_caches_sizes(site):
+    """A blob held with the wrong size is replaced; a registry with a blob descriptor cache
+    would serve the old size: with a URL and no restart strategy, refused before any write."""
+    blob = site.scenario["new"].layers[0]
+    data = site.layout.blob_data(blob.digest)
+    data.parent.mkdir(parents=True)
+    data.write_bytes(b"truncated")
+    before = site.docker_hash()
+    target = RegistryTarget.resolve(storage=str(site.root), url="http://127.0.0.1:9")
+    with pytest.raises(UsageError, match="give --restart"):
+        engine.patch(site.request(target=target))
+    assert site.docker_hash() == before
+    # without a URL nothing can be served stale by this run: repaired, with a warning
+    result = engine.patch(site.request())
+    assert any("replaced" in w for w in result.warnings)
+    assert data.read_bytes() == blob.path.read_bytes()
+
+
+def test_consume_renames_layer_files_into_the_storage_and_notes_it(site, tmp_path):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(site.scenario["staged"], bundle)
+    layers = {p.name: p.read_bytes() for p in bundle.glob("*.tar.gz")}
+    result = engine.patch(site.request(bundle, consume=True))
+    assert result.tag_moved
+    assert not list(bundle.glob("*.tar.gz"))  # taken, not copied
+    assert (bundle / "delta.tar.gz.manifest.json").is_file() and (bundle / "delta.tar.gz.config.json").is_file()
+    notes = [json.loads(l) for l in (bundle / "regpatch-consumed.jsonl").read_text().splitlines()]
+    assert sorted(n["file"] for n in notes) == sorted(layers)
+    for blob in site.scenario["new"].layers:
+        data = site.layout.blob_data(blob.digest)
+        assert data.read_bytes() == blob.path.read_bytes() and oct(data.stat().st_mode & 0o777) == "0o644"
+    # the consumed bundle still describes the patch: the same command again changes nothing
+    before = site.docker_hash()
+    assert not engine.patch(site.request(bundle, consume=True)).changed
+    assert site.docker_hash() == before
+
+
+def test_consume_gives_a_corrupt_file_back_and_writes_nothing(site, tmp_path):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(site.scenario["staged"], bundle)
+    data = bytearray((bundle / "base.tar.gz").read_bytes())
+    data[-100] ^= 0xFF
+    (bundle / "base.tar.gz").write_bytes(bytes(data))
+    before = site.docker_hash()
+    with pytest.raises(DigestMismatch):
+        engine.patch(site.request(bundle, consume=True))
+    assert (bundle / "base.tar.gz").read_bytes() == bytes(data)  # renamed back where it was
+    assert site.docker_hash() == before
+
+
+def test_consume_refuses_a_bundle_on_another_filesystem(site, tmp_path):
+    import subprocess
+
+    mnt = tmp_path / "other-fs"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)]).returncode != 0:
+        pytest.fail("cannot mount a tmpfs (the tests run as root)")
+    try:
+        bundle = mnt / "bundle"
+        shutil.copytree(site.scenario["staged"], bundle)
+        with pytest.raises(UsageError, match="not on the filesystem of the storage"):
+            engine.patch(site.request(bundle, consume=True))
+        assert (bundle / "base.tar.gz").is_file()
+        assert engine.patch(site.request(bundle)).tag_moved  # without --consume: copied
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)])

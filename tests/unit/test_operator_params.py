@@ -101,6 +101,14 @@ def test_deployment_specs_from_the_inventory():
     assert doc["deployments"][0]["entrypoint"] == "flows.patch.patch_registry"
 
 
+def test_a_registry_that_requires_signatures_keeps_them_in_its_patch_deployment():
+    inv = parse_inventory({"registries": [{"name": "site-a", "storage": "/x", "trust_keys": ["/etc/regpatch/k.pub"]}]})
+    by = {s.full_name: s for s in specs_for(inv)}
+    assert by["patch-registry/site-a"].parameters["trust"] == {"trust_keys": ["/etc/regpatch/k.pub"],
+                                                               "allow_unsigned": False}
+    assert "trust" not in by["rollback-registry/site-a"].parameters
+
+
 def test_deployments_command_prints_yaml_without_importing_prefect(tmp_path):
     out = tmp_path / "registries.yaml"
     code = ("import sys\nfrom regpatch.cli import main\n"
