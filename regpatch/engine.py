@@ -45,13 +45,12 @@ from .bundle.source import open_source
 from .digest import Digest
 from .errors import (Interrupted, RegpatchError, StorageMismatch, StorageNotFound, UsageError,
                      VerificationError)
-from .layout import Layout
 from .plan import REPAIR, PatchPlan, make_plan
 from .progress import Progress, human
 from .reference import Repository, Tag
 from .registry_api import VerifyReport, run_verify_command
 from .sanitize import SafeText
-from .registry_config import blob_descriptor_cache
+from .registry_config import blob_descriptor_cache, url_policy_from_config
 from .rollback import check_complete_image, flip_tag, rollback_target
 from .service import parse_restart_spec
 from .state import Journal, open_journal, read_history, record_history, repository_lock, was_verified
@@ -164,6 +163,7 @@ class PatchRequest:
     s3: object = None
     init: bool = False               # create docker/registry/v2 when the storage has none
     consume: bool = False            # rename the bundle's layer files into the storage instead of copying
+    ignore_url_policy: bool = False  # patch a manifest the registry's validation.manifests.urls would refuse
     trust_keys: tuple[str, ...] = ()  # PEM public keys: the bundle must be signed by one of them
     allow_unsigned: bool = False      # with trust_keys: accept a bundle without a signature
 
@@ -398,7 +398,10 @@ def _open_bundle(request: PatchRequest, store: RegistryStore):
 
 
 def _plan(request: PatchRequest, store: RegistryStore, loaded: PatchBundle) -> PatchPlan:
-    plan = make_plan(loaded, store, request.repository, request.tag)
+    config = request.target.config
+    plan = make_plan(loaded, store, request.repository, request.tag,
+                     url_policy=url_policy_from_config(config) if config else None,
+                     ignore_url_policy=request.ignore_url_policy)
     log.info(SafeText("plan:\n%s"), plan.render(store.layout))  # names escaped in render
     _check_repairs(request, plan)
     if request.consume:

@@ -53,6 +53,10 @@ class RegistryParams(BaseModel):
         description="Seconds to wait for another patch of the same repository.")
     init: bool = Field(False, description="Create docker/registry/v2 when the storage has none (a new, "
                                           "empty registry); without it such a storage is refused as a typo.")
+    ignore_url_policy: bool = Field(
+        False, description="Patch a manifest whose foreign-layer URLs the registry's own rules "
+                           "(validation.manifests.urls in its config.yml) would refuse on a push; "
+                           "each refusal becomes a warning.")
 
     def target(self) -> RegistryTarget:
         if self.registry_url:
@@ -130,6 +134,7 @@ def patch_request(*, bundle: str, repository: str, tag: str, registry: RegistryP
                            target=registry.target(), restart=registry.restart, image=image,
                            verify_command=verify.command, always_verify=verify.always, dry_run=dry_run,
                            lock_timeout=registry.lock_timeout, s3=s3, init=registry.init, consume=consume,
+                           ignore_url_policy=registry.ignore_url_policy,
                            trust_keys=tuple(trust.trust_keys), allow_unsigned=trust.allow_unsigned)
     request.check()
     return request

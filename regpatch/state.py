@@ -24,7 +24,7 @@ from typing import Iterator, Optional
 
 from . import interrupt
 from .digest import Digest
-from .errors import LockTimeout, StorageError
+from .errors import LockTimeout, StorageError, os_errors
 from .faults import checkpoint
 from .layout import Layout
 from .reference import Repository, Tag
@@ -86,12 +86,9 @@ def repository_lock(layout: Layout, repo: Repository, *, timeout: float = 300.0,
     holder dies, so a killed patch never leaves a stale lock behind.
     """
     path = layout.lock(repo)
-    try:
+    with os_errors("creating the repository lock", path):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-        raise StorageError(f"cannot create the repository lock {path}: {e.strerror}; regpatch needs "
-                           "write access to the registry storage") from e
     try:
         deadline = time.monotonic() + timeout
         delay, warned = 0.05, False
@@ -210,12 +207,13 @@ def record_history(store, repo: Repository, tag: Tag, old: Optional[Digest], new
     path = store.layout.history
     store.ensure_state_dir(path.parent)
     line = (json.dumps(asdict(entry)) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with os_errors("appending to", path):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     checkpoint("history")
     return entry
 

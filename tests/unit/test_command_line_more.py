@@ -108,9 +108,9 @@ def test_operating_system_errors_are_one_line_and_a_stop_wins(site, capsys, no_a
     hosts = site.root / "hosts"
     hosts.write_text("127.0.0.1 localhost\n")
     code, out, err = run(capsys, "history", "--storage", hosts)
-    assert code == 1 and "Not a directory" in error_line(err) and "Traceback" not in err
+    assert code == 4 and "Not a directory" in error_line(err) and "Traceback" not in err
     code, out, err = run(capsys, "--debug", "history", "--storage", hosts)
-    assert code == 1 and "Traceback" in err
+    assert code == 4 and "Traceback" in err
     interrupt.request_stop(signal.SIGTERM)  # an I/O error while stopping reports the stop
     code, out, err = run(capsys, "history", "--storage", hosts)
     assert code == 143 and "interrupted by SIGTERM; nothing is half-written" in error_line(err)
