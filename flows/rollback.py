@@ -31,6 +31,7 @@ def rollback_registry(
         verify: How the image is proven before the tag moves.
     """
     refuse_inline_credentials("verify.command", verify.command)
+    refuse_inline_credentials("registry.restart", registry.restart)
     request = rollback_request(repository=repository, tag=tag, registry=registry, to=to, verify=verify)
     with interrupt.chained_handlers():
         result = engine.rollback(request, PrefectObserver())

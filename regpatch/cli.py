@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ignore-url-policy", action="store_true",
                    help="patch even when the registry's own rules (validation.manifests.urls of its "
                         "config.yml) would refuse the manifest's foreign-layer URLs on a push")
+    p.add_argument("--allow-cross-repository", action="store_true",
+                   help="let the image link blobs that other repositories hold but the bundle does not "
+                        "carry (by default refused: it would expose another repository's layers)")
     p.add_argument("--init", action="store_true",
                    help="create docker/registry/v2 if the storage has none (a new registry); "
                         "without it such a storage is refused as a likely typo")
@@ -283,7 +286,8 @@ def _registry_params(args: argparse.Namespace):
                           registry_auth_file=args.registry_auth_file, registry_ca=args.registry_ca,
                           insecure=args.insecure, state_dir=args.state_dir, lock_timeout=args.lock_timeout,
                           init=getattr(args, "init", False),
-                          ignore_url_policy=getattr(args, "ignore_url_policy", False))
+                          ignore_url_policy=getattr(args, "ignore_url_policy", False),
+                          allow_cross_repository=getattr(args, "allow_cross_repository", False))
 
 
 def _s3_params(args: argparse.Namespace):
@@ -320,6 +324,7 @@ def run_patch(args: argparse.Namespace):
                             consume=args.consume, trust=trust)
     if api:
         refuse_inline_credentials("--verify-command", args.verify_command)
+        refuse_inline_credentials("--restart", args.restart)
         _check_prefect_api(api)
         if s3_options is not None or not is_s3:
             engine.preflight(request)
@@ -405,6 +410,7 @@ def run_rollback(args: argparse.Namespace):
     api = _use_prefect(args)
     if api:
         refuse_inline_credentials("--verify-command", args.verify_command)
+        refuse_inline_credentials("--restart", args.restart)
         _check_prefect_api(api)
         from flows.rollback import rollback_registry
 

@@ -57,6 +57,10 @@ class RegistryParams(BaseModel):
         False, description="Patch a manifest whose foreign-layer URLs the registry's own rules "
                            "(validation.manifests.urls in its config.yml) would refuse on a push; "
                            "each refusal becomes a warning.")
+    allow_cross_repository: bool = Field(
+        False, description="Let the image link blobs that other repositories of this registry hold but "
+                           "the bundle does not carry (by default only a bundle that carries the bytes, or "
+                           "a signed bundle that lists them as assumed present, may do so).")
 
     def target(self) -> RegistryTarget:
         if self.registry_url:
@@ -135,6 +139,7 @@ def patch_request(*, bundle: str, repository: str, tag: str, registry: RegistryP
                            verify_command=verify.command, always_verify=verify.always, dry_run=dry_run,
                            lock_timeout=registry.lock_timeout, s3=s3, init=registry.init, consume=consume,
                            ignore_url_policy=registry.ignore_url_policy,
+                           allow_cross_repository=registry.allow_cross_repository,
                            trust_keys=tuple(trust.trust_keys), allow_unsigned=trust.allow_unsigned)
     request.check()
     return request
