@@ -54,6 +54,7 @@ def patch_registry(
     name = registry.label()
     with label_registry_run(name, repository, tag), debug_logs(debug), form_terms():
         refuse_inline_credentials("verify.command", verify.command)
+        refuse_inline_credentials("registry.restart", registry.restart)
         request = patch_request(bundle=bundle, repository=repository, tag=tag, registry=registry,
                                 verify=verify, image=image, dry_run=dry_run, s3=s3_options_for(bundle, s3),
                                 consume=consume, trust=trust)

@@ -41,6 +41,7 @@ def rollback_registry(
     name = registry.label()
     with label_registry_run(name, repository, tag), debug_logs(debug), form_terms():
         refuse_inline_credentials("verify.command", verify.command)
+        refuse_inline_credentials("registry.restart", registry.restart)
         request = rollback_request(repository=repository, tag=tag, registry=registry, to=to or None,
                                    verify=verify)
         with interrupt.chained_handlers():

@@ -6,9 +6,9 @@
                    under docker/registry/v2 happens before this succeeds.
     install_blobs  1. blob data: staged files renamed into blobs/, manifests written
     write_links    2. _layers links  3. revision links (children first)
-                   4. tag index link
     (the engine then verifies the image by digest, and only then moves the tag:
-     rollback.flip_tag writes 6. tag current/link, the commit point)
+     rollback.flip_tag writes 4. the tag index link and 5. tag current/link, the
+     commit point)
 
 Each step is idempotent: a re-run after a crash redoes only what is missing.
 """
@@ -25,7 +25,7 @@ from typing import Callable, Optional
 from .digest import Digest, io_retry
 from .errors import BlobMissing
 from .manifest import DOCKER_CONFIG, OCI_CONFIG
-from .plan import COPY, PRESENT, REPAIR, TAG_CURRENT, PatchPlan
+from .plan import COPY, PRESENT, PROVE, REPAIR, TAG_CURRENT, TAG_INDEX, PatchPlan
 from .faults import checkpoint
 from .store import RegistryStore
 
@@ -101,7 +101,7 @@ def verify_blobs(plan: PatchPlan, store: RegistryStore, *, dry_run: bool = False
             abort.set()
             raise
 
-    steps = [s for s in plan.blobs if s.action in (PRESENT, COPY, REPAIR)]
+    steps = [s for s in plan.blobs if s.action in (PRESENT, PROVE, COPY, REPAIR)]
     # staged before this run began (an interrupted run); a source that stages several blobs
     # in one pass (a compressed archive) stages the others during this run
     earlier = set() if dry_run else {s.digest for s in steps if store.staged_path(s.digest) is not None}
@@ -140,26 +140,32 @@ def _verify_one(step, plan: PatchPlan, store: RegistryStore, dry_run: bool,
                 progress: ProgressFactory, consume: bool = False, staged_earlier: bool = True) -> Optional[BlobResult]:
     source = plan.source
     t0 = time.monotonic()
-    if step.action == PRESENT:
+    if step.action == PROVE:  # another repository's blob: the bundle must have the very bytes
+        what = f"bundle file {source.describe(step.source.name)}"
+        source.hash(step.source.name, expected=step.digest, expected_size=step.size, what=what,
+                    progress=progress(f"prove {step.source.name}", step.size))
+        log.info("%s proves blob %s, which the storage holds for another repository", what, step.digest)
+    if step.action in (PRESENT, PROVE):
         store.verify_blob(step.digest, step.size, progress=progress(f"verify {step.digest.short}", step.size),
                           remember=not dry_run)
         log.info("registry already holds %s (%s B): verified", step.digest, f"{step.size:,}")
         return BlobResult(step.digest, step.size, "skipped", time.monotonic() - t0)
     if step.source is None:  # taken by an earlier run (--consume): only its staged copy is left
-        if store.staged_path(step.digest) is None:
+        if not store.recheck_staged(step.digest, step.size, progress(f"recheck {step.digest.short}", step.size)):
             raise BlobMissing(step.digest, step.referenced_by, "the bundle no longer holds it (consumed?) and "
-                              "its staged copy is gone; use the original bundle")
+                              "its staged copy is gone or damaged; use the original bundle")
         return BlobResult(step.digest, step.size, "resumed", 0.0)
     what = f"bundle file {source.describe(step.source.name)}"
     bar = progress(f"{'check' if dry_run else 'stage'} {step.source.name}", step.size)
     if dry_run:
         source.hash(step.source.name, expected=step.digest, expected_size=step.size, what=what, progress=bar)
-    elif store.staged_path(step.digest) is not None:
-        if not staged_earlier:  # the source staged it in the same pass as another blob
-            log.info("%s (%s, %s B) staged and verified in the same pass through the bundle",
-                     what, step.digest, f"{step.size:,}")
-            return BlobResult(step.digest, step.size, "verified", 0.0, step.source.name)
-        log.info("%s (%s, %s B) already staged and verified by an earlier run: not copied again",
+    elif store.staged_path(step.digest) is not None and not staged_earlier:
+        # the source staged it during this run, in the same pass as another blob
+        log.info("%s (%s, %s B) staged and verified in the same pass through the bundle",
+                 what, step.digest, f"{step.size:,}")
+        return BlobResult(step.digest, step.size, "verified", 0.0, step.source.name)
+    elif staged_earlier and store.recheck_staged(step.digest, step.size, bar):
+        log.info("%s (%s, %s B) already staged by an earlier run: hashed again, not copied again",
                  what, step.digest, f"{step.size:,}")
         return BlobResult(step.digest, step.size, "resumed", 0.0, step.source.name)
     elif consume and consumable(plan, step):
@@ -193,19 +199,21 @@ CONSUMED_NOTE = "regpatch-consumed.jsonl"
 
 
 def _note_consumed(path, step, where: str) -> None:
-    """The bundle folder keeps a line per file taken from it (what, when, where to)."""
+    """The bundle's root folder keeps a line per file taken from it (what, when, where to)."""
     import json
     import os
+    from pathlib import Path
 
     from .state import actor, now_iso
 
-    line = json.dumps({"time": now_iso(), "file": os.path.basename(path), "digest": str(step.digest),
+    root = Path(path).parents[len(Path(step.source.name).parts) - 1]  # the bundle folder itself
+    line = json.dumps({"time": now_iso(), "file": step.source.name, "digest": str(step.digest),
                        "size": step.size, "moved_to": where, "by": actor()}) + "\n"
     try:
-        with open(os.path.join(os.path.dirname(path), CONSUMED_NOTE), "a", encoding="utf-8") as f:
+        with open(root / CONSUMED_NOTE, "a", encoding="utf-8") as f:
             f.write(line)
     except OSError as e:
-        log.warning("could not note the consumed file in %s: %s", os.path.dirname(path), e)
+        log.warning("could not note the consumed file in %s: %s", root, e)
 
 
 @io_retry
@@ -228,7 +236,7 @@ def install_blobs(plan: PatchPlan, store: RegistryStore, *,
     report = ApplyReport()
     layout = store.layout
     for step in plan.blobs:
-        if step.action == PRESENT:
+        if step.action in (PRESENT, PROVE):
             report.blobs.append(BlobResult(step.digest, step.size, "skipped"))
             continue
         if step.action not in (COPY, REPAIR):
@@ -236,7 +244,8 @@ def install_blobs(plan: PatchPlan, store: RegistryStore, *,
         staged = store.staged_path(step.digest)
         if staged is None:
             if store.blob_size(step.digest) == step.size and step.action != REPAIR:
-                report.blobs.append(BlobResult(step.digest, step.size, "skipped"))  # installed by a killed run
+                store.verify_blob(step.digest, step.size)  # installed by a killed (or concurrent) run
+                report.blobs.append(BlobResult(step.digest, step.size, "skipped"))
                 continue
             if step.source is None:
                 raise BlobMissing(step.digest, step.referenced_by, "its staged copy disappeared and the bundle "
@@ -261,11 +270,13 @@ def install_blobs(plan: PatchPlan, store: RegistryStore, *,
 
 
 def write_links(plan: PatchPlan, store: RegistryStore, report: Optional[ApplyReport] = None) -> ApplyReport:
-    """Steps 2-4: layer links, revision links, tag index link. Never the tag's
-    current/link: the image becomes pullable by digest, the tag still serves the old one."""
+    """Steps 2-3: layer links, revision links. Never the tag's index link nor its
+    current/link (rollback.flip_tag writes both, after verification): the image becomes
+    pullable by digest, the tag still serves the old one, and a new tag appears in the
+    registry's tag list only once it points at a proven image."""
     report = report or ApplyReport()
     for link in plan.links:  # already in the crash-safe order
-        if link.kind == TAG_CURRENT:
+        if link.kind in (TAG_INDEX, TAG_CURRENT):  # written with the tag, after verification
             continue
         if store.write_link(link.path, link.digest):
             report.links_written.append(store.layout.relative(link.path))

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from . import interrupt
-from .errors import Interrupted, RegpatchError, UsageError
+from .errors import Interrupted, RegpatchError, UsageError, os_error
 
 
 def _add_target_options(p: argparse.ArgumentParser) -> None:
@@ -107,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "checked before anything is staged")
     p.add_argument("--allow-unsigned", action="store_true",
                    help="with --trust-key: accept a bundle without signature (a wrong one is refused)")
+    p.add_argument("--ignore-url-policy", action="store_true",
+                   help="patch even when the registry's own rules (validation.manifests.urls of its "
+                        "config.yml) would refuse the manifest's foreign-layer URLs on a push")
+    p.add_argument("--allow-cross-repository", action="store_true",
+                   help="let the image link blobs that other repositories hold but the bundle does not "
+                        "carry (by default refused: it would expose another repository's layers)")
     p.add_argument("--init", action="store_true",
                    help="create docker/registry/v2 if the storage has none (a new registry); "
                         "without it such a storage is refused as a likely typo")
@@ -165,17 +171,13 @@ def run_inspect(args: argparse.Namespace) -> int:
                         format="regpatch: %(levelname)s: %(message)s", stream=sys.stderr)
     options = None
     if args.bundle.startswith("s3://"):
-        if args.aws_credentials_block:
-            from tasks.s3_support import s3_options  # imports prefect-aws only for the block
+        s3 = _s3_params(args)
+        if s3.aws_credentials_block:  # a Prefect block: imports Prefect (and prefect-aws) only for it
+            from tasks.observer import s3_options_for
 
-            options = s3_options(**{k[3:] if k.startswith("s3_") else k: v for k, v in _s3_kwargs(args).items()})
+            options = s3_options_for(args.bundle, s3)
         else:
-            from .bundle.s3 import S3Options
-
-            options = S3Options(endpoint_url=args.s3_endpoint_url, region=args.s3_region,
-                                retries=args.s3_retries, wait_initial=args.s3_wait_initial,
-                                wait_max=args.s3_wait_max, cache_dir=args.cache_dir,
-                                concurrency=args.s3_concurrency, part_size=args.s3_part_size << 20)
+            options = s3.options()
     progress = None
     if args.verify and not args.json:
         from .progress import Progress
@@ -242,6 +244,7 @@ def run_deployments(args: argparse.Namespace) -> None:
     for e in inventory.select(only):  # deployment parameters are stored in Prefect's database
         refuse_inline_credentials(f"inventory entry {e.name!r} verify_command", e.verify_command)
         refuse_inline_credentials(f"inventory entry {e.name!r} url", e.url)
+        refuse_inline_credentials(f"inventory entry {e.name!r} restart", e.restart)
     specs = specs_for(inventory, default_pool=args.default_pool, repository=args.repository, only=only)
     text = render_prefect_yaml(specs, args.inventory)
     if args.output:
@@ -342,7 +345,9 @@ def _registry_params(args: argparse.Namespace):
                           registry_url=args.registry_url, restart=args.restart,
                           registry_auth_file=args.registry_auth_file, registry_ca=args.registry_ca,
                           insecure=args.insecure, state_dir=args.state_dir, lock_timeout=args.lock_timeout,
-                          init=getattr(args, "init", False))
+                          init=getattr(args, "init", False),
+                          ignore_url_policy=getattr(args, "ignore_url_policy", False),
+                          allow_cross_repository=getattr(args, "allow_cross_repository", False))
 
 
 def _s3_params(args: argparse.Namespace):
@@ -379,6 +384,7 @@ def run_patch(args: argparse.Namespace):
                             consume=args.consume, trust=trust)
     if api:
         refuse_inline_credentials("--verify-command", args.verify_command)
+        refuse_inline_credentials("--restart", args.restart)
         _check_prefect_api(api)
         if s3_options is not None or not is_s3:
             engine.preflight(request)
@@ -428,6 +434,7 @@ def run_rollout(args: argparse.Namespace):
             refuse_inline_credentials("--verify-command", args.verify_command)
             for e in entries:
                 refuse_inline_credentials(f"inventory entry {e.name!r} verify_command", e.verify_command)
+                refuse_inline_credentials(f"inventory entry {e.name!r} restart", e.restart)
             _check_prefect_api(api)
             from flows.rollout import rollout
 
@@ -464,6 +471,7 @@ def run_rollback(args: argparse.Namespace):
     api = _use_prefect(args)
     if api:
         refuse_inline_credentials("--verify-command", args.verify_command)
+        refuse_inline_credentials("--restart", args.restart)
         _check_prefect_api(api)
         from flows.rollback import rollback_registry
 
@@ -700,13 +708,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             traceback.print_exc()
         print(f"regpatch: error: {e}", file=sys.stderr)
         return e.exit_code
-    except OSError as e:
+    except OSError as e:  # one the core did not map itself: the same mapping, one line
         if interrupt.stopping():
             return _interrupted(args.debug)
         if args.debug:
             traceback.print_exc()
-        print(f"regpatch: error: {e}", file=sys.stderr)
-        return 1
+        err = os_error(e, doing="accessing")
+        print(f"regpatch: error: {err}", file=sys.stderr)
+        return err.exit_code
     except BaseException:  # KeyboardInterrupt, or an orchestrator's own signal exception
         if interrupt.stopping() or sys.exc_info()[0] is KeyboardInterrupt:
             return _interrupted(args.debug)

@@ -45,13 +45,12 @@ from .bundle.source import open_source
 from .digest import Digest
 from .errors import (Interrupted, RegpatchError, StorageMismatch, StorageNotFound, UsageError,
                      VerificationError)
-from .layout import Layout
 from .plan import REPAIR, PatchPlan, make_plan
 from .progress import Progress, human
 from .reference import Repository, Tag
 from .registry_api import VerifyReport, run_verify_command
 from .sanitize import SafeText
-from .registry_config import blob_descriptor_cache
+from .registry_config import blob_descriptor_cache, url_policy_from_config
 from .rollback import check_complete_image, flip_tag, rollback_target
 from .service import parse_restart_spec
 from .state import Journal, open_journal, read_history, record_history, repository_lock, was_verified
@@ -164,6 +163,8 @@ class PatchRequest:
     s3: object = None
     init: bool = False               # create docker/registry/v2 when the storage has none
     consume: bool = False            # rename the bundle's layer files into the storage instead of copying
+    ignore_url_policy: bool = False  # patch a manifest the registry's validation.manifests.urls would refuse
+    allow_cross_repository: bool = False  # link blobs other repositories hold without the bundle carrying them
     trust_keys: tuple[str, ...] = ()  # PEM public keys: the bundle must be signed by one of them
     allow_unsigned: bool = False      # with trust_keys: accept a bundle without a signature
 
@@ -302,12 +303,14 @@ def _patch(request: PatchRequest, observer: Observer, opened: list) -> PatchResu
     def with_trust(result: PatchResult) -> PatchResult:
         trust = trusts[-1]
         result.bundle_trust = trust.summary()
-        result.warnings += list(trust.warnings) + trust.target_warnings(repo.name, tag.name)
+        for w in list(trust.warnings) + trust.target_warnings(repo.name, tag.name):
+            log.warning("%s", w)
+            result.warnings.append(w)
         result.notes = list(opened[-1].notes)
         return result
 
     def plan_it(loaded: PatchBundle) -> PatchPlan:
-        return _plan(request, store, loaded)
+        return _plan(request, store, loaded, trusts[-1])
 
     if request.dry_run:  # reads only: no lock, no journal, no history
         loaded = steps("fetch-bundle", open_bundle)
@@ -322,6 +325,7 @@ def _patch(request: PatchRequest, observer: Observer, opened: list) -> PatchResu
         log.info("dry run: nothing written")
         return result
 
+    store.claim_state_dir()
     with repository_lock(store.layout, repo, timeout=request.lock_timeout,
                          on_wait=lambda holder: log.warning("waiting for the lock of %s: %s", repo, holder)):
         loaded = steps("fetch-bundle", open_bundle)
@@ -361,7 +365,7 @@ def preflight(request: PatchRequest) -> PatchPlan:
     request.check()
     store = request.target.store()
     check_storage_tree(store, request.init)
-    return _plan(request, store, _open_bundle(request, store)[0])
+    return _plan(request, store, *_open_bundle(request, store))
 
 
 def check_storage_tree(store: RegistryStore, init: bool) -> None:
@@ -397,8 +401,20 @@ def _open_bundle(request: PatchRequest, store: RegistryStore):
     return loaded, trust
 
 
-def _plan(request: PatchRequest, store: RegistryStore, loaded: PatchBundle) -> PatchPlan:
-    plan = make_plan(loaded, store, request.repository, request.tag)
+def _plan(request: PatchRequest, store: RegistryStore, loaded: PatchBundle, trust=None) -> PatchPlan:
+    config = request.target.config
+    # blobs a bundle signed by a trust key lists (carried, or assumed present at the site) may
+    # come from any repository of this registry: the signer vouches for the image; any other
+    # blob of another repository must be carried by the bundle, which proves it has the bytes
+    trusted = frozenset([b.digest for b in trust.descriptor.assumed] + [b.digest for b in trust.descriptor.blobs]) \
+        if trust is not None and trust.signed and trust.descriptor is not None else frozenset()
+    plan = make_plan(loaded, store, request.repository, request.tag,
+                     url_policy=url_policy_from_config(config) if config else None,
+                     ignore_url_policy=request.ignore_url_policy,
+                     allow_cross_repository=request.allow_cross_repository, trusted_blobs=trusted)
+    for w in _downgrade_warnings(store, request.repository, request.tag, plan):
+        plan.warnings.append(w)
+        log.warning("%s", w)
     log.info(SafeText("plan:\n%s"), plan.render(store.layout))  # names escaped in render
     _check_repairs(request, plan)
     if request.consume:
@@ -408,6 +424,19 @@ def _plan(request: PatchRequest, store: RegistryStore, loaded: PatchBundle) -> P
             client.check()
             check_same_registry(store, client, request.repository, request.tag)
     return plan
+
+
+def _downgrade_warnings(store: RegistryStore, repo: Repository, tag: Tag, plan: PatchPlan) -> list[str]:
+    """The image this patch would publish was replaced earlier on this tag: a downgrade
+    (a replayed older bundle, or a mix-up) is said plainly, not refused (a rollback by bundle
+    is legitimate)."""
+    if plan.old is None or plan.old == plan.new:
+        return []
+    for e in reversed(read_history(store.layout, repo.name, tag.name)):
+        if e.old == str(plan.new) and e.new != str(plan.new):
+            return [f"{repo}:{tag} held {plan.new} before and was moved off it on {e.time} ({e.action} to "
+                    f"{e.new}): this patch goes back to an older image"]
+    return []
 
 
 def check_same_registry(store: RegistryStore, client, repo: Repository, tag: Tag) -> None:
@@ -505,7 +534,16 @@ def _apply(request: PatchRequest, plan: PatchPlan, loaded: PatchBundle, store: R
         moved = flip_tag(store, repo, tag, plan.new, expected=plan.old)
         result.tag_moved = True
         _record_tag_change(store, repo, tag, plan, journal, loaded.description)
-        check_tag_served(target, repo, tag, plan.new)
+        try:
+            check_tag_served(target, repo, tag, plan.new)
+        except VerificationError as e:
+            if moved and plan.old is not None:  # our own move, undone (only if nobody moved it since)
+                flip_tag(store, repo, tag, plan.old, expected=plan.new)
+                record_history(store, repo, tag, plan.new, plan.old, action="restore",
+                               source="the registry did not serve the new digest after the move")
+                result.tag_moved = False
+                raise VerificationError(f"{e}; the tag was put back on {plan.old}") from e
+            raise
         return moved
 
     moved = steps("publish-tag", publish_step)

@@ -21,6 +21,7 @@ through the ``os_errors`` context manager by every reader and writer.
     │   ├── BlobMissing              a descriptor is in neither bundle nor registry
     │   ├── DigestMismatch           bytes do not hash to the expected digest
     │   ├── SizeMismatch             bytes are not the expected length
+    │   ├── CrossRepositoryBlob      another repository's blob, not carried by the bundle
     │   ├── UnsafePath               symlink or path leaving the bundle / storage
     │   ├── SourceError              the bundle source failed (I/O, S3)
     │   ├── SignatureError           signature missing (UnsignedBundle) or not by a trust key
@@ -116,6 +117,10 @@ class SizeMismatch(BundleError):
             f"size mismatch for {what}: expected {expected} bytes, got {actual}; "
             "the file is truncated or is not the one the manifest names"
         )
+
+
+class CrossRepositoryBlob(BundleError):
+    """The image would link a blob of another repository that the bundle does not carry."""
 
 
 class UnsafePath(BundleError):

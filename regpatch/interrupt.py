@@ -65,7 +65,7 @@ def sleep(seconds: float) -> None:
 
 
 def install_handlers() -> None:
-    """SIGINT and SIGTERM set the flag (main thread only; the CLI calls this)."""
+    """SIGINT, SIGTERM and SIGHUP set the flag (main thread only; the CLI calls this)."""
 
     def handler(signum, frame) -> None:  # noqa: ARG001 - signal API
         request_stop(signum)
@@ -73,6 +73,8 @@ def install_handlers() -> None:
     try:
         signal.signal(signal.SIGINT, handler)
         signal.signal(signal.SIGTERM, handler)
+        if hasattr(signal, "SIGHUP"):  # a dropped SSH session: stop the same clean way
+            signal.signal(signal.SIGHUP, handler)
     except ValueError:  # not the main thread (the CLI called from a thread): signals stay as they are
         pass
 

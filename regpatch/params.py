@@ -4,7 +4,7 @@ The same models serve the command line (built from its flags), the Prefect flows
 (their parameters: the UI shows one group per model, with these descriptions)
 and the inventory. They hold no secret: credentials are read where they are used
 (environment, auth file, a Prefect block looked up inside the run). A value that
-carries a credential inline (a password in a URL or a verify command) is refused
+carries a credential inline (a password in a URL, a verify or a restart command) is refused
 wherever it would be stored, before the run exists.
 
 ``patch_request`` / ``rollback_request`` turn them into the engine's requests.
@@ -95,6 +95,14 @@ class RegistryParams(BaseModel):
     init: bool = Field(False, title="Create a new storage",
                        description="Create docker/registry/v2 when the storage has none (a new, "
                                           "empty registry); without it such a storage is refused as a typo.")
+    ignore_url_policy: bool = Field(
+        False, title="Ignore the URL policy", description="Patch a manifest whose foreign-layer URLs the registry's own rules "
+                           "(validation.manifests.urls in its config.yml) would refuse on a push; "
+                           "each refusal becomes a warning.")
+    allow_cross_repository: bool = Field(
+        False, title="Allow other repositories' blobs", description="Let the image link blobs that other repositories of this registry hold but "
+                           "the bundle does not carry (by default only a bundle that carries the bytes, or "
+                           "a signed bundle that lists them as assumed present, may do so).")
 
     @field_validator("name")
     @classmethod
@@ -202,6 +210,8 @@ def patch_request(*, bundle: str, repository: str, tag: str, registry: RegistryP
                            target=registry.target(), restart=registry.restart, image=image,
                            verify_command=verify.command, always_verify=verify.always, dry_run=dry_run,
                            lock_timeout=registry.lock_timeout, s3=s3, init=registry.init, consume=consume,
+                           ignore_url_policy=registry.ignore_url_policy,
+                           allow_cross_repository=registry.allow_cross_repository,
                            trust_keys=tuple(trust.trust_keys), allow_unsigned=trust.allow_unsigned)
     request.check()
     return request
@@ -257,6 +267,8 @@ FORM_FIELDS = {
     "--s3-wait-max": ("s3", "wait_max"), "--s3-concurrency": ("s3", "concurrency"),
     "--s3-part-size": ("s3", "part_size_mib"), "--image": (None, "image"), "--dry-run": (None, "dry_run"),
     "--to": (None, "to"), "--init": ("registry", "init"), "--consume": (None, "consume"),
+    "--ignore-url-policy": ("registry", "ignore_url_policy"),
+    "--allow-cross-repository": ("registry", "allow_cross_repository"),
     "--trust-key": ("trust", "trust_keys"), "--allow-unsigned": ("trust", "allow_unsigned"),
 }
 _MODELS = {"registry": RegistryParams, "verify": VerifyParams, "s3": S3Params, "trust": TrustParams}

@@ -21,17 +21,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from .bundle.formats import BundleFile, PatchBundle
 from .bundle.source import BundleSource
 from .digest import Digest
-from .errors import BlobMissing, BundleError, DigestMismatch, ManifestError, SizeMismatch
+from .errors import BlobMissing, BundleError, CrossRepositoryBlob, DigestMismatch, ManifestError, SizeMismatch
 from .manifest import (DOCKER_FOREIGN_LAYER, DOCKER_MANIFEST, MAX_MANIFEST_SIZE, OCI_LAYER,
                        OCI_LAYER_TAR, OCI_MANIFEST, OCI_ND_LAYER, OCI_ND_LAYER_TAR, Descriptor,
                        ImageIndex, ImageManifest, Manifest, parse_manifest)
 from .reference import Repository, Tag
-from .registry_config import UrlPolicy
+from .registry_config import UrlPolicy, go_url_problem
 from .sanitize import SafeText, escape_controls
 from .store import RegistryStore
 
@@ -41,6 +41,8 @@ log = logging.getLogger("regpatch.plan")
 COPY = "copy"          # from the bundle into the registry
 PRESENT = "present"    # the registry already holds it (verified before the tag flips)
 REPAIR = "repair"      # the registry holds a copy of the wrong size: replaced from the bundle
+PROVE = "prove"        # the storage holds it for another repository: the bundle's copy is hashed
+                       # (the bundle proves it has the bytes) before this repository links it
 FOREIGN = "foreign"    # non-distributable layer in neither: clients fetch it from its urls
 
 
@@ -61,11 +63,12 @@ class ManifestStep:
 
 
 TAG_CURRENT = "tag-current"  # the commit point: written last, by rollback.flip_tag
+TAG_INDEX = "tag-index"      # written with it: before, a new tag would be listed with no image
 
 
 @dataclass(frozen=True)
 class LinkStep:
-    kind: str        # "layer", "revision", "tag-index", TAG_CURRENT
+    kind: str        # "layer", "revision", TAG_INDEX, TAG_CURRENT
     path: Path
     digest: Digest
     exists: bool     # already holds exactly this digest
@@ -93,7 +96,7 @@ class PatchPlan:
 
     @property
     def present(self) -> list[BlobStep]:
-        return [b for b in self.blobs if b.action == PRESENT]
+        return [b for b in self.blobs if b.action in (PRESENT, PROVE)]
 
     @property
     def bytes_to_copy(self) -> int:
@@ -120,6 +123,7 @@ class PatchPlan:
             lines.append(f"  {kind:8} {act:20} {m.manifest.digest} {len(m.manifest.raw):>14,} B")
         for b in self.blobs:
             act = {COPY: "copy", PRESENT: "skip (in registry)", REPAIR: "repair (wrong size)",
+                   PROVE: "link (bundle proves)",
                    FOREIGN: "foreign (not stored)"}[b.action]
             origin = (f"  from {escape_controls(b.source.name)}"
                       if b.source and b.action in (COPY, REPAIR) else "")
@@ -134,7 +138,8 @@ class PatchPlan:
 
 
 def make_plan(bundle: PatchBundle, store: RegistryStore, repository: Repository, tag: Tag, *,
-              url_policy: Optional[UrlPolicy] = None, ignore_url_policy: bool = False) -> PatchPlan:
+              url_policy: Optional[UrlPolicy] = None, ignore_url_policy: bool = False,
+              allow_cross_repository: bool = False, trusted_blobs: frozenset = frozenset()) -> PatchPlan:
     """The plan of patching ``repository:tag`` with ``bundle``; reads only.
 
     ``url_policy``: the registry's ``validation.manifests.urls`` rules (from
@@ -168,6 +173,13 @@ def make_plan(bundle: PatchBundle, store: RegistryStore, repository: Repository,
         images.append(top)
     manifests.append(ManifestStep(top, _same_bytes(store, top)))
 
+    for img in images:  # refused by every registry, whatever its validation rules
+        for i, d in enumerate(img.layers):
+            for u in d.urls:
+                problem = go_url_problem(u)
+                if problem:
+                    raise ManifestError(f"manifest {img.digest} layers[{i}] url {escape_controls(u)!r}: {problem}; "
+                                        "a registry refuses such a manifest on push")
     if url_policy is not None:
         refusals = url_refusals(images, url_policy)
         if refusals and not ignore_url_policy:
@@ -184,7 +196,8 @@ def make_plan(bundle: PatchBundle, store: RegistryStore, repository: Repository,
         for desc in img.blobs():
             if desc.digest in blobs:
                 continue
-            blobs[desc.digest] = _blob_step(bundle, store, desc, f"manifest {img.digest}", warnings)
+            blobs[desc.digest] = _blob_step(bundle, store, desc, f"manifest {img.digest}", warnings, repository,
+                                            lambda d: allow_cross_repository or d in trusted_blobs)
 
     links: list[LinkStep] = []
 
@@ -196,7 +209,7 @@ def make_plan(bundle: PatchBundle, store: RegistryStore, repository: Repository,
             link("layer", layout.layer_link(repository, b.digest), b.digest)
     for m in manifests:  # children first, top last
         link("revision", layout.revision_link(repository, m.manifest.digest), m.manifest.digest)
-    link("tag-index", layout.tag_index_link(repository, tag, top.digest), top.digest)
+    link(TAG_INDEX, layout.tag_index_link(repository, tag, top.digest), top.digest)
     link(TAG_CURRENT, layout.tag_current_link(repository, tag), top.digest)
 
     store.check_paths([l.path for l in links] + [layout.blob_data(b.digest) for b in blobs.values()]
@@ -218,19 +231,30 @@ def _registry_manifest(raw: bytes, desc: Descriptor, what: str) -> Manifest:
 
 
 def _blob_step(bundle: PatchBundle, store: RegistryStore, desc: Descriptor, referenced_by: str,
-               warnings: list[str]) -> BlobStep:
-    # A blob the registry already holds is never read from the bundle (an S3 bundle would
-    # download it): no hashing of sidecar-less files to find it.
-    if store.blob_size(desc.digest) == desc.size and desc.digest not in bundle.files:
+               warnings: list[str], repository: Repository, may_reuse: Callable[[Digest], bool]) -> BlobStep:
+    have = store.blob_size(desc.digest)
+    linked_here = have is not None and store.link_ok(store.layout.layer_link(repository, desc.digest), desc.digest)
+    # A blob this repository already holds (or may reuse) is never read from the bundle (an S3
+    # bundle would download it): no hashing of sidecar-less files to find it.
+    if have == desc.size and (linked_here and desc.digest not in bundle.files
+                              or not linked_here and may_reuse(desc.digest)):
         return BlobStep(desc.digest, desc.size, desc.media_type, PRESENT, None, referenced_by)
     src = bundle.find(desc)
     if src is not None and src.size != desc.size:
         raise SizeMismatch(f"bundle file {bundle.source.describe(src.name)} ({desc.digest})",
                            desc.size, src.size)
-    have = store.blob_size(desc.digest)
     if have is not None:
         if have == desc.size:
-            return BlobStep(desc.digest, desc.size, desc.media_type, PRESENT, src, referenced_by)
+            if linked_here:
+                return BlobStep(desc.digest, desc.size, desc.media_type, PRESENT, src, referenced_by)
+            if src is not None:  # linking it here is fine once the bundle proves it has the bytes
+                return BlobStep(desc.digest, desc.size, desc.media_type, PROVE, src, referenced_by)
+            raise CrossRepositoryBlob(
+                f"blob {desc.digest} referenced by {referenced_by} is held by the storage for other "
+                f"repositories but is not linked in {repository}, and the bundle does not carry it: "
+                "linking it would let this repository serve another repository's layer; add the blob to "
+                "the bundle (or sign the bundle, which lists it as assumed present), or pass "
+                "--allow-cross-repository if this repository may use it")
         if src is None:
             raise SizeMismatch(f"registry blob {store.layout.relative(store.layout.blob_data(desc.digest))}",
                                desc.size, have)

@@ -451,7 +451,11 @@ class RegistryClient:
         url = base_url.strip()
         if "://" not in url:
             url = ("http://" if insecure else "https://") + url
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+            port = parts.port  # raises for a port out of range or not a number
+        except ValueError as e:
+            raise UsageError(f"registry URL {redact_command(url)!r} is not a valid URL ({e})") from None
         if parts.username is not None or parts.password is not None or "@" in parts.netloc:
             raise UsageError(
                 f"registry URL {parts.scheme}://***@{parts.netloc.rsplit('@', 1)[-1]} carries "
@@ -461,8 +465,11 @@ class RegistryClient:
                              "plain-HTTP registry)")
         if not parts.hostname:
             raise UsageError(f"registry URL {url!r} has no host")
-        if parts.query or parts.fragment:
-            raise UsageError(f"registry URL {url!r} must not have a query or fragment")
+        if parts.query or parts.fragment or url.endswith(("?", "#")):
+            raise UsageError(f"registry URL {parts.scheme}://{parts.netloc}{parts.path} must not have a "
+                             "query or fragment")
+        if port == 0:
+            raise UsageError(f"registry URL {url!r} has port 0")
         if retries < 0:
             raise UsageError("retries must be >= 0")
         self.url = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))

@@ -45,6 +45,7 @@ from typing import Callable, Mapping, Optional, Sequence
 import httpx
 
 from . import interrupt
+from .sanitize import redact_command
 from .errors import RegistryUnavailable, RestartError, UsageError
 
 DEFAULT_BINARY = "docker-registry"
@@ -342,7 +343,8 @@ class CommandRestart(RestartStrategy):
         self.verify = verify
 
     def describe(self) -> str:
-        return f"run command: {self.command}" + (f" (then wait for {self.ready_url})" if self.ready_url else "")
+        return f"run command: {redact_command(self.command)}" + (
+            f" (then wait for {self.ready_url})" if self.ready_url else "")
 
     def restart(self) -> None:
         kwargs: dict = {}
@@ -354,7 +356,8 @@ class CommandRestart(RestartStrategy):
             try:
                 code = interrupt.wait_child(proc, timeout=self.timeout)
             except subprocess.TimeoutExpired:
-                raise RestartError(f"restart command timed out after {self.timeout:g} s: {self.command}") from None
+                raise RestartError(f"restart command timed out after {self.timeout:g} s: "
+                                   f"{redact_command(self.command)}") from None
             if code != 0:
                 err.seek(0)
                 lines = [l.strip() for l in err.read().decode("utf-8", "replace").splitlines() if l.strip()]

@@ -63,6 +63,7 @@ from .errors import (BaseBlobsMissing, BundleMismatch, InvalidReference, Manifes
 from .manifest import (ALL_MANIFEST_TYPES, load_json, MAX_MANIFEST_SIZE, ImageIndex, ImageManifest,
                        Manifest, parse_manifest)
 from .reference import Repository, Tag
+from .apply import CONSUMED_NOTE
 from .store import RegistryStore
 
 log = logging.getLogger("regpatch.signing")
@@ -553,11 +554,11 @@ def check_bundle(source: BundleSource, trust_keys: Sequence[KeyPath], allow_unsi
                         "signature not checked")
     desc = parse_descriptor(raw, where)
 
-    _check_listing(source, files, desc)
+    consumed = _check_listing(source, files, desc, store)
     _check_layout_files(source, desc)
     referenced = _check_manifests(source, desc)
     _check_base(store, desc, source.description)
-    hashed = _hash_what_staging_skips(source, store, desc, referenced)
+    hashed = _hash_what_staging_skips(source, store, desc, referenced, consumed)
     for w in warnings:
         log.warning("%s", w)
     trust = BundleTrust(source.description, key is not None, key, desc, tuple(hashed), tuple(warnings))
@@ -565,9 +566,15 @@ def check_bundle(source: BundleSource, trust_keys: Sequence[KeyPath], allow_unsi
     return trust
 
 
-def _check_listing(source: BundleSource, files: dict[str, int], desc: BundleDescriptor) -> None:
+def _check_listing(source: BundleSource, files: dict[str, int], desc: BundleDescriptor,
+                   store: RegistryStore) -> set:
+    """The bundle holds exactly what it lists. The one exception: blobs an earlier run took
+    with --consume (noted in regpatch-consumed.jsonl at the bundle's root) may be missing
+    when the storage holds them (staged or installed: the patch verifies them there).
+    Returns the digests of those."""
     listed = {_blob_name(b.digest): b for b in desc.blobs}
-    allowed = set(listed) | set(LAYOUT_FILES) | {DESCRIPTOR, SIGNATURE}
+    allowed = set(listed) | set(LAYOUT_FILES) | {DESCRIPTOR, SIGNATURE, CONSUMED_NOTE}
+    consumed: set = set()
     extra = sorted(n for n in files if n not in allowed)
     if extra:
         raise BundleMismatch(f"{source.describe(extra[0])} is not listed in {DESCRIPTOR}"
@@ -575,6 +582,10 @@ def _check_listing(source: BundleSource, files: dict[str, int], desc: BundleDesc
                              + "; the bundle was altered after it was made")
     for name, b in sorted(listed.items()):
         if name not in files:
+            if CONSUMED_NOTE in files and (store.staged_path(b.digest) is not None
+                                           or store.blob_size(b.digest) == b.size):
+                consumed.add(b.digest)
+                continue
             raise BundleMismatch(f"{source.describe(name)} is listed in {DESCRIPTOR} ({b.size:,} B) but "
                                  "missing from the bundle; copy the whole bundle again")
         if files[name] != b.size:
@@ -586,6 +597,7 @@ def _check_listing(source: BundleSource, files: dict[str, int], desc: BundleDesc
         if files[name] != b.size:
             raise BundleMismatch(f"{source.describe(name)} has {files[name]:,} bytes, {DESCRIPTOR} lists "
                                  f"{b.size:,}; it was altered")
+    return consumed
 
 
 def _check_layout_files(source: BundleSource, desc: BundleDescriptor) -> None:
@@ -683,13 +695,13 @@ def _check_base(store: RegistryStore, desc: BundleDescriptor, bundle: str) -> No
 
 
 def _hash_what_staging_skips(source: BundleSource, store: RegistryStore, desc: BundleDescriptor,
-                             referenced: dict) -> list[str]:
+                             referenced: dict, consumed: set = frozenset()) -> list[str]:
     """Hash the carried blobs the staging step will not read (see the module docstring)."""
     manifests = {desc.image.digest} | {m.digest for m in desc.manifests}
     hashed = []
     for b in sorted(desc.blobs, key=lambda b: str(b.digest)):
-        if b.digest in manifests:
-            continue  # hashed by _check_manifests
+        if b.digest in manifests or b.digest in consumed:
+            continue  # hashed by _check_manifests; taken by --consume: verified in the storage
         staged_later = store.blob_size(b.digest) != b.size and store.staged_path(b.digest) is None
         if staged_later:
             continue

@@ -12,6 +12,7 @@ storage root whatever the state folder is (docs/architecture.md, "The state fold
 from __future__ import annotations
 
 import getpass
+import logging
 import json
 import os
 import socket
@@ -24,10 +25,13 @@ from typing import Iterator, Optional
 
 from . import interrupt
 from .digest import Digest
-from .errors import LockTimeout, StorageError
+from .errors import LockTimeout, RegpatchError, os_errors
+from .manifest import load_json
 from .faults import checkpoint
 from .layout import Layout
 from .reference import Repository, Tag
+
+log = logging.getLogger("regpatch.state")
 
 
 def now_iso() -> str:
@@ -86,12 +90,9 @@ def repository_lock(layout: Layout, repo: Repository, *, timeout: float = 300.0,
     holder dies, so a killed patch never leaves a stale lock behind.
     """
     path = layout.lock(repo)
-    try:
+    with os_errors("creating the repository lock", path):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-        raise StorageError(f"cannot create the repository lock {path}: {e.strerror}; regpatch needs "
-                           "write access to the registry storage") from e
     try:
         deadline = time.monotonic() + timeout
         delay, warned = 0.05, False
@@ -197,7 +198,7 @@ class HistoryEntry:
     tag: str
     old: Optional[str]
     new: str
-    action: str          # patch | rollback | auto-rollback
+    action: str          # patch | rollback | restore (a move the registry did not serve, undone)
     source: str
     actor: str
 
@@ -210,12 +211,16 @@ def record_history(store, repo: Repository, tag: Tag, old: Optional[Digest], new
     path = store.layout.history
     store.ensure_state_dir(path.parent)
     line = (json.dumps(asdict(entry)) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with os_errors("appending to", path):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            end = os.lseek(fd, 0, os.SEEK_END)
+            if end and os.pread(fd, 1, end - 1) != b"\n":
+                line = b"\n" + line  # the last line was torn: never continue it
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     checkpoint("history")
     return entry
 
@@ -231,9 +236,11 @@ def read_history(layout: Layout, repository: Optional[str] = None,
         if not line.strip():
             continue
         try:
-            e = HistoryEntry(**json.loads(line))
-        except (ValueError, TypeError):
-            raise StorageError(f"{layout.history} line {n} is not a history entry") from None
+            e = HistoryEntry(**load_json(line.encode(), what=f"{layout.history} line {n}"))
+        except (RegpatchError, ValueError, TypeError):
+            # a line torn by a crash or a full disk during an append: the others still count
+            log.warning("%s line %d is not a history entry (torn by a crash?); skipped", layout.history, n)
+            continue
         if (repository is None or e.repository == repository) and (tag is None or e.tag == tag):
             entries.append(e)
     return entries

@@ -49,8 +49,8 @@ from typing import BinaryIO, Callable, Iterator, Optional
 from .digest import (Digest, advise_sequential, copy_and_hash, hash_fd, hash_file, kernel_copy_and_hash,
                      try_reflink)
 from .faults import checkpoint
-from .errors import (InvalidReference, MalformedLink, RegpatchError, StorageError, StorageNotFound,
-                     UnsafePath, UsageError, os_error, os_errors)
+from .errors import (DigestMismatch, InvalidReference, MalformedLink, RegpatchError, SizeMismatch,
+                     StorageError, StorageNotFound, UnsafePath, UsageError, os_error, os_errors)
 from .layout import Layout
 from .reference import Repository, Tag
 
@@ -114,6 +114,14 @@ def sweep_temp_files(folder: Path) -> int:
     return n
 
 
+def _marker(st: os.stat_result) -> dict:
+    """What a verified-blob marker remembers of the file: device, inode, size, mtime and
+    ctime. ``touch`` can restore an mtime, nothing but the kernel sets the ctime: a file
+    changed in place after it was hashed never matches its marker."""
+    return {"size": st.st_size, "dev": st.st_dev, "ino": st.st_ino, "mtime_ns": st.st_mtime_ns,
+            "ctime_ns": st.st_ctime_ns}
+
+
 def fsync_dir(path: Path) -> None:
     if os.name == "nt":  # directories cannot be opened for fsync on Windows
         return
@@ -122,6 +130,22 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _storage_owner(root: Path, v2: Path) -> Optional[tuple[int, int]]:
+    """The (uid, gid) every file and folder regpatch creates must have: the owner of the
+    registry's own tree (v2/, else the root), when regpatch runs as root and that owner is
+    another user (Debian's registry runs as its own user: a root-owned link file there
+    breaks its next push). None: keep the process's own (it is the owner, or cannot chown)."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return None
+    for folder in (v2, root):
+        try:
+            st = os.stat(folder)
+        except OSError:
+            continue
+        return None if (st.st_uid, st.st_gid) == (0, 0) else (st.st_uid, st.st_gid)
+    return None
 
 
 class RegistryStore:
@@ -143,6 +167,8 @@ class RegistryStore:
                          v2 / "blobs", v2 / "blobs" / "sha256", v2 / "repositories", state}
         if state_dir:
             self._refuse_state_in_docker()
+            self._refuse_foreign_state_dir()
+        self._owner = _storage_owner(root, self.layout.v2)
 
     @property
     def root(self) -> Path:
@@ -152,6 +178,28 @@ class RegistryStore:
     @staticmethod
     def _abs(path: Path) -> Path:
         return Path(os.path.abspath(path))
+
+    STATE_ENTRIES = frozenset({"journal", "history.jsonl", "reports", "staging", "verified", "locks", "convert",
+                               STATE_MARK := ".regpatch-state"})
+
+    def _refuse_foreign_state_dir(self) -> None:
+        """A --state-dir that already holds files that are not regpatch's (a typo for /etc,
+        a home folder) is refused: regpatch would scatter its folders there."""
+        with _io("reading", self._state):
+            try:
+                names = set(os.listdir(self._state))
+            except FileNotFoundError:
+                return
+        if names and not names & self.STATE_ENTRIES:
+            raise UsageError(f"--state-dir {self._state} holds other files ({', '.join(sorted(names)[:3])}"
+                             f"{', ...' if len(names) > 3 else ''}) and none of regpatch's: give an empty or new "
+                             "folder for regpatch's journal, history and staging")
+
+    def claim_state_dir(self) -> None:
+        """Mark the state folder as regpatch's (before the first write of a run)."""
+        mark = self.layout.state / self.STATE_MARK
+        if not os.path.lexists(mark):
+            self.write_file(mark, b"regpatch state folder: journal, history, reports, staging\n", durable=False)
 
     def _refuse_state_in_docker(self) -> None:
         """--state-dir must not be inside docker/: the registry would list its files as
@@ -240,6 +288,8 @@ class RegistryStore:
                 _raise_write_error(e, d)
             with _io("creating", d):
                 os.chmod(d, DIR_MODE)  # umask-proof
+                if self._owner is not None:
+                    os.chown(d, *self._owner)
                 fsync_dir(d.parent)
 
     def ensure_state_dir(self, path: Path) -> None:
@@ -400,12 +450,12 @@ class RegistryStore:
             mark = json.loads(self._verified_marker(digest).read_text())
         except (OSError, ValueError):
             return False
-        return mark == {"size": st.st_size, "ino": st.st_ino, "mtime_ns": st.st_mtime_ns}
+        return mark == _marker(st)
 
     def _remember_verified(self, digest: Digest, path: Path) -> None:
         try:
             st = os.stat(path)
-            mark = {"size": st.st_size, "ino": st.st_ino, "mtime_ns": st.st_mtime_ns}
+            mark = _marker(st)
             self.write_file(self._verified_marker(digest), json.dumps(mark).encode(), durable=False)
         except (RegpatchError, OSError) as e:  # only an optimisation: never fail a patch for it
             # (OSError: e.g. another run installed the staged file meanwhile)
@@ -427,6 +477,8 @@ class RegistryStore:
             with os.fdopen(fd, "wb", buffering=0) as f:
                 if hasattr(os, "fchmod"):
                     os.fchmod(f.fileno(), FILE_MODE)  # umask-proof
+                if self._owner is not None:
+                    os.fchown(f.fileno(), *self._owner)
                 yield f
                 if durable:
                     f.flush()
@@ -483,6 +535,23 @@ class RegistryStore:
             except FileNotFoundError:
                 return None
         return path if self._verified(digest, st) else None
+
+    def recheck_staged(self, digest: Digest, size: int,
+                       progress: Optional[Callable[[int], None]] = None) -> bool:
+        """True when a staged copy left by an earlier run still hashes to ``digest``. Its
+        marker is not trusted for this (the state folder may be shared, the run that wrote it
+        may have been killed): a copy that fails is removed, to be staged again."""
+        path = self.layout.staged_blob(digest)
+        if not os.path.lexists(path):
+            return False
+        try:
+            hash_file(path, what=f"staged copy {path}", expected=digest, expected_size=size, progress=progress)
+        except (DigestMismatch, SizeMismatch) as e:
+            log.warning("%s; removed, the blob is staged again", e)
+            self._discard(path)
+            return False
+        self._remember_verified(digest, path)
+        return True
 
     def stage_blob(self, digest: Digest, size: int, open_source: Callable[[], BinaryIO], *,
                    what: str, progress: Optional[Callable[[int], None]] = None) -> Path:
@@ -607,6 +676,8 @@ class RegistryStore:
     def _install_staged(self, digest: Digest, staged: Path, final: Path, replace: bool, size: int) -> bool:
         self._check_inside(final)
         if os.path.lexists(final) and not replace:
+            self.verify_blob(digest, size)
+            self._discard(staged)  # our own copy, not needed: another run installed the blob
             return False
         self._mkdirs(final.parent)
         try:
@@ -668,6 +739,8 @@ class RegistryStore:
                 hash_fd(f.fileno(), what=what, expected=digest, expected_size=size, progress=progress)
                 os.fsync(f.fileno())
             os.chmod(tmp, FILE_MODE)
+            if self._owner is not None:
+                os.chown(tmp, *self._owner)
         except BaseException:
             try:
                 if not os.path.lexists(path):

@@ -40,12 +40,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable, Optional
+from typing import BinaryIO, Optional
 
 from ..digest import Digest
 from ..errors import (BundleError, DigestMismatch, InvalidReference, ManifestError, SourceError,
                       UsageError)
-from ..manifest import (DOCKER_CONFIG, DOCKER_FOREIGN_LAYER, DOCKER_LAYER, DOCKER_MANIFEST, load_json,
+from ..manifest import (DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFEST, load_json,
                         parse_manifest)
 from .gzipper import DEFAULT_LEVEL, compress_stream
 from .source import BundleSource, _safe_name

@@ -148,7 +148,11 @@ def parse_s3_url(url: str) -> tuple[str, str]:
         raise UsageError(f"{url!r} is not an s3:// URL")
     rest = url[len("s3://"):]
     bucket, _, prefix = rest.partition("/")
-    if not bucket or "@" in bucket or ":" in bucket:
+    if "@" in bucket:  # s3://KEY:SECRET@bucket/...: never echoed back
+        raise UsageError("bundle s3://***@" + bucket.rsplit("@", 1)[-1] + "/...: credentials do not go in "
+                         "the URL; use boto3's chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE) "
+                         "or --aws-credentials-block")
+    if not bucket or ":" in bucket:
         raise UsageError(f"bundle {url!r}: expected s3://BUCKET/PREFIX")
     prefix = prefix.strip("/")
     if prefix:

@@ -84,6 +84,8 @@ def test_shipped_deployments_and_their_forms(cluster):
     assert schedule["schedule"]["cron"] == "0 3 8-14 * 3" and schedule["schedule"]["day_or"] is False
     assert schedule["schedule"]["timezone"] == "Europe/Berlin"
     assert schedule["active"] is False  # inactive until an inventory exists: it never fails out of the box
+    (schedule,) = deployment(c, "make-bundle/make-bundle")["schedules"]
+    assert schedule["schedule"]["cron"] == "0 22 8-14 * 2" and schedule["active"] is False  # example paths
     patch = deployment(c, "patch-registry/patch-registry")
     schema = patch["parameter_openapi_schema"]
     registry = schema["definitions"]["RegistryParams"]["properties"]

@@ -259,7 +259,7 @@ def test_bundle_arguments_that_are_files_say_what_to_do_instead(tmp_path):
 
     # archives are read in place now (issue 11): what is wrong inside them is named
     cases = {tar("saved.tar", ["manifest.json", "repositories", "abc/layer.tar"]): "'docker save' archive",
-             tar("oci.tar", ["oci-layout", "index.json"]): "oci-layout is not valid JSON",
+             tar("oci.tar", ["oci-layout", "index.json"]): "oci-layout: malformed JSON",
              tar("other.tar", ["readme"]): r"is not a patch bundle \(archive with 1 files: readme\)"}
     plain = tmp_path / "notes.txt"
     plain.write_text("just a file")

@@ -108,9 +108,9 @@ def test_operating_system_errors_are_one_line_and_a_stop_wins(site, capsys, no_a
     hosts = site.root / "hosts"
     hosts.write_text("127.0.0.1 localhost\n")
     code, out, err = run(capsys, "history", "--storage", hosts)
-    assert code == 1 and "Not a directory" in error_line(err) and "Traceback" not in err
+    assert code == 4 and "Not a directory" in error_line(err) and "Traceback" not in err
     code, out, err = run(capsys, "--debug", "history", "--storage", hosts)
-    assert code == 1 and "Traceback" in err
+    assert code == 4 and "Traceback" in err
     interrupt.request_stop(signal.SIGTERM)  # an I/O error while stopping reports the stop
     code, out, err = run(capsys, "history", "--storage", hosts)
     assert code == 143 and "interrupted by SIGTERM; nothing is half-written" in error_line(err)
@@ -127,12 +127,13 @@ def test_with_an_unreachable_api_nothing_runs_and_expected_errors_stay_one_line(
         code, out, err = run(capsys, *args)
         assert code == 2 and f"the Prefect API at {api} does not answer (ConnectError)" in error_line(err)
     inv = tmp_path / "inventory.yml"
-    inv.write_text(yaml.safe_dump({"registries": [{"name": "a", "storage": str(site.root),
-                                                   "verify_command": "skopeo --creds bob:pw x {ref}"}]}))
-    code, out, err = run(capsys, "rollout", site.scenario["staged"], "--inventory", inv, "--repository", REPO,
-                         "--tag", TAG)
-    assert code == 2 and "inventory entry 'a' verify_command carries a credential inline" in error_line(err)
-    assert "bob:pw" not in err and tree_hash(site.root) == before
+    for key, value, secret in (("verify_command", "skopeo --creds bob:pw x {ref}", "bob:pw"),
+                               ("restart", "command:systemctl restart r TOKEN=hunter2", "hunter2")):
+        inv.write_text(yaml.safe_dump({"registries": [{"name": "a", "storage": str(site.root), key: value}]}))
+        code, out, err = run(capsys, "rollout", site.scenario["staged"], "--inventory", inv, "--repository", REPO,
+                             "--tag", TAG)
+        assert code == 2 and f"inventory entry 'a' {key} carries a credential inline" in error_line(err)
+        assert secret not in err and tree_hash(site.root) == before
     # on an API, a task's failure is logged once, without the traceback of an expected error
     record = logging.LogRecord("prefect.task_runs", logging.ERROR, __file__, 1, "task failed", None,
                                (UsageError, UsageError("bad"), None))

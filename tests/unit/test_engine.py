@@ -368,3 +368,52 @@ def test_consume_refuses_a_bundle_on_another_filesystem(site, tmp_path):
         assert engine.patch(site.request(bundle)).tag_moved  # without --consume: copied
     finally:
         subprocess.run(["umount", "-l", str(mnt)])
+
+
+def test_a_state_folder_full_of_other_files_is_refused(site, tmp_path):
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "passwd").write_text("root:x:0:0\n")
+    with pytest.raises(UsageError, match="holds other files .*passwd"):
+        engine.patch(site.request(state_dir=str(etc)))
+    assert sorted(p.name for p in etc.iterdir()) == ["passwd"]
+    fresh = tmp_path / "state"
+    engine.patch(site.request(state_dir=str(fresh)))
+    assert (fresh / ".regpatch-state").is_file()
+    engine.patch(site.request(state_dir=str(fresh)))  # its own folder: used again
+
+
+def test_a_new_tag_is_listed_only_once_it_points_at_a_proven_image(site):
+    """The tag's index link is written with current/link, after verification: a failed
+    patch of a new tag leaves no empty tag folder for the registry to list."""
+    new_layer = site.scenario["new"].layers[0].digest
+    link = site.layout.layer_link(Repository(REPO), new_layer)
+    obs = Recorder(during={"verify-pull": lambda: link.unlink()})
+    with pytest.raises(StorageError):
+        engine.patch(site.request(tag="brand-new"), obs)
+    assert not site.layout.tag_dir(Repository(REPO), Tag("brand-new")).exists()
+    engine.patch(site.request(tag="brand-new"))
+    assert site.current_of(REPO, "brand-new") == str(site.new).encode()
+
+
+def test_another_repositorys_blob_is_linked_only_when_the_bundle_proves_it(site, tmp_path):
+    """A manifest that names a blob the storage holds for another repository: linked when the
+    bundle carries the very bytes, refused when it does not (unless the operator allows it)."""
+    from regpatch.errors import CrossRepositoryBlob
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(site.scenario["old_layout"], bundle)
+    old_layers = site.scenario["old"].layers
+    # the layout without the layers' bytes: the storage holds them, for servercore only
+    for layer in old_layers:
+        (bundle / "blobs/sha256" / layer.digest.hex).unlink()
+    before = site.docker_hash()
+    with pytest.raises(CrossRepositoryBlob, match="not linked in public/app"):
+        engine.patch(site.request(bundle, repository="public/app", tag="latest"))
+    assert site.docker_hash() == before
+    # a bundle that carries them proves it may link them
+    result = engine.patch(site.request(site.scenario["old_layout"], repository="public/app", tag="latest"))
+    assert result.tag_moved and "link (bundle proves)" in result.plan_text
+    # the operator may allow it explicitly
+    result = engine.patch(site.request(bundle, repository="other/app", tag="x", allow_cross_repository=True))
+    assert result.tag_moved

@@ -177,8 +177,8 @@ def test_enotdir_when_a_file_stands_where_a_folder_must_be(tmp_path):
 
 def test_enametoolong_for_the_state_folder(tmp_path):
     root = empty_storage(tmp_path / "root")
-    store = RegistryStore(root, state_dir=tmp_path / ("s" * 300))
-    with pytest.raises(StorageError) as e:
+    with pytest.raises(StorageError) as e:  # found when the state folder is first looked at
+        store = RegistryStore(root, state_dir=tmp_path / ("s" * 300))
         store.write_file(store.layout.history, b"x")
     assert "[ENAMETOOLONG]" in str(e.value) and "shorter" in str(e.value)
 

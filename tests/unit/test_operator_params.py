@@ -151,3 +151,18 @@ def test_deployments_refuse_an_inventory_with_an_inline_credential(tmp_path, cap
     out, err = capsys.readouterr()
     assert "inventory entry 'site-a' verify_command carries a credential inline" in err
     assert "secret" not in out + err
+    inv.write_text(yaml.safe_dump({"registries": [  # the restart spec is a deployment parameter too
+        {"name": "site-a", "storage": "/x", "restart": "command:curl -fsS http://admin:secret@127.0.0.1:9/r"}]}))
+    assert main(["deployments", "--inventory", str(inv)]) == 2
+    out, err = capsys.readouterr()
+    assert "inventory entry 'site-a' restart carries a credential inline" in err
+    assert "secret" not in out + err
+
+
+def test_the_hardening_options_are_form_fields_with_the_flags_names():
+    props = RegistryParams.model_json_schema()["properties"]
+    for key in ("ignore_url_policy", "allow_cross_repository"):
+        assert props[key]["type"] == "boolean" and props[key]["default"] is False and props[key]["title"]
+    text = in_form_terms("or pass --allow-cross-repository if this repository may use it")
+    assert "(registry.allow_cross_repository)" in text and "--" not in text
+    assert "(registry.ignore_url_policy)" in in_form_terms("use --ignore-url-policy")

@@ -481,3 +481,33 @@ def test_inventory_trust_fields(tmp_path):
     assert inv.registries[0].trust_params().trust_keys == ["/etc/k.pub"]
     with pytest.raises(InventoryError, match="allow_unsigned only relaxes trust_keys"):
         parse_inventory({"registries": [{"name": "a", "storage": "/srv/a", "allow_unsigned": True}]})
+
+
+def test_a_signed_bundle_taken_with_consume_resumes(bundle, site, keys, imgs, tmp_path):
+    """--consume renames the delta out of a signed bundle; a verification that fails leaves
+    it staged; the same command again accepts the bundle without it (the note at the bundle's
+    root says it was taken, the storage holds it) and finishes."""
+    from regpatch import engine
+    from regpatch.errors import VerificationError  # noqa: F401  (the failure below is a storage check)
+    from regpatch.target import RegistryTarget
+
+    store, _ = site
+    (store.root / "docker/registry/v2").mkdir(parents=True, exist_ok=True)
+    request = lambda: engine.PatchRequest(  # noqa: E731
+        bundle=str(bundle), repository=Repository.parse("servercore"), tag=Tag.parse("ltsc2019"),
+        target=RegistryTarget.resolve(storage=str(store.root)), trust_keys=(str(keys["ed"][1]),), consume=True)
+    delta = bundle / "blobs/sha256" / imgs["delta2"].digest.hex
+    assert delta.is_file()
+    link = store.layout.layer_link(Repository.parse("servercore"), imgs["delta2"].digest)
+
+    class BreakLink(engine.LogObserver):
+        def run(self, step, fn):
+            if step == "verify-pull":
+                link.unlink()
+            return fn()
+
+    with pytest.raises(Exception, match="not linked"):
+        engine.patch(request(), BreakLink())
+    assert not delta.exists() and (bundle / "regpatch-consumed.jsonl").is_file()
+    result = engine.patch(request())
+    assert result.tag_moved and "signed by trust key" in result.bundle_trust
