@@ -8,7 +8,9 @@ prints median and spread (min-max):
 
 - ``cp`` of the bundle's blobs into a folder on the registry's filesystem,
   and ``cp`` followed by ``sync FILE...`` (fsync of every copied file:
-  regpatch fsyncs every file it writes);
+  regpatch fsyncs every file it writes), each measured right before a patch
+  (a VM's disk drifts by tens of percent within minutes, so the ingest target
+  is the median of the back-to-back ratios);
 - Python ``hashlib`` sha256 over the same blobs (one thread, then one thread
   per blob), and ``sha256sum`` for reference;
 - ``skopeo copy`` pushing the image from an OCI layout over HTTP into a
@@ -374,6 +376,7 @@ class Bench:
         self.rss: dict[str, list[int]] = {}
         self.notes: list[str] = []
         self.staged_lines: list[list[str]] = []
+        self.ingest_pairs: list[tuple[float, float]] = []  # (ingest s, cp+sync s) back to back
         self.n = 0
 
     # ---- bookkeeping
@@ -414,6 +417,27 @@ class Bench:
         finally:
             self.drop_registry(reg)
 
+    def measure_cp(self, i: int) -> None:
+        """cp and cp + sync of the bundle's blob files, measured right before each patch:
+        the disk of a VM drifts by tens of percent, so the ingest is compared with the
+        cp + sync of the same minute (a paired ratio) rather than with one taken earlier."""
+        b: Bundle = self.bundle
+        nb = b.blob_bytes
+        dest = self.work / "cp-target"
+        for key, label, sync in (("cp", "cp (blobs -> folder)", False),
+                                 ("cp+sync", "cp + sync FILE... (fsync each)", True)):
+            shutil.rmtree(dest, ignore_errors=True)
+            dest.mkdir(parents=True)
+            run_child(["sync"])
+            cmd = ["cp"] + [str(p) for p in b.blob_files] + [str(dest) + "/"]
+            if sync:
+                cmd = ["sh", "-c", shlex.join(cmd) + " && sync " + shlex.join(
+                    [str(dest / p.name) for p in b.blob_files])]
+            self.row(key, label, nb).add(run_child(cmd).seconds)
+        shutil.rmtree(dest, ignore_errors=True)
+        run_child(["sync"])
+        log(f"cp {i + 1}: {self.rows['cp'].values[-1]:.2f}s, with sync {self.rows['cp+sync'].values[-1]:.2f}s")
+
     # ---- measurements
     def run(self) -> None:
         a = self.args
@@ -449,21 +473,6 @@ class Bench:
             with open(p, "rb") as f:
                 while f.read(CHUNK):
                     pass
-
-        # 1. cp, cp + sync
-        dest = self.work / "cp-target"
-        for i in range(R):
-            for key, label, sync in (("cp", "cp (blobs -> folder)", False),
-                                     ("cp+sync", "cp + sync FILE... (fsync each)", True)):
-                shutil.rmtree(dest, ignore_errors=True)
-                dest.mkdir(parents=True)
-                cmd = ["cp"] + [str(p) for p in b.blob_files] + [str(dest) + "/"]
-                if sync:
-                    cmd = ["sh", "-c", shlex.join(cmd) + " && sync " + shlex.join(
-                        [str(dest / p.name) for p in b.blob_files])]
-                self.row(key, label, nb).add(run_child(cmd).seconds)
-            shutil.rmtree(dest, ignore_errors=True)
-            log(f"cp {i + 1}/{R}: {self.rows['cp'].values[-1]:.2f}s, with sync {self.rows['cp+sync'].values[-1]:.2f}s")
 
         # 2. hashlib (one thread; one thread per blob), sha256sum
         def hash_all():
@@ -514,6 +523,7 @@ class Bench:
         for i in range(R):
             if i:
                 self.tiny_patch(tiny)
+            self.measure_cp(i)
             reg = self.fresh_registry("patch")
             try:
                 p = self.patch(b.staged, reg, "patch")
@@ -527,6 +537,7 @@ class Bench:
                 ingest = steps.get("verify-digests", 0) + steps.get("copy-blobs", 0)
                 if ingest > 0:
                     self.row("ingest", "regpatch ingest (verify-digests + copy-blobs)", nb).add(ingest)
+                    self.ingest_pairs.append((ingest, self.rows["cp+sync"].values[-1]))
                 log(f"patch {i + 1}/{R}: {p.seconds:.2f}s, rss {human(p.maxrss)}, steps {steps}")
 
                 with RegistryClient(reg.url, insecure=True) as client:
@@ -636,11 +647,15 @@ class Bench:
         targets = []
         out_floor = None
         floor2 = m("hashlib2")  # sha256 of the same bytes on both cores (one thread per blob)
-        if "ingest" in self.rows:
-            ingest_tp, cps_tp = nb / m("ingest"), nb / m("cp+sync")
-            targets.append((f"ingest throughput >= 0.9 x cp + sync  [ingest {ingest_tp / 1e6:.0f} MB/s "
-                            f"({m('ingest'):.2f}s), cp+sync {cps_tp / 1e6:.0f} MB/s ({m('cp+sync'):.2f}s)]",
-                            ingest_tp / cps_tp, ingest_tp / cps_tp >= 0.9))
+        if self.ingest_pairs:
+            # throughput ratio = cp+sync seconds / ingest seconds, per repetition (measured
+            # back to back), and its median
+            ratios = sorted(c / i for i, c in self.ingest_pairs)
+            r = statistics.median(ratios)
+            pairs = ", ".join(f"{i:.2f}s vs {c:.2f}s" for i, c in self.ingest_pairs)
+            targets.append((f"ingest throughput >= 0.9 x cp + sync, back to back  [ingest vs cp+sync: {pairs}; "
+                            f"medians {nb / m('ingest') / 1e6:.0f} vs {nb / m('cp+sync') / 1e6:.0f} MB/s]",
+                            r, r >= 0.9))
             out_floor = (f"  info  hash floor: sha256 of the same bytes takes {m('hashlib'):.2f}s on one core, "
                          f"{floor2:.2f}s on both (one thread per blob: bound by the largest blob)")
         if "consume" in self.rows:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import http.client
 import json
 import logging
 import os
@@ -43,12 +44,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Optional, TypeVar, Union
 from urllib.parse import urlsplit, urlunsplit
+from urllib.request import getproxies, proxy_bypass
 
 import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
 from . import interrupt
-from .digest import Digest, copy_and_hash
+from .digest import CHUNK, Digest, copy_and_hash, new_hasher
 from .errors import (AuthError, DigestMismatch, InvalidReference, ManifestError, RegistryError,
                      RegistryUnavailable, SizeMismatch, UsageError, VerificationError)
 from .manifest import (ALL_MANIFEST_TYPES, MAX_MANIFEST_SIZE, Descriptor, ImageIndex,
@@ -414,6 +416,24 @@ class _BodyReader:
         return out
 
 
+def _unverified_context() -> ssl.SSLContext:
+    """--insecure on https: no certificate or host name check (a test registry)."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def _proxied(scheme: str, host: str) -> bool:
+    """Whether the environment sends requests to this host through a proxy (then only
+    httpx, which honours the proxy settings, talks to it)."""
+    try:
+        proxies = getproxies()
+        return bool(proxies.get(scheme) or proxies.get("all")) and not proxy_bypass(host)
+    except Exception:  # noqa: BLE001 (an odd proxy setting: take the safe path)
+        return True
+
+
 def _repo(value: RepoLike) -> Repository:
     return value if isinstance(value, Repository) else Repository.parse(value)
 
@@ -498,6 +518,12 @@ class RegistryClient:
                                      f"{getattr(e, 'reason', None) or type(e).__name__}") from e
         else:
             verify = True
+        self._timeout = timeout
+        # the same trust for the direct blob reads (``_direct_verify``)
+        self._ssl_context: Optional[ssl.SSLContext] = None
+        if parts.scheme == "https":
+            self._ssl_context = verify if isinstance(verify, ssl.SSLContext) else _unverified_context()
+        self._direct = not _proxied(parts.scheme, parts.hostname or "")
         self._http = httpx.Client(verify=verify, timeout=httpx.Timeout(timeout),
                                   follow_redirects=False,
                                   headers={"User-Agent": "regpatch", "Accept-Encoding": "identity"})
@@ -817,8 +843,15 @@ class RegistryClient:
         # bytes received when an attempt ended with the body cut short, else None
         short: list[Optional[int]] = [None]
 
+        first = [True]
+
         def attempt() -> Optional[int]:
             short[0] = None
+            if first[0]:
+                first[0] = False
+                n = self._direct_verify(url, scope, desc, what, progress)
+                if n is not None:
+                    return n
             resp = self._send_authorized("GET", url, scope=scope, follow_redirects=True)
             counted = [0]
 
@@ -868,6 +901,63 @@ class RegistryClient:
             raise VerificationError(
                 f"{what} has the wrong size: expected {e.expected} bytes, the registry served "
                 f"{e.actual}{'+' if e.actual > e.expected else ''} (digest {desc.digest})") from None
+
+    def _direct_verify(self, url: str, scope: str, desc: Descriptor, what: str,
+                       progress: Optional[Callable[[int], None]]) -> Optional[int]:
+        """The common case of a blob pull, read straight off the socket into one buffer.
+
+        httpx parses a body in 64 KiB pieces in Python (about 350 MB/s here, two
+        pulls at once); ``http.client``'s ``readinto`` fills a 4 MiB buffer from
+        the socket (over 1 GB/s). Taken only for a plain ``200`` with a
+        ``Content-Length`` equal to the descriptor's size, no transfer or content
+        encoding, no proxy, with the authorization the client already holds for
+        the scope; anything else (a challenge, a redirect to storage, 404, 5xx, a
+        connection error, a body cut short) returns None and the request is made
+        again through httpx, which retries, authenticates and words the errors.
+        Only a digest mismatch of a complete body is a fact here: it is raised.
+        """
+        if not self._direct:
+            return None
+        parts = urlsplit(url)
+        auth, _ = self._auth_header(scope)
+        headers = {"User-Agent": "regpatch", "Accept-Encoding": "identity", "Host": parts.netloc, **auth}
+        if parts.scheme == "https":
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                parts.hostname, parts.port, timeout=self._timeout, context=self._ssl_context)
+        else:
+            conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=self._timeout)
+        try:
+            try:
+                conn.request("GET", parts.path, headers=headers)
+                resp = conn.getresponse()
+            except (OSError, http.client.HTTPException):
+                return None
+            if (resp.status != 200 or resp.length != desc.size
+                    or resp.getheader("transfer-encoding") is not None
+                    or resp.getheader("content-encoding", "identity").strip().lower() != "identity"):
+                return None
+            h = new_hasher()
+            buf = bytearray(min(CHUNK, max(desc.size, 1)))
+            view = memoryview(buf)
+            done = 0
+            while done < desc.size:
+                interrupt.check()
+                try:
+                    n = resp.readinto(view)
+                except (OSError, http.client.HTTPException):
+                    return None
+                if not n:
+                    return None  # cut short: the httpx path retries and says so
+                h.update(view[:n])
+                done += n
+                if progress:
+                    progress(n)
+            actual = Digest("sha256", h.hexdigest())
+            if actual != desc.digest:
+                raise DigestMismatch(what, desc.digest, actual, done)
+            return done
+        finally:
+            conn.close()
 
     def verify_blob(self, repository: RepoLike, descriptor: Descriptor, *,
                     progress: Optional[Callable[[int], None]] = None) -> int:

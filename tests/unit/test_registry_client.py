@@ -411,3 +411,112 @@ def test_verify_command_failures_say_how_and_never_echo_the_password(monkeypatch
     # a reference longer than the kernel takes for one argument: the command cannot start
     with pytest.raises(VerificationError, match="could not start: Argument list too long"):
         run_verify_command("true {ref}", "r@" + "x" * (256 << 10))
+
+
+# --------------------------------------------------------------------------- blob pulls: the direct read
+
+class _BlobServer:
+    """A real HTTP server on 127.0.0.1 that serves one blob in the way a test asks
+    (whole, corrupt, chunked, cut short, behind a Basic challenge) and records the
+    requests: which of the two readers (direct or httpx) took each is seen in them."""
+
+    def __init__(self, data: bytes, mode: str = "plain"):
+        import http.server
+        import threading
+
+        self.data, self.mode, self.requests = data, mode, []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                outer.requests.append((self.headers.get("User-Agent", ""), self.headers.get("Authorization"),
+                                       self.headers.get("Accept-Encoding")))
+                body, mode = outer.data, outer.mode
+                if mode == "basic" and self.headers.get("Authorization") != "Basic " + b64(f"{USER}:{PASSWORD}"):
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Basic realm="r"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if mode == "corrupt":
+                    body = body[:-1] + bytes([body[-1] ^ 1])
+                self.send_response(200)
+                if mode == "chunked":
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+                    return
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if mode == "short" or (mode == "short-once" and len(outer.requests) == 1):
+                    self.wfile.write(body[: len(body) // 2])
+                    self.close_connection = True
+                    return
+                self.wfile.write(body)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+BLOB = bytes(range(256)) * 40000  # 10 MB: several reads of the direct reader's 4 MiB buffer
+BLOB_DESC = Descriptor(DOCKER_LAYER, Digest.of_bytes(BLOB), len(BLOB))
+
+
+def test_a_plain_blob_is_read_directly_once_and_counted():
+    seen = []
+    with _BlobServer(BLOB) as srv, fast(srv.url) as client:
+        assert client.verify_blob("r", BLOB_DESC, progress=seen.append) == len(BLOB)
+    assert len(srv.requests) == 1 and srv.requests[0][2] == "identity"
+    assert sum(seen) == len(BLOB)
+
+
+@pytest.mark.parametrize("mode", ["chunked", "basic", "short-once"])
+def test_what_the_direct_read_does_not_take_goes_through_httpx(mode):
+    kw = {"credentials": Credentials(USER, PASSWORD)} if mode == "basic" else {}
+    with _BlobServer(BLOB, mode) as srv, fast(srv.url, **kw) as client:
+        assert client.verify_blob("r", BLOB_DESC) == len(BLOB)
+    # the direct try, then httpx (a Basic challenge: answered, the credentials go with the second try)
+    assert 2 <= len(srv.requests) <= 3
+    if mode == "basic":
+        assert srv.requests[0][1] is None and srv.requests[-1][1].startswith("Basic ")
+
+
+def test_a_corrupt_blob_is_a_fact_not_retried():
+    with _BlobServer(BLOB, "corrupt") as srv, fast(srv.url, retries=3) as client:
+        with pytest.raises(VerificationError, match=f"blob {BLOB_DESC.digest} in r is corrupt"):
+            client.verify_blob("r", BLOB_DESC)
+    assert len(srv.requests) == 1
+
+
+def test_a_body_cut_short_every_time_is_named_truncated():
+    with _BlobServer(BLOB, "short") as srv, fast(srv.url, retries=1) as client:
+        with pytest.raises(VerificationError, match="is truncated"):
+            client.verify_blob("r", BLOB_DESC)
+    assert len(srv.requests) == 3  # the direct try, then httpx: the first attempt and one retry
+
+
+def test_a_proxy_in_the_environment_leaves_the_pull_to_httpx(monkeypatch):
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
+    monkeypatch.setenv("no_proxy", "")
+    with _BlobServer(BLOB) as srv:
+        client = fast(srv.url, retries=0)
+        assert client._direct is False
+        client.close()
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    with _BlobServer(BLOB) as srv, fast(srv.url) as client:
+        assert client._direct is True
+        assert client.verify_blob("r", BLOB_DESC) == len(BLOB)
