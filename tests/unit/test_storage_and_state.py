@@ -414,3 +414,25 @@ def test_the_tag_compared_with_the_registry_is_found_in_the_storage(site):
     empty = site.root.parent / "empty"
     (empty / "docker/registry/v2").mkdir(parents=True)
     assert RegistryStore(empty).any_tag(prefer=(R, T)) is None
+
+
+def test_long_files_are_hashed_with_a_reader_thread_and_a_short_read_is_an_error(tmp_path):
+    from regpatch.digest import CHUNK, hash_fd
+
+    data = os.urandom(3 * CHUNK + 12345)  # past the threshold: the pipelined reader
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    seen = []
+    with open(path, "rb") as f:
+        assert hash_fd(f.fileno(), what="blob", expected=Digest.of_bytes(data), expected_size=len(data),
+                       progress=seen.append) == (Digest.of_bytes(data), len(data))
+    assert sum(seen) == len(data) and max(seen) <= CHUNK
+    from regpatch.digest import _hash_range, new_hasher
+
+    with open(path, "rb") as f:  # the file is shorter than the range asked: EIO from the reader thread
+        with pytest.raises(OSError, match="short read of blob"):
+            _hash_range(f.fileno(), new_hasher(), 0, len(data) + CHUNK, "blob", None)
+    with open(path, "rb") as f:
+        with pytest.raises(DigestMismatch):
+            hash_fd(f.fileno(), what="blob", expected=Digest.of_bytes(b"x"), expected_size=len(data))
+    assert not [t for t in threading.enumerate() if t.name == "hash-reader"]  # no reader left behind
