@@ -275,14 +275,16 @@ def kernel_copy_and_hash(src_fd: int, dst_fd: int, *, what: str, expected: Optio
 
 
 def _hash_range(fd: int, h, start: int, end: int, what: str,
-                progress: Optional[Callable[[int], None]]) -> int:
+                progress: Optional[Callable[[int], None]], read_ahead: bool = False) -> int:
     """Hash bytes [start, end) of an open file by ``pread``; returns ``end``. A stop
     request ends it at a chunk boundary. Buffers are reused (``preadv`` into them):
     no allocation, and no page faults on fresh memory, per chunk. A long range is
     read by a second thread while this one hashes: copying 1.5 GiB out of the page
     cache costs about 0.7 s here, hashing it about 1.4 s, and both release the GIL,
-    so the pair costs the hash alone."""
-    if end - start <= 2 * CHUNK:
+    so the pair costs the hash alone (``read_ahead``: a whole stored file; not behind a
+    kernel copy, where the copy is the bottleneck and a reader would only take CPU
+    from it)."""
+    if not read_ahead or end - start <= 2 * CHUNK:
         buf = bytearray(min(CHUNK, max(end - start, 1)))
         view = memoryview(buf)
         while start < end:
@@ -458,7 +460,7 @@ def hash_fd(fd: int, *, what: str, expected: Optional[Digest], expected_size: in
         raise SizeMismatch(what, expected_size, size)
     advise_sequential(fd)
     h = new_hasher()
-    done = _hash_range(fd, h, 0, size, what, progress)
+    done = _hash_range(fd, h, 0, size, what, progress, read_ahead=True)
     actual = Digest("sha256", h.hexdigest())
     if expected is not None and actual != expected:
         raise DigestMismatch(what, expected, actual, done)

@@ -431,7 +431,7 @@ def test_long_files_are_hashed_with_a_reader_thread_and_a_short_read_is_an_error
 
     with open(path, "rb") as f:  # the file is shorter than the range asked: EIO from the reader thread
         with pytest.raises(OSError, match="short read of blob"):
-            _hash_range(f.fileno(), new_hasher(), 0, len(data) + CHUNK, "blob", None)
+            _hash_range(f.fileno(), new_hasher(), 0, len(data) + CHUNK, "blob", None, read_ahead=True)
     with open(path, "rb") as f:
         with pytest.raises(DigestMismatch):
             hash_fd(f.fileno(), what="blob", expected=Digest.of_bytes(b"x"), expected_size=len(data))
