@@ -15,6 +15,7 @@ Each step is idempotent: a re-run after a crash redoes only what is missing.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -114,7 +115,7 @@ def verify_blobs(plan: PatchPlan, store: RegistryStore, *, dry_run: bool = False
     results: dict[int, Optional[BlobResult]] = {}
     errors: list[BaseException] = []
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="blob") as pool:
-        futures = {pool.submit(one, steps[i]): i for i in order}
+        futures = {pool.submit(contextvars.copy_context().run, one, steps[i]): i for i in order}
         for fut in as_completed(futures):
             try:
                 results[futures[fut]] = fut.result()

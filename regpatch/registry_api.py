@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextvars
 import http.client
 import json
 import logging
@@ -1032,7 +1033,8 @@ class RegistryClient:
         todo = list(blobs.values())
         with ThreadPoolExecutor(max_workers=min(self._verify_workers, max(1, len(todo))),
                                 thread_name_prefix="regpatch-verify") as pool:
-            futures = {pool.submit(self._verify_blob, repo, d, progress): d for d in todo}
+            futures = {pool.submit(contextvars.copy_context().run, self._verify_blob, repo, d, progress): d
+                       for d in todo}
             done, pending = wait(futures, return_when=FIRST_EXCEPTION)
             for f in pending:
                 f.cancel()

@@ -32,6 +32,7 @@ unlisted files.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import os
@@ -806,7 +807,7 @@ def make_bundle(source: str, out: str, *, have: Sequence[str] = (), sign_key: Op
         if todo:
             with ThreadPoolExecutor(max_workers=max(1, min(workers, len(todo))),
                                     thread_name_prefix="regpatch-bundle") as pool:
-                futures = [pool.submit(one, d) for d in todo]
+                futures = [pool.submit(contextvars.copy_context().run, one, d) for d in todo]
                 done, pending = wait(futures, return_when=FIRST_EXCEPTION)
                 for f in pending:
                     f.cancel()

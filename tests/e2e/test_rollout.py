@@ -263,3 +263,25 @@ def test_flow_errors_name_the_form_fields_and_history_on_demand(fleet, scenario,
         (art,) = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["history-site-a"])),
                                        sort=ArtifactSort.CREATED_DESC, limit=1)
     assert art.data == text
+
+
+def test_lines_logged_by_the_blob_threads_reach_the_run_logs(capsys, fleet, scenario):
+    """Staging and the verification pull run two blobs at a time in worker threads; what
+    they log belongs to the run and must be in its logs on the server, not only on the
+    worker's console."""
+    reg = fleet["site-a"]
+    code = regpatch_main(["patch", str(scenario["staged"]), "--storage", str(reg.root), "--registry-url", reg.url,
+                          "--repository", REPO, "--tag", TAG, "--registry-name", "threads-a"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"threads-a-{REPO}-{TAG}"])),
+                                    sort=FlowRunSort.START_TIME_DESC, limit=1)[0]
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+    staged = [l.message for l in logs if l.message.startswith("staged bundle file")]
+    assert len(staged) >= 2, "\n".join(l.message for l in logs)  # the blobs copied, each from its thread
+    assert "attempted to send logs to the API without a flow run id" not in err
