@@ -461,6 +461,9 @@ def hash_fd(fd: int, *, what: str, expected: Optional[Digest], expected_size: in
     advise_sequential(fd)
     h = new_hasher()
     done = _hash_range(fd, h, 0, size, what, progress, read_ahead=True)
+    now = os.fstat(fd).st_size
+    if now != size:  # written to while it was hashed: what was hashed is not what is there
+        raise SizeMismatch(what, expected_size, now)
     actual = Digest("sha256", h.hexdigest())
     if expected is not None and actual != expected:
         raise DigestMismatch(what, expected, actual, done)

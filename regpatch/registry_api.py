@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Optional, TypeVar, Union
 from urllib.parse import urlsplit, urlunsplit
-from urllib.request import getproxies, proxy_bypass
+from urllib.request import getproxies
 
 import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
@@ -425,12 +425,12 @@ def _unverified_context() -> ssl.SSLContext:
     return ctx
 
 
-def _proxied(scheme: str, host: str) -> bool:
-    """Whether the environment sends requests to this host through a proxy (then only
-    httpx, which honours the proxy settings, talks to it)."""
+def _proxied() -> bool:
+    """Whether the environment names any proxy: then only httpx, which applies its own
+    NO_PROXY rules, talks to the registry (urllib's rules differ in corner cases, and a
+    required proxy must never be bypassed)."""
     try:
-        proxies = getproxies()
-        return bool(proxies.get(scheme) or proxies.get("all")) and not proxy_bypass(host)
+        return bool(getproxies())
     except Exception:  # noqa: BLE001 (an odd proxy setting: take the safe path)
         return True
 
@@ -524,7 +524,7 @@ class RegistryClient:
         self._ssl_context: Optional[ssl.SSLContext] = None
         if parts.scheme == "https":
             self._ssl_context = verify if isinstance(verify, ssl.SSLContext) else _unverified_context()
-        self._direct = not _proxied(parts.scheme, parts.hostname or "")
+        self._direct = not _proxied()
         self._http = httpx.Client(verify=verify, timeout=httpx.Timeout(timeout),
                                   follow_redirects=False,
                                   headers={"User-Agent": "regpatch", "Accept-Encoding": "identity"})
@@ -917,8 +917,8 @@ class RegistryClient:
         again through httpx, which retries, authenticates and words the errors.
         Only a digest mismatch of a complete body is a fact here: it is raised.
         """
-        if not self._direct:
-            return None
+        if not self._direct or not url.isascii():
+            return None  # (http.client would not encode a non-ASCII host or path as httpx does)
         parts = urlsplit(url)
         auth, _ = self._auth_header(scope)
         headers = {"User-Agent": "regpatch", "Accept-Encoding": "identity", "Host": parts.netloc, **auth}
@@ -931,7 +931,7 @@ class RegistryClient:
             try:
                 conn.request("GET", parts.path, headers=headers)
                 resp = conn.getresponse()
-            except (OSError, http.client.HTTPException):
+            except (OSError, ValueError, http.client.HTTPException):
                 return None
             if (resp.status != 200 or resp.length != desc.size
                     or resp.getheader("transfer-encoding") is not None
@@ -943,9 +943,10 @@ class RegistryClient:
             done = 0
             while done < desc.size:
                 interrupt.check()
-                try:
-                    n = resp.readinto(view)
-                except (OSError, http.client.HTTPException):
+                try:  # one recv at a time (readinto1): a stop request is seen as bytes arrive,
+                    # not only once 4 MiB have (a slow or trickling registry)
+                    n = resp.fp.readinto1(view[:min(len(buf), desc.size - done)])
+                except (OSError, ValueError, http.client.HTTPException):
                     return None
                 if not n:
                     return None  # cut short: the httpx path retries and says so

@@ -30,6 +30,7 @@ holds explicit ones; they are never part of a repr, a log line or an error.
 
 from __future__ import annotations
 
+import contextvars
 import io
 import logging
 import os
@@ -673,7 +674,7 @@ class S3ObjectReader(io.RawIOBase):
         while len(self._parts) < opts.concurrency + 1 and self._next_part < self.size:
             first = self._next_part
             last = min(first + opts.part_size, self.size) - 1
-            self._parts.append(self._pool.submit(self._get_part, first, last))
+            self._parts.append(self._pool.submit(contextvars.copy_context().run, self._get_part, first, last))
             self._next_part = last + 1
 
     def _get_part(self, first: int, last: int) -> bytes:

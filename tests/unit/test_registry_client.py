@@ -453,6 +453,15 @@ class _BlobServer:
                     return
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
+                if mode == "trickle":  # 16 KiB every 0.1 s, each well within the timeout
+                    try:
+                        for i in range(0, len(body), 16384):
+                            self.wfile.write(body[i:i + 16384])
+                            self.wfile.flush()
+                            time.sleep(0.1)
+                    except OSError:
+                        pass
+                    return
                 if mode == "short" or (mode == "short-once" and len(outer.requests) == 1):
                     self.wfile.write(body[: len(body) // 2])
                     self.close_connection = True
@@ -510,13 +519,40 @@ def test_a_body_cut_short_every_time_is_named_truncated():
 
 
 def test_a_proxy_in_the_environment_leaves_the_pull_to_httpx(monkeypatch):
+    """Any proxy setting: httpx alone talks to the registry, with its own NO_PROXY rules
+    (a required proxy is never bypassed)."""
     monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
-    monkeypatch.setenv("no_proxy", "")
-    with _BlobServer(BLOB) as srv:
-        client = fast(srv.url, retries=0)
-        assert client._direct is False
-        client.close()
     monkeypatch.setenv("no_proxy", "127.0.0.1")
     with _BlobServer(BLOB) as srv, fast(srv.url) as client:
+        assert client._direct is False
+        assert client.verify_blob("r", BLOB_DESC) == len(BLOB)  # httpx: no_proxy applies
+    assert len(srv.requests) == 1  # no direct try first
+    monkeypatch.delenv("http_proxy")
+    monkeypatch.delenv("no_proxy")
+    with _BlobServer(BLOB) as srv, fast(srv.url) as client:
         assert client._direct is True
-        assert client.verify_blob("r", BLOB_DESC) == len(BLOB)
+
+
+def test_a_stop_request_ends_a_trickling_direct_pull_at_once():
+    """A registry that sends a little at a time: the stop request is seen as bytes
+    arrive, not once a whole 4 MiB buffer is full."""
+    import threading
+
+    from regpatch import interrupt
+    from regpatch.errors import Interrupted
+
+    with _BlobServer(BLOB, "trickle") as srv, fast(srv.url) as client:
+        threading.Timer(0.5, interrupt.request_stop).start()
+        t0 = time.monotonic()
+        try:
+            with pytest.raises(Interrupted):
+                client.verify_blob("r", BLOB_DESC)
+        finally:
+            interrupt.reset()
+        assert time.monotonic() - t0 < 3
+
+
+def test_a_registry_url_that_is_not_ascii_is_left_to_httpx():
+    with fast(closed_url() + "/pr\u00e4fix", retries=0) as client:
+        with pytest.raises(RegistryUnavailable):
+            client.verify_blob("r", BLOB_DESC)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import io
-import json
 import logging
 import os
 import shutil
@@ -436,3 +435,22 @@ def test_long_files_are_hashed_with_a_reader_thread_and_a_short_read_is_an_error
         with pytest.raises(DigestMismatch):
             hash_fd(f.fileno(), what="blob", expected=Digest.of_bytes(b"x"), expected_size=len(data))
     assert not [t for t in threading.enumerate() if t.name == "hash-reader"]  # no reader left behind
+
+
+def test_a_file_written_to_while_it_is_hashed_is_refused(tmp_path):
+    """What was hashed must be what is there: a file that grew meanwhile is a size mismatch."""
+    from regpatch.digest import hash_fd
+
+    path = tmp_path / "blob"
+    data = os.urandom(3 << 20)
+    path.write_bytes(data)
+
+    def grow(n: int) -> None:
+        if not grow.done:
+            grow.done = True
+            with open(path, "ab") as f:
+                f.write(b"more")
+    grow.done = False
+    with open(path, "rb") as f:
+        with pytest.raises(SizeMismatch):
+            hash_fd(f.fileno(), what="blob", expected=Digest.of_bytes(data), expected_size=len(data), progress=grow)
