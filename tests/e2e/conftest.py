@@ -3,9 +3,15 @@ real Prefect server for the whole session (started on first use)."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from prefect_fixtures import PrefectServer
+
+# Nothing may start a temporary Prefect server behind the user's back, in this process
+# or in a command it runs: without an API, Prefect fails instead of starting one.
+os.environ["PREFECT_SERVER_ALLOW_EPHEMERAL_MODE"] = "false"
 
 
 @pytest.fixture(scope="session")
