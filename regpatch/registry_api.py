@@ -942,14 +942,17 @@ class RegistryClient:
             view = memoryview(buf)
             done = 0
             while done < desc.size:
-                interrupt.check()
-                try:  # one recv at a time (readinto1): a stop request is seen as bytes arrive,
-                    # not only once 4 MiB have (a slow or trickling registry)
-                    n = resp.fp.readinto1(view[:min(len(buf), desc.size - done)])
-                except (OSError, ValueError, http.client.HTTPException):
-                    return None
-                if not n:
-                    return None  # cut short: the httpx path retries and says so
+                want = min(len(buf), desc.size - done)
+                n = 0
+                while n < want:  # fill the buffer one recv at a time (readinto1): a stop request
+                    interrupt.check()  # is seen as bytes arrive, not once 4 MiB have
+                    try:
+                        got = resp.fp.readinto1(view[n:want])
+                    except (OSError, ValueError, http.client.HTTPException):
+                        return None
+                    if not got:
+                        return None  # cut short: the httpx path retries and says so
+                    n += got
                 h.update(view[:n])
                 done += n
                 if progress:
