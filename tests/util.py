@@ -1,4 +1,4 @@
-"""Test helpers: skopeo as an independent client, and a byte-exact tree hash."""
+"""Test helpers: skopeo as an independent client, a byte-exact tree hash, moto's S3 server."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import hashlib
 import os
 import stat
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 # skopeo subcommands that talk to a registry with one side only.
 _ONE_SIDED = {"inspect", "list-tags", "delete", "login", "logout"}
@@ -93,3 +94,17 @@ def tree_hash(path: Path) -> str:
         else:
             h.update(f"O\0{rel}\0{st.st_mode:o}\0".encode())
     return h.hexdigest()
+
+
+@contextmanager
+def moto_server() -> Iterator[str]:
+    """moto's S3 server in a thread on 127.0.0.1 (a free port); yields its URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()

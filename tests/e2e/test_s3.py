@@ -20,7 +20,6 @@ from pathlib import Path
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from faultproxy import FaultProxy
 from regpatch.bundle.s3 import S3Options, S3Source, is_transient
@@ -30,7 +29,7 @@ from regpatch.localregistry import LocalRegistry
 from regpatch.sample import (make_image, make_layer, push_with_skopeo, scenario_servercore,
                              write_oci_layout, write_staged_bundle)
 from regpatch.store import RegistryStore
-from util import skopeo_inspect_digest, skopeo_pull, tree_hash
+from util import moto_server, skopeo_inspect_digest, skopeo_pull, tree_hash
 
 
 REPO, TAG = "servercore", "ltsc2019"
@@ -41,13 +40,8 @@ FAST_RETRIES = ["--s3-wait-initial", "0.01", "--s3-wait-max", "0.05"]
 
 @pytest.fixture(scope="module")
 def moto_url():
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
+    with moto_server() as url:
+        yield url
 
 
 @pytest.fixture

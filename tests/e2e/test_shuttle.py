@@ -20,7 +20,6 @@ from pathlib import Path
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from regpatch.cli import main as regpatch_main
 from regpatch.digest import Digest
@@ -28,7 +27,7 @@ from regpatch.localregistry import LocalRegistry
 from regpatch.sample import make_image, make_layer, push_with_skopeo, write_oci_layout
 from regpatch.shuttle import PARTIAL_DIR, RegistryOptions, make_bundle
 from regpatch.signing import DESCRIPTOR, SIGNATURE, parse_descriptor
-from util import skopeo, skopeo_inspect_digest, skopeo_pull, tree_hash
+from util import moto_server, skopeo, skopeo_inspect_digest, skopeo_pull, tree_hash
 
 # the patch and the make-bundle flow run on the session's Prefect server; the core's log
 # records, routed to the Prefect API once a flow ran, need it too
@@ -321,13 +320,8 @@ def test_resume_from_a_registry_with_range(tmp_path, world, site_contents):
 
 @pytest.fixture(scope="module")
 def moto_url():
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
+    with moto_server() as url:
+        yield url
 
 
 def test_s3_destination_check_and_patch(tmp_path, capsys, monkeypatch, world, site_contents, moto_url):

@@ -20,7 +20,6 @@ import secrets
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from conftest import REPO, TAG, tree_hash
 from faultproxy import FaultProxy
@@ -33,6 +32,7 @@ from regpatch.errors import DigestMismatch, SourceError, UnsafePath, UsageError
 from regpatch.localregistry import free_port
 from regpatch.sample import write_staged_bundle
 from regpatch.store import RegistryStore
+from util import moto_server
 
 FAST = dict(wait_initial=0.01, wait_max=0.02)
 FAST_CLI = ["--s3-wait-initial", "0.01", "--s3-wait-max", "0.02"]
@@ -58,13 +58,8 @@ def aws_env(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def moto_url(aws_env):
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
+    with moto_server() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
