@@ -108,3 +108,10 @@ def moto_server() -> Iterator[str]:
         yield f"http://{host}:{port}"
     finally:
         server.stop()
+
+
+def error_line(err: str) -> str:
+    """The one ``regpatch: error:`` line of a command's stderr (exactly one, or the test fails)."""
+    lines = [l for l in err.splitlines() if l.startswith("regpatch: error:")]
+    assert len(lines) == 1, err
+    return lines[0]

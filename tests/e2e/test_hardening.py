@@ -37,7 +37,7 @@ from regpatch.registry_config import url_policy_from_config
 from regpatch.sample import push_with_skopeo
 from regpatch.store import RegistryStore
 from test_registry_api import ISSUER, SERVICE, CustomRegistry, TokenServer, self_signed, write_pem
-from util import skopeo_inspect_digest, skopeo_pull, tree_hash
+from util import error_line, skopeo_inspect_digest, skopeo_pull, tree_hash
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -54,12 +54,6 @@ def run(capsys, *args) -> tuple[int, str, str]:
 def patch(capsys, registry, bundle, *extra, repository=REPO, tag=TAG):
     return run(capsys, bundle, "--storage", registry.root, "--registry-url", registry.url,
                "--repository", repository, "--tag", tag, *extra)
-
-
-def error_line(err: str) -> str:
-    lines = [l for l in err.splitlines() if l.startswith("regpatch: error:")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def assert_refused(capsys, registry, scenario, tmp_path, bundle, *extra, code, needle,

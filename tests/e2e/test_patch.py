@@ -18,7 +18,7 @@ import pytest
 from regpatch.cli import main as regpatch_main
 from regpatch.sample import (make_image, make_index, make_layer, push_with_skopeo, scenario_servercore,
                              write_oci_layout)
-from util import skopeo_inspect_digest, skopeo_inspect_raw, skopeo_pull, tree_hash
+from util import error_line, skopeo_inspect_digest, skopeo_inspect_raw, skopeo_pull, tree_hash
 
 
 
@@ -38,12 +38,6 @@ def patch(capsys, registry, bundle, *extra, repository=REPO, tag=TAG) -> tuple[i
 
 def storage_hash(registry) -> str:
     return tree_hash(registry.root / "docker")
-
-
-def error_line(err: str) -> str:
-    lines = [l for l in err.splitlines() if l.startswith("regpatch: error:")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 # -- the happy paths ------------------------------------------------------------

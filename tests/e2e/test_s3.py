@@ -29,7 +29,7 @@ from regpatch.localregistry import LocalRegistry
 from regpatch.sample import (make_image, make_layer, push_with_skopeo, scenario_servercore,
                              write_oci_layout, write_staged_bundle)
 from regpatch.store import RegistryStore
-from util import moto_server, skopeo_inspect_digest, skopeo_pull, tree_hash
+from util import error_line, moto_server, skopeo_inspect_digest, skopeo_pull, tree_hash
 
 
 REPO, TAG = "servercore", "ltsc2019"
@@ -126,12 +126,6 @@ def patch(capsys, registry, bundle, *extra) -> tuple[int, str, str]:
                           *map(str, extra)])
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def error_line(err: str) -> str:
-    lines = [l for l in err.splitlines() if l.startswith("regpatch: error:")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def assert_no_secret(aws_env, *texts: str) -> None:

@@ -22,8 +22,9 @@ from regpatch.errors import Interrupted, UsageError
 from regpatch.inventory import InventoryError, load_inventory, parse_inventory
 from regpatch.localregistry import free_port
 from regpatch.progress import Progress, human
-from regpatch.rollout import (DRY_RUN, FAILED, NOT_RUN, PATCHED, SKIPPED, RegistryOutcome, RolloutFailed,
+from regpatch.rollout import (DRY_RUN, FAILED, PATCHED, SKIPPED, RegistryOutcome, RolloutFailed,
                               RolloutState, outcome_of, render_markdown, render_table, run_rollout)
+from util import error_line
 
 
 @pytest.fixture
@@ -38,12 +39,6 @@ def run(capsys, *args):
     code = main([str(a) for a in args])
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def error_line(err: str) -> str:
-    lines = [l for l in err.splitlines() if l.startswith("regpatch: error:")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 # --------------------------------------------------------------------------- patch, rollback, history

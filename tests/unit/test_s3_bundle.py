@@ -32,7 +32,7 @@ from regpatch.errors import DigestMismatch, SourceError, UnsafePath, UsageError
 from regpatch.localregistry import free_port
 from regpatch.sample import write_staged_bundle
 from regpatch.store import RegistryStore
-from util import moto_server
+from util import error_line, moto_server
 
 FAST = dict(wait_initial=0.01, wait_max=0.02)
 FAST_CLI = ["--s3-wait-initial", "0.01", "--s3-wait-max", "0.02"]
@@ -118,12 +118,6 @@ def assert_no_secret(aws_env, *texts):
     for text in texts:
         for value in aws_env.values():
             assert value not in text
-
-
-def error_line(err: str) -> str:
-    lines = [l for l in err.splitlines() if l.startswith("regpatch: error:")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 # -- the whole patch from S3 ---------------------------------------------------------
