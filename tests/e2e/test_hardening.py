@@ -162,23 +162,22 @@ def _look_alike_key(bundle: Path) -> str:
     return "Go's encoding/json reads it as 'layers'"
 
 
-def _deep_config(bundle: Path) -> str:
-    config = b'{"architecture":"amd64","os":"windows","x":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+def _replace_config(bundle: Path, config: bytes) -> None:
+    """Write a new config and point the manifest at it (digest and size)."""
     (bundle / CONFIG).write_bytes(config)
 
     def edit(doc):
         doc["config"]["digest"], doc["config"]["size"] = str(Digest.of_bytes(config)), len(config)
     edit_manifest(bundle, edit)
+
+
+def _deep_config(bundle: Path) -> str:
+    _replace_config(bundle, b'{"architecture":"amd64","os":"windows","x":' + b"[" * 100_000 + b"]" * 100_000 + b"}")
     return "nested more than 64 levels"
 
 
 def _duplicate_config_key(bundle: Path) -> str:
-    config = (bundle / CONFIG).read_bytes().replace(b'"os":', b'"OS":"linux","os":', 1)
-    (bundle / CONFIG).write_bytes(config)
-
-    def edit(doc):
-        doc["config"]["digest"], doc["config"]["size"] = str(Digest.of_bytes(config)), len(config)
-    edit_manifest(bundle, edit)
+    _replace_config(bundle, (bundle / CONFIG).read_bytes().replace(b'"os":', b'"OS":"linux","os":', 1))
     return "differ only in letter case"
 
 
