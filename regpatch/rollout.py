@@ -3,7 +3,7 @@
 ``run_rollout`` is the whole orchestration in plain Python: waves in the order
 their groups first appear, up to ``max_parallel`` registries of a wave at once, a
 wave with a failed registry stops the later waves, registries that finished this
-bundle in an earlier run are skipped. How one registry is patched is the caller's
+bundle in an earlier run are skipped while their storage still shows it. How one registry is patched is the caller's
 ``patch_one`` (the engine here, or a Prefect deployment run on the registry's
 host); it never raises. The command line runs it without Prefect; the rollout
 flow runs it with each registry as a task run.
@@ -30,9 +30,12 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+from .digest import Digest
 from .errors import Interrupted, RegpatchError, UsageError
 from .inventory import Inventory, RegistryEntry
 from .progress import human
+from .reference import Repository, Tag
+from .store import RegistryStore
 
 log = logging.getLogger("regpatch.rollout")
 MAX_PARALLEL = 32
@@ -181,6 +184,18 @@ class RolloutState:
             return RegistryOutcome.from_dict(d)
         return None
 
+    def storage_shows(self, entry: RegistryEntry) -> bool:
+        """Whether the registry's storage, readable from here, still has the tag on this
+        bundle's digest with its manifest blob: the state file only remembers, the storage
+        decides (a storage re-created at the same path must never be skipped)."""
+        try:
+            store = RegistryStore(entry.storage)
+            digest = Digest.parse(self.digest)
+            return (store.current_tag(Repository.parse(self.repository), Tag.parse(self.tag)) == digest
+                    and store.blob_size(digest) is not None)
+        except (RegpatchError, OSError, ValueError):
+            return False
+
     def record(self, outcome: RegistryOutcome) -> None:
         with self._lock:
             if outcome.status in (SKIPPED, NOT_RUN, DRY_RUN):
@@ -225,6 +240,11 @@ def run_rollout(entries: list[RegistryEntry], patch_one: PatchOne, *, state: Rol
         todo: list[RegistryEntry] = []
         for e in members:
             earlier = None if dry_run else state.finished(e.name)
+            if earlier and not e.work_pool and not state.storage_shows(e):
+                log.warning("%s: an earlier run of this rollout finished it, but its storage no longer "
+                            "shows %s:%s at %s (re-created, restored or changed since): patched again",
+                            e.name, state.repository, state.tag, state.digest)
+                earlier = None
             if earlier:
                 outcomes[e.name] = RegistryOutcome(e.name, e.wave, e.where, SKIPPED, old=earlier.old,
                                                    new=earlier.new, note="done in an earlier run")

@@ -59,6 +59,23 @@ def test_waves_stop_after_a_failure_and_a_rerun_retries_only_what_did_not_finish
     assert all(current(r) == str(site.new) for r in roots.values())
 
 
+def test_a_storage_recreated_after_a_finished_rollout_is_patched_again(site, fleet, tmp_path, caplog):
+    """The state file only remembers: a registry it calls finished is skipped only while
+    its storage still shows the tag on the bundle's digest."""
+    roots, inv = fleet
+    entries = load_inventory(inv).select()
+    patch_one = engine_patcher(bundle=str(site.scenario["staged"]), repository=REPO, tag=TAG)
+    state = lambda: RolloutState(tmp_path / "state", REPO, TAG, str(site.new))  # noqa: E731
+    assert all(o.status == PATCHED for o in run_rollout(entries, patch_one, state=state()))
+    shutil.rmtree(roots["a"])  # restored from last month's backup: the old image again
+    shutil.copytree(site.root, roots["a"])
+    shutil.rmtree(roots["b"] / "docker/registry/v2/blobs")  # b: its manifest blob is gone
+    outcomes = {o.name: o for o in run_rollout(entries, patch_one, state=state())}
+    assert (outcomes["a"].status, outcomes["b"].status, outcomes["c"].status) == (PATCHED, PATCHED, SKIPPED)
+    assert all(current(r) == str(site.new) for r in roots.values())
+    assert "a: an earlier run of this rollout finished it, but its storage no longer shows" in caplog.text
+
+
 def test_cli_rollout_runs_here_without_prefect(site, fleet, capsys, monkeypatch):
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     monkeypatch.setenv("PREFECT_HOME", str(site.root / "no-prefect"))
