@@ -98,6 +98,10 @@ def _route_core_logs() -> None:
             logger.addFilter(ONE_TRACEBACK)
 
 
-import prefect  # noqa: E402,F401  (importing Prefect configures its logging first)
+# `import prefect` is lazy: Prefect configures its logging (the handlers of
+# "prefect.extra" that the core's logger borrows) when prefect.main is imported.
+# Without this, the routing depends on which module happened to import it first,
+# and the core's lines silently stay out of the run logs.
+import prefect.main  # noqa: E402,F401
 
 _route_core_logs()

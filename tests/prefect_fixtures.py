@@ -1,7 +1,5 @@
 """Prefect for the end-to-end tests: one real ``prefect server start`` on 127.0.0.1."""
 
-import pytest
-
 
 class PrefectServer:
     """A real ``prefect server start`` on 127.0.0.1 with its own PREFECT_HOME."""

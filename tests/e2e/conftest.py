@@ -21,6 +21,11 @@ def prefect_server(tmp_path_factory):
     try:
         yield server
     finally:
+        # the last run logs still queued in this process go out while the server listens
+        # (otherwise Prefect reports "Error logging to API" at exit)
+        import sys
+        if "prefect.logging.handlers" in sys.modules:
+            sys.modules["prefect.logging.handlers"].APILogWorker.drain_all(timeout=10)
         server.stop()
 
 

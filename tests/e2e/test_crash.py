@@ -17,7 +17,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 
 from regpatch.sample import make_image, make_layer, push_with_skopeo, write_oci_layout, write_staged_bundle
 from util import skopeo, skopeo_inspect_digest

@@ -22,7 +22,7 @@ from regpatch.localregistry import LocalRegistry
 from regpatch.reference import Repository, Tag
 from regpatch.sample import make_image, make_layer, push_with_skopeo, scenario_servercore, write_oci_layout, \
     write_staged_bundle
-from util import skopeo, skopeo_inspect_digest, skopeo_pull, tree_hash
+from util import skopeo_inspect_digest, skopeo_pull, tree_hash
 
 REPO, TAG = "servercore", "ltsc2019"
 REGPATCH = str(Path(sys.executable).with_name("regpatch"))

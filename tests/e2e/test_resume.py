@@ -9,7 +9,6 @@ import sys
 import threading
 from pathlib import Path
 
-import pytest
 
 from regpatch.cli import main as regpatch_main
 from regpatch.layout import Layout

@@ -56,6 +56,29 @@ def rollout(capsys, bundle, inventory, *extra) -> tuple[int, str, str]:
     return code, out, err
 
 
+def run_logs(names: list[str], until, timeout: float = 30.0) -> list[str]:
+    """The log messages on the server of the newest flow run of each name. Prefect sends
+    logs from a background worker in batches, so the last lines of a run reach the server
+    a moment after the run returns: poll until `until(messages)` holds or the time is up
+    (then return what is there, for the assertion to show)."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        runs = [client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name])),
+                                      sort=FlowRunSort.START_TIME_DESC, limit=1)[0] for name in names]
+        while True:
+            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[r.id for r in runs])))
+            messages = [l.message for l in logs]
+            if until(messages) or time.monotonic() > deadline:
+                return messages
+            time.sleep(0.5)
+
+
 def row(out: str, name: str) -> str:
     lines = [l for l in out.splitlines() if l.split(" ", 1)[0] == name]
     assert len(lines) == 1, out
@@ -227,16 +250,8 @@ def test_one_traceback_at_most_per_failure_in_the_run_logs(capsys, tmp_path, fle
     code, out, err = rollout(capsys, scenario["staged"], inv, "--state-dir", tmp_path / "state")
     assert code == 7 and "127.0.0.1:9" in row(out, "site-a")
     # what the UI shows: the logs of the rollout run and of site-a's patch run, on the server
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, LogFilter, LogFilterFlowRunId
-    from prefect.client.schemas.sorting import FlowRunSort
-
-    with get_client(sync_client=True) as client:
-        runs = [client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name])),
-                                      sort=FlowRunSort.START_TIME_DESC, limit=1)[0]
-                for name in (f"rollout-{REPO}-{TAG}", f"site-a-{REPO}-{TAG}")]
-        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[r.id for r in runs])))
-    text = "\n".join(l.message for l in logs)
+    text = "\n".join(run_logs([f"rollout-{REPO}-{TAG}", f"site-a-{REPO}-{TAG}"],
+                               until=lambda m: any("127.0.0.1:9" in x for x in m)))
     assert "127.0.0.1:9" in text and "Traceback" not in text, text
 
 
@@ -274,14 +289,8 @@ def test_lines_logged_by_the_blob_threads_reach_the_run_logs(capsys, fleet, scen
                           "--repository", REPO, "--tag", TAG, "--registry-name", "threads-a"])
     out, err = capsys.readouterr()
     assert code == 0, err
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, LogFilter, LogFilterFlowRunId
-    from prefect.client.schemas.sorting import FlowRunSort
-
-    with get_client(sync_client=True) as client:
-        run = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"threads-a-{REPO}-{TAG}"])),
-                                    sort=FlowRunSort.START_TIME_DESC, limit=1)[0]
-        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
-    staged = [l.message for l in logs if l.message.startswith("staged bundle file")]
-    assert len(staged) >= 2, "\n".join(l.message for l in logs)  # the blobs copied, each from its thread
+    messages = run_logs([f"threads-a-{REPO}-{TAG}"],
+                        until=lambda m: sum(x.startswith("staged bundle file") for x in m) >= 2)
+    staged = [m for m in messages if m.startswith("staged bundle file")]
+    assert len(staged) >= 2, "\n".join(messages)  # the blobs copied, each from its thread
     assert "attempted to send logs to the API without a flow run id" not in err

@@ -12,7 +12,6 @@ import tarfile
 
 import pytest
 
-from conftest import REPO, TAG, tree_hash
 from regpatch import engine
 from regpatch.bundle.formats import load_bundle
 from regpatch.bundle.source import LocalFolderSource, open_source

@@ -25,7 +25,6 @@ from regpatch.bundle.gzipper import compress_stream
 from regpatch.bundle.inspect import inspect_bundle
 from regpatch.bundle.source import open_source
 from regpatch.bundle.tarstream import TarError, TarReader, index_tar
-from regpatch.digest import Digest
 from regpatch.errors import (BundleError, DigestMismatch, ManifestError, UnknownBundleFormat, UnsafePath,
                              UsageError)
 from regpatch.manifest import DOCKER_FOREIGN_LAYER

@@ -488,7 +488,6 @@ def test_a_signed_bundle_taken_with_consume_resumes(bundle, site, keys, imgs, tm
     it staged; the same command again accepts the bundle without it (the note at the bundle's
     root says it was taken, the storage holds it) and finishes."""
     from regpatch import engine
-    from regpatch.errors import VerificationError  # noqa: F401  (the failure below is a storage check)
     from regpatch.target import RegistryTarget
 
     store, _ = site
