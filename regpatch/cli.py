@@ -193,7 +193,9 @@ def _add_rollout_parser(sub) -> None:
     p = sub.add_parser("rollout", help="apply a patch bundle to every registry of an inventory",
                        description="Roll BUNDLE out to REPOSITORY:TAG on the registries of an inventory: "
                                    "groups run as waves, registries of a wave in parallel; registries "
-                                   "that finished in an earlier run are skipped.")
+                                   "that finished in an earlier run are skipped while their storage still shows "
+                                   "the bundle (those with a work_pool are run again on their host, which "
+                                   "re-checks it).")
     p.add_argument("bundle", metavar="BUNDLE", help="staged folder or OCI layout folder")
     p.add_argument("--inventory", required=True, metavar="FILE", help="inventory YAML file")
     p.add_argument("--repository", required=True, metavar="NAME")

@@ -3,7 +3,10 @@
 ``run_rollout`` is the whole orchestration in plain Python: waves in the order
 their groups first appear, up to ``max_parallel`` registries of a wave at once, a
 wave with a failed registry stops the later waves, registries that finished this
-bundle in an earlier run are skipped while their storage still shows it. How one registry is patched is the caller's
+bundle in an earlier run are skipped while their storage (readable here) still
+shows it; a registry patched on its own host (``work_pool``) is run again there,
+where the engine re-checks the storage and an up-to-date one costs a plan and
+no write. How one registry is patched is the caller's
 ``patch_one`` (the engine here, or a Prefect deployment run on the registry's
 host); it never raises. The command line runs it without Prefect; the rollout
 flow runs it with each registry as a task run.
@@ -240,7 +243,12 @@ def run_rollout(entries: list[RegistryEntry], patch_one: PatchOne, *, state: Rol
         todo: list[RegistryEntry] = []
         for e in members:
             earlier = None if dry_run else state.finished(e.name)
-            if earlier and not e.work_pool and not state.storage_shows(e):
+            if earlier and e.work_pool:
+                # its storage is on its host: only a run there can say it still holds the bundle
+                log.info("%s: finished in an earlier run of this rollout; run again on its host, which "
+                         "re-checks the storage (nothing is written when it still shows the bundle)", e.name)
+                earlier = None
+            elif earlier and not state.storage_shows(e):
                 log.warning("%s: an earlier run of this rollout finished it, but its storage no longer "
                             "shows %s:%s at %s (re-created, restored or changed since): patched again",
                             e.name, state.repository, state.tag, state.digest)

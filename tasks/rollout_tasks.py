@@ -4,7 +4,9 @@ Each registry of a rollout is one task run named ``<registry>-<repository>-<tag>
 and tagged ``registry:<name>``, ``repository:<name>``, whose final state is the
 registry's outcome: Completed when it was patched (or was up to date), Failed when
 its patch failed, Cancelled ("NotRun") when an earlier wave failed, Completed
-("Skipped") when an earlier run of the same rollout finished it. The task returns
+("Skipped") when an earlier run of the same rollout finished it and its storage,
+read from here, still shows the bundle (a registry patched on its host is run
+again there, where its storage is re-checked). The task returns
 the outcome inside its state, so ``run_rollout`` gets every outcome while a failed
 registry shows red in the run graph; one registry never stops or harms the others.
 """

@@ -76,6 +76,35 @@ def test_a_storage_recreated_after_a_finished_rollout_is_patched_again(site, fle
     assert "a: an earlier run of this rollout finished it, but its storage no longer shows" in caplog.text
 
 
+def test_a_registry_patched_on_its_host_is_run_again_there(site, fleet, tmp_path, caplog):
+    """A registry with a work_pool keeps its storage on its host: the state file cannot tell
+    whether that storage still holds the bundle, so a re-run of the rollout runs it again
+    (its host's engine re-checks the storage: up to date, nothing written); the registries
+    whose storage is readable here are still skipped."""
+    roots, _ = fleet
+    entries = [e.model_copy(update={"work_pool": "site-c-pool"}) if e.name == "c" else e
+               for e in load_inventory(fleet[1]).select()]
+    engine_one = engine_patcher(bundle=str(site.scenario["staged"]), repository=REPO, tag=TAG)
+    called: list[str] = []
+
+    def patch_one(entry):  # stands for the host's deployment run: the same engine, on its storage
+        called.append(entry.name)
+        return engine_one(entry)
+
+    state = lambda: RolloutState(tmp_path / "state", REPO, TAG, str(site.new))  # noqa: E731
+    assert all(o.status == PATCHED for o in run_rollout(entries, patch_one, state=state()))
+    called.clear()
+    with caplog.at_level("INFO", logger="regpatch.rollout"):
+        outcomes = {o.name: o for o in run_rollout(entries, patch_one, state=state())}
+    assert called == ["c"]
+    assert (outcomes["a"].status, outcomes["b"].status, outcomes["c"].status) == (SKIPPED, SKIPPED, UP_TO_DATE)
+    assert "c: finished in an earlier run of this rollout; run again on its host" in caplog.text
+    shutil.rmtree(roots["c"])  # the host's storage restored from last month's backup
+    shutil.copytree(site.root, roots["c"])
+    outcomes = {o.name: o for o in run_rollout(entries, patch_one, state=state())}
+    assert outcomes["c"].status == PATCHED and current(roots["c"]) == str(site.new)
+
+
 def test_cli_rollout_runs_here_without_prefect(site, fleet, capsys, monkeypatch):
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     monkeypatch.setenv("PREFECT_HOME", str(site.root / "no-prefect"))
