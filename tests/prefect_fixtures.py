@@ -4,7 +4,7 @@
 class PrefectServer:
     """A real ``prefect server start`` on 127.0.0.1 with its own PREFECT_HOME."""
 
-    def __init__(self, home):
+    def __init__(self, home, database_url=None):
         import sys
         from pathlib import Path
 
@@ -15,6 +15,7 @@ class PrefectServer:
         self.url = f"http://127.0.0.1:{self.port}/api"
         self.exe = str(Path(sys.executable).with_name("prefect"))
         self.proc = None
+        self.database_url = database_url  # None: Prefect's default SQLite file in PREFECT_HOME
 
     def env(self, **extra) -> dict:
         import os
@@ -32,7 +33,8 @@ class PrefectServer:
         log = open(self.home / "server.log", "wb")
         self.proc = subprocess.Popen(
             [self.exe, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
-            env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            env=self.env(**({"PREFECT_API_DATABASE_CONNECTION_URL": self.database_url} if self.database_url else {})),
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
