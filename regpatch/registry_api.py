@@ -453,6 +453,32 @@ def _name(repo: Repository, ref: Union[Tag, Digest]) -> str:
 
 # --------------------------------------------------------------------------- client
 
+class _Shown:
+    """The progress of one blob over its attempts (the direct read, then httpx, then its
+    retries): each attempt counts from zero, and only bytes beyond what an earlier
+    attempt already reported are passed on, so a retried blob is never counted twice."""
+
+    def __init__(self, progress: Optional[Callable[[int], None]]):
+        self.progress = progress
+        self.reported = 0
+
+    def attempt(self) -> "_Attempt":
+        return _Attempt(self)
+
+
+class _Attempt:
+    def __init__(self, shown: _Shown):
+        self.shown = shown
+        self.received = 0
+
+    def __call__(self, n: int) -> None:
+        self.received += n
+        s = self.shown
+        if s.progress and self.received > s.reported:
+            s.progress(self.received - s.reported)
+            s.reported = self.received
+
+
 class RegistryClient:
     """A client of one registry's v2 API. Thread-safe; use as a context manager.
 
@@ -845,21 +871,17 @@ class RegistryClient:
         short: list[Optional[int]] = [None]
 
         first = [True]
+        shown = _Shown(progress)
 
         def attempt() -> Optional[int]:
             short[0] = None
             if first[0]:
                 first[0] = False
-                n = self._direct_verify(url, scope, desc, what, progress)
+                n = self._direct_verify(url, scope, desc, what, shown.attempt())
                 if n is not None:
                     return n
             resp = self._send_authorized("GET", url, scope=scope, follow_redirects=True)
-            counted = [0]
-
-            def count(n: int) -> None:
-                counted[0] += n
-                if progress:
-                    progress(n)
+            count = shown.attempt()
 
             try:
                 if resp.status_code == 404:
@@ -877,7 +899,7 @@ class RegistryClient:
                                          expected=desc.digest, expected_size=desc.size,
                                          progress=count)
                 except httpx.RemoteProtocolError:
-                    short[0] = counted[0]
+                    short[0] = count.received
                     raise
                 return n
             finally:
