@@ -332,9 +332,9 @@ _FINAL_GC_SKIPPED = False
 def _skip_final_gc() -> None:
     """At the very end of a process that imported Prefect and ran a flow, the interpreter's
     last garbage collection walks a heap of a few hundred thousand objects: about 0.5 s
-    after everything is done (bench/startup.py). Freezing the heap in the last exit
-    handler skips that walk; Prefect's log and event workers have been drained and every
-    other exit handler has run by then (the handler registered first runs last)."""
+    after everything is done (bench/startup.py). Freezing the heap in an exit handler
+    skips that walk and nothing else: every exit handler still runs (Prefect's, which
+    drain its log and event workers, are registered later and run before this one)."""
     global _FINAL_GC_SKIPPED
     if not _FINAL_GC_SKIPPED:
         import atexit
