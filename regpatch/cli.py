@@ -193,9 +193,8 @@ def _add_rollout_parser(sub) -> None:
     p = sub.add_parser("rollout", help="apply a patch bundle to every registry of an inventory",
                        description="Roll BUNDLE out to REPOSITORY:TAG on the registries of an inventory: "
                                    "groups run as waves, registries of a wave in parallel; registries "
-                                   "that finished in an earlier run are skipped while their storage still shows "
-                                   "the bundle (those with a work_pool are run again on their host, which "
-                                   "re-checks it).")
+                                   "are checked again on a re-run (nothing is written where the bundle is complete), "
+                                   "except those rolled back since.")
     p.add_argument("bundle", metavar="BUNDLE", help="staged folder or OCI layout folder")
     p.add_argument("--inventory", required=True, metavar="FILE", help="inventory YAML file")
     p.add_argument("--repository", required=True, metavar="NAME")
@@ -241,7 +240,7 @@ def run_deployments(args: argparse.Namespace) -> None:
 
     if args.repository:
         Repository.parse(args.repository)
-    only = [n.strip() for v in (args.only or []) for n in v.split(",") if n.strip()] or None
+    only = _only_names(args)
     inventory = load_inventory(args.inventory)
     for e in inventory.select(only):  # deployment parameters are stored in Prefect's database
         refuse_inline_credentials(f"inventory entry {e.name!r} verify_command", e.verify_command)
@@ -344,6 +343,19 @@ def _skip_final_gc() -> None:
         _FINAL_GC_SKIPPED = True
 
 
+def _only_names(args: argparse.Namespace) -> Optional[list[str]]:
+    """The registry names of ``--only`` (comma-separated, repeatable; spaces around a name
+    are dropped, nothing else is); None when ``--only`` is not given. Given, it must name
+    at least one registry: an empty ``--only ""`` never means the whole fleet."""
+    if args.only is None:
+        return None
+    names = [n.strip(" ") for v in args.only for n in v.split(",") if n.strip(" ")]
+    if not names:
+        raise UsageError("--only names no registry; give the names of the registries to patch, "
+                         "or leave --only out for all of them")
+    return names
+
+
 def _use_prefect(args: argparse.Namespace) -> Optional[str]:
     if getattr(args, "local", False):
         return None
@@ -443,7 +455,7 @@ def run_rollout(args: argparse.Namespace):
     if args.verify_command is not None and "{ref}" not in args.verify_command:
         raise UsageError("the verify command must contain {ref}, where the image reference goes")
     inventory = load_inventory(args.inventory)  # an invalid inventory fails here, before anything runs
-    only = [n.strip() for v in (args.only or []) for n in v.split(",") if n.strip()] or None
+    only = _only_names(args)
     entries = inventory.select(only)
     api = _use_prefect(args)
     pooled = [e.name for e in entries if e.work_pool]

@@ -2,20 +2,22 @@
 
 ``run_rollout`` is the whole orchestration in plain Python: waves in the order
 their groups first appear, up to ``max_parallel`` registries of a wave at once, a
-wave with a failed registry stops the later waves, registries that finished this
-bundle in an earlier run are skipped while their storage (readable here) still
-shows it; a registry patched on its own host (``work_pool``) is run again there,
-where the engine re-checks the storage and an up-to-date one costs a plan and
-no write. How one registry is patched is the caller's
-``patch_one`` (the engine here, or a Prefect deployment run on the registry's
+wave with a failed registry stops the later waves. A re-run patches every registry
+again: the engine re-checks its storage (on its host for a ``work_pool``) and writes
+nothing where the bundle is already complete, so a storage re-created, restored,
+garbage-collected or damaged since is repaired; only a registry rolled back since
+this rollout patched it (the storage's history says so) is left as it is. How one
+registry is patched is the caller's ``patch_one`` (the engine here, or a Prefect deployment run on the registry's
 host); it never raises. The command line runs it without Prefect; the rollout
 flow runs it with each registry as a task run.
 
-The state file remembers which registries already carry a bundle, so that
-running the same rollout again retries only the registries that did not
-finish. It is a small JSON file per (repository, tag, bundle digest) in the
+The state file remembers which registries this rollout finished (for the
+rollback rule above, and for the operator); it never makes a run skip a
+check of the storage. It is a small JSON file per (repository, tag, bundle digest) in the
 state folder (``--state-dir``, by default ``.regpatch-rollouts/`` beside the
-inventory), written atomically after every registry.
+inventory), written once before the first registry (a folder that cannot be
+written fails the rollout before anything changes) and atomically after every
+registry.
 """
 
 from __future__ import annotations
@@ -33,11 +35,9 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from .digest import Digest
 from .errors import Interrupted, RegpatchError, UsageError
 from .inventory import Inventory, RegistryEntry
 from .progress import human
-from .reference import Repository, Tag
 from .store import RegistryStore
 
 log = logging.getLogger("regpatch.rollout")
@@ -114,7 +114,7 @@ class RolloutFailed(RegpatchError):
         msg = f"{len(failed)} of {len(outcomes)} registries failed: {', '.join(failed)}"
         if not_run:
             msg += f"; not run (an earlier wave failed): {', '.join(not_run)}"
-        super().__init__(msg + "; run the same rollout again to retry only those")
+        super().__init__(msg + "; run the same rollout again to retry them (the others are only checked)")
 
     def __reduce__(self):
         return (type(self), (self.outcomes,))
@@ -159,26 +159,66 @@ def tag_state(moved: bool, old: Optional[str] = None, error: str = "") -> str:
 
 
 class RolloutState:
-    """The JSON file that remembers which registries finished this rollout."""
+    """The JSON file that remembers which registries finished this rollout.
+
+    It only remembers: it never decides that a registry is done (the storage does, at
+    every run). What it adds is intent: a registry this rollout finished and that was
+    rolled back since (``regpatch rollback``, in the storage's history) is not patched
+    again behind the operator's back."""
+
+    MAX_BYTES = 4 << 20  # a few hundred bytes per registry: anything larger is not ours
 
     def __init__(self, state_dir: Path, repository: str, tag: str, digest: str):
         key = hashlib.sha256(f"{repository}\0{tag}\0{digest}".encode()).hexdigest()[:12]
-        safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in f"{repository}-{tag}")
+        # a readable prefix, bounded: a 255-character repository and a 128-character tag
+        # must still make a file name the filesystem takes
+        safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in f"{repository}-{tag}")[:80]
         self.path = Path(state_dir) / f"rollout-{safe}-{key}.json"
         self.repository, self.tag, self.digest = repository, tag, digest
         self._lock = threading.Lock()
-        self.registries: dict[str, dict] = {}
-        if self.path.is_file():
-            try:
-                doc = json.loads(self.path.read_text(encoding="utf-8"))
-                if doc.get("digest") == digest:
-                    self.registries = dict(doc.get("registries") or {})
-            except (OSError, ValueError):
-                self.registries = {}  # unreadable: everything is retried, which is safe
+        self.registries: dict[str, dict] = self._read()
+
+    def _read(self) -> dict[str, dict]:
+        """The finished registries of the file, or nothing when the file is missing, of
+        another bundle, or not what this code writes (it is then rewritten): forgetting
+        costs a re-check of the storage, never a wrong skip."""
+        try:
+            if self.path.is_symlink() or not self.path.is_file():
+                return {}
+            with open(self.path, "rb") as f:
+                raw = f.read(self.MAX_BYTES + 1)
+            if len(raw) > self.MAX_BYTES:
+                raise ValueError(f"larger than {self.MAX_BYTES} bytes")
+            doc = json.loads(raw)
+            if not isinstance(doc, dict) or doc.get("digest") != self.digest:
+                return {}
+            regs = doc.get("registries")
+            if not isinstance(regs, dict):
+                raise ValueError("'registries' is not an object")
+            good = {}
+            for name, d in regs.items():
+                if isinstance(d, dict) and all(isinstance(d.get(k), str) for k in ("group", "where", "status")):
+                    RegistryOutcome.from_dict(d)  # raises TypeError when it is not one
+                    good[name] = d
+            return good
+        except (OSError, ValueError, TypeError, RecursionError) as e:
+            log.warning("rollout state file %s is not usable (%s): every registry is re-checked",
+                        self.path, str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
+            return {}
 
     @staticmethod
     def default_dir(inventory: Path) -> Path:
         return Path(inventory).resolve().parent / STATE_DIR_NAME
+
+    def check_writable(self) -> None:
+        """Write the file once before any registry is patched: a state folder that cannot
+        be written fails the rollout before it changes anything."""
+        with self._lock:
+            try:
+                self._write()
+            except OSError as e:
+                raise UsageError(f"the rollout state folder {self.path.parent} cannot be written "
+                                 f"({e.strerror or type(e).__name__}); give a writable --state-dir") from None
 
     def finished(self, name: str) -> Optional[RegistryOutcome]:
         """The earlier outcome when that registry finished with this bundle."""
@@ -187,17 +227,20 @@ class RolloutState:
             return RegistryOutcome.from_dict(d)
         return None
 
-    def storage_shows(self, entry: RegistryEntry) -> bool:
-        """Whether the registry's storage, readable from here, still has the tag on this
-        bundle's digest with its manifest blob: the state file only remembers, the storage
-        decides (a storage re-created at the same path must never be skipped)."""
+    def rolled_back_since(self, entry: RegistryEntry) -> Optional[str]:
+        """When the storage's history (readable from here) says the tag was last moved by
+        a rollback away from this bundle's digest: that entry's time; else None."""
+        if entry.work_pool:
+            return None
         try:
-            store = RegistryStore(entry.storage)
-            digest = Digest.parse(self.digest)
-            return (store.current_tag(Repository.parse(self.repository), Tag.parse(self.tag)) == digest
-                    and store.blob_size(digest) is not None)
+            from .state import read_history
+
+            entries = read_history(RegistryStore(entry.storage).layout, self.repository, self.tag)
         except (RegpatchError, OSError, ValueError):
-            return False
+            return None
+        if entries and entries[-1].action == "rollback" and entries[-1].old == self.digest:
+            return entries[-1].time
+        return None
 
     def record(self, outcome: RegistryOutcome) -> None:
         with self._lock:
@@ -232,6 +275,8 @@ def run_rollout(entries: list[RegistryEntry], patch_one: PatchOne, *, state: Rol
     """Patch ``entries`` in waves with ``patch_one``; the outcomes in inventory order."""
     if not 1 <= max_parallel <= MAX_PARALLEL:
         raise UsageError(f"--max-parallel must be between 1 and {MAX_PARALLEL}, not {max_parallel}")
+    if not dry_run:
+        state.check_writable()
     outcomes: dict[str, RegistryOutcome] = {}
     stopped_by: Optional[str] = None
     for group, members in Inventory.waves(entries):
@@ -243,22 +288,21 @@ def run_rollout(entries: list[RegistryEntry], patch_one: PatchOne, *, state: Rol
         todo: list[RegistryEntry] = []
         for e in members:
             earlier = None if dry_run else state.finished(e.name)
-            if earlier and e.work_pool:
-                # its storage is on its host: only a run there can say it still holds the bundle
-                log.info("%s: finished in an earlier run of this rollout; run again on its host, which "
-                         "re-checks the storage (nothing is written when it still shows the bundle)", e.name)
-                earlier = None
-            elif earlier and not state.storage_shows(e):
-                log.warning("%s: an earlier run of this rollout finished it, but its storage no longer "
-                            "shows %s:%s at %s (re-created, restored or changed since): patched again",
-                            e.name, state.repository, state.tag, state.digest)
-                earlier = None
+            rolled_back = state.rolled_back_since(e) if earlier else None
+            if rolled_back:
+                outcomes[e.name] = RegistryOutcome(
+                    e.name, e.wave, e.where, SKIPPED, new=earlier.new,
+                    note=f"rolled back since this rollout patched it ({rolled_back}); not patched again "
+                         f"(regpatch patch re-applies it)")
+                continue
             if earlier:
-                outcomes[e.name] = RegistryOutcome(e.name, e.wave, e.where, SKIPPED, old=earlier.old,
-                                                   new=earlier.new, note="done in an earlier run")
-            else:
-                todo.append(e)
-        log.info("wave %r: %d to patch, %d done earlier", group, len(todo), len(members) - len(todo))
+                # the state file only remembers: the engine re-checks every blob and link of the
+                # storage (on the registry's host for a work_pool) and writes nothing when all
+                # are there; a storage re-created, restored, collected or damaged since is repaired
+                log.info("%s: finished in an earlier run of this rollout; its storage is checked again",
+                         e.name)
+            todo.append(e)
+        log.info("wave %r: %d to patch or check, %d rolled back since", group, len(todo), len(members) - len(todo))
         for outcome in _run_wave(todo, patch_one, max_parallel):
             outcomes[outcome.name] = outcome
             if not dry_run:

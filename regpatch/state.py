@@ -236,14 +236,36 @@ def read_history(layout: Layout, repository: Optional[str] = None,
         if not line.strip():
             continue
         try:
-            e = HistoryEntry(**load_json(line.encode(), what=f"{layout.history} line {n}"))
+            e = _history_entry(load_json(line.encode(), what=f"{layout.history} line {n}"))
         except (RegpatchError, ValueError, TypeError):
-            # a line torn by a crash or a full disk during an append: the others still count
+            # a line torn by a crash or a full disk during an append, or not written by
+            # regpatch: the others still count
             log.warning("%s line %d is not a history entry (torn by a crash?); skipped", layout.history, n)
             continue
         if (repository is None or e.repository == repository) and (tag is None or e.tag == tag):
             entries.append(e)
     return entries
+
+
+def _history_entry(doc) -> HistoryEntry:
+    """One history line, checked the way this code writes it: every field a string (``old``
+    may be null), the digests valid; anything else raises ValueError or TypeError."""
+    if not isinstance(doc, dict):
+        raise TypeError("not an object")
+    e = HistoryEntry(**doc)
+    if not all(isinstance(v, str) for k, v in asdict(e).items() if k != "old") or not isinstance(e.old, (str, type(None))):
+        raise TypeError("a field is not a string")
+    Digest.parse(e.new)
+    if e.old is not None:
+        Digest.parse(e.old)
+    return e
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (line breaks, escape sequences) shown as escapes:
+    a value read from a bundle's path or a file can never forge a line of a table or
+    drive the terminal."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def previous_digest(layout: Layout, repo: Repository, tag: Tag, current: Optional[Digest]) -> Optional[Digest]:
@@ -259,7 +281,7 @@ def render_history(entries: list[HistoryEntry]) -> str:
         return "no tag changes recorded"
     rows = [("TIME", "REPOSITORY:TAG", "ACTION", "OLD", "NEW", "SOURCE", "BY")]
     for e in entries:
-        rows.append((e.time, f"{e.repository}:{e.tag}", e.action,
-                     (e.old or "(new tag)")[:19], e.new[:19], e.source, e.actor))
+        rows.append(tuple(printable(c) for c in (e.time, f"{e.repository}:{e.tag}", e.action,
+                                                 (e.old or "(new tag)")[:19], e.new[:19], e.source, e.actor)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows)

@@ -4,9 +4,8 @@ Each registry of a rollout is one task run named ``<registry>-<repository>-<tag>
 and tagged ``registry:<name>``, ``repository:<name>``, whose final state is the
 registry's outcome: Completed when it was patched (or was up to date), Failed when
 its patch failed, Cancelled ("NotRun") when an earlier wave failed, Completed
-("Skipped") when an earlier run of the same rollout finished it and its storage,
-read from here, still shows the bundle (a registry patched on its host is run
-again there, where its storage is re-checked). The task returns
+("Skipped") when it was rolled back since an earlier run of the same rollout
+patched it. The task returns
 the outcome inside its state, so ``run_rollout`` gets every outcome while a failed
 registry shows red in the run graph; one registry never stops or harms the others.
 """
@@ -199,7 +198,7 @@ def outcome_state(outcome: RegistryOutcome) -> State:
 
 
 def show_unrun(outcomes: list[RegistryOutcome], repository: str, tag: str) -> None:
-    """A task run for each registry the rollout did not patch (skipped: done earlier;
+    """A task run for each registry the rollout did not patch (skipped: rolled back since;
     not run: an earlier wave failed), so every registry has its node in the graph."""
 
     for o in outcomes:

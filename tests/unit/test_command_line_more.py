@@ -170,7 +170,7 @@ def test_a_failed_rollout_prints_the_table_and_exits_7(site, capsys, no_api, tmp
     assert "patched" in rows["good"] and "failed" in rows["gone"] and "not-run" in rows["later"]
     assert "is not a directory" in rows["gone"] and "wave 'canary' failed" in rows["later"]
     assert error_line(err) == ("regpatch: error: 1 of 3 registries failed: gone; not run (an earlier wave "
-                               "failed): later; run the same rollout again to retry only those")
+                               "failed): later; run the same rollout again to retry them (the others are only checked)")
     assert site.current() == str(site.old).encode()
 
 

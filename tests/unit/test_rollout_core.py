@@ -11,6 +11,7 @@ from conftest import REPO, TAG
 from regpatch import engine
 from regpatch.cli import main
 from regpatch.inventory import load_inventory
+from regpatch.reference import Repository, Tag
 from regpatch.rollout import (FAILED, NOT_RUN, PATCHED, SKIPPED, UP_TO_DATE, RolloutState, engine_patcher,
                               run_rollout)
 from regpatch.target import RegistryTarget
@@ -55,13 +56,14 @@ def test_waves_stop_after_a_failure_and_a_rerun_retries_only_what_did_not_finish
     shutil.copytree(site.root, roots["b"])
     state = RolloutState(tmp_path / "state", REPO, TAG, str(site.new))
     outcomes = {o.name: o for o in run_rollout(entries, patch_one, state=state, max_parallel=2)}
-    assert (outcomes["a"].status, outcomes["b"].status, outcomes["c"].status) == (SKIPPED, PATCHED, PATCHED)
+    assert (outcomes["a"].status, outcomes["b"].status, outcomes["c"].status) == (UP_TO_DATE, PATCHED, PATCHED)
     assert all(current(r) == str(site.new) for r in roots.values())
 
 
-def test_a_storage_recreated_after_a_finished_rollout_is_patched_again(site, fleet, tmp_path, caplog):
-    """The state file only remembers: a registry it calls finished is skipped only while
-    its storage still shows the tag on the bundle's digest."""
+def test_a_rerun_checks_every_storage_and_repairs_what_changed_since(site, fleet, tmp_path, caplog):
+    """The state file only remembers: a re-run runs the engine on every registry, which
+    writes nothing where the bundle is complete and repairs a storage re-created, restored
+    or damaged since (a missing revision link, a missing layer blob)."""
     roots, inv = fleet
     entries = load_inventory(inv).select()
     patch_one = engine_patcher(bundle=str(site.scenario["staged"]), repository=REPO, tag=TAG)
@@ -69,18 +71,42 @@ def test_a_storage_recreated_after_a_finished_rollout_is_patched_again(site, fle
     assert all(o.status == PATCHED for o in run_rollout(entries, patch_one, state=state()))
     shutil.rmtree(roots["a"])  # restored from last month's backup: the old image again
     shutil.copytree(site.root, roots["a"])
-    shutil.rmtree(roots["b"] / "docker/registry/v2/blobs")  # b: its manifest blob is gone
-    outcomes = {o.name: o for o in run_rollout(entries, patch_one, state=state())}
-    assert (outcomes["a"].status, outcomes["b"].status, outcomes["c"].status) == (PATCHED, PATCHED, SKIPPED)
+    v2 = roots["b"] / "docker/registry/v2"
+    revision = v2 / f"repositories/{REPO}/_manifests/revisions/sha256/{site.new.hex}/link"
+    revision.unlink()  # b: the tag still names the new digest, but the registry cannot serve it
+    import json
+    manifest = json.loads((v2 / f"blobs/sha256/{site.new.hex[:2]}/{site.new.hex}/data").read_bytes())
+    layer = manifest["layers"][-1]["digest"].split(":")[1]
+    layers = [v2 / f"blobs/sha256/{layer[:2]}/{layer}"]
+    shutil.rmtree(layers[0])  # and one of its layers is gone
+    with caplog.at_level("INFO", logger="regpatch.rollout"):
+        outcomes = {o.name: o for o in run_rollout(entries, patch_one, state=state())}
+    assert (outcomes["a"].status, outcomes["b"].status, outcomes["c"].status) == (PATCHED, PATCHED, UP_TO_DATE)
     assert all(current(r) == str(site.new) for r in roots.values())
-    assert "a: an earlier run of this rollout finished it, but its storage no longer shows" in caplog.text
+    assert revision.read_text() == str(site.new) and layers[0].is_dir()
+    assert "c: finished in an earlier run of this rollout; its storage is checked again" in caplog.text
+
+
+def test_a_registry_rolled_back_since_is_not_patched_again(site, fleet, tmp_path):
+    """A rollback after the rollout is the operator's decision: the re-run leaves that
+    registry alone (its storage's history says so) and says how to re-apply it."""
+    roots, inv = fleet
+    entries = load_inventory(inv).select()
+    patch_one = engine_patcher(bundle=str(site.scenario["staged"]), repository=REPO, tag=TAG)
+    state = lambda: RolloutState(tmp_path / "state", REPO, TAG, str(site.new))  # noqa: E731
+    assert all(o.status == PATCHED for o in run_rollout(entries, patch_one, state=state()))
+    engine.rollback(engine.RollbackRequest(Repository(REPO), Tag(TAG), RegistryTarget.resolve(storage=str(roots["b"]))))
+    assert current(roots["b"]) == str(site.old)
+    outcomes = {o.name: o for o in run_rollout(entries, patch_one, state=state())}
+    assert (outcomes["a"].status, outcomes["b"].status, outcomes["c"].status) == (UP_TO_DATE, SKIPPED, UP_TO_DATE)
+    assert "rolled back since this rollout patched it" in outcomes["b"].note
+    assert current(roots["b"]) == str(site.old)
 
 
 def test_a_registry_patched_on_its_host_is_run_again_there(site, fleet, tmp_path, caplog):
-    """A registry with a work_pool keeps its storage on its host: the state file cannot tell
-    whether that storage still holds the bundle, so a re-run of the rollout runs it again
-    (its host's engine re-checks the storage: up to date, nothing written); the registries
-    whose storage is readable here are still skipped."""
+    """A registry with a work_pool keeps its storage on its host: a re-run of the rollout
+    runs it again there (its host's engine re-checks the storage: up to date, nothing
+    written; a storage restored since is patched)."""
     roots, _ = fleet
     entries = [e.model_copy(update={"work_pool": "site-c-pool"}) if e.name == "c" else e
                for e in load_inventory(fleet[1]).select()]
@@ -94,11 +120,8 @@ def test_a_registry_patched_on_its_host_is_run_again_there(site, fleet, tmp_path
     state = lambda: RolloutState(tmp_path / "state", REPO, TAG, str(site.new))  # noqa: E731
     assert all(o.status == PATCHED for o in run_rollout(entries, patch_one, state=state()))
     called.clear()
-    with caplog.at_level("INFO", logger="regpatch.rollout"):
-        outcomes = {o.name: o for o in run_rollout(entries, patch_one, state=state())}
-    assert called == ["c"]
-    assert (outcomes["a"].status, outcomes["b"].status, outcomes["c"].status) == (SKIPPED, SKIPPED, UP_TO_DATE)
-    assert "c: finished in an earlier run of this rollout; run again on its host" in caplog.text
+    outcomes = {o.name: o for o in run_rollout(entries, patch_one, state=state())}
+    assert sorted(called) == ["a", "b", "c"] and outcomes["c"].status == UP_TO_DATE
     shutil.rmtree(roots["c"])  # the host's storage restored from last month's backup
     shutil.copytree(site.root, roots["c"])
     outcomes = {o.name: o for o in run_rollout(entries, patch_one, state=state())}
@@ -117,7 +140,7 @@ def test_cli_rollout_runs_here_without_prefect(site, fleet, capsys, monkeypatch)
     assert all(current(r) == str(site.new) for r in roots.values())
     code = main(["rollout", str(site.scenario["staged"]), "--inventory", str(inv), "--repository", REPO,
                  "--tag", TAG])
-    assert code == 0 and capsys.readouterr().out.count("skipped") == 3
+    assert code == 0 and capsys.readouterr().out.count("up-to-date") == 3
 
 
 def test_cli_rollout_with_work_pools_needs_an_api(site, fleet, tmp_path, capsys, monkeypatch):
@@ -145,3 +168,59 @@ def test_up_to_date_registry_reports_so(site, fleet, tmp_path):
     patch_one = engine_patcher(bundle=str(site.scenario["staged"]), repository=REPO, tag=TAG)
     [outcome] = run_rollout(entries, patch_one, state=RolloutState(tmp_path / "s", REPO, TAG, str(site.new)))
     assert outcome.status == UP_TO_DATE
+
+
+@pytest.mark.parametrize("content", [
+    b"[]", b"null", b'"str"', b"[" * 200000,
+    b'{"digest": "DIGEST", "registries": {"a": "x"}}',
+    b'{"digest": "DIGEST", "registries": [["a", 1]]}',
+    b'{"digest": "DIGEST", "registries": {"a": {"status": "patched", "new": "DIGEST"}}}',
+    b'{"digest": "DIGEST", "registries": {"a": {"status": "patched", "new": "DIGEST", "group": "g", '
+    b'"where": "local", "name": "a", "bogus": 1, "seconds": "x"}}}',
+])
+def test_a_state_file_that_is_not_ours_is_ignored_with_a_warning(site, fleet, tmp_path, caplog, content):
+    """Whatever the state file holds, the rollout runs and checks every registry; it is
+    rewritten, never trusted."""
+    roots, inv = fleet
+    entries = load_inventory(inv).select()
+    probe = RolloutState(tmp_path / "state", REPO, TAG, str(site.new))
+    probe.path.parent.mkdir(parents=True)
+    probe.path.write_bytes(content.replace(b"DIGEST", str(site.new).encode()))
+    patch_one = engine_patcher(bundle=str(site.scenario["staged"]), repository=REPO, tag=TAG)
+    outcomes = run_rollout(entries, patch_one, state=RolloutState(tmp_path / "state", REPO, TAG, str(site.new)))
+    assert [o.status for o in outcomes] == [PATCHED] * 3
+    assert all(current(r) == str(site.new) for r in roots.values())
+
+
+def test_a_state_folder_that_cannot_be_written_fails_before_any_registry(site, fleet, tmp_path):
+    roots, inv = fleet
+    entries = load_inventory(inv).select()
+    (tmp_path / "state").write_text("a file, not a folder")
+    patch_one = engine_patcher(bundle=str(site.scenario["staged"]), repository=REPO, tag=TAG)
+    from regpatch.errors import UsageError
+
+    with pytest.raises(UsageError, match="the rollout state folder .* cannot be written .*give a writable --state-dir"):
+        run_rollout(entries, patch_one, state=RolloutState(tmp_path / "state", REPO, TAG, str(site.new)))
+    assert all(current(r) == str(site.old) for r in roots.values())
+
+
+def test_the_state_file_name_is_bounded(tmp_path):
+    state = RolloutState(tmp_path, "a" * 255, "t" * 128, "sha256:" + "0" * 64)
+    assert len(state.path.name) < 120
+    state.check_writable()
+    assert state.path.is_file()
+
+
+@pytest.mark.parametrize("only", ["", ",,,", " "])
+def test_an_empty_only_is_refused_not_the_whole_fleet(site, fleet, capsys, monkeypatch, only):
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setenv("PREFECT_HOME", str(site.root / "no-prefect"))
+    roots, inv = fleet
+    code = main(["rollout", str(site.scenario["staged"]), "--inventory", str(inv), "--repository", REPO,
+                 "--tag", TAG, "--only", only])
+    assert code == 2 and "--only names no registry" in capsys.readouterr().err
+    assert all(current(r) == str(site.old) for r in roots.values())
+    # a name is taken whole: a trailing newline is not trimmed into another registry's name
+    code = main(["rollout", str(site.scenario["staged"]), "--inventory", str(inv), "--repository", REPO,
+                 "--tag", TAG, "--only", "a\n"])
+    assert code == 2 and all(current(r) == str(site.old) for r in roots.values())

@@ -249,6 +249,24 @@ def test_history_is_read_strictly_and_rendered_for_people(site):
     record_history(store, R, T, site.new, site.old, action="rollback", source="after a torn line")
     assert [e.action for e in read_history(layout)] == ["patch", "patch", "rollback"]  # not glued to it
     assert previous_digest(layout, R, T, site.old) == site.new
+    # lines of the right shape but the wrong types or digests are skipped too, never a crash
+    good = read_history(layout)
+    with open(layout.history, "a") as f:
+        f.write('{"time": 1, "repository": "servercore", "tag": "ltsc2019", "old": null, "new": 5, '
+                '"action": "patch", "source": "x", "actor": "y"}\n')
+        f.write('{"time": "t", "repository": "servercore", "tag": "ltsc2019", "old": "sha256:nothex", '
+                f'"new": "{site.new}", "action": "patch", "source": "x", "actor": "y"}}\n[1, 2]\n')
+    assert read_history(layout) == good
+    render_history(read_history(layout))
+
+
+def test_a_history_value_cannot_forge_a_line_or_drive_the_terminal(site):
+    store = RegistryStore(site.root)
+    forged = "evil\n2099-01-01T00:00:00+00:00  servercore:ltsc2019  rollback  FORGED\x1b[31m"
+    record_history(store, R, T, site.new, site.old, action="patch", source=forged)
+    table = render_history(read_history(site.layout))
+    assert len(table.splitlines()) == 1 + len(read_history(site.layout))
+    assert "\x1b" not in table and "evil\\n2099" in table and "FORGED\\x1b[31m" in table
 
 
 def test_the_actor_names_the_user_host_pid_and_flow_run(monkeypatch):
