@@ -69,6 +69,10 @@ def rollback_target(store: RegistryStore, repo: Repository, tag: Tag,
     current = store.current_tag(repo, tag)
     if to is not None:
         return current, to
+    if current is None and store.layout.tag_current_link(repo, tag).exists():
+        raise UsageError(f"the current link of {repo}:{tag} is malformed (the warning above shows it), so the "
+                         "history cannot say which image came before it; name the image to go back to with "
+                         "--to sha256:...")
     prev = previous_digest(store.layout, repo, tag, current)
     if prev is None:
         raise UsageError(f"no earlier digest of {repo}:{tag} is recorded in the history "

@@ -291,7 +291,7 @@ def run_rollout(entries: list[RegistryEntry], patch_one: PatchOne, *, state: Rol
             rolled_back = state.rolled_back_since(e) if earlier else None
             if rolled_back:
                 outcomes[e.name] = RegistryOutcome(
-                    e.name, e.wave, e.where, SKIPPED, new=earlier.new,
+                    e.name, e.wave, e.where, SKIPPED,
                     note=f"rolled back since this rollout patched it ({rolled_back}); not patched again "
                          f"(regpatch patch re-applies it)")
                 continue

@@ -372,7 +372,7 @@ class RegistryStore:
         try:
             return self.read_link(path)
         except MalformedLink as e:
-            log.warning("%s; the patch will replace it", e)
+            log.warning("%s; regpatch replaces it when it moves the tag", e)
             return None
 
     def tags(self, repo: Repository, limit: int = 1000) -> list[Tag]:
@@ -396,19 +396,31 @@ class RegistryStore:
 
     def any_tag(self, prefer: Optional[tuple[Repository, Tag]] = None,
                 max_dirs: int = 10000) -> Optional[tuple[Repository, Tag, Digest]]:
-        """A (repository, tag, digest) the storage holds: ``prefer`` if it is there, else
-        another tag of its repository, else the first tagged repository found (a bounded
-        walk of repositories/). None for a storage with no tag at all."""
+        """A (repository, tag, digest) the registry can serve from this storage (the tag's
+        revision link and manifest blob are there): ``prefer`` if it is, else another tag
+        of its repository, else the first such tag found (a bounded walk of
+        repositories/). None for a storage with no servable tag at all."""
+        def servable(repo: Repository, tag: Tag) -> Optional[Digest]:
+            try:
+                held = self.current_tag(repo, tag)
+                if held is None or self.blob_size(held) is None:
+                    return None
+                if self.read_link(self.layout.revision_link(repo, held)) != held:
+                    return None  # the registry answers MANIFEST_UNKNOWN for it
+            except MalformedLink:
+                return None  # (the patch itself names a malformed link of the patched tag)
+            return held
+
         candidates: list[Repository] = []
         if prefer is not None:
             repo, tag = prefer
-            held = self.current_tag(repo, tag)
+            held = servable(repo, tag)
             if held is not None:
                 return repo, tag, held
             candidates.append(repo)
         for repo in candidates:
             for tag in self.tags(repo):
-                held = self.current_tag(repo, tag)
+                held = servable(repo, tag)
                 if held is not None:
                     return repo, tag, held
         base = self.layout.repositories
@@ -425,7 +437,7 @@ class RegistryStore:
                     dirnames[:] = []
                     continue
                 for tag in self.tags(repo):
-                    held = self.current_tag(repo, tag)
+                    held = servable(repo, tag)
                     if held is not None:
                         return repo, tag, held
             dirnames[:] = [d for d in dirnames if not d.startswith("_")]

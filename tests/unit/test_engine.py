@@ -222,6 +222,10 @@ def test_rollback_goes_back_and_refuses_unknown_images(site):
     # a rollback with nothing recorded before the current digest names --to
     with pytest.raises(UsageError, match="--to"):
         engine.rollback(engine.RollbackRequest(Repository(REPO), Tag("other"), target))
+    # a malformed current link (the registry answers an error for the tag) is named as such
+    site.layout.tag_current_link(Repository(REPO), Tag(TAG)).write_bytes(str(site.old).encode() + b"\r\n")
+    with pytest.raises(UsageError, match="current link of servercore:ltsc2019 is malformed.*--to"):
+        engine.rollback(engine.RollbackRequest(Repository(REPO), Tag(TAG), target))
 
 
 def test_a_killed_run_that_moved_the_tag_is_recorded_by_the_rerun(site, monkeypatch):

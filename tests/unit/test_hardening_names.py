@@ -148,7 +148,7 @@ def test_malformed_current_link_is_replaced_but_os_errors_are_not_swallowed(tmp_
     link.write_bytes(f"sha256:{HEX}\n".encode())
     with caplog.at_level(logging.WARNING, logger="regpatch.store"):
         assert store.current_tag(REPO, TAG) is None
-    assert "the patch will replace it" in caplog.text
+    assert "regpatch replaces it when it moves the tag" in caplog.text
     link.unlink()
     link.mkdir()  # a folder where the link must be: an error of the storage, not a bad link
     with pytest.raises(StorageError) as e:

@@ -70,7 +70,7 @@ def test_a_utf16_tag_link_written_by_powershell_is_replaced_by_the_patch(site, c
         RegistryStore(site.root).read_link(link)
     with caplog.at_level(logging.WARNING, logger="regpatch.store"):
         result = engine.patch(site.request())
-    assert "the patch will replace it" in caplog.text
+    assert "regpatch replaces it when it moves the tag" in caplog.text
     assert result.tag_moved and link.read_bytes() == str(site.new).encode("ascii")
 
 
@@ -431,6 +431,21 @@ def test_the_tag_compared_with_the_registry_is_found_in_the_storage(site):
     empty = site.root.parent / "empty"
     (empty / "docker/registry/v2").mkdir(parents=True)
     assert RegistryStore(empty).any_tag(prefer=(R, T)) is None
+
+
+def test_the_tag_compared_with_the_registry_is_one_it_can_serve(site):
+    """A tag whose revision link or manifest blob is gone (the registry answers
+    MANIFEST_UNKNOWN for it) is never the one compared: another tag is, and a patch can
+    repair the storage instead of calling it another registry's."""
+    store = RegistryStore(site.root)
+    other = Tag("other")
+    store.write_link(site.layout.tag_current_link(R, other), site.old)
+    revision = site.layout.revision_link(R, site.old)
+    revision.unlink()
+    assert store.any_tag(prefer=(R, T)) is None  # both tags name site.old: neither is servable
+    store.write_link(revision, site.old)
+    site.layout.tag_current_link(R, T).write_bytes(b"sha256:" + b"0" * 64 + b"\r\n")  # malformed
+    assert store.any_tag(prefer=(R, T)) == (R, other, site.old)
 
 
 def test_long_files_are_hashed_with_a_reader_thread_and_a_short_read_is_an_error(tmp_path):
