@@ -47,7 +47,7 @@ from .errors import (Interrupted, RegpatchError, StorageMismatch, StorageNotFoun
                      VerificationError)
 from .plan import REPAIR, PatchPlan, make_plan
 from .progress import Progress, human
-from .reference import Repository, Tag
+from .reference import Repository, Tag, normalized_length
 from .registry_api import VerifyReport, run_verify_command
 from .sanitize import SafeText
 from .registry_config import blob_descriptor_cache, url_policy_from_config
@@ -419,11 +419,31 @@ def _plan(request: PatchRequest, store: RegistryStore, loaded: PatchBundle, trus
     _check_repairs(request, plan)
     if request.consume:
         _check_consumable(store, plan)
+    long_name = normalized_length(request.repository.name) > 255
+    if long_name and config and blob_descriptor_cache(config):
+        raise UsageError(_long_name_refused(request.repository, f"the registry's {config} sets "
+                                                                "storage.cache.blobdescriptor"))
     if request.target.url:  # credentials, TLS and "same registry" are proved before the first write
         with request.target.client() as client:
             client.check()
             check_same_registry(store, client, request.repository, request.tag)
+            if long_name and not client.name_accepted(request.repository):
+                raise UsageError(_long_name_refused(request.repository, f"the registry at {client.url} "
+                                                                        "answers HTTP 500 for it"))
+    elif long_name and not config:
+        w = (f"repository name {request.repository.name[:40]}... is {normalized_length(request.repository.name)} "
+             "characters as docker.io/library/NAME: a registry with a blob descriptor cache "
+             "(storage.cache.blobdescriptor) cannot serve it; give --registry-url or --registry-config to check")
+        plan.warnings.append(w)
+        log.warning("%s", w)
     return plan
+
+
+def _long_name_refused(repo: Repository, why: str) -> str:
+    return (f"repository name {repo.name[:40]}... ({len(repo.name)} characters) cannot be served: {why}, "
+            f"and registry 2.8.2 then refuses names longer than 255 characters as docker.io/library/NAME "
+            f"({normalized_length(repo.name)} here; at most 237 characters without a '/', 245 with one "
+            "unless the first component is a host name); nothing was written")
 
 
 def _downgrade_warnings(store: RegistryStore, repo: Repository, tag: Tag, plan: PatchPlan) -> list[str]:

@@ -46,6 +46,19 @@ class Repository:
         return self.name
 
 
+def normalized_length(name: str) -> int:
+    """The length of a repository name as Docker normalises it (``docker.io/library/NAME``
+    for a name without '/', ``docker.io/NAME`` when the first component is not a host
+    name: no '.' or ':' and not ``localhost``). Registry 2.8.2 with a blob descriptor
+    cache refuses a name whose normalised form is longer than 255 characters."""
+    first, slash, _ = name.partition("/")
+    if not slash:
+        return len("docker.io/library/") + len(name)
+    if "." in first or ":" in first or first == "localhost":
+        return len(name)
+    return len("docker.io/") + len(name)
+
+
 @dataclass(frozen=True)
 class Tag:
     name: str

@@ -808,6 +808,23 @@ class RegistryClient:
 
         self._with_retries("GET /v2/", attempt)
 
+    def name_accepted(self, repository: RepoLike) -> bool:
+        """Whether the registry takes the repository name: one ``GET /v2/<name>/tags/list``
+        (no retries; 200 or 404 both mean the name itself is fine). Registry 2.8.2 with a
+        blob descriptor cache answers 500 for a name longer than 255 characters once
+        normalised as ``docker.io/library/<name>``."""
+        repo = Repository.parse(str(repository))
+        try:
+            resp = self._send_authorized("GET", self._api(f"{repo}/tags/list"), scope=f"repository:{repo}:pull")
+        except _RetryableStatus as e:
+            if e.status == 500:
+                return False
+            raise RegistryUnavailable(f"registry at {self.url} answered {e} for the tags of {repo}") from None
+        except httpx.HTTPError as e:
+            raise RegistryUnavailable(f"registry at {self.url} did not answer: {self._reason(e)}") from None
+        resp.close()
+        return True
+
     def get_manifest(self, repository: RepoLike, reference: RefLike, *,
                      accept: Iterable[str] = ALL_MANIFEST_TYPES) -> FetchedManifest:
         """Fetch one manifest's exact bytes; its digest is checked against the

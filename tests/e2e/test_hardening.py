@@ -111,6 +111,24 @@ def test_registry_url_followed_by_a_newline_is_refused(capsys, registry, scenari
     skopeo_pull(registry.host, REPO, TAG, tmp_path / "pulled")
 
 
+def test_a_name_the_registry_would_refuse_is_refused_before_any_write(capsys, registry, scenario, tmp_path):
+    """Registry 2.8.2 with its blob descriptor cache (the session's registry has it)
+    answers HTTP 500 for a name longer than 255 characters as docker.io/library/NAME:
+    238 characters without a '/'. Refused before the first write, through the URL or the
+    registry's config.yml; 237 characters patch and pull."""
+    long_repo = "a" * 238
+    assert_refused(capsys, registry, scenario, tmp_path, scenario["staged"], code=2,
+                   needle="answers HTTP 500 for it", repository=long_repo)
+    before = tree_hash(registry.root / "docker")
+    code, out, err = run(capsys, scenario["staged"], "--registry-config", registry.config_path,
+                         "--repository", "windows/" + "s" * 238, "--tag", TAG)
+    assert code == 2 and "sets storage.cache.blobdescriptor" in error_line(err), err
+    assert tree_hash(registry.root / "docker") == before
+    code, out, err = patch(capsys, registry, scenario["staged"], repository="a" * 237)
+    assert code == 0, err
+    assert skopeo_inspect_digest(registry.host, "a" * 237, TAG) == str(scenario["new"].manifest_digest)
+
+
 def test_longest_valid_names_patch_and_pull(capsys, registry, scenario, tmp_path):
     """A 255-character repository and a 200-character one with a 128-character tag:
     the state folder's lock and journal names stay short."""

@@ -44,6 +44,14 @@ def test_unicode_look_alikes_are_refused(value):
         Tag.parse(value)
 
 
+def test_the_normalised_length_is_dockers():
+    from regpatch.reference import normalized_length
+
+    assert normalized_length("a" * 237) == 255 and normalized_length("a" * 238) == 256
+    assert normalized_length("b/" + "a" * 243) == 255 and normalized_length("b/" + "a" * 244) == 256
+    assert normalized_length("x.y/" + "a" * 251) == 255 == normalized_length("localhost/" + "a" * 245)
+
+
 def test_valid_names_at_their_limits():
     assert Repository.parse("a" * 255).name == "a" * 255
     with pytest.raises(InvalidReference):
