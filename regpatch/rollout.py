@@ -7,13 +7,13 @@ again: the engine re-checks its storage (on its host for a ``work_pool``) and wr
 nothing where the bundle is already complete, so a storage re-created, restored,
 garbage-collected or damaged since is repaired; only a registry rolled back since
 this rollout patched it (the storage's history says so) is left as it is. How one
-registry is patched is the caller's ``patch_one`` (the engine here, or a Prefect deployment run on the registry's
-host); it never raises. The command line runs it without Prefect; the rollout
-flow runs it with each registry as a task run.
+registry is patched is the caller's ``patch_one`` (the engine here, or a Prefect
+deployment run on the registry's host); it never raises. The command line runs it
+without Prefect; the rollout flow runs it with each registry as a task run.
 
 The state file remembers which registries this rollout finished (for the
-rollback rule above, and for the operator); it never makes a run skip a
-check of the storage. It is a small JSON file per (repository, tag, bundle digest) in the
+rollback rule above, and for the operator); it never makes a run skip a check
+of the storage. It is a small JSON file per (repository, tag, bundle digest) in the
 state folder (``--state-dir``, by default ``.regpatch-rollouts/`` beside the
 inventory), written once before the first registry (a folder that cannot be
 written fails the rollout before anything changes) and atomically after every
@@ -203,7 +203,7 @@ class RolloutState:
             return good
         except (OSError, ValueError, TypeError, RecursionError) as e:
             log.warning("rollout state file %s is not usable (%s): every registry is re-checked",
-                        self.path, str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
+                        self.path, (str(e).splitlines() or [type(e).__name__])[0][:200])
             return {}
 
     @staticmethod
