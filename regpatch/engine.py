@@ -454,6 +454,9 @@ def _downgrade_warnings(store: RegistryStore, repo: Repository, tag: Tag, plan: 
         return []
     for e in reversed(read_history(store.layout, repo.name, tag.name)):
         if e.old == str(plan.new) and e.new != str(plan.new):
+            if e.action == "rollback":
+                return [f"{repo}:{tag} was rolled back from {plan.new} to {e.new} on {e.time}: this patch "
+                        "applies the rolled-back image again"]
             return [f"{repo}:{tag} held {plan.new} before and was moved off it on {e.time} ({e.action} to "
                     f"{e.new}): this patch goes back to an older image"]
     return []

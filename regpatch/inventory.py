@@ -16,6 +16,7 @@ position) and the field. Unknown fields are refused (a typo such as
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Optional
@@ -174,11 +175,20 @@ class Inventory(BaseModel):
     @model_validator(mode="after")
     def _unique(self) -> "Inventory":
         seen: dict[str, int] = {}
+        storages: dict[str, int] = {}
         for i, entry in enumerate(self.registries):
             if entry.name in seen:
                 raise ValueError(f"registries[{i}]: name {entry.name!r} is already used by "
                                  f"registries[{seen[entry.name]}]")
             seen[entry.name] = i
+            if entry.work_pool or not entry.storage:
+                continue  # a path on another host: the same path may be another registry there
+            key = os.path.normpath(os.path.abspath(entry.storage))
+            if key in storages:
+                j = storages[key]
+                raise ValueError(f"registries[{i}]: storage {entry.storage!r} is the storage of "
+                                 f"registries[{j}] ({self.registries[j].name!r}) too: one registry, one entry")
+            storages[key] = i
         return self
 
     def select(self, only: Optional[list[str]] = None) -> list[RegistryEntry]:

@@ -203,7 +203,7 @@ def test_rollout_tables_state_and_errors_survive_their_round_trips(tmp_path):
 
 
 def test_a_stop_request_ends_the_rollout_and_errors_never_stop_the_others(site, tmp_path):
-    entries = parse_inventory({"registries": [{"name": n, "storage": "/x"} for n in ("a", "b")]}).select()
+    entries = parse_inventory({"registries": [{"name": n, "storage": f"/x/{n}"} for n in ("a", "b")]}).select()
     state = RolloutState(tmp_path, REPO, TAG, "sha256:" + "2" * 64)
 
     def broken(entry):
@@ -248,6 +248,12 @@ def test_every_inventory_problem_is_reported_at_once_by_entry_and_field(tmp_path
         assert needle in text, (needle, text)
     with pytest.raises(InventoryError, match="registries\\[1\\]: name 'ok-1' is already used by registries\\[0\\]"):
         parse_inventory({"registries": [{"name": "ok-1", "storage": "/a"}, {"name": "ok-1", "storage": "/b"}]})
+    # one storage under two names (a trailing slash, a '.'): one registry patched twice at once
+    with pytest.raises(InventoryError, match="registries\\[1\\]: storage '/a/./b/' is the storage of registries\\[0\\] "
+                                             "\\('ok-1'\\) too"):
+        parse_inventory({"registries": [{"name": "ok-1", "storage": "/a/b"}, {"name": "ok-2", "storage": "/a/./b/"}]})
+    parse_inventory({"registries": [{"name": "h1", "storage": "/srv/registry", "work_pool": "h1"},  # other hosts
+                                    {"name": "h2", "storage": "/srv/registry", "work_pool": "h2"}]})
     with pytest.raises(InventoryError, match="registries: List should have at least 1 item"):
         parse_inventory({"registries": []})
     with pytest.raises(InventoryError, match="is invalid: Input should be a valid dictionary"):

@@ -421,3 +421,17 @@ def test_another_repositorys_blob_is_linked_only_when_the_bundle_proves_it(site,
     # the operator may allow it explicitly
     result = engine.patch(site.request(bundle, repository="other/app", tag="x", allow_cross_repository=True))
     assert result.tag_moved
+
+
+def test_a_patch_back_to_an_earlier_image_says_so_in_the_plan(site):
+    """Re-applying an image the tag was moved off is allowed and said plainly: after a
+    rollback, "applies the rolled-back image again"; after a patch, "goes back to an
+    older image"."""
+    engine.patch(site.request())  # old -> new
+    target = RegistryTarget.resolve(storage=str(site.root))
+    engine.rollback(engine.RollbackRequest(Repository(REPO), Tag(TAG), target))  # new -> old
+    again = engine.patch(site.request())
+    assert any("was rolled back from" in w and "applies the rolled-back image again" in w
+               for w in again.warnings), again.warnings
+    back = engine.patch(site.request(site.scenario["old_layout"]))  # new -> old by a bundle
+    assert any("goes back to an older image" in w for w in back.warnings), back.warnings
