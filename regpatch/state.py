@@ -30,6 +30,7 @@ from .manifest import load_json
 from .faults import checkpoint
 from .layout import Layout
 from .reference import Repository, Tag
+from .sanitize import escape_controls
 
 log = logging.getLogger("regpatch.state")
 
@@ -261,13 +262,6 @@ def _history_entry(doc) -> HistoryEntry:
     return e
 
 
-def printable(text: str) -> str:
-    """``text`` with control characters (line breaks, escape sequences) shown as escapes:
-    a value read from a bundle's path or a file can never forge a line of a table or
-    drive the terminal."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
-
-
 def previous_digest(layout: Layout, repo: Repository, tag: Tag, current: Optional[Digest]) -> Optional[Digest]:
     """The digest the tag pointed at before it became ``current`` (from history)."""
     for e in reversed(read_history(layout, repo.name, tag.name)):
@@ -281,7 +275,7 @@ def render_history(entries: list[HistoryEntry]) -> str:
         return "no tag changes recorded"
     rows = [("TIME", "REPOSITORY:TAG", "ACTION", "OLD", "NEW", "SOURCE", "BY")]
     for e in entries:
-        rows.append(tuple(printable(c) for c in (e.time, f"{e.repository}:{e.tag}", e.action,
+        rows.append(tuple(escape_controls(c) for c in (e.time, f"{e.repository}:{e.tag}", e.action,
                                                  (e.old or "(new tag)")[:19], e.new[:19], e.source, e.actor)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows)

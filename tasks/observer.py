@@ -201,7 +201,8 @@ def publish_summary(result, registry: str, kind: str = "patch") -> None:
 def history_markdown(registry: str, target, repository: Optional[str] = None, tag: Optional[str] = None,
                      limit: int = HISTORY_ENTRIES) -> str:
     """``regpatch history`` of one registry as markdown, newest first."""
-    from regpatch.state import printable, read_history
+    from regpatch.sanitize import escape_controls
+    from regpatch.state import read_history
 
     entries = read_history(target.store().layout, repository, tag)
     which = f" of `{repository}{':' + tag if tag else ''}`" if repository else ""
@@ -213,7 +214,7 @@ def history_markdown(registry: str, target, repository: Optional[str] = None, ta
         for e in reversed(entries[-limit:]):
             cells = (e.time, f"`{e.repository}:{e.tag}`", e.action, f"`{e.old or '(new tag)'}`", f"`{e.new}`",
                      e.source, e.actor)
-            lines.append("| " + " | ".join(printable(str(c)).replace("|", "\\|") for c in cells) + " |")
+            lines.append("| " + " | ".join(escape_controls(str(c)).replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
