@@ -64,10 +64,9 @@ from typing import Callable, Optional
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from regpatch.localregistry import LocalRegistry, free_port  # noqa: E402
-from regpatch.registry_api import RegistryClient  # noqa: E402
-from regpatch.sample import (make_image, make_layer, push_with_skopeo, write_oci_layout,  # noqa: E402
-                             write_staged_bundle)
+from regpatch.demo.images import make_image, make_layer, push_with_skopeo, write_oci_layout, write_staged_bundle
+from regpatch.demo.loopback import LocalRegistry, free_port  # noqa: E402
+from regpatch.registry.client import RegistryClient  # noqa: E402
 
 REPO, TAG, REF = "servercore", "ltsc2019", "ltsc2019"
 CHUNK = 4 << 20

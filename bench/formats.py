@@ -42,14 +42,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from regpatch.apply import install_blobs, verify_blobs  # noqa: E402
-from regpatch.bundle.formats import load_bundle  # noqa: E402
-from regpatch.bundle.source import open_source  # noqa: E402
-from regpatch.localregistry import LocalRegistry  # noqa: E402
-from regpatch.plan import make_plan  # noqa: E402
+from regpatch.bundle.open import (
+    load_bundle,  # noqa: E402
+    open_source,  # noqa: E402
+)
+from regpatch.demo.images import make_image, make_layer, write_oci_layout  # noqa: E402
+from regpatch.demo.loopback import LocalRegistry  # noqa: E402
+from regpatch.engine.apply import install_blobs, verify_blobs  # noqa: E402
+from regpatch.engine.plan import make_plan  # noqa: E402
 from regpatch.reference import Repository, Tag  # noqa: E402
-from regpatch.sample import make_image, make_layer, write_oci_layout  # noqa: E402
-from regpatch.store import RegistryStore  # noqa: E402
+from regpatch.storage.store import RegistryStore  # noqa: E402
 
 
 def skopeo(*args: str) -> None:

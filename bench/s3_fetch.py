@@ -112,7 +112,7 @@ def timed(cmd: list[str], env: dict) -> tuple[float, int, str]:
 
 
 def build_bundle(work: Path, size: int, layers: int) -> Path:
-    from regpatch.sample import make_image, make_layer, write_oci_layout
+    from regpatch.demo.images import make_image, make_layer, write_oci_layout
 
     per = size // layers
     blobs = [make_layer(work / "layers", f"layer{i}.tar.gz", seed=100 + i, size=per, compresslevel=0,

@@ -41,11 +41,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from regpatch.demo.images import make_image, make_layer, push_with_skopeo, write_oci_layout  # noqa: E402
+from regpatch.demo.loopback import LocalRegistry  # noqa: E402
 from regpatch.digest import Digest  # noqa: E402
-from regpatch.localregistry import LocalRegistry  # noqa: E402
 from regpatch.reference import Repository, Tag  # noqa: E402
-from regpatch.sample import make_image, make_layer, push_with_skopeo, write_oci_layout  # noqa: E402
-from regpatch.store import RegistryStore  # noqa: E402
+from regpatch.storage.store import RegistryStore  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("regpatch_bench_common", ROOT / "bench" / "bench.py")
 common = importlib.util.module_from_spec(_spec)
@@ -165,7 +165,7 @@ def main(argv=None) -> int:
         cdoc = json.loads((work / "many.json").read_bytes())
         csize = (work / "many.json").stat().st_size
         t0 = time.perf_counter()
-        from regpatch.contents import read_storage
+        from regpatch.storage.contents import read_storage
         read_storage(storage).to_json()
         core_secs = time.perf_counter() - t0
 

@@ -36,8 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from regpatch.localregistry import LocalRegistry  # noqa: E402
-from regpatch.sample import push_with_skopeo, scenario_servercore  # noqa: E402
+from regpatch.demo.images import push_with_skopeo, scenario_servercore  # noqa: E402
+from regpatch.demo.loopback import LocalRegistry  # noqa: E402
 
 REGPATCH = str(Path(sys.executable).with_name("regpatch"))
 REPO, TAG = "servercore", "ltsc2019"

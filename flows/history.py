@@ -10,7 +10,6 @@ from regpatch.params import RegistryParams, form_terms
 from tasks.observer import history_markdown, label_run, publish_history
 
 
-
 @flow(name="registry-history", log_prints=False, persist_result=False)
 def registry_history(
     registry: RegistryParams,

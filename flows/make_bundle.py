@@ -17,8 +17,9 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from regpatch.progress import Progress, human
-from regpatch.shuttle import BundleReport, RegistryOptions
-from regpatch.shuttle import make_bundle as core_make_bundle
+from regpatch.shuttle.make import BundleReport
+from regpatch.shuttle.make import make_bundle as core_make_bundle
+from regpatch.shuttle.sources import RegistryOptions
 
 
 @task(name="write-bundle", cache_policy=NO_CACHE, persist_result=False)

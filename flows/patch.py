@@ -9,8 +9,15 @@ from pydantic import Field
 
 from regpatch import engine, interrupt
 from regpatch.errors import RegpatchError
-from regpatch.params import (RegistryParams, S3Params, TrustParams, VerifyParams, form_terms, patch_request,
-                             refuse_inline_credentials)
+from regpatch.params import (
+    RegistryParams,
+    S3Params,
+    TrustParams,
+    VerifyParams,
+    form_terms,
+    patch_request,
+    refuse_inline_credentials,
+)
 from tasks import debug_logs
 from tasks.observer import PrefectObserver, label_registry_run, publish_patch, s3_options_for
 

@@ -14,14 +14,13 @@ from typing import Annotated, Optional
 from prefect import flow, get_run_logger
 from pydantic import Field
 
-from regpatch.engine import open_bundle
+from regpatch.engine.patch_run import open_bundle
+from regpatch.fleet.rollout import MAX_PARALLEL, RolloutFailed, RolloutState, render_table, run_rollout
 from regpatch.params import S3Params, form_terms
 from regpatch.reference import Repository, Tag
-from regpatch.rollout import MAX_PARALLEL, RolloutFailed, RolloutState, render_table, run_rollout
 from tasks import debug_logs
 from tasks.observer import label_run, run_name, s3_options_for
-from tasks.rollout_tasks import (find_patch_deployments, patcher, publish_rollout, read_inventory,
-                                 show_unrun)
+from tasks.rollout_tasks import find_patch_deployments, patcher, publish_rollout, read_inventory, show_unrun
 
 NonEmpty = Annotated[str, Field(min_length=1)]
 

@@ -50,7 +50,7 @@ import os
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
-from .sanitize import escape_controls
+from regpatch.sanitize import escape_controls
 
 
 class RegpatchError(Exception):

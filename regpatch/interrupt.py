@@ -21,7 +21,7 @@ import time
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
-from .errors import Interrupted
+from regpatch.errors import Interrupted
 
 _stop = threading.Event()
 _signum: Optional[int] = None

@@ -27,8 +27,8 @@ from itertools import accumulate, count
 from operator import sub
 from typing import Any, Optional, Union
 
-from .digest import Digest
-from .errors import InvalidReference, ManifestError
+from regpatch.digest import Digest
+from regpatch.errors import InvalidReference, ManifestError
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"

@@ -19,12 +19,11 @@ from typing import Iterator, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .digest import Digest
-from .engine import PatchRequest, RollbackRequest
-from .errors import UsageError
-from .reference import Repository, Tag
-from .target import RegistryTarget
-
+from regpatch.digest import Digest
+from regpatch.engine.requests import PatchRequest, RollbackRequest
+from regpatch.errors import UsageError
+from regpatch.reference import Repository, Tag
+from regpatch.registry.target import RegistryTarget
 
 REGISTRY_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
@@ -173,7 +172,7 @@ class S3Params(BaseModel):
 
     def options(self, credentials=None, region: Optional[str] = None):
         """The core's S3Options (``credentials``: from a block, looked up by the caller)."""
-        from .bundle.s3 import S3Options
+        from regpatch.bundle.s3 import S3Options
 
         if self.endpoint_url:
             refuse_inline_credentials("s3 endpoint_url", self.endpoint_url)
@@ -301,7 +300,7 @@ def in_form_terms(message: str) -> str:
 @contextmanager
 def form_terms() -> Iterator[None]:
     """Inside a flow: a RegpatchError raised in the block names form fields, not flags."""
-    from .errors import RegpatchError
+    from regpatch.errors import RegpatchError
 
     try:
         yield

@@ -14,7 +14,7 @@ from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.exceptions import ObjectNotFound
 from prefect.utilities.callables import parameter_schema
 
-from regpatch.deployments import HISTORY, PATCH, ROLLBACK, DeploymentSpec
+from regpatch.fleet.deployments import HISTORY, PATCH, ROLLBACK, DeploymentSpec
 
 
 def _flows() -> dict:

@@ -202,7 +202,7 @@ def history_markdown(registry: str, target, repository: Optional[str] = None, ta
                      limit: int = HISTORY_ENTRIES) -> str:
     """``regpatch history`` of one registry as markdown, newest first."""
     from regpatch.sanitize import escape_controls
-    from regpatch.state import read_history
+    from regpatch.storage.history import read_history
 
     entries = read_history(target.store().layout, repository, tag)
     which = f" of `{repository}{':' + tag if tag else ''}`" if repository else ""

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName
@@ -24,13 +25,21 @@ from prefect.concurrency.sync import concurrency
 from prefect.deployments import run_deployment
 from prefect.states import Cancelled, Completed, Failed, State
 
-from prefect.artifacts import create_markdown_artifact
-
 from regpatch.errors import UsageError
-from regpatch.inventory import RegistryEntry, load_inventory
+from regpatch.fleet.inventory import RegistryEntry, load_inventory
+from regpatch.fleet.rollout import (
+    DRY_RUN,
+    FAILED,
+    NOT_RUN,
+    PATCHED,
+    SKIPPED,
+    UP_TO_DATE,
+    RegistryOutcome,
+    outcome_of,
+    render_markdown,
+    tag_state,
+)
 from regpatch.params import S3Params, VerifyParams
-from regpatch.rollout import (DRY_RUN, FAILED, NOT_RUN, PATCHED, SKIPPED, UP_TO_DATE, RegistryOutcome,
-                              outcome_of, render_markdown, tag_state)
 from tasks.observer import artifact_key, run_name, run_tags
 
 PATCH_FLOW_NAME = "patch-registry"

@@ -8,7 +8,7 @@ class PrefectServer:
         import sys
         from pathlib import Path
 
-        from regpatch.localregistry import free_port
+        from regpatch.demo.loopback import free_port
 
         self.home = Path(home)
         self.port = free_port()

@@ -29,10 +29,21 @@ from abc import ABC, abstractmethod
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Callable, Iterable, Optional
 
-from ..digest import CHUNK, Digest, copy_and_hash
-from ..errors import BundleError, DigestMismatch, SizeMismatch, SourceError, UnknownBundleFormat, UnsafePath
-from .source import BundleSource
-from .tarstream import DIR, FILE, HARDLINK, SYMLINK, TarError, TarMember, TarReader, index_tar, looks_like_tar
+from regpatch.bundle.model import BundleSource
+from regpatch.bundle.tarstream import (
+    DIR,
+    FILE,
+    HARDLINK,
+    SYMLINK,
+    TarError,
+    TarMember,
+    TarReader,
+    index_tar,
+    looks_like_tar,
+)
+from regpatch.digest import CHUNK, Digest
+from regpatch.errors import BundleError, DigestMismatch, SizeMismatch, SourceError, UnknownBundleFormat, UnsafePath
+from regpatch.hashing import copy_and_hash
 
 log = logging.getLogger("regpatch.bundle")
 
@@ -643,7 +654,7 @@ def open_archive(archive: ArchiveFile) -> _ArchiveSource:
 
 def _unknown_file(what: str, head: bytes) -> str:
     """What a file that is no tar seems to be, and what to do with it."""
-    from .source import ACCEPTED_FORMATS
+    from regpatch.bundle.model import ACCEPTED_FORMATS
 
     stripped = head.lstrip()
     if head[:4] == b"PK\x03\x04":

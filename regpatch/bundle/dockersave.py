@@ -42,13 +42,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Optional
 
-from ..digest import Digest
-from ..errors import (BundleError, DigestMismatch, InvalidReference, ManifestError, SourceError,
-                      UsageError)
-from ..manifest import (DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFEST, load_json,
-                        parse_manifest)
-from .gzipper import DEFAULT_LEVEL, compress_stream
-from .source import BundleSource, _safe_name
+from regpatch.bundle.gzipper import DEFAULT_LEVEL, compress_stream
+from regpatch.bundle.model import BundleSource, _safe_name
+from regpatch.digest import Digest
+from regpatch.errors import BundleError, DigestMismatch, InvalidReference, ManifestError, SourceError, UsageError
+from regpatch.manifest import DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFEST, load_json, parse_manifest
 
 log = logging.getLogger("regpatch.bundle")
 
@@ -291,7 +289,7 @@ class Conversion:
 def load_docker_save(source: BundleSource, *, image: Optional[str] = None, scratch: Optional[Path] = None,
                      foreign_layers: str = "keep", gzip_level: Optional[int] = None):
     """Convert the chosen image of a docker save archive into a PatchBundle (new digest)."""
-    from .formats import BundleFile, PatchBundle
+    from regpatch.bundle.model import BundleFile, PatchBundle
 
     level = DEFAULT_LEVEL if gzip_level is None else gzip_level
     if not 1 <= level <= 9:

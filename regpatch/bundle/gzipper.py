@@ -24,8 +24,8 @@ import hashlib
 import os
 import struct
 import zlib
-from concurrent.futures import Future, ThreadPoolExecutor
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO, Callable, Optional
 
 BLOCK = 1 << 20           # input bytes per independently deflated block (fixed: part of the output)

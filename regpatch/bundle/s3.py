@@ -44,13 +44,12 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable, Optional, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from tenacity import (RetryCallState, Retrying, retry_if_exception, stop_after_attempt,
-                      wait_random_exponential)
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from .. import interrupt
-from ..digest import CHUNK, Digest
-from ..errors import DigestMismatch, RegpatchError, SizeMismatch, SourceError, UsageError
-from .source import BundleSource, _safe_name
+from regpatch import interrupt
+from regpatch.bundle.model import BundleSource, _safe_name
+from regpatch.digest import CHUNK, Digest
+from regpatch.errors import DigestMismatch, RegpatchError, SizeMismatch, SourceError, UsageError
 
 log = logging.getLogger("regpatch.s3")
 

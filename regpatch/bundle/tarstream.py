@@ -18,8 +18,8 @@ import io
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterator, Optional
 
-from ..errors import BundleError, UnsafePath
-from .source import _safe_name
+from regpatch.bundle.model import _safe_name
+from regpatch.errors import BundleError, UnsafePath
 
 BLOCK = 512
 MAX_META = 1 << 20          # a pax header or GNU long name; image archives use a few hundred bytes

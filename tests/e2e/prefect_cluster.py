@@ -25,7 +25,7 @@ from typing import Optional
 
 import httpx
 
-from regpatch.localregistry import free_port
+from regpatch.demo.loopback import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

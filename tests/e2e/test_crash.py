@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 
-from regpatch.sample import make_image, make_layer, push_with_skopeo, write_oci_layout, write_staged_bundle
+from regpatch.demo.images import make_image, make_layer, push_with_skopeo, write_oci_layout, write_staged_bundle
 from util import skopeo, skopeo_inspect_digest
 
 REPO, TAG = "servercore", "ltsc2019"

@@ -20,8 +20,8 @@ import pytest
 import yaml
 
 from prefect_cluster import BIN, PrefectCluster, run
-from regpatch.localregistry import LocalRegistry
-from regpatch.sample import push_with_skopeo, scenario_servercore
+from regpatch.demo.loopback import LocalRegistry
+from regpatch.demo.images import push_with_skopeo, scenario_servercore
 from util import skopeo_inspect_digest
 
 REPO, TAG = "servercore", "ltsc2019"

@@ -14,7 +14,7 @@ import pytest
 import zstandard
 
 from regpatch.cli import main as regpatch_main
-from regpatch.sample import make_image, make_layer, write_oci_layout
+from regpatch.demo.images import make_image, make_layer, write_oci_layout
 from test_s3 import FAST_RETRIES, aws_env, moto_url, proxy, s3  # noqa: F401  (fixtures)
 from util import skopeo, skopeo_inspect_digest, skopeo_pull
 

@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 
 from regpatch.cli import main as regpatch_main
-from regpatch.sample import (make_image, make_index, make_layer, push_with_skopeo, scenario_servercore,
-                             write_oci_layout)
+from regpatch.demo.images import make_image, make_index, make_layer, push_with_skopeo, scenario_servercore, write_oci_layout
 from util import error_line, skopeo_inspect_digest, skopeo_inspect_raw, skopeo_pull, tree_hash
 
 
@@ -182,7 +181,7 @@ def test_foreign_layer_missing_is_a_warning(capsys, registry, scenario, tmp_path
 
 
 def test_basic_auth_registry(capsys, tmp_path, monkeypatch):
-    from regpatch.localregistry import LocalRegistry
+    from regpatch.demo.loopback import LocalRegistry
 
     password = "s3cret-Pa55word"
     with LocalRegistry(tmp_path / "authreg", htpasswd=("patcher", password)).start() as reg:

@@ -11,11 +11,12 @@ from pathlib import Path
 
 
 from regpatch.cli import main as regpatch_main
-from regpatch.layout import Layout
-from regpatch.localregistry import LocalRegistry
+from regpatch.storage.layout import Layout
+from regpatch.demo.loopback import LocalRegistry
 from regpatch.reference import Repository, Tag
-from regpatch.sample import make_image, make_layer, push_with_skopeo, scenario_servercore, write_staged_bundle
-from regpatch.state import read_history, repository_lock
+from regpatch.demo.images import make_image, make_layer, push_with_skopeo, scenario_servercore, write_staged_bundle
+from regpatch.storage.history import read_history
+from regpatch.storage.lock import repository_lock
 from util import skopeo_inspect_digest, skopeo_pull, tree_hash
 
 

@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from regpatch.cli import main as regpatch_main
-from regpatch.inventory import InventoryError, load_inventory
-from regpatch.localregistry import LocalRegistry
-from regpatch.sample import push_with_skopeo, scenario_servercore
+from regpatch.fleet.inventory import InventoryError, load_inventory
+from regpatch.demo.loopback import LocalRegistry
+from regpatch.demo.images import push_with_skopeo, scenario_servercore
 from util import skopeo_inspect_digest, tree_hash
 
 

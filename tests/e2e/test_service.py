@@ -12,10 +12,9 @@ import httpx
 import pytest
 
 from regpatch.errors import RegistryUnavailable, RestartError, UsageError
-from regpatch.localregistry import LocalRegistry
-from regpatch.service import (CommandRestart, NoRestart, ProcessRestart, http_probe, parse_restart_spec,
-                              pid_alive, read_pidfile, stop_pid, url_from_registry_config,
-                              wait_until_ready)
+from regpatch.demo.loopback import LocalRegistry
+from regpatch.registry.restart import CommandRestart, NoRestart, ProcessRestart, http_probe, parse_restart_spec, url_from_registry_config, wait_until_ready
+from regpatch.registry.processes import pid_alive, read_pidfile, stop_pid
 
 
 def closed_port() -> int:

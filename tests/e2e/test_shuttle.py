@@ -23,10 +23,12 @@ import pytest
 
 from regpatch.cli import main as regpatch_main
 from regpatch.digest import Digest
-from regpatch.localregistry import LocalRegistry
-from regpatch.sample import make_image, make_layer, push_with_skopeo, write_oci_layout
-from regpatch.shuttle import PARTIAL_DIR, RegistryOptions, make_bundle
-from regpatch.signing import DESCRIPTOR, SIGNATURE, parse_descriptor
+from regpatch.demo.loopback import LocalRegistry
+from regpatch.demo.images import make_image, make_layer, push_with_skopeo, write_oci_layout
+from regpatch.shuttle.destinations import PARTIAL_DIR
+from regpatch.shuttle.make import make_bundle
+from regpatch.shuttle.sources import RegistryOptions
+from regpatch.signing.descriptor import DESCRIPTOR, SIGNATURE, parse_descriptor
 from util import moto_server, skopeo, skopeo_inspect_digest, skopeo_pull, tree_hash
 
 # the patch and the make-bundle flow run on the session's Prefect server; the core's log

@@ -16,10 +16,10 @@ import pytest
 
 from regpatch import engine, interrupt
 from regpatch.digest import Digest
-from regpatch.layout import Layout
+from regpatch.storage.layout import Layout
 from regpatch.reference import Repository, Tag
-from regpatch.sample import scenario_servercore
-from regpatch.target import RegistryTarget
+from regpatch.demo.images import scenario_servercore
+from regpatch.registry.target import RegistryTarget
 
 REPO, TAG = "servercore", "ltsc2019"
 

@@ -11,13 +11,13 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from regpatch.bundle.formats import load_bundle
-from regpatch.bundle.source import LocalFolderSource
+from regpatch.bundle.open import load_bundle
+from regpatch.bundle.local import LocalFolderSource
 from regpatch.digest import Digest
 from regpatch.manifest import DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFEST, OCI_CONFIG, OCI_MANIFEST
-from regpatch.plan import make_plan
+from regpatch.engine.plan import make_plan
 from regpatch.reference import Repository, Tag
-from regpatch.store import RegistryStore
+from regpatch.storage.store import RegistryStore
 
 REPO, TAG = Repository.parse("app"), Tag.parse("v1")
 CONFIG = json.dumps({"architecture": "amd64", "os": "linux",

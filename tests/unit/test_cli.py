@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, TAG, tree_hash
-from regpatch.cli import configured_prefect_api, main
+from regpatch.cli.prefect_api import configured_prefect_api
+from regpatch.cli import main
 
 EXE = str(Path(sys.executable).with_name("regpatch"))
 

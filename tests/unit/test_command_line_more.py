@@ -19,11 +19,10 @@ from conftest import REPO, TAG, tree_hash
 from regpatch import interrupt
 from regpatch.cli import main
 from regpatch.errors import Interrupted, UsageError
-from regpatch.inventory import InventoryError, load_inventory, parse_inventory
-from regpatch.localregistry import free_port
+from regpatch.fleet.inventory import InventoryError, load_inventory, parse_inventory
+from regpatch.demo.loopback import free_port
 from regpatch.progress import Progress, human
-from regpatch.rollout import (DRY_RUN, FAILED, PATCHED, SKIPPED, RegistryOutcome, RolloutFailed,
-                              RolloutState, outcome_of, render_markdown, render_table, run_rollout)
+from regpatch.fleet.rollout import DRY_RUN, FAILED, PATCHED, SKIPPED, RegistryOutcome, RolloutFailed, RolloutState, outcome_of, render_markdown, render_table, run_rollout
 from util import error_line
 
 

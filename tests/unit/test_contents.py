@@ -12,13 +12,12 @@ from pathlib import Path
 import pytest
 
 from regpatch.cli import main as regpatch_main
-from regpatch.contents import (FORMAT, parse_contents, read_contents_file, read_storage, union_blobs,
-                               write_contents)
+from regpatch.storage.contents import FORMAT, parse_contents, read_contents_file, read_storage, union_blobs, write_contents
 from regpatch.digest import Digest
 from regpatch.errors import StorageNotFound, UsageError
 from regpatch.reference import Repository, Tag
-from regpatch.sample import make_image, make_layer
-from regpatch.store import RegistryStore
+from regpatch.demo.images import make_image, make_layer
+from regpatch.storage.store import RegistryStore
 from util import tree_hash
 
 

@@ -10,12 +10,13 @@ import pytest
 
 from conftest import REPO, TAG, tree_hash
 from regpatch import engine, interrupt
+from regpatch.engine import patch_run
 from regpatch.digest import Digest
-from regpatch.errors import (BlobMissing, DigestMismatch, Interrupted, LockTimeout, ManifestError,
-                             StorageError, TagMoved, UsageError)
+from regpatch.errors import BlobMissing, DigestMismatch, Interrupted, LockTimeout, ManifestError, StorageError, TagMoved, UsageError
 from regpatch.reference import Repository, Tag
-from regpatch.state import read_history, repository_lock
-from regpatch.target import RegistryTarget
+from regpatch.storage.history import read_history
+from regpatch.storage.lock import repository_lock
+from regpatch.registry.target import RegistryTarget
 
 
 class Recorder(engine.LogObserver):
@@ -118,7 +119,7 @@ def test_an_incomplete_image_is_refused_before_the_tag_moves(site):
 
 
 def test_interrupt_stops_at_a_chunk_boundary_and_the_rerun_resumes(site, tmp_path):
-    from regpatch.sample import make_layer, make_image, write_staged_bundle
+    from regpatch.demo.images import make_layer, make_image, write_staged_bundle
 
     big = make_layer(tmp_path / "big", "base.tar.gz", seed=7, size=24 << 20, compresslevel=0)
     img = make_image(tmp_path / "big", [big], os="windows")
@@ -235,7 +236,7 @@ def test_a_killed_run_that_moved_the_tag_is_recorded_by_the_rerun(site, monkeypa
         raise KeyboardInterrupt  # stands for a kill between the tag and the history line
 
     with monkeypatch.context() as m:
-        m.setattr(engine, "record_history", killed)
+        m.setattr(patch_run, "record_history", killed)
         with pytest.raises(KeyboardInterrupt):
             engine.patch(site.request())
     assert site.current() == str(site.new).encode()
@@ -245,7 +246,7 @@ def test_a_killed_run_that_moved_the_tag_is_recorded_by_the_rerun(site, monkeypa
 
 
 def test_index_bundle_writes_every_child_first(site, tmp_path):
-    from regpatch.sample import make_image, make_index, make_layer, write_oci_layout
+    from regpatch.demo.images import make_image, make_index, make_layer, write_oci_layout
 
     imgs = []
     for i, osv in enumerate(("10.0.17763.3", "10.0.20348.3")):
@@ -262,7 +263,7 @@ def test_index_bundle_writes_every_child_first(site, tmp_path):
 def test_two_runs_installing_the_same_blob_never_trip_over_each_other(site, tmp_path):
     """The staging folder is shared by every run on a storage (patches of two repositories
     at once): when one installs a blob first, the other finds it in place and verifies it."""
-    from regpatch.store import RegistryStore
+    from regpatch.storage.store import RegistryStore
 
     blob = site.scenario["new"].layers[0]
     first, second = RegistryStore(site.root), RegistryStore(site.root)

@@ -8,12 +8,12 @@ import logging
 import pytest
 
 from hardening_helpers import descriptor, empty_storage, manifest_bytes, plan, staged_bundle
-from regpatch.bundle.formats import load_bundle
-from regpatch.bundle.source import LocalFolderSource
+from regpatch.bundle.open import load_bundle
+from regpatch.bundle.local import LocalFolderSource
 from regpatch.errors import BlobMissing, RegpatchError, SizeMismatch
 from regpatch.manifest import DOCKER_LAYER
 from regpatch.sanitize import escape_controls, redact_command
-from regpatch.store import RegistryStore
+from regpatch.storage.store import RegistryStore
 
 FORGED = "x\nregpatch: error: all good\r\x1b[2K\u202eevil\u2028"
 

@@ -10,12 +10,13 @@ import pytest
 from hardening_helpers import REPO, TAG, empty_storage
 from regpatch.digest import Digest
 from regpatch.errors import ConfigError, InvalidReference, MalformedLink, StorageError
-from regpatch.inventory import InventoryError, parse_inventory
-from regpatch.layout import Layout, state_name
+from regpatch.fleet.inventory import InventoryError, parse_inventory
+from regpatch.storage.layout import Layout, state_name
 from regpatch.reference import Repository, Tag
-from regpatch.registry_config import registry_url_from_config, storage_root_from_config
-from regpatch.state import Journal, repository_lock
-from regpatch.store import RegistryStore
+from regpatch.registry.config import registry_url_from_config, storage_root_from_config
+from regpatch.storage.journal import Journal
+from regpatch.storage.lock import repository_lock
+from regpatch.storage.store import RegistryStore
 
 HEX = "0123456789abcdef" * 4
 CYRILLIC_O = "\u043e"  # looks like 'o'
@@ -200,7 +201,7 @@ def test_state_names_are_unique_and_readable():
                          ids=repr)
 def test_registry_url_with_a_control_character_is_refused_before_any_io(url):
     from regpatch.errors import UsageError
-    from regpatch.target import RegistryTarget
+    from regpatch.registry.target import RegistryTarget
 
     with pytest.raises(UsageError, match="control character"):
         RegistryTarget.resolve(storage="/nonexistent", url=url)

@@ -15,8 +15,8 @@ from hardening_helpers import REPO, TAG, empty_storage, plan, simple_bundle, wri
 
 LAYER = b"layer bytes"  # simple_bundle's layer
 from regpatch.digest import Digest
-from regpatch.errors import (NoSpace, RegpatchError, StorageError, UnsafePath, UsageError, os_error)
-from regpatch.store import RegistryStore
+from regpatch.errors import NoSpace, RegpatchError, StorageError, UnsafePath, UsageError, os_error
+from regpatch.storage.store import RegistryStore
 from util import tree_hash
 
 V2 = ("docker", "registry", "v2")

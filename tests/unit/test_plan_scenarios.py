@@ -15,13 +15,12 @@ from conftest import REPO, TAG
 from regpatch import engine
 from regpatch.digest import Digest
 from regpatch.errors import BundleError, RegistryUnavailable, SizeMismatch, StorageError, UsageError
-from regpatch.localregistry import free_port
+from regpatch.demo.loopback import free_port
 from regpatch.manifest import DOCKER_CONFIG, DOCKER_FOREIGN_LAYER, DOCKER_LAYER, DOCKER_MANIFEST
 from regpatch.reference import Repository, Tag
-from regpatch.rollback import ImageIncomplete
-from regpatch.sample import (default_layer_names, make_image, make_index, make_layer, write_oci_layout,
-                             write_staged_bundle)
-from regpatch.target import RegistryTarget
+from regpatch.engine.tags import ImageIncomplete
+from regpatch.demo.images import default_layer_names, make_image, make_index, make_layer, write_oci_layout, write_staged_bundle
+from regpatch.registry.target import RegistryTarget
 
 R, T = Repository(REPO), Tag(TAG)
 FOREIGN = b"the Windows base layer, served by mcr.microsoft.com"

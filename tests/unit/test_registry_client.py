@@ -18,13 +18,13 @@ import httpx
 import pytest
 
 from regpatch.digest import Digest
-from regpatch.errors import (AuthError, RegistryError, RegistryUnavailable, UsageError, VerificationError)
-from regpatch.localregistry import free_port
+from regpatch.errors import AuthError, RegistryError, RegistryUnavailable, UsageError, VerificationError
+from regpatch.demo.loopback import free_port
 from regpatch.manifest import DOCKER_LAYER, Descriptor
 from regpatch.reference import Repository, Tag
-from regpatch.registry_api import (Credentials, RegistryClient, VerifyReport, _BodyReader, _error_codes,
-                                   _is_transient, _parse_challenge, _retry_after, _RetryableStatus,
-                                   _tls_failure, load_credentials, run_verify_command)
+from regpatch.registry.credentials import Credentials, load_credentials
+from regpatch.registry.client import RegistryClient, VerifyReport, _BodyReader, _error_codes, _is_transient, _parse_challenge, _retry_after, _RetryableStatus, _tls_failure
+from regpatch.registry.verify_command import run_verify_command
 
 USER, PASSWORD = "alice", "correct horse battery staple"
 DIGEST = Digest.of_bytes(b"some manifest")

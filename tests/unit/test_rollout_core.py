@@ -10,11 +10,10 @@ import yaml
 from conftest import REPO, TAG
 from regpatch import engine
 from regpatch.cli import main
-from regpatch.inventory import load_inventory
+from regpatch.fleet.inventory import load_inventory
 from regpatch.reference import Repository, Tag
-from regpatch.rollout import (FAILED, NOT_RUN, PATCHED, SKIPPED, UP_TO_DATE, RolloutState, engine_patcher,
-                              run_rollout)
-from regpatch.target import RegistryTarget
+from regpatch.fleet.rollout import FAILED, NOT_RUN, PATCHED, SKIPPED, UP_TO_DATE, RolloutState, engine_patcher, run_rollout
+from regpatch.registry.target import RegistryTarget
 
 
 @pytest.fixture

@@ -24,14 +24,13 @@ import pytest
 from conftest import REPO, TAG, tree_hash
 from faultproxy import FaultProxy
 from regpatch import engine
-from regpatch.bundle.s3 import (S3Credentials, S3Options, S3Source, TruncatedBody, describe_fault,
-                                is_transient, parse_s3_url, _strip_userinfo)
-from regpatch.bundle.source import open_source
+from regpatch.bundle.s3 import S3Credentials, S3Options, S3Source, TruncatedBody, describe_fault, is_transient, parse_s3_url, _strip_userinfo
+from regpatch.bundle.open import open_source
 from regpatch.cli import main
 from regpatch.errors import DigestMismatch, SourceError, UnsafePath, UsageError
-from regpatch.localregistry import free_port
-from regpatch.sample import write_staged_bundle
-from regpatch.store import RegistryStore
+from regpatch.demo.loopback import free_port
+from regpatch.demo.images import write_staged_bundle
+from regpatch.storage.store import RegistryStore
 from util import error_line, moto_server
 
 FAST = dict(wait_initial=0.01, wait_max=0.02)

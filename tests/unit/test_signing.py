@@ -18,20 +18,21 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from regpatch.bundle.formats import load_bundle
-from regpatch.bundle.source import LocalFolderSource
+from regpatch.bundle.open import load_bundle
+from regpatch.bundle.local import LocalFolderSource
 from regpatch.cli import main as regpatch_main
-from regpatch.contents import read_storage, write_contents
+from regpatch.storage.contents import read_storage, write_contents
 from regpatch.digest import Digest
-from regpatch.errors import (BaseBlobsMissing, BundleError, BundleMismatch, DigestMismatch,
-                             SignatureError, UnsignedBundle, UsageError)
+from regpatch.errors import BaseBlobsMissing, BundleError, BundleMismatch, DigestMismatch, SignatureError, UnsignedBundle, UsageError
 from regpatch.reference import Repository, Tag
-from regpatch.sample import make_image, make_index, make_layer, write_oci_layout
-from regpatch.shuttle import PARTIAL_DIR, make_bundle, parse_docker_reference, parse_platform
-from regpatch.signing import (DESCRIPTOR, SIGNATURE, check_bundle, fingerprint, generate_keypair,
-                              load_private_key, load_public_key, parse_descriptor, sign_bytes,
-                              verify_bytes)
-from regpatch.store import RegistryStore
+from regpatch.demo.images import make_image, make_index, make_layer, write_oci_layout
+from regpatch.shuttle.destinations import PARTIAL_DIR
+from regpatch.shuttle.make import make_bundle, parse_platform
+from regpatch.shuttle.sources import parse_docker_reference
+from regpatch.signing.descriptor import DESCRIPTOR, SIGNATURE, parse_descriptor
+from regpatch.signing.check import check_bundle
+from regpatch.signing.keys import fingerprint, generate_keypair, load_private_key, load_public_key, sign_bytes, verify_bytes
+from regpatch.storage.store import RegistryStore
 from util import tree_hash
 
 
@@ -384,7 +385,7 @@ def test_cli_check_bundle_exit_codes(bundle, site, keys, capsys):
 
 def _request(bundle, store, **kw):
     from regpatch import engine
-    from regpatch.target import RegistryTarget
+    from regpatch.registry.target import RegistryTarget
 
     return engine.PatchRequest(bundle=str(bundle), repository=Repository.parse("servercore"),
                                tag=Tag.parse("ltsc2019"), target=RegistryTarget.resolve(storage=str(store.root)),
@@ -475,7 +476,7 @@ def test_cli_patch_trust_key_without_prefect(site, bundle, keys, capsys, monkeyp
 
 
 def test_inventory_trust_fields(tmp_path):
-    from regpatch.inventory import InventoryError, parse_inventory
+    from regpatch.fleet.inventory import InventoryError, parse_inventory
 
     inv = parse_inventory({"registries": [{"name": "a", "storage": "/srv/a", "trust_keys": ["/etc/k.pub"]}]})
     assert inv.registries[0].trust_params().trust_keys == ["/etc/k.pub"]
@@ -488,7 +489,7 @@ def test_a_signed_bundle_taken_with_consume_resumes(bundle, site, keys, imgs, tm
     it staged; the same command again accepts the bundle without it (the note at the bundle's
     root says it was taken, the storage holds it) and finishes."""
     from regpatch import engine
-    from regpatch.target import RegistryTarget
+    from regpatch.registry.target import RegistryTarget
 
     store, _ = site
     (store.root / "docker/registry/v2").mkdir(parents=True, exist_ok=True)

@@ -19,15 +19,17 @@ import pytest
 
 from conftest import REPO, TAG
 from regpatch import engine
-from regpatch.digest import Digest, copy_and_hash, hash_file, kernel_copy_and_hash
-from regpatch.errors import (DigestMismatch, InvalidReference, LockTimeout, NoSpace, SizeMismatch, StorageError,
-                             StorageNotFound, UnsafePath)
-from regpatch.layout import Layout
+from regpatch.digest import Digest
+from regpatch.hashing import copy_and_hash, hash_file, kernel_copy_and_hash
+from regpatch.errors import DigestMismatch, InvalidReference, LockTimeout, NoSpace, SizeMismatch, StorageError, StorageNotFound, UnsafePath
+from regpatch.storage.layout import Layout
 from regpatch.reference import Repository, Tag
-from regpatch.state import (Journal, actor, open_journal, previous_digest, read_history, record_history,
-                            render_history, repository_lock, was_verified)
+from regpatch.storage.journal import Journal, open_journal, was_verified
+from regpatch.storage.state import actor
+from regpatch.storage.history import previous_digest, read_history, record_history, render_history
+from regpatch.storage.lock import repository_lock
 from regpatch.errors import os_error
-from regpatch.store import TMP_MARK, RegistryStore, sweep_temp_files
+from regpatch.storage.store import TMP_MARK, RegistryStore, sweep_temp_files
 
 R, T = Repository(REPO), Tag(TAG)
 
@@ -449,7 +451,8 @@ def test_the_tag_compared_with_the_registry_is_one_it_can_serve(site):
 
 
 def test_long_files_are_hashed_with_a_reader_thread_and_a_short_read_is_an_error(tmp_path):
-    from regpatch.digest import CHUNK, hash_fd
+    from regpatch.digest import CHUNK
+    from regpatch.hashing import hash_fd
 
     data = os.urandom(3 * CHUNK + 12345)  # past the threshold: the pipelined reader
     path = tmp_path / "blob"
@@ -459,7 +462,8 @@ def test_long_files_are_hashed_with_a_reader_thread_and_a_short_read_is_an_error
         assert hash_fd(f.fileno(), what="blob", expected=Digest.of_bytes(data), expected_size=len(data),
                        progress=seen.append) == (Digest.of_bytes(data), len(data))
     assert sum(seen) == len(data) and max(seen) <= CHUNK
-    from regpatch.digest import _hash_range, new_hasher
+    from regpatch.hashing import _hash_range
+    from regpatch.digest import new_hasher
 
     with open(path, "rb") as f:  # the file is shorter than the range asked: EIO from the reader thread
         with pytest.raises(OSError, match="short read of blob"):
@@ -472,7 +476,7 @@ def test_long_files_are_hashed_with_a_reader_thread_and_a_short_read_is_an_error
 
 def test_a_file_written_to_while_it_is_hashed_is_refused(tmp_path):
     """What was hashed must be what is there: a file that grew meanwhile is a size mismatch."""
-    from regpatch.digest import hash_fd
+    from regpatch.hashing import hash_fd
 
     path = tmp_path / "blob"
     data = os.urandom(3 << 20)

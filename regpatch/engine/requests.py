@@ -1,0 +1,105 @@
+"""regpatch.engine.requests"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+from regpatch.digest import Digest
+from regpatch.errors import UsageError
+from regpatch.reference import Repository, Tag
+from regpatch.registry.restart import parse_restart_spec
+from regpatch.registry.target import RegistryTarget
+
+
+def _check_lock_timeout(value: float) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
+            or value < 0:
+        raise UsageError(f"lock timeout must be a finite number of seconds >= 0, not {value!r}")
+    return float(value)
+
+
+
+def check_verify_command(command: Optional[str], target: RegistryTarget) -> None:
+    if command is None:
+        return
+    if "{ref}" not in command:
+        raise UsageError("the verify command must contain {ref}, where the image reference goes "
+                         "(host/repository@digest), e.g. 'skopeo inspect docker://{ref}'")
+    if not target.url:
+        raise UsageError("a verify command needs the registry's URL (--registry-url or "
+                         "--registry-config) to name the image it pulls")
+
+
+
+def check_trust_options(trust_keys, allow_unsigned: bool) -> None:
+    """Every trust key is a readable Ed25519 / P-256 public key; --allow-unsigned needs keys."""
+    if allow_unsigned and not trust_keys:
+        raise UsageError("--allow-unsigned only relaxes --trust-key: give the trust keys too, or "
+                         "leave both out (bundles are then not signature-checked)")
+    from regpatch.signing.keys import load_public_key
+
+    for key in trust_keys:
+        load_public_key(key)
+
+
+
+@dataclass(frozen=True)
+class PatchRequest:
+    """Everything a patch needs; ``check`` validates it without touching the storage.
+
+    ``s3`` is a ``regpatch.bundle.s3.S3Options`` for s3:// bundles (it may hold
+    credentials: a request is never logged, persisted or passed to a task).
+    """
+
+    bundle: str
+    repository: Repository
+    tag: Tag
+    target: RegistryTarget
+    restart: str = "none"
+    image: Optional[str] = None
+    verify_command: Optional[str] = None
+    always_verify: bool = False
+    dry_run: bool = False
+    lock_timeout: float = 300.0
+    s3: object = None
+    init: bool = False               # create docker/registry/v2 when the storage has none
+    consume: bool = False            # rename the bundle's layer files into the storage instead of copying
+    ignore_url_policy: bool = False  # patch a manifest the registry's validation.manifests.urls would refuse
+    allow_cross_repository: bool = False  # link blobs other repositories hold without the bundle carrying them
+    trust_keys: tuple[str, ...] = ()  # PEM public keys: the bundle must be signed by one of them
+    allow_unsigned: bool = False      # with trust_keys: accept a bundle without a signature
+
+    def check(self) -> None:
+        """Every check that needs no storage, bundle or network: bad arguments fail here."""
+        if not isinstance(self.repository, Repository) or not isinstance(self.tag, Tag):
+            raise UsageError("internal: repository and tag must be parsed values")
+        if not self.bundle or not str(self.bundle).strip():
+            raise UsageError("no bundle given")
+        _check_lock_timeout(self.lock_timeout)
+        check_verify_command(self.verify_command, self.target)
+        parse_restart_spec(self.restart, registry_config=self.target.config_path)
+        self.target.check()
+        if self.s3 is not None:
+            self.s3.check()
+        check_trust_options(self.trust_keys, self.allow_unsigned)
+
+
+
+@dataclass(frozen=True)
+class RollbackRequest:
+    repository: Repository
+    tag: Tag
+    target: RegistryTarget
+    to: Optional[Digest] = None
+    restart: str = "none"
+    verify_command: Optional[str] = None
+    lock_timeout: float = 300.0
+
+    def check(self) -> None:
+        _check_lock_timeout(self.lock_timeout)
+        check_verify_command(self.verify_command, self.target)
+        parse_restart_spec(self.restart, registry_config=self.target.config_path)
+        self.target.check()
+

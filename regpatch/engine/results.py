@@ -1,0 +1,152 @@
+"""regpatch.engine.results"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Optional
+
+from regpatch.errors import RegpatchError
+from regpatch.progress import human
+from regpatch.reference import Repository, Tag
+from regpatch.storage.store import RegistryStore
+
+log = logging.getLogger("regpatch.engine")
+
+
+@dataclass
+class PatchResult:
+    repository: str
+    tag: str
+    old: Optional[str]
+    new: str
+    dry_run: bool
+    changed: bool = False
+    registry: str = ""                # the storage root (and URL) the run patched
+    blobs_copied: list[tuple[str, int]] = field(default_factory=list)
+    blobs_skipped: list[tuple[str, int]] = field(default_factory=list)
+    links_written: list[str] = field(default_factory=list)
+    verified: Optional[str] = None
+    warnings: list[str] = field(default_factory=list)
+    plan_text: str = ""
+    seconds: dict[str, float] = field(default_factory=dict)
+    error: Optional[str] = None
+    status: str = "running"           # complete | failed | interrupted | dry-run
+    tag_moved: bool = False           # current/link now names ``new`` (set by publish-tag)
+    notes: list[str] = field(default_factory=list)  # what the bundle reader says (a conversion: the new digest)
+    report_path: Optional[str] = None
+    fetches: list[dict] = field(default_factory=list)  # per blob fetched from S3
+    bundle_trust: Optional[str] = None  # what check_bundle established (signature, listing, base)
+
+    @property
+    def bytes_copied(self) -> int:
+        return sum(s for _, s in self.blobs_copied)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary_line(self) -> str:
+        if self.dry_run:
+            return "dry run: nothing was written"
+        if self.error:
+            return f"failed: {self.repository}:{self.tag}: {self.error}"
+        if not self.changed:
+            return f"{self.repository}:{self.tag} already at {self.new}: nothing to do"
+        return (f"patched {self.repository}:{self.tag}: {self.old or '(new tag)'} -> {self.new}; "
+                f"{len(self.blobs_copied)} blobs copied ({self.bytes_copied:,} B), "
+                f"{len(self.blobs_skipped)} skipped, {len(self.links_written)} links written")
+
+    def markdown(self) -> str:
+        return render_patch_markdown(self)
+
+
+
+@dataclass
+class RollbackResult:
+    repository: str
+    tag: str
+    old: Optional[str]
+    new: str
+    changed: bool
+    registry: str = ""
+    verified: Optional[str] = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def summary_line(self) -> str:
+        verb = "rolled back" if self.changed else "already at"
+        return f"{verb} {self.repository}:{self.tag}: {self.old or '(no tag)'} -> {self.new}"
+
+    def markdown(self) -> str:
+        return (f"# Rollback `{self.repository}:{self.tag}`\n\n| | |\n|---|---|\n"
+                f"| registry | `{self.registry}` |\n| from | `{self.old or '(no tag)'}` |\n"
+                f"| to | `{self.new}` |\n| changed | {self.changed} |\n"
+                f"| verification | {self.verified or 'not run (no registry URL)'} |\n")
+
+
+
+def _with_result(e: BaseException, result) -> BaseException:
+    try:
+        e.result = result  # type: ignore[attr-defined]
+    except AttributeError:  # some built-in exceptions refuse attributes
+        pass
+    return e
+
+
+
+def _stamp() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+
+
+
+def _write_report(store: RegistryStore, repo: Repository, tag: Tag, result) -> None:
+    """The run's markdown summary in the state folder; never fails the run."""
+    path = store.layout.report(repo, tag, _stamp())
+    try:
+        store.write_file(path, result.markdown().encode(), durable=False)
+        result.report_path = str(path)
+    except (RegpatchError, OSError) as e:
+        log.warning("could not write the run report %s: %s", path, e)
+
+
+
+def render_patch_markdown(r: PatchResult) -> str:
+    title = "Dry run" if r.dry_run else ("Patched" if r.changed else "Already up to date")
+    if r.error:
+        title = "Interrupted" if r.status == "interrupted" else "Failed"
+    lines = [f"# {title}: `{r.repository}:{r.tag}`", "",
+             "| | |", "|---|---|",
+             f"| registry | `{r.registry}` |",
+             f"| repository | `{r.repository}` |", f"| tag | `{r.tag}` |",
+             f"| old digest | `{r.old or '(new tag)'}` |", f"| new digest | `{r.new}` |",
+             f"| blobs {'to copy' if r.dry_run else 'copied'} | {len(r.blobs_copied)} ({human(r.bytes_copied)}) |",
+             f"| blobs skipped (in registry) | {len(r.blobs_skipped)} "
+             f"({human(sum(s for _, s in r.blobs_skipped))}) |",
+             f"| links {'to write' if r.dry_run else 'written'} | {len(r.links_written)} |",
+             f"| verification | {r.verified or ('dry run' if r.dry_run else 'not run')} |",
+             f"| bundle trust | {r.bundle_trust or 'not checked'} |", ""]
+    if r.blobs_copied or r.blobs_skipped:
+        lines += ["## Blobs", "", "| digest | size | action |", "|---|---:|---|"]
+        lines += [f"| `{d}` | {s:,} | {'to copy' if r.dry_run else 'copied'} |" for d, s in r.blobs_copied]
+        lines += [f"| `{d}` | {s:,} | skipped |" for d, s in r.blobs_skipped]
+        lines.append("")
+    if r.fetches:
+        lines += ["## Fetched from S3", "", "| file | size | fetched | resumed | seconds | MB/s |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        lines += [f"| `{f['name']}` | {f['size']:,} | {'cache' if f['from_cache'] else format(f['fetched'], ',')} "
+                  f"| {f['resumed']:,} | {f['seconds']:.3f} | {f['mb_per_s']:.1f} |" for f in r.fetches]
+        lines.append("")
+    lines += ["## Time per step", "", "| step | seconds |", "|---|---:|"]
+    lines += [f"| {k} | {v:.3f} |" for k, v in r.seconds.items()]
+    if r.error:
+        where = (f"The tag points at the new image `{r.new}` (it was proven before the tag moved)."
+                 if r.tag_moved else
+                 f"The tag was not moved: it still points at `{r.old or '(nothing)'}`. Blobs and "
+                 "links already written stay (nothing is deleted); the same command resumes.")
+        lines += ["", "## Error", "", r.error, "", where]
+    if r.notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in r.notes]
+    if r.warnings:
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in r.warnings]
+    return "\n".join(lines) + "\n"
+

@@ -1,0 +1,1 @@
+"""Many registries: the inventory, rollouts in waves, per-registry deployments (as data)."""

@@ -1,0 +1,103 @@
+"""Per-registry Prefect deployments from the inventory, as plain data (no Prefect here).
+
+For every registry of the inventory, three deployments named after it, on its
+work pool (the host that owns its disk; ``default_pool`` for entries without one):
+
+    patch-registry/<name>      the patch; the run form needs only bundle, repository, tag
+    rollback-registry/<name>   the rollback; the form needs only repository and tag
+    registry-history/<name>    the registry's tag changes as an artifact
+
+Their parameters hold the registry as the inventory describes it (``registry``:
+name, storage, config.yml, URL, restart, auth file, CA, insecure), so a run from
+the UI never asks where the registry is. ``render_prefect_yaml`` writes them as a
+prefect.yaml for ``prefect deploy --all``; ``tasks.deploy.apply`` creates or
+updates them on the API directly (``regpatch deployments --apply``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from regpatch.fleet.inventory import Inventory, RegistryEntry
+
+DEFAULT_POOL = "regpatch"
+
+
+@dataclass(frozen=True)
+class FlowKind:
+    flow: str           # the flow's name on the API
+    entrypoint: str     # module path: workers run the installed code, nothing is pulled
+    what: str
+
+
+PATCH = FlowKind("patch-registry", "flows.patch.patch_registry",
+                 "Patch a repository:tag of {name} ({where}) with a bundle: the form needs the bundle, "
+                 "the repository and the tag; the registry is filled in.")
+ROLLBACK = FlowKind("rollback-registry", "flows.rollback.rollback_registry",
+                    "Roll a repository:tag of {name} ({where}) back to the image it had before its last "
+                    "change (or to a digest): the form needs the repository and the tag.")
+HISTORY = FlowKind("registry-history", "flows.history.registry_history",
+                   "Every tag change recorded in {name} ({where}), as the artifact history-{name}.")
+KINDS = (PATCH, ROLLBACK, HISTORY)
+
+
+@dataclass
+class DeploymentSpec:
+    kind: FlowKind
+    name: str
+    work_pool: str
+    parameters: dict[str, Any]
+    tags: list[str]
+    description: str
+    registry: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.kind.flow}/{self.name}"
+
+    def to_yaml_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "entrypoint": self.kind.entrypoint, "description": self.description,
+                "tags": list(self.tags), "work_pool": {"name": self.work_pool}, "parameters": self.parameters,
+                "pull": []}
+
+
+def registry_parameter(entry: RegistryEntry) -> dict[str, Any]:
+    """The ``registry`` parameter of an entry: the fields it sets, with its name."""
+    params = entry.registry_params().model_dump(exclude_defaults=True)
+    return {"name": entry.name, **params}
+
+
+def specs_for(inventory: Inventory, *, default_pool: str = DEFAULT_POOL, repository: Optional[str] = None,
+              only: Optional[list[str]] = None) -> list[DeploymentSpec]:
+    """The three deployments of every selected registry, in inventory order."""
+    specs = []
+    for entry in inventory.select(only):
+        pool = entry.work_pool or default_pool
+        where = f"storage {entry.storage}, work pool {pool}"
+        registry = registry_parameter(entry)
+        for kind in KINDS:
+            params: dict[str, Any] = {"registry": dict(registry)}
+            if repository and kind is not HISTORY:
+                params["repository"] = repository
+            if kind is PATCH and entry.verify_command:
+                params["verify"] = {"command": entry.verify_command}
+            if kind is PATCH and entry.trust_keys:
+                params["trust"] = entry.trust_params().model_dump()
+            specs.append(DeploymentSpec(kind, entry.name, pool, params, ["regpatch", f"registry:{entry.name}"],
+                                        kind.what.format(name=entry.name, where=where), registry=entry.name))
+    return specs
+
+
+def render_prefect_yaml(specs: list[DeploymentSpec], source: str) -> str:
+    """The deployments as a prefect.yaml (``prefect deploy --all --prefect-file FILE``)."""
+    import yaml
+
+    doc = {"name": "regpatch-registries", "prefect-version": ">=3.4", "build": None, "push": None, "pull": [],
+           "deployments": [s.to_yaml_dict() for s in specs]}
+    header = (f"# Per-registry deployments of regpatch, written by `regpatch deployments` from {source}.\n"
+              "# Deploy from any folder of a host where regpatch is installed:\n"
+              "#     prefect deploy --all --prefect-file THIS_FILE\n"
+              "# or let the command do it: regpatch deployments --inventory FILE --apply\n")
+    return header + yaml.safe_dump(doc, sort_keys=False, width=100)

@@ -1,0 +1,1 @@
+"""The registry as a service: its config.yml, credentials, HTTP API, restart and processes."""

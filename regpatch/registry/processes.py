@@ -1,0 +1,241 @@
+"""regpatch.registry.processes"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import httpx
+
+from regpatch import interrupt
+from regpatch.errors import RegistryUnavailable, RestartError
+
+DEFAULT_STOP_TIMEOUT = 10.0
+
+DEFAULT_READY_TIMEOUT = 30.0
+
+def wait_until_ready(probe: Callable[[], bool], *, timeout: float = DEFAULT_READY_TIMEOUT,
+                     what: str = "the registry") -> float:
+    """Call ``probe`` with bounded exponential backoff until it returns True.
+
+    Delays start at 0.05 s and double up to 1 s; the last sleep is cut so the
+    total never exceeds ``timeout``. Returns the seconds waited. Raises
+    ``RegistryUnavailable`` naming ``what`` and the timeout if the probe never
+    succeeds. Exceptions raised by ``probe`` propagate unchanged (a probe may
+    raise to stop waiting early, e.g. when the process died).
+    """
+    start = time.monotonic()
+    deadline = start + timeout
+    delay = 0.05
+    while True:
+        if probe():
+            return time.monotonic() - start
+        now = time.monotonic()
+        if now >= deadline:
+            raise RegistryUnavailable(f"{what} did not become ready within {timeout:g} s")
+        interrupt.sleep(min(delay, deadline - now))
+        delay = min(delay * 2, 1.0)
+
+def http_probe(url: str, verify: bool = True, *, timeout: float = 2.0) -> bool:
+    """True when ``GET {url}/v2/`` answers 200 or 401 (401: alive, wants auth).
+
+    Connection errors, timeouts and any other status count as "not ready".
+    """
+    try:
+        r = httpx.get(url.rstrip("/") + "/v2/", verify=verify, timeout=timeout)
+    except httpx.HTTPError:
+        return False
+    return r.status_code in (200, 401)
+
+# Children started here are reaped by a daemon thread as soon as they exit, so
+# that ``pid_alive`` sees them die (an unreaped child is a zombie, still "alive"
+# to kill(pid, 0)).
+_children: dict[int, subprocess.Popen] = {}
+
+
+_children_lock = threading.Lock()
+
+
+def read_pidfile(path: Path) -> Optional[int]:
+    """The pid written in ``path``, or None when the file is missing or not a pid."""
+    try:
+        text = Path(path).read_text(encoding="ascii", errors="replace").strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return int(text) if text.isdigit() and int(text) > 0 else None
+
+
+def write_pidfile(path: Path, pid: int) -> None:
+    """Write ``pid`` atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(f"{pid}\n", encoding="ascii")
+    os.replace(tmp, path)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    # "pid (comm) S ...": the state follows the last ')'
+    return stat[stat.rfind(")") + 2:][:1] in ("Z", "X")
+
+
+def pid_alive(pid: int) -> bool:
+    """True when a process with this pid exists and is not a zombie."""
+    if pid <= 0:
+        return False
+    with _children_lock:
+        child = _children.get(pid)
+    if child is not None and child.poll() is not None:
+        return False
+    if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
+        import ctypes
+
+        handle = ctypes.windll.kernel32.OpenProcess(0x1000, False, pid)  # QUERY_LIMITED_INFORMATION
+        if not handle:
+            return False
+        code = ctypes.c_ulong()
+        ctypes.windll.kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
+        ctypes.windll.kernel32.CloseHandle(handle)
+        return code.value == 259  # STILL_ACTIVE
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return not _is_zombie(pid)
+
+
+def _cmdline(pid: int) -> Optional[list[str]]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
+def looks_like_registry(pid: int) -> bool:
+    """Guard against a recycled pid: where /proc exists, the process must have a
+    ``serve`` argument (``<binary> serve <config>``). Elsewhere: assume yes."""
+    args = _cmdline(pid)
+    if args is None:
+        return True
+    return "serve" in args[1:]
+
+
+def start_detached(argv: Sequence[str], *, log_path: Path, pidfile: Optional[Path] = None,
+                   cwd: Optional[Path] = None, env: Optional[dict] = None) -> int:
+    """Start ``argv`` detached from this process and return its pid.
+
+    New session (POSIX) or new process group (Windows), stdin from /dev/null,
+    stdout and stderr appended to ``log_path``; the pid is written to
+    ``pidfile`` when given. The process outlives this Python process.
+    """
+    log_path = Path(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    kwargs: dict = {}
+    if sys.platform == "win32":  # pragma: no cover
+        kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.DETACHED_PROCESS
+    else:
+        kwargs["start_new_session"] = True
+    try:
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=log,
+                                    stderr=subprocess.STDOUT, cwd=cwd, env=env,
+                                    close_fds=True, **kwargs)
+    except OSError as e:
+        raise RestartError(f"cannot start {shlex.join(argv)}: {e.strerror or e}") from e
+    with _children_lock:
+        _children[proc.pid] = proc
+    threading.Thread(target=_reap, args=(proc,), name=f"reap-{proc.pid}", daemon=True).start()
+    if pidfile is not None:
+        write_pidfile(pidfile, proc.pid)
+    return proc.pid
+
+
+def _reap(proc: subprocess.Popen) -> None:
+    proc.wait()
+    with _children_lock:
+        if _children.get(proc.pid) is proc:
+            del _children[proc.pid]
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    while pid_alive(pid):
+        now = time.monotonic()
+        if now >= deadline:
+            return False
+        time.sleep(min(delay, deadline - now))
+        delay = min(delay * 2, 0.25)
+    return True
+
+
+def stop_pid(pid: Optional[int], *, timeout: float = DEFAULT_STOP_TIMEOUT) -> bool:
+    """Stop process ``pid``: SIGTERM, wait up to ``timeout``, then SIGKILL.
+
+    Returns True when a process was stopped, False when there was none (None,
+    stale or already gone). Raises ``RestartError`` if it survives SIGKILL or
+    cannot be signalled.
+    """
+    if pid is None or not pid_alive(pid):
+        return False
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    except PermissionError as e:
+        raise RestartError(f"not allowed to stop process {pid}: {e.strerror}; "
+                           "run regpatch as the registry's user") from e
+    if _wait_gone(pid, timeout):
+        return True
+    kill = getattr(signal, "SIGKILL", signal.SIGTERM)
+    try:
+        os.kill(pid, kill)
+    except ProcessLookupError:
+        return True
+    if not _wait_gone(pid, 5.0):
+        raise RestartError(f"process {pid} is still running after SIGTERM, {timeout:g} s and SIGKILL")
+    return True
+
+
+def _last_line(path: Path, limit: int = 64 * 1024) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - limit))
+            data = f.read()
+    except OSError:
+        return ""
+    lines = [l.strip() for l in data.decode("utf-8", errors="replace").splitlines() if l.strip()]
+    return lines[-1] if lines else ""
+
+
+def wait_for_registry_process(pid: int, url: str, *, timeout: float = DEFAULT_READY_TIMEOUT,
+                              log_path: Optional[Path] = None, verify: bool = True) -> float:
+    """Wait until ``url``/v2/ answers, failing fast (``RegistryUnavailable``
+    with the last log line) if process ``pid`` exits first."""
+
+    def probe() -> bool:
+        if not pid_alive(pid):
+            last = _last_line(log_path) if log_path else ""
+            raise RegistryUnavailable(
+                f"registry process {pid} exited before answering at {url}"
+                + (f"; last log line: {last}" if last else ""))
+        return http_probe(url, verify=verify, timeout=1.0)
+
+    return wait_until_ready(probe, timeout=timeout, what=f"registry at {url} (pid {pid})")
+
