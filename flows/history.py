@@ -7,7 +7,8 @@ from typing import Optional
 from prefect import flow
 
 from regpatch.params import RegistryParams, form_terms
-from tasks.observer import history_markdown, label_run, publish_history
+from regpatch_tasks import route_core_logs
+from regpatch_tasks.observer import history_markdown, label_run, publish_history
 
 
 @flow(name="registry-history", log_prints=False, persist_result=False)
@@ -24,6 +25,7 @@ def registry_history(
         repository: Optional. Only this repository.
         tag: Optional. Only this tag (with a repository).
     """
+    route_core_logs()
     name = registry.label()
     with label_run(f"history-{name}", [f"registry:{name}"]), form_terms():
         target = registry.target()

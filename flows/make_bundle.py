@@ -20,6 +20,7 @@ from regpatch.progress import Progress, human
 from regpatch.shuttle.make import BundleReport
 from regpatch.shuttle.make import make_bundle as core_make_bundle
 from regpatch.shuttle.sources import RegistryOptions
+from regpatch_tasks import route_core_logs
 
 
 @task(name="write-bundle", cache_policy=NO_CACHE, persist_result=False)
@@ -29,7 +30,7 @@ def write_bundle(source: str, out: str, have: list[str], sign_key: Optional[str]
     """Stream the image's missing blobs into DEST, hashed; write and sign regpatch-bundle.json."""
     options = None
     if out.startswith("s3://"):
-        from tasks.s3_support import s3_options
+        from regpatch_tasks.s3_support import s3_options
 
         options = s3_options(**(s3 or {}))
     report = core_make_bundle(source, out, have=have, sign_key=sign_key, image=image, platform=platform,
@@ -80,6 +81,7 @@ def make_bundle(
         s3_retries: For s3:// destinations, retries of each S3 call on transient faults.
         s3_part_size_mib: For s3:// destinations, the multipart part size in MiB (at least 5).
     """
+    route_core_logs()
     s3 = dict(endpoint_url=s3_endpoint_url, region=s3_region, aws_credentials_block=aws_credentials_block,
               retries=s3_retries, part_size_mib=s3_part_size_mib)
     report = write_bundle(source, out, list(have or []), sign_key, image, platform, repository, tag,

@@ -18,8 +18,8 @@ from regpatch.params import (
     patch_request,
     refuse_inline_credentials,
 )
-from tasks import debug_logs
-from tasks.observer import PrefectObserver, label_registry_run, publish_patch, s3_options_for
+from regpatch_tasks import debug_logs, route_core_logs
+from regpatch_tasks.observer import PrefectObserver, label_registry_run, publish_patch, s3_options_for
 
 NonEmpty = Annotated[str, Field(min_length=1)]
 
@@ -58,6 +58,7 @@ def patch_registry(
         trust: The keys whose signature a bundle must carry (regpatch bundle --sign-key).
         debug: Debug logs, and a traceback for every error.
     """
+    route_core_logs()
     name = registry.label()
     with label_registry_run(name, repository, tag), debug_logs(debug), form_terms():
         refuse_inline_credentials("verify.command", verify.command)

@@ -9,8 +9,8 @@ from pydantic import Field
 
 from regpatch import engine, interrupt
 from regpatch.params import RegistryParams, VerifyParams, form_terms, refuse_inline_credentials, rollback_request
-from tasks import debug_logs
-from tasks.observer import PrefectObserver, label_registry_run, publish_history, publish_summary
+from regpatch_tasks import debug_logs, route_core_logs
+from regpatch_tasks.observer import PrefectObserver, label_registry_run, publish_history, publish_summary
 
 NonEmpty = Annotated[str, Field(min_length=1)]
 
@@ -38,6 +38,7 @@ def rollback_registry(
         verify: Optional. An external puller run before the tag moves.
         debug: Debug logs, and a traceback for every error.
     """
+    route_core_logs()
     name = registry.label()
     with label_registry_run(name, repository, tag), debug_logs(debug), form_terms():
         refuse_inline_credentials("verify.command", verify.command)

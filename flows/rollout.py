@@ -18,9 +18,10 @@ from regpatch.engine.patch_run import open_bundle
 from regpatch.fleet.rollout import MAX_PARALLEL, RolloutFailed, RolloutState, render_table, run_rollout
 from regpatch.params import S3Params, form_terms
 from regpatch.reference import Repository, Tag
-from tasks import debug_logs
-from tasks.observer import label_run, run_name, s3_options_for
-from tasks.rollout_tasks import find_patch_deployments, patcher, publish_rollout, read_inventory, show_unrun
+from regpatch_flows.patch import patch_registry
+from regpatch_tasks import debug_logs, route_core_logs
+from regpatch_tasks.observer import label_run, run_name, s3_options_for
+from regpatch_tasks.rollout_tasks import find_patch_deployments, patcher, publish_rollout, read_inventory, show_unrun
 
 NonEmpty = Annotated[str, Field(min_length=1)]
 
@@ -61,6 +62,7 @@ def rollout(
         s3: Only for s3:// bundles: endpoint, credentials block, retries.
         debug: Debug logs, and a traceback for every error.
     """
+    route_core_logs()
     with label_run(run_name("rollout", repository, tag), [f"repository:{repository}"]), debug_logs(debug), \
             form_terms():
         Repository.parse(repository), Tag.parse(tag)
@@ -73,7 +75,7 @@ def rollout(
                               len(entries), state.path)
         patch_one = patcher(bundle=bundle, repository=repository, tag=tag, image=image,
                             verify_command=verify_command, dry_run=dry_run, s3=s3, deployments=deployments,
-                            timeout=patch_timeout)
+                            timeout=patch_timeout, patch_flow=patch_registry)
         outcomes = run_rollout(entries, patch_one, state=state, max_parallel=max_parallel, dry_run=dry_run)
         show_unrun(outcomes, repository, tag)
         publish_rollout(outcomes, f"Rollout{' (dry run)' if dry_run else ''} of {repository}:{tag} = {digest}",

@@ -9,7 +9,7 @@
 #   2. make sure the Debian docker-registry *service* is not running: it would
 #      listen on :5000 on all interfaces. The tests and the demo start their own
 #      registries on 127.0.0.1 with generated configs;
-#   3. create <repo>/.venv with python3 (>= 3.10) if missing;
+#   3. create <repo>/.venv with python3 (>= 3.11) if missing;
 #   4. pip install -e "<repo>[test]", skipped while pyproject.toml is unchanged
 #      since the last successful install (stamp file inside .venv).
 #
@@ -38,8 +38,8 @@ pkg_installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed$'
 }
 
-python_ok() {  # $1: interpreter; true when it is Python >= 3.10
-    "$1" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' >/dev/null 2>&1
+python_ok() {  # $1: interpreter; true when it is Python >= 3.11
+    "$1" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' >/dev/null 2>&1
 }
 
 # --------------------------------------------------------------------------- 1. system packages
@@ -102,13 +102,13 @@ fi
 # --------------------------------------------------------------------------- 3. virtual environment
 if ! { [ -x "$VENV/bin/python" ] && python_ok "$VENV/bin/python"; }; then
     PY=""
-    for candidate in python3 python3.13 python3.12 python3.11 python3.10; do
+    for candidate in python3 python3.13 python3.12 python3.11; do
         if command -v "$candidate" >/dev/null 2>&1 && python_ok "$candidate"; then
             PY="$(command -v "$candidate")"
             break
         fi
     done
-    [ -n "$PY" ] || die "no Python >= 3.10 found (python3 is $(python3 --version 2>&1 || echo absent))"
+    [ -n "$PY" ] || die "no Python >= 3.11 found (python3 is $(python3 --version 2>&1 || echo absent))"
     log "creating $VENV with $PY ($("$PY" --version 2>&1))"
     if [ -e "$VENV" ]; then
         "$PY" -m venv --clear "$VENV"   # present but unusable
@@ -125,11 +125,13 @@ installed_ok() {
 import importlib.util, os, sys
 root = os.path.realpath(sys.argv[1])
 for name in ("prefect", "pytest", "moto", "bcrypt", "httpx", "yaml", "tenacity", "boto3", "pydantic", "coverage",
-             "playwright"):
+             "playwright", "ruff", "mypy", "importlinter"):
     if importlib.util.find_spec(name) is None:
         sys.exit(1)
-spec = importlib.util.find_spec("regpatch")
-sys.exit(0 if spec and spec.origin and os.path.realpath(spec.origin).startswith(root + os.sep) else 1)
+for own in ("regpatch", "regpatch_flows", "regpatch_tasks"):
+    spec = importlib.util.find_spec(own)
+    if not (spec and spec.origin and os.path.realpath(spec.origin).startswith(root + os.sep)):
+        sys.exit(1)
 PY
 }
 # The environment may set PYTHONDONTWRITEBYTECODE: compile the project once, so every

@@ -82,10 +82,18 @@ class OneTraceback(logging.Filter):
 ONE_TRACEBACK = OneTraceback()
 
 
-def _route_core_logs() -> None:
+def route_core_logs() -> None:
     """Send the core's ``regpatch.*`` log records to the Prefect run, like
     PREFECT_LOGGING_EXTRA_LOGGERS=regpatch would, whatever the environment; one
-    traceback at most per failure in the engines' run logs."""
+    traceback at most per failure in the engines' run logs. Called at the start of
+    every flow (idempotent): importing this package changes nothing.
+
+    ``import prefect`` is lazy: Prefect configures its logging (the handlers of
+    "prefect.extra" that the core's logger borrows) when ``prefect.main`` is imported.
+    Without importing it here the routing would depend on which module happened to
+    import it first, and the core's lines would silently stay out of the run logs."""
+    import prefect.main  # noqa: F401  (for its side effect: Prefect's logging configured)
+
     core = logging.getLogger("regpatch")
     if core.level == logging.NOTSET or core.level > logging.INFO:
         core.setLevel(logging.INFO)
@@ -96,12 +104,3 @@ def _route_core_logs() -> None:
         logger = logging.getLogger(name)
         if ONE_TRACEBACK not in logger.filters:
             logger.addFilter(ONE_TRACEBACK)
-
-
-# `import prefect` is lazy: Prefect configures its logging (the handlers of
-# "prefect.extra" that the core's logger borrows) when prefect.main is imported.
-# Without this, the routing depends on which module happened to import it first,
-# and the core's lines silently stay out of the run logs.
-import prefect.main  # noqa: E402,F401
-
-_route_core_logs()

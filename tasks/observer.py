@@ -269,7 +269,7 @@ def s3_options_for(bundle: str, s3) -> Optional[object]:
     if not bundle.startswith("s3://"):
         return None
     if s3.aws_credentials_block:
-        from tasks.s3_support import load_aws_credentials_block
+        from regpatch_tasks.s3_support import load_aws_credentials_block
 
         credentials, region = load_aws_credentials_block(s3.aws_credentials_block)
         return s3.options(credentials=credentials, region=region)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -40,7 +40,7 @@ from regpatch.fleet.rollout import (
     tag_state,
 )
 from regpatch.params import S3Params, VerifyParams
-from tasks.observer import artifact_key, run_name, run_tags
+from regpatch_tasks.observer import artifact_key, run_name, run_tags
 
 PATCH_FLOW_NAME = "patch-registry"
 _opts = dict(cache_policy=NO_CACHE, persist_result=False)
@@ -104,10 +104,8 @@ def _parameters(entry: RegistryEntry, *, bundle: str, repository: str, tag: str,
                 s3=s3.model_dump(), image=image, dry_run=dry_run, trust=entry.trust_params().model_dump())
 
 
-def _run_local(entry: RegistryEntry, params: dict) -> RegistryOutcome:
-    from flows.patch import patch_registry
-
-    state = patch_registry(**params, return_state=True)
+def _run_local(entry: RegistryEntry, params: dict, patch_flow: Callable[..., Any]) -> RegistryOutcome:
+    state = patch_flow(**params, return_state=True)
     if state.is_completed():
         return outcome_of(entry, state.result())
     exc = state.result(raise_on_failure=False)
@@ -159,9 +157,12 @@ def _run_remote(entry: RegistryEntry, deployment: str, params: dict, timeout: Op
 
 
 def patcher(*, bundle: str, repository: str, tag: str, image: Optional[str], verify_command: Optional[str],
-            dry_run: bool, s3: S3Params, deployments: dict[str, str], timeout: Optional[float]):
-    """``patch_one`` for ``regpatch.rollout.run_rollout``: one task run per registry,
-    ending in the registry's outcome."""
+            dry_run: bool, s3: S3Params, deployments: dict[str, str], timeout: Optional[float],
+            patch_flow: Callable[..., Any]):
+    """``patch_one`` for ``regpatch.fleet.rollout.run_rollout``: one task run per registry,
+    ending in the registry's outcome. ``patch_flow`` is the patch-registry flow, run as a
+    subflow for a registry patched here (handed in by the rollout flow: tasks never import
+    flows)."""
 
     @task(name="patch-registry", **_opts)
     def patch_one_task(entry: RegistryEntry) -> State:
@@ -181,7 +182,7 @@ def patcher(*, bundle: str, repository: str, tag: str, image: Optional[str], ver
                 outcome = _run_remote(entry, deployment, params, timeout)
             else:
                 get_run_logger().info("%s: patching here (subflow)", entry.name)
-                outcome = _run_local(entry, params)
+                outcome = _run_local(entry, params, patch_flow)
         return outcome_state(outcome)
 
     def patch_one(entry: RegistryEntry) -> RegistryOutcome:

@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+from regpatch.cli.prefect_api import prefect_side
 from regpatch.cli.registry_commands import _s3_params
 
 
@@ -20,7 +21,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     if args.bundle.startswith("s3://"):
         s3 = _s3_params(args)
         if s3.aws_credentials_block:  # a Prefect block: imports Prefect (and prefect-aws) only for it
-            from tasks.observer import s3_options_for
+            s3_options_for = prefect_side().s3_options_for
 
             options = s3_options_for(args.bundle, s3)
         else:

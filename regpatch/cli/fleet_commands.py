@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from regpatch.cli.parser import _only_names
-from regpatch.cli.prefect_api import _check_prefect_api, _use_prefect, configured_prefect_api
+from regpatch.cli.prefect_api import _check_prefect_api, _use_prefect, configured_prefect_api, prefect_side
 from regpatch.errors import UsageError
 
 
@@ -38,7 +38,7 @@ def run_deployments(args: argparse.Namespace) -> None:
         if not api:
             raise UsageError("--apply needs a Prefect API: set PREFECT_API_URL (e.g. http://HOST:4200/api)")
         _check_prefect_api(api)
-        from tasks.deploy import apply
+        apply = prefect_side().apply_deployments
 
         for line in apply(specs):
             sys.stdout.write(line + "\n")
@@ -82,7 +82,7 @@ def run_rollout(args: argparse.Namespace):
                 refuse_inline_credentials(f"inventory entry {e.name!r} verify_command", e.verify_command)
                 refuse_inline_credentials(f"inventory entry {e.name!r} restart", e.restart)
             _check_prefect_api(api)
-            from flows.rollout import rollout
+            rollout = prefect_side().rollout
 
             outcomes = rollout(bundle=args.bundle, inventory=args.inventory, repository=args.repository,
                                tag=args.tag, only=only, max_parallel=args.max_parallel, dry_run=args.dry_run,

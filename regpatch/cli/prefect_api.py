@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 from pathlib import Path
+from types import ModuleType
 from typing import Optional
 
 from regpatch.errors import RegpatchError, UsageError
@@ -99,3 +101,13 @@ def _use_prefect(args: argparse.Namespace) -> Optional[str]:
         return None
     return configured_prefect_api()
 
+
+# The one door to Prefect's side (flows/entry.py, installed as regpatch_flows.entry): found
+# by name, so that nothing of the core imports flows or tasks, and Prefect is imported only
+# once every argument, the storage and the plan have been checked.
+PREFECT_SIDE = "regpatch_flows.entry"
+
+
+def prefect_side() -> ModuleType:
+    """The flows and the few task helpers the command line runs on a Prefect API."""
+    return importlib.import_module(PREFECT_SIDE)

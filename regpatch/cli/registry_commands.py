@@ -7,7 +7,7 @@ import math
 import sys
 from pathlib import Path
 
-from regpatch.cli.prefect_api import _check_prefect_api, _use_prefect
+from regpatch.cli.prefect_api import _check_prefect_api, _use_prefect, prefect_side
 from regpatch.errors import UsageError
 
 
@@ -70,7 +70,7 @@ def run_patch(args: argparse.Namespace):
         _check_prefect_api(api)
         if s3_options is not None or not is_s3:
             engine.preflight(request)
-        from flows.patch import patch_registry
+        patch_registry = prefect_side().patch_registry
 
         result = patch_registry(bundle=args.bundle, repository=args.repository, tag=args.tag,
                                 registry=registry, verify=verify, s3=s3, image=args.image,
@@ -101,7 +101,7 @@ def run_rollback(args: argparse.Namespace):
         refuse_inline_credentials("--verify-command", args.verify_command)
         refuse_inline_credentials("--restart", args.restart)
         _check_prefect_api(api)
-        from flows.rollback import rollback_registry
+        rollback_registry = prefect_side().rollback_registry
 
         result = rollback_registry(repository=args.repository, tag=args.tag, to=args.to, registry=registry,
                                    verify=verify)

@@ -27,8 +27,8 @@ from regpatch.bundle.model import CONSUMED_NOTE
 from regpatch.digest import Digest
 from regpatch.engine.plan import COPY, PRESENT, PROVE, REPAIR, TAG_CURRENT, TAG_INDEX, PatchPlan
 from regpatch.errors import BlobMissing
-from regpatch.faults import checkpoint
 from regpatch.hashing import io_retry
+from regpatch.hooks import checkpoint
 from regpatch.manifest import DOCKER_CONFIG, OCI_CONFIG
 from regpatch.storage.store import RegistryStore
 

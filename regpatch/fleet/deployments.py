@@ -10,7 +10,7 @@ work pool (the host that owns its disk; ``default_pool`` for entries without one
 Their parameters hold the registry as the inventory describes it (``registry``:
 name, storage, config.yml, URL, restart, auth file, CA, insecure), so a run from
 the UI never asks where the registry is. ``render_prefect_yaml`` writes them as a
-prefect.yaml for ``prefect deploy --all``; ``tasks.deploy.apply`` creates or
+prefect.yaml for ``prefect deploy --all``; ``regpatch_flows.deploy.apply`` creates or
 updates them on the API directly (``regpatch deployments --apply``).
 """
 
@@ -31,13 +31,13 @@ class FlowKind:
     what: str
 
 
-PATCH = FlowKind("patch-registry", "flows.patch.patch_registry",
+PATCH = FlowKind("patch-registry", "regpatch_flows.patch.patch_registry",
                  "Patch a repository:tag of {name} ({where}) with a bundle: the form needs the bundle, "
                  "the repository and the tag; the registry is filled in.")
-ROLLBACK = FlowKind("rollback-registry", "flows.rollback.rollback_registry",
+ROLLBACK = FlowKind("rollback-registry", "regpatch_flows.rollback.rollback_registry",
                     "Roll a repository:tag of {name} ({where}) back to the image it had before its last "
                     "change (or to a digest): the form needs the repository and the tag.")
-HISTORY = FlowKind("registry-history", "flows.history.registry_history",
+HISTORY = FlowKind("registry-history", "regpatch_flows.history.registry_history",
                    "Every tag change recorded in {name} ({where}), as the artifact history-{name}.")
 KINDS = (PATCH, ROLLBACK, HISTORY)
 

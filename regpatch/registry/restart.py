@@ -37,12 +37,10 @@ import tempfile
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Callable, Mapping, Optional, Sequence
-
-import httpx
+from typing import Mapping, Optional, Sequence
 
 from regpatch import interrupt
-from regpatch.errors import RegistryUnavailable, RestartError, UsageError
+from regpatch.errors import RestartError, UsageError
 from regpatch.registry.processes import (
     DEFAULT_READY_TIMEOUT,
     DEFAULT_STOP_TIMEOUT,

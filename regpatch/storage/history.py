@@ -10,7 +10,7 @@ from typing import Optional
 
 from regpatch.digest import Digest
 from regpatch.errors import RegpatchError, os_errors
-from regpatch.faults import checkpoint
+from regpatch.hooks import checkpoint
 from regpatch.manifest import load_json
 from regpatch.reference import Repository, Tag
 from regpatch.sanitize import escape_controls

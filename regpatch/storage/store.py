@@ -60,8 +60,8 @@ from regpatch.errors import (
     os_error,
     os_errors,
 )
-from regpatch.faults import checkpoint
 from regpatch.hashing import advise_sequential, copy_and_hash, hash_fd, hash_file, kernel_copy_and_hash, try_reflink
+from regpatch.hooks import checkpoint
 from regpatch.reference import Repository, Tag
 from regpatch.storage.layout import Layout
 

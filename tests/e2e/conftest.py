@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from prefect_fixtures import PrefectServer
+from support.prefect_fixtures import PrefectServer
 
 # Nothing may start a temporary Prefect server behind the user's back, in this process
 # or in a command it runs: without an API, Prefect fails instead of starting one.

@@ -1,6 +1,6 @@
 """Kill -9 a patch at 20+ points of its run while skopeo pulls the tag in a loop.
 
-The fault hook (regpatch/faults.py) SIGKILLs the CLI process at its Nth
+The crash harness (tests/support/crash.py) SIGKILLs the CLI process at its Nth
 checkpoint: after every durable write (staged blob, installed blob, manifest,
 link, journal, history) and every 8 MiB of a blob being staged. After every
 kill the tag must pull completely (the old or the new image, never a broken
@@ -19,10 +19,10 @@ from pathlib import Path
 
 
 from regpatch.demo.images import make_image, make_layer, push_with_skopeo, write_oci_layout, write_staged_bundle
-from util import skopeo, skopeo_inspect_digest
+from support.util import skopeo, skopeo_inspect_digest
 
 REPO, TAG = "servercore", "ltsc2019"
-REGPATCH = str(Path(sys.executable).with_name("regpatch"))
+CRASHING_REGPATCH = [sys.executable, str(Path(__file__).parents[1] / "support" / "crash.py")]
 MIN_KILLS = 20
 
 
@@ -88,7 +88,7 @@ def test_sigkill_at_every_kind_of_step_never_breaks_the_tag(registry, prefect_se
             while True:
                 kill_at = rng.randint(1, 15)
                 t0 = time.monotonic()
-                p = subprocess.run([REGPATCH, "patch", str(bundle), *base_cmd],
+                p = subprocess.run([*CRASHING_REGPATCH, "patch", str(bundle), *base_cmd],
                                    env={**env, "REGPATCH_FAULT_KILL_AT": str(kill_at)},
                                    capture_output=True, text=True, timeout=600)
                 if p.returncode == 0:
@@ -108,7 +108,7 @@ def test_sigkill_at_every_kind_of_step_never_breaks_the_tag(registry, prefect_se
             assert skopeo_inspect_digest(registry.host, REPO, TAG) == str(image.manifest_digest)
             cycle += 1
         # a final plain re-run changes nothing
-        p = subprocess.run([REGPATCH, "patch", str(bundle), *base_cmd], env=env, capture_output=True,
+        p = subprocess.run([*CRASHING_REGPATCH, "patch", str(bundle), *base_cmd], env=env, capture_output=True,
                            text=True, timeout=600)
         assert p.returncode == 0 and "nothing to do" in p.stdout, p.stderr[-3000:]
     finally:

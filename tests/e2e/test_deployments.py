@@ -22,7 +22,7 @@ import yaml
 from prefect_cluster import BIN, PrefectCluster, run
 from regpatch.demo.loopback import LocalRegistry
 from regpatch.demo.images import push_with_skopeo, scenario_servercore
-from util import skopeo_inspect_digest
+from support.util import skopeo_inspect_digest
 
 REPO, TAG = "servercore", "ltsc2019"
 POOLS = {"site-a": "pool-a", "site-b": "pool-b"}

@@ -27,7 +27,7 @@ from regpatch.bundle.open import load_bundle
 from regpatch.bundle.open import open_source
 from regpatch.cli import main as regpatch_main
 from regpatch.demo.images import make_image, make_index, make_layer, write_oci_layout
-from util import skopeo, skopeo_inspect_digest, skopeo_inspect_raw, skopeo_pull
+from support.util import skopeo, skopeo_inspect_digest, skopeo_inspect_raw, skopeo_pull
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 

@@ -39,7 +39,7 @@ from regpatch.registry.url_policy import url_policy_from_config
 from regpatch.demo.images import push_with_skopeo
 from regpatch.storage.store import RegistryStore
 from test_registry_api import ISSUER, SERVICE, CustomRegistry, TokenServer, self_signed, write_pem
-from util import error_line, skopeo_inspect_digest, skopeo_pull, tree_hash
+from support.util import error_line, skopeo_inspect_digest, skopeo_pull, tree_hash
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 

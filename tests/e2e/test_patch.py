@@ -17,7 +17,7 @@ import pytest
 
 from regpatch.cli import main as regpatch_main
 from regpatch.demo.images import make_image, make_index, make_layer, push_with_skopeo, scenario_servercore, write_oci_layout
-from util import error_line, skopeo_inspect_digest, skopeo_inspect_raw, skopeo_pull, tree_hash
+from support.util import error_line, skopeo_inspect_digest, skopeo_inspect_raw, skopeo_pull, tree_hash
 
 
 

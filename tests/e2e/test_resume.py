@@ -17,7 +17,7 @@ from regpatch.reference import Repository, Tag
 from regpatch.demo.images import make_image, make_layer, push_with_skopeo, scenario_servercore, write_staged_bundle
 from regpatch.storage.history import read_history
 from regpatch.storage.lock import repository_lock
-from util import skopeo_inspect_digest, skopeo_pull, tree_hash
+from support.util import skopeo_inspect_digest, skopeo_pull, tree_hash
 
 
 REPO, TAG = "servercore", "ltsc2019"

@@ -13,7 +13,7 @@ from regpatch.cli import main as regpatch_main
 from regpatch.fleet.inventory import InventoryError, load_inventory
 from regpatch.demo.loopback import LocalRegistry
 from regpatch.demo.images import push_with_skopeo, scenario_servercore
-from util import skopeo_inspect_digest, tree_hash
+from support.util import skopeo_inspect_digest, tree_hash
 
 
 pytestmark = pytest.mark.usefixtures("prefect_env")
@@ -189,7 +189,7 @@ def test_registry_concurrency_guard_serialises_patches(capsys, tmp_path, fleet, 
     from prefect.client.orchestration import get_client
     from prefect.concurrency.sync import concurrency
 
-    from tasks.rollout_tasks import registry_lock_name
+    from regpatch_tasks.rollout_tasks import registry_lock_name
 
     a = fleet["site-a"]
     old, new = str(scenario["old"].manifest_digest), str(scenario["new"].manifest_digest)
@@ -223,7 +223,7 @@ def test_one_traceback_at_most_per_failure_in_the_run_logs(capsys, tmp_path, fle
     import logging
 
     from regpatch.errors import StorageError
-    from tasks import ONE_TRACEBACK
+    from regpatch_tasks import ONE_TRACEBACK
 
     def record(exc: BaseException) -> logging.LogRecord:
         try:
@@ -261,8 +261,8 @@ def test_flow_errors_name_the_form_fields_and_history_on_demand(fleet, scenario,
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
     from prefect.client.schemas.sorting import ArtifactSort
 
-    from flows.history import registry_history
-    from flows.patch import patch_registry
+    from regpatch_flows.history import registry_history
+    from regpatch_flows.patch import patch_registry
     from regpatch.errors import UsageError
     from regpatch.params import RegistryParams
 

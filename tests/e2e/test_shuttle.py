@@ -29,7 +29,7 @@ from regpatch.shuttle.destinations import PARTIAL_DIR
 from regpatch.shuttle.make import make_bundle
 from regpatch.shuttle.sources import RegistryOptions
 from regpatch.signing.descriptor import DESCRIPTOR, SIGNATURE, parse_descriptor
-from util import moto_server, skopeo, skopeo_inspect_digest, skopeo_pull, tree_hash
+from support.util import moto_server, skopeo, skopeo_inspect_digest, skopeo_pull, tree_hash
 
 # the patch and the make-bundle flow run on the session's Prefect server; the core's log
 # records, routed to the Prefect API once a flow ran, need it too
@@ -367,7 +367,7 @@ def test_s3_destination_check_and_patch(tmp_path, capsys, monkeypatch, world, si
 
 
 def test_make_bundle_flow(tmp_path, world, site_contents):
-    from flows.make_bundle import make_bundle as make_bundle_flow
+    from regpatch_flows.make_bundle import make_bundle as make_bundle_flow
 
     result = make_bundle_flow(source=f"docker://{world['source'].host}/{REPO}:{TAG}",
                               out=str(tmp_path / "b"), have=[str(site_contents)],
@@ -382,7 +382,7 @@ def test_make_bundle_flow(tmp_path, world, site_contents):
 def test_patch_flow_takes_trust_parameters(tmp_path, world, signed_bundle):
     """The patch-registry flow's ``trust`` parameter: a wrong key fails the run before any
     write; the right key lets a dry run through, with the trust in the result."""
-    from flows.patch import patch_registry
+    from regpatch_flows.patch import patch_registry
     from regpatch.errors import SignatureError
     from regpatch.params import RegistryParams, TrustParams
 

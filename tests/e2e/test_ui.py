@@ -23,7 +23,7 @@ import yaml
 from prefect_cluster import BIN, ROOT, PrefectCluster, run
 from regpatch.demo.loopback import LocalRegistry
 from regpatch.demo.images import push_with_skopeo, scenario_servercore
-from util import skopeo_inspect_digest
+from support.util import skopeo_inspect_digest
 
 REPO, TAG = "servercore", "ltsc2019"
 CHROMIUM = "/usr/bin/chromium"

@@ -23,7 +23,7 @@ from regpatch.fleet.inventory import InventoryError, load_inventory, parse_inven
 from regpatch.demo.loopback import free_port
 from regpatch.progress import Progress, human
 from regpatch.fleet.rollout import DRY_RUN, FAILED, PATCHED, SKIPPED, RegistryOutcome, RolloutFailed, RolloutState, outcome_of, render_markdown, render_table, run_rollout
-from util import error_line
+from support.util import error_line
 
 
 @pytest.fixture

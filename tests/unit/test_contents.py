@@ -18,7 +18,7 @@ from regpatch.errors import StorageNotFound, UsageError
 from regpatch.reference import Repository, Tag
 from regpatch.demo.images import make_image, make_layer
 from regpatch.storage.store import RegistryStore
-from util import tree_hash
+from support.util import tree_hash
 
 
 def put_image(store: RegistryStore, repo: str, tag: str, img) -> None:

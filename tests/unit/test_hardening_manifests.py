@@ -17,7 +17,7 @@ from regpatch.manifest import DOCKER_FOREIGN_LAYER, DOCKER_LAYER, MAX_JSON_DEPTH
 from regpatch.engine.plan import FOREIGN, url_refusals
 from regpatch.registry.url_policy import UrlPolicy, url_policy_from_config
 from regpatch.storage.store import RegistryStore
-from util import tree_hash
+from support.util import tree_hash
 
 LAYER = b"layer bytes"
 

@@ -17,7 +17,7 @@ LAYER = b"layer bytes"  # simple_bundle's layer
 from regpatch.digest import Digest
 from regpatch.errors import NoSpace, RegpatchError, StorageError, UnsafePath, UsageError, os_error
 from regpatch.storage.store import RegistryStore
-from util import tree_hash
+from support.util import tree_hash
 
 V2 = ("docker", "registry", "v2")
 

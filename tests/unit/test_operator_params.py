@@ -98,7 +98,7 @@ def test_deployment_specs_from_the_inventory():
         RegistryParams(**s.parameters["registry"])
     doc = yaml.safe_load(render_prefect_yaml(specs, "inventory.example.yml"))
     assert len(doc["deployments"]) == len(specs) and doc["pull"] == []
-    assert doc["deployments"][0]["entrypoint"] == "flows.patch.patch_registry"
+    assert doc["deployments"][0]["entrypoint"] == "regpatch_flows.patch.patch_registry"
 
 
 def test_a_registry_that_requires_signatures_keeps_them_in_its_patch_deployment():

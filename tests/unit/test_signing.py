@@ -33,7 +33,7 @@ from regpatch.signing.descriptor import DESCRIPTOR, SIGNATURE, parse_descriptor
 from regpatch.signing.check import check_bundle
 from regpatch.signing.keys import fingerprint, generate_keypair, load_private_key, load_public_key, sign_bytes, verify_bytes
 from regpatch.storage.store import RegistryStore
-from util import tree_hash
+from support.util import tree_hash
 
 
 def put_image(store: RegistryStore, repo: str, tag: str, img) -> None:

@@ -1,6 +1,6 @@
 """Create or update the per-registry deployments on the Prefect API (``regpatch deployments --apply``).
 
-The specs come from ``regpatch.deployments`` (the inventory, as plain data); this
+The specs come from ``regpatch.fleet.deployments`` (the inventory, as plain data); this
 module only talks to the API: missing work pools are created as process pools,
 each deployment is created or updated in place (same flow and name: its id, its
 runs and its schedules stay), with the flow's parameter schema so the run form
@@ -13,23 +13,21 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.exceptions import ObjectNotFound
 from prefect.utilities.callables import parameter_schema
+from prefect.workers.process import ProcessWorker
 
 from regpatch.fleet.deployments import HISTORY, PATCH, ROLLBACK, DeploymentSpec
+from regpatch_flows.history import registry_history
+from regpatch_flows.patch import patch_registry
+from regpatch_flows.rollback import rollback_registry
 
 
 def _flows() -> dict:
-    from flows.history import registry_history
-    from flows.patch import patch_registry
-    from flows.rollback import rollback_registry
-
     return {PATCH.flow: patch_registry, ROLLBACK.flow: rollback_registry, HISTORY.flow: registry_history}
 
 
 def apply(specs: list[DeploymentSpec]) -> list[str]:
     """Create missing work pools and create or update every deployment; returns one
     line per change, for the operator."""
-    from prefect.workers.process import ProcessWorker
-
     flows = _flows()
     schemas = {name: parameter_schema(fn).model_dump_for_openapi() for name, fn in flows.items()}
     done: list[str] = []

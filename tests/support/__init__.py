@@ -1,0 +1,1 @@
+"""The test kit: helpers the tests share, never imported by regpatch itself."""
