@@ -112,14 +112,16 @@ class _Handler(BaseHTTPRequestHandler):
             status = 503 if rule.kind == "slowdown" else rule.status
             code = "SlowDown" if rule.kind == "slowdown" else rule.code
             payload = _error_xml(code, f"injected by faultproxy ({rule.kind})")
+            # recorded before the client can read the answer: a test that looks at the log
+            # as soon as its request failed must find the status there (it raced before)
+            req.status = status
             self.send_response(status)
             self.send_header("Content-Type", "application/xml")
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             if self.command != "HEAD":
-                self.wfile.write(payload)
                 req.bytes_sent = len(payload)
-            req.status = status
+                self.wfile.write(payload)
             return
 
         up = self.server.upstream  # type: ignore[attr-defined]
