@@ -38,10 +38,7 @@ from regpatch.registry.verify_command import run_verify_command
 from regpatch.registry.config import registry_url_from_config, storage_root_from_config
 from regpatch.demo.images import SampleImage, make_image, make_index, make_layer, push_with_skopeo, write_oci_layout
 from regpatch.registry.processes import start_detached, stop_pid, wait_for_registry_process
-try:  # tests/ as a package or as a rootdir-inserted folder
-    from tests.util import skopeo_inspect_digest
-except ImportError:
-    from util import skopeo_inspect_digest
+from support.util import skopeo_inspect_digest
 
 USER = "verifier"
 PASSWORD = "s3cret-Pa55word-xyz"

@@ -1,5 +1,5 @@
 """S3 bundles against a real S3 endpoint: moto's server on loopback, behind a
-fault-injecting proxy (tests/faultproxy.py), patched into a real docker-registry
+fault-injecting proxy (tests/support/faultproxy.py), patched into a real docker-registry
 and pulled back with skopeo.
 
 boto3 -> FaultProxy (127.0.0.1) -> moto server (127.0.0.1); the test uploads

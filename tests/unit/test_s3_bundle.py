@@ -1,5 +1,5 @@
 """s3:// bundles through the real S3 protocol: moto's server in a thread on 127.0.0.1,
-boto3 with endpoint_url, and tests/faultproxy.py (a real HTTP proxy) to inject
+boto3 with endpoint_url, and tests/support/faultproxy.py (a real HTTP proxy) to inject
 throttling, resets, truncated bodies and S3 error answers. Storages are real
 folders; no registry process, no Prefect.
 
