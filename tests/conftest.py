@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from regpatch.demo.loopback import LocalRegistry
 from regpatch.demo.images import push_with_skopeo, scenario_servercore
+from regpatch.demo.loopback import LocalRegistry
 
 
 @pytest.fixture

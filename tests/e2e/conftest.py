@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from support.prefect_fixtures import PrefectServer
 
 # Nothing may start a temporary Prefect server behind the user's back, in this process

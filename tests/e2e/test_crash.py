@@ -17,9 +17,9 @@ import threading
 import time
 from pathlib import Path
 
+from support.util import skopeo, skopeo_inspect_digest
 
 from regpatch.demo.images import make_image, make_layer, push_with_skopeo, write_oci_layout, write_staged_bundle
-from support.util import skopeo, skopeo_inspect_digest
 
 REPO, TAG = "servercore", "ltsc2019"
 CRASHING_REGPATCH = [sys.executable, str(Path(__file__).parents[1] / "support" / "crash.py")]

@@ -18,11 +18,11 @@ import shutil
 import httpx
 import pytest
 import yaml
-
 from prefect_cluster import BIN, PrefectCluster, run
-from regpatch.demo.loopback import LocalRegistry
-from regpatch.demo.images import push_with_skopeo, scenario_servercore
 from support.util import skopeo_inspect_digest
+
+from regpatch.demo.images import push_with_skopeo, scenario_servercore
+from regpatch.demo.loopback import LocalRegistry
 
 REPO, TAG = "servercore", "ltsc2019"
 POOLS = {"site-a": "pool-a", "site-b": "pool-b"}

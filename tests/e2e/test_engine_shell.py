@@ -16,12 +16,19 @@ import time
 from pathlib import Path
 
 import pytest
+from support.util import skopeo_inspect_digest, skopeo_pull, tree_hash
 
-from regpatch.storage.layout import Layout
+from regpatch.demo.images import (
+    make_image,
+    make_layer,
+    push_with_skopeo,
+    scenario_servercore,
+    write_oci_layout,
+    write_staged_bundle,
+)
 from regpatch.demo.loopback import LocalRegistry
 from regpatch.reference import Repository, Tag
-from regpatch.demo.images import make_image, make_layer, push_with_skopeo, scenario_servercore, write_oci_layout, write_staged_bundle
-from support.util import skopeo_inspect_digest, skopeo_pull, tree_hash
+from regpatch.storage.layout import Layout
 
 REPO, TAG = "servercore", "ltsc2019"
 REGPATCH = str(Path(sys.executable).with_name("regpatch"))

@@ -21,13 +21,11 @@ import tempfile
 from pathlib import Path
 
 import pytest
-import zstandard
+from support.util import skopeo, skopeo_inspect_digest, skopeo_inspect_raw, skopeo_pull
 
-from regpatch.bundle.open import load_bundle
-from regpatch.bundle.open import open_source
+from regpatch.bundle.open import load_bundle, open_source
 from regpatch.cli import main as regpatch_main
 from regpatch.demo.images import make_image, make_index, make_layer, write_oci_layout
-from support.util import skopeo, skopeo_inspect_digest, skopeo_inspect_raw, skopeo_pull
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 

@@ -12,11 +12,11 @@ import secrets
 
 import pytest
 import zstandard
+from support.util import skopeo, skopeo_inspect_digest, skopeo_pull
+from test_s3 import FAST_RETRIES, aws_env, moto_url, proxy, s3  # noqa: F401  (fixtures)
 
 from regpatch.cli import main as regpatch_main
 from regpatch.demo.images import make_image, make_layer, write_oci_layout
-from test_s3 import FAST_RETRIES, aws_env, moto_url, proxy, s3  # noqa: F401  (fixtures)
-from support.util import skopeo, skopeo_inspect_digest, skopeo_pull
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 

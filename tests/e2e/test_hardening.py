@@ -22,24 +22,24 @@ from urllib.parse import parse_qs
 
 import httpx
 import pytest
+from support.util import error_line, skopeo_inspect_digest, skopeo_pull, tree_hash
+from test_registry_api import ISSUER, SERVICE, CustomRegistry, TokenServer, self_signed, write_pem
 
-from regpatch.bundle.open import load_bundle
 from regpatch.bundle.local import LocalFolderSource
+from regpatch.bundle.open import load_bundle
 from regpatch.cli import main as regpatch_main
-from regpatch.digest import Digest
-from regpatch.errors import AuthError, ManifestError, VerificationError
+from regpatch.demo.images import push_with_skopeo
 from regpatch.demo.loopback import LocalRegistry
-from regpatch.manifest import DOCKER_FOREIGN_LAYER, DOCKER_LAYER, OCI_LAYER, OCI_MANIFEST, parse_manifest
+from regpatch.digest import Digest
 from regpatch.engine.plan import make_plan, url_refusals
+from regpatch.errors import AuthError, ManifestError, VerificationError
+from regpatch.manifest import DOCKER_FOREIGN_LAYER, DOCKER_LAYER, OCI_LAYER, OCI_MANIFEST, parse_manifest
 from regpatch.reference import Repository, Tag
 from regpatch.registry.client import RegistryClient
 from regpatch.registry.credentials import credentials_from_helper, load_credentials
-from regpatch.registry.verify_command import run_verify_command
 from regpatch.registry.url_policy import url_policy_from_config
-from regpatch.demo.images import push_with_skopeo
+from regpatch.registry.verify_command import run_verify_command
 from regpatch.storage.store import RegistryStore
-from test_registry_api import ISSUER, SERVICE, CustomRegistry, TokenServer, self_signed, write_pem
-from support.util import error_line, skopeo_inspect_digest, skopeo_pull, tree_hash
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 

@@ -14,12 +14,17 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from regpatch.cli import main as regpatch_main
-from regpatch.demo.images import make_image, make_index, make_layer, push_with_skopeo, scenario_servercore, write_oci_layout
 from support.util import error_line, skopeo_inspect_digest, skopeo_inspect_raw, skopeo_pull, tree_hash
 
-
+from regpatch.cli import main as regpatch_main
+from regpatch.demo.images import (
+    make_image,
+    make_index,
+    make_layer,
+    push_with_skopeo,
+    scenario_servercore,
+    write_oci_layout,
+)
 
 REPO, TAG = "servercore", "ltsc2019"
 

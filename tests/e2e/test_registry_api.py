@@ -27,18 +27,25 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
+from support.util import skopeo_inspect_digest
 
+from regpatch.demo.images import SampleImage, make_image, make_index, make_layer, push_with_skopeo, write_oci_layout
+from regpatch.demo.loopback import LocalRegistry, free_port
 from regpatch.digest import Digest
 from regpatch.errors import AuthError, ConfigError, RegistryError, RegistryUnavailable, UsageError, VerificationError
-from regpatch.demo.loopback import LocalRegistry, free_port
-from regpatch.manifest import DOCKER_FOREIGN_LAYER, DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, parse_manifest
-from regpatch.registry.credentials import Credentials, load_credentials
+from regpatch.manifest import (
+    DOCKER_FOREIGN_LAYER,
+    DOCKER_LIST,
+    DOCKER_MANIFEST,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    parse_manifest,
+)
 from regpatch.registry.client import FetchedManifest, RegistryClient
-from regpatch.registry.verify_command import run_verify_command
 from regpatch.registry.config import registry_url_from_config, storage_root_from_config
-from regpatch.demo.images import SampleImage, make_image, make_index, make_layer, push_with_skopeo, write_oci_layout
+from regpatch.registry.credentials import Credentials, load_credentials
 from regpatch.registry.processes import start_detached, stop_pid, wait_for_registry_process
-from support.util import skopeo_inspect_digest
+from regpatch.registry.verify_command import run_verify_command
 
 USER = "verifier"
 PASSWORD = "s3cret-Pa55word-xyz"

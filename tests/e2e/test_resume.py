@@ -9,16 +9,15 @@ import sys
 import threading
 from pathlib import Path
 
-
-from regpatch.cli import main as regpatch_main
-from regpatch.storage.layout import Layout
-from regpatch.demo.loopback import LocalRegistry
-from regpatch.reference import Repository, Tag
-from regpatch.demo.images import make_image, make_layer, push_with_skopeo, scenario_servercore, write_staged_bundle
-from regpatch.storage.history import read_history
-from regpatch.storage.lock import repository_lock
 from support.util import skopeo_inspect_digest, skopeo_pull, tree_hash
 
+from regpatch.cli import main as regpatch_main
+from regpatch.demo.images import make_image, make_layer, push_with_skopeo, scenario_servercore, write_staged_bundle
+from regpatch.demo.loopback import LocalRegistry
+from regpatch.reference import Repository, Tag
+from regpatch.storage.history import read_history
+from regpatch.storage.layout import Layout
+from regpatch.storage.lock import repository_lock
 
 REPO, TAG = "servercore", "ltsc2019"
 REGPATCH = str(Path(sys.executable).with_name("regpatch"))

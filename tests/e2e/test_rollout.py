@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import pytest
 import yaml
-
-from regpatch.cli import main as regpatch_main
-from regpatch.fleet.inventory import InventoryError, load_inventory
-from regpatch.demo.loopback import LocalRegistry
-from regpatch.demo.images import push_with_skopeo, scenario_servercore
 from support.util import skopeo_inspect_digest, tree_hash
 
+from regpatch.cli import main as regpatch_main
+from regpatch.demo.images import push_with_skopeo, scenario_servercore
+from regpatch.demo.loopback import LocalRegistry
+from regpatch.fleet.inventory import InventoryError, load_inventory
 
 pytestmark = pytest.mark.usefixtures("prefect_env")
 
@@ -261,10 +260,10 @@ def test_flow_errors_name_the_form_fields_and_history_on_demand(fleet, scenario,
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
     from prefect.client.schemas.sorting import ArtifactSort
 
-    from regpatch_flows.history import registry_history
-    from regpatch_flows.patch import patch_registry
     from regpatch.errors import UsageError
     from regpatch.params import RegistryParams
+    from regpatch_flows.history import registry_history
+    from regpatch_flows.patch import patch_registry
 
     a = fleet["site-a"]
     with pytest.raises(UsageError) as e:

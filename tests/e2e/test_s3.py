@@ -20,16 +20,22 @@ from pathlib import Path
 
 import boto3
 import pytest
-
 from support.faultproxy import FaultProxy
-from regpatch.bundle.s3 import S3Options, S3Source, is_transient
-from regpatch.cli import main as regpatch_main
-from regpatch.errors import SourceError
-from regpatch.demo.loopback import LocalRegistry
-from regpatch.demo.images import make_image, make_layer, push_with_skopeo, scenario_servercore, write_oci_layout, write_staged_bundle
-from regpatch.storage.store import RegistryStore
 from support.util import error_line, moto_server, skopeo_inspect_digest, skopeo_pull, tree_hash
 
+from regpatch.bundle.s3 import S3Options, S3Source, is_transient
+from regpatch.cli import main as regpatch_main
+from regpatch.demo.images import (
+    make_image,
+    make_layer,
+    push_with_skopeo,
+    scenario_servercore,
+    write_oci_layout,
+    write_staged_bundle,
+)
+from regpatch.demo.loopback import LocalRegistry
+from regpatch.errors import SourceError
+from regpatch.storage.store import RegistryStore
 
 REPO, TAG = "servercore", "ltsc2019"
 FAST_RETRIES = ["--s3-wait-initial", "0.01", "--s3-wait-max", "0.05"]

@@ -13,11 +13,27 @@ import tarfile
 import tempfile
 
 import pytest
-
-from regpatch.digest import Digest
-from regpatch.manifest import DOCKER_LAYER, DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_LAYER, OCI_MANIFEST, parse_manifest
-from regpatch.demo.images import make_image, make_index, make_layer, push_with_skopeo, scenario_servercore, write_oci_layout, write_staged_bundle
 from support.util import skopeo, skopeo_inspect_digest, skopeo_inspect_raw, skopeo_pull
+
+from regpatch.demo.images import (
+    make_image,
+    make_index,
+    make_layer,
+    push_with_skopeo,
+    scenario_servercore,
+    write_oci_layout,
+    write_staged_bundle,
+)
+from regpatch.digest import Digest
+from regpatch.manifest import (
+    DOCKER_LAYER,
+    DOCKER_LIST,
+    DOCKER_MANIFEST,
+    OCI_INDEX,
+    OCI_LAYER,
+    OCI_MANIFEST,
+    parse_manifest,
+)
 
 
 def sha256_file(path) -> str:

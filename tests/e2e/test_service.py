@@ -11,10 +11,18 @@ import time
 import httpx
 import pytest
 
-from regpatch.errors import RegistryUnavailable, RestartError, UsageError
 from regpatch.demo.loopback import LocalRegistry
-from regpatch.registry.restart import CommandRestart, NoRestart, ProcessRestart, http_probe, parse_restart_spec, url_from_registry_config, wait_until_ready
+from regpatch.errors import RegistryUnavailable, RestartError, UsageError
 from regpatch.registry.processes import pid_alive, read_pidfile, stop_pid
+from regpatch.registry.restart import (
+    CommandRestart,
+    NoRestart,
+    ProcessRestart,
+    http_probe,
+    parse_restart_spec,
+    url_from_registry_config,
+    wait_until_ready,
+)
 
 
 def closed_port() -> int:

@@ -20,16 +20,16 @@ from pathlib import Path
 
 import boto3
 import pytest
+from support.util import moto_server, skopeo, skopeo_inspect_digest, skopeo_pull, tree_hash
 
 from regpatch.cli import main as regpatch_main
-from regpatch.digest import Digest
-from regpatch.demo.loopback import LocalRegistry
 from regpatch.demo.images import make_image, make_layer, push_with_skopeo, write_oci_layout
+from regpatch.demo.loopback import LocalRegistry
+from regpatch.digest import Digest
 from regpatch.shuttle.destinations import PARTIAL_DIR
 from regpatch.shuttle.make import make_bundle
 from regpatch.shuttle.sources import RegistryOptions
 from regpatch.signing.descriptor import DESCRIPTOR, SIGNATURE, parse_descriptor
-from support.util import moto_server, skopeo, skopeo_inspect_digest, skopeo_pull, tree_hash
 
 # the patch and the make-bundle flow run on the session's Prefect server; the core's log
 # records, routed to the Prefect API once a flow ran, need it too
@@ -382,9 +382,9 @@ def test_make_bundle_flow(tmp_path, world, site_contents):
 def test_patch_flow_takes_trust_parameters(tmp_path, world, signed_bundle):
     """The patch-registry flow's ``trust`` parameter: a wrong key fails the run before any
     write; the right key lets a dry run through, with the trust in the result."""
-    from regpatch_flows.patch import patch_registry
     from regpatch.errors import SignatureError
     from regpatch.params import RegistryParams, TrustParams
+    from regpatch_flows.patch import patch_registry
 
     _, other = openssl_keypair(tmp_path, "ed25519")
     registry = RegistryParams(registry_config=str(world["site"].config_path))

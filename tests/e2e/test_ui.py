@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from prefect_cluster import BIN, ROOT, PrefectCluster, run
-from regpatch.demo.loopback import LocalRegistry
-from regpatch.demo.images import push_with_skopeo, scenario_servercore
 from support.util import skopeo_inspect_digest
+
+from regpatch.demo.images import push_with_skopeo, scenario_servercore
+from regpatch.demo.loopback import LocalRegistry
 
 REPO, TAG = "servercore", "ltsc2019"
 CHROMIUM = "/usr/bin/chromium"

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from regpatch import engine, interrupt
-from regpatch.digest import Digest
-from regpatch.storage.layout import Layout
-from regpatch.reference import Repository, Tag
 from regpatch.demo.images import scenario_servercore
+from regpatch.digest import Digest
+from regpatch.reference import Repository, Tag
 from regpatch.registry.target import RegistryTarget
+from regpatch.storage.layout import Layout
 
 REPO, TAG = "servercore", "ltsc2019"
 

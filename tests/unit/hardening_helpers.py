@@ -11,11 +11,11 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from regpatch.bundle.open import load_bundle
 from regpatch.bundle.local import LocalFolderSource
+from regpatch.bundle.open import load_bundle
 from regpatch.digest import Digest
-from regpatch.manifest import DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFEST, OCI_CONFIG, OCI_MANIFEST
 from regpatch.engine.plan import make_plan
+from regpatch.manifest import DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFEST, OCI_CONFIG, OCI_MANIFEST
 from regpatch.reference import Repository, Tag
 from regpatch.storage.store import RegistryStore
 

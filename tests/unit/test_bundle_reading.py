@@ -13,13 +13,29 @@ import tarfile
 import pytest
 
 from regpatch import engine
-from regpatch.bundle.open import load_bundle
 from regpatch.bundle.local import LocalFolderSource
-from regpatch.bundle.open import open_source
-from regpatch.digest import Digest
-from regpatch.errors import BundleError, DigestMismatch, ManifestError, SizeMismatch, SourceError, UnknownBundleFormat, UnsafePath, UsageError
-from regpatch.manifest import DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, Platform, parse_manifest
+from regpatch.bundle.open import load_bundle, open_source
 from regpatch.demo.images import make_image, make_index, make_layer, write_oci_layout
+from regpatch.digest import Digest
+from regpatch.errors import (
+    BundleError,
+    DigestMismatch,
+    ManifestError,
+    SizeMismatch,
+    SourceError,
+    UnknownBundleFormat,
+    UnsafePath,
+    UsageError,
+)
+from regpatch.manifest import (
+    DOCKER_CONFIG,
+    DOCKER_LAYER,
+    DOCKER_MANIFEST,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    Platform,
+    parse_manifest,
+)
 
 
 def blob(data: bytes, media_type: str = DOCKER_LAYER) -> dict:

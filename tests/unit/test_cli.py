@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, TAG, tree_hash
-from regpatch.cli.prefect_api import configured_prefect_api
+
 from regpatch.cli import main
+from regpatch.cli.prefect_api import configured_prefect_api
 
 EXE = str(Path(sys.executable).with_name("regpatch"))
 

@@ -14,16 +14,28 @@ import time
 
 import pytest
 import yaml
-
 from conftest import REPO, TAG, tree_hash
+from support.util import error_line
+
 from regpatch import interrupt
 from regpatch.cli import main
+from regpatch.demo.loopback import free_port
 from regpatch.errors import Interrupted, UsageError
 from regpatch.fleet.inventory import InventoryError, load_inventory, parse_inventory
-from regpatch.demo.loopback import free_port
+from regpatch.fleet.rollout import (
+    DRY_RUN,
+    FAILED,
+    PATCHED,
+    SKIPPED,
+    RegistryOutcome,
+    RolloutFailed,
+    RolloutState,
+    outcome_of,
+    render_markdown,
+    render_table,
+    run_rollout,
+)
 from regpatch.progress import Progress, human
-from regpatch.fleet.rollout import DRY_RUN, FAILED, PATCHED, SKIPPED, RegistryOutcome, RolloutFailed, RolloutState, outcome_of, render_markdown, render_table, run_rollout
-from support.util import error_line
 
 
 @pytest.fixture

@@ -10,7 +10,15 @@ import pytest
 
 from regpatch.digest import Digest
 from regpatch.errors import ConfigError, InvalidReference, UsageError
-from regpatch.params import RegistryParams, S3Params, VerifyParams, has_inline_credentials, patch_request, refuse_inline_credentials, rollback_request
+from regpatch.params import (
+    RegistryParams,
+    S3Params,
+    VerifyParams,
+    has_inline_credentials,
+    patch_request,
+    refuse_inline_credentials,
+    rollback_request,
+)
 from regpatch.reference import Repository, Tag
 from regpatch.registry.config import registry_url_from_config, storage_root_from_config
 from regpatch.registry.target import RegistryTarget

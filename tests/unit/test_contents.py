@@ -10,15 +10,22 @@ import json
 from pathlib import Path
 
 import pytest
+from support.util import tree_hash
 
 from regpatch.cli import main as regpatch_main
-from regpatch.storage.contents import FORMAT, parse_contents, read_contents_file, read_storage, union_blobs, write_contents
+from regpatch.demo.images import make_image, make_layer
 from regpatch.digest import Digest
 from regpatch.errors import StorageNotFound, UsageError
 from regpatch.reference import Repository, Tag
-from regpatch.demo.images import make_image, make_layer
+from regpatch.storage.contents import (
+    FORMAT,
+    parse_contents,
+    read_contents_file,
+    read_storage,
+    union_blobs,
+    write_contents,
+)
 from regpatch.storage.store import RegistryStore
-from support.util import tree_hash
 
 
 def put_image(store: RegistryStore, repo: str, tag: str, img) -> None:

@@ -7,16 +7,25 @@ import shutil
 import signal
 
 import pytest
-
 from conftest import REPO, TAG, tree_hash
+
 from regpatch import engine, interrupt
-from regpatch.engine import patch_run
 from regpatch.digest import Digest
-from regpatch.errors import BlobMissing, DigestMismatch, Interrupted, LockTimeout, ManifestError, StorageError, TagMoved, UsageError
+from regpatch.engine import patch_run
+from regpatch.errors import (
+    BlobMissing,
+    DigestMismatch,
+    Interrupted,
+    LockTimeout,
+    ManifestError,
+    StorageError,
+    TagMoved,
+    UsageError,
+)
 from regpatch.reference import Repository, Tag
+from regpatch.registry.target import RegistryTarget
 from regpatch.storage.history import read_history
 from regpatch.storage.lock import repository_lock
-from regpatch.registry.target import RegistryTarget
 
 
 class Recorder(engine.LogObserver):
@@ -119,7 +128,7 @@ def test_an_incomplete_image_is_refused_before_the_tag_moves(site):
 
 
 def test_interrupt_stops_at_a_chunk_boundary_and_the_rerun_resumes(site, tmp_path):
-    from regpatch.demo.images import make_layer, make_image, write_staged_bundle
+    from regpatch.demo.images import make_image, make_layer, write_staged_bundle
 
     big = make_layer(tmp_path / "big", "base.tar.gz", seed=7, size=24 << 20, compresslevel=0)
     img = make_image(tmp_path / "big", [big], os="windows")

@@ -20,14 +20,13 @@ import pytest
 import zstandard
 
 from regpatch.bundle.archive import PlainTarSource, StreamTarSource
-from regpatch.bundle.open import detect_format, load_bundle
 from regpatch.bundle.gzipper import compress_stream
 from regpatch.bundle.inspect import inspect_bundle
-from regpatch.bundle.open import open_source
+from regpatch.bundle.open import detect_format, load_bundle, open_source
 from regpatch.bundle.tarstream import TarError, TarReader, index_tar
+from regpatch.demo.images import make_image, make_index, make_layer, write_oci_layout
 from regpatch.errors import BundleError, DigestMismatch, ManifestError, UnknownBundleFormat, UnsafePath, UsageError
 from regpatch.manifest import DOCKER_FOREIGN_LAYER
-from regpatch.demo.images import make_image, make_index, make_layer, write_oci_layout
 from regpatch.storage.store import RegistryStore
 
 

@@ -8,16 +8,26 @@ import logging
 import random
 
 import pytest
-
 from hardening_helpers import descriptor, digest_of, empty_storage, manifest_bytes, plan, staged_bundle
-from regpatch.bundle.open import load_bundle
+from support.util import tree_hash
+
 from regpatch.bundle.local import LocalFolderSource
-from regpatch.errors import BlobMissing, ConfigError, ManifestError
-from regpatch.manifest import DOCKER_FOREIGN_LAYER, DOCKER_LAYER, MAX_JSON_DEPTH, OCI_INDEX, OCI_LAYER, OCI_ND_LAYER, json_depth, load_json, parse_manifest
+from regpatch.bundle.open import load_bundle
 from regpatch.engine.plan import FOREIGN, url_refusals
+from regpatch.errors import BlobMissing, ConfigError, ManifestError
+from regpatch.manifest import (
+    DOCKER_FOREIGN_LAYER,
+    DOCKER_LAYER,
+    MAX_JSON_DEPTH,
+    OCI_INDEX,
+    OCI_LAYER,
+    OCI_ND_LAYER,
+    json_depth,
+    load_json,
+    parse_manifest,
+)
 from regpatch.registry.url_policy import UrlPolicy, url_policy_from_config
 from regpatch.storage.store import RegistryStore
-from support.util import tree_hash
 
 LAYER = b"layer bytes"
 

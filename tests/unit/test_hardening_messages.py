@@ -6,10 +6,10 @@ import io
 import logging
 
 import pytest
-
 from hardening_helpers import descriptor, empty_storage, manifest_bytes, plan, staged_bundle
-from regpatch.bundle.open import load_bundle
+
 from regpatch.bundle.local import LocalFolderSource
+from regpatch.bundle.open import load_bundle
 from regpatch.errors import BlobMissing, RegpatchError, SizeMismatch
 from regpatch.manifest import DOCKER_LAYER
 from regpatch.sanitize import escape_controls, redact_command

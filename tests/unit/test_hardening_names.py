@@ -6,15 +6,15 @@ import logging
 from pathlib import Path
 
 import pytest
-
 from hardening_helpers import REPO, TAG, empty_storage
+
 from regpatch.digest import Digest
 from regpatch.errors import ConfigError, InvalidReference, MalformedLink, StorageError
 from regpatch.fleet.inventory import InventoryError, parse_inventory
-from regpatch.storage.layout import Layout, state_name
 from regpatch.reference import Repository, Tag
 from regpatch.registry.config import registry_url_from_config, storage_root_from_config
 from regpatch.storage.journal import Journal
+from regpatch.storage.layout import Layout, state_name
 from regpatch.storage.lock import repository_lock
 from regpatch.storage.store import RegistryStore
 

@@ -10,14 +10,14 @@ import os
 from pathlib import Path
 
 import pytest
-
 from hardening_helpers import REPO, TAG, empty_storage, plan, simple_bundle, write_blob
 
 LAYER = b"layer bytes"  # simple_bundle's layer
+from support.util import tree_hash
+
 from regpatch.digest import Digest
 from regpatch.errors import NoSpace, RegpatchError, StorageError, UnsafePath, UsageError, os_error
 from regpatch.storage.store import RegistryStore
-from support.util import tree_hash
 
 V2 = ("docker", "registry", "v2")
 

@@ -12,10 +12,10 @@ import time
 import pytest
 
 from regpatch import interrupt
-from regpatch.hashing import copy_and_hash
 from regpatch.errors import Interrupted, RestartError, UsageError, VerificationError
-from regpatch.registry.verify_command import run_verify_command
+from regpatch.hashing import copy_and_hash
 from regpatch.registry.restart import CommandRestart, parse_restart_spec, registry_environment
+from regpatch.registry.verify_command import run_verify_command
 
 
 def test_a_copy_stops_at_the_next_chunk_once_a_stop_is_requested():

@@ -13,11 +13,11 @@ import jsonschema
 import pytest
 import yaml
 
-from regpatch.fleet.deployments import specs_for, render_prefect_yaml
 from regpatch.errors import StorageError, UsageError, VerificationError
+from regpatch.fleet.deployments import render_prefect_yaml, specs_for
 from regpatch.fleet.inventory import load_inventory, parse_inventory
-from regpatch.params import RegistryParams, form_terms, in_form_terms
 from regpatch.fleet.rollout import FAILED, RegistryOutcome, outcome_of, render_markdown, tag_state
+from regpatch.params import RegistryParams, form_terms, in_form_terms
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,16 +10,23 @@ import logging
 import shutil
 
 import pytest
-
 from conftest import REPO, TAG
+
 from regpatch import engine
-from regpatch.digest import Digest
-from regpatch.errors import BundleError, RegistryUnavailable, SizeMismatch, StorageError, UsageError
+from regpatch.demo.images import (
+    default_layer_names,
+    make_image,
+    make_index,
+    make_layer,
+    write_oci_layout,
+    write_staged_bundle,
+)
 from regpatch.demo.loopback import free_port
+from regpatch.digest import Digest
+from regpatch.engine.tags import ImageIncomplete
+from regpatch.errors import BundleError, RegistryUnavailable, SizeMismatch, StorageError, UsageError
 from regpatch.manifest import DOCKER_CONFIG, DOCKER_FOREIGN_LAYER, DOCKER_LAYER, DOCKER_MANIFEST
 from regpatch.reference import Repository, Tag
-from regpatch.engine.tags import ImageIncomplete
-from regpatch.demo.images import default_layer_names, make_image, make_index, make_layer, write_oci_layout, write_staged_bundle
 from regpatch.registry.target import RegistryTarget
 
 R, T = Repository(REPO), Tag(TAG)

@@ -17,13 +17,13 @@ import time
 import httpx
 import pytest
 
+from regpatch.demo.loopback import free_port
 from regpatch.digest import Digest
 from regpatch.errors import AuthError, RegistryError, RegistryUnavailable, UsageError, VerificationError
-from regpatch.demo.loopback import free_port
 from regpatch.manifest import DOCKER_LAYER, Descriptor
 from regpatch.reference import Repository, Tag
-from regpatch.registry.credentials import Credentials, load_credentials
 from regpatch.registry.client import RegistryClient, VerifyReport, _BodyReader, _error_codes, _RetryableStatus
+from regpatch.registry.credentials import Credentials, load_credentials
 from regpatch.registry.http import _is_transient, _parse_challenge, _retry_after, _tls_failure
 from regpatch.registry.verify_command import run_verify_command
 

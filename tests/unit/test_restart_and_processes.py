@@ -16,12 +16,20 @@ import bcrypt
 import pytest
 
 from regpatch.demo import story as demo
-from regpatch.registry import processes as service
-from regpatch.errors import RegistryUnavailable, RestartError, UsageError
 from regpatch.demo.loopback import LocalRegistry, free_port, write_htpasswd, write_registry_config
+from regpatch.errors import RegistryUnavailable, RestartError, UsageError
+from regpatch.registry import processes as service
 from regpatch.registry.config import registry_url_from_config, storage_root_from_config
+from regpatch.registry.processes import (
+    looks_like_registry,
+    pid_alive,
+    read_pidfile,
+    start_detached,
+    stop_pid,
+    wait_for_registry_process,
+    write_pidfile,
+)
 from regpatch.registry.restart import CommandRestart, NoRestart, ProcessRestart, parse_restart_spec, wait_until_ready
-from regpatch.registry.processes import looks_like_registry, pid_alive, read_pidfile, start_detached, stop_pid, wait_for_registry_process, write_pidfile
 
 # A registry stand-in: stays up, answers nothing, leaves on SIGTERM within a tenth of a second.
 SERVING = "#!/bin/sh\ntrap 'exit 0' TERM\necho \"stand-in $* started\"\nwhile :; do sleep 0.1; done\n"

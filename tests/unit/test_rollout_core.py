@@ -6,13 +6,22 @@ import shutil
 
 import pytest
 import yaml
-
 from conftest import REPO, TAG
+
 from regpatch import engine
 from regpatch.cli import main
 from regpatch.fleet.inventory import load_inventory
+from regpatch.fleet.rollout import (
+    FAILED,
+    NOT_RUN,
+    PATCHED,
+    SKIPPED,
+    UP_TO_DATE,
+    RolloutState,
+    engine_patcher,
+    run_rollout,
+)
 from regpatch.reference import Repository, Tag
-from regpatch.fleet.rollout import FAILED, NOT_RUN, PATCHED, SKIPPED, UP_TO_DATE, RolloutState, engine_patcher, run_rollout
 from regpatch.registry.target import RegistryTarget
 
 

@@ -20,18 +20,27 @@ import secrets
 
 import boto3
 import pytest
-
 from conftest import REPO, TAG, tree_hash
 from support.faultproxy import FaultProxy
-from regpatch import engine
-from regpatch.bundle.s3 import S3Credentials, S3Options, S3Source, TruncatedBody, describe_fault, is_transient, parse_s3_url, _strip_userinfo
-from regpatch.bundle.open import open_source
-from regpatch.cli import main
-from regpatch.errors import DigestMismatch, SourceError, UnsafePath, UsageError
-from regpatch.demo.loopback import free_port
-from regpatch.demo.images import write_staged_bundle
-from regpatch.storage.store import RegistryStore
 from support.util import error_line, moto_server
+
+from regpatch import engine
+from regpatch.bundle.open import open_source
+from regpatch.bundle.s3 import (
+    S3Credentials,
+    S3Options,
+    S3Source,
+    TruncatedBody,
+    _strip_userinfo,
+    describe_fault,
+    is_transient,
+    parse_s3_url,
+)
+from regpatch.cli import main
+from regpatch.demo.images import write_staged_bundle
+from regpatch.demo.loopback import free_port
+from regpatch.errors import DigestMismatch, SourceError, UnsafePath, UsageError
+from regpatch.storage.store import RegistryStore
 
 FAST = dict(wait_initial=0.01, wait_max=0.02)
 FAST_CLI = ["--s3-wait-initial", "0.01", "--s3-wait-max", "0.02"]

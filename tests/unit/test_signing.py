@@ -17,23 +17,38 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from support.util import tree_hash
 
-from regpatch.bundle.open import load_bundle
 from regpatch.bundle.local import LocalFolderSource
+from regpatch.bundle.open import load_bundle
 from regpatch.cli import main as regpatch_main
-from regpatch.storage.contents import read_storage, write_contents
-from regpatch.digest import Digest
-from regpatch.errors import BaseBlobsMissing, BundleError, BundleMismatch, DigestMismatch, SignatureError, UnsignedBundle, UsageError
-from regpatch.reference import Repository, Tag
 from regpatch.demo.images import make_image, make_index, make_layer, write_oci_layout
+from regpatch.digest import Digest
+from regpatch.errors import (
+    BaseBlobsMissing,
+    BundleError,
+    BundleMismatch,
+    DigestMismatch,
+    SignatureError,
+    UnsignedBundle,
+    UsageError,
+)
+from regpatch.reference import Repository, Tag
 from regpatch.shuttle.destinations import PARTIAL_DIR
 from regpatch.shuttle.make import make_bundle, parse_platform
 from regpatch.shuttle.sources import parse_docker_reference
-from regpatch.signing.descriptor import DESCRIPTOR, SIGNATURE, parse_descriptor
 from regpatch.signing.check import check_bundle
-from regpatch.signing.keys import fingerprint, generate_keypair, load_private_key, load_public_key, sign_bytes, verify_bytes
+from regpatch.signing.descriptor import DESCRIPTOR, SIGNATURE, parse_descriptor
+from regpatch.signing.keys import (
+    fingerprint,
+    generate_keypair,
+    load_private_key,
+    load_public_key,
+    sign_bytes,
+    verify_bytes,
+)
+from regpatch.storage.contents import read_storage, write_contents
 from regpatch.storage.store import RegistryStore
-from support.util import tree_hash
 
 
 def put_image(store: RegistryStore, repo: str, tag: str, img) -> None:

@@ -16,19 +16,28 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, TAG
+
 from regpatch import engine
 from regpatch.digest import Digest
+from regpatch.errors import (
+    DigestMismatch,
+    InvalidReference,
+    LockTimeout,
+    NoSpace,
+    SizeMismatch,
+    StorageError,
+    StorageNotFound,
+    UnsafePath,
+    os_error,
+)
 from regpatch.hashing import copy_and_hash, hash_file, kernel_copy_and_hash
-from regpatch.errors import DigestMismatch, InvalidReference, LockTimeout, NoSpace, SizeMismatch, StorageError, StorageNotFound, UnsafePath
-from regpatch.storage.layout import Layout
 from regpatch.reference import Repository, Tag
-from regpatch.storage.journal import Journal, open_journal, was_verified
-from regpatch.storage.state import actor
 from regpatch.storage.history import previous_digest, read_history, record_history, render_history
+from regpatch.storage.journal import Journal, open_journal, was_verified
+from regpatch.storage.layout import Layout
 from regpatch.storage.lock import repository_lock
-from regpatch.errors import os_error
+from regpatch.storage.state import actor
 from regpatch.storage.store import TMP_MARK, RegistryStore, sweep_temp_files
 
 R, T = Repository(REPO), Tag(TAG)
@@ -462,8 +471,8 @@ def test_long_files_are_hashed_with_a_reader_thread_and_a_short_read_is_an_error
         assert hash_fd(f.fileno(), what="blob", expected=Digest.of_bytes(data), expected_size=len(data),
                        progress=seen.append) == (Digest.of_bytes(data), len(data))
     assert sum(seen) == len(data) and max(seen) <= CHUNK
-    from regpatch.hashing import _hash_range
     from regpatch.digest import new_hasher
+    from regpatch.hashing import _hash_range
 
     with open(path, "rb") as f:  # the file is shorter than the range asked: EIO from the reader thread
         with pytest.raises(OSError, match="short read of blob"):
