@@ -162,45 +162,9 @@ def make_plan(bundle: PatchBundle, store: RegistryStore, repository: Repository,
     """
     layout = store.layout
     warnings: list[str] = []
-    manifests: list[ManifestStep] = []
-    images: list[ImageManifest] = []
     top = bundle.top
-
-    if isinstance(top, ImageIndex):
-        for i, child_desc in enumerate(top.manifests):
-            where = f"index {top.digest} manifests[{i}]"
-            child = bundle.read_manifest(child_desc, where)
-            in_registry = store.blob_size(child_desc.digest) is not None
-            if child is None:
-                if not in_registry:
-                    raise BlobMissing(child_desc.digest, where, "add the child manifest to the bundle")
-                raw = store.read_blob(child_desc.digest, MAX_MANIFEST_SIZE)
-                child = _registry_manifest(raw, child_desc, f"registry blob {child_desc.digest}")
-            if isinstance(child, ImageIndex):
-                raise BundleError(f"{where}: nested image indexes are not supported")
-            manifests.append(ManifestStep(child, in_registry and _same_bytes(store, child)))
-            images.append(child)
-    else:
-        images.append(top)
-    manifests.append(ManifestStep(top, _same_bytes(store, top)))
-
-    for img in images:  # refused by every registry, whatever its validation rules
-        for i, d in enumerate(img.layers):
-            for u in d.urls:
-                problem = go_url_problem(u)
-                if problem:
-                    raise ManifestError(f"manifest {img.digest} layers[{i}] url {escape_controls(u)!r}: {problem}; "
-                                        "a registry refuses such a manifest on push")
-    if url_policy is not None:
-        refusals = url_refusals(images, url_policy)
-        if refusals and not ignore_url_policy:
-            raise ManifestError(refusals[0] + "; the registry's API would refuse this manifest on "
-                                "push: fix the bundle or the registry's config, or override with the "
-                                "explicit URL-policy override")
-        for r in refusals:
-            msg = f"URL policy overridden: {r}"
-            warnings.append(msg)
-            log.warning("%s", msg)
+    manifests, images = _manifest_steps(bundle, store)
+    _check_urls(images, url_policy, ignore_url_policy, warnings)
 
     blobs: dict[Digest, BlobStep] = {}
     for img in images:
@@ -227,6 +191,56 @@ def make_plan(bundle: PatchBundle, store: RegistryStore, repository: Repository,
                       + [layout.blob_data(m.manifest.digest) for m in manifests])
     return PatchPlan(repository, tag, top, store.current_tag(repository, tag), bundle.source,
                      manifests, list(blobs.values()), links, warnings)
+
+
+def _manifest_steps(bundle: PatchBundle, store: RegistryStore) -> tuple[list[ManifestStep], list[ImageManifest]]:
+    """The manifests to store (children of an index first, the top last) and the images.
+    A child the bundle does not carry must already be in the registry."""
+    manifests: list[ManifestStep] = []
+    images: list[ImageManifest] = []
+    top = bundle.top
+    if isinstance(top, ImageIndex):
+        for i, child_desc in enumerate(top.manifests):
+            where = f"index {top.digest} manifests[{i}]"
+            child = bundle.read_manifest(child_desc, where)
+            in_registry = store.blob_size(child_desc.digest) is not None
+            if child is None:
+                if not in_registry:
+                    raise BlobMissing(child_desc.digest, where, "add the child manifest to the bundle")
+                raw = store.read_blob(child_desc.digest, MAX_MANIFEST_SIZE)
+                child = _registry_manifest(raw, child_desc, f"registry blob {child_desc.digest}")
+            if isinstance(child, ImageIndex):
+                raise BundleError(f"{where}: nested image indexes are not supported")
+            manifests.append(ManifestStep(child, in_registry and _same_bytes(store, child)))
+            images.append(child)
+    else:
+        images.append(top)
+    manifests.append(ManifestStep(top, _same_bytes(store, top)))
+    return manifests, images
+
+
+def _check_urls(images: list[ImageManifest], url_policy: Optional[UrlPolicy], ignore_url_policy: bool,
+                warnings: list[str]) -> None:
+    """Foreign-layer URLs: one that no registry takes is refused; one the registry's own
+    ``validation.manifests.urls`` refuses is refused unless overridden (then a warning)."""
+    for img in images:  # refused by every registry, whatever its validation rules
+        for i, d in enumerate(img.layers):
+            for u in d.urls:
+                problem = go_url_problem(u)
+                if problem:
+                    raise ManifestError(f"manifest {img.digest} layers[{i}] url {escape_controls(u)!r}: {problem}; "
+                                        "a registry refuses such a manifest on push")
+    if url_policy is None:
+        return
+    refusals = url_refusals(images, url_policy)
+    if refusals and not ignore_url_policy:
+        raise ManifestError(refusals[0] + "; the registry's API would refuse this manifest on "
+                            "push: fix the bundle or the registry's config, or override with the "
+                            "explicit URL-policy override")
+    for r in refusals:
+        msg = f"URL policy overridden: {r}"
+        warnings.append(msg)
+        log.warning("%s", msg)
 
 
 def _same_bytes(store: RegistryStore, m: Manifest) -> bool:

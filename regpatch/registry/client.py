@@ -40,7 +40,6 @@ from regpatch.manifest import (
     MAX_MANIFEST_SIZE,
     Descriptor,
     ImageIndex,
-    ImageManifest,
     parse_manifest,
 )
 from regpatch.reference import Repository, Tag
@@ -375,51 +374,66 @@ class RegistryClient(RegistryHTTP):
         start = time.monotonic()
         repo, tg = _repo(repository), _ref(reference)
         expected = expected if isinstance(expected, Digest) else Digest.parse(expected)
+        top = self._top_manifest(repo, tg, expected)
+        manifests: list[Digest] = []
+        blobs: dict[Digest, Descriptor] = {}
+        self._walk(repo, top, f"manifest {repo}@{expected}", manifests, blobs)
+        todo = list(blobs.values())
+        total, skipped = self._pull_blobs(repo, tg, todo, progress)
+        report = VerifyReport(repository=str(repo), reference=str(tg), digest=expected,
+                              manifests=tuple(manifests),
+                              blobs_verified=len(todo) - len(skipped), bytes_verified=total,
+                              foreign_skipped=tuple(skipped),
+                              seconds=round(time.monotonic() - start, 3))
+        log.info("verified %s", report.summary())
+        return report
+
+    def _top_manifest(self, repo: Repository, tg: Union[Tag, Digest], expected: Digest) -> FetchedManifest:
+        """The manifest ``expected``, fetched by digest; by a tag, the tag must serve the same bytes."""
         if isinstance(tg, Digest):
             if tg != expected:
                 raise UsageError(f"verify_image: reference {tg} is not the expected digest {expected}")
-            top = self.get_manifest(repo, expected)
-        else:
-            by_tag = self.get_manifest(repo, tg)
-            if by_tag.digest != expected:
-                raise VerificationError(f"tag {repo}:{tg} points at {by_tag.digest}, expected {expected}")
-            top = self.get_manifest(repo, expected)
-            if top.raw != by_tag.raw:
-                raise VerificationError(f"manifest {repo}@{expected} by digest differs from the one "
-                                        f"tag {tg} serves")
+            return self.get_manifest(repo, expected)
+        by_tag = self.get_manifest(repo, tg)
+        if by_tag.digest != expected:
+            raise VerificationError(f"tag {repo}:{tg} points at {by_tag.digest}, expected {expected}")
+        top = self.get_manifest(repo, expected)
+        if top.raw != by_tag.raw:
+            raise VerificationError(f"manifest {repo}@{expected} by digest differs from the one "
+                                    f"tag {tg} serves")
+        return top
 
-        manifests: list[Digest] = []
-        blobs: dict[Digest, Descriptor] = {}
+    def _walk(self, repo: Repository, fetched: FetchedManifest, label: str, manifests: list[Digest],
+              blobs: dict[Digest, Descriptor]) -> None:
+        """Every manifest of the image (an index's children fetched and checked against the
+        index), collecting the configs and layers to pull."""
+        try:
+            m = parse_manifest(fetched.raw, what=label, media_type_hint=fetched.media_type)
+        except ManifestError as e:
+            raise VerificationError(f"registry serves an unusable manifest: {e}") from e
+        manifests.append(fetched.digest)
+        if not isinstance(m, ImageIndex):
+            for d in m.blobs():
+                blobs.setdefault(d.digest, d)
+            return
+        for d in m.manifests:
+            if d.digest in manifests:
+                continue
+            child = self.get_manifest(repo, d.digest)
+            if len(child.raw) != d.size:
+                raise VerificationError(f"manifest {repo}@{d.digest} is {len(child.raw)} bytes, the index "
+                                        f"{fetched.digest} says {d.size}")
+            if child.media_type and d.media_type and child.media_type != d.media_type:
+                log.warning("manifest %s@%s is served as %s, the index says %s", repo,
+                            d.digest, child.media_type, d.media_type)
+            self._walk(repo, child, f"manifest {repo}@{d.digest}", manifests, blobs)
 
-        def walk(fetched: FetchedManifest, label: str) -> None:
-            try:
-                m = parse_manifest(fetched.raw, what=label, media_type_hint=fetched.media_type)
-            except ManifestError as e:
-                raise VerificationError(f"registry serves an unusable manifest: {e}") from e
-            manifests.append(fetched.digest)
-            if isinstance(m, ImageIndex):
-                for d in m.manifests:
-                    if d.digest in manifests:
-                        continue
-                    child = self.get_manifest(repo, d.digest)
-                    if len(child.raw) != d.size:
-                        raise VerificationError(
-                            f"manifest {repo}@{d.digest} is {len(child.raw)} bytes, the index "
-                            f"{fetched.digest} says {d.size}")
-                    if child.media_type and d.media_type and child.media_type != d.media_type:
-                        log.warning("manifest %s@%s is served as %s, the index says %s", repo,
-                                    d.digest, child.media_type, d.media_type)
-                    walk(child, f"manifest {repo}@{d.digest}")
-            else:
-                assert isinstance(m, ImageManifest)
-                for d in m.blobs():
-                    blobs.setdefault(d.digest, d)
-
-        walk(top, f"manifest {repo}@{expected}")
-
+    def _pull_blobs(self, repo: Repository, tg: Union[Tag, Digest], todo: list[Descriptor],
+                    progress: Optional[Callable[[int], None]]) -> tuple[int, list[Digest]]:
+        """Pull and hash every blob (``verify_workers`` at once): (bytes verified, foreign
+        layers the registry does not store)."""
         skipped: list[Digest] = []
         total = 0
-        todo = list(blobs.values())
         with ThreadPoolExecutor(max_workers=min(self._verify_workers, max(1, len(todo))),
                                 thread_name_prefix="regpatch-verify") as pool:
             futures = {pool.submit(contextvars.copy_context().run, self._verify_blob, repo, d, progress): d
@@ -431,29 +445,20 @@ class RegistryClient(RegistryHTTP):
             if failed:
                 # wait for the running one to end before raising: no thread left behind
                 wait(pending)
-                raise failed[0].exception()
+                raise failed[0].exception()  # type: ignore[misc]
         for f, d in futures.items():
             n = f.result()
-            if n is None:
-                if d.is_foreign:
-                    log.warning("foreign layer %s of %s:%s is not stored in the registry; clients "
-                                "fetch it from %s; skipped", d.digest, repo, tg,
-                                ", ".join(d.urls) or "its urls")
-                    skipped.append(d.digest)
-                    continue
+            if n is not None:
+                total += n
+                continue
+            if not d.is_foreign:
                 raise VerificationError(f"blob {d.digest} ({d.media_type or 'blob'}) of "
                                         f"{repo}:{tg} not found in the registry at {self.url} "
                                         "(BLOB_UNKNOWN); its _layers link or data is missing")
-            total += n
-
-        report = VerifyReport(repository=str(repo), reference=str(tg), digest=expected,
-                              manifests=tuple(manifests),
-                              blobs_verified=len(todo) - len(skipped), bytes_verified=total,
-                              foreign_skipped=tuple(skipped),
-                              seconds=round(time.monotonic() - start, 3))
-        log.info("verified %s", report.summary())
-        return report
-
+            log.warning("foreign layer %s of %s:%s is not stored in the registry; clients "
+                        "fetch it from %s; skipped", d.digest, repo, tg, ", ".join(d.urls) or "its urls")
+            skipped.append(d.digest)
+        return total, skipped
 
     def fetch_blob(self, repository: RepoLike, descriptor: Descriptor, dst, *, offset: int = 0,
                    hasher=None, progress: Optional[Callable[[int], None]] = None) -> Digest:

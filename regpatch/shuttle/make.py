@@ -185,100 +185,25 @@ def make_bundle(source: str, out: str, *, have: Sequence[str] = (), sign_key: Op
     if platform is not None:
         parse_platform(platform)
     contents: list[ContentsFile] = [read_contents_file(h) for h in have]
-    have_blobs = union_blobs(contents)
     dest = open_destination(out, s3)
     src, name, default_repo, default_tag = open_image_source(source, image=image, registry=registry)
     repository = repository or default_repo
     tag = tag or default_tag
-    report_warnings: list[str] = []
+    warnings: list[str] = []
     try:
         top, images = _select(src, src.top(), platform)
-        manifests: dict[Digest, bytes] = {top.digest: top.raw}
-        for img, _ in images:
-            manifests[img.digest] = img.raw
+        manifests: dict[Digest, bytes] = {top.digest: top.raw, **{img.digest: img.raw for img, _ in images}}
         media = {top.digest: top.media_type, **{img.digest: img.media_type for img, _ in images}}
-
-        carried: dict[Digest, Descriptor] = {}
-        assumed: dict[Digest, Descriptor] = {}
-        for img, _ in images:
-            for d in img.blobs():
-                if d.digest in carried or d.digest in assumed:
-                    continue
-                if d.digest in have_blobs:
-                    if have_blobs[d.digest] == d.size:
-                        assumed[d.digest] = d
-                        continue
-                    report_warnings.append(f"the site's contents list {d.digest} with "
-                                           f"{have_blobs[d.digest]:,} bytes, the manifest says {d.size:,}: "
-                                           "carried")
-                carried[d.digest] = d
-
+        carried, assumed = _split_blobs(images, union_blobs(contents), warnings)
         dest.prepare()
         report = BundleReport(dest.description, None)  # type: ignore[arg-type]
-        foreign: dict[Digest, Descriptor] = {}
-
-        # manifests: small, from memory
-        for digest, raw in manifests.items():
-            if dest.has_blob(digest, len(raw)):
-                report.reused.append((str(digest), len(raw)))
-                continue
-            dest.put_blob(digest, len(raw), _bytes_feed(raw), lambda n: None)
-            report.written.append((str(digest), len(raw)))
-
-        lock = threading.Lock()
-
-        def one(d: Descriptor) -> None:
-            if dest.has_blob(d.digest, d.size):
-                with lock:
-                    report.reused.append((str(d.digest), d.size))
-                log.info("blob %s (%s B) already complete in %s", d.digest, f"{d.size:,}", dest.description)
-                return
-            if d.is_foreign and not src.has(d):
-                with lock:
-                    foreign[d.digest] = d
-                return
-            bar = progress(f"blob {d.digest.short}", d.size)
-
-            def feed(dst, offset, hasher, prog):
-                src.stream(d, dst, offset, hasher, prog)
-
-            try:
-                resumed = dest.put_blob(d.digest, d.size, feed, bar)
-            except VerificationError:
-                if d.is_foreign:  # the source registry does not serve this non-distributable layer
-                    with lock:
-                        foreign[d.digest] = d
-                    return
-                raise
-            with lock:
-                report.written.append((str(d.digest), d.size))
-                report.resumed_bytes += resumed
-            log.info("wrote blob %s (%s B) to %s", d.digest, f"{d.size:,}", dest.description)
-
-        todo = sorted(carried.values(), key=lambda d: -d.size)
-        if todo:
-            with ThreadPoolExecutor(max_workers=max(1, min(workers, len(todo))),
-                                    thread_name_prefix="regpatch-bundle") as pool:
-                futures = [pool.submit(contextvars.copy_context().run, one, d) for d in todo]
-                done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-                for f in pending:
-                    f.cancel()
-                wait(pending)
-                for f in futures:
-                    if f.done() and not f.cancelled() and f.exception() is not None:
-                        raise f.exception()
+        _write_manifests(dest, manifests, report)
+        foreign = _copy_blobs(src, dest, list(carried.values()), report, progress, workers)
         for dg in foreign:
             carried.pop(dg)
-            report_warnings.append(f"foreign layer {dg} is not served by {src.description}: neither "
-                                   "carried nor assumed; Windows clients fetch it from its urls")
-
-        index_entry = {"mediaType": top.media_type, "digest": str(top.digest), "size": len(top.raw),
-                       "annotations": {REF_NAME: tag or name}}
-        index_bytes = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [index_entry]},
-                                 sort_keys=True, separators=(",", ":")).encode()
-        dest.put_file("oci-layout", OCI_LAYOUT_BYTES)
-        dest.put_file("index.json", index_bytes)
-
+            warnings.append(f"foreign layer {dg} is not served by {src.description}: neither "
+                            "carried nor assumed; Windows clients fetch it from its urls")
+        index_bytes = _write_layout(dest, top, tag or name)
         blob_entries = [BlobEntry(dg, len(raw), media[dg]) for dg, raw in manifests.items()]
         blob_entries += [BlobEntry(d.digest, d.size, d.media_type) for d in carried.values()]
         top_platform = images[0][1] if not isinstance(top, ImageIndex) else {}
@@ -294,30 +219,129 @@ def make_bundle(source: str, out: str, *, have: Sequence[str] = (), sign_key: Op
             contents=tuple(ContentsRef(c.name, c.sha256) for c in contents),
             foreign=tuple(BlobEntry(d.digest, d.size, d.media_type) for d in foreign.values()),
             tool=tool_version(), created=utc_now(), source=src.description)
-
-        keep = {f"blobs/sha256/{b.digest.hex}" for b in blob_entries}
-        for stale in sorted(dest.blob_names() - keep):
-            dest.remove(stale)
-            report.removed.append(stale)
-            log.info("removed %s: left by an earlier bundle in %s, not part of this one", stale,
-                     dest.description)
-
-        raw = descriptor.to_json()
-        dest.remove(SIGNATURE)            # never leave an old signature beside a new descriptor
-        dest.put_file(DESCRIPTOR, raw)
-        if key is not None:
-            dest.put_file(SIGNATURE, sign_bytes(key, raw))
-            report.signed_with = fingerprint(key)
+        _remove_stale(dest, {f"blobs/sha256/{b.digest.hex}" for b in blob_entries}, report)
+        _write_descriptor(dest, descriptor, key, report)
         dest.finish()
     finally:
         src.close()
     report.descriptor = descriptor
-    report.warnings = report_warnings
+    report.warnings = warnings
     report.seconds = round(time.monotonic() - t0, 3)
-    for w in report_warnings:
+    for w in warnings:
         log.warning("%s", w)
     log.info("%s", descriptor.summary())
     return report
+
+
+def _split_blobs(images, have_blobs: dict[Digest, int],
+                 warnings: list[str]) -> tuple[dict[Digest, Descriptor], dict[Digest, Descriptor]]:
+    """(carried, assumed): a config or layer the site's contents list with the same size is
+    assumed present there; every other one is carried (a size that disagrees is said)."""
+    carried: dict[Digest, Descriptor] = {}
+    assumed: dict[Digest, Descriptor] = {}
+    for img, _ in images:
+        for d in img.blobs():
+            if d.digest in carried or d.digest in assumed:
+                continue
+            if d.digest in have_blobs:
+                if have_blobs[d.digest] == d.size:
+                    assumed[d.digest] = d
+                    continue
+                warnings.append(f"the site's contents list {d.digest} with {have_blobs[d.digest]:,} bytes, "
+                                f"the manifest says {d.size:,}: carried")
+            carried[d.digest] = d
+    return carried, assumed
+
+
+def _write_manifests(dest, manifests: dict[Digest, bytes], report: BundleReport) -> None:
+    """Manifests are small: written from memory."""
+    for digest, raw in manifests.items():
+        if dest.has_blob(digest, len(raw)):
+            report.reused.append((str(digest), len(raw)))
+            continue
+        dest.put_blob(digest, len(raw), _bytes_feed(raw), lambda n: None)
+        report.written.append((str(digest), len(raw)))
+
+
+def _copy_blobs(src, dest, todo: list[Descriptor], report: BundleReport, progress: ProgressFactory,
+                workers: int) -> dict[Digest, Descriptor]:
+    """Every carried blob streamed from the source into the destination (largest first,
+    ``workers`` at once); returns the foreign layers the source does not serve."""
+    foreign: dict[Digest, Descriptor] = {}
+    lock = threading.Lock()
+
+    def one(d: Descriptor) -> None:
+        if dest.has_blob(d.digest, d.size):
+            with lock:
+                report.reused.append((str(d.digest), d.size))
+            log.info("blob %s (%s B) already complete in %s", d.digest, f"{d.size:,}", dest.description)
+            return
+        if d.is_foreign and not src.has(d):
+            with lock:
+                foreign[d.digest] = d
+            return
+        bar = progress(f"blob {d.digest.short}", d.size)
+
+        def feed(dst, offset, hasher, prog):
+            src.stream(d, dst, offset, hasher, prog)
+
+        try:
+            resumed = dest.put_blob(d.digest, d.size, feed, bar)
+        except VerificationError:
+            if d.is_foreign:  # the source registry does not serve this non-distributable layer
+                with lock:
+                    foreign[d.digest] = d
+                return
+            raise
+        with lock:
+            report.written.append((str(d.digest), d.size))
+            report.resumed_bytes += resumed
+        log.info("wrote blob %s (%s B) to %s", d.digest, f"{d.size:,}", dest.description)
+
+    todo = sorted(todo, key=lambda d: -d.size)
+    if todo:
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(todo))),
+                                thread_name_prefix="regpatch-bundle") as pool:
+            futures = [pool.submit(contextvars.copy_context().run, one, d) for d in todo]
+            _, pending = wait(futures, return_when=FIRST_EXCEPTION)
+            for f in pending:
+                f.cancel()
+            wait(pending)
+            for f in futures:
+                error = f.exception() if f.done() and not f.cancelled() else None
+                if error is not None:
+                    raise error
+    return foreign
+
+
+def _write_layout(dest, top: Manifest, ref_name: str) -> bytes:
+    """``oci-layout`` and ``index.json`` (one entry: the top manifest); returns index.json."""
+    index_entry = {"mediaType": top.media_type, "digest": str(top.digest), "size": len(top.raw),
+                   "annotations": {REF_NAME: ref_name}}
+    index_bytes = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [index_entry]},
+                             sort_keys=True, separators=(",", ":")).encode()
+    dest.put_file("oci-layout", OCI_LAYOUT_BYTES)
+    dest.put_file("index.json", index_bytes)
+    return index_bytes
+
+
+def _remove_stale(dest, keep: set[str], report: BundleReport) -> None:
+    """Blobs an earlier bundle left in the destination: the site refuses unlisted files."""
+    for stale in sorted(dest.blob_names() - keep):
+        dest.remove(stale)
+        report.removed.append(stale)
+        log.info("removed %s: left by an earlier bundle in %s, not part of this one", stale, dest.description)
+
+
+def _write_descriptor(dest, descriptor: BundleDescriptor, key, report: BundleReport) -> None:
+    """``regpatch-bundle.json`` last, signed when a key is given; an old signature never
+    stays beside a new descriptor."""
+    raw = descriptor.to_json()
+    dest.remove(SIGNATURE)
+    dest.put_file(DESCRIPTOR, raw)
+    if key is not None:
+        dest.put_file(SIGNATURE, sign_bytes(key, raw))
+        report.signed_with = fingerprint(key)
 
 
 def _bytes_feed(raw: bytes):
