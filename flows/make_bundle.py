@@ -107,7 +107,8 @@ def render_markdown(r: BundleReport) -> str:
              f"| carried | {len(d.blobs)} blobs, {human(d.bytes_carried)} |",
              f"| assumed present at the site | {len(d.assumed)} blobs, "
              f"{human(sum(b.size for b in d.assumed))} |",
-             f"| made against | {', '.join(f'`{c.name}` ({c.sha256})' for c in d.contents) or 'nothing (full bundle)'} |",
+             "| made against | " + (", ".join(f"`{c.name}` ({c.sha256})" for c in d.contents)
+                                   or "nothing (full bundle)") + " |",
              f"| signature | {r.signed_with or 'NOT signed'} |",
              f"| this run | {len(r.written)} written, {len(r.reused)} already complete, "
              f"{r.resumed_bytes:,} B resumed, {r.seconds:.2f}s |", "",

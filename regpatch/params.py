@@ -95,11 +95,13 @@ class RegistryParams(BaseModel):
                        description="Create docker/registry/v2 when the storage has none (a new, "
                                           "empty registry); without it such a storage is refused as a typo.")
     ignore_url_policy: bool = Field(
-        False, title="Ignore the URL policy", description="Patch a manifest whose foreign-layer URLs the registry's own rules "
+        False, title="Ignore the URL policy",
+        description="Patch a manifest whose foreign-layer URLs the registry's own rules "
                            "(validation.manifests.urls in its config.yml) would refuse on a push; "
                            "each refusal becomes a warning.")
     allow_cross_repository: bool = Field(
-        False, title="Allow other repositories' blobs", description="Let the image link blobs that other repositories of this registry hold but "
+        False, title="Allow other repositories' blobs",
+        description="Let the image link blobs that other repositories of this registry hold but "
                            "the bundle does not carry (by default only a bundle that carries the bytes, or "
                            "a signed bundle that lists them as assumed present, may do so).")
 

@@ -439,7 +439,8 @@ class PlainTarSource(_ArchiveSource):
                    progress: Optional[Callable[[int], None]] = None) -> Path:
         """Remote archives: stage a member resumably, only its own byte range fetched."""
         m = self._member(name)
-        validator = (f"{self.archive.description} etag={getattr(self.archive.source, 'etag', lambda n: '')(self.archive.name)}"
+        etag = getattr(self.archive.source, "etag", lambda n: "")(self.archive.name)
+        validator = (f"{self.archive.description} etag={etag}"
                      f" member={m.name} offset={m.offset} size={m.size}") if self.archive.is_remote else ""
         store.stage_blob_resumable(digest, size,
                                    lambda off: self.archive.open_range(m.offset + off, m.size - off),

@@ -141,10 +141,11 @@ def read_saved_images(source: BundleSource) -> list[SavedImage]:
         rootfs = cdoc.get("rootfs")
         diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
         if not isinstance(diff_ids, list) or len(diff_ids) != len(layers):
-            raise ManifestError(f"{cwhat}: rootfs.diff_ids lists {len(diff_ids) if isinstance(diff_ids, list) else 'no'} "
+            listed = len(diff_ids) if isinstance(diff_ids, list) else "no"
+            raise ManifestError(f"{cwhat}: rootfs.diff_ids lists {listed} "
                                 f"layers, {mwhat} [{i}] lists {len(layers)}: the archive is inconsistent")
         saved = []
-        for j, (lname, did) in enumerate(zip(layers, diff_ids)):
+        for j, (lname, did) in enumerate(zip(layers, diff_ids, strict=True)):
             lwhere = f"{where} Layers[{j}]"
             name = _member_name(lname, lwhere, files)
             try:
@@ -155,7 +156,7 @@ def read_saved_images(source: BundleSource) -> list[SavedImage]:
             if foreign is not None:
                 foreign = _foreign_descriptor(foreign, f"{where} LayerSources[{diff_id}]")
             saved.append(SavedLayer(j, name, diff_id, files[name], foreign))
-        text = lambda k: cdoc.get(k) if isinstance(cdoc.get(k), str) else ""  # noqa: E731
+        text = lambda k, cdoc=cdoc: cdoc.get(k) if isinstance(cdoc.get(k), str) else ""  # noqa: E731
         images.append(SavedImage(cname, config, image_id, tuple(tags), tuple(saved), text("os"),
                                  text("architecture"), text("variant"), text("os.version")))
     return images

@@ -65,7 +65,7 @@ class BundleSource(ABC):
     def describe(self, name: str) -> str:
         return f"{self.description}/{name}"
 
-    def want(self, names: Iterable[str]) -> None:
+    def want(self, names: Iterable[str]) -> None:  # noqa: B027  (a hint: a no-op for most sources)
         """Hint: the files a patch may read. Sources read in passes (compressed archives) use it."""
 
     def canonical(self, name: str) -> str:

@@ -403,7 +403,7 @@ class S3Source(BundleSource):
                 kw = {"Bucket": self.bucket, "Prefix": base + (self._only or "")}
                 if token:
                     kw["ContinuationToken"] = token
-                page = self._call(f"listing {self.url}/", lambda: self._client.list_objects_v2(**kw))
+                page = self._call(f"listing {self.url}/", lambda kw=kw: self._client.list_objects_v2(**kw))
                 for obj in page.get("Contents", []):
                     key = obj["Key"]
                     if key.endswith("/"):

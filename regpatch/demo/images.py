@@ -377,7 +377,7 @@ def write_staged_bundle(dest: Path, image: SampleImage, *, names: Optional[list[
     names = list(names) if names is not None else default_layer_names(len(image.layers))
     if len(names) != len(image.layers) or len(set(names)) != len(names):
         raise ValueError(f"need {len(image.layers)} distinct layer names, got {names!r}")
-    for layer, n in zip(image.layers, names):
+    for layer, n in zip(image.layers, names, strict=True):
         _copy_into(Path(layer.path), dest / n)
         if sidecars:
             _write_atomic_bytes(dest / f"{n}.digest", f"{layer.digest}\r\n".encode("ascii"))

@@ -118,7 +118,7 @@ def _patch(request: PatchRequest, observer: Observer, opened: list) -> PatchResu
             journal.status = result.status = "interrupted" if (
                 isinstance(e, (Interrupted, KeyboardInterrupt)) or interrupt.stopping()) else "failed"
             journal.error = result.error = str(e) if isinstance(e, RegpatchError) else type(e).__name__
-            raise _with_result(e, result)
+            raise _with_result(e, result)  # noqa: B904  (the same exception, re-raised with its result)
         finally:
             result.seconds = steps.seconds
             journal.save(store)

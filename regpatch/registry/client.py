@@ -35,13 +35,7 @@ from regpatch.errors import (
     VerificationError,
 )
 from regpatch.hashing import copy_and_hash
-from regpatch.manifest import (
-    ALL_MANIFEST_TYPES,
-    MAX_MANIFEST_SIZE,
-    Descriptor,
-    ImageIndex,
-    parse_manifest,
-)
+from regpatch.manifest import ALL_MANIFEST_TYPES, MAX_MANIFEST_SIZE, Descriptor, ImageIndex, parse_manifest
 from regpatch.reference import Repository, Tag
 from regpatch.registry.http import (
     RefLike,
@@ -472,8 +466,6 @@ class RegistryClient(RegistryHTTP):
         ``DigestMismatch`` naming the blob and registry, ``VerificationError``
         when the registry does not have it (404).
         """
-        from regpatch.digest import new_hasher
-
         repo = _repo(repository)
         url = self._api(f"{repo}/blobs/{descriptor.digest}")
         scope = f"repository:{repo}:pull"
@@ -490,20 +482,7 @@ class RegistryClient(RegistryHTTP):
             headers = {"Range": f"bytes={pos[0]}-"} if pos[0] else {}
             resp = self._send_authorized("GET", url, scope=scope, headers=headers, follow_redirects=True)
             try:
-                if resp.status_code == 404:
-                    raise VerificationError(f"{what}: not found (BLOB_UNKNOWN)")
-                skip = 0
-                if resp.status_code == 200:
-                    skip = pos[0]  # the whole blob again: drop what is already held
-                elif resp.status_code != 206 or not pos[0]:
-                    codes = _error_codes(resp)
-                    raise RegistryError(f"registry at {self.url} answered HTTP {resp.status_code} for "
-                                        f"{what}" + (f" ({codes})" if codes else ""))
-                else:
-                    first = resp.headers.get("content-range", "").removeprefix("bytes ").split("-")[0]
-                    if first != str(pos[0]):
-                        raise RegistryError(f"registry at {self.url} answered a range request for "
-                                            f"{what} with Content-Range {first!r}")
+                skip = self._resumed_skip(resp, pos[0], what)
                 for chunk in resp.iter_bytes():
                     if skip:
                         cut = min(skip, len(chunk))
@@ -529,6 +508,23 @@ class RegistryClient(RegistryHTTP):
         if actual != descriptor.digest:
             raise DigestMismatch(what, descriptor.digest, actual, pos[0])
         return actual
+
+    def _resumed_skip(self, resp: httpx.Response, pos: int, what: str) -> int:
+        """How many leading bytes of this answer to drop: all held ones when the registry
+        ignored ``Range`` (200), none for the expected 206; anything else is an error."""
+        if resp.status_code == 404:
+            raise VerificationError(f"{what}: not found (BLOB_UNKNOWN)")
+        if resp.status_code == 200:
+            return pos  # the whole blob again: drop what is already held
+        if resp.status_code != 206 or not pos:
+            codes = _error_codes(resp)
+            raise RegistryError(f"registry at {self.url} answered HTTP {resp.status_code} for "
+                                f"{what}" + (f" ({codes})" if codes else ""))
+        first = resp.headers.get("content-range", "").removeprefix("bytes ").split("-")[0]
+        if first != str(pos):
+            raise RegistryError(f"registry at {self.url} answered a range request for "
+                                f"{what} with Content-Range {first!r}")
+        return 0
 
 
 # --------------------------------------------------------------------------- operator command

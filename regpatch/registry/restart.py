@@ -261,39 +261,57 @@ def parse_restart_spec(spec: str, *, registry_config: Optional[Path] = None) -> 
             raise _bad(spec, "'command:' needs a shell command")
         return CommandRestart(rest.strip(), ready_url=url)
     if kind == "process" and sep:
-        opts: dict[str, str] = {}
-        for part in rest.split(","):
-            if not part.strip():
-                continue
-            key, eq, value = part.partition("=")
-            key = key.strip().lower()
-            if not eq or not value.strip():
-                raise _bad(spec, f"{part.strip()!r} is not key=value")
-            if key not in ("pidfile", "config", "binary", "log", "url", "timeout", "pass_env"):
-                raise _bad(spec, f"unknown key {key!r}")
-            if key in opts:
-                raise _bad(spec, f"key {key!r} given twice")
-            opts[key] = value.strip()
-        if "pidfile" not in opts:
-            raise _bad(spec, "'process:' needs pidfile=PATH")
-        config = opts.get("config") or (str(registry_config) if registry_config else None)
-        if not config:
-            raise _bad(spec, "'process:' needs config=PATH (or the registry config given elsewhere)")
-        timeout = DEFAULT_READY_TIMEOUT
-        if "timeout" in opts:
-            try:
-                timeout = float(opts["timeout"])
-            except ValueError:
-                raise _bad(spec, f"timeout {opts['timeout']!r} is not a number of seconds") from None
-            if not (math.isfinite(timeout) and timeout > 0):
-                raise _bad(spec, "timeout must be a positive number of seconds")
-        pass_env = [n for n in opts.get("pass_env", "").split("+") if n]
-        for name in pass_env:
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-                raise _bad(spec, f"pass_env: {name!r} is not an environment variable name")
-        return ProcessRestart(Path(opts["pidfile"]), Path(config),
-                              binary=opts.get("binary", DEFAULT_BINARY),
-                              log=Path(opts["log"]) if "log" in opts else None,
-                              ready_url=opts.get("url"), ready_timeout=timeout, pass_env=pass_env)
+        return _process_restart(spec, rest, registry_config)
     raise _bad(spec, f"unknown kind {kind!r}" if kind not in ("none", "command", "process")
                else "malformed")
+
+
+PROCESS_KEYS = ("pidfile", "config", "binary", "log", "url", "timeout", "pass_env")
+
+
+def _spec_options(spec: str, rest: str, keys: Sequence[str]) -> dict[str, str]:
+    """``key=value,key=value`` of a spec: known keys, each once, never empty."""
+    opts: dict[str, str] = {}
+    for part in rest.split(","):
+        if not part.strip():
+            continue
+        key, eq, value = part.partition("=")
+        key = key.strip().lower()
+        if not eq or not value.strip():
+            raise _bad(spec, f"{part.strip()!r} is not key=value")
+        if key not in keys:
+            raise _bad(spec, f"unknown key {key!r}")
+        if key in opts:
+            raise _bad(spec, f"key {key!r} given twice")
+        opts[key] = value.strip()
+    return opts
+
+
+def _seconds(spec: str, opts: dict[str, str], default: float) -> float:
+    if "timeout" not in opts:
+        return default
+    try:
+        timeout = float(opts["timeout"])
+    except ValueError:
+        raise _bad(spec, f"timeout {opts['timeout']!r} is not a number of seconds") from None
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise _bad(spec, "timeout must be a positive number of seconds")
+    return timeout
+
+
+def _process_restart(spec: str, rest: str, registry_config: Optional[Path]) -> "ProcessRestart":
+    opts = _spec_options(spec, rest, PROCESS_KEYS)
+    if "pidfile" not in opts:
+        raise _bad(spec, "'process:' needs pidfile=PATH")
+    config = opts.get("config") or (str(registry_config) if registry_config else None)
+    if not config:
+        raise _bad(spec, "'process:' needs config=PATH (or the registry config given elsewhere)")
+    timeout = _seconds(spec, opts, DEFAULT_READY_TIMEOUT)
+    pass_env = [n for n in opts.get("pass_env", "").split("+") if n]
+    for name in pass_env:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise _bad(spec, f"pass_env: {name!r} is not an environment variable name")
+    return ProcessRestart(Path(opts["pidfile"]), Path(config),
+                          binary=opts.get("binary", DEFAULT_BINARY),
+                          log=Path(opts["log"]) if "log" in opts else None,
+                          ready_url=opts.get("url"), ready_timeout=timeout, pass_env=pass_env)

@@ -205,7 +205,7 @@ class S3Destination:
             if token:
                 kw["ContinuationToken"] = token
             page = self._call(f"listing {self.description}/{under}",
-                              lambda: self._client.list_objects_v2(**kw))
+                              lambda kw=kw: self._client.list_objects_v2(**kw))
             for obj in page.get("Contents", []):
                 out[obj["Key"][len(root):]] = int(obj["Size"])
             if not page.get("IsTruncated"):

@@ -127,7 +127,7 @@ def _select(src, top: Manifest, platform: Optional[str]):
     """(top manifest, [(image manifest, platform dict)]) after --platform."""
     if isinstance(top, ImageIndex):
         children = []
-        for i, d in enumerate(top.manifests):
+        for d in top.manifests:
             children.append((d, _platform_of(d.platform)))
         if platform:
             want = parse_platform(platform)

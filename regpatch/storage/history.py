@@ -85,7 +85,8 @@ def _history_entry(doc) -> HistoryEntry:
     if not isinstance(doc, dict):
         raise TypeError("not an object")
     e = HistoryEntry(**doc)
-    if not all(isinstance(v, str) for k, v in asdict(e).items() if k != "old") or not isinstance(e.old, (str, type(None))):
+    texts = all(isinstance(v, str) for k, v in asdict(e).items() if k != "old")
+    if not texts or not isinstance(e.old, (str, type(None))):
         raise TypeError("a field is not a string")
     Digest.parse(e.new)
     if e.old is not None:
@@ -111,5 +112,6 @@ def render_history(entries: list[HistoryEntry]) -> str:
         rows.append(tuple(escape_controls(c) for c in (e.time, f"{e.repository}:{e.tag}", e.action,
                                                  (e.old or "(new tag)")[:19], e.new[:19], e.source, e.actor)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows)
+    # every column but the last is padded
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] for r in rows)
 

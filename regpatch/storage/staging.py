@@ -231,7 +231,8 @@ class Staging:
                     progress: Optional[Callable[[int], None]] = None) -> Path:
         st = os.lstat(path)
         if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-            raise UnsafePath(f"{what} is {'a symlink' if stat.S_ISLNK(st.st_mode) else 'not a plain file with one link'}"
+            kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a plain file with one link"
+            raise UnsafePath(f"{what} is {kind}"
                              "; it cannot be consumed (renamed into the storage): copy it instead")
         final = self.layout.staged_blob(digest)
         self._mkdirs(final.parent)

@@ -348,48 +348,55 @@ class RegistryStore(Staging):
         revision link and manifest blob are there): ``prefer`` if it is, else another tag
         of its repository, else the first such tag found (a bounded walk of
         repositories/). None for a storage with no servable tag at all."""
-        def servable(repo: Repository, tag: Tag) -> Optional[Digest]:
-            try:
-                held = self.current_tag(repo, tag)
-                if held is None or self.blob_size(held) is None:
-                    return None
-                if self.read_link(self.layout.revision_link(repo, held)) != held:
-                    return None  # the registry answers MANIFEST_UNKNOWN for it
-            except MalformedLink:
-                return None  # (the patch itself names a malformed link of the patched tag)
-            return held
-
-        candidates: list[Repository] = []
         if prefer is not None:
             repo, tag = prefer
-            held = servable(repo, tag)
+            held = self._servable(repo, tag)
             if held is not None:
                 return repo, tag, held
-            candidates.append(repo)
-        for repo in candidates:
-            for tag in self.tags(repo):
-                held = servable(repo, tag)
-                if held is not None:
-                    return repo, tag, held
+            found = self._servable_tag_of(repo)
+            if found is not None:
+                return found
+        for repo in self._repositories(max_dirs):
+            found = self._servable_tag_of(repo)
+            if found is not None:
+                return found
+        return None
+
+    def _servable(self, repo: Repository, tag: Tag) -> Optional[Digest]:
+        """The digest the registry would serve for repo:tag, or None when it could not."""
+        try:
+            held = self.current_tag(repo, tag)
+            if held is None or self.blob_size(held) is None:
+                return None
+            if self.read_link(self.layout.revision_link(repo, held)) != held:
+                return None  # the registry answers MANIFEST_UNKNOWN for it
+        except MalformedLink:
+            return None  # (the patch itself names a malformed link of the patched tag)
+        return held
+
+    def _servable_tag_of(self, repo: Repository) -> Optional[tuple[Repository, Tag, Digest]]:
+        for tag in self.tags(repo):
+            held = self._servable(repo, tag)
+            if held is not None:
+                return repo, tag, held
+        return None
+
+    def _repositories(self, max_dirs: int) -> Iterator[Repository]:
+        """Repositories of the storage in name order (a walk of at most ``max_dirs`` folders)."""
         base = self.layout.repositories
         seen = 0
         for dirpath, dirnames, _ in os.walk(base):
             seen += 1
             if seen > max_dirs:
-                break
+                return
             dirnames.sort()
             if "_manifests" in dirnames:
                 try:
-                    repo = Repository.parse(os.path.relpath(dirpath, base).replace(os.sep, "/"))
+                    yield Repository.parse(os.path.relpath(dirpath, base).replace(os.sep, "/"))
                 except InvalidReference:
                     dirnames[:] = []
                     continue
-                for tag in self.tags(repo):
-                    held = servable(repo, tag)
-                    if held is not None:
-                        return repo, tag, held
             dirnames[:] = [d for d in dirnames if not d.startswith("_")]
-        return None
 
     def link_ok(self, path: Path, digest: Digest) -> bool:
         want = str(digest).encode("ascii")
