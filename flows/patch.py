@@ -8,16 +8,10 @@ from prefect import flow
 from pydantic import Field
 
 from regpatch import engine, interrupt
+from regpatch.engine.requests import patch_request
 from regpatch.errors import RegpatchError
-from regpatch.params import (
-    RegistryParams,
-    S3Params,
-    TrustParams,
-    VerifyParams,
-    form_terms,
-    patch_request,
-    refuse_inline_credentials,
-)
+from regpatch.options import opt
+from regpatch.params import RegistryParams, S3Params, TrustParams, VerifyParams, form_terms, refuse_inline_credentials
 from regpatch_tasks import debug_logs, route_core_logs
 from regpatch_tasks.observer import PrefectObserver, label_registry_run, publish_patch, s3_options_for
 
@@ -61,8 +55,8 @@ def patch_registry(
     route_core_logs()
     name = registry.label()
     with label_registry_run(name, repository, tag), debug_logs(debug), form_terms():
-        refuse_inline_credentials("verify.command", verify.command)
-        refuse_inline_credentials("registry.restart", registry.restart)
+        refuse_inline_credentials(opt.verify_command, verify.command)
+        refuse_inline_credentials(opt.restart, registry.restart)
         request = patch_request(bundle=bundle, repository=repository, tag=tag, registry=registry,
                                 verify=verify, image=image, dry_run=dry_run, s3=s3_options_for(bundle, s3),
                                 consume=consume, trust=trust)

@@ -8,7 +8,9 @@ from prefect import flow
 from pydantic import Field
 
 from regpatch import engine, interrupt
-from regpatch.params import RegistryParams, VerifyParams, form_terms, refuse_inline_credentials, rollback_request
+from regpatch.engine.requests import rollback_request
+from regpatch.options import opt
+from regpatch.params import RegistryParams, VerifyParams, form_terms, refuse_inline_credentials
 from regpatch_tasks import debug_logs, route_core_logs
 from regpatch_tasks.observer import PrefectObserver, label_registry_run, publish_history, publish_summary
 
@@ -41,8 +43,8 @@ def rollback_registry(
     route_core_logs()
     name = registry.label()
     with label_registry_run(name, repository, tag), debug_logs(debug), form_terms():
-        refuse_inline_credentials("verify.command", verify.command)
-        refuse_inline_credentials("registry.restart", registry.restart)
+        refuse_inline_credentials(opt.verify_command, verify.command)
+        refuse_inline_credentials(opt.restart, registry.restart)
         request = rollback_request(repository=repository, tag=tag, registry=registry, to=to or None,
                                    verify=verify)
         with interrupt.chained_handlers():

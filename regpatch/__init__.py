@@ -1,5 +1,7 @@
 """regpatch: patch container images inside a distribution registry's storage."""
 
+__version__ = "0.2.0"
+
 from regpatch.sanitize import install_log_escaping as _install_log_escaping
 
 # Names from bundles and storages reach log lines: every record of the

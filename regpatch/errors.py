@@ -50,6 +50,7 @@ import os
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
+from regpatch.options import opt
 from regpatch.sanitize import escape_controls
 
 
@@ -242,7 +243,7 @@ _OS_ADVICE = {
     errno.EISDIR: (StorageError, "a folder stands where a file must be: the storage layout is damaged "
                                  "there; inspect it before running again"),
     errno.ENAMETOOLONG: (StorageError, "a file name or the whole path is longer than the filesystem "
-                                       "allows; use a shorter storage root or --state-dir"),
+                                       "allows; use a shorter storage root or {state_dir}"),
     errno.ELOOP: (StorageError, "too many levels of symbolic links: a symlink in the storage points "
                                 "back at itself or at a loop; fix the symlink"),
     errno.EIO: (StorageError, "the device reported an I/O error: check the disk or the network "
@@ -253,7 +254,7 @@ _OS_ADVICE = {
                                  "and run again"),
     errno.ENFILE: (StorageError, "the system ran out of file handles: try again later"),
     errno.ESTALE: (StorageError, "stale network filesystem handle: remount the share and run again"),
-    errno.EXDEV: (StorageError, "the rename crosses filesystems: keep --state-dir on the storage's "
+    errno.EXDEV: (StorageError, "the rename crosses filesystems: keep {state_dir} on the storage's "
                                 "filesystem"),
 }
 
@@ -279,6 +280,7 @@ def os_error(e: OSError, *, doing: str, path: Optional[object] = None) -> Regpat
     name = errno.errorcode.get(code, str(code)) if code is not None else type(e).__name__
     reason = e.strerror or str(e) or type(e).__name__
     at = f" (at {', '.join(also)})" if also else ""
+    advice = advice.replace("{state_dir}", opt.state_dir)  # named as the caller names it, when it is raised
     return cls(f"{doing} {target} failed{at}: [{name}] {reason}; {advice}")
 
 

@@ -90,7 +90,7 @@ def read_inventory(path: str, only: Optional[list[str]]) -> list[RegistryEntry]:
     if not Path(path).is_file():
         raise UsageError(f"the inventory {path} does not exist on this host: create it (see "
                          "deployments/inventory.example.yml and README, Rollouts), or set the rollout "
-                         "deployment's inventory parameter to the inventory's path")
+                         "deployment's rollout.inventory parameter to the inventory's path")
     return load_inventory(path).select(only)
 
 

@@ -47,6 +47,7 @@ from regpatch.bundle.model import BundleSource, _safe_name
 from regpatch.digest import Digest
 from regpatch.errors import BundleError, DigestMismatch, InvalidReference, ManifestError, SourceError, UsageError
 from regpatch.manifest import DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFEST, load_json, parse_manifest
+from regpatch.options import opt
 
 log = logging.getLogger("regpatch.bundle")
 
@@ -229,7 +230,7 @@ def select_image(images: list[SavedImage], image: Optional[str], where: str) -> 
     if len(images) == 1:
         return images[0]
     raise UsageError(f"docker save archive {where} holds {len(images)} images ({names}); "
-                     "choose one with --image NAME (a RepoTag or the image id)")
+                     f"choose one with {opt.image} (a RepoTag or the image id)")
 
 
 # -- the conversion --------------------------------------------------------------------

@@ -9,6 +9,7 @@ from regpatch.bundle.model import REF_NAME, BundleFile, BundleSource, PatchBundl
 from regpatch.digest import Digest
 from regpatch.errors import BundleError, InvalidReference, ManifestError, UnknownBundleFormat, UsageError
 from regpatch.manifest import MAX_MANIFEST_SIZE, OCI_INDEX, load_json, parse_manifest
+from regpatch.options import opt
 
 log = logging.getLogger("regpatch.bundle")
 
@@ -40,7 +41,7 @@ def _load_oci_layout(source: BundleSource, files: dict[str, int], image: Optiona
         desc = candidates[0]
     else:
         raise UsageError(f"OCI layout {where} holds {len(candidates)} images ({', '.join(names)}); "
-                         "choose one with --image NAME")
+                         f"choose one with {opt.image}")
 
     bundle_files: dict[Digest, BundleFile] = {}
     for name, size in files.items():

@@ -33,6 +33,7 @@ from regpatch.bundle.skopeo_dir import _load_dir
 from regpatch.bundle.staged import _is_manifest_name, _load_staged, _reachable_names
 from regpatch.errors import UnknownBundleFormat, UsageError
 from regpatch.manifest import MAX_MANIFEST_SIZE
+from regpatch.options import opt
 
 if TYPE_CHECKING:
     pass
@@ -114,7 +115,7 @@ def load_bundle(source: BundleSource, *, image: Optional[str] = None, scratch: O
                                   gzip_level=gzip_level)
     else:
         if image:
-            raise UsageError("--image selects an image of an OCI layout or a docker save archive; "
+            raise UsageError(f"{opt.image} selects an image of an OCI layout or a docker save archive; "
                              f"{source.description} is a staged bundle with a single manifest")
         bundle = _load_staged(source, files)
     if fmt != "docker-archive":

@@ -50,6 +50,7 @@ from regpatch import interrupt
 from regpatch.bundle.model import BundleSource, _safe_name
 from regpatch.digest import CHUNK, Digest
 from regpatch.errors import DigestMismatch, RegpatchError, SizeMismatch, SourceError, UsageError
+from regpatch.options import opt
 
 log = logging.getLogger("regpatch.s3")
 
@@ -130,7 +131,7 @@ class S3Options:
 
     def check(self) -> None:
         if self.retries < 0:
-            raise UsageError(f"--s3-retries must be 0 or more, got {self.retries}")
+            raise UsageError(f"{opt.s3_retries} must be 0 or more, got {self.retries}")
         if self.wait_initial < 0 or self.wait_max < 0:
             raise UsageError("S3 retry waits must be 0 or more seconds")
         if self.part_size < 64 << 10:
@@ -151,7 +152,7 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     if "@" in bucket:  # s3://KEY:SECRET@bucket/...: never echoed back
         raise UsageError("bundle s3://***@" + bucket.rsplit("@", 1)[-1] + "/...: credentials do not go in "
                          "the URL; use boto3's chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE) "
-                         "or --aws-credentials-block")
+                         f"or {opt.aws_credentials_block}")
     if not bucket or ":" in bucket:
         raise UsageError(f"bundle {url!r}: expected s3://BUCKET/PREFIX")
     prefix = prefix.strip("/")
@@ -370,7 +371,7 @@ class S3Source(BundleSource):
         where = f" at {_strip_userinfo(self.endpoint)}" if self.endpoint else ""
         if code == "NoSuchBucket":
             return SourceError(f"{what}: bucket {self.bucket!r} does not exist{where}; check the "
-                               "bundle URL (s3://BUCKET/PREFIX) and --s3-endpoint-url")
+                               f"bundle URL (s3://BUCKET/PREFIX) and {opt.s3_endpoint_url}")
         if code in ("NoSuchKey", "404", "NotFound"):
             return SourceError(f"{what}: no such object (NoSuchKey){where}; the bundle changed while "
                                "it was read or is incomplete: upload it again")
@@ -380,10 +381,10 @@ class S3Source(BundleSource):
         if code in CREDENTIAL_CODES:
             return SourceError(f"{what}: the object store refused the credentials ({code}){where}; "
                                "check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, the profile or "
-                               "--aws-credentials-block")
+                               f"{opt.aws_credentials_block}")
         if isinstance(e, (bce.NoCredentialsError, bce.PartialCredentialsError)):
             return SourceError(f"{what}: no S3 credentials found; set AWS_ACCESS_KEY_ID and "
-                               "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or use --aws-credentials-block")
+                               f"AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or use {opt.aws_credentials_block}")
         if isinstance(e, ObjectChanged) or code in ("PreconditionFailed", "412"):
             return SourceError(f"{what}: the object was replaced while it was read (ETag changed); "
                                "run the same command again to fetch the new object from the start")

@@ -8,6 +8,7 @@ from regpatch.bundle.model import BundleFile, BundleSource, PatchBundle, _is_hex
 from regpatch.digest import Digest
 from regpatch.errors import BundleError, UnknownBundleFormat, UsageError
 from regpatch.manifest import MAX_MANIFEST_SIZE, parse_manifest
+from regpatch.options import opt
 
 DIR_VERSION_PREFIX = b"Directory Transport Version: 1."
 
@@ -21,7 +22,7 @@ def _load_dir(source: BundleSource, files: dict[str, int], image: Optional[str])
             raise UnknownBundleFormat(f"{source.describe('version')} holds {version[:60]!r}, not "
                                       "'Directory Transport Version: 1.x': not a dir: folder regpatch knows")
     if image:
-        raise UsageError(f"--image selects an image of an OCI layout or a docker save archive; {where} is "
+        raise UsageError(f"{opt.image} selects an image of an OCI layout or a docker save archive; {where} is "
                          "a dir: folder holding one image (or one manifest list)")
     raw = source.read_bytes("manifest.json", MAX_MANIFEST_SIZE)
     top = parse_manifest(raw, what=source.describe("manifest.json"))

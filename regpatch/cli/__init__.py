@@ -9,62 +9,48 @@ there, visible in the UI. SIGINT/SIGTERM stop a run at the next chunk boundary
 
 from __future__ import annotations
 
+import importlib
 import signal
 import sys
 import traceback
 from typing import Optional, Sequence
 
 from regpatch import interrupt
-from regpatch.cli.bundle_commands import run_bundle, run_check_bundle, run_contents, run_inspect, run_keygen
-from regpatch.cli.console import _console_logging
-from regpatch.cli.fleet_commands import run_deployments, run_rollout
 from regpatch.cli.parser import build_parser
-from regpatch.cli.prefect_api import _prepare_environment, _quiet_tracebacks, _use_prefect
-from regpatch.cli.registry_commands import run_history, run_patch, run_rollback
 from regpatch.errors import Interrupted, RegpatchError, os_error
 
-# --------------------------------------------------------------------------- where a run goes
-
-
-# --------------------------------------------------------------------------- patch
-
-
-# --------------------------------------------------------------------------- the shuttle side
-# contents (site), bundle (connected side), keygen, check-bundle (site): no Prefect run.
-
-
-SHUTTLE_COMMANDS = {"contents": run_contents, "bundle": run_bundle, "keygen": run_keygen,
-                    "check-bundle": run_check_bundle}
+# command -> (module of regpatch.cli, function, how it logs): the module is imported once
+# the arguments are parsed, so that a bad argument is answered before any of it loads.
+#   "plain": no Prefect ever;  "inspect": sets its own logging;  "run": Prefect when an API is configured
+COMMANDS = {
+    "patch": ("registry_commands", "run_patch", "run"),
+    "rollback": ("registry_commands", "run_rollback", "run"),
+    "rollout": ("fleet_commands", "run_rollout", "run"),
+    "history": ("registry_commands", "run_history", "none"),
+    "deployments": ("fleet_commands", "run_deployments", "none"),
+    "inspect": ("bundle_commands", "run_inspect", "none"),
+    "contents": ("bundle_commands", "run_contents", "plain"),
+    "bundle": ("bundle_commands", "run_bundle", "plain"),
+    "keygen": ("bundle_commands", "run_keygen", "plain"),
+    "check-bundle": ("bundle_commands", "run_check_bundle", "plain"),
+}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    from regpatch.cli.console import _console_logging
+    from regpatch.cli.prefect_api import _prepare_environment, _quiet_tracebacks, _use_prefect
+
     _prepare_environment(args.debug)
     interrupt.install_handlers()
+    module, function, logs = COMMANDS[args.command]
     try:
-        if args.command == "history":
-            run_history(args)
-            return 0
-        if args.command == "deployments":
-            run_deployments(args)
-            return 0
-        if args.command == "inspect":
-            return run_inspect(args)
-        if args.command in SHUTTLE_COMMANDS:  # no Prefect: plain core calls
+        run = getattr(importlib.import_module(f"regpatch.cli.{module}"), function)
+        if logs == "plain" or (logs == "run" and not _use_prefect(args)):
             _console_logging(args.debug)
-            SHUTTLE_COMMANDS[args.command](args)
-            return 0
-        if not _use_prefect(args):
-            _console_logging(args.debug)
-        else:
+        elif logs == "run":
             _quiet_tracebacks(args.debug)
-        if args.command == "patch":
-            run_patch(args)
-        elif args.command == "rollback":
-            run_rollback(args)
-        elif args.command == "rollout":
-            run_rollout(args)
+        run(args)
         return 0
     except RegpatchError as e:
         if args.debug:

@@ -1,4 +1,5 @@
-"""regpatch.cli.bundle_commands"""
+"""The shuttle side's commands (``contents``, ``bundle``, ``keygen``, ``check-bundle``)
+and ``inspect``: plain core calls, no Prefect run."""
 
 from __future__ import annotations
 
@@ -6,8 +7,13 @@ import argparse
 import logging
 import sys
 
+from regpatch.cli.options import model_of
+from regpatch.cli.parser import STATE_ONLY
 from regpatch.cli.prefect_api import prefect_side
-from regpatch.cli.registry_commands import _s3_params
+from regpatch.cli.registry_commands import storage_root
+from regpatch.errors import UsageError
+from regpatch.options import REGISTRY, S3, TRUST, opt
+from regpatch.params import RegistryParams, S3Params, TrustParams
 
 
 def run_inspect(args: argparse.Namespace) -> int:
@@ -19,11 +25,9 @@ def run_inspect(args: argparse.Namespace) -> int:
                         format="regpatch: %(levelname)s: %(message)s", stream=sys.stderr)
     options = None
     if args.bundle.startswith("s3://"):
-        s3 = _s3_params(args)
+        s3 = model_of(S3Params, S3, args)
         if s3.aws_credentials_block:  # a Prefect block: imports Prefect (and prefect-aws) only for it
-            s3_options_for = prefect_side().s3_options_for
-
-            options = s3_options_for(args.bundle, s3)
+            options = prefect_side().s3_options_for(args.bundle, s3)
         else:
             options = s3.options()
     progress = None
@@ -37,28 +41,15 @@ def run_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-
-def _storage_root(args) -> str:
-    from regpatch.registry.config import storage_root_from_config
-
-    root = args.storage or (storage_root_from_config(args.registry_config) if args.registry_config else None)
-    if not root:
-        from regpatch.errors import UsageError
-        raise UsageError("pass --storage ROOT or --registry-config config.yml")
-    return str(root)
-
-
-
 def run_contents(args: argparse.Namespace) -> None:
     from regpatch.storage.contents import read_storage, write_contents
     from regpatch.storage.store import RegistryStore
 
-    store = RegistryStore(_storage_root(args))
+    store = RegistryStore(storage_root(args))
     contents = read_storage(store, args.repository)
     digest = write_contents(contents, args.out, storage_root=store.root)
     if args.out != "-":
         sys.stdout.write(f"wrote {args.out}: {contents.summary()}; sha256 {digest.hex}\n")
-
 
 
 def run_bundle(args: argparse.Namespace) -> None:
@@ -66,21 +57,18 @@ def run_bundle(args: argparse.Namespace) -> None:
     from regpatch.shuttle.make import make_bundle
     from regpatch.shuttle.sources import RegistryOptions
 
+    source = model_of(RegistryParams, REGISTRY, args, only=("registry_auth_file", "registry_ca", "insecure"))
+    s3params = model_of(S3Params, S3, args, only=("endpoint_url", "region", "retries", "part_size_mib"))
     s3 = None
     if args.out.startswith("s3://"):
-        from regpatch.bundle.s3 import S3Options
-
-        if args.s3_part_size < 5:
-            from regpatch.errors import UsageError
-            raise UsageError("--s3-part-size must be at least 5 MiB (the S3 minimum part size)")
-        s3 = S3Options(endpoint_url=args.s3_endpoint_url, region=args.s3_region, retries=args.s3_retries,
-                       part_size=args.s3_part_size << 20)
+        if s3params.part_size_mib < 5:
+            raise UsageError(f"{opt.s3_part_size} must be at least 5 MiB (the S3 minimum part size)")
+        s3 = s3params.options()
     report = make_bundle(args.source, args.out, have=args.have, sign_key=args.sign_key, image=args.image,
                          platform=args.platform, repository=args.repository, tag=args.tag,
-                         registry=RegistryOptions(args.registry_auth_file, args.registry_ca, args.insecure),
+                         registry=RegistryOptions(source.registry_auth_file, source.registry_ca, source.insecure),
                          s3=s3, progress=Progress())
     sys.stdout.write(report.summary() + "\n")
-
 
 
 def run_keygen(args: argparse.Namespace) -> None:
@@ -92,7 +80,6 @@ def run_keygen(args: argparse.Namespace) -> None:
                      f"{algorithm_name(pub)} {fingerprint(pub)}\n")
 
 
-
 def run_check_bundle(args: argparse.Namespace) -> None:
     from regpatch.bundle.open import open_source
     from regpatch.signing.check import check_bundle
@@ -100,10 +87,9 @@ def run_check_bundle(args: argparse.Namespace) -> None:
 
     s3 = None
     if args.bundle.startswith("s3://"):
-        from regpatch.bundle.s3 import S3Options
-
-        s3 = S3Options(endpoint_url=args.s3_endpoint_url, region=args.s3_region)
-    store = RegistryStore(_storage_root(args), state_dir=args.state_dir)
-    trust = check_bundle(open_source(args.bundle, s3=s3), args.trust_key, args.allow_unsigned, store)
-    sys.stdout.write(trust.summary() + "\n")
-
+        s3 = model_of(S3Params, S3, args, only=("endpoint_url", "region")).options()
+    trust = model_of(TrustParams, TRUST, args)
+    state = model_of(RegistryParams, REGISTRY, args, only=STATE_ONLY)
+    store = RegistryStore(storage_root(args), state_dir=state.state_dir)
+    result = check_bundle(open_source(args.bundle, s3=s3), trust.trust_keys, trust.allow_unsigned, store)
+    sys.stdout.write(result.summary() + "\n")

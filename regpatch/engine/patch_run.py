@@ -17,6 +17,7 @@ from regpatch.engine.results import PatchResult, _with_result, _write_report
 from regpatch.engine.tags import flip_tag
 from regpatch.engine.verify import check_tag_served, restart_registry, verify_new_image
 from regpatch.errors import Interrupted, RegpatchError, StorageMismatch, StorageNotFound, UsageError, VerificationError
+from regpatch.options import opt
 from regpatch.progress import human
 from regpatch.reference import Repository, Tag, normalized_length
 from regpatch.registry.config import blob_descriptor_cache
@@ -146,7 +147,8 @@ def check_storage_tree(store: RegistryStore, init: bool) -> None:
     if store.layout.v2.is_dir() or init:
         return
     raise StorageNotFound(f"{store.root} holds no registry storage (no docker/registry/v2): check that it is "
-                          "the registry's rootdirectory; to start a new, empty registry storage there, pass --init")
+                          f"the registry's rootdirectory; to start a new, empty registry storage there, "
+                          f"pass {opt.init}")
 
 
 
@@ -208,7 +210,8 @@ def _plan(request: PatchRequest, store: RegistryStore, loaded: PatchBundle, trus
     elif long_name and not config:
         w = (f"repository name {request.repository.name[:40]}... is {normalized_length(request.repository.name)} "
              "characters as docker.io/library/NAME: a registry with a blob descriptor cache "
-             "(storage.cache.blobdescriptor) cannot serve it; give --registry-url or --registry-config to check")
+             f"(storage.cache.blobdescriptor) cannot serve it; give {opt.registry_url} or "
+             f"{opt.registry_config} to check")
         plan.warnings.append(w)
         log.warning("%s", w)
     return plan
@@ -259,7 +262,7 @@ def check_same_registry(store: RegistryStore, client, repo: Repository, tag: Tag
         raise StorageMismatch(
             f"the registry at {client.url} serves {served or 'nothing'} for {prepo}:{ptag}, but the storage "
             f"{store.root} holds {held}: the storage and the URL belong to different registries (check "
-            "--storage / --registry-url / --registry-config); nothing was written")
+            f"{opt.storage} / {opt.registry_url} / {opt.registry_config}); nothing was written")
 
 
 
@@ -271,14 +274,14 @@ def _check_consumable(store: RegistryStore, plan: PatchPlan) -> None:
     for b in plan.to_copy:
         if b.source is None or consumable(plan, b) or plan.source.local_path(b.source.name) is not None:
             continue
-        raise UsageError("--consume takes the files of a local bundle folder; this bundle is not one "
-                         "(drop --consume)")
+        raise UsageError(f"{opt.consume} takes the files of a local bundle folder; this bundle is not one "
+                         f"(drop {opt.consume})")
     for b in plan.to_copy:
         if consumable(plan, b):
             path = plan.source.local_path(b.source.name)
             if not store.same_filesystem(path):
-                raise UsageError(f"--consume: {path} is not on the filesystem of the storage {store.root}, so "
-                                 "it cannot be renamed into it; drop --consume to copy it")
+                raise UsageError(f"{opt.consume}: {path} is not on the filesystem of the storage {store.root}, so "
+                                 f"it cannot be renamed into it; drop {opt.consume} to copy it")
 
 
 
@@ -300,7 +303,7 @@ def _check_repairs(request: PatchRequest, plan: PatchPlan) -> None:
     raise UsageError(
         f"blob {repairs[0].digest} is held by the storage with the wrong size and will be replaced in place; "
         "a running registry caches blob sizes (storage.cache.blobdescriptor) and would keep serving the old "
-        "one until it restarts: give --restart (command:... or process:...) so regpatch restarts it before "
+        f"one until it restarts: give {opt.restart} (command:... or process:...) so regpatch restarts it before "
         "the verification pull")
 
 
@@ -324,7 +327,7 @@ def _apply(request: PatchRequest, plan: PatchPlan, loaded: PatchBundle, store: R
     steps("restart-registry", lambda: restart_registry(request.restart, target))
     if skip_pull:
         log.info("%s:%s unchanged since the verified patch to %s through %s: pull skipped "
-                 "(--always-verify to pull again)", repo, tag, plan.new, target.url)
+                 f"({opt.always_verify} to pull again)", repo, tag, plan.new, target.url)
         result.verified = f"unchanged since a pull through {target.url} proved {plan.new}"
     else:
         report_v = steps("verify-pull", lambda: verify_new_image(

@@ -41,6 +41,7 @@ from regpatch.manifest import (
     Manifest,
     parse_manifest,
 )
+from regpatch.options import opt
 from regpatch.reference import Repository, Tag
 from regpatch.registry.url_policy import UrlPolicy, go_url_problem
 from regpatch.sanitize import SafeText, escape_controls
@@ -279,7 +280,7 @@ def _blob_step(bundle: PatchBundle, store: RegistryStore, desc: Descriptor, refe
                 f"repositories but is not linked in {repository}, and the bundle does not carry it: "
                 "linking it would let this repository serve another repository's layer; add the blob to "
                 "the bundle (or sign the bundle, which lists it as assumed present), or pass "
-                "--allow-cross-repository if this repository may use it")
+                f"{opt.allow_cross_repository} if this repository may use it")
         if src is None:
             raise SizeMismatch(f"registry blob {store.layout.relative(store.layout.blob_data(desc.digest))}",
                                desc.size, have)

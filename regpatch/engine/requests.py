@@ -1,16 +1,23 @@
-"""regpatch.engine.requests"""
+"""What a patch and a rollback are asked to do: ``PatchRequest`` and ``RollbackRequest``,
+built from the parameter models (``patch_request``, ``rollback_request``) and checked
+before any storage, bundle or network access."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from regpatch.digest import Digest
 from regpatch.errors import UsageError
+from regpatch.options import opt
+from regpatch.params import RegistryParams, TrustParams, VerifyParams
 from regpatch.reference import Repository, Tag
 from regpatch.registry.restart import parse_restart_spec
 from regpatch.registry.target import RegistryTarget
+
+if TYPE_CHECKING:  # boto3 behind it: imported only for an S3 bundle
+    from regpatch.bundle.s3 import S3Options
 
 
 def _check_lock_timeout(value: float) -> float:
@@ -28,15 +35,15 @@ def check_verify_command(command: Optional[str], target: RegistryTarget) -> None
         raise UsageError("the verify command must contain {ref}, where the image reference goes "
                          "(host/repository@digest), e.g. 'skopeo inspect docker://{ref}'")
     if not target.url:
-        raise UsageError("a verify command needs the registry's URL (--registry-url or "
-                         "--registry-config) to name the image it pulls")
+        raise UsageError(f"a verify command needs the registry's URL ({opt.registry_url} or "
+                         f"{opt.registry_config}) to name the image it pulls")
 
 
 
 def check_trust_options(trust_keys, allow_unsigned: bool) -> None:
     """Every trust key is a readable Ed25519 / P-256 public key; --allow-unsigned needs keys."""
     if allow_unsigned and not trust_keys:
-        raise UsageError("--allow-unsigned only relaxes --trust-key: give the trust keys too, or "
+        raise UsageError(f"{opt.allow_unsigned} only relaxes {opt.trust_key}: give the trust keys too, or "
                          "leave both out (bundles are then not signature-checked)")
     from regpatch.signing.keys import load_public_key
 
@@ -103,3 +110,32 @@ class RollbackRequest:
         parse_restart_spec(self.restart, registry_config=self.target.config_path)
         self.target.check()
 
+
+
+def patch_request(*, bundle: str, repository: str, tag: str, registry: RegistryParams,
+                  verify: Optional[VerifyParams] = None, image: Optional[str] = None, dry_run: bool = False,
+                  s3: Optional[S3Options] = None, consume: bool = False,
+                  trust: Optional[TrustParams] = None) -> PatchRequest:
+    """A checked ``PatchRequest`` from the parameter models; raises UsageError naming the
+    option. No I/O but reading the registry's config.yml and checking the files named."""
+    verify, trust = verify or VerifyParams(), trust or TrustParams()
+    request = PatchRequest(bundle=bundle, repository=Repository.parse(repository), tag=Tag.parse(tag),
+                           target=registry.target(), restart=registry.restart, image=image,
+                           verify_command=verify.command, always_verify=verify.always, dry_run=dry_run,
+                           lock_timeout=registry.lock_timeout, s3=s3, init=registry.init, consume=consume,
+                           ignore_url_policy=registry.ignore_url_policy,
+                           allow_cross_repository=registry.allow_cross_repository,
+                           trust_keys=tuple(trust.trust_keys), allow_unsigned=trust.allow_unsigned)
+    request.check()
+    return request
+
+
+def rollback_request(*, repository: str, tag: str, registry: RegistryParams, to: Optional[str] = None,
+                     verify: Optional[VerifyParams] = None) -> RollbackRequest:
+    verify = verify or VerifyParams()
+    request = RollbackRequest(repository=Repository.parse(repository), tag=Tag.parse(tag),
+                              target=registry.target(), to=Digest.parse(to) if to else None,
+                              restart=registry.restart, verify_command=verify.command,
+                              lock_timeout=registry.lock_timeout)
+    request.check()
+    return request

@@ -41,7 +41,7 @@ def rollback(request: RollbackRequest, observer: Optional[Observer] = None) -> R
             changed = flip_tag(store, repo, tag, dest, expected=current)
             if changed:
                 record_history(store, repo, tag, current, dest, action="rollback",
-                               source=f"regpatch rollback{' --to ' + str(request.to) if request.to else ''}")
+                               source=f"regpatch rollback{' {opt.to} ' + str(request.to) if request.to else ''}")
             check_tag_served(target, repo, tag, dest)
             return changed
 

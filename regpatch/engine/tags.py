@@ -14,6 +14,7 @@ from typing import Optional
 from regpatch.digest import Digest
 from regpatch.errors import StorageError, TagMoved, UsageError
 from regpatch.manifest import MAX_MANIFEST_SIZE, ImageIndex, Manifest, parse_manifest
+from regpatch.options import opt
 from regpatch.reference import Repository, Tag
 from regpatch.storage.history import previous_digest
 from regpatch.storage.store import RegistryStore
@@ -72,11 +73,11 @@ def rollback_target(store: RegistryStore, repo: Repository, tag: Tag,
     if current is None and store.layout.tag_current_link(repo, tag).exists():
         raise UsageError(f"the current link of {repo}:{tag} is malformed (the warning above shows it), so the "
                          "history cannot say which image came before it; name the image to go back to with "
-                         "--to sha256:...")
+                         f"{opt.to} sha256:...")
     prev = previous_digest(store.layout, repo, tag, current)
     if prev is None:
         raise UsageError(f"no earlier digest of {repo}:{tag} is recorded in the history "
-                         f"({store.layout.history}); name one with --to sha256:...")
+                         f"({store.layout.history}); name one with {opt.to} sha256:...")
     return current, prev
 
 

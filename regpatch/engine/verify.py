@@ -10,6 +10,7 @@ from regpatch.digest import Digest
 from regpatch.engine.observer import ProgressFactory
 from regpatch.engine.tags import check_complete_image
 from regpatch.errors import VerificationError
+from regpatch.options import opt
 from regpatch.reference import Repository, Tag
 from regpatch.registry.client import VerifyReport
 from regpatch.registry.restart import parse_restart_spec
@@ -29,7 +30,7 @@ def verify_new_image(store: RegistryStore, target: RegistryTarget, repo: Reposit
     check_complete_image(store, repo, digest)
     if not target.url:
         log.warning("no registry URL: the new image was checked in the storage only, not pulled "
-                    "(give --registry-url or --registry-config to pull it before the tag moves)")
+                    f"(give {opt.registry_url} or {opt.registry_config} to pull it before the tag moves)")
         return None
     with target.client() as client:
         bar = progress(f"pull {repo}@{digest.short}", total_bytes) if total_bytes else None

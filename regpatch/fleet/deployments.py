@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from regpatch.fleet.inventory import Inventory, RegistryEntry
+from regpatch.options import opt
 
 DEFAULT_POOL = "regpatch"
 
@@ -99,5 +100,5 @@ def render_prefect_yaml(specs: list[DeploymentSpec], source: str) -> str:
     header = (f"# Per-registry deployments of regpatch, written by `regpatch deployments` from {source}.\n"
               "# Deploy from any folder of a host where regpatch is installed:\n"
               "#     prefect deploy --all --prefect-file THIS_FILE\n"
-              "# or let the command do it: regpatch deployments --inventory FILE --apply\n")
+              f"# or let the command do it: regpatch deployments {opt.inventory} --apply\n")
     return header + yaml.safe_dump(doc, sort_keys=False, width=100)

@@ -17,7 +17,6 @@ position) and the field. Unknown fields are refused (a typo such as
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any, Optional
 
@@ -25,12 +24,18 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from regpatch.errors import UsageError
-from regpatch.registry.restart import parse_restart_spec
+from regpatch.options import inventory_namer, opt, wording
+from regpatch.params import (
+    AllowUnsigned,
+    RegistryParams,
+    TrustKeys,
+    TrustParams,
+    VerifyCommand,
+    VerifyParams,
+    _one_line,
+    refuse_inline_credentials,
+)
 
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", re.ASCII)
-URL_RE = re.compile(r"(https?://)?[^\s/]+(/\S*)?")
-# control characters (C0, DEL, C1, line/paragraph separators): never part of a path or name
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 DEFAULT_GROUP = "default"
 
 
@@ -42,118 +47,51 @@ class InventoryError(UsageError):
         super().__init__(f"inventory {self.path} is invalid: " + "; ".join(self.problems))
 
 
-class RegistryEntry(BaseModel):
-    """One registry of the fleet."""
+class RegistryEntry(RegistryParams):
+    """One registry of the fleet: a ``RegistryParams`` (the same fields, validation and
+    descriptions as the patch's options; ``url`` is the inventory's name for
+    ``registry_url``) with a required name and the fleet's own fields."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, title="Inventory entry", json_schema_extra=None)
 
-    name: str = Field(description="unique name of the registry (letters, digits, '.', '_', '-')")
-    storage: str = Field(description="the registry's rootdirectory (holds docker/registry/v2)")
-    url: Optional[str] = Field(None, description="registry API URL for the verification pull")
-    restart: str = Field("none", description="restart spec: none | command:<cmd> | process:pidfile=PATH,...")
+    name: str = Field(min_length=1, description="unique name of the registry (letters, digits, '.', '_', '-')")  # type: ignore[assignment]
     group: Optional[str] = Field(None, description="wave name; waves run in the order groups first appear")
     work_pool: Optional[str] = Field(None, description="Prefect work pool of the host that owns the disk")
-    registry_config: Optional[str] = Field(None, description="the registry's config.yml on its host")
-    registry_auth_file: Optional[str] = Field(None, description="docker config.json with credentials")
-    registry_ca: Optional[str] = Field(None, description="CA bundle for the registry's TLS certificate")
-    insecure: bool = Field(False, description="allow plain HTTP / skip TLS verification")
-    verify_command: Optional[str] = Field(None, description="external puller, {ref} replaced")
-    trust_keys: list[str] = Field(default_factory=list,
-                                  description="PEM public keys on the registry's host; the bundle must be "
-                                              "signed by one of them (patch --trust-key)")
-    allow_unsigned: bool = Field(False, description="with trust_keys: accept an unsigned bundle")
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not NAME_RE.fullmatch(v):
-            raise ValueError("must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit")
-        return v
-
-    @field_validator("storage")
-    @classmethod
-    def _storage(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("must not be empty")
-        return v
-
-    @field_validator("storage", "url", "registry_config", "registry_auth_file", "registry_ca", "group",
-                     "work_pool", "restart")
-    @classmethod
-    def _one_line(cls, v: Optional[str]) -> Optional[str]:
-        # the whole value is used as given: a trailing newline or a control character is a
-        # typo that would name another file (or a forged log line), never trimmed silently
-        if v is not None and _CONTROL.search(v):
-            raise ValueError(f"{v!r} contains a control character (newline, tab, NUL...)")
-        if v is not None and v.strip() and v != v.strip():  # (all blank: "must not be empty")
-            raise ValueError(f"{v!r} has leading or trailing spaces")
-        return v
-
-    @field_validator("verify_command")
-    @classmethod
-    def _command(cls, v: Optional[str]) -> Optional[str]:
-        if v is not None and "\x00" in v:
-            raise ValueError("contains a NUL character")
-        return v
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: Optional[str]) -> Optional[str]:
-        if v is not None and not URL_RE.fullmatch(v):
-            raise ValueError(f"{v!r} is not a registry URL (http://HOST:PORT or https://HOST:PORT)")
-        return v
+    verify_command: VerifyCommand = None
+    trust_keys: TrustKeys
+    allow_unsigned: AllowUnsigned
 
     @field_validator("group", "work_pool")
     @classmethod
     def _non_empty(cls, v: Optional[str]) -> Optional[str]:
         if v is not None and not v.strip():
             raise ValueError("must not be empty (leave the field out instead)")
-        return v
-
-    @field_validator("restart")
-    @classmethod
-    def _restart(cls, v: str) -> str:
-        try:
-            # syntax only: config= of process: may come from registry_config (checked in the
-            # model validator), so a placeholder stands in; nothing is read
-            placeholder = Path("config.yml") if v.strip().lower().startswith("process:") else None
-            parse_restart_spec(v, registry_config=placeholder)
-        except UsageError as e:
-            raise ValueError(str(e)) from None
-        return v
-
-    @field_validator("trust_keys")
-    @classmethod
-    def _trust_keys(cls, v: list[str]) -> list[str]:
-        if any(not k.strip() for k in v):
-            raise ValueError("a trust key path must not be empty")
-        return v
+        return _one_line(v)
 
     @model_validator(mode="after")
-    def _allow_unsigned_needs_keys(self) -> "RegistryEntry":
+    def _entry_rules(self) -> "RegistryEntry":
+        if not (self.storage or self.registry_config):
+            raise ValueError("needs 'storage' (the registry's rootdirectory) or 'registry_config'")
         if self.allow_unsigned and not self.trust_keys:
             raise ValueError("allow_unsigned only relaxes trust_keys: give trust_keys too, or leave both out")
-        return self
-
-    @model_validator(mode="after")
-    def _restart_needs_config(self) -> "RegistryEntry":
         if self.restart.strip().lower().startswith("process:") and "config=" not in self.restart \
                 and not self.registry_config:
             raise ValueError("restart 'process:' needs config=PATH or the entry's registry_config")
         return self
 
-    def registry_params(self):
-        """This registry as the engine's ``RegistryParams``."""
-        from regpatch.params import RegistryParams
+    @property
+    def url(self) -> Optional[str]:
+        return self.registry_url
 
-        return RegistryParams(storage=self.storage, registry_config=self.registry_config, registry_url=self.url,
-                              restart=self.restart, registry_auth_file=self.registry_auth_file,
-                              registry_ca=self.registry_ca, insecure=self.insecure)
+    def registry_params(self) -> RegistryParams:
+        """This registry as the engine's ``RegistryParams`` (named, without the fleet's fields)."""
+        return RegistryParams.model_validate(self.model_dump(include=set(RegistryParams.model_fields)))
 
-    def trust_params(self):
+    def verify_params(self, default_command: Optional[str] = None) -> VerifyParams:
+        return VerifyParams(command=self.verify_command or default_command)
+
+    def trust_params(self) -> TrustParams:
         """This registry's bundle trust as the engine's ``TrustParams``."""
-        from regpatch.params import TrustParams
-
         return TrustParams(trust_keys=list(self.trust_keys), allow_unsigned=self.allow_unsigned)
 
     @property
@@ -163,6 +101,15 @@ class RegistryEntry(BaseModel):
     @property
     def where(self) -> str:
         return f"pool {self.work_pool}" if self.work_pool else "local"
+
+
+def refuse_stored_credentials(entries: list[RegistryEntry]) -> None:
+    """Values a Prefect run or deployment would store (in its database) carry no credential."""
+    for e in entries:
+        with wording(inventory_namer(e.name)):
+            refuse_inline_credentials(opt.verify_command, e.verify_command)
+            refuse_inline_credentials(opt.registry_url, e.registry_url)
+            refuse_inline_credentials(opt.restart, e.restart)
 
 
 class Inventory(BaseModel):
@@ -198,7 +145,7 @@ class Inventory(BaseModel):
         names = {e.name for e in self.registries}
         unknown = [n for n in only if n not in names]
         if unknown:
-            raise UsageError(f"--only names registries not in the inventory: {', '.join(unknown)}; "
+            raise UsageError(f"{opt.only} names registries not in the inventory: {', '.join(unknown)}; "
                              f"known: {', '.join(e.name for e in self.registries)}")
         return [e for e in self.registries if e.name in set(only)]
 

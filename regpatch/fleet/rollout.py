@@ -37,11 +37,11 @@ from typing import Callable, Iterator, Optional
 
 from regpatch.errors import Interrupted, RegpatchError, UsageError
 from regpatch.fleet.inventory import Inventory, RegistryEntry
+from regpatch.options import MAX_PARALLEL, inventory_namer, opt, wording
 from regpatch.progress import human
 from regpatch.storage.store import RegistryStore
 
 log = logging.getLogger("regpatch.rollout")
-MAX_PARALLEL = 32
 
 PATCHED, UP_TO_DATE, DRY_RUN, FAILED, SKIPPED, NOT_RUN = (
     "patched", "up-to-date", "dry-run", "failed", "skipped", "not-run")
@@ -218,7 +218,7 @@ class RolloutState:
                 self._write()
             except OSError as e:
                 raise UsageError(f"the rollout state folder {self.path.parent} cannot be written "
-                                 f"({e.strerror or type(e).__name__}); give a writable --state-dir") from None
+                                 f"({e.strerror or type(e).__name__}); give a writable {opt.state_dir}") from None
 
     def finished(self, name: str) -> Optional[RegistryOutcome]:
         """The earlier outcome when that registry finished with this bundle."""
@@ -274,7 +274,7 @@ def run_rollout(entries: list[RegistryEntry], patch_one: PatchOne, *, state: Rol
                 max_parallel: int = 4, dry_run: bool = False) -> list[RegistryOutcome]:
     """Patch ``entries`` in waves with ``patch_one``; the outcomes in inventory order."""
     if not 1 <= max_parallel <= MAX_PARALLEL:
-        raise UsageError(f"--max-parallel must be between 1 and {MAX_PARALLEL}, not {max_parallel}")
+        raise UsageError(f"{opt.max_parallel} must be between 1 and {MAX_PARALLEL}, not {max_parallel}")
     if not dry_run:
         state.check_writable()
     outcomes: dict[str, RegistryOutcome] = {}
@@ -363,17 +363,18 @@ def outcome_of(entry: RegistryEntry, result=None, error: Optional[BaseException]
 def engine_patcher(*, bundle: str, repository: str, tag: str, image: Optional[str] = None,
                    verify_command: Optional[str] = None, dry_run: bool = False, s3=None,
                    observer=None) -> PatchOne:
-    """``patch_one`` that runs the engine in this process for each registry."""
+    """``patch_one`` that runs the engine in this process for each registry; its messages
+    name options as the registry's inventory entry writes them."""
     from regpatch import engine
-    from regpatch.params import VerifyParams, patch_request
+    from regpatch.engine.requests import patch_request
 
     def patch_one(entry: RegistryEntry) -> RegistryOutcome:
         try:
-            request = patch_request(bundle=bundle, repository=repository, tag=tag,
-                                    registry=entry.registry_params(),
-                                    verify=VerifyParams(command=entry.verify_command or verify_command),
-                                    image=image, dry_run=dry_run, s3=s3, trust=entry.trust_params())
-            return outcome_of(entry, engine.patch(request, observer))
+            with wording(inventory_namer(entry.name)):
+                request = patch_request(bundle=bundle, repository=repository, tag=tag,
+                                        registry=entry.registry_params(), verify=entry.verify_params(verify_command),
+                                        image=image, dry_run=dry_run, s3=s3, trust=entry.trust_params())
+                return outcome_of(entry, engine.patch(request, observer))
         except Interrupted:
             raise
         except RegpatchError as e:

@@ -14,6 +14,7 @@ from typing import Optional
 from urllib.parse import urlsplit
 
 from regpatch.errors import UsageError
+from regpatch.options import opt
 from regpatch.registry.client import RegistryClient
 from regpatch.registry.config import registry_url_from_config, storage_root_from_config
 from regpatch.registry.credentials import load_credentials
@@ -38,8 +39,8 @@ class RegistryTarget:
             storage = storage or str(storage_root_from_config(config))
             url = url or registry_url_from_config(config)
         if not storage:
-            raise UsageError("the registry storage is unknown: pass --storage ROOT (the registry's "
-                             "rootdirectory) or --registry-config config.yml")
+            raise UsageError(f"the registry storage is unknown: pass {opt.storage} (the registry's "
+                             f"rootdirectory) or {opt.registry_config}")
         if url is not None and any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in url):
             raise UsageError(f"registry URL {url!r} contains a control character (a newline?); "
                              "pass the URL alone, e.g. https://registry.example:5000")
@@ -70,16 +71,16 @@ class RegistryTarget:
         file (readable, valid). Raises UsageError; a client is built and closed unused."""
         import os
 
-        for option, path in (("--registry-ca", self.ca_file), ("--registry-auth-file", self.auth_file)):
+        for option, kind, path in ((opt.registry_ca, "CA", self.ca_file),
+                                   (opt.registry_auth_file, "auth", self.auth_file)):
             if path and not os.path.isfile(path):
-                raise UsageError(f"{option}: {'CA' if option == '--registry-ca' else 'auth'} file {path} "
-                                 "does not exist or is not a file")
+                raise UsageError(f"{option}: {kind} file {path} does not exist or is not a file")
             if path and not os.access(path, os.R_OK):
                 raise UsageError(f"{option}: {path} is not readable by this user")
         if not self.url:
             if self.auth_file or self.ca_file:
-                raise UsageError("--registry-auth-file and --registry-ca need the registry's URL "
-                                 "(--registry-url or --registry-config)")
+                raise UsageError(f"{opt.registry_auth_file} and {opt.registry_ca} need the registry's URL "
+                                 f"({opt.registry_url} or {opt.registry_config})")
             return
         with self.client():
             pass
@@ -88,7 +89,7 @@ class RegistryTarget:
     def host(self) -> str:
         """host:port as pull references name the registry."""
         if not self.url:
-            raise UsageError("no registry URL: pass --registry-url or --registry-config")
+            raise UsageError(f"no registry URL: pass {opt.registry_url} or {opt.registry_config}")
         return urlsplit(self.url).netloc
 
     def tls_verify(self):

@@ -22,6 +22,7 @@ from regpatch.errors import (
 )
 from regpatch.hashing import copy_and_hash
 from regpatch.manifest import ALL_MANIFEST_TYPES, MAX_MANIFEST_SIZE, Descriptor, Manifest, load_json, parse_manifest
+from regpatch.options import opt
 from regpatch.reference import Repository, Tag
 
 
@@ -203,7 +204,7 @@ def open_image_source(source: str, *, image: Optional[str], registry: RegistryOp
     """SOURCE -> (ImageSource, default ref name, default repository, default tag)."""
     if source.startswith("docker://"):
         if image:
-            raise UsageError("--image selects an image of an OCI layout; a docker:// SOURCE names "
+            raise UsageError(f"{opt.image} selects an image of an OCI layout; a docker:// SOURCE names "
                              "its image itself")
         ref = parse_docker_reference(source)
         return (RegistryImageSource(ref, registry), str(ref.tag or "image"), ref.repository.name,

@@ -10,6 +10,7 @@ from regpatch.bundle.model import CONSUMED_NOTE, BundleSource
 from regpatch.digest import Digest
 from regpatch.errors import BaseBlobsMissing, BundleMismatch, ManifestError, SignatureError, UnsignedBundle
 from regpatch.manifest import MAX_MANIFEST_SIZE, ImageIndex, ImageManifest, Manifest, load_json, parse_manifest
+from regpatch.options import opt
 from regpatch.signing.descriptor import (
     DESCRIPTOR,
     LAYOUT_FILES,
@@ -99,8 +100,8 @@ def check_bundle(source: BundleSource, trust_keys: Sequence[KeyPath], allow_unsi
         if not allow_unsigned:
             raise UnsignedBundle(f"bundle {source.description} is not signed (no {SIGNATURE}) and trust "
                                  "keys are configured; sign it with 'regpatch bundle --sign-key', or "
-                                 "pass --allow-unsigned to accept unsigned bundles")
-        warnings.append(f"bundle {source.description} is unsigned; accepted because of --allow-unsigned")
+                                 f"pass {opt.allow_unsigned} to accept unsigned bundles")
+        warnings.append(f"bundle {source.description} is unsigned; accepted because of {opt.allow_unsigned}")
     if not has_desc:
         for w in warnings:
             log.warning("%s", w)

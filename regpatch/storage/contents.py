@@ -37,6 +37,7 @@ from typing import Iterable, Iterator, Mapping, Optional, Sequence
 from regpatch.digest import Digest
 from regpatch.errors import InvalidReference, ManifestError, StorageError, StorageNotFound, UsageError
 from regpatch.manifest import load_json
+from regpatch.options import opt
 from regpatch.reference import Repository, Tag
 from regpatch.storage.layout import Layout
 from regpatch.storage.store import RegistryStore
@@ -213,7 +214,7 @@ def read_storage(store: RegistryStore, repositories: Optional[Sequence[str]] = N
     layout = store.layout
     if not layout.v2.is_dir():
         raise StorageNotFound(f"{store.root} holds no docker/registry/v2; pass the registry's "
-                              "'rootdirectory' (--storage) or its config.yml (--registry-config)")
+                              f"'rootdirectory' ({opt.storage}) or its config.yml ({opt.registry_config})")
     wanted = [Repository.parse(r) for r in repositories] if repositories else None
     skipped: list[str] = []
     blobs = _blobs(layout, skipped)
@@ -273,7 +274,7 @@ def write_contents(contents: Contents, out: Path | str, *, storage_root: Optiona
 
 def _bad(name: str, what: str) -> UsageError:
     return UsageError(f"contents file {name} is not a regpatch contents file: {what}; make it on the "
-                      "site with 'regpatch contents --storage ROOT --out FILE'")
+                      f"site with 'regpatch contents {opt.storage} --out FILE'")
 
 
 def _digest(value, name: str, where: str) -> Digest:

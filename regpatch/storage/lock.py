@@ -10,6 +10,7 @@ from typing import Iterator
 
 from regpatch import interrupt
 from regpatch.errors import LockTimeout, os_errors
+from regpatch.options import opt
 from regpatch.reference import Repository
 from regpatch.storage.layout import Layout
 from regpatch.storage.state import actor, now_iso
@@ -66,7 +67,7 @@ def repository_lock(layout: Layout, repo: Repository, *, timeout: float = 300.0,
             if time.monotonic() >= deadline:
                 holder = _read_holder(path)
                 raise LockTimeout(f"repository {repo} is being patched by another run ({holder}); "
-                                  f"waited {timeout:.0f}s; try again later or raise --lock-timeout")
+                                  f"waited {timeout:.0f}s; try again later or raise {opt.lock_timeout}")
             if on_wait and not warned:
                 on_wait(_read_holder(path))
                 warned = True

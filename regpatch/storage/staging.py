@@ -23,6 +23,7 @@ from regpatch.digest import Digest
 from regpatch.errors import DigestMismatch, SizeMismatch, StorageError, UnsafePath
 from regpatch.hashing import advise_sequential, copy_and_hash, hash_fd, hash_file, kernel_copy_and_hash, try_reflink
 from regpatch.hooks import checkpoint
+from regpatch.options import opt
 from regpatch.storage.files import FILE_MODE, TMP_MARK, _io, _is_plain_file, _raise_write_error, fsync_dir
 from regpatch.storage.layout import Layout
 
@@ -241,8 +242,8 @@ class Staging:
             os.rename(path, tmp)
         except OSError as e:
             if e.errno == errno.EXDEV:
-                raise UnsafePath(f"{what} is on another filesystem than the storage: --consume cannot "
-                                 "rename it; drop --consume to copy it") from None
+                raise UnsafePath(f"{what} is on another filesystem than the storage: {opt.consume} cannot "
+                                 f"rename it; drop {opt.consume} to copy it") from None
             _raise_write_error(e, final)
         try:
             with open(tmp, "rb", buffering=0) as f:

@@ -57,6 +57,7 @@ from regpatch.errors import (
 )
 from regpatch.hashing import hash_file
 from regpatch.hooks import checkpoint
+from regpatch.options import opt
 from regpatch.reference import Repository, Tag
 from regpatch.storage.files import DIR_MODE, FILE_MODE, TMP_MARK, _io, _raise_write_error, fsync_dir, sweep_temp_files
 from regpatch.storage.layout import Layout
@@ -139,7 +140,7 @@ class RegistryStore(Staging):
             except FileNotFoundError:
                 return
         if names and not names & self.STATE_ENTRIES:
-            raise UsageError(f"--state-dir {self._state} holds other files ({', '.join(sorted(names)[:3])}"
+            raise UsageError(f"{opt.state_dir} {self._state} holds other files ({', '.join(sorted(names)[:3])}"
                              f"{', ...' if len(names) > 3 else ''}) and none of regpatch's: give an empty or new "
                              "folder for regpatch's journal, history and staging")
 
@@ -162,7 +163,7 @@ class RegistryStore(Staging):
         for base in inside:
             for state in (self._state, real_state):
                 if state == base or base in state.parents:
-                    raise UsageError(f"--state-dir {self.layout.state} is inside the registry's "
+                    raise UsageError(f"{opt.state_dir} {self.layout.state} is inside the registry's "
                                      f"storage tree {base}; the registry would take regpatch's "
                                      "files for repositories or blobs: choose a folder outside "
                                      f"{docker} (default: {self._root / '.regpatch'})")

@@ -252,8 +252,9 @@ def test_rollout_deployment_on_a_worker_and_its_shipped_defaults(cluster):
     assert fr["state_type"] == "FAILED"
     assert "the inventory /etc/regpatch/inventory.yml does not exist on this host: create it" \
         in fr["state"]["message"]
-    fr = run_deployment(c, "rollout/rollout", {"bundle": str(s["staged"]), "inventory": str(cluster["inventory"]),
-                                               "tag": "monthly", "max_parallel": 2}, timeout=400)
+    fr = run_deployment(c, "rollout/rollout", {"bundle": str(s["staged"]), "tag": "monthly",
+                                               "rollout": {"inventory": str(cluster["inventory"]),
+                                                           "max_parallel": 2}}, timeout=400)
     assert fr["state_type"] == "COMPLETED", fr["state"]
     assert fr["name"] == f"rollout-{REPO}-monthly" and fr["work_pool_name"] == "regpatch"
     for site in POOLS:

@@ -48,7 +48,7 @@ def run_cli(*args, env=None, timeout=60) -> subprocess.CompletedProcess:
     (["--repository", "Bad", "--tag", TAG], 2, "invalid repository 'Bad'"),
     (["--repository", "servercore\n", "--tag", TAG], 2, "invalid repository"),
     (["--repository", REPO, "--tag=-x"], 2, "invalid tag"),
-    (["--repository", REPO, "--tag", TAG, "--lock-timeout", "nan"], 2, "--lock-timeout must be a finite"),
+    (["--repository", REPO, "--tag", TAG, "--lock-timeout", "nan"], 2, "--lock-timeout 'nan': input should be a finite number"),
     (["--repository", REPO, "--tag", TAG, "--verify-command", "skopeo inspect x"], 2, "must contain {ref}"),
     (["--repository", REPO, "--tag", TAG, "--registry-url", "ftp://h:1"], 2, "must start with https://"),
     (["--repository", REPO, "--tag", TAG, "--registry-url", "http://127.0.0.1:1",

@@ -10,15 +10,8 @@ import pytest
 
 from regpatch.digest import Digest
 from regpatch.errors import ConfigError, InvalidReference, UsageError
-from regpatch.params import (
-    RegistryParams,
-    S3Params,
-    VerifyParams,
-    has_inline_credentials,
-    patch_request,
-    refuse_inline_credentials,
-    rollback_request,
-)
+from regpatch.params import RegistryParams, S3Params, VerifyParams, has_inline_credentials, refuse_inline_credentials
+from regpatch.engine.requests import patch_request, rollback_request
 from regpatch.reference import Repository, Tag
 from regpatch.registry.config import registry_url_from_config, storage_root_from_config
 from regpatch.registry.target import RegistryTarget
@@ -105,7 +98,7 @@ def test_a_target_comes_from_the_options_or_the_registry_config(tmp_path):
     assert (bare.url, bare.config_path, bare.describe()) == (None, None, "/s")
     with pytest.raises(UsageError, match="no registry URL: pass --registry-url"):
         bare.host
-    with pytest.raises(UsageError, match="the registry storage is unknown: pass --storage ROOT"):
+    with pytest.raises(UsageError, match="the registry storage is unknown: pass --storage "):
         RegistryTarget.resolve()
     assert RegistryTarget.resolve(storage="/s", insecure=True).tls_verify() is False
     assert RegistryTarget.resolve(storage="/s", ca_file="/ca.pem").tls_verify() == "/ca.pem"

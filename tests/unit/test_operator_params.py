@@ -4,6 +4,7 @@ rollout table's errors."""
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -13,11 +14,12 @@ import jsonschema
 import pytest
 import yaml
 
-from regpatch.errors import StorageError, UsageError, VerificationError
+from regpatch.errors import StorageError, UsageError, VerificationError, os_error
 from regpatch.fleet.deployments import render_prefect_yaml, specs_for
 from regpatch.fleet.inventory import load_inventory, parse_inventory
 from regpatch.fleet.rollout import FAILED, RegistryOutcome, outcome_of, render_markdown, tag_state
-from regpatch.params import RegistryParams, form_terms, in_form_terms
+from regpatch.options import inventory_namer, opt, wording
+from regpatch.params import RegistryParams, form_terms
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,25 +58,29 @@ def test_registry_label_and_name_rules():
     label = RegistryParams(storage="/srv/registry/data").label()
     assert label.endswith("-srv-registry-data") and len(label) <= 63
     assert RegistryParams(name="", storage="/x").name is None
-    with pytest.raises(ValueError, match="registry name 'bad/name'"):
+    with pytest.raises(ValueError, match="'bad/name' must be 1-63 letters"):
         RegistryParams(name="bad/name", storage="/x")
 
 
-def test_messages_name_form_fields_for_a_run_started_from_the_form():
-    core = ("the registry storage is unknown: pass --storage ROOT (the registry's rootdirectory) or "
-            "--registry-config config.yml")
-    text = in_form_terms(core)
-    assert '"Storage folder (rootdirectory)" (registry.storage)' in text
-    assert '"Registry config.yml" (registry.registry_config)' in text and "--" not in text
-    assert in_form_terms("--verify-command needs {ref}") == '"Verify command" (verify.command) needs {ref}'
-    assert in_form_terms("use --image NAME") == "use the field 'image'"
-    assert in_form_terms("no flag here: --unknown-flag stays") == "no flag here: --unknown-flag stays"
-    with pytest.raises(UsageError) as e, form_terms():
+def test_messages_name_options_as_their_reader_knows_them():
+    def message() -> str:
+        return f"pass {opt.storage} or {opt.registry_config}; see {opt.verify_command}, {opt.image}, {opt.only}"
+
+    assert message() == "pass --storage or --registry-config; see --verify-command, --image, --only"
+    with form_terms():
+        text = message()
+    assert text == ('pass "Storage folder (rootdirectory)" (registry.storage) or "Registry config.yml" '
+                    '(registry.registry_config); see "Verify command" (verify.command), the field \'image\', '
+                    '"Only these registries" (rollout.only)')
+    with wording(inventory_namer("site-a")):
+        assert f"{opt.registry_url} / {opt.storage}" == "'url' of inventory entry site-a / " \
+                                                          "'storage' of inventory entry site-a"
+    with pytest.raises(UsageError) as e, form_terms():  # a core message raised inside a flow
         RegistryParams().target()
     assert "registry.storage" in str(e.value) and "--storage" not in str(e.value)
-    with pytest.raises(StorageError) as e, form_terms():  # a subclass keeps its type (and exit code)
-        raise StorageError("see --state-dir DIR")
-    assert str(e.value) == 'see "State folder" (registry.state_dir)' and e.value.exit_code == 4
+    with pytest.raises(StorageError) as e, form_terms():  # an OS error's advice, named when raised
+        raise os_error(OSError(errno.EXDEV, "Invalid cross-device link", "/x"), doing="renaming")
+    assert '"State folder" (registry.state_dir)' in str(e.value) and e.value.exit_code == 4
 
 
 def test_deployment_specs_from_the_inventory():
@@ -153,13 +159,13 @@ def test_deployments_refuse_an_inventory_with_an_inline_credential(tmp_path, cap
         {"name": "site-a", "storage": "/x", "verify_command": "skopeo inspect --creds u:secret docker://{ref}"}]}))
     assert main(["deployments", "--inventory", str(inv)]) == 2
     out, err = capsys.readouterr()
-    assert "inventory entry 'site-a' verify_command carries a credential inline" in err
+    assert "'verify_command' of inventory entry site-a carries a credential inline" in err
     assert "secret" not in out + err
     inv.write_text(yaml.safe_dump({"registries": [  # the restart spec is a deployment parameter too
         {"name": "site-a", "storage": "/x", "restart": "command:curl -fsS http://admin:secret@127.0.0.1:9/r"}]}))
     assert main(["deployments", "--inventory", str(inv)]) == 2
     out, err = capsys.readouterr()
-    assert "inventory entry 'site-a' restart carries a credential inline" in err
+    assert "'restart' of inventory entry site-a carries a credential inline" in err
     assert "secret" not in out + err
 
 
@@ -167,6 +173,6 @@ def test_the_hardening_options_are_form_fields_with_the_flags_names():
     props = RegistryParams.model_json_schema()["properties"]
     for key in ("ignore_url_policy", "allow_cross_repository"):
         assert props[key]["type"] == "boolean" and props[key]["default"] is False and props[key]["title"]
-    text = in_form_terms("or pass --allow-cross-repository if this repository may use it")
-    assert "(registry.allow_cross_repository)" in text and "--" not in text
-    assert "(registry.ignore_url_policy)" in in_form_terms("use --ignore-url-policy")
+    with form_terms():
+        text = f"or pass {opt.allow_cross_repository} if this repository may use it; or {opt.ignore_url_policy}"
+    assert "(registry.allow_cross_repository)" in text and "(registry.ignore_url_policy)" in text and "--" not in text

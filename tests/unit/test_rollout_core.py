@@ -226,7 +226,7 @@ def test_an_empty_only_is_refused_not_the_whole_fleet(site, fleet, capsys, monke
     roots, inv = fleet
     code = main(["rollout", str(site.scenario["staged"]), "--inventory", str(inv), "--repository", REPO,
                  "--tag", TAG, "--only", only])
-    assert code == 2 and "--only names no registry" in capsys.readouterr().err
+    assert code == 2 and "--only: names no registry" in capsys.readouterr().err
     assert all(current(r) == str(site.old) for r in roots.values())
     # a name is taken whole: a trailing newline is not trimmed into another registry's name
     code = main(["rollout", str(site.scenario["staged"]), "--inventory", str(inv), "--repository", REPO,
