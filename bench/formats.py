@@ -2,7 +2,7 @@
 """Benchmark: regpatch ingest of each bundle format against skopeo (issue 11).
 
 Not a test. In one run, on one generated image of ``--size`` MiB (four
-layers, incompressible content, written by regpatch.sample with gzip level 0):
+layers, incompressible content, written by regpatch.demo.images with gzip level 0):
 
 - the image as an OCI layout, as a ``dir:`` folder and as an OCI archive
   (both written by ``skopeo copy``): regpatch ingest of each (read the bundle,

@@ -45,12 +45,12 @@ ENV = {"AWS_ACCESS_KEY_ID": "benchkey", "AWS_SECRET_ACCESS_KEY": "benchsecret",
 # streamed into staging and hashed), no Prefect, so only the fetch is timed.
 WORKER = r"""
 import sys, time
-from regpatch.bundle.formats import load_bundle
+from regpatch.bundle.open import load_bundle
 from regpatch.bundle.s3 import S3Options, S3Source
-from regpatch.plan import make_plan
-from regpatch.apply import verify_blobs
+from regpatch.engine.plan import make_plan
+from regpatch.engine.apply import verify_blobs
 from regpatch.reference import Repository, Tag
-from regpatch.store import RegistryStore
+from regpatch.storage.store import RegistryStore
 url, endpoint, root, concurrency, part_mib = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 src = S3Source(url, S3Options(endpoint_url=endpoint, concurrency=concurrency, part_size=part_mib << 20))
 store = RegistryStore(root)

@@ -30,7 +30,7 @@ def write_bundle(source: str, out: str, have: list[str], sign_key: Optional[str]
     """Stream the image's missing blobs into DEST, hashed; write and sign regpatch-bundle.json."""
     options = None
     if out.startswith("s3://"):
-        from regpatch_tasks.s3_support import s3_options
+        from regpatch_tasks.s3_support import s3_options  # boto3 (and a Prefect block): only for s3://
 
         options = s3_options(**(s3 or {}))
     report = core_make_bundle(source, out, have=have, sign_key=sign_key, image=image, platform=platform,

@@ -1,4 +1,4 @@
-"""The rollout flow: ``regpatch.rollout.run_rollout`` with each registry as a task run.
+"""The rollout flow: ``regpatch.fleet.rollout.run_rollout`` with each registry as a task run.
 
 A registry with a ``work_pool`` is patched by its ``patch-registry`` deployment on
 that pool (a Prefect worker on the host that owns the disk); one without is patched

@@ -1,4 +1,4 @@
-"""Digest value type and streaming hash-while-copy.
+"""The Digest value type.
 
 A digest is never a bare string once parsed: ``Digest.parse`` validates the
 whole string (no trailing newline, no surrounding space) and everything else

@@ -25,5 +25,5 @@ for platform in linux win32; do
         --platform "$platform" -p regpatch -p regpatch_flows -p regpatch_tasks) || rc=1
 done
 echo "-- import contracts"
-"$BIN/lint-imports" --config "$ROOT/pyproject.toml" --no-cache || rc=1
+"$BIN/lint-imports" --no-cache "$ROOT/pyproject.toml" || rc=1
 exit "$rc"

@@ -1,4 +1,4 @@
-"""regpatch.bundle.local"""
+"""A bundle in a local folder: files read in place, staged blobs copied by the kernel where it can."""
 
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
-"""Where bundle bytes come from: one interface for a local folder and S3.
+"""The bundle side's nouns: where bundle bytes come from and what a bundle is.
 
-The planner and the tasks only see ``BundleSource``: a flat namespace of
-relative, '/'-separated file names with sizes, opened as binary streams.
+``BundleSource``: a flat namespace of relative, '/'-separated file names with sizes,
+opened as binary streams (a local folder, an archive, S3); the planner and the tasks
+only see this. ``PatchBundle``: the top manifest (exact bytes) and the bundle file that
+holds any digest, as every format reader (``regpatch.bundle.open``) produces it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""regpatch.bundle.oci"""
+"""The OCI image layout reader (``oci-layout``, ``index.json``, ``blobs/sha256``): one image picked by its
+``org.opencontainers.image.ref.name`` annotation when the layout holds several."""
 
 from __future__ import annotations
 

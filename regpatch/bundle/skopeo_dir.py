@@ -1,4 +1,4 @@
-"""regpatch.bundle.skopeo_dir"""
+"""The reader of skopeo's ``dir:`` format (``version`` file, ``manifest.json``, blobs named by their hex digest)."""
 
 from __future__ import annotations
 

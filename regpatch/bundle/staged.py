@@ -1,4 +1,5 @@
-"""regpatch.bundle.staged"""
+"""The reader of the seed's staged folder: the layers, the config and the manifest under the names the
+manual procedure gives them, with ``.digest`` sidecars (or hashed when a sidecar is missing)."""
 
 from __future__ import annotations
 

@@ -38,8 +38,8 @@ COMMANDS = {
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    from regpatch.cli.console import _console_logging
-    from regpatch.cli.prefect_api import _prepare_environment, _quiet_tracebacks, _use_prefect
+    from regpatch.cli.console import _console_logging  # after the arguments are parsed (start-up)
+    from regpatch.cli.prefect_api import _prepare_environment, _quiet_tracebacks, _use_prefect  # after the arguments are parsed (start-up)
 
     _prepare_environment(args.debug)
     interrupt.install_handlers()

@@ -18,8 +18,8 @@ from regpatch.params import RegistryParams, S3Params, TrustParams
 
 def run_inspect(args: argparse.Namespace) -> int:
     """Reads the bundle only: no Prefect import, no registry."""
-    from regpatch.bundle.inspect import inspect_bundle
-    from regpatch.bundle.open import open_source
+    from regpatch.bundle.inspect import inspect_bundle  # only this command needs it (start-up)
+    from regpatch.bundle.open import open_source  # only this command needs it (start-up)
 
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="regpatch: %(levelname)s: %(message)s", stream=sys.stderr)
@@ -32,7 +32,7 @@ def run_inspect(args: argparse.Namespace) -> int:
             options = s3.options()
     progress = None
     if args.verify and not args.json:
-        from regpatch.progress import Progress
+        from regpatch.progress import Progress  # only this command needs it (start-up)
 
         progress = Progress()
     info = inspect_bundle(open_source(args.bundle, s3=options), image=args.image, verify=args.verify,
@@ -42,8 +42,8 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 
 def run_contents(args: argparse.Namespace) -> None:
-    from regpatch.storage.contents import read_storage, write_contents
-    from regpatch.storage.store import RegistryStore
+    from regpatch.storage.contents import read_storage, write_contents  # only this command needs it (start-up)
+    from regpatch.storage.store import RegistryStore  # only this command needs it (start-up)
 
     store = RegistryStore(storage_root(args))
     contents = read_storage(store, args.repository)
@@ -53,9 +53,9 @@ def run_contents(args: argparse.Namespace) -> None:
 
 
 def run_bundle(args: argparse.Namespace) -> None:
-    from regpatch.progress import Progress
-    from regpatch.shuttle.make import make_bundle
-    from regpatch.shuttle.sources import RegistryOptions
+    from regpatch.progress import Progress  # only this command needs it (start-up)
+    from regpatch.shuttle.make import make_bundle  # only this command needs it (start-up)
+    from regpatch.shuttle.sources import RegistryOptions  # only this command needs it (start-up)
 
     source = model_of(RegistryParams, REGISTRY, args, only=("registry_auth_file", "registry_ca", "insecure"))
     s3params = model_of(S3Params, S3, args, only=("endpoint_url", "region", "retries", "part_size_mib"))
@@ -72,7 +72,7 @@ def run_bundle(args: argparse.Namespace) -> None:
 
 
 def run_keygen(args: argparse.Namespace) -> None:
-    from regpatch.signing.keys import algorithm_name, fingerprint, generate_keypair, load_public_key
+    from regpatch.signing.keys import algorithm_name, fingerprint, generate_keypair, load_public_key  # only this command needs it (start-up)
 
     key_path, pub_path = generate_keypair(args.out, args.algorithm)
     pub = load_public_key(pub_path)
@@ -81,9 +81,9 @@ def run_keygen(args: argparse.Namespace) -> None:
 
 
 def run_check_bundle(args: argparse.Namespace) -> None:
-    from regpatch.bundle.open import open_source
-    from regpatch.signing.check import check_bundle
-    from regpatch.storage.store import RegistryStore
+    from regpatch.bundle.open import open_source  # only this command needs it (start-up)
+    from regpatch.signing.check import check_bundle  # only this command needs it (start-up)
+    from regpatch.storage.store import RegistryStore  # only this command needs it (start-up)
 
     s3 = None
     if args.bundle.startswith("s3://"):

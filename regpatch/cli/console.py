@@ -1,4 +1,4 @@
-"""regpatch.cli.console"""
+"""Log lines of a command run here (no Prefect): ``regpatch: LEVEL: message`` on stderr, escaped."""
 
 from __future__ import annotations
 

@@ -49,7 +49,7 @@ def add_options(parser: Any, group: dict[str, Option], *, only: Optional[Iterabl
 def model_of(model: type[M], group: dict[str, Option], args: argparse.Namespace, *,
              only: Optional[Iterable[str]] = None, exclude: Iterable[str] = ()) -> M:
     """The model from the flags given."""
-    from pydantic import ValidationError
+    from pydantic import ValidationError  # after the arguments are parsed (start-up)
 
     options = _options(group, only, exclude)
     values = {o.name: getattr(args, o.key) for o in options if hasattr(args, o.key)}

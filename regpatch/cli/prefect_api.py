@@ -1,4 +1,5 @@
-"""regpatch.cli.prefect_api"""
+"""Where a run goes: the Prefect API this process would use, read without importing Prefect; the
+environment Prefect is given; the one door to Prefect's side (``prefect_side``)."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def configured_prefect_api() -> Optional[str]:
     home = Path(os.environ.get("PREFECT_HOME") or "~/.prefect").expanduser()
     path = Path(os.environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml").expanduser()
     try:
-        import tomllib
+        import tomllib  # only when no PREFECT_API_URL is set (start-up)
 
         data = tomllib.loads(path.read_text())
     except (OSError, ValueError, ImportError):
@@ -64,7 +65,7 @@ def configured_prefect_api() -> Optional[str]:
 
 def _check_prefect_api(url: str) -> None:
     """One request before Prefect is imported: an unreachable API fails at once."""
-    import httpx
+    import httpx  # only when a Prefect API is configured (start-up)
 
     try:
         httpx.get(url.rstrip("/") + "/health", timeout=5.0)
@@ -88,8 +89,8 @@ def _skip_final_gc() -> None:
     drain its log and event workers, are registered later and run before this one)."""
     global _FINAL_GC_SKIPPED
     if not _FINAL_GC_SKIPPED:
-        import atexit
-        import gc
+        import atexit  # once, by the process that runs a flow
+        import gc  # (ditto)
 
         atexit.register(gc.freeze)
         _FINAL_GC_SKIPPED = True

@@ -21,8 +21,8 @@ def run_patch(args: argparse.Namespace):
     """Validate everything, then run the engine here, or the patch-registry flow on
     the configured Prefect API (after a plan made here: a bad bundle never becomes a run)."""
     Repository.parse(args.repository), Tag.parse(args.tag)  # the commonest typo fails before any import
-    from regpatch import engine
-    from regpatch.engine.requests import patch_request
+    from regpatch import engine  # only this command needs it (start-up)
+    from regpatch.engine.requests import patch_request  # only this command needs it (start-up)
 
     registry, verify = model_of(RegistryParams, REGISTRY, args), model_of(VerifyParams, VERIFY, args)
     s3 = model_of(S3Params, S3, args)
@@ -61,8 +61,8 @@ def run_patch(args: argparse.Namespace):
 
 
 def run_rollback(args: argparse.Namespace):
-    from regpatch import engine
-    from regpatch.engine.requests import rollback_request
+    from regpatch import engine  # only this command needs it (start-up)
+    from regpatch.engine.requests import rollback_request  # only this command needs it (start-up)
 
     registry = model_of(RegistryParams, REGISTRY, args, exclude=HARDENING)
     verify = model_of(VerifyParams, VERIFY, args, only=("command",))
@@ -85,7 +85,7 @@ def run_rollback(args: argparse.Namespace):
 
 def storage_root(args: argparse.Namespace) -> str:
     """The storage folder of a command that reads it only: given, or from the config.yml."""
-    from regpatch.registry.config import storage_root_from_config
+    from regpatch.registry.config import storage_root_from_config  # only this command needs it (start-up)
 
     registry = model_of(RegistryParams, REGISTRY, args, only=STATE_ONLY)
     root = registry.storage or (storage_root_from_config(registry.registry_config)
@@ -97,8 +97,8 @@ def storage_root(args: argparse.Namespace) -> str:
 
 def run_history(args: argparse.Namespace) -> None:
     """Reads the state folder only: no Prefect run."""
-    from regpatch.storage.history import read_history, render_history
-    from regpatch.storage.layout import Layout
+    from regpatch.storage.history import read_history, render_history  # only this command needs it (start-up)
+    from regpatch.storage.layout import Layout  # only this command needs it (start-up)
 
     state_dir = getattr(args, "state_dir", None)
     layout = Layout(Path(storage_root(args)), Path(state_dir) if state_dir else None)

@@ -7,7 +7,7 @@
 The workdir gets ``data/`` (the storage rootdirectory), ``config.yml``,
 ``registry.pid``, ``registry.log`` and, when credentials are asked for,
 ``htpasswd`` (bcrypt). The process is started with the helpers of
-``regpatch.service``, so ``process:pidfile=<workdir>/registry.pid`` restarts
+``regpatch.registry.restart``, so ``process:pidfile=<workdir>/registry.pid`` restarts
 it like any managed registry; ``stop`` kills whatever pid the pidfile holds
 at that moment.
 """

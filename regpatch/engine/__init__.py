@@ -9,7 +9,7 @@ places that decide the order of a run (docs/architecture.md, "The engine"):
     plan-patch       resolve every descriptor against bundle and storage; probe the
                      registry API (credentials, TLS) when one is given
     verify-digests   hash every blob; bundle blobs are staged while hashed
-    copy-blobs       1. blob data                          (write order of DESIGN.md)
+    copy-blobs       1. blob data                          (the write order of docs/architecture.md)
     write-links      2. _layers  3. revisions  4. tag index link
     restart-registry only when a restart strategy is given
     verify-pull      the new image by digest through the registry API, every byte

@@ -1,4 +1,4 @@
-"""Carry out a PatchPlan in the crash-safe order of DESIGN.md.
+"""Carry out a PatchPlan in the crash-safe order (docs/architecture.md, "The write order").
 
     verify_blobs   every byte checked: bundle blobs are hashed while they are
                    copied into the staging folder (one read pass), registry

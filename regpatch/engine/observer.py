@@ -1,4 +1,5 @@
-"""regpatch.engine.observer"""
+"""What a caller sees of a run: ``Observer`` (each step, progress of long copies); ``LogObserver`` for the
+command line; the flows' observer makes each step a Prefect task run."""
 
 from __future__ import annotations
 

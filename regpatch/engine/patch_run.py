@@ -1,4 +1,6 @@
-"""regpatch.engine.patch_run"""
+"""The patch of one registry, step by step (the order is the engine package's docstring): open and
+check the bundle, plan against the storage, stage and verify every blob, write blobs and links,
+restart, verify by pulling, publish the tag; the journal, the history line and the report."""
 
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 
 ``make_plan`` parses every manifest (the top one and, for an index, every
 child), resolves every descriptor to a bundle file or to a blob the registry
-already holds, and lists the links to write in the crash-safe order of
-DESIGN.md. It reads, it never writes.
+already holds, and lists the links to write in the crash-safe order
+(docs/architecture.md, "The write order"). It reads, it never writes.
 
 Two rules of the registry's own API are applied, so that regpatch never
 stores what a push would have been refused:
@@ -155,7 +155,7 @@ def make_plan(bundle: PatchBundle, store: RegistryStore, repository: Repository,
     """The plan of patching ``repository:tag`` with ``bundle``; reads only.
 
     ``url_policy``: the registry's ``validation.manifests.urls`` rules (from
-    ``registry_config.url_policy_from_config``); a manifest whose layer URLs
+    ``regpatch.registry.url_policy.url_policy_from_config``); a manifest whose layer URLs
     the registry's API would refuse on push is refused here with a
     ``ManifestError`` naming the URL and the rule, before anything is read
     from the storage. ``ignore_url_policy`` turns that refusal into a warning

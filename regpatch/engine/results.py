@@ -1,4 +1,5 @@
-"""regpatch.engine.results"""
+"""What a run did: ``PatchResult`` and ``RollbackResult``, their one-line summary and their markdown
+report (the same text on the command line, in the state folder and as the Prefect artifact)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""regpatch.engine.rollback_run"""
+"""The rollback of one registry: choose the image (history or ``--to``), check it is complete, pull it
+by digest, then move the tag back if nobody moved it meanwhile."""
 
 from __future__ import annotations
 

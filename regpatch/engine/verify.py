@@ -1,4 +1,5 @@
-"""regpatch.engine.verify"""
+"""Proving an image before and after the tag moves: complete in the storage, pulled by digest through
+the registry's API, the operator's verify command; and the restart before it."""
 
 from __future__ import annotations
 

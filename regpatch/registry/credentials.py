@@ -1,4 +1,6 @@
-"""regpatch.registry.credentials"""
+"""The registry's credentials, read where they are used and never shown: REGPATCH_REGISTRY_USERNAME/
+_PASSWORD, else a docker ``config.json`` (its credential helpers, ``docker-credential-<name> get``, or its
+``auths`` entries)."""
 
 from __future__ import annotations
 

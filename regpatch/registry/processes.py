@@ -1,4 +1,5 @@
-"""regpatch.registry.processes"""
+"""The registry's process: pidfiles, is a pid alive and a registry, start one detached, stop one, wait
+until the registry answers."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ they know the registry's address (``url=`` or ``http.addr`` of the config).
 
 The process helpers (``start_detached``, ``stop_pid``, ``pid_alive``,
 ``read_pidfile``, ``write_pidfile``) are the one implementation of "start the
-registry detached and write the pidfile"; ``regpatch.localregistry`` uses them.
+registry detached and write the pidfile"; ``regpatch.demo.loopback`` uses them.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""regpatch.registry.url_policy"""
+"""The registry's URL policy for foreign layers (``validation.manifests.urls`` of its config.yml), and the
+URL grammar every registry enforces, both as distribution applies them to a pushed manifest."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ class UrlPolicy:
 
     From distribution 2.8's ``registry/handlers/app.go`` and the schema2 / OCI
     manifest handlers of ``registry/storage``, for each URL of a descriptor
-    that is checked (see ``checked_descriptors`` in ``regpatch.plan``):
+    that is checked (see ``checked_descriptors`` in ``regpatch.engine.plan``):
 
     * ``url.Parse`` must succeed (no control character, well-formed ``%``
       escapes, a valid host and port), the scheme must be ``http`` or

@@ -1,4 +1,4 @@
-"""regpatch.registry.verify_command"""
+"""The operator's own pull command (skopeo, podman, docker) run on the new image, logged redacted."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 ``make_bundle`` reads one image (a tag or digest in a registry through its
 API, or a local OCI layout / ``dir:`` / staged folder through
-``bundle.formats.load_bundle``) and writes an OCI image layout to a folder or
+``regpatch.bundle.open.load_bundle``) and writes an OCI image layout to a folder or
 ``s3://bucket/prefix`` holding the image's manifests and only the configs and
 layers that none of the ``--have`` contents files lists, plus
 ``regpatch-bundle.json`` and, with a signing key, its detached signature (see

@@ -1,4 +1,6 @@
-"""regpatch.shuttle.destinations"""
+"""Where a bundle is written: a folder (blobs written to a partial file, renamed once verified, resumed
+after an interruption) or ``s3://bucket/prefix`` (multipart uploads completed only after the digest
+matched)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""regpatch.shuttle.make"""
+"""``make_bundle``: the order of the whole job (select the platform, split carried and assumed blobs, write
+manifests, copy blobs, write the layout, sign the descriptor last)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""regpatch.shuttle.sources"""
+"""Where the image is read: a registry's API (``docker://HOST/REPO:TAG``) or a local layout, ``dir:`` or
+staged folder."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ class _Buffer:
 @dataclass(frozen=True)
 class RegistryOptions:
     """How to reach a source registry: the same options as the patch's verification pull.
-    Credentials are not kept here (see ``registry_api.load_credentials``)."""
+    Credentials are not kept here (see ``regpatch.registry.credentials.load_credentials``)."""
 
     auth_file: Optional[str] = None
     ca_file: Optional[str] = None

@@ -1,4 +1,5 @@
-"""regpatch.signing.check"""
+"""The site's check of a bundle, before anything is staged (``check_bundle``): the signature, the listing
+against the descriptor, the blobs it assumes present in the storage."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""regpatch.signing.descriptor"""
+"""``regpatch-bundle.json``: what a bundle holds and assumes, parsed strictly (hostile input until its
+signature is verified, and checked even then)."""
 
 from __future__ import annotations
 

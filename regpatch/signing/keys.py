@@ -1,4 +1,5 @@
-"""regpatch.signing.keys"""
+"""Keys and signatures: PEM files as ``openssl genpkey`` writes them (Ed25519, ECDSA P-256), an encrypted
+private key opened with ``$REGPATCH_SIGN_KEY_PASSWORD``; ``keygen``."""
 
 from __future__ import annotations
 

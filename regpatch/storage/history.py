@@ -1,4 +1,5 @@
-"""regpatch.storage.history"""
+"""``history.jsonl``: every tag change regpatch made (time, old -> new, action, source, who), appended
+durably, read back leniently (a torn or malformed line is skipped with a warning)."""
 
 from __future__ import annotations
 

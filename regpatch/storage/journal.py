@@ -1,4 +1,5 @@
-"""regpatch.storage.journal"""
+"""The journal of a tag's last patch: what was under way, resumed by the same command. It tells the
+operator what happened; it never makes a step skip work (the storage decides)."""
 
 from __future__ import annotations
 

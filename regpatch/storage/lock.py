@@ -1,4 +1,5 @@
-"""regpatch.storage.lock"""
+"""One patch or rollback per repository at a time: an OS file lock under the storage root (a killed run
+frees it), with the holder written inside."""
 
 from __future__ import annotations
 

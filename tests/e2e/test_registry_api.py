@@ -1,4 +1,4 @@
-"""regpatch.registry_api and regpatch.registry_config against real registries.
+"""regpatch.registry (client, credentials, config) against real registries.
 
 Every registry here is a real ``docker-registry serve`` process on loopback:
 plain, htpasswd (Basic), token auth (Bearer, with a token server started in

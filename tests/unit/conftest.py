@@ -2,7 +2,7 @@
 
 The ``site`` fixture is a registry storage holding the seed's old servercore image
 (written by the engine itself from an OCI layout), and the month's patch as a
-staged bundle and an OCI layout, all real bytes (``regpatch.sample``).
+staged bundle and an OCI layout, all real bytes (``regpatch.demo.images``).
 """
 
 from __future__ import annotations

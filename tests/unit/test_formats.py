@@ -1,7 +1,7 @@
 """Bundle formats with real files: dir:, OCI archives (plain, gzip, zstd), docker save archives,
 the tar reader, the deterministic gzip, detection and its messages, inspect.
 
-The inputs here are written by Python (tarfile, regpatch.sample) in the layouts
+The inputs here are written by Python (tarfile, regpatch.demo.images) in the layouts
 the tools use; tests/e2e/test_formats.py does the same with skopeo and podman."""
 
 from __future__ import annotations

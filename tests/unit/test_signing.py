@@ -1,7 +1,7 @@
 """Keys, signatures, delta bundles from local sources, and the site's check_bundle.
 
 Everything on real files in tmp_path: bundles are made by make_bundle from OCI
-layouts written by regpatch.sample, site storages by RegistryStore's own writes.
+layouts written by regpatch.demo.images, site storages by RegistryStore's own writes.
 (The openssl interoperability and the registry round trip are in
 tests/e2e/test_shuttle.py.)
 """
