@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install what is missing (scripts/bootstrap.sh), then run the test suite from the
-# repository root in two layers:
+# Install what is missing (scripts/bootstrap.sh), then, from the repository root:
+#   0. the static checks (scripts/static_checks.sh: ruff, mypy on Linux and as on
+#      Windows, the import contracts), each at zero findings;
 #   1. tests/unit: fast, real files in tmp folders, no external process, under
 #      coverage (the figure for regpatch/ is printed);
 #   2. tests/e2e: real docker-registry, skopeo, podman, moto, one Prefect server.
@@ -26,6 +27,11 @@ if [ "$#" -gt 0 ]; then
     exit
 fi
 
+echo "== static checks =="
+if ! bash "$ROOT/scripts/static_checks.sh"; then
+    echo "test.sh: the static checks found something (above); fix it before the tests run" >&2
+    exit 2
+fi
 echo "== unit layer (tests/unit) =="
 rm -f .coverage
 run "$PY" -m coverage run --source=regpatch -m pytest -q tests/unit
