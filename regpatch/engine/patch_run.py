@@ -275,7 +275,9 @@ def _check_consumable(store: RegistryStore, plan: PatchPlan) -> None:
                          "(drop --consume)")
     for b in plan.to_copy:
         if consumable(plan, b):
+            assert b.source is not None  # consumable() checked it is a local bundle file
             path = plan.source.local_path(b.source.name)
+            assert path is not None
             if not store.same_filesystem(path):
                 raise UsageError(f"--consume: {path} is not on the filesystem of the storage {store.root}, so "
                                  "it cannot be renamed into it; drop --consume to copy it")

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from regpatch.digest import Digest
 from regpatch.errors import UsageError
 from regpatch.reference import Repository, Tag
 from regpatch.registry.restart import parse_restart_spec
 from regpatch.registry.target import RegistryTarget
+
+if TYPE_CHECKING:
+    from regpatch.bundle.s3 import S3Options
 
 
 def _check_lock_timeout(value: float) -> float:
@@ -63,7 +66,7 @@ class PatchRequest:
     always_verify: bool = False
     dry_run: bool = False
     lock_timeout: float = 300.0
-    s3: object = None
+    s3: Optional[S3Options] = None
     init: bool = False               # create docker/registry/v2 when the storage has none
     consume: bool = False            # rename the bundle's layer files into the storage instead of copying
     ignore_url_policy: bool = False  # patch a manifest the registry's validation.manifests.urls would refuse
