@@ -30,7 +30,7 @@ class Digest:
                                    "expected 'sha256:<64 lowercase hex>'")
 
     @classmethod
-    def parse(cls, value: str) -> "Digest":
+    def parse(cls, value: object) -> "Digest":  # any JSON value: a non-string is refused
         if not isinstance(value, str):
             raise InvalidReference("digest", repr(value), "expected a string 'sha256:<64 hex>'")
         algo, sep, hexpart = value.partition(":")

@@ -276,7 +276,8 @@ def os_error(e: OSError, *, doing: str, path: Optional[object] = None) -> Regpat
     target = text(path) if path is not None else (named[0] if named else "?")
     also = [n for n in named if n != target]
     code = e.errno
-    cls, advice = _OS_ADVICE.get(code, (StorageError, "check the storage and run the same command again"))
+    fallback = (StorageError, "check the storage and run the same command again")
+    cls, advice = _OS_ADVICE.get(code, fallback) if code is not None else fallback
     name = errno.errorcode.get(code, str(code)) if code is not None else type(e).__name__
     reason = e.strerror or str(e) or type(e).__name__
     at = f" (at {', '.join(also)})" if also else ""

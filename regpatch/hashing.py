@@ -6,7 +6,7 @@ import errno
 import os
 import queue
 import threading
-from typing import BinaryIO, Callable, Optional
+from typing import BinaryIO, Callable, Literal, Optional, Protocol
 
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
@@ -15,8 +15,14 @@ from regpatch.digest import CHUNK, Digest, new_hasher
 from regpatch.errors import DigestMismatch, SizeMismatch
 
 
+class Readable(Protocol):
+    """What a copy reads from: a binary ``read(n)`` (a file, a member of an archive, a response body)."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
 def copy_and_hash(
-    src: BinaryIO,
+    src: Readable,
     dst: Optional[BinaryIO],
     *,
     what: str,
@@ -364,7 +370,7 @@ _SYNC_FILE_RANGE_WRITE = 2
 
 
 
-_libc = None
+_libc: Callable[..., int] | Literal[False] | None = None  # libc's sync_file_range; False: not there
 
 
 

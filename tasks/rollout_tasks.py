@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypedDict
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
+from prefect.cache_policies import NO_CACHE, CachePolicy
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 from prefect.concurrency.sync import concurrency
@@ -42,8 +42,18 @@ from regpatch.fleet.rollout import (
 from regpatch.params import S3Params, VerifyParams
 from regpatch_tasks.observer import artifact_key, run_name, run_tags
 
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import FlowRun
+
 PATCH_FLOW_NAME = "patch-registry"
-_opts = dict(cache_policy=NO_CACHE, persist_result=False)
+
+
+class _TaskOptions(TypedDict):
+    cache_policy: CachePolicy
+    persist_result: bool
+
+
+_opts = _TaskOptions(cache_policy=NO_CACHE, persist_result=False)
 
 
 def registry_lock_name(name: str) -> str:
@@ -66,6 +76,7 @@ def find_patch_deployments(entries: list[RegistryEntry]) -> dict[str, str]:
     for d in deps:
         by_pool.setdefault(d.work_pool_name or "", []).append(d.name)
     for e in pooled:
+        assert e.work_pool is not None  # pooled: the entries with a work pool
         names = sorted(by_pool.get(e.work_pool, []))
         pick = next((n for n in (e.name, e.work_pool, PATCH_FLOW_NAME) if n in names), None)
         if pick is None and len(names) == 1:
@@ -112,7 +123,7 @@ def _run_local(entry: RegistryEntry, params: dict, patch_flow: Callable[..., Any
     return outcome_of(entry, error=exc if isinstance(exc, BaseException) else RuntimeError(state.message or state.name))
 
 
-def outcome_from_labels(entry: RegistryEntry, labels: dict, state_name: str, state_message: Optional[str],
+def outcome_from_labels(entry: RegistryEntry, labels: dict, state_name: Optional[str], state_message: Optional[str],
                         completed: bool, dry_run: bool, run: str) -> RegistryOutcome:
     """A registry's outcome from the labels its patch-registry run set (``record_outcome``)."""
     get = lambda key: labels.get(f"regpatch.{key}")  # noqa: E731
@@ -134,9 +145,11 @@ def outcome_from_labels(entry: RegistryEntry, labels: dict, state_name: str, sta
 
 def _run_remote(entry: RegistryEntry, deployment: str, params: dict, timeout: Optional[float]) -> RegistryOutcome:
     outcome = RegistryOutcome(entry.name, entry.wave, entry.where, FAILED)
-    fr = run_deployment(deployment, parameters=params, timeout=timeout, poll_interval=2,
-                        flow_run_name=run_name(entry.name, params["repository"], params["tag"]),
-                        tags=run_tags(entry.name, params["repository"]))
+    # typed FlowRun | Coroutine by Prefect's async_dispatch: called from sync code, it returns the FlowRun
+    fr: FlowRun = run_deployment(deployment, parameters=params, timeout=timeout,  # type: ignore[assignment]
+                                 poll_interval=2,
+                                 flow_run_name=run_name(entry.name, params["repository"], params["tag"]),
+                                 tags=run_tags(entry.name, params["repository"]))
     outcome.flow_run = str(fr.id)
     state = fr.state
     if state is None or not state.is_final():
@@ -219,7 +232,7 @@ def show_unrun(outcomes: list[RegistryOutcome], repository: str, tag: str) -> No
                                tags=run_tags(o.name, repository))(return_state=True)
 
 
-def _not_patched(outcome: RegistryOutcome):
+def _not_patched(outcome: RegistryOutcome) -> Callable[[], State]:
     """A task body with no parameters (so no inputs, no drawn dependency) whose state,
     made when it runs, is the outcome's."""
     def not_patched() -> State:

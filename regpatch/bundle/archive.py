@@ -43,7 +43,7 @@ from regpatch.bundle.tarstream import (
 )
 from regpatch.digest import CHUNK, Digest
 from regpatch.errors import BundleError, DigestMismatch, SizeMismatch, SourceError, UnknownBundleFormat, UnsafePath
-from regpatch.hashing import copy_and_hash
+from regpatch.hashing import _readinto, copy_and_hash
 
 log = logging.getLogger("regpatch.bundle")
 
@@ -249,7 +249,7 @@ class _Limited(io.RawIOBase):
 
 def _decompressed(raw: BinaryIO, kind: str, what: str) -> BinaryIO:
     if kind == GZIP:
-        return io.BufferedReader(_SimpleGzip(raw, what), CHUNK)  # type: ignore[return-value]
+        return io.BufferedReader(_SimpleGzip(raw, what), CHUNK)
     if kind == ZSTD:
         try:
             import zstandard
@@ -258,7 +258,7 @@ def _decompressed(raw: BinaryIO, kind: str, what: str) -> BinaryIO:
                                       "install it (pip install zstandard) or decompress the archive "
                                       "with 'zstd -d' first") from None
         return zstandard.ZstdDecompressor().stream_reader(raw, read_size=CHUNK, read_across_frames=True,
-                                                          closefd=True)  # type: ignore[return-value]
+                                                          closefd=True)
     if kind == XZ:
         return lzma.LZMAFile(raw)  # type: ignore[return-value]
     if kind == BZIP2:
@@ -439,9 +439,11 @@ class PlainTarSource(_ArchiveSource):
                    progress: Optional[Callable[[int], None]] = None) -> Path:
         """Remote archives: stage a member resumably, only its own byte range fetched."""
         m = self._member(name)
-        etag = getattr(self.archive.source, "etag", lambda n: "")(self.archive.name)
-        validator = (f"{self.archive.description} etag={etag}"
-                     f" member={m.name} offset={m.offset} size={m.size}") if self.archive.is_remote else ""
+        validator = ""
+        if isinstance(self.archive, SourceArchiveFile):  # remote (is_remote): the object's ETag goes in it
+            etag = getattr(self.archive.source, "etag", lambda n: "")(self.archive.name)
+            validator = (f"{self.archive.description} etag={etag}"
+                         f" member={m.name} offset={m.offset} size={m.size}")
         store.stage_blob_resumable(digest, size,
                                    lambda off: self.archive.open_range(m.offset + off, m.size - off),
                                    what=what, validator=validator, progress=progress)
@@ -535,7 +537,10 @@ class StreamTarSource(_ArchiveSource):
                     break  # the stream is consumed: a second alias gets nothing
         self._pass(visit)
 
-    def hash(self, name: str, *, expected: Optional[Digest] = None, expected_size: Optional[int] = None,
+    # the base's hash is wrapped by tenacity's retry, typed _RetryDecorated (with its retry attributes): this
+    # override is a plain method on purpose (one pass over the archive, not retried)
+    def hash(self, name: str, *, expected: Optional[Digest] = None,  # type: ignore[override]
+             expected_size: Optional[int] = None,
              what: Optional[str] = None, progress: Optional[Callable[[int], None]] = None) -> Digest:
         """Dry runs: the first call hashes every wanted member in one pass."""
         m = self._files.get(name)
@@ -603,7 +608,7 @@ class _NoClose(io.RawIOBase):
         return True
 
     def readinto(self, b) -> int:
-        return self._f.readinto(b)
+        return _readinto(self._f, b)
 
 
 class _PassReader(io.RawIOBase):

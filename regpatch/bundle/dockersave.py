@@ -327,7 +327,7 @@ def load_docker_save(source: BundleSource, *, image: Optional[str] = None, scrat
                 raise DigestMismatch(f"{what} (uncompressed; the config's rootfs.diff_ids[{layer.index}])",
                                      layer.diff_id, actual, stats.raw_size)
             digest = Digest.parse(stats.out_digest)
-            if sink is not None:
+            if sink is not None and work is not None:  # (a sink only comes from work)
                 work.keep(sink, digest)
         except BaseException:
             if sink is not None:
@@ -528,7 +528,7 @@ class ConvertedSource(BundleSource):
     def open(self, name: str) -> BinaryIO:
         layer = self._layer(name)
         if layer is None:
-            return io.BytesIO(self.image.config)  # type: ignore[return-value]
+            return io.BytesIO(self.image.config)
         path = self.local_path(name)
         if path is not None:
             return open(path, "rb", buffering=0)

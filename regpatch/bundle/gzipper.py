@@ -26,7 +26,10 @@ import struct
 import zlib
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import BinaryIO, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
+
+if TYPE_CHECKING:
+    from regpatch.hashing import Readable
 
 BLOCK = 1 << 20           # input bytes per independently deflated block (fixed: part of the output)
 WINDOW = 32 << 10         # deflate's window: the dictionary each block is primed with
@@ -85,7 +88,7 @@ class GzipStats:
         return "sha256:" + self.out_hasher.hexdigest()
 
 
-def _read_full(src: BinaryIO, n: int) -> bytes:
+def _read_full(src: Readable, n: int) -> bytes:
     chunks = []
     left = n
     while left:
@@ -97,7 +100,7 @@ def _read_full(src: BinaryIO, n: int) -> bytes:
     return b"".join(chunks) if len(chunks) != 1 else chunks[0]
 
 
-def compress_stream(src: BinaryIO, write: Optional[Callable[[bytes], object]], *, level: int = DEFAULT_LEVEL,
+def compress_stream(src: Readable, write: Optional[Callable[[bytes], object]], *, level: int = DEFAULT_LEVEL,
                     threads: Optional[int] = None, progress: Optional[Callable[[int], None]] = None,
                     limit: Optional[int] = None) -> GzipStats:
     """Read ``src`` to EOF (or ``limit`` bytes), gzip it deterministically, hand the output to ``write``.

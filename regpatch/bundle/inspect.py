@@ -132,7 +132,11 @@ def _platform_of(m: ImageManifest, bundle: PatchBundle) -> PlatformInfo:
         return PlatformInfo("", "")
     if not isinstance(doc, dict):
         return PlatformInfo("", "")
-    text = lambda k: doc.get(k) if isinstance(doc.get(k), str) else ""  # noqa: E731
+
+    def text(k: str) -> str:
+        value = doc.get(k)
+        return value if isinstance(value, str) else ""
+
     return PlatformInfo(text("os"), text("architecture"), text("variant"), text("os.version"))
 
 
@@ -153,7 +157,7 @@ def inspect_bundle(source: BundleSource, *, image: Optional[str] = None, verify:
             if any(r is None for r in refs) or len(set(refs)) != len(refs):
                 raise BundleError(f"{source.description}: index.json lists {len(refs)} images, not all "
                                   "with distinct ref names; inspect them one at a time is not possible")
-            names = list(refs)  # type: ignore[arg-type]
+            names = list(refs)
     images: list[ImageInfo] = []
     blobs: dict[str, BlobInfo] = {}
     notes: list[str] = []
@@ -179,8 +183,8 @@ def inspect_bundle(source: BundleSource, *, image: Optional[str] = None, verify:
                 if isinstance(child, ImageManifest):
                     manifests.append(child)
         else:
-            manifests.append(top)  # type: ignore[arg-type]
-            platforms.append(_platform_of(top, bundle))  # type: ignore[arg-type]
+            manifests.append(top)
+            platforms.append(_platform_of(top, bundle))
         for m in manifests:
             for kind, d in [("config", m.config)] + [("layer", l) for l in m.layers]:
                 if str(d.digest) in blobs:
@@ -231,7 +235,8 @@ def _inspect_docker_save(source: BundleSource, image: Optional[str], verify: boo
     saved = read_saved_images(source)
     if image is not None:
         saved = [select_image(saved, image, source.description)]
-    images, blobs = [], {}
+    images: list[ImageInfo] = []
+    blobs: dict[str, BlobInfo] = {}
     for img in saved:
         images.append(ImageInfo(img.name, None, "docker save archive (uncompressed layers)",
                                 [PlatformInfo(img.os, img.architecture, img.variant, img.os_version)],
@@ -248,7 +253,7 @@ def _inspect_docker_save(source: BundleSource, image: Optional[str], verify: boo
                                   l.foreign["mediaType"] == DOCKER_FOREIGN_LAYER, urls=urls,
                                   diff_id=str(l.diff_id))
     if verify:
-        todo = {}
+        todo: dict[str, tuple[str, BlobInfo]] = {}
         for img in saved:
             for l in img.layers:
                 todo.setdefault(source.canonical(l.name), (l.name, blobs[str(l.diff_id)]))

@@ -31,9 +31,12 @@ CONSUMED_NOTE = "regpatch-consumed.jsonl"
 class BundleSource(ABC):
     #: how the source is named in logs and errors (never holds a credential)
     description: str
-    #: several files can be read at once at full speed (a local disk): a stager may
-    #: stage two blobs at a time. Network and compressed sources say False.
-    parallel_reads: bool = False
+
+    @property
+    def parallel_reads(self) -> bool:
+        """Several files can be read at once at full speed (a local disk): a stager may
+        stage two blobs at a time. Network and compressed sources say False."""
+        return False
 
     @abstractmethod
     def list(self) -> dict[str, int]:

@@ -31,6 +31,7 @@ holds explicit ones; they are never part of a repr, a log line or an error.
 from __future__ import annotations
 
 import contextvars
+import functools
 import io
 import logging
 import os
@@ -41,7 +42,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Optional, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
@@ -51,6 +52,9 @@ from regpatch.bundle.model import BundleSource, _safe_name
 from regpatch.digest import CHUNK, Digest
 from regpatch.errors import DigestMismatch, RegpatchError, SizeMismatch, SourceError, UsageError
 from regpatch.options import opt
+
+if TYPE_CHECKING:
+    from botocore.response import StreamingBody
 
 log = logging.getLogger("regpatch.s3")
 
@@ -404,7 +408,7 @@ class S3Source(BundleSource):
                 kw = {"Bucket": self.bucket, "Prefix": base + (self._only or "")}
                 if token:
                     kw["ContinuationToken"] = token
-                page = self._call(f"listing {self.url}/", lambda kw=kw: self._client.list_objects_v2(**kw))
+                page = self._call(f"listing {self.url}/", functools.partial(self._client.list_objects_v2, **kw))
                 for obj in page.get("Contents", []):
                     key = obj["Key"]
                     if key.endswith("/"):
@@ -592,7 +596,7 @@ class S3ObjectReader(io.RawIOBase):
             raise SourceError(f"cannot resume {source.describe(name)} at byte {start}: "
                               f"the object has {self.size} bytes")
         self.pos = start
-        self._body = None
+        self._body: Optional[StreamingBody] = None  # the open GET's body (sequential reads)
         opts = source.options
         self._parallel = opts.concurrency > 1 and self.size - start > 2 * opts.part_size
         self._pool: Optional[ThreadPoolExecutor] = None
@@ -636,6 +640,7 @@ class S3ObjectReader(io.RawIOBase):
         breaks meanwhile; urllib3's read1 returns what is there. A short body is
         caught by the caller: an empty read before the end is a TruncatedBody.)
         """
+        assert self._body is not None  # _read_some opened it
         raw = getattr(self._body, "_raw_stream", None)
         if raw is not None and hasattr(raw, "read1"):
             return raw.read1(n)

@@ -39,7 +39,11 @@ COMMANDS = {
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from regpatch.cli.console import _console_logging  # after the arguments are parsed (start-up)
-    from regpatch.cli.prefect_api import _prepare_environment, _quiet_tracebacks, _use_prefect  # after the arguments are parsed (start-up)
+    from regpatch.cli.prefect_api import (  # after the arguments are parsed (start-up)
+        _prepare_environment,
+        _quiet_tracebacks,
+        _use_prefect,
+    )
 
     _prepare_environment(args.debug)
     interrupt.install_handlers()

@@ -72,7 +72,12 @@ def run_bundle(args: argparse.Namespace) -> None:
 
 
 def run_keygen(args: argparse.Namespace) -> None:
-    from regpatch.signing.keys import algorithm_name, fingerprint, generate_keypair, load_public_key  # only this command needs it (start-up)
+    from regpatch.signing.keys import (  # only this command needs it (start-up)
+        algorithm_name,
+        fingerprint,
+        generate_keypair,
+        load_public_key,
+    )
 
     key_path, pub_path = generate_keypair(args.out, args.algorithm)
     pub = load_public_key(pub_path)

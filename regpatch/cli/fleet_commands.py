@@ -17,7 +17,10 @@ from regpatch.reference import Repository
 def run_deployments(args: argparse.Namespace) -> None:
     """Plain data from the inventory; Prefect is imported only with --apply."""
     from regpatch.fleet.deployments import render_prefect_yaml, specs_for  # only this command needs it (start-up)
-    from regpatch.fleet.inventory import load_inventory, refuse_stored_credentials  # only this command needs it (start-up)
+    from regpatch.fleet.inventory import (  # only this command needs it (start-up)
+        load_inventory,
+        refuse_stored_credentials,
+    )
 
     if args.repository:
         Repository.parse(args.repository)
@@ -44,8 +47,17 @@ def run_rollout(args: argparse.Namespace):
     """Without a Prefect API the rollout runs here (registries patched by this process);
     registries on a work pool need the API, which runs their patch on their own host."""
     from regpatch.engine.patch_run import open_bundle  # only this command needs it (start-up)
-    from regpatch.fleet.inventory import load_inventory, refuse_stored_credentials  # only this command needs it (start-up)
-    from regpatch.fleet.rollout import RolloutFailed, RolloutState, engine_patcher, render_table, run_rollout  # only this command needs it (start-up)
+    from regpatch.fleet.inventory import (  # only this command needs it (start-up)
+        load_inventory,
+        refuse_stored_credentials,
+    )
+    from regpatch.fleet.rollout import (  # only this command needs it (start-up)
+        RolloutFailed,
+        RolloutState,
+        engine_patcher,
+        render_table,
+        run_rollout,
+    )
     from regpatch.reference import Tag  # only this command needs it (start-up)
 
     Repository.parse(args.repository)

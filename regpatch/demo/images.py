@@ -214,7 +214,8 @@ def make_layer(workdir: Path, name: str, *, seed: int, size: int, compresslevel:
         with gzip.GzipFile(filename="", mode="wb", fileobj=blob, compresslevel=compresslevel,
                            mtime=0) as gz:
             diff = _HashingWriter(gz)
-            with tarfile.open(fileobj=diff, mode="w|", format=tarfile.PAX_FORMAT,
+            # typeshed's tarfile.open overloads lack copybufsize, which open() hands to TarFile()
+            with tarfile.open(fileobj=diff, mode="w|", format=tarfile.PAX_FORMAT,  # type: ignore[call-overload]
                               copybufsize=RANDOM_CHUNK) as tar:
                 tar.addfile(_tarinfo("regpatch/", directory=True))
                 tar.addfile(_tarinfo(f"regpatch/{stem}-{seed}.txt", size=len(text)), io.BytesIO(text))

@@ -125,7 +125,7 @@ def verify_blobs(plan: PatchPlan, store: RegistryStore, *, dry_run: bool = False
                 errors.append(e)
     if errors:
         raise errors[0]
-    return [results[i] for i in range(len(steps)) if results.get(i) is not None]
+    return [r for i in range(len(steps)) if (r := results.get(i)) is not None]
 
 
 def consumable(plan: PatchPlan, step) -> bool:
@@ -173,6 +173,7 @@ def _verify_one(step, plan: PatchPlan, store: RegistryStore, dry_run: bool,
         return BlobResult(step.digest, step.size, "resumed", 0.0, step.source.name)
     elif consume and consumable(plan, step):
         path = source.local_path(step.source.name)
+        assert path is not None  # consumable() checked it
         staged = store.adopt_blob(step.digest, step.size, path, what=what, progress=_with_checkpoints(bar))
         _note_consumed(path, step, store.layout.relative(staged))
         log.info("consumed %s: renamed into the storage's staging folder", what)

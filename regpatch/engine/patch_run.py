@@ -280,7 +280,9 @@ def _check_consumable(store: RegistryStore, plan: PatchPlan) -> None:
                          f"(drop {opt.consume})")
     for b in plan.to_copy:
         if consumable(plan, b):
+            assert b.source is not None  # consumable() checked it is a local bundle file
             path = plan.source.local_path(b.source.name)
+            assert path is not None
             if not store.same_filesystem(path):
                 raise UsageError(f"{opt.consume}: {path} is not on the filesystem of the storage {store.root}, so "
                                  f"it cannot be renamed into it; drop {opt.consume} to copy it")

@@ -70,7 +70,7 @@ class PatchRequest:
     always_verify: bool = False
     dry_run: bool = False
     lock_timeout: float = 300.0
-    s3: object = None
+    s3: Optional[S3Options] = None
     init: bool = False               # create docker/registry/v2 when the storage has none
     consume: bool = False            # rename the bundle's layer files into the storage instead of copying
     ignore_url_policy: bool = False  # patch a manifest the registry's validation.manifests.urls would refuse

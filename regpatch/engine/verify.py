@@ -68,8 +68,9 @@ def restart_registry(spec: str, target: RegistryTarget) -> float:
     t0 = time.monotonic()
     log.info("restarting the registry: %s", strategy.describe())
     strategy.restart()
-    if target.url:
-        waited = wait_until_ready(lambda: http_probe(target.url, verify=target.tls_verify()))
-        log.info("registry at %s answers /v2/ after %.2fs", target.url, waited)
+    url = target.url
+    if url:
+        waited = wait_until_ready(lambda: http_probe(url, verify=target.tls_verify()))
+        log.info("registry at %s answers /v2/ after %.2fs", url, waited)
     return time.monotonic() - t0
 

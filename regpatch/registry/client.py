@@ -298,6 +298,8 @@ class RegistryClient(RegistryHTTP):
         if not self._direct or not url.isascii():
             return None  # (http.client would not encode a non-ASCII host or path as httpx does)
         parts = urlsplit(url)
+        if parts.hostname is None:
+            return None  # (not for the client's own URL: it was checked to have a host)
         auth, _ = self._auth_header(scope)
         headers = {"User-Agent": "regpatch", "Accept-Encoding": "identity", "Host": parts.netloc, **auth}
         if parts.scheme == "https":

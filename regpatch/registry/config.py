@@ -138,7 +138,7 @@ def registry_url_from_config(config_path: PathLike) -> str:
     tls = http.get("tls")
     if tls is not None and not isinstance(tls, dict):
         raise ConfigError(f"registry config {config_path}: key http.tls must be a mapping")
-    https = bool(tls) and bool(tls.get("certificate") or tls.get("letsencrypt"))
+    https = tls is not None and bool(tls.get("certificate") or tls.get("letsencrypt"))
     prefix = http.get("prefix") or ""
     if not isinstance(prefix, str):
         raise ConfigError(f"registry config {config_path}: key http.prefix must be a string")

@@ -103,7 +103,7 @@ def _default_auth_files(env: Mapping[str, str]) -> list[Path]:
 
 
 
-def load_credentials(host: str, *, auth_file: Optional[Path] = None,
+def load_credentials(host: str, *, auth_file: str | Path | None = None,
                      env: Mapping[str, str] = os.environ) -> Optional[Credentials]:
     """Credentials for ``host`` ('host:port', or a URL), or None (anonymous).
 
@@ -199,11 +199,11 @@ def _credentials_from_entry(entry, path: Path, host: str) -> Optional[Credential
                              "'user:password'")
         return Credentials(user, password)
     if entry.get("username") or entry.get("password"):
-        user, password = entry.get("username"), entry.get("password")
-        if not (isinstance(user, str) and user and isinstance(password, str)):
+        username, secret = entry.get("username"), entry.get("password")
+        if not (isinstance(username, str) and username and isinstance(secret, str)):
             raise UsageError(f"auth file {path}: the entry for {host} needs both 'username' and "
                              "'password' strings")
-        return Credentials(user, password)
+        return Credentials(username, secret)
     return None
 
 

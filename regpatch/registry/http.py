@@ -303,7 +303,10 @@ class RegistryHTTP:
         """The one place that retries: transient faults of one whole attempt."""
 
         def before_sleep(state: RetryCallState) -> None:
+            # called after a failed attempt: retry_if_exception retries only on an exception
+            assert state.outcome is not None
             exc = state.outcome.exception()
+            assert exc is not None
             reason = f"HTTP {exc.status}" if isinstance(exc, _RetryableStatus) else self._reason(exc)
             log.warning("registry %s: %s failed (%s); retry %d of %d in %.1fs", self.url, what,
                         reason, state.attempt_number, self.retries,

@@ -154,9 +154,10 @@ class CommandRestart(RestartStrategy):
                 last = lines[-1] if lines else "(no stderr)"
                 raise RestartError(f"restart command exited with code {code}: {self.command}; "
                                    f"last stderr line: {last}")
-        if self.ready_url:
-            wait_until_ready(lambda: http_probe(self.ready_url, verify=self.verify, timeout=1.0),
-                             timeout=self.ready_timeout, what=f"registry at {self.ready_url} after restart")
+        url = self.ready_url
+        if url:
+            wait_until_ready(lambda: http_probe(url, verify=self.verify, timeout=1.0),
+                             timeout=self.ready_timeout, what=f"registry at {url} after restart")
 
 
 class ProcessRestart(RestartStrategy):

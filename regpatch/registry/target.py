@@ -99,4 +99,5 @@ class RegistryTarget:
 
     def client(self) -> RegistryClient:
         creds = load_credentials(self.host, auth_file=self.auth_file)
+        assert self.url is not None  # self.host raised UsageError otherwise
         return RegistryClient(self.url, credentials=creds, ca_file=self.ca_file, insecure=self.insecure)

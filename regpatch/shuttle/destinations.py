@@ -236,7 +236,9 @@ class S3Destination:
 
     def has_blob(self, digest: Digest, size: int) -> bool:
         head = self._head(f"blobs/sha256/{digest.hex}")
-        return bool(head) and int(head.get("ContentLength", -1)) == size \
+        if not head:
+            return False
+        return int(head.get("ContentLength", -1)) == size \
             and (head.get("Metadata") or {}).get(META_DIGEST) == str(digest)
 
     def put_blob(self, digest: Digest, size: int, feed, progress) -> int:

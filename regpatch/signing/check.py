@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import AbstractSet, Optional, Sequence
 
 from regpatch.bundle.model import CONSUMED_NOTE, BundleSource
 from regpatch.digest import Digest
@@ -261,7 +261,7 @@ def _check_base(store: RegistryStore, desc: BundleDescriptor, bundle: str) -> No
 
 
 def _hash_what_staging_skips(source: BundleSource, store: RegistryStore, desc: BundleDescriptor,
-                             referenced: dict, consumed: set = frozenset()) -> list[str]:
+                             referenced: dict, consumed: AbstractSet[Digest] = frozenset()) -> list[str]:
     """Hash the carried blobs the staging step will not read (see the module docstring)."""
     manifests = {desc.image.digest} | {m.digest for m in desc.manifests}
     hashed = []

@@ -198,7 +198,7 @@ def _manifest(doc, where: str, what: str) -> ManifestEntry:
     mt = doc["mediaType"]
     if mt not in ALL_MANIFEST_TYPES:
         raise _mismatch(where, f"{what}: unsupported mediaType")
-    plat = ()
+    plat: tuple[tuple[str, str], ...] = ()
     if "platform" in doc:
         p = _keys(doc["platform"], set(_PLATFORM_KEYS), set(), where, f"{what} platform")
         if not all(isinstance(x, str) and len(x) <= 128 and x.isprintable() for x in p.values()):

@@ -108,7 +108,7 @@ def previous_digest(layout: Layout, repo: Repository, tag: Tag, current: Optiona
 def render_history(entries: list[HistoryEntry]) -> str:
     if not entries:
         return "no tag changes recorded"
-    rows = [("TIME", "REPOSITORY:TAG", "ACTION", "OLD", "NEW", "SOURCE", "BY")]
+    rows: list[tuple[str, ...]] = [("TIME", "REPOSITORY:TAG", "ACTION", "OLD", "NEW", "SOURCE", "BY")]
     for e in entries:
         rows.append(tuple(escape_controls(c) for c in (e.time, f"{e.repository}:{e.tag}", e.action,
                                                  (e.old or "(new tag)")[:19], e.new[:19], e.source, e.actor)))

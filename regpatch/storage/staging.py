@@ -16,8 +16,9 @@ import logging
 import os
 import secrets
 import stat
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import BinaryIO, Callable, Optional
+from typing import TYPE_CHECKING, BinaryIO, Callable, Optional
 
 from regpatch.digest import Digest
 from regpatch.errors import DigestMismatch, SizeMismatch, StorageError, UnsafePath
@@ -34,6 +35,19 @@ class Staging:
     """Staged blobs of a ``RegistryStore`` (see the module docstring)."""
 
     layout: Layout
+    _owner: Optional[tuple[int, int]]
+
+    if TYPE_CHECKING:  # what RegistryStore provides (this is a part of it, see the module docstring)
+        def _check_inside(self, path: Path) -> None: ...
+        def _mkdirs(self, path: Path) -> None: ...
+        def _verified(self, digest: Digest, st: os.stat_result) -> bool: ...
+        def _remember_verified(self, digest: Digest, path: Path) -> None: ...
+        def _temp_beside(self, final: Path, durable: bool = True) -> AbstractContextManager[BinaryIO]: ...
+        @staticmethod
+        def _discard(tmp: Path) -> None: ...
+        def write_file(self, path: Path, data: bytes, durable: bool = True) -> None: ...
+        def verify_blob(self, digest: Digest, size: int, progress: Optional[Callable[[int], None]] = None, *,
+                        remember: bool = True) -> bool: ...
 
     def staged_path(self, digest: Digest) -> Optional[Path]:
         """A fully verified staged copy of digest, if one is waiting."""
