@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Iterator, Optional
 
 from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic.config import JsonDict
 
 from regpatch.errors import UsageError
 from regpatch.options import FORM_GROUPS, REGISTRY, ROLLOUT, S3, TRUST, VERIFY, Option, form_namer, wording
@@ -37,8 +38,9 @@ URL_RE = re.compile(r"(https?://)?[^\s/]+(/\S*)?")
 CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
-def spec(o: Option, **extra: Any) -> Any:
-    """The pydantic ``Field`` of an option: its title, description, default and bounds."""
+def spec(o: Option, *, required: bool = False, **extra: Any) -> Any:
+    """The pydantic ``Field`` of an option: its title, description, default and bounds
+    (``required``: a model that needs the value although the option has a default)."""
     kw: dict[str, Any] = {"title": o.title, "description": o.description, **extra}
     for bound in ("ge", "gt", "le"):
         if getattr(o, bound) is not None:
@@ -47,7 +49,7 @@ def spec(o: Option, **extra: Any) -> Any:
         kw["allow_inf_nan"] = False
     if o.alias:
         kw["validation_alias"] = AliasChoices(o.name, o.alias)
-    if o.required:
+    if o.required or required:
         return Field(**kw)
     if o.kind is list and o.default == ():
         return Field(default_factory=list, **kw)
@@ -77,7 +79,7 @@ def _one_line(v: Optional[str]) -> Optional[str]:
 # The registry's storage-or-config rule, in the run form: a registry needs its storage
 # folder unless its config.yml is given (then the storage is read from the config).
 # ``if``/``then`` keeps the error on the field itself.
-_TARGET_SCHEMA = {
+_TARGET_SCHEMA: JsonDict = {
     "if": {"anyOf": [
         {"not": {"required": ["registry_config"]}},
         {"required": ["registry_config"],
@@ -95,8 +97,6 @@ def _command(v: Optional[str]) -> Optional[str]:
 
 
 VerifyCommand = Annotated[Optional[str], AfterValidator(_command), spec(VERIFY["command"])]
-TrustKeys = Annotated[list[str], spec(TRUST["trust_keys"])]
-AllowUnsigned = Annotated[bool, spec(TRUST["allow_unsigned"])]
 
 
 class RegistryParams(BaseModel):
@@ -225,8 +225,8 @@ class TrustParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, title="Signatures")
 
-    trust_keys: TrustKeys
-    allow_unsigned: AllowUnsigned
+    trust_keys: list[str] = spec(TRUST["trust_keys"])
+    allow_unsigned: bool = spec(TRUST["allow_unsigned"])
 
     @field_validator("trust_keys")
     @classmethod

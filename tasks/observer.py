@@ -36,6 +36,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import ArtifactCreate, ArtifactUpdate
 from prefect.context import FlowRunContext, TaskRunContext
 
+from regpatch.bundle.s3 import S3Options
 from regpatch.progress import Progress, human
 
 T = TypeVar("T")
@@ -263,7 +264,7 @@ def record_outcome(result, error: Optional[BaseException] = None) -> None:
         log.warning("could not record the outcome on flow run %s: %s", ctx.flow_run.id, type(e).__name__)
 
 
-def s3_options_for(bundle: str, s3) -> Optional[object]:
+def s3_options_for(bundle: str, s3) -> Optional[S3Options]:
     """The core's S3Options for an s3:// bundle; a credentials block is read here, inside
     the run, so its secret never travels as a parameter."""
     if not bundle.startswith("s3://"):

@@ -24,16 +24,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from regpatch.errors import UsageError
-from regpatch.options import inventory_namer, opt, wording
+from regpatch.options import REGISTRY, TRUST, inventory_namer, opt, wording
 from regpatch.params import (
-    AllowUnsigned,
     RegistryParams,
-    TrustKeys,
     TrustParams,
     VerifyCommand,
     VerifyParams,
     _one_line,
     refuse_inline_credentials,
+    spec,
 )
 
 DEFAULT_GROUP = "default"
@@ -54,12 +53,13 @@ class RegistryEntry(RegistryParams):
 
     model_config = ConfigDict(extra="forbid", frozen=True, title="Inventory entry", json_schema_extra=None)
 
-    name: str = Field(min_length=1, description="unique name of the registry (letters, digits, '.', '_', '-')")  # type: ignore[assignment]
+    name: str = Field(min_length=1, description="unique name of the registry (letters, digits, '.', '_', '-')")
+    storage: str = spec(REGISTRY["storage"], required=True, min_length=1)
     group: Optional[str] = Field(None, description="wave name; waves run in the order groups first appear")
     work_pool: Optional[str] = Field(None, description="Prefect work pool of the host that owns the disk")
     verify_command: VerifyCommand = None
-    trust_keys: TrustKeys
-    allow_unsigned: AllowUnsigned
+    trust_keys: list[str] = spec(TRUST["trust_keys"])
+    allow_unsigned: bool = spec(TRUST["allow_unsigned"])
 
     @field_validator("group", "work_pool")
     @classmethod
@@ -70,8 +70,6 @@ class RegistryEntry(RegistryParams):
 
     @model_validator(mode="after")
     def _entry_rules(self) -> "RegistryEntry":
-        if not (self.storage or self.registry_config):
-            raise ValueError("needs 'storage' (the registry's rootdirectory) or 'registry_config'")
         if self.allow_unsigned and not self.trust_keys:
             raise ValueError("allow_unsigned only relaxes trust_keys: give trust_keys too, or leave both out")
         if self.restart.strip().lower().startswith("process:") and "config=" not in self.restart \
@@ -175,7 +173,7 @@ def _describe(loc: tuple, raw: Any) -> str:
     return ".".join(str(p) for p in parts) or "(top level)"
 
 
-def _message(err: dict) -> str:
+def _message(err: Any) -> str:
     kind = err.get("type")
     if kind == "missing":
         return "required field is missing"
