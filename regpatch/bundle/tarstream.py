@@ -97,10 +97,10 @@ def _round_up(n: int) -> int:
     return (n + BLOCK - 1) // BLOCK * BLOCK
 
 
-def _where(what: str, at: int, name: Optional[str] = None) -> str:
-    """How an error names a member: its name as read so far and its header's offset."""
+def _where(what: str, at: int, name: Optional[str] = None, label: str = "member") -> str:
+    """How an error names a member (or a meta header): its name as read so far and its offset."""
     if name:
-        return f"{what}: member {name[:200]!r} (header at byte {at:,})"
+        return f"{what}: {label} {name[:200]!r} (header at byte {at:,})"
     return f"{what}: header at byte {at:,}"
 
 
@@ -171,10 +171,11 @@ def _strict_size(raw: bytes, where: str) -> int:
     return _go_octal(raw) or 0
 
 
-def _checksum_ok(block: bytes) -> bool:
-    """Go's check (the unsigned or the signed sum), on a field in the form every reader parses alike."""
+def _checksum_ok(block: bytes, *, strict: bool = True) -> bool:
+    """Go's check (the unsigned or the signed sum); ``strict``: on a field in the form every
+    reader parses alike (Go trims leading NULs that Python's tarfile reads as the end)."""
     raw = block[148:156]
-    if not _STRICT_OCTAL.fullmatch(raw):
+    if strict and not _STRICT_OCTAL.fullmatch(raw):
         return False
     stored = _go_octal(raw)
     unsigned = sum(block[:148]) + 8 * 32 + sum(block[156:])
@@ -234,11 +235,15 @@ def _join_prefix(block: bytes, fmt: str, name: str, where: str) -> str:
 
 def _parse_header(block: bytes, at: int, what: str, first: bool) -> _Header:
     fmt = _format(block)
+    if fmt is None and _checksum_ok(block, strict=False):
+        raise _ambiguous(_where(what, at, _text(_cstr(block[0:100]))),
+                         f"the checksum field {block[148:156]!r} is not plain octal: Go trims its NULs and "
+                         "spaces and accepts it, Python's tarfile cuts at the first NUL and rejects it")
     if fmt is None:
         if first:
             raise TarError(f"{what} is not a tar archive (bad header checksum at byte 0)")
         raise TarError(f"{_where(what, at)}: bad tar header checksum (Go's archive/tar rejects it too); "
-                       "the archive is corrupt or not a tar")
+                       "the archive is corrupt")
     field_name = _text(_cstr(block[0:100]))
     where = _where(what, at, field_name)
     _check_numbers(block, fmt, where)
@@ -257,6 +262,9 @@ def _pax_record(data: bytes, pos: int, where: str) -> tuple[str, str, int]:
     """One ``"%d %s=%s\\n"`` record at ``pos`` as Go's ``parsePAXRecord`` reads it."""
     bad = f"{where}: malformed pax record at offset {pos}; Go's archive/tar rejects the archive"
     sp = data.find(b" ", pos, pos + 21)
+    if data[pos:pos + 1] == b"+":
+        raise _ambiguous(where, f"a pax record length with a '+' sign at offset {pos}: Go reads it, "
+                         "Python's tarfile rejects the record")
     if sp <= pos or not data[pos:sp].isdigit():
         raise TarError(bad)
     end = pos + int(data[pos:sp])
@@ -328,6 +336,7 @@ def _long_name(data: bytes, where: str, kind: str) -> str:
 _KINDS = {b"0": FILE, b"1": HARDLINK, b"2": SYMLINK, b"3": OTHER, b"4": OTHER, b"5": DIR, b"6": OTHER}
 _HEADER_ONLY = {b"1", b"2", b"3", b"4", b"5", b"6"}
 _META = {b"x", b"L", b"K"}
+_META_LABELS = {b"x": "pax header", b"L": "GNU long-name header", b"K": "GNU long-link header"}
 _REFUSED_TYPES = {
     b"g": "a pax global header: Go returns it as a member and drops pending records, containers/storage "
           "ignores it, Python's tarfile and GNU tar apply it to every later member",
@@ -519,7 +528,7 @@ class TarReader:
                                  "reads on")
 
     def _meta_data(self, hdr: _Header, kind: str) -> bytes:
-        where = _where(self.what, hdr.at, hdr.name)
+        where = _where(self.what, hdr.at, hdr.name, _META_LABELS[hdr.typeflag])
         if hdr.size > MAX_META:
             raise TarError(f"{where}: a {kind} of {hdr.size:,} bytes (more than {MAX_META:,}); "
                            "not an image archive")
@@ -533,7 +542,7 @@ class TarReader:
 
     def _take_meta(self, hdr: _Header, pending: _Pending) -> None:
         """A pax ``x``, GNU ``L`` or ``K`` header: kept for the next member; one of each at most."""
-        where = _where(self.what, hdr.at, hdr.name)
+        where = _where(self.what, hdr.at, hdr.name, _META_LABELS[hdr.typeflag])
         if pending.first_at < 0:
             pending.first_at = hdr.at
         if hdr.typeflag == b"x":
@@ -572,6 +581,8 @@ class TarReader:
         return name, linkname, size
 
     def _member(self, hdr: _Header, pending: _Pending) -> TarMember:
+        if hdr.typeflag == b"g":
+            raise _ambiguous(_where(self.what, hdr.at, hdr.name, "pax global header"), _REFUSED_TYPES[b"g"])
         name, linkname, size = self._merged(hdr, pending)
         where = _where(self.what, hdr.at, name)
         t = _typeflag(hdr, name, size, where)
@@ -625,13 +636,16 @@ class TarReader:
         if not pending.empty():
             raise TarError(f"{_where(self.what, pending.first_at)}: pax or GNU meta headers with no member "
                            "after them at the end of the archive; it is truncated")
+        if not self._count:
+            raise TarError(f"{self.what} holds no members (an empty tar archive); not a bundle")
         return None
 
     def member_stream(self, member: TarMember) -> BinaryIO:
         """A stream of the current member's data (which must be ``member``)."""
         if member.offset + member.size != self._data_end or self._cur.pos > member.offset + member.size:
             raise RuntimeError("member_stream() of a member that is not the current one")
-        return _MemberStream(self._cur, member.offset + member.size)  # type: ignore[return-value]
+        return _MemberStream(self._cur, member.offset + member.size,  # type: ignore[return-value]
+                             f"{self.what}: the archive ends inside member {member.name[:200]!r}")
 
     def members(self) -> Iterator[TarMember]:
         while True:
@@ -644,10 +658,11 @@ class TarReader:
 class _MemberStream(io.RawIOBase):
     """The current member's data; closing it does not close the archive."""
 
-    def __init__(self, cur: _Cursor, end: int):
+    def __init__(self, cur: _Cursor, end: int, truncated: str):
         super().__init__()
         self._cur = cur
         self._end = end
+        self._truncated = truncated
 
     def readable(self) -> bool:
         return True
@@ -659,7 +674,7 @@ class _MemberStream(io.RawIOBase):
         view = memoryview(b)[:left]
         n = self._cur.readinto_some(view)
         if n == 0:
-            raise TarError(f"the tar stream ends inside a member (at byte {self._cur.pos:,})")
+            raise TarError(f"{self._truncated} (at byte {self._cur.pos:,}); it is truncated")
         return n
 
 
@@ -775,7 +790,7 @@ class _Tree:
                 found, used = self.symlink(m, depth + 1)
                 links += 1 + used
                 if links > MAX_SYMLINKS:
-                    raise self._loop(origin)
+                    raise self.loop(origin)
                 if isinstance(found, _Dir):
                     cur = found.path
                     continue
@@ -783,7 +798,7 @@ class _Tree:
             return (m, links) if not comps else (None, links)   # a file in the middle: ENOTDIR
         return _Dir(cur), links
 
-    def _loop(self, origin: str) -> TarError:
+    def loop(self, origin: str) -> TarError:
         return TarError(f"{self.what}: member {origin[:200]!r}: more than {MAX_SYMLINKS} symlinks in one "
                         "lookup (a loop?); the system cannot read it either")
 
@@ -792,7 +807,7 @@ class _Tree:
         if m.name in self.symlinks:
             return self.symlinks[m.name]
         if depth > MAX_SYMLINKS:
-            raise self._loop(m.name)
+            raise self.loop(m.name)
         if m.linkname.startswith("/"):
             raise UnsafePath(f"{self.what}: member {m.name!r} is a symlink to an absolute path "
                              f"{m.linkname[:200]!r}")
@@ -857,7 +872,9 @@ def resolve_links(members: dict[str, TarMember], what: str) -> dict[str, TarMemb
     for name, m in members.items():
         found: _Found = m
         if m.kind == SYMLINK:
-            found = tree.symlink(m)[0]
+            found, links = tree.symlink(m)
+            if links + 1 > MAX_SYMLINKS:    # following m itself counts too
+                raise tree.loop(name)
         if isinstance(found, TarMember) and found.kind == HARDLINK:
             found = tree.hardlink(found)
         if isinstance(found, TarMember) and found.kind == FILE:
