@@ -29,6 +29,7 @@ import re
 from bisect import bisect_left
 from collections import deque
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import BinaryIO, Callable, Iterator, Optional, Union
 
 from ..errors import BundleError, UnsafePath
@@ -38,7 +39,9 @@ MAX_META = 64 << 10         # a pax header or GNU long name (Go: 1 MiB); image a
 MAX_MEMBERS = 100_000
 MAX_NAME = 4096
 MAX_NAME_BYTES = 8 << 20    # names and link names of all members together
+MAX_DEPTH = 64              # folders in a member name; image archives use 3
 MAX_SYMLINKS = 40           # Linux's MAXSYMLINKS: one lookup following more fails with ELOOP
+MAX_LOOKUP_STEPS = 256      # components one symlink target may walk (CPU stays bounded)
 MAX_INT64 = (1 << 63) - 1
 SKIP_CHUNK = 1 << 20
 TAIL_CHUNK = 64 << 10
@@ -394,6 +397,9 @@ def normalise_name(raw: str, what: str) -> str:
     if ".." in parts:
         raise UnsafePath(f"{what}: member name {raw[:200]!r} is not a plain relative path "
                          "('..'); the archive is not safe to read")
+    if len(parts) > MAX_DEPTH:
+        raise TarError(f"{what}: member name {raw[:80]!r}... is {len(parts)} folders deep (more than "
+                       f"{MAX_DEPTH}); not an image archive")
     return "/".join(parts)
 
 
@@ -743,13 +749,16 @@ class _Tree:
     members: dict[str, TarMember]
     what: str
     names: list[str] = field(default_factory=list)
-    order: dict[str, int] = field(default_factory=dict)
     symlinks: dict[str, tuple[_Found, int]] = field(default_factory=dict)
     hardlinks: dict[str, TarMember] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.names = sorted(self.members)
-        self.order = {n: i for i, n in enumerate(self.members)}
+
+    @cached_property
+    def order(self) -> dict[str, int]:
+        """Archive order (hard links only: most archives need no such map of every name)."""
+        return {n: i for i, n in enumerate(self.members)}
 
     def has_children(self, path: str) -> bool:
         """Some member lies under path: extraction makes it a folder (MkdirAll)."""
@@ -768,9 +777,13 @@ class _Tree:
     def lookup(self, start: str, target: str, follow_last: bool, origin: str, depth: int) -> tuple[_Found, int]:
         """What ``target``, looked up from folder ``start``, reaches; and the symlinks followed."""
         comps = deque(target.split("/"))
-        cur, links = start, 0
+        cur, links, steps = start, 0, 0
         while comps:
             c = comps.popleft()
+            steps += 1
+            if steps > MAX_LOOKUP_STEPS:
+                raise TarError(f"{self.what}: member {origin[:200]!r}: a link target of more than "
+                               f"{MAX_LOOKUP_STEPS} path components; not an image archive")
             if c in ("", "."):
                 continue
             if c == "..":
