@@ -27,7 +27,6 @@ from __future__ import annotations
 import io
 import re
 from bisect import bisect_left
-from collections import deque
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import BinaryIO, Callable, Iterator, Optional, Union
@@ -41,7 +40,7 @@ MAX_NAME = 4096
 MAX_NAME_BYTES = 8 << 20    # names and link names of all members together
 MAX_DEPTH = 64              # folders in a member name; image archives use 3
 MAX_SYMLINKS = 40           # Linux's MAXSYMLINKS: one lookup following more fails with ELOOP
-MAX_LOOKUP_STEPS = 256      # components one symlink target may walk (CPU stays bounded)
+MAX_LOOKUP_STEPS = 128      # components of one link target (CPU stays bounded)
 MAX_INT64 = (1 << 63) - 1
 SKIP_CHUNK = 1 << 20
 TAIL_CHUNK = 64 << 10
@@ -290,18 +289,22 @@ def _go_pax_time_ok(value: str) -> bool:
     return frac == "" or (frac.isascii() and frac.isdigit())
 
 
+def _check_pax_value(key: str, value: str, where: str) -> None:
+    """One record: what Go's ``mergePAX`` rejects, and what readers apply differently."""
+    if key.startswith("GNU.sparse."):
+        raise TarError(f"{where}: a pax sparse file ({key}); image archives hold no sparse files")
+    if key in ("path", "linkpath", "size") and value == "":
+        raise _ambiguous(where, f"an empty pax {key!r}: Go keeps the header's value, Python's "
+                         "tarfile uses the empty one")
+    if key in ("uid", "gid") and value and not (_GO_INT.fullmatch(value) and abs(int(value)) <= MAX_INT64):
+        raise TarError(f"{where}: pax {key} {value[:30]!r} is not a number; Go rejects the archive")
+    if key in ("atime", "mtime", "ctime") and value and not _go_pax_time_ok(value):
+        raise TarError(f"{where}: pax {key} {value[:30]!r} is not a time; Go rejects the archive")
+
+
 def _check_pax(records: dict[str, str], where: str) -> None:
-    """What Go's ``mergePAX`` rejects, and what Go and other readers apply differently."""
     for key, value in records.items():
-        if key.startswith("GNU.sparse."):
-            raise TarError(f"{where}: a pax sparse file ({key}); image archives hold no sparse files")
-        if key in ("path", "linkpath", "size") and value == "":
-            raise _ambiguous(where, f"an empty pax {key!r}: Go keeps the header's value, Python's "
-                             "tarfile uses the empty one")
-        if key in ("uid", "gid") and value and not (_GO_INT.fullmatch(value) and abs(int(value)) <= MAX_INT64):
-            raise TarError(f"{where}: pax {key} {value[:30]!r} is not a number; Go rejects the archive")
-        if key in ("atime", "mtime", "ctime") and value and not _go_pax_time_ok(value):
-            raise TarError(f"{where}: pax {key} {value[:30]!r} is not a time; Go rejects the archive")
+        _check_pax_value(key, value, where)
     size = records.get("size")
     if size is not None and not (size.isascii() and size.isdigit() and int(size) <= MAX_INT64):
         raise _ambiguous(where, f"pax size {size[:30]!r} is not plain decimal digits (Go and Python's "
@@ -775,41 +778,51 @@ class _Tree:
                                  "the link or fails, a lexical reader keeps it as it is")
 
     def lookup(self, start: str, target: str, follow_last: bool, origin: str, depth: int) -> tuple[_Found, int]:
-        """What ``target``, looked up from folder ``start``, reaches; and the symlinks followed."""
-        comps = deque(target.split("/"))
-        cur, links, steps = start, 0, 0
-        while comps:
-            c = comps.popleft()
-            steps += 1
-            if steps > MAX_LOOKUP_STEPS:
-                raise TarError(f"{self.what}: member {origin[:200]!r}: a link target of more than "
-                               f"{MAX_LOOKUP_STEPS} path components; not an image archive")
+        """What ``target``, looked up from folder ``start``, reaches; and the symlinks followed.
+
+        As the kernel: a symlink met before the last component is followed first (so a
+        later '..' leaves its target, not the link's folder); a file before the last
+        component reads nothing (ENOTDIR)."""
+        parts = target.split("/")
+        if len(parts) > MAX_LOOKUP_STEPS:
+            raise TarError(f"{self.what}: member {origin[:200]!r}: a link target of more than "
+                           f"{MAX_LOOKUP_STEPS} path components; not an image archive")
+        cur, links = start, 0
+        for i, c in enumerate(parts):
+            more = i < len(parts) - 1
             if c in ("", "."):
                 continue
             if c == "..":
-                if not cur:
-                    raise UnsafePath(f"{self.what}: member {origin[:200]!r} links to a path that leads out "
-                                     "of the archive's folder; the archive is not safe to read")
-                cur = _parent(cur)
+                cur = self._up(cur, origin)
                 continue
-            path = f"{cur}/{c}" if cur else c
-            m = self.members.get(path)
-            if m is None or m.kind == DIR:
-                if m is None and not self.has_children(path):
-                    return None, links      # ENOENT
-                cur = path
-                continue
-            if m.kind == SYMLINK and (comps or follow_last):
-                found, used = self.symlink(m, depth + 1)
-                links += 1 + used
-                if links > MAX_SYMLINKS:
-                    raise self.loop(origin)
-                if isinstance(found, _Dir):
-                    cur = found.path
-                    continue
-                return (found, links) if not comps else (None, links)
-            return (m, links) if not comps else (None, links)   # a file in the middle: ENOTDIR
+            found, used = self._step(cur, c, more or follow_last, depth)
+            links += used
+            if links > MAX_SYMLINKS:
+                raise self.loop(origin)
+            if not isinstance(found, _Dir):
+                return (None if more else found), links
+            cur = found.path
         return _Dir(cur), links
+
+    def _step(self, cur: str, c: str, follow: bool, depth: int) -> tuple[_Found, int]:
+        """Component ``c`` of folder ``cur``: a folder, a member or nothing (symlinks followed
+        when ``follow``); and the symlinks that took."""
+        path = f"{cur}/{c}" if cur else c
+        m = self.members.get(path)
+        if m is None:
+            return (_Dir(path) if self.has_children(path) else None), 0
+        if m.kind == DIR:
+            return _Dir(path), 0
+        if m.kind == SYMLINK and follow:
+            found, used = self.symlink(m, depth + 1)
+            return found, used + 1
+        return m, 0
+
+    def _up(self, cur: str, origin: str) -> str:
+        if not cur:
+            raise UnsafePath(f"{self.what}: member {origin[:200]!r} links to a path that leads out "
+                             "of the archive's folder; the archive is not safe to read")
+        return _parent(cur)
 
     def loop(self, origin: str) -> TarError:
         return TarError(f"{self.what}: member {origin[:200]!r}: more than {MAX_SYMLINKS} symlinks in one "

@@ -82,11 +82,11 @@ def max_members() -> Iterator[bytes]:
 
 
 def symlink_walks() -> Iterator[bytes]:
-    """Names and link targets as deep and long as allowed: every symlink walks 250 components
+    """Names and link targets as deep and long as allowed: every symlink walks 127 components
     (CPU: resolving them all takes seconds at most; memory: the name budget)."""
     deep = "/".join(["d"] * 63)
     yield pax(("path", deep + "/f")) + entry("x", b"A")
-    target = "d/../" * 95 + deep + "/f"
+    target = "d/../" * 31 + deep + "/f"
     for i in range((8 << 20) // (len(target) + 10)):
         yield pax(("linkpath", target)) + symlink(f"l{i}", "x")
     yield END
@@ -147,8 +147,8 @@ print(json.dumps({"growth_kb": peak_of() - base, "outcome": outcome}))
 """
 
 
-@pytest.mark.parametrize("compress", ["zstd", "gzip"])
-@pytest.mark.parametrize("bomb", sorted(BOMBS))
+@pytest.mark.parametrize("bomb,compress", [(b, c) for b in sorted(BOMBS) for c in ("zstd", "gzip")
+                                            if not (b == "symlink-walks" and c == "gzip")])  # CPU-bound: once
 def test_metadata_bomb_stays_small(bomb, compress, tmp_path):
     make, refused = BOMBS[bomb]
     path = tmp_path / f"{bomb}.tar.{'zst' if compress == 'zstd' else 'gz'}"
