@@ -123,6 +123,8 @@ def _cstr(field_bytes: bytes) -> bytes:
 # -- numbers ------------------------------------------------------------------------------------
 
 _STRICT_OCTAL = re.compile(rb" *[0-7]*[ \0]*")
+_OCTAL_DIGITS = b"01234567"
+_HIGH_BYTES = bytes(range(128, 256))
 _GO_INT = re.compile(r"[+-]?[0-9]+")
 
 
@@ -132,7 +134,7 @@ def _go_octal(raw: bytes) -> Optional[int]:
     if not raw:
         return 0
     digits = _cstr(raw)
-    if not digits or any(c < 0x30 or c > 0x37 for c in digits):
+    if not digits or digits.translate(None, _OCTAL_DIGITS):
         return None
     value = int(digits, 8)
     return value if value < 1 << 64 else None
@@ -180,9 +182,12 @@ def _checksum_ok(block: bytes, *, strict: bool = True) -> bool:
     if strict and not _STRICT_OCTAL.fullmatch(raw):
         return False
     stored = _go_octal(raw)
-    unsigned = sum(block[:148]) + 8 * 32 + sum(block[156:])
-    signed = unsigned - 256 * sum(1 for b in block[:148] + block[156:] if b > 127)
-    return stored in (unsigned, signed)
+    rest = block[:148] + block[156:]
+    unsigned = sum(rest) + 8 * 32
+    if stored == unsigned:
+        return True
+    high = len(rest) - len(rest.translate(None, _HIGH_BYTES))    # bytes a signed char makes negative
+    return stored == unsigned - 256 * high
 
 
 def _format(block: bytes) -> Optional[str]:
