@@ -12,6 +12,9 @@ tests/support/tarref/constructions.py, plain and gzip-compressed:
   tree does through the file system (symlinks resolved by the kernel), or
   regpatch refuses; regpatch never reads an archive Go cannot read or extract.
 
+Archives that real writers make (GNU tar in its five formats, Python's tarfile in
+three) must be read, and read as Go reads them: the rules refuse no honest archive.
+
 Then the issue's headline: OCI archives in which a lax reader sees image A and
 Go sees image B; skopeo (``inspect --raw`` and ``copy`` to ``dir:``) must show B,
 and regpatch must read B or refuse.
@@ -121,34 +124,102 @@ def write_case(tmp: Path, data: bytes, compress: str) -> Path:
 CASES = tc.constructions()
 
 
-@pytest.mark.parametrize("compress", ["", "gzip"])
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
-def test_reader_reads_what_go_reads_or_refuses(case, compress, tarref, tmp_path):
-    path = write_case(tmp_path, case.data, compress)
+def check_reader(tarref: Path, path: Path, data: bytes) -> Optional[BundleError]:
+    """regpatch's reader reads what Go's Next() reads, or refuses (returned)."""
     theirs, go_error = go_members(go_lines(tarref, "list", str(path)))
-    ours = regpatch_members(case.data)
+    ours = regpatch_members(data)
     if isinstance(ours, BundleError):
-        return                                   # refused: never a different reading
+        return ours                              # refused: never a different reading
     assert go_error is None, f"regpatch read what Go cannot: Go says {go_error!r}; regpatch read {ours}"
     assert ours == theirs
+    return None
 
 
-@pytest.mark.parametrize("compress", ["", "gzip"])
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
-def test_bundle_reads_what_the_extracted_tree_reads_or_refuses(case, compress, tarref, tmp_path):
-    path = write_case(tmp_path, case.data, compress)
-    out = tmp_path / "extracted"
+def check_bundle(tarref: Path, path: Path, scratch: Path) -> Optional[BundleError]:
+    """Every name the bundle offers reads what the extracted tree reads, or regpatch refuses."""
+    out = scratch / "extracted"
     out.mkdir()
     lines = go_lines(tarref, "extract", str(path), str(out))
     try:
         src = open_source(str(path))
         ours = {name: hashlib.sha256(src.read_bytes(name, 1 << 20)).hexdigest() for name in src.list()}
-    except BundleError:
-        return                                   # refused
+    except BundleError as e:
+        return e
     failed = [line for line in lines if "error" in line or "untar_error" in line]
     assert not failed, f"regpatch read an archive skopeo cannot extract: {failed}; regpatch read {sorted(ours)}"
     theirs = {line["path"]: line["sha256"] for line in lines if "sha256" in line and "path" in line}
     assert ours == theirs
+    return None
+
+
+@pytest.mark.parametrize("compress", ["", "gzip"])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_reader_reads_what_go_reads_or_refuses(case, compress, tarref, tmp_path):
+    check_reader(tarref, write_case(tmp_path, case.data, compress), case.data)
+
+
+@pytest.mark.parametrize("compress", ["", "gzip"])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_bundle_reads_what_the_extracted_tree_reads_or_refuses(case, compress, tarref, tmp_path):
+    check_bundle(tarref, write_case(tmp_path, case.data, compress), tmp_path)
+
+
+# -- archives real writers make: read, and read as Go reads them ----------------------------------
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    """A folder like an OCI layout, with what writers encode specially: long and UTF-8 names,
+    a symlink, a hard link, an empty folder."""
+    root = tmp_path_factory.mktemp("writers") / "src"
+    (root / "blobs" / "sha256").mkdir(parents=True)
+    (root / "index.json").write_bytes(A_JSON)
+    (root / "blobs" / "sha256" / ("a" * 64)).write_bytes(b"blob\n" * 300)
+    (root / "empty").mkdir()
+    (root / "caf\u00e9.txt").write_text("\u00fc\n")
+    os.symlink("index.json", root / "link")
+    os.link(root / "index.json", root / "hard")
+    deep = root / ("n" * 120)
+    deep.mkdir()
+    (deep / ("m" * 120)).write_bytes(b"deep\n")
+    return root
+
+
+A_JSON = b'{"schemaVersion": 2, "manifests": []}\n'
+GNU_FORMATS = ["gnu", "oldgnu", "posix", "ustar", "v7"]
+
+
+def _gnu_tar(tree: Path, fmt: str, dest: Path) -> Path:
+    long_ok = fmt in ("gnu", "oldgnu", "posix")
+    exclude = [] if long_ok else [f"--exclude=./{'n' * 120}"]
+    subprocess.run(["tar", f"--format={fmt}", *exclude, "-cf", str(dest), "-C", str(tree), "."], check=True,
+                   capture_output=True)
+    return dest
+
+
+def _python_tar(tree: Path, fmt: int, dest: Path) -> Path:
+    with tarfile.open(dest, "w", format=fmt) as t:
+        for p in sorted(tree.rglob("*")):
+            name = p.relative_to(tree).as_posix()
+            if fmt == tarfile.USTAR_FORMAT and len(name) > 100 and "/" not in name[-100:]:
+                continue
+            t.add(p, name, recursive=False)
+    return dest
+
+
+WRITERS = [f"gnu-tar-{f}" for f in GNU_FORMATS] + ["python-gnu", "python-pax", "python-ustar"]
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_archives_real_writers_make_are_read_as_go_reads_them(writer, tree, tarref, tmp_path):
+    dest = tmp_path / "w.tar"
+    if writer.startswith("gnu-tar-"):
+        _gnu_tar(tree, writer[len("gnu-tar-"):], dest)
+    else:
+        _python_tar(tree, {"python-gnu": tarfile.GNU_FORMAT, "python-pax": tarfile.PAX_FORMAT,
+                           "python-ustar": tarfile.USTAR_FORMAT}[writer], dest)
+    assert check_reader(tarref, dest, dest.read_bytes()) is None
+    assert check_bundle(tarref, dest, tmp_path) is None
+    assert open_source(str(dest)).read_bytes("link", 100) == A_JSON
 
 
 # -- the issue's headline, through skopeo ---------------------------------------------------------

@@ -12,6 +12,7 @@ reads). Verdict: "agree" (same files), "refused" (regpatch refuses), or
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import subprocess
@@ -23,6 +24,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
 sys.path[:0] = [str(REPO / "tests"), str(REPO)]
 
+from regpatch.bundle import archive as new_archive  # noqa: E402
 from regpatch.errors import BundleError  # noqa: E402
 from regpatch.sanitize import escape_controls  # noqa: E402
 from support.tarref.build import build  # noqa: E402
@@ -88,7 +90,7 @@ def go_files(binary: Path, path: Path) -> tuple[str, dict]:
     labels = {}
     for line in lines:
         if "sha256" in line:
-            data = {__import__("hashlib").sha256(x).hexdigest(): x for x in (A, B)}.get(line["sha256"])
+            data = {hashlib.sha256(x).hexdigest(): x for x in (A, B)}.get(line["sha256"])
             labels[line["path"]] = label(data) if data is not None else "?"
     if len(labels) > 6:
         return f"{len(labels)} files: " + ", ".join(f"{short(n)}={v}" for n, v in list(labels.items())[:3]) + ", …", files
@@ -96,9 +98,6 @@ def go_files(binary: Path, path: Path) -> tuple[str, dict]:
 
 
 def main(ref: str = "main") -> None:
-    import hashlib
-    from regpatch.bundle import archive as new_archive
-
     binary = build()
     with tempfile.TemporaryDirectory() as tmp:
         old_archive = old_archive_module(ref, Path(tmp))
