@@ -20,6 +20,7 @@ from typing import Optional, Union
 import pytest
 
 from regpatch.bundle.source import open_source
+from regpatch.cli import main
 from regpatch.bundle.tarstream import (DIR, FILE, HARDLINK, OTHER, SYMLINK, TarAmbiguous, TarError, TarReader,
                                        index_tar)
 from regpatch.errors import BundleError, UnknownBundleFormat, UnsafePath
@@ -312,3 +313,18 @@ def test_huge_size_is_a_bundle_error_not_a_traceback_on_a_stream():
     assert m is not None and m.size == 1 << 62
     with pytest.raises(TarError, match="ends inside member 'f'"):
         reader.next()
+
+
+@pytest.mark.parametrize("name", ["pax-x-then-x", "size-base256-overflow", "size-base256-0x81",
+                                  "v7-nul-type-dir-with-data", "zero-block-then-header"])
+@pytest.mark.parametrize("compress", ["", "gzip"])
+def test_cli_refuses_with_exit_code_3_and_one_line(name, compress, tmp_path, capsys):
+    """``regpatch inspect`` of a hostile archive: exit 3, one line naming the member, no traceback
+    (regpatch's former reader raised OverflowError on the base-256 sizes)."""
+    case = next(c for c in CASES if c.name == name)
+    path = tmp_path / ("a.tar.gz" if compress else "a.tar")
+    path.write_bytes(gzip.compress(case.data) if compress else case.data)
+    assert main(["inspect", str(path)]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith(f"regpatch: error: {path}: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err
