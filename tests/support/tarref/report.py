@@ -87,14 +87,11 @@ def go_files(binary: Path, path: Path) -> tuple[str, dict]:
         if "untar_error" in line:
             return f"skopeo fails: {_untar_error(line['untar_error'])}", {}
     files = {line["path"]: line["sha256"] for line in lines if "sha256" in line}
-    labels = {}
-    for line in lines:
-        if "sha256" in line:
-            data = {hashlib.sha256(x).hexdigest(): x for x in (A, B)}.get(line["sha256"])
-            labels[line["path"]] = label(data) if data is not None else "?"
+    known = {hashlib.sha256(x).hexdigest(): label(x) for x in (A, B)}
+    labels = [f"{short(line['path'])}={known.get(line['sha256'], '?')}" for line in lines if "sha256" in line]
     if len(labels) > 6:
-        return f"{len(labels)} files: " + ", ".join(f"{short(n)}={v}" for n, v in list(labels.items())[:3]) + ", …", files
-    return ", ".join(f"{short(n)}={v}" for n, v in labels.items()) or "(no files)", files
+        return f"{len(labels)} files: " + ", ".join(labels[:3]) + ", …", files
+    return ", ".join(labels) or "(no files)", files
 
 
 def main(ref: str = "main") -> None:
