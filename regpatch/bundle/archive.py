@@ -26,30 +26,28 @@ import os
 import threading
 import zlib
 from abc import ABC, abstractmethod
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Optional
 
 from regpatch.bundle.model import BundleSource
 from regpatch.bundle.tarstream import (
     DIR,
     FILE,
-    HARDLINK,
-    SYMLINK,
     TarError,
     TarMember,
     TarReader,
     index_tar,
     looks_like_tar,
+    resolve_links,
 )
 from regpatch.digest import CHUNK, Digest
-from regpatch.errors import BundleError, DigestMismatch, SizeMismatch, SourceError, UnknownBundleFormat, UnsafePath
+from regpatch.errors import BundleError, DigestMismatch, SizeMismatch, SourceError, UnknownBundleFormat
 from regpatch.hashing import _readinto, copy_and_hash
 
 log = logging.getLogger("regpatch.bundle")
 
 SMALL = 16 << 20            # members up to this size are kept from the listing pass (configs may be 16 MiB)
 SMALL_CACHE = 64 << 20      # ... up to this much in all
-MAX_LINK_DEPTH = 16
 READ_AHEAD = 64 << 10       # one read of an S3 header also brings the small members after it
 
 GZIP, ZSTD, XZ, BZIP2, PLAIN = "gzip", "zstd", "xz", "bzip2", "tar"
@@ -321,41 +319,10 @@ class _SimpleGzip(io.RawIOBase):
 # -- sources --------------------------------------------------------------------------
 
 def _resolve_links(members: dict[str, TarMember], what: str) -> dict[str, TarMember]:
-    """Every name that can be read (files, and links to files inside the archive) -> its file member."""
-    out: dict[str, TarMember] = {}
-    for name, m in members.items():
-        seen = 0
-        cur = m
-        while cur.kind in (SYMLINK, HARDLINK):
-            seen += 1
-            if seen > MAX_LINK_DEPTH:
-                raise TarError(f"{what}: member {name!r}: more than {MAX_LINK_DEPTH} links in a row")
-            if cur.kind == SYMLINK:
-                if cur.linkname.startswith("/"):
-                    raise UnsafePath(f"{what}: member {name!r} is a symlink to an absolute path "
-                                     f"{cur.linkname[:200]!r}")
-                target = str(PurePosixPath(cur.name).parent / cur.linkname)
-            else:
-                target = cur.linkname
-            parts: list[str] = []
-            for p in target.split("/"):
-                if p in ("", "."):
-                    continue
-                if p == "..":
-                    if not parts:
-                        raise UnsafePath(f"{what}: member {name!r} links to {cur.linkname[:200]!r}, "
-                                         "outside the archive")
-                    parts.pop()
-                else:
-                    parts.append(p)
-            nxt = members.get("/".join(parts))
-            if nxt is None:
-                cur = None  # type: ignore[assignment]
-                break
-            cur = nxt
-        if cur is not None and cur.kind == FILE:
-            out[name] = cur
-    return out
+    """Every name that can be read (files, and links to files inside the archive) -> its file member,
+    resolved as the extracted tree resolves it (``tarstream.resolve_links``: symlinked folders are
+    followed before '..', as the OS does; what extraction would do otherwise is refused)."""
+    return resolve_links(members, what)
 
 
 def _collect(reader_members: Iterable[TarMember], what: str) -> dict[str, TarMember]:
@@ -396,7 +363,7 @@ class PlainTarSource(_ArchiveSource):
         self.archive = archive
         self.description = archive.description
         read = _CachedReadAt(archive) if archive.is_remote else archive.read_at
-        members = _collect(index_tar(read, what=archive.description), archive.description)
+        members = _collect(index_tar(read, what=archive.description, size=archive.size), archive.description)
         for m in members.values():
             if m.kind == FILE and m.offset + m.size > archive.size:
                 raise SourceError(f"{archive.description} is truncated: member {m.name!r} needs "

@@ -1,6 +1,6 @@
 """Every on-disk format the real tools write, patched into a real registry with the CLI.
 
-Inputs are written by skopeo and podman from sample images (regpatch.sample);
+Inputs are written by skopeo and podman from sample images (regpatch.demo.images);
 each case runs ``regpatch patch`` and checks that the registry serves the
 source's manifest digest (docker save archives: the converted digest, the
 same one a second conversion gives), then pulls with skopeo (``--all`` for

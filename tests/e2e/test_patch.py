@@ -1,6 +1,6 @@
 """End-to-end patches into a real docker-registry's storage, checked with skopeo.
 
-Each test builds real images (regpatch.sample), pushes the "old" one with
+Each test builds real images (regpatch.demo.images), pushes the "old" one with
 skopeo, runs ``regpatch patch`` (the CLI, in-process, on Prefect's test
 harness), and pulls the result with skopeo, which checks every digest.
 """
