@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
@@ -192,8 +193,6 @@ class Interrupted(RegpatchError):
     """The run was asked to stop (SIGINT / SIGTERM) and stopped cleanly."""
 
     def __init__(self, signum: int):
-        import signal
-
         self.signum = signum
         self.exit_code = 128 + int(signum)
         name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else str(signum)

@@ -377,8 +377,8 @@ _libc: Callable[..., int] | Literal[False] | None = None  # libc's sync_file_ran
 def _c():
     global _libc
     if _libc is None:
-        import ctypes
-        import ctypes.util
+        import ctypes  # Linux only: sync_file_range and FICLONE, loaded when first used
+        import ctypes.util  # Linux only: sync_file_range and FICLONE, loaded when first used
 
         try:
             lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -418,7 +418,7 @@ FICLONE = 0x40049409  # _IOW(0x94, 9, int)
 def try_reflink(src_fd: int, dst_fd: int) -> bool:
     """Share the source's blocks with the destination (XFS, btrfs, ...): an instant copy.
     False when the filesystem cannot (ext4, another filesystem): nothing was written."""
-    import fcntl
+    import fcntl  # Linux only: sync_file_range and FICLONE, loaded when first used
 
     try:
         fcntl.ioctl(dst_fd, FICLONE, src_fd)

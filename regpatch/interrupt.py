@@ -14,6 +14,7 @@ flag set, and ``check()`` costs one attribute read.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import threading
@@ -132,8 +133,6 @@ def wait_child(proc: subprocess.Popen, *, timeout: Optional[float] = None,
 
 def kill_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
     """SIGTERM the child's process group, SIGKILL after ``grace`` seconds; reap it."""
-    import os
-
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)

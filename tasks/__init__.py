@@ -21,6 +21,8 @@ import logging
 import os
 import threading
 
+from regpatch.errors import RegpatchError
+
 DEBUG = contextvars.ContextVar("regpatch_debug", default=False)
 
 
@@ -65,7 +67,6 @@ class OneTraceback(logging.Filter):
             return True
         if debugging():
             return True
-        from regpatch.errors import RegpatchError
 
         with self._lock:
             keep = not isinstance(exc, RegpatchError) and id(exc) not in self._seen

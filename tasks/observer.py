@@ -38,6 +38,9 @@ from prefect.context import FlowRunContext, TaskRunContext
 
 from regpatch.bundle.s3 import S3Options
 from regpatch.progress import Progress, human
+from regpatch.sanitize import escape_controls
+from regpatch.storage.history import read_history
+from regpatch_tasks.s3_support import load_aws_credentials_block
 
 T = TypeVar("T")
 log = logging.getLogger("regpatch.prefect")
@@ -202,9 +205,6 @@ def publish_summary(result, registry: str, kind: str = "patch") -> None:
 def history_markdown(registry: str, target, repository: Optional[str] = None, tag: Optional[str] = None,
                      limit: int = HISTORY_ENTRIES) -> str:
     """``regpatch history`` of one registry as markdown, newest first."""
-    from regpatch.sanitize import escape_controls
-    from regpatch.storage.history import read_history
-
     entries = read_history(target.store().layout, repository, tag)
     which = f" of `{repository}{':' + tag if tag else ''}`" if repository else ""
     lines = [f"# History of `{registry}`{which}", "",
@@ -270,8 +270,6 @@ def s3_options_for(bundle: str, s3) -> Optional[S3Options]:
     if not bundle.startswith("s3://"):
         return None
     if s3.aws_credentials_block:
-        from regpatch_tasks.s3_support import load_aws_credentials_block
-
         credentials, region = load_aws_credentials_block(s3.aws_credentials_block)
         return s3.options(credentials=credentials, region=region)
     return s3.options()

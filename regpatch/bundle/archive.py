@@ -29,7 +29,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Optional
 
-from regpatch.bundle.model import BundleSource
+from regpatch.bundle.model import ACCEPTED_FORMATS, BundleSource
 from regpatch.bundle.tarstream import (
     DIR,
     FILE,
@@ -250,7 +250,7 @@ def _decompressed(raw: BinaryIO, kind: str, what: str) -> BinaryIO:
         return io.BufferedReader(_SimpleGzip(raw, what), CHUNK)
     if kind == ZSTD:
         try:
-            import zstandard
+            import zstandard  # only for a zstd-compressed archive
         except ImportError:
             raise UnknownBundleFormat(f"{what} is zstd-compressed and the 'zstandard' package is missing; "
                                       "install it (pip install zstandard) or decompress the archive "
@@ -627,8 +627,6 @@ def open_archive(archive: ArchiveFile) -> _ArchiveSource:
 
 def _unknown_file(what: str, head: bytes) -> str:
     """What a file that is no tar seems to be, and what to do with it."""
-    from regpatch.bundle.model import ACCEPTED_FORMATS
-
     stripped = head.lstrip()
     if head[:4] == b"PK\x03\x04":
         found = "a zip file: unzip it and pass the folder it holds"

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import BinaryIO, Optional
 
 from regpatch.bundle.gzipper import DEFAULT_LEVEL, compress_stream
-from regpatch.bundle.model import BundleSource, _safe_name
+from regpatch.bundle.model import BundleFile, BundleSource, PatchBundle, _safe_name
 from regpatch.digest import Digest
 from regpatch.errors import BundleError, DigestMismatch, InvalidReference, ManifestError, SourceError, UsageError
 from regpatch.manifest import DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFEST, load_json, parse_manifest
@@ -291,8 +291,6 @@ class Conversion:
 def load_docker_save(source: BundleSource, *, image: Optional[str] = None, scratch: Optional[Path] = None,
                      foreign_layers: str = "keep", gzip_level: Optional[int] = None):
     """Convert the chosen image of a docker save archive into a PatchBundle (new digest)."""
-    from regpatch.bundle.model import BundleFile, PatchBundle
-
     level = DEFAULT_LEVEL if gzip_level is None else gzip_level
     if not 1 <= level <= 9:
         raise UsageError(f"gzip level must be 1..9, got {level}")

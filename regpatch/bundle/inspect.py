@@ -13,11 +13,21 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
 
+from regpatch.bundle.dockersave import printable, read_saved_images, select_image, strict_json
 from regpatch.bundle.model import REF_NAME, BundleSource, PatchBundle
 from regpatch.bundle.open import detect_format, load_bundle
 from regpatch.digest import Digest
 from regpatch.errors import BundleError, RegpatchError
-from regpatch.manifest import ImageIndex, ImageManifest, Manifest
+from regpatch.manifest import (
+    DOCKER_CONFIG,
+    DOCKER_FOREIGN_LAYER,
+    MAX_MANIFEST_SIZE,
+    OCI_INDEX,
+    ImageIndex,
+    ImageManifest,
+    Manifest,
+    parse_manifest,
+)
 
 MANIFEST = "manifest"
 
@@ -82,8 +92,6 @@ class BundleInfo:
         return json.dumps(self.to_dict(), indent=2)
 
     def render(self) -> str:
-        from regpatch.bundle.dockersave import printable
-
         lines = [f"bundle   {printable(self.bundle, 300)}",
                  f"format   {self.format}" + (f" ({self.compression})" if self.compression else "")]
         for img in self.images:
@@ -124,7 +132,6 @@ def _platform_of(m: ImageManifest, bundle: PatchBundle) -> PlatformInfo:
     f = bundle.files.get(m.config.digest)
     if f is None:
         return PlatformInfo("", "")
-    from regpatch.bundle.dockersave import strict_json
 
     try:
         doc = strict_json(bundle.source.read_bytes(f.name, 16 << 20), bundle.source.describe(f.name))
@@ -148,8 +155,6 @@ def inspect_bundle(source: BundleSource, *, image: Optional[str] = None, verify:
         return _inspect_docker_save(source, image, verify, compression, progress)
     names: list[Optional[str]] = [image]
     if fmt == "oci-layout" and image is None:
-        from regpatch.manifest import MAX_MANIFEST_SIZE, OCI_INDEX, parse_manifest
-
         index = parse_manifest(source.read_bytes("index.json", MAX_MANIFEST_SIZE),
                                what=source.describe("index.json"), media_type_hint=OCI_INDEX)
         refs = [d.annotation(REF_NAME) for d in index.manifests]  # type: ignore[union-attr]
@@ -229,9 +234,6 @@ def _verify(first: PatchBundle, blobs: dict[str, BlobInfo], bundles: list[PatchB
 
 def _inspect_docker_save(source: BundleSource, image: Optional[str], verify: bool, compression,
                          progress) -> BundleInfo:
-    from regpatch.bundle.dockersave import read_saved_images, select_image
-    from regpatch.manifest import DOCKER_CONFIG, DOCKER_FOREIGN_LAYER
-
     saved = read_saved_images(source)
     if image is not None:
         saved = [select_image(saved, image, source.description)]

@@ -26,9 +26,12 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
+from regpatch.bundle.archive import LocalArchiveFile, SourceArchiveFile, open_archive
+from regpatch.bundle.dockersave import load_docker_save
 from regpatch.bundle.local import LocalFolderSource
 from regpatch.bundle.model import ACCEPTED_FORMATS, ARCHIVE_SUFFIXES, BundleSource, PatchBundle, _is_hex
 from regpatch.bundle.oci import _load_oci_layout
+from regpatch.bundle.s3 import S3Source
 from regpatch.bundle.skopeo_dir import _load_dir
 from regpatch.bundle.staged import _is_manifest_name, _load_staged, _reachable_names
 from regpatch.errors import UnknownBundleFormat, UsageError
@@ -109,8 +112,6 @@ def load_bundle(source: BundleSource, *, image: Optional[str] = None, scratch: O
     elif fmt == "dir":
         bundle = _load_dir(source, files, image)
     elif fmt == "docker-archive":
-        from regpatch.bundle.dockersave import load_docker_save
-
         bundle = load_docker_save(source, image=image, scratch=scratch, foreign_layers=foreign_layers,
                                   gzip_level=gzip_level)
     else:
@@ -138,11 +139,7 @@ def open_source(bundle: str, *, s3=None) -> BundleSource:
     A folder or S3 prefix is read as a folder; a file, or an S3 key naming an
     archive (``.tar``, ``.tar.gz``, ``.tar.zst``, ...), as an archive read in place.
     """
-    from regpatch.bundle.archive import LocalArchiveFile, SourceArchiveFile, open_archive
-
     if bundle.startswith("s3://"):
-        from regpatch.bundle.s3 import S3Source
-
         if bundle.rstrip("/").lower().endswith(ARCHIVE_SUFFIXES) and not bundle.endswith("/"):
             obj = S3Source.for_object(bundle.rstrip("/"), s3)
             name = next(iter(obj.list()))

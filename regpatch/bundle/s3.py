@@ -203,7 +203,7 @@ def is_transient(exc: BaseException) -> bool:
         return False  # digest/size mismatch and our own errors are never retried
     if isinstance(exc, TruncatedBody):
         return True
-    from botocore import exceptions as bce
+    from botocore import exceptions as bce  # boto3: loaded only when an S3 bundle is read (start-up)
 
     if isinstance(exc, bce.ClientError):
         code, status = _client_error_code(exc)
@@ -219,7 +219,7 @@ def is_transient(exc: BaseException) -> bool:
                         bce.HTTPClientError)):
         return True
     try:
-        from urllib3.exceptions import HTTPError as Urllib3Error
+        from urllib3.exceptions import HTTPError as Urllib3Error  # boto3: loaded with an S3 bundle (start-up)
         if isinstance(exc, Urllib3Error):
             return True
     except ImportError:  # pragma: no cover
@@ -297,8 +297,8 @@ class S3Source(BundleSource):
         raise TypeError("S3Source holds a live client and is not serialisable")
 
     def _make_client(self):
-        import boto3
-        from botocore.config import Config
+        import boto3  # boto3: loaded only when an S3 bundle is read (start-up)
+        from botocore.config import Config  # boto3: loaded only when an S3 bundle is read (start-up)
 
         opts = self.options
         session_kw = opts.credentials.session_kwargs() if opts.credentials else {}
@@ -362,14 +362,14 @@ class S3Source(BundleSource):
 
     @staticmethod
     def _is_credential_error(e: BaseException) -> bool:
-        from botocore import exceptions as bce
+        from botocore import exceptions as bce  # boto3: loaded only when an S3 bundle is read (start-up)
 
         code, _ = _client_error_code(e)
         return code in CREDENTIAL_CODES or isinstance(e, (bce.NoCredentialsError,
                                                           bce.PartialCredentialsError))
 
     def _translate(self, e: BaseException, what: str) -> SourceError:
-        from botocore import exceptions as bce
+        from botocore import exceptions as bce  # boto3: loaded only when an S3 bundle is read (start-up)
 
         code, status = _client_error_code(e)
         where = f" at {_strip_userinfo(self.endpoint)}" if self.endpoint else ""

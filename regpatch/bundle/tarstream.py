@@ -476,7 +476,8 @@ class TarReader:
     ``size``: the archive's length when known (a seekable file): a member that
     would end past it is refused before anything else is read."""
 
-    def __init__(self, stream: Union[BinaryIO, io.RawIOBase], *, what: str, seekable: bool = False, size: Optional[int] = None):
+    def __init__(self, stream: Union[BinaryIO, io.RawIOBase], *, what: str, seekable: bool = False,
+                 size: Optional[int] = None):
         self.what = what
         self._cur = _Cursor(stream, seekable=seekable)
         self._size = size

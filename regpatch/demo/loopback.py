@@ -61,7 +61,7 @@ def write_registry_config(path: Path, root: Path, addr: str, htpasswd_path: Opti
 
 def write_htpasswd(path: Path, user: str, password: str) -> Path:
     """An htpasswd file with one bcrypt entry (the only scheme the registry accepts)."""
-    import bcrypt
+    import bcrypt  # the test extra: only for a registry with htpasswd
 
     hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=10)).decode()
     Path(path).write_text(f"{user}:{hashed}\n", encoding="utf-8")

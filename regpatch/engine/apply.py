@@ -16,11 +16,13 @@ Each step is idempotent: a re-run after a crash redoes only what is missing.
 from __future__ import annotations
 
 import contextvars
+import json
 import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Optional
 
 from regpatch.bundle.model import CONSUMED_NOTE
@@ -30,6 +32,7 @@ from regpatch.errors import BlobMissing
 from regpatch.hashing import io_retry
 from regpatch.hooks import checkpoint
 from regpatch.manifest import DOCKER_CONFIG, OCI_CONFIG
+from regpatch.storage.state import actor, now_iso
 from regpatch.storage.store import RegistryStore
 
 log = logging.getLogger("regpatch.apply")
@@ -201,11 +204,6 @@ def _with_checkpoints(bar: Callable[[int], None], every: int = 8 << 20) -> Calla
 
 def _note_consumed(path, step, where: str) -> None:
     """The bundle's root folder keeps a line per file taken from it (what, when, where to)."""
-    import json
-    from pathlib import Path
-
-    from regpatch.storage.state import actor, now_iso
-
     root = Path(path).parents[len(Path(step.source.name).parts) - 1]  # the bundle folder itself
     line = json.dumps({"time": now_iso(), "file": step.source.name, "digest": str(step.digest),
                        "size": step.size, "moved_to": where, "by": actor()}) + "\n"

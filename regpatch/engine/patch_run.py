@@ -11,14 +11,23 @@ from regpatch import interrupt
 from regpatch.bundle.model import PatchBundle
 from regpatch.bundle.open import load_bundle, open_source
 from regpatch.digest import Digest
-from regpatch.engine.apply import ApplyReport, install_blobs, verify_blobs, write_links
+from regpatch.engine.apply import ApplyReport, consumable, install_blobs, verify_blobs, write_links
 from regpatch.engine.observer import LogObserver, Observer, _Steps
 from regpatch.engine.plan import REPAIR, PatchPlan, make_plan
 from regpatch.engine.requests import PatchRequest
 from regpatch.engine.results import PatchResult, _with_result, _write_report
 from regpatch.engine.tags import flip_tag
 from regpatch.engine.verify import check_tag_served, restart_registry, verify_new_image
-from regpatch.errors import Interrupted, RegpatchError, StorageMismatch, StorageNotFound, UsageError, VerificationError
+from regpatch.errors import (
+    BundleMismatch,
+    Interrupted,
+    RegpatchError,
+    StorageMismatch,
+    StorageNotFound,
+    UsageError,
+    VerificationError,
+)
+from regpatch.errors import VerificationError as _Mismatch
 from regpatch.options import opt
 from regpatch.progress import human
 from regpatch.reference import Repository, Tag, normalized_length
@@ -27,6 +36,7 @@ from regpatch.registry.restart import parse_restart_spec
 from regpatch.registry.target import RegistryTarget
 from regpatch.registry.url_policy import url_policy_from_config
 from regpatch.sanitize import SafeText
+from regpatch.signing.check import check_bundle
 from regpatch.storage.history import read_history, record_history
 from regpatch.storage.journal import Journal, open_journal, was_verified
 from regpatch.storage.lock import repository_lock
@@ -162,9 +172,6 @@ def open_bundle(bundle: str, *, image: Optional[str] = None, s3=None) -> PatchBu
 
 def _open_bundle(request: PatchRequest, store: RegistryStore):
     """(bundle, BundleTrust): the trust check runs on the source before its manifests are used."""
-    from regpatch.errors import BundleMismatch
-    from regpatch.signing.check import check_bundle
-
     source = open_source(request.bundle, s3=request.s3)
     trust = check_bundle(source, request.trust_keys, request.allow_unsigned, store)
     # a docker save archive's layers are compressed once, into the state folder (same filesystem)
@@ -249,8 +256,6 @@ def check_same_registry(store: RegistryStore, client, repo: Repository, tag: Tag
     """The registry behind the URL must serve what the storage holds: the tag's digest
     (or, for a new tag, another tag of the repository, or of any repository). A
     storage path and a URL that name two different registries are refused here."""
-    from regpatch.errors import VerificationError as _Mismatch
-
     probe = store.any_tag(prefer=(repo, tag))
     if probe is None:
         log.debug("the storage holds no tag yet: nothing to compare with the registry at %s", client.url)
@@ -271,8 +276,6 @@ def check_same_registry(store: RegistryStore, client, repo: Repository, tag: Tag
 def _check_consumable(store: RegistryStore, plan: PatchPlan) -> None:
     """--consume renames bundle files into the storage: they must be local files on the
     storage's filesystem. Refused before any write otherwise."""
-    from regpatch.engine.apply import consumable
-
     for b in plan.to_copy:
         if b.source is None or consumable(plan, b) or plan.source.local_path(b.source.name) is not None:
             continue

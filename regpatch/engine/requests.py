@@ -15,6 +15,7 @@ from regpatch.params import RegistryParams, TrustParams, VerifyParams
 from regpatch.reference import Repository, Tag
 from regpatch.registry.restart import parse_restart_spec
 from regpatch.registry.target import RegistryTarget
+from regpatch.signing.keys import load_public_key
 
 if TYPE_CHECKING:  # boto3 behind it: imported only for an S3 bundle
     from regpatch.bundle.s3 import S3Options
@@ -45,7 +46,6 @@ def check_trust_options(trust_keys, allow_unsigned: bool) -> None:
     if allow_unsigned and not trust_keys:
         raise UsageError(f"{opt.allow_unsigned} only relaxes {opt.trust_key}: give the trust keys too, or "
                          "leave both out (bundles are then not signature-checked)")
-    from regpatch.signing.keys import load_public_key
 
     for key in trust_keys:
         load_public_key(key)

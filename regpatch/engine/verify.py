@@ -14,7 +14,7 @@ from regpatch.errors import VerificationError
 from regpatch.options import opt
 from regpatch.reference import Repository, Tag
 from regpatch.registry.client import VerifyReport
-from regpatch.registry.restart import parse_restart_spec
+from regpatch.registry.restart import http_probe, parse_restart_spec, wait_until_ready
 from regpatch.registry.target import RegistryTarget
 from regpatch.registry.verify_command import run_verify_command
 from regpatch.storage.store import RegistryStore
@@ -63,7 +63,6 @@ def restart_registry(spec: str, target: RegistryTarget) -> float:
     if not strategy.needed:
         log.info("no restart (additions are visible to the registry at once)")
         return 0.0
-    from regpatch.registry.restart import http_probe, wait_until_ready
 
     t0 = time.monotonic()
     log.info("restarting the registry: %s", strategy.describe())

@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+import yaml
+
 from regpatch.fleet.inventory import Inventory, RegistryEntry
 from regpatch.options import opt
 
@@ -93,8 +95,6 @@ def specs_for(inventory: Inventory, *, default_pool: str = DEFAULT_POOL, reposit
 
 def render_prefect_yaml(specs: list[DeploymentSpec], source: str) -> str:
     """The deployments as a prefect.yaml (``prefect deploy --all --prefect-file FILE``)."""
-    import yaml
-
     doc = {"name": "regpatch-registries", "prefect-version": ">=3.4", "build": None, "push": None, "pull": [],
            "deployments": [s.to_yaml_dict() for s in specs]}
     header = (f"# Per-registry deployments of regpatch, written by `regpatch deployments` from {source}.\n"

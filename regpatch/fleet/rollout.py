@@ -35,10 +35,13 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+from regpatch import engine
+from regpatch.engine.requests import patch_request
 from regpatch.errors import Interrupted, RegpatchError, UsageError
 from regpatch.fleet.inventory import Inventory, RegistryEntry
 from regpatch.options import MAX_PARALLEL, inventory_namer, opt, wording
 from regpatch.progress import human
+from regpatch.storage.history import read_history
 from regpatch.storage.store import RegistryStore
 
 log = logging.getLogger("regpatch.rollout")
@@ -233,8 +236,6 @@ class RolloutState:
         if entry.work_pool:
             return None
         try:
-            from regpatch.storage.history import read_history
-
             entries = read_history(RegistryStore(entry.storage).layout, self.repository, self.tag)
         except (RegpatchError, OSError, ValueError):
             return None
@@ -365,9 +366,6 @@ def engine_patcher(*, bundle: str, repository: str, tag: str, image: Optional[st
                    observer=None) -> PatchOne:
     """``patch_one`` that runs the engine in this process for each registry; its messages
     name options as the registry's inventory entry writes them."""
-    from regpatch import engine
-    from regpatch.engine.requests import patch_request
-
     def patch_one(entry: RegistryEntry) -> RegistryOutcome:
         try:
             with wording(inventory_namer(entry.name)):

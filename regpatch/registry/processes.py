@@ -100,7 +100,7 @@ def pid_alive(pid: int) -> bool:
     if child is not None and child.poll() is not None:
         return False
     if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
-        import ctypes
+        import ctypes  # Windows only: the Win32 process API
 
         handle = ctypes.windll.kernel32.OpenProcess(0x1000, False, pid)  # QUERY_LIMITED_INFORMATION
         if not handle:

@@ -40,7 +40,8 @@ from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
 from regpatch import interrupt
-from regpatch.errors import RestartError, UsageError
+from regpatch.errors import ConfigError, RestartError, UsageError
+from regpatch.registry.config import registry_url_from_config
 from regpatch.registry.processes import (
     DEFAULT_READY_TIMEOUT,
     DEFAULT_STOP_TIMEOUT,
@@ -71,9 +72,6 @@ SPEC_FORMS = ("none", "command:<shell command>",
 def url_from_registry_config(config: Path) -> Optional[str]:
     """The registry's URL from its config.yml, or None when it cannot be read
     (the restart then skips the readiness wait rather than failing)."""
-    from regpatch.errors import ConfigError
-    from regpatch.registry.config import registry_url_from_config
-
     try:
         return registry_url_from_config(config)
     except ConfigError:

@@ -9,7 +9,9 @@ logged, passed to a task or shown in an artifact without leaking them.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 from urllib.parse import urlsplit
 
@@ -18,6 +20,7 @@ from regpatch.options import opt
 from regpatch.registry.client import RegistryClient
 from regpatch.registry.config import registry_url_from_config, storage_root_from_config
 from regpatch.registry.credentials import load_credentials
+from regpatch.storage.store import RegistryStore
 
 
 @dataclass(frozen=True)
@@ -51,14 +54,10 @@ class RegistryTarget:
 
     def store(self):
         """The RegistryStore of this registry's storage (and regpatch's state folder)."""
-        from regpatch.storage.store import RegistryStore
-
         return RegistryStore(self.storage, state_dir=self.state_dir)
 
     @property
     def config_path(self):
-        from pathlib import Path
-
         return Path(self.config) if self.config else None
 
     def describe(self) -> str:
@@ -69,8 +68,6 @@ class RegistryTarget:
         """Everything about the target that can be checked without the network: the URL
         (scheme, no credentials in it), the CA file (a readable PEM bundle), the auth
         file (readable, valid). Raises UsageError; a client is built and closed unused."""
-        import os
-
         for option, kind, path in ((opt.registry_ca, "CA", self.ca_file),
                                    (opt.registry_auth_file, "auth", self.auth_file)):
             if path and not os.path.isfile(path):

@@ -6,6 +6,7 @@ import logging
 import os
 import shlex
 import subprocess
+import tempfile
 
 from regpatch import interrupt
 from regpatch.errors import UsageError, VerificationError
@@ -34,7 +35,6 @@ def run_verify_command(template: str, ref: str, *, timeout: float = 1800) -> Non
     log.info("running the verify command: %s", shown)
     # Its own session, stderr in a temp file: on a stop request or the timeout the
     # whole process group is killed and reaped (interrupt.wait_child).
-    import tempfile
 
     with tempfile.TemporaryFile() as err:
         try:

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Callable, Optional, Protocol
 
+from regpatch.bundle.s3 import S3Source
 from regpatch.digest import Digest, new_hasher
 from regpatch.errors import DigestMismatch, SizeMismatch, UsageError
 from regpatch.hashing import copy_and_hash
@@ -180,8 +181,6 @@ class S3Destination:
     """``s3://bucket/prefix``: the same client, retries and credentials as S3 bundle sources."""
 
     def __init__(self, url: str, options):
-        from regpatch.bundle.s3 import S3Source
-
         self._s3 = S3Source(url, options)
         self.description = self._s3.url
         self.part_size = options.part_size if options else 8 << 20
@@ -222,7 +221,7 @@ class S3Destination:
         self.put_file(S3_MARKER, b"a regpatch bundle is being written here\n")
 
     def _head(self, name: str) -> Optional[dict]:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import ClientError  # boto3: only for an s3:// destination (start-up)
 
         def head():
             try:

@@ -11,6 +11,7 @@ import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from typing import Callable, Optional, Sequence
 
 from regpatch.bundle.model import MAX_CONFIG_SIZE, REF_NAME
@@ -50,8 +51,6 @@ def _no_progress(label: str, total: int) -> Callable[[int], None]:
 
 def tool_version() -> str:
     try:
-        from importlib.metadata import version
-
         return f"regpatch {version('regpatch')}"
     except Exception:  # running from a source tree
         return "regpatch"

@@ -25,6 +25,8 @@ from regpatch.hashing import copy_and_hash
 from regpatch.manifest import ALL_MANIFEST_TYPES, MAX_MANIFEST_SIZE, Descriptor, Manifest, load_json, parse_manifest
 from regpatch.options import opt
 from regpatch.reference import Repository, Tag
+from regpatch.registry.client import RegistryClient
+from regpatch.registry.credentials import load_credentials
 
 
 class _Buffer:
@@ -111,9 +113,6 @@ class RegistryImageSource:
     """An image in a registry, read through its v2 API (``RegistryClient``)."""
 
     def __init__(self, ref: DockerReference, options: RegistryOptions):
-        from regpatch.registry.client import RegistryClient
-        from regpatch.registry.credentials import load_credentials
-
         self.ref = ref
         self.description = str(ref)
         creds = load_credentials(ref.host, auth_file=Path(options.auth_file) if options.auth_file else None)

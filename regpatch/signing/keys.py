@@ -7,6 +7,10 @@ import os
 from pathlib import Path
 from typing import Iterable, Union
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
 from regpatch.digest import Digest
 from regpatch.errors import UsageError
 
@@ -35,8 +39,6 @@ def _read_key_file(path: KeyPath, what: str) -> bytes:
 
 
 def _check_algorithm(key, path, what: str):
-    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-
     if isinstance(key, (ed25519.Ed25519PrivateKey, ed25519.Ed25519PublicKey)):
         return key
     if isinstance(key, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey)) \
@@ -48,8 +50,6 @@ def _check_algorithm(key, path, what: str):
 
 def load_private_key(path: KeyPath):
     """An Ed25519 or P-256 private key from PEM (PKCS#8 or SEC1), maybe encrypted."""
-    from cryptography.hazmat.primitives import serialization
-
     data = _read_key_file(path, "signing key")
     password = os.environ.get(ENV_KEY_PASSWORD)
     try:
@@ -71,8 +71,6 @@ def load_private_key(path: KeyPath):
 
 def load_public_key(path: KeyPath):
     """An Ed25519 or P-256 public key from PEM (SubjectPublicKeyInfo, 'BEGIN PUBLIC KEY')."""
-    from cryptography.hazmat.primitives import serialization
-
     data = _read_key_file(path, "trust key")
     if b"PRIVATE KEY" in data:
         raise UsageError(f"trust key {path} is a private key; give the public key (PREFIX.pub, or "
@@ -88,35 +86,24 @@ def load_public_key(path: KeyPath):
 
 def fingerprint(key) -> str:
     """``SHA256:<hex>`` of the public key's DER SubjectPublicKeyInfo (first 16 hex shown)."""
-    from cryptography.hazmat.primitives import serialization
-
     pub = key.public_key() if hasattr(key, "public_key") else key
     der = pub.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return "SHA256:" + Digest.of_bytes(der).hex[:16]
 
 
 def algorithm_name(key) -> str:
-    from cryptography.hazmat.primitives.asymmetric import ed25519
-
     return "Ed25519" if isinstance(key, (ed25519.Ed25519PrivateKey, ed25519.Ed25519PublicKey)) \
         else "ECDSA P-256"
 
 
 def sign_bytes(key, data: bytes) -> bytes:
     """Ed25519: 64 raw bytes; ECDSA P-256: DER over SHA-256 (as openssl pkeyutl -rawin)."""
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-
     if isinstance(key, ed25519.Ed25519PrivateKey):
         return key.sign(data)
     return key.sign(data, ec.ECDSA(hashes.SHA256()))
 
 
 def verify_bytes(pub, data: bytes, signature: bytes) -> bool:
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-
     try:
         if isinstance(pub, ed25519.Ed25519PublicKey):
             pub.verify(signature, data)
@@ -130,9 +117,6 @@ def verify_bytes(pub, data: bytes, signature: bytes) -> bool:
 def generate_keypair(prefix: KeyPath, algorithm: str = "ed25519") -> tuple[Path, Path]:
     """Write PREFIX.key (PKCS#8 PEM, mode 0600; encrypted when $REGPATCH_SIGN_KEY_PASSWORD
     is set) and PREFIX.pub (PEM). Never overwrites a file."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-
     if algorithm not in ALGORITHMS:
         raise UsageError(f"--algorithm must be one of {', '.join(ALGORITHMS)}, got {algorithm!r}")
     prefix = Path(prefix)

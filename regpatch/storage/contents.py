@@ -30,6 +30,7 @@ import logging
 import os
 import re
 import stat
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Optional, Sequence
@@ -240,8 +241,6 @@ def write_contents(contents: Contents, out: Path | str, *, storage_root: Optiona
     data = contents.to_json()
     digest = Digest.of_bytes(data)
     if str(out) == "-":
-        import sys
-
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
         return digest

@@ -20,14 +20,14 @@ from regpatch.storage.state import actor, now_iso
 
 def _try_lock(fd: int) -> bool:
     if sys.platform == "win32":
-        import msvcrt
+        import msvcrt  # one of the two exists, by platform
 
         try:
             msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
             return True
         except OSError:
             return False
-    import fcntl
+    import fcntl  # one of the two exists, by platform
 
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -39,12 +39,12 @@ def _try_lock(fd: int) -> bool:
 
 def _unlock(fd: int) -> None:
     if sys.platform == "win32":
-        import msvcrt
+        import msvcrt  # one of the two exists, by platform
 
         os.lseek(fd, 0, os.SEEK_SET)
         msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
     else:
-        import fcntl
+        import fcntl  # one of the two exists, by platform
 
         fcntl.flock(fd, fcntl.LOCK_UN)
 

@@ -20,7 +20,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Callable, Optional
 
-from regpatch.digest import Digest
+from regpatch.digest import Digest, new_hasher
 from regpatch.errors import DigestMismatch, SizeMismatch, StorageError, UnsafePath
 from regpatch.hashing import advise_sequential, copy_and_hash, hash_fd, hash_file, kernel_copy_and_hash, try_reflink
 from regpatch.hooks import checkpoint
@@ -135,9 +135,6 @@ class Staging:
         A digest or size mismatch removes the partial; any other error keeps
         it. Returns the number of bytes resumed from disk.
         """
-        from regpatch.digest import new_hasher
-        from regpatch.errors import DigestMismatch, SizeMismatch
-
         final = self.layout.staged_blob(digest)
         partial = self.partial_path(digest)
         note = partial.with_name(partial.name + ".json")
