@@ -17,12 +17,11 @@ from regpatch.bundle.dockersave import printable, read_saved_images, select_imag
 from regpatch.bundle.model import REF_NAME, BundleSource, PatchBundle
 from regpatch.bundle.open import detect_format, load_bundle
 from regpatch.digest import Digest
-from regpatch.errors import BundleError, RegpatchError
+from regpatch.errors import BundleError, ManifestError, RegpatchError
 from regpatch.manifest import (
     DOCKER_CONFIG,
     DOCKER_FOREIGN_LAYER,
     MAX_MANIFEST_SIZE,
-    OCI_INDEX,
     ImageIndex,
     ImageManifest,
     Manifest,
@@ -155,9 +154,10 @@ def inspect_bundle(source: BundleSource, *, image: Optional[str] = None, verify:
         return _inspect_docker_save(source, image, verify, compression, progress)
     names: list[Optional[str]] = [image]
     if fmt == "oci-layout" and image is None:
-        index = parse_manifest(source.read_bytes("index.json", MAX_MANIFEST_SIZE),
-                               what=source.describe("index.json"), media_type_hint=OCI_INDEX)
-        refs = [d.annotation(REF_NAME) for d in index.manifests]  # type: ignore[union-attr]
+        index = parse_manifest(source.read_bytes("index.json", MAX_MANIFEST_SIZE), what=source.describe("index.json"))
+        if not isinstance(index, ImageIndex):  # (an AttributeError before: found by mypy)
+            raise ManifestError(f"{source.describe('index.json')} is not an image index")
+        refs = [d.annotation(REF_NAME) for d in index.manifests]
         if len(refs) > 1:
             if any(r is None for r in refs) or len(set(refs)) != len(refs):
                 raise BundleError(f"{source.description}: index.json lists {len(refs)} images, not all "
