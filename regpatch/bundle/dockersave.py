@@ -288,6 +288,16 @@ class Conversion:
         return text
 
 
+def _same_layer_twice(earlier: SavedLayer, layer: SavedLayer, source: BundleSource) -> None:
+    """One layer file listed twice (by the same name, or a name that leads to the same
+    member) must be listed for one diff id: its bytes have one digest, so a second diff id
+    is a config that contradicts its layers (skopeo refuses such an archive)."""
+    if layer.diff_id != earlier.diff_id:
+        raise ManifestError(f"{source.describe(layer.name)} is listed as Layers[{earlier.index}] and "
+                            f"Layers[{layer.index}] for two different diff ids ({earlier.diff_id}, "
+                            f"{layer.diff_id}): the config contradicts its layers; save the image again")
+
+
 def load_docker_save(source: BundleSource, *, image: Optional[str] = None, scratch: Optional[Path] = None,
                      foreign_layers: str = "keep", gzip_level: Optional[int] = None):
     """Convert the chosen image of a docker save archive into a PatchBundle (new digest)."""
@@ -300,12 +310,17 @@ def load_docker_save(source: BundleSource, *, image: Optional[str] = None, scrat
     converted: dict[str, ConvertedLayer] = {}   # canonical member -> result
     todo: list[SavedLayer] = []
     keep: dict[int, dict] = {}
+    first: dict[str, SavedLayer] = {}  # canonical member -> the first layer that lists it
     for layer in img.layers:
         if layer.foreign is not None and layer.foreign["mediaType"] != DOCKER_LAYER and foreign_layers == "keep":
             keep[layer.index] = layer.foreign
             continue
-        if source.canonical(layer.name) not in {source.canonical(l.name) for l in todo}:
-            todo.append(layer)
+        member = source.canonical(layer.name)
+        if member in first:
+            _same_layer_twice(first[member], layer, source)
+            continue
+        first[member] = layer
+        todo.append(layer)
 
     def convert(name: str, stream: BinaryIO) -> None:
         layer = next(l for l in todo if l.name == name)

@@ -271,6 +271,24 @@ def test_docker_save_checks_config_id_and_diff_ids(tmp_path):
         load_bundle(open_source(str(docker_save(tmp_path / "b", layers=[layer_tar(1, 1000)], bad_diff=True))))
 
 
+@pytest.mark.parametrize("how", ["same-name", "symlink", "archive"])
+def test_a_layer_listed_twice_for_two_diff_ids_is_refused(tmp_path, how):
+    """One layer file listed twice in Layers with two different diff ids: before, only the
+    first was checked and the published config contradicted its layers."""
+    a, b = layer_tar(5, 2000), layer_tar(6, 3000)
+    folder = docker_save(tmp_path, layers=[a, b])
+    doc = json.loads((folder / "manifest.json").read_text())
+    if how == "symlink":
+        (folder / "l1" / "layer.tar").unlink()
+        (folder / "l1" / "layer.tar").symlink_to("../l0/layer.tar")
+    else:
+        doc[0]["Layers"][1] = doc[0]["Layers"][0]
+    (folder / "manifest.json").write_text(json.dumps(doc))
+    path = pack(folder, tmp_path / "s.tar") if how == "archive" else folder
+    with pytest.raises(ManifestError, match="is listed as Layers\[0\] and Layers\[1\] for two different diff ids"):
+        load_bundle(open_source(str(path)))
+
+
 def test_docker_save_image_choice_and_hostile_names(tmp_path):
     folder = docker_save(tmp_path, layers=[layer_tar(1, 1000)], tags=("docker.io/library/app:1",))
     assert load_bundle(open_source(str(folder)), image="app:1").conversion.image == "docker.io/library/app:1"
