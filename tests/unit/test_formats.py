@@ -438,3 +438,18 @@ def test_inspect_lists_images_platforms_and_foreign(sample, tmp_path):
     blob.write_bytes(bytes(data))
     with pytest.raises(DigestMismatch):
         inspect_bundle(open_source(str(sample["layout"])), image="list", verify=True)
+
+
+def test_inspect_escapes_every_string_it_prints(tmp_path):
+    """os.version and other platform strings come from the bundle: a terminal escape or a
+    newline in them must not reach the operator's terminal (or forge a line)."""
+    layer = make_layer(tmp_path / "l", "layer", seed=7, size=4000)
+    hostile = "10.0.17763.1\x1b[2J\nforged: line\u202e"
+    img = make_image(tmp_path / "img", [layer], os="windows", os_version=hostile, seed=7)
+    layout = write_oci_layout(tmp_path / "layout", {"app\x1b]0;title\x07": img})
+    text = inspect_bundle(open_source(str(layout))).render()
+    assert "\x1b" not in text and "\u202e" not in text and "\x07" not in text
+    assert not any(line.startswith("forged") for line in text.splitlines())
+    assert "os.version 10.0.17763.1\\x1b[2J\\nforged: line" in text
+    as_json = inspect_bundle(open_source(str(layout))).to_json()
+    assert "\x1b" not in as_json and "\u202e" not in as_json  # JSON escapes them (ASCII only)
