@@ -41,6 +41,7 @@ from regpatch.signing.replay import replay_refusal
 from regpatch.storage.history import read_history, record_history
 from regpatch.storage.journal import Journal, open_journal, was_verified
 from regpatch.storage.lock import repository_lock
+from regpatch.storage.names import check_names
 from regpatch.storage.store import RegistryStore
 
 log = logging.getLogger("regpatch.engine")
@@ -76,6 +77,7 @@ def _patch(request: PatchRequest, observer: Observer, opened: list) -> PatchResu
     target, repo, tag = request.target, request.repository, request.tag
     store = target.store()
     check_storage_tree(store, request.init)
+    check_names(store.layout, request.repository, request.tag)
     trusts: list = []
 
     def open_bundle() -> PatchBundle:
@@ -150,6 +152,7 @@ def preflight(request: PatchRequest) -> PatchPlan:
     request.check()
     store = request.target.store()
     check_storage_tree(store, request.init)
+    check_names(store.layout, request.repository, request.tag)
     return _plan(request, store, *_open_bundle(request, store))
 
 

@@ -13,6 +13,7 @@ from regpatch.engine.tags import check_complete_image, flip_tag, rollback_target
 from regpatch.engine.verify import check_tag_served, restart_registry, verify_new_image
 from regpatch.storage.history import record_history
 from regpatch.storage.lock import repository_lock
+from regpatch.storage.names import check_names
 
 log = logging.getLogger("regpatch.engine")
 
@@ -26,6 +27,7 @@ def rollback(request: RollbackRequest, observer: Optional[Observer] = None) -> R
     steps = _Steps(observer)
     target, repo, tag = request.target, request.repository, request.tag
     store = target.store()
+    check_names(store.layout, repo, tag)
     if target.url:
         with target.client() as client:
             client.check()
