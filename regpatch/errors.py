@@ -189,6 +189,11 @@ class RestartError(RegpatchError):
     exit_code = 6
 
 
+class FleetDrift(RegpatchError):
+    """A registry of the fleet is not on the expected image, or cannot be read (regpatch status)."""
+    exit_code = 7
+
+
 class Interrupted(RegpatchError):
     """The run was asked to stop (SIGINT / SIGTERM) and stopped cleanly."""
 

@@ -28,6 +28,7 @@ COMMANDS = {
     "rollout": ("fleet_commands", "run_rollout", "run"),
     "history": ("registry_commands", "run_history", "none"),
     "deployments": ("fleet_commands", "run_deployments", "none"),
+    "status": ("fleet_commands", "run_status", "plain"),
     "inspect": ("bundle_commands", "run_inspect", "none"),
     "contents": ("bundle_commands", "run_contents", "plain"),
     "bundle": ("bundle_commands", "run_bundle", "plain"),

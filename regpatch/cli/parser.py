@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     _history(sub)
     _rollout(sub)
     _deployments(sub)
+    _status(sub)
     _contents(sub)
     _bundle(sub)
     _keygen(sub)
@@ -119,6 +120,19 @@ def _deployments(sub) -> None:
     p.add_argument("--output", metavar="FILE", help="write the prefect.yaml here instead of printing it")
     p.add_argument("--apply", action="store_true",
                    help="create or update the deployments (and missing process work pools) on the Prefect API")
+
+
+def _status(sub) -> None:
+    p = sub.add_parser("status", help="is every registry of an inventory on the latest rollout's image?",
+                       description="One row per registry of the inventory: the digest the tag has in the storage "
+                                   "and the one the API serves, the latest rollout's, the last change recorded, "
+                                   "verified or not, disk used and free. Exit 7 when a registry is behind, "
+                                   "drifts or cannot be read. Reads only.")
+    add_options(p, ROLLOUT, only=("inventory", "only", "state_dir"))
+    p.add_argument("--repository", metavar="NAME",
+                   help="the repository (default: every repository:tag the inventory's rollouts wrote state for)")
+    p.add_argument("--tag", help="the tag (with --repository)")
+    p.add_argument("--json", action="store_true", help="the rows as one JSON document")
 
 
 def _contents(sub) -> None:

@@ -201,11 +201,7 @@ class RolloutState:
         try:
             if self.path.is_symlink() or not self.path.is_file():
                 return {}
-            with open(self.path, "rb") as f:
-                raw = f.read(self.MAX_BYTES + 1)
-            if len(raw) > self.MAX_BYTES:
-                raise ValueError(f"larger than {self.MAX_BYTES} bytes")
-            doc = json.loads(raw)
+            doc = self._load(self.path)
             if not isinstance(doc, dict) or doc.get("digest") != self.digest:
                 return {}
             regs = doc.get("registries")
@@ -221,6 +217,26 @@ class RolloutState:
             log.warning("rollout state file %s is not usable (%s): every registry is re-checked",
                         self.path, (str(e).splitlines() or [type(e).__name__])[0][:200])
             return {}
+
+    @classmethod
+    def _load(cls, path: Path) -> object:
+        with open(path, "rb") as f:
+            raw = f.read(cls.MAX_BYTES + 1)
+        if len(raw) > cls.MAX_BYTES:
+            raise ValueError(f"larger than {cls.MAX_BYTES} bytes")
+        return json.loads(raw)
+
+    @classmethod
+    def load_doc(cls, path: Path) -> Optional[dict]:
+        """The JSON object of a rollout state file, or None when it is missing, not a
+        regular file, too large or not a JSON object (read for ``regpatch status``)."""
+        try:
+            if path.is_symlink() or not path.is_file():
+                return None
+            doc = cls._load(path)
+        except (OSError, ValueError, RecursionError):
+            return None
+        return doc if isinstance(doc, dict) else None
 
     @staticmethod
     def default_dir(inventory: Path) -> Path:
