@@ -72,13 +72,10 @@ def copy_and_hash(
     return actual, total
 
 
-
 _BUFFERS = 4
 
 
-
 _DONE = object()
-
 
 
 def _pipelined_copy(src, dst, h, account: Callable[[int], None]) -> None:  # noqa: C901  (3 threads, one hand-off)
@@ -144,13 +141,10 @@ def _pipelined_copy(src, dst, h, account: Callable[[int], None]) -> None:  # noq
         raise errors[0]
 
 
-
 KERNEL_COPY_CHUNK = 16 << 20
 
 
-
 _NO_KERNEL_COPY = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF}
-
 
 
 def kernel_copy_and_hash(src_fd: int, dst_fd: int, *, what: str, expected: Optional[Digest],  # noqa: C901
@@ -240,7 +234,6 @@ def kernel_copy_and_hash(src_fd: int, dst_fd: int, *, what: str, expected: Optio
     return actual, copied
 
 
-
 def _hash_range(fd: int, h, start: int, end: int, what: str,
                 progress: Optional[Callable[[int], None]], read_ahead: bool = False) -> int:
     """Hash bytes [start, end) of an open file by ``pread``; returns ``end``. A stop
@@ -305,14 +298,12 @@ def _hash_range(fd: int, h, start: int, end: int, what: str,
     return start
 
 
-
 def _pread_into(fd: int, view: memoryview, offset: int) -> int:
     if hasattr(os, "preadv"):
         return os.preadv(fd, [view], offset)
     data = os.pread(fd, len(view), offset)
     view[:len(data)] = data
     return len(data)
-
 
 
 def _write_all(dst, view: memoryview) -> None:
@@ -323,7 +314,6 @@ def _write_all(dst, view: memoryview) -> None:
         view = view[written:]
 
 
-
 def _readinto(src, buf: bytearray) -> int:
     if hasattr(src, "readinto"):
         return src.readinto(buf) or 0
@@ -332,17 +322,14 @@ def _readinto(src, buf: bytearray) -> int:
     return len(data)
 
 
-
 # Transient I/O faults (network shares, flaky disks). A digest or size
 # mismatch is never retried: it is a fact about the bytes, not a fault.
 TRANSIENT_ERRNOS = {errno.EIO, errno.ETIMEDOUT, errno.EAGAIN, errno.EINTR, errno.ECONNRESET,
                     errno.ESTALE, errno.EHOSTUNREACH, errno.ENETRESET}
 
 
-
 def is_transient_io(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS
-
 
 
 io_retry = retry(
@@ -352,7 +339,6 @@ io_retry = retry(
     sleep=interrupt.sleep,
     reraise=True,
 )
-
 
 
 @io_retry
@@ -365,13 +351,10 @@ def hash_file(path, *, what: Optional[str] = None, expected: Optional[Digest] = 
                              expected_size=expected_size, progress=progress)
 
 
-
 _SYNC_FILE_RANGE_WRITE = 2
 
 
-
 _libc: Callable[..., int] | Literal[False] | None = None  # libc's sync_file_range; False: not there
-
 
 
 def _c():
@@ -391,7 +374,6 @@ def _c():
     return _libc
 
 
-
 def start_writeback(fd: int, offset: int, length: int) -> None:
     """Ask the kernel to start writing ``[offset, offset+length)`` to disk now
     (``sync_file_range(SYNC_FILE_RANGE_WRITE)``, which does not wait), so that the
@@ -399,7 +381,6 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
     fn = _c()
     if fn:
         fn(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
-
 
 
 def advise_sequential(fd: int) -> None:
@@ -410,9 +391,7 @@ def advise_sequential(fd: int) -> None:
             pass
 
 
-
 FICLONE = 0x40049409  # _IOW(0x94, 9, int)
-
 
 
 def try_reflink(src_fd: int, dst_fd: int) -> bool:
@@ -428,7 +407,6 @@ def try_reflink(src_fd: int, dst_fd: int) -> bool:
                        errno.ENOSYS):
             return False
         raise
-
 
 
 def hash_fd(fd: int, *, what: str, expected: Optional[Digest], expected_size: int,

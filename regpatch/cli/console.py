@@ -12,7 +12,6 @@ class _ConsoleFormatter(logging.Formatter):
         return f"{self.formatTime(record, '%H:%M:%S')} {prefix}{record.getMessage()}"
 
 
-
 class _ConsoleHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is at the time of each record."""
 
@@ -23,7 +22,6 @@ class _ConsoleHandler(logging.StreamHandler):
     def emit(self, record: logging.LogRecord) -> None:
         self.stream = sys.stderr
         super().emit(record)
-
 
 
 def _console_logging(debug: bool) -> None:

@@ -44,26 +44,20 @@ from regpatch.registry.processes import looks_like_registry, pid_alive, read_pid
 MARKER = ".regpatch-demo"
 
 
-
 STEPS = 8
-
 
 
 BASE_SIZE = 2 << 20      # random bytes in the base layer (incompressible: ~2 MiB gzip)
 
 
-
 DELTA_SIZE = 512 << 10   # random bytes in the delta layer
-
 
 
 POLICY_FILE = Path("/etc/containers/policy.json")
 
 
-
 class DemoFailed(Exception):
     """A step of the demo did not give the expected result."""
-
 
 
 class Demo:
@@ -243,7 +237,6 @@ class Demo:
         self.registry = None
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m regpatch.demo",
@@ -255,7 +248,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-running", action="store_true",
                    help="leave the registry running at the end and print how to stop it")
     return p
-
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

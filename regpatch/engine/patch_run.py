@@ -51,9 +51,7 @@ PATCH_STEPS = ("fetch-bundle", "plan-patch", "verify-digests", "copy-blobs", "wr
                "restart-registry", "verify-pull", "publish-tag")
 
 
-
 ROLLBACK_STEPS = ("choose-rollback-target", "check-image", "restart-registry", "verify-pull", "flip-tag")
-
 
 
 def patch(request: PatchRequest, observer: Optional[Observer] = None) -> PatchResult:
@@ -69,7 +67,6 @@ def patch(request: PatchRequest, observer: Optional[Observer] = None) -> PatchRe
     finally:
         for loaded in opened:  # scratch files of a converted archive go, the staged blobs stay
             loaded.close()
-
 
 
 def _patch(request: PatchRequest, observer: Observer, opened: list) -> PatchResult:
@@ -145,7 +142,6 @@ def _patch(request: PatchRequest, observer: Observer, opened: list) -> PatchResu
     return result
 
 
-
 def preflight(request: PatchRequest) -> PatchPlan:
     """Check a patch without writing anything: arguments, bundle, plan, registry API
     (credentials, TLS). What a caller runs before handing the patch to an orchestrator."""
@@ -154,7 +150,6 @@ def preflight(request: PatchRequest) -> PatchPlan:
     check_storage_tree(store, request.init)
     check_names(store.layout, request.repository, request.tag)
     return _plan(request, store, *_open_bundle(request, store))
-
 
 
 def check_storage_tree(store: RegistryStore, init: bool) -> None:
@@ -167,11 +162,9 @@ def check_storage_tree(store: RegistryStore, init: bool) -> None:
                           f"pass {opt.init}")
 
 
-
 def open_bundle(bundle: str, *, image: Optional[str] = None, s3=None) -> PatchBundle:
     """Open a bundle and read its manifests (no blob is hashed)."""
     return load_bundle(open_source(bundle, s3=s3), image=image)
-
 
 
 def _open_bundle(request: PatchRequest, store: RegistryStore):
@@ -188,7 +181,6 @@ def _open_bundle(request: PatchRequest, store: RegistryStore):
     log.info("bundle %s: %s format, top manifest %s (%s)", loaded.description, loaded.format,
              loaded.top.digest, loaded.top.media_type)
     return loaded, trust
-
 
 
 def _plan(request: PatchRequest, store: RegistryStore, loaded: PatchBundle, trust=None) -> PatchPlan:
@@ -231,13 +223,11 @@ def _plan(request: PatchRequest, store: RegistryStore, loaded: PatchBundle, trus
     return plan
 
 
-
 def _long_name_refused(repo: Repository, why: str) -> str:
     return (f"repository name {repo.name[:40]}... ({len(repo.name)} characters) cannot be served: {why}, "
             f"and registry 2.8.2 then refuses names longer than 255 characters as docker.io/library/NAME "
             f"({normalized_length(repo.name)} here; at most 237 characters without a '/', 245 with one "
             "unless the first component is a host name); nothing was written")
-
 
 
 def _check_replay(request: PatchRequest, store: RegistryStore, plan: PatchPlan, trust) -> None:
@@ -269,7 +259,6 @@ def _downgrade_warnings(store: RegistryStore, repo: Repository, tag: Tag, plan: 
     return []
 
 
-
 def check_same_registry(store: RegistryStore, client, repo: Repository, tag: Tag) -> None:
     """The registry behind the URL must serve what the storage holds: the tag's digest
     (or, for a new tag, another tag of the repository, or of any repository). A
@@ -290,7 +279,6 @@ def check_same_registry(store: RegistryStore, client, repo: Repository, tag: Tag
             f"{opt.storage} / {opt.registry_url} / {opt.registry_config}); nothing was written")
 
 
-
 def _check_consumable(store: RegistryStore, plan: PatchPlan) -> None:
     """--consume renames bundle files into the storage: they must be local files on the
     storage's filesystem. Refused before any write otherwise."""
@@ -307,7 +295,6 @@ def _check_consumable(store: RegistryStore, plan: PatchPlan) -> None:
             if not store.same_filesystem(path):
                 raise UsageError(f"{opt.consume}: {path} is not on the filesystem of the storage {store.root}, so "
                                  f"it cannot be renamed into it; drop {opt.consume} to copy it")
-
 
 
 def _check_repairs(request: PatchRequest, plan: PatchPlan) -> None:
@@ -330,7 +317,6 @@ def _check_repairs(request: PatchRequest, plan: PatchPlan) -> None:
         "a running registry caches blob sizes (storage.cache.blobdescriptor) and would keep serving the old "
         f"one until it restarts: give {opt.restart} (command:... or process:...) so regpatch restarts it before "
         "the verification pull")
-
 
 
 def _apply(request: PatchRequest, plan: PatchPlan, loaded: PatchBundle, store: RegistryStore,
@@ -383,7 +369,6 @@ def _apply(request: PatchRequest, plan: PatchPlan, loaded: PatchBundle, store: R
     journal.mark(store, "publish tag")
 
 
-
 def _record_tag_change(store: RegistryStore, repo: Repository, tag: Tag, plan: PatchPlan,
                        journal: Journal, source: str) -> None:
     """History gets one entry per tag change, also when a killed run moved the tag
@@ -397,12 +382,10 @@ def _record_tag_change(store: RegistryStore, repo: Repository, tag: Tag, plan: P
         record_history(store, repo, tag, old, plan.new, action="patch", source=source)
 
 
-
 def _new_result(plan: PatchPlan, target: RegistryTarget, store: RegistryStore, *, dry_run: bool) -> PatchResult:
     return PatchResult(str(plan.repository), str(plan.tag), str(plan.old) if plan.old else None,
                        str(plan.new), dry_run, registry=target.describe(), warnings=list(plan.warnings),
                        plan_text=plan.render(store.layout))
-
 
 
 def _fetch_stats(loaded: PatchBundle) -> list[dict]:

@@ -62,7 +62,6 @@ class PatchResult:
         return render_patch_markdown(self)
 
 
-
 @dataclass
 class RollbackResult:
     repository: str
@@ -85,7 +84,6 @@ class RollbackResult:
                 f"| verification | {self.verified or 'not run (no registry URL)'} |\n")
 
 
-
 def _with_result(e: BaseException, result) -> BaseException:
     try:
         e.result = result  # type: ignore[attr-defined]
@@ -94,10 +92,8 @@ def _with_result(e: BaseException, result) -> BaseException:
     return e
 
 
-
 def _stamp() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-
 
 
 def _write_report(store: RegistryStore, repo: Repository, tag: Tag, result) -> None:
@@ -108,7 +104,6 @@ def _write_report(store: RegistryStore, repo: Repository, tag: Tag, result) -> N
         result.report_path = str(path)
     except (RegpatchError, OSError) as e:
         log.warning("could not write the run report %s: %s", path, e)
-
 
 
 def render_patch_markdown(r: PatchResult) -> str:

@@ -26,34 +26,26 @@ log = logging.getLogger("regpatch.registry")
 ENV_USERNAME = "REGPATCH_REGISTRY_USERNAME"
 
 
-
 ENV_PASSWORD = "REGPATCH_REGISTRY_PASSWORD"
-
 
 
 HOW_TO_GIVE_CREDENTIALS = (f"set {ENV_USERNAME} and {ENV_PASSWORD}, or give a docker config.json "
                            "(auth file) with an 'auths' entry or a credential helper for the registry")
 
 
-
 HELPER_PREFIX = "docker-credential-"
-
 
 
 HELPER_TIMEOUT = 30.0
 
 
-
 HELPER_NOT_FOUND = b"credentials not found in native keychain"  # the protocol's "no entry" answer
-
 
 
 TOKEN_USERNAME = "<token>"  # a helper's Username meaning: Secret is an identity token
 
 
-
 _HELPER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", re.ASCII)
-
 
 
 @dataclass(frozen=True)
@@ -77,7 +69,6 @@ class Credentials:
         return "Basic " + base64.b64encode(raw).decode("ascii")
 
 
-
 def _normalise_host(value: str) -> str:
     """'https://Host:5000/v1/' -> 'host:5000'; 'host:5000' -> 'host:5000'."""
     v = value.strip()
@@ -86,7 +77,6 @@ def _normalise_host(value: str) -> str:
     parts = urlsplit(v)
     netloc = parts.netloc.rsplit("@", 1)[-1]
     return netloc.lower()
-
 
 
 def _default_auth_files(env: Mapping[str, str]) -> list[Path]:
@@ -100,7 +90,6 @@ def _default_auth_files(env: Mapping[str, str]) -> list[Path]:
     if env.get("HOME"):
         files.append(Path(env["HOME"]) / ".docker" / "config.json")
     return files
-
 
 
 def load_credentials(host: str, *, auth_file: str | Path | None = None,
@@ -136,7 +125,6 @@ def load_credentials(host: str, *, auth_file: str | Path | None = None,
         if candidate.is_file():
             return _credentials_from_file(candidate, host, env)
     return None
-
 
 
 def _credentials_from_file(path: Path, host: str, env: Mapping[str, str] = os.environ) -> Optional[Credentials]:
@@ -178,7 +166,6 @@ def _credentials_from_file(path: Path, host: str, env: Mapping[str, str] = os.en
     return creds
 
 
-
 def _credentials_from_entry(entry, path: Path, host: str) -> Optional[Credentials]:
     if not isinstance(entry, dict):
         raise UsageError(f"auth file {path}: the 'auths' entry for {host} must be an object")
@@ -205,7 +192,6 @@ def _credentials_from_entry(entry, path: Path, host: str) -> Optional[Credential
                              "'password' strings")
         return Credentials(username, secret)
     return None
-
 
 
 def credentials_from_helper(helper: object, server: str, *, origin: str,

@@ -40,8 +40,6 @@ from regpatch.sanitize import redact_command
 log = logging.getLogger("regpatch.registry")
 
 
-
-
 T = TypeVar("T")
 RepoLike = Union[str, Repository]
 RefLike = Union[str, Tag, Digest]
@@ -171,7 +169,6 @@ def _ref(value: RefLike) -> Union[Tag, Digest]:
 
 def _name(repo: Repository, ref: Union[Tag, Digest]) -> str:
     return f"{repo}@{ref}" if isinstance(ref, Digest) else f"{repo}:{ref}"
-
 
 
 class RegistryHTTP:

@@ -33,7 +33,6 @@ class HistoryEntry:
     actor: str
 
 
-
 def record_history(store, repo: Repository, tag: Tag, old: Optional[Digest], new: Digest, *,
                    action: str, source: str) -> HistoryEntry:
     """Append one line to history.jsonl (O_APPEND, fsynced)."""
@@ -54,7 +53,6 @@ def record_history(store, repo: Repository, tag: Tag, old: Optional[Digest], new
             os.close(fd)
     checkpoint("history")
     return entry
-
 
 
 def read_history(layout: Layout, repository: Optional[str] = None,
@@ -79,7 +77,6 @@ def read_history(layout: Layout, repository: Optional[str] = None,
     return entries
 
 
-
 def _history_entry(doc) -> HistoryEntry:
     """One history line, checked the way this code writes it: every field a string (``old``
     may be null), the digests valid; anything else raises ValueError or TypeError."""
@@ -95,14 +92,12 @@ def _history_entry(doc) -> HistoryEntry:
     return e
 
 
-
 def previous_digest(layout: Layout, repo: Repository, tag: Tag, current: Optional[Digest]) -> Optional[Digest]:
     """The digest the tag pointed at before it became ``current`` (from history)."""
     for e in reversed(read_history(layout, repo.name, tag.name)):
         if current is not None and e.new == str(current) and e.old:
             return Digest.parse(e.old)
     return None
-
 
 
 def render_history(entries: list[HistoryEntry]) -> str:

@@ -52,7 +52,6 @@ class Journal:
         self.save(store)
 
 
-
 def was_verified(store, repo: Repository, tag: Tag, target: Digest, url: Optional[str]) -> bool:
     """True when the last patch of this tag to ``target`` completed with a verification
     pull that went through the registry API ``url`` (never for a run without a URL)."""
@@ -60,7 +59,6 @@ def was_verified(store, repo: Repository, tag: Tag, target: Digest, url: Optiona
         return False
     j = Journal.load(store.layout.journal(repo, tag))
     return bool(j and j.target == str(target) and j.status == "complete" and j.verified_url == url)
-
 
 
 def open_journal(store, repo: Repository, tag: Tag, target: Digest, old: Optional[Digest],

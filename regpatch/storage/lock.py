@@ -36,7 +36,6 @@ def _try_lock(fd: int) -> bool:
         return False
 
 
-
 def _unlock(fd: int) -> None:
     if sys.platform == "win32":
         import msvcrt  # one of the two exists, by platform
@@ -47,7 +46,6 @@ def _unlock(fd: int) -> None:
         import fcntl  # one of the two exists, by platform
 
         fcntl.flock(fd, fcntl.LOCK_UN)
-
 
 
 @contextmanager
@@ -84,7 +82,6 @@ def repository_lock(layout: Layout, repo: Repository, *, timeout: float = 300.0,
             _unlock(fd)
     finally:
         os.close(fd)
-
 
 
 def _read_holder(path: Path) -> str:
