@@ -293,16 +293,9 @@ def _same_layer_twice(earlier: SavedLayer, layer: SavedLayer, source: BundleSour
                             f"{layer.diff_id}): the config contradicts its layers; save the image again")
 
 
-def load_docker_save(source: BundleSource, *, image: Optional[str] = None, scratch: Optional[Path] = None,
-                     foreign_layers: str = "keep", gzip_level: Optional[int] = None):
-    """Convert the chosen image of a docker save archive into a PatchBundle (new digest)."""
-    level = DEFAULT_LEVEL if gzip_level is None else gzip_level
-    if not 1 <= level <= 9:
-        raise UsageError(f"gzip level must be 1..9, got {level}")
-    t0 = time.monotonic()
-    img = select_image(read_saved_images(source), image, source.description)
-    work = _ScratchDir(Path(scratch)) if scratch is not None else None
-    converted: dict[str, ConvertedLayer] = {}   # canonical member -> result
+def _layers_to_convert(img: SavedImage, source: BundleSource,
+                       foreign_layers: str) -> tuple[list[SavedLayer], dict[int, dict]]:
+    """(the layer files to convert, each once; the foreign layers kept as they are, by index)."""
     todo: list[SavedLayer] = []
     keep: dict[int, dict] = {}
     first: dict[str, SavedLayer] = {}  # canonical member -> the first layer that lists it
@@ -316,6 +309,20 @@ def load_docker_save(source: BundleSource, *, image: Optional[str] = None, scrat
             continue
         first[member] = layer
         todo.append(layer)
+    return todo, keep
+
+
+def load_docker_save(source: BundleSource, *, image: Optional[str] = None, scratch: Optional[Path] = None,
+                     foreign_layers: str = "keep", gzip_level: Optional[int] = None):
+    """Convert the chosen image of a docker save archive into a PatchBundle (new digest)."""
+    level = DEFAULT_LEVEL if gzip_level is None else gzip_level
+    if not 1 <= level <= 9:
+        raise UsageError(f"gzip level must be 1..9, got {level}")
+    t0 = time.monotonic()
+    img = select_image(read_saved_images(source), image, source.description)
+    work = _ScratchDir(Path(scratch)) if scratch is not None else None
+    converted: dict[str, ConvertedLayer] = {}   # canonical member -> result
+    todo, keep = _layers_to_convert(img, source, foreign_layers)
 
     def convert(name: str, stream: BinaryIO) -> None:
         layer = next(l for l in todo if l.name == name)
