@@ -114,8 +114,8 @@ def _vouched(record: logging.LogRecord) -> bool:
 
 REDACTED = "***"
 
-# one shell word: quoted strings, $(commands) and runs of non-blank characters, glued together
-_WORD = r"""(?:'[^']*'|"(?:[^"\\]|\\.)*"|\$'(?:[^'\\]|\\.)*'|\$\([^()]*\)|[^\s'"]+)+"""
+# one shell word: quoted strings, $(commands) and runs of characters that end no word, glued together
+_WORD = r"""(?:'[^']*'|"(?:[^"\\]|\\.)*"|\$'(?:[^'\\]|\\.)*'|\$\([^()]*\)|[^\s'";&|<>()]+)+"""
 _BEFORE_OPTION = r"(?<![\w./-])"     # an option starts a word: not "re-run", not "a/-p"
 
 # options whose whole value is a secret: long ones with ' ' or '=', -p also attached (-pPW)
@@ -244,13 +244,23 @@ def referenced_secrets(text: str, environ: Optional[Mapping[str, str]] = None) -
     return tuple(v for v in (env.get(n) for n in referenced_variables(text)) if v)
 
 
+def command_secrets(text: str, environ: Optional[Mapping[str, str]] = None) -> tuple[str, ...]:
+    """Every secret a command carries or expands: its literal credentials and the values of the
+    variables it names where a credential goes. Its output (a failing command's stderr line) is
+    redacted with them: a secret it echoes is hidden wherever it shows."""
+    return tuple(c.value(text) for c in find_credentials(text)) + referenced_secrets(text, environ)
+
+
 def redact(text: str, extra_secrets: Iterable[str] = ()) -> str:
-    """``text`` with every literal credential ``find_credentials`` finds, and every string of
-    ``extra_secrets``, replaced by ``***``. References stay: they are not secrets."""
+    """``text`` with every literal credential ``find_credentials`` finds (wherever its value shows
+    in the text), and every string of ``extra_secrets`` (3 characters or more), replaced by
+    ``***``. References stay: they are not secrets."""
     if not text:
         return text
     out = text
-    for secret in sorted({s for s in extra_secrets if s and len(s) >= 3}, key=len, reverse=True):
+    # a secret found in a credential position is hidden wherever else it shows in the text too
+    found = [c.value(text) for c in find_credentials(text)]
+    for secret in sorted({s for s in (*extra_secrets, *found) if s and len(s) >= 3}, key=len, reverse=True):
         out = out.replace(secret, REDACTED)
     for c in reversed(find_credentials(out)):
         out = out[:c.start] + REDACTED + out[c.end:]
