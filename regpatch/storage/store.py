@@ -118,6 +118,7 @@ class RegistryStore(Staging):
             self._refuse_state_in_docker()
             self._refuse_foreign_state_dir()
         self._owner = _storage_owner(root, self.layout.v2)
+        self._warned: set[str] = set()
 
     @property
     def root(self) -> Path:
@@ -317,11 +318,14 @@ class RegistryStore(Staging):
         return Digest("sha256", m.group(1).decode("ascii"))
 
     def current_tag(self, repo: Repository, tag: Tag) -> Optional[Digest]:
+        """The digest the tag holds; None for no tag, or a malformed link (warned about once)."""
         path = self.layout.tag_current_link(repo, tag)
         try:
             return self.read_link(path)
         except MalformedLink as e:
-            log.warning("%s; regpatch replaces it when it moves the tag", e)
+            if str(e) not in self._warned:  # the plan, the same-registry probe, a rollback: said once
+                self._warned.add(str(e))
+                log.warning("%s; regpatch replaces it when it moves the tag", e)
             return None
 
     def tags(self, repo: Repository, limit: int = 1000) -> list[Tag]:

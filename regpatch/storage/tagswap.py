@@ -55,6 +55,7 @@ from regpatch.errors import os_errors
 from regpatch.hooks import checkpoint, hook_point
 from regpatch.reference import Repository, Tag
 from regpatch.storage.files import fsync_dir
+from regpatch.storage.store import LINK_RE
 
 log = logging.getLogger("regpatch.store")
 
@@ -64,7 +65,6 @@ POLL = 0.005             # s: how often a push in flight is looked at
 MAX_INDEX_ENTRIES = 100_000
 READ_LIMIT = 1024        # a link is 71 bytes
 _HOLD = os.name != "nt"  # Windows: an open file cannot be replaced, so nothing is held open there
-_LINK_PREFIX = b"sha256:"
 
 AT_FDCWD = -100
 RENAME_NOREPLACE = 1
@@ -121,13 +121,10 @@ class FileId:
 
 
 def parse_link(raw: Optional[bytes]) -> Optional[Digest]:
-    """The digest of a link's bytes; None for no file or bytes that are not exactly a link."""
-    if raw is None or not raw.startswith(_LINK_PREFIX):
-        return None
-    try:
-        return Digest.parse(raw.decode("ascii"))
-    except (UnicodeDecodeError, ValueError):
-        return None
+    """The digest of a link's bytes, read as strictly as ``RegistryStore.read_link``; None for
+    no file or bytes that are not exactly a link (the plan has warned about those)."""
+    m = LINK_RE.fullmatch(raw) if raw is not None else None
+    return Digest("sha256", m.group(1).decode("ascii")) if m else None
 
 
 @dataclass(frozen=True)
