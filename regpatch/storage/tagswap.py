@@ -120,6 +120,33 @@ class FileId:
         return cls(st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
+def _create_from(tmp: Path, dst: Path) -> None:
+    """Give ``tmp`` the name ``dst`` unless ``dst`` exists (FileExistsError): os.rename refuses an
+    existing destination on Windows, link() does on POSIX; a filesystem without hard links gets
+    a last look and os.replace."""
+    if os.name == "nt":
+        os.rename(tmp, dst)
+        return
+    try:
+        os.link(tmp, dst)
+    except FileExistsError:
+        raise
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+        if os.path.lexists(dst):
+            raise FileExistsError(errno.EEXIST, "exists", str(dst)) from None
+        os.replace(tmp, dst)
+
+
+def _read_at_start(fd: int) -> bytes:
+    """A link's bytes through a descriptor, from the start (no os.pread on Windows)."""
+    if hasattr(os, "pread"):
+        return os.pread(fd, READ_LIMIT + 1, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return os.read(fd, READ_LIMIT + 1)
+
+
 def parse_link(raw: Optional[bytes]) -> Optional[Digest]:
     """The digest of a link's bytes, read as strictly as ``RegistryStore.read_link``; None for
     no file or bytes that are not exactly a link (the plan has warned about those)."""
@@ -183,7 +210,7 @@ class TagSwap:
                 self._raw, self._id = None, None
                 return
             try:
-                self._raw, self._id = os.pread(fd, READ_LIMIT + 1, 0), FileId.of(os.fstat(fd))
+                self._raw, self._id = _read_at_start(fd), FileId.of(os.fstat(fd))
             except BaseException:
                 os.close(fd)
                 raise
@@ -257,7 +284,7 @@ class TagSwap:
         """What changed in current/link since ``read`` (None: nothing)."""
         if self._path_id() != self._id:
             return "current/link was rewritten or replaced"
-        if self._fd is not None and os.pread(self._fd, READ_LIMIT + 1, 0) != self._raw:
+        if self._fd is not None and _read_at_start(self._fd) != self._raw:
             return "current/link was written in place"
         return None
 
@@ -273,8 +300,8 @@ class TagSwap:
                     return SwapOutcome(False, found=self._settled_holds())
                 self._entries = self._index_entries()  # it died half-way: its index link moves nothing
             hook_point("tag-flip:swap")
-            ours = FileId.of(os.stat(tmp))
             with os_errors("moving the tag of", self.current):
+                ours = FileId.of(os.stat(tmp))
                 moved, displaced = self._put_in_place(tmp)
             if not moved:
                 return SwapOutcome(False, found=self._settled_holds())
@@ -303,10 +330,7 @@ class TagSwap:
             return True, None
         try:  # a new tag: never over a current/link another writer just created
             if not rename2(tmp, self.current, RENAME_NOREPLACE):
-                if os.name == "nt":
-                    os.rename(tmp, self.current)  # refuses an existing destination there
-                else:
-                    os.link(tmp, self.current)
+                _create_from(tmp, self.current)
         except FileExistsError:
             return False, None
         return True, None
@@ -323,7 +347,7 @@ class TagSwap:
                 st = os.stat(displaced, follow_symlinks=False)
                 if st.st_ino != (self._id.ino if self._id else None):
                     return "current/link had been replaced by another writer just before the swap"
-            if self._fd is not None and os.pread(self._fd, READ_LIMIT + 1, 0) != self._raw:
+            if self._fd is not None and _read_at_start(self._fd) != self._raw:
                 return "the link regpatch replaced was written in place by another writer"
             now = self._path_id()
             if now is None or now.ino != ours.ino or self._read_current() != str(to).encode("ascii"):
@@ -358,7 +382,7 @@ class TagSwap:
                     raw = f.read(READ_LIMIT + 1)
                 candidates.append(parse_link(raw) if raw != self._raw else None)
             if self._fd is not None:
-                raw = os.pread(self._fd, READ_LIMIT + 1, 0)
+                raw = _read_at_start(self._fd)
                 candidates.append(parse_link(raw) if raw != self._raw else None)
             candidates += [parse_link(f"sha256:{h}".encode("ascii", "replace")) for h in self._changed_entries()]
         others: list[Digest] = []
