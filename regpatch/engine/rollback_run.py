@@ -14,6 +14,7 @@ import logging
 from typing import Optional
 
 from regpatch import interrupt
+from regpatch.digest import Digest
 from regpatch.engine.observer import LogObserver, Observer, _Steps
 from regpatch.engine.requests import RollbackRequest
 from regpatch.engine.results import RollbackResult, _write_report
@@ -44,7 +45,7 @@ def rollback(request: RollbackRequest, observer: Optional[Observer] = None) -> R
             client.check()
     store.claim_state_dir()
     with repository_lock(store.layout, repo, timeout=request.lock_timeout):
-        previous = Journal.load(store.layout.rollback_journal(repo, tag))
+        previous = _previous_journal(store, repo, tag)
         choice = steps("choose-rollback-target", lambda: choose_rollback(store, repo, tag, request.to, previous))
         if choice.done:
             log.info("%s", choice.done)
@@ -111,6 +112,26 @@ def _open_journal(store: RegistryStore, repo: Repository, tag: Tag, choice: Roll
                       kind="rollback")
     journal.save(store)
     return journal
+
+
+def _previous_journal(store: RegistryStore, repo: Repository, tag: Tag) -> Optional[Journal]:
+    """The tag's last rollback journal, if it is one regpatch wrote (every field of its kind);
+    else None, with a warning: the storage and the history decide without it."""
+    path = store.layout.rollback_journal(repo, tag)
+    j = Journal.load(path)
+    if j is None:
+        return None
+    texts = all(isinstance(v, str) for v in (j.repository, j.tag, j.target, j.source, j.status))
+    ok = texts and isinstance(j.runs, int) and isinstance(j.steps, list) and isinstance(j.old, (str, type(None)))
+    try:
+        ok = ok and Digest.parse(j.target) is not None and (j.old is None or Digest.parse(j.old) is not None)
+    except RegpatchError:
+        ok = False
+    if not ok:
+        log.warning("%s is not a rollback journal as regpatch writes it (a field of the wrong kind): ignored, the "
+                    "storage and the history decide", path)
+        return None
+    return j
 
 
 def _close_finished(store: RegistryStore, previous: Optional[Journal], choice: RollbackChoice) -> None:

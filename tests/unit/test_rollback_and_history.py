@@ -157,3 +157,15 @@ def test_a_credential_never_reaches_a_history_line(site):
                    source="https://alice:s3cretpw@reg.example/bundle")
     assert "s3cretpw" not in site.layout.history.read_text()
     assert "https://alice:***@reg.example/bundle" in render_history(read_history(site.layout))
+
+
+def test_a_rollback_journal_of_the_wrong_kind_is_ignored_not_fatal(site, caplog):
+    engine.patch(site.request())
+    path = site.layout.rollback_journal(R, T)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"repository": REPO, "tag": TAG, "target": 5, "old": ["x"], "source": "s",
+                                "runs": "many", "kind": "rollback"}))
+    with caplog.at_level(logging.WARNING, logger="regpatch.engine"):
+        assert rollback(site).changed
+    assert "is not a rollback journal as regpatch writes it" in caplog.text
+    assert Journal.load(path).status == "complete"
