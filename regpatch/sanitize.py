@@ -137,10 +137,12 @@ _PAIR_SHORT = re.compile(_BEFORE_OPTION + r"(?P<opt>-u)(?:=|\s+|(?=[^\s=]))(?P<v
 # scheme://user:secret@host
 _URL_USERINFO = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/:@'\"]*:(?P<val>[^\s/@'\"]*)@")
 # NAME=secret where NAME holds PASSWORD, PASSWD, TOKEN, SECRET or PASSPHRASE (any case); a name
-# that ends in _FILE, _PATH, _DIR or _URL names where a secret is, not the secret
+# that ends in _FILE, _PATH, _DIR or _URL names where a secret is, not the secret; true, false,
+# yes, no, none, null, 0 and 1 are switches
 _ASSIGNMENT = re.compile(r"(?<![\w-])(?P<name>[A-Za-z_][A-Za-z0-9_]*)=(?P<val>" + _WORD + ")")
 _SECRET_NAME = re.compile(r"PASSWORD|PASSWD|TOKEN|SECRET|PASSPHRASE", re.IGNORECASE)
 _NOT_SECRET_NAME = re.compile(r"_(?:FILE|PATH|DIR|URL)$", re.IGNORECASE)
+_SWITCH = re.compile(r"true|false|yes|no|none|null|[01]", re.IGNORECASE)  # identity_token=True is a switch
 # Authorization: Basic xxx / Bearer xxx (curl -H, wget --header)
 _AUTH_HEADER = re.compile(r"(?i:(?:proxy-)?authorization)\s*:\s*(?:[A-Za-z]+\s+)?(?P<val>[^\s'\"]+)")
 # a value that only names where the secret is: $VAR, ${VAR}, %VAR% (cmd), $(command)
@@ -152,13 +154,16 @@ _QUOTES = "'\""
 _NOT_A_PASSWORD = re.compile(r"(?:/|\./|\.\./|~/)\S*|(?:[\d.]+:)?\d{1,5}(?:-\d{1,5})?:\d{1,5}(?:-\d{1,5})?"
                              r"(?:/(?:tcp|udp|sctp))?")
 _UID_GID = re.compile(r"\d+:\d+")
+# flags that begin with -p and are no attached password (openssl -pubout/-passin, find -print/-prune...)
+_P_FLAGS = frozenset({"ubout", "ubin", "assin", "assout", "rint", "rint0", "rintf", "rune", "ath", "erm", "id"})
 
 
 @dataclass(frozen=True)
 class Credential:
     """Where a text carries a credential: ``text[start:end]`` is the secret value (quotes
     around it excluded); ``carrier`` says what carries it, in words an operator reads (never
-    the value); ``reference`` is True when the value only names a variable or a command
+    the value, and never in a form the detector would take for a credential itself: it ends
+    with the option's name); ``reference`` is True when the value only names a variable or a command
     (``$PW``, ``${PW}``, ``%PW%``, ``$(cat f)``): a reference, not a secret."""
 
     start: int
@@ -192,21 +197,23 @@ def scan_credentials(text: str) -> list[Credential]:
     (overlaps merged: a credential found twice counts once)."""
     found: list[Optional[Credential]] = []
     for m in _SECRET_LONG.finditer(text):
-        found.append(_span(text, m.start("val"), m.end("val"), f"the value of {m.group('opt')}"))
+        found.append(_span(text, m.start("val"), m.end("val"), f"the value given to {m.group('opt')}"))
     for m in _SECRET_SHORT.finditer(text):
-        if not _NOT_A_PASSWORD.fullmatch(m.group("val").strip(_QUOTES)):
-            found.append(_span(text, m.start("val"), m.end("val"),
-                               "the value of -p (a password to docker login, mysql...)"))
+        attached = m.start("val") == m.end("opt")
+        if not _NOT_A_PASSWORD.fullmatch(m.group("val").strip(_QUOTES)) \
+                and not (attached and m.group("val") in _P_FLAGS):
+            found.append(_span(text, m.start("val"), m.end("val"), "the value given to -p"))
     for m in _PAIR_LONG.finditer(text):
-        found.append(_pair(text, m, f"the password in {m.group('opt')} USER:PASSWORD"))
+        found.append(_pair(text, m, f"the password given to {m.group('opt')}"))
     for m in _PAIR_SHORT.finditer(text):
         if not _UID_GID.fullmatch(m.group("val").strip(_QUOTES)):
-            found.append(_pair(text, m, "the password in -u USER:PASSWORD"))
+            found.append(_pair(text, m, "the password given to -u"))
     for m in _URL_USERINFO.finditer(text):
-        found.append(_span(text, m.start("val"), m.end("val"), "the password in a URL (user:password@host)"))
+        found.append(_span(text, m.start("val"), m.end("val"), "the password of a URL's user"))
     for m in _ASSIGNMENT.finditer(text):
         name = m.group("name")
-        if _SECRET_NAME.search(name) and not _NOT_SECRET_NAME.search(name):
+        if _SECRET_NAME.search(name) and not _NOT_SECRET_NAME.search(name) \
+                and not _SWITCH.fullmatch(m.group("val").strip(_QUOTES)):
             found.append(_span(text, m.start("val"), m.end("val"), f"the value assigned to {name}"))
     for m in _AUTH_HEADER.finditer(text):
         found.append(_span(text, m.start("val"), m.end("val"), "an Authorization header"))

@@ -60,7 +60,10 @@ NOT_SECRETS = [
     "mkdir -p /var/run/registry && systemctl restart docker-registry",
     "docker run -d -p 5000:5000 -u 1000:1000 registry:2",
     "REGISTRY_PASSWORD_FILE=/run/secrets/pw ./pull.sh",
+    "Credentials(username='alice', identity_token=True)",
     "skopeo inspect --tls-verify=false docker://x",
+    "openssl pkey -in key.pem -pubout -passin env:PASS",
+    "find /var/lib/registry -name '*.tmp' -print",
     "curl https://reg.example:5000/v2/",
 ]
 

@@ -27,6 +27,10 @@ def test_every_spelling_is_refused_and_redacted(text, secret, caplog):
     with pytest.raises(UsageError, match="carries a credential inline") as e:
         refuse_inline_credentials("--verify-command", text)
     assert secret not in str(e.value)
+    # the refusal's own words are never taken for a credential (redacted into nonsense)
+    carrier = find_credentials(text)[0].carrier
+    assert f"inline ({carrier}); it would be stored" in str(e.value) and REDACTED not in str(e.value)
+    assert str(e.value).endswith("REGPATCH_REGISTRY_USERNAME/_PASSWORD")
     shown = redact(text)
     assert secret not in shown and REDACTED in shown
     assert shown.replace(REDACTED, secret) == text  # only the secret went: the command stays readable
@@ -98,3 +102,32 @@ def test_a_failing_verify_command_never_prints_its_password(monkeypatch):
     with pytest.raises(VerificationError) as e:
         run_verify_command("skopeo inspect -pLit-Secret-44 docker://{ref}", "reg/x@sha256:" + "a" * 64)
     assert "Lit-Secret-44" not in str(e.value) and "-p***" in str(e.value)
+
+
+def _message_literals():
+    """Every string literal and f-string of regpatch/ but docstrings, with its place."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).parents[2] / "regpatch"
+    for path in sorted(root.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                      if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                      and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+        for node in ast.walk(tree):
+            if id(node) in docstrings:
+                continue
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                yield f"{path.relative_to(root.parent)}:{node.lineno}", node.value
+            elif isinstance(node, ast.JoinedStr):
+                text = "".join(v.value if isinstance(v, ast.Constant) else "X" for v in node.values)
+                yield f"{path.relative_to(root.parent)}:{node.lineno}", text
+
+
+def test_no_message_of_regpatch_is_taken_for_a_credential():
+    """Every error and log line is redacted: a message whose own words look like a credential
+    (an example 'USER:PASSWORD', a flag like -pubout) would reach the operator mangled."""
+    hits = [f"{where}: {text[:80]!r}" for where, text in _message_literals()
+            if REDACTED not in text and find_credentials(text)]
+    assert hits == []
