@@ -71,6 +71,7 @@ LINK_READ_LIMIT = 1024  # a link is 71 bytes; anything longer is not a link
 
 _FOLLOWED: set[tuple[str, str]] = set()  # anchor symlinks already logged by this process
 _FOLLOWED_LOCK = threading.Lock()
+_WARNED: set[str] = set()  # malformed links already warned about by this process (path and bytes)
 
 
 def _marker(st: os.stat_result) -> dict:
@@ -137,7 +138,6 @@ class RegistryStore(Staging):
             self._refuse_state_in_docker()
             self._refuse_foreign_state_dir()
         self._owner = _storage_owner(root, self.layout.v2)
-        self._warned: set[str] = set()
 
     @property
     def root(self) -> Path:
@@ -334,8 +334,11 @@ class RegistryStore(Staging):
         try:
             return self.read_link(path)
         except MalformedLink as e:
-            if str(e) not in self._warned:  # the plan, the same-registry probe, a rollback: said once
-                self._warned.add(str(e))
+            with _FOLLOWED_LOCK:  # the plan, the same-registry probe, a preflight and its run: said once
+                key = f"{os.path.abspath(path)}\0{e}"
+                first = key not in _WARNED
+                _WARNED.add(key)
+            if first:
                 log.warning("%s; regpatch replaces it when it moves the tag", e)
             return None
 
