@@ -269,7 +269,7 @@ def install_blobs(plan: PatchPlan, store: RegistryStore, *,
 
 def write_links(plan: PatchPlan, store: RegistryStore, report: Optional[ApplyReport] = None) -> ApplyReport:
     """Steps 2-3: layer links, revision links. Never the tag's index link nor its
-    current/link (rollback.flip_tag writes both, after verification): the image becomes
+    current/link (engine.tags.flip_tag writes both, at publish, after verification): the image becomes
     pullable by digest, the tag still serves the old one, and a new tag appears in the
     registry's tag list only once it points at a proven image."""
     report = report or ApplyReport()

@@ -25,6 +25,7 @@ from regpatch.errors import (
     RegpatchError,
     StorageMismatch,
     StorageNotFound,
+    TagRaced,
     UsageError,
     VerificationError,
 )
@@ -349,20 +350,25 @@ def _apply(request: PatchRequest, plan: PatchPlan, loaded: PatchBundle, store: R
     journal.mark(store, "verify pull")
 
     def publish_step() -> bool:
-        moved = flip_tag(store, repo, tag, plan.new, expected=plan.old)
+        try:
+            flip = flip_tag(store, repo, tag, plan.new, expected=plan.old, source=loaded.description)
+        except TagRaced as e:
+            result.tag_moved = e.holds == plan.new
+            raise
+        result.links_written += [store.layout.relative(p) for p in flip.links_written]
         result.tag_moved = True
         _record_tag_change(store, repo, tag, plan, journal, loaded.description)
         try:
             check_tag_served(target, repo, tag, plan.new)
         except VerificationError as e:
-            if moved and plan.old is not None:  # our own move, undone (only if nobody moved it since)
-                flip_tag(store, repo, tag, plan.old, expected=plan.new)
-                record_history(store, repo, tag, plan.new, plan.old, action="restore",
-                               source="the registry did not serve the new digest after the move")
+            if flip.moved and plan.old is not None:  # our own move, undone (only if nobody moved it since)
+                why = "the registry did not serve the new digest after the move"
+                flip_tag(store, repo, tag, plan.old, expected=plan.new, doing="restore", source=why)
+                record_history(store, repo, tag, plan.new, plan.old, action="restore", source=why)
                 result.tag_moved = False
                 raise VerificationError(f"{e}; the tag was put back on {plan.old}") from e
             raise
-        return moved
+        return flip.moved
 
     moved = steps("publish-tag", publish_step)
     result.changed = result.changed or moved

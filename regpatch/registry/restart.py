@@ -56,7 +56,7 @@ from regpatch.registry.processes import (
     wait_for_registry_process,
     wait_until_ready,
 )
-from regpatch.sanitize import redact_command
+from regpatch.sanitize import command_secrets, redact_command
 
 DEFAULT_BINARY = "docker-registry"
 DEFAULT_COMMAND_TIMEOUT = 300.0
@@ -149,8 +149,9 @@ class CommandRestart(RestartStrategy):
             if code != 0:
                 err.seek(0)
                 lines = [l.strip() for l in err.read().decode("utf-8", "replace").splitlines() if l.strip()]
-                last = lines[-1] if lines else "(no stderr)"
-                raise RestartError(f"restart command exited with code {code}: {self.command}; "
+                secrets = command_secrets(self.command)  # what it carries or expands may show up in its stderr
+                last = redact_command(lines[-1], secrets) if lines else "(no stderr)"
+                raise RestartError(f"restart command exited with code {code}: {redact_command(self.command)}; "
                                    f"last stderr line: {last}")
         url = self.ready_url
         if url:

@@ -12,7 +12,7 @@ from regpatch import interrupt
 from regpatch.errors import UsageError, VerificationError
 from regpatch.registry.config import registry_url_from_config, storage_root_from_config  # noqa: F401 (re-export)
 from regpatch.registry.credentials import ENV_PASSWORD
-from regpatch.sanitize import redact_command
+from regpatch.sanitize import command_secrets, redact_command
 
 log = logging.getLogger("regpatch.registry")
 
@@ -24,13 +24,14 @@ def run_verify_command(template: str, ref: str, *, timeout: float = 1800) -> Non
     last non-empty line of stderr. The command line is logged, and named in
     errors, only through ``redact_command`` (credential options, passwords in
     URLs and secret variables hidden); the stderr line is redacted the same
-    way, and ``REGPATCH_REGISTRY_PASSWORD``'s value is hidden wherever it is.
+    way, and ``REGPATCH_REGISTRY_PASSWORD``'s value, and the values of the variables the command
+    names where a credential goes (``--creds alice:$PW``), are hidden wherever they are.
     """
     if "{ref}" not in template:
         raise UsageError("the verify command must contain {ref}, where the image reference goes, "
                          "e.g. 'skopeo inspect docker://{ref}'")
     command = template.replace("{ref}", shlex.quote(ref))
-    secrets = tuple(s for s in (os.environ.get(ENV_PASSWORD),) if s)
+    secrets = tuple(s for s in (os.environ.get(ENV_PASSWORD),) if s) + command_secrets(template)
     shown = redact_command(command, secrets)
     log.info("running the verify command: %s", shown)
     # Its own session, stderr in a temp file: on a stop request or the timeout the

@@ -1,5 +1,6 @@
-"""The journal of a tag's last patch: what was under way, resumed by the same command. It tells the
-operator what happened; it never makes a step skip work (the storage decides)."""
+"""The journal of a tag's last patch, and of its last rollback: what was under way, resumed by the
+same command. It tells the operator what happened and what a killed run was doing; it never makes
+a step skip work and never says that something is done (the storage decides)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ class Journal:
     runs: int = 1
     error: Optional[str] = None
     verified_url: Optional[str] = None  # the registry API whose pull proved ``target``
+    kind: str = "patch"              # patch | rollback (a rollback's journal is a file of its own)
 
     @classmethod
     def load(cls, path: Path) -> Optional["Journal"]:
@@ -43,7 +45,8 @@ class Journal:
 
     def save(self, store) -> None:
         self.updated = now_iso()
-        path = store.layout.journal(Repository(self.repository), Tag(self.tag))
+        repo, tag = Repository(self.repository), Tag(self.tag)
+        path = store.layout.rollback_journal(repo, tag) if self.kind == "rollback" else store.layout.journal(repo, tag)
         store.write_file(path, json.dumps(asdict(self), indent=1).encode())
 
     def mark(self, store, step: str) -> None:

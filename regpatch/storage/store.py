@@ -71,6 +71,7 @@ LINK_READ_LIMIT = 1024  # a link is 71 bytes; anything longer is not a link
 
 _FOLLOWED: set[tuple[str, str]] = set()  # anchor symlinks already logged by this process
 _FOLLOWED_LOCK = threading.Lock()
+_WARNED: set[str] = set()  # malformed links already warned about by this process (path and bytes)
 
 
 def _marker(st: os.stat_result) -> dict:
@@ -328,11 +329,17 @@ class RegistryStore(Staging):
         return Digest("sha256", m.group(1).decode("ascii"))
 
     def current_tag(self, repo: Repository, tag: Tag) -> Optional[Digest]:
+        """The digest the tag holds; None for no tag, or a malformed link (warned about once)."""
         path = self.layout.tag_current_link(repo, tag)
         try:
             return self.read_link(path)
         except MalformedLink as e:
-            log.warning("%s; regpatch replaces it when it moves the tag", e)
+            with _FOLLOWED_LOCK:  # the plan, the same-registry probe, a preflight and its run: said once
+                key = f"{os.path.abspath(path)}\0{e}"
+                first = key not in _WARNED
+                _WARNED.add(key)
+            if first:
+                log.warning("%s; regpatch replaces it when it moves the tag", e)
             return None
 
     def tags(self, repo: Repository, limit: int = 1000) -> list[Tag]:
@@ -441,9 +448,8 @@ class RegistryStore(Staging):
             log.debug("could not record verified blob %s: %s", digest, e)
 
     # -- writing ------------------------------------------------------------
-    @contextmanager
-    def _temp_beside(self, final: Path, durable: bool = True) -> Iterator[BinaryIO]:
-        """A temp file in final's folder; renamed onto final when the block succeeds."""
+    def _new_temp(self, final: Path) -> tuple[Path, BinaryIO]:
+        """A new temp file in final's folder (mode 0644 whatever the umask, the storage's owner)."""
         self._mkdirs(final.parent)
         with _io("cleaning temp files of", final.parent):
             sweep_temp_files(final.parent)
@@ -452,12 +458,24 @@ class RegistryStore(Staging):
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, FILE_MODE)  # RDWR: the copy is hashed back
         except OSError as e:
             _raise_write_error(e, final)
+        f = os.fdopen(fd, "wb", buffering=0)
         try:
-            with os.fdopen(fd, "wb", buffering=0) as f:
-                if hasattr(os, "fchmod"):
-                    os.fchmod(f.fileno(), FILE_MODE)  # umask-proof
-                if self._owner is not None:
-                    os.fchown(f.fileno(), *self._owner)
+            if hasattr(os, "fchmod"):
+                os.fchmod(f.fileno(), FILE_MODE)  # umask-proof
+            if self._owner is not None:
+                os.fchown(f.fileno(), *self._owner)
+        except OSError as e:
+            f.close()
+            self._discard(tmp)
+            _raise_write_error(e, final)
+        return tmp, f
+
+    @contextmanager
+    def _temp_beside(self, final: Path, durable: bool = True) -> Iterator[BinaryIO]:
+        """A temp file in final's folder; renamed onto final when the block succeeds."""
+        tmp, f = self._new_temp(final)
+        try:
+            with f:
                 yield f
                 if durable:
                     f.flush()
@@ -482,6 +500,26 @@ class RegistryStore(Staging):
             pass
         except OSError as e:
             log.debug("could not remove %s: %s", tmp, e)
+
+    def write_temp(self, final: Path, data: bytes) -> Path:
+        """``data`` in a new temp file beside ``final``, fsynced, NOT renamed: for a caller that
+        puts it in place itself (``storage.tagswap``); it removes it with ``discard_temp``."""
+        tmp, f = self._new_temp(final)
+        try:
+            with f:
+                f.write(data)
+                os.fsync(f.fileno())
+        except OSError as e:
+            self._discard(tmp)
+            _raise_write_error(e, final)
+        except BaseException:
+            self._discard(tmp)
+            raise
+        return tmp
+
+    def discard_temp(self, tmp: Path) -> None:
+        """Remove a temp file of ``write_temp`` (gone already: nothing to do)."""
+        self._discard(tmp)
 
     def write_file(self, path: Path, data: bytes, durable: bool = True) -> None:
         with self._temp_beside(path, durable) as f:
