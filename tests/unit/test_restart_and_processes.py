@@ -9,6 +9,7 @@ import hashlib
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -297,7 +298,7 @@ def test_local_registry_start_is_a_no_op_while_its_process_runs_and_stop_ends_it
 def test_demo_refuses_a_workdir_it_did_not_make(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     assert demo.main(["--workdir", str(tmp_path / "file")]) == 1
-    assert "FAILED at step 1/8: DemoFailed: --workdir" in capsys.readouterr().err
+    assert "FAILED at step 1/9: DemoFailed: --workdir" in capsys.readouterr().err
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "precious.txt").write_text("keep me")
@@ -330,8 +331,8 @@ def test_demo_without_docker_registry_fails_at_step_two_with_one_line(tmp_path, 
     monkeypatch.setattr(demo, "DELTA_SIZE", 16 << 10)
     assert demo.main(["--workdir", str(tmp_path / "wd")]) == 1
     out, err = capsys.readouterr()
-    assert "=== Step 1/8: build the sample images" in out and "staged patch bundle" in out
-    assert err.strip().splitlines()[-1] == ("FAILED at step 2/8: RegistryUnavailable: registry binary "
+    assert "=== Step 1/9: build the sample images" in out and "staged patch bundle" in out
+    assert err.strip().splitlines()[-1] == ("FAILED at step 2/9: RegistryUnavailable: registry binary "
                                            "'docker-registry' not found on PATH; install the docker-registry package")
     assert (tmp_path / "wd" / "scenario" / "staged" / "delta.tar.gz.manifest.json").is_file()
     with pytest.raises(demo.DemoFailed, match="skopeo is not installed; run scripts/bootstrap.sh"):
@@ -344,8 +345,8 @@ def test_demo_finish_stops_or_describes_the_registry(tmp_path, capsys):
     d.registry = LocalRegistry(tmp_path / "registry", port=5999)
     d.finish()
     out = capsys.readouterr().out
-    assert "registry still running at http://127.0.0.1:5999" in out
-    assert f"stop it: kill \"$(cat {tmp_path / 'registry' / 'registry.pid'})\"" in out and d.registry is None
+    assert "the first registry: http://127.0.0.1:5999" in out
+    assert f"stop everything: {sys.executable} -m regpatch.demo --stop --workdir {tmp_path}" in out
     d = demo.Demo(tmp_path, keep_running=False)
     d.registry = LocalRegistry(tmp_path / "registry", port=5999)
     d.finish()
