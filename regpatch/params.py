@@ -275,25 +275,29 @@ MODELS: dict[str, type[BaseModel]] = {"registry": RegistryParams, "verify": Veri
 
 # --------------------------------------------------------------------------- inline secrets
 
+# an environment reference, not a value: $NAME / ${NAME} (sh), %NAME% (cmd.exe)
+_REFERENCE = r"(?!['\"]?(?:\$|%[A-Za-z_][A-Za-z0-9_]*%))"
+
 _SECRET_PATTERNS = (
     re.compile(r"://[^/@\s]*:[^/@\s]*@"),                                  # user:password@host
     re.compile(r"(?:^|\s)--(?:creds|src-creds|dest-creds|password|registry-token|token)(?:=|\s+)"
-               r"(?!['\"]?\$)\S"),                                          # --creds user:pw (not $VAR)
-    re.compile(r"(?:^|\s)-p(?:\s+|=)?(?!['\"]?\$)\S"),                      # -p secret (docker login)
-    re.compile(r"\b\w*(?:PASSWORD|TOKEN|SECRET)\w*=(?!['\"]?\$)\S", re.IGNORECASE),
+               + _REFERENCE + r"\S"),                                      # --creds user:pw (not $VAR)
+    re.compile(r"(?:^|\s)-p(?:\s+|=)?" + _REFERENCE + r"\S"),              # -p secret (docker login)
+    re.compile(r"\b\w*(?:PASSWORD|TOKEN|SECRET)\w*=" + _REFERENCE + r"\S", re.IGNORECASE),
 )
 
 
 def has_inline_credentials(text: str) -> bool:
-    """True when ``text`` carries a credential literally (not as a $VARIABLE)."""
+    """True when ``text`` carries a credential literally (not as a ``$VARIABLE`` or, for
+    cmd.exe, a ``%VARIABLE%``)."""
     return any(p.search(text) for p in _SECRET_PATTERNS)
 
 
 def refuse_inline_credentials(what: str, text: Optional[str]) -> None:
     if text and has_inline_credentials(text):
         raise UsageError(f"{what} carries a credential inline; it would be stored with the run. "
-                         "Put it in an environment variable and write $NAME in its place, or use an "
-                         "auth file (--registry-auth-file) or REGPATCH_REGISTRY_USERNAME/_PASSWORD")
+                         "Put it in an environment variable and write $NAME (or %NAME% for cmd.exe) in its place, "
+                         "or use an auth file (--registry-auth-file) or REGPATCH_REGISTRY_USERNAME/_PASSWORD")
 
 
 # --------------------------------------------------------------------------- the caller's names

@@ -9,16 +9,20 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Optional
 
+from regpatch import platform
 from regpatch.digest import Digest
 from regpatch.errors import RegpatchError, os_errors
 from regpatch.hooks import checkpoint
 from regpatch.manifest import load_json
+from regpatch.platform.ownfiles import read_own_file
 from regpatch.reference import Repository, Tag
 from regpatch.sanitize import escape_controls
 from regpatch.storage.layout import Layout
 from regpatch.storage.state import actor, now_iso
 
 log = logging.getLogger("regpatch.state")
+
+HISTORY_LIMIT = 64 << 20  # about 200,000 tag changes
 
 
 @dataclass(frozen=True)
@@ -43,10 +47,10 @@ def record_history(store, repo: Repository, tag: Tag, old: Optional[Digest], new
     store.ensure_state_dir(path.parent)
     line = (json.dumps(asdict(entry)) + "\n").encode()
     with os_errors("appending to", path):
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        fd = platform.open_nofollow(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             end = os.lseek(fd, 0, os.SEEK_END)
-            if end and os.pread(fd, 1, end - 1) != b"\n":
+            if end and platform.pread(fd, 1, end - 1) != b"\n":
                 line = b"\n" + line  # the last line was torn: never continue it
             os.write(fd, line)
             os.fsync(fd)
@@ -59,10 +63,10 @@ def record_history(store, repo: Repository, tag: Tag, old: Optional[Digest], new
 
 def read_history(layout: Layout, repository: Optional[str] = None,
                  tag: Optional[str] = None) -> list[HistoryEntry]:
-    try:
-        lines = layout.history.read_text().splitlines()
-    except FileNotFoundError:
+    data = read_own_file(layout.history, HISTORY_LIMIT, what="history file")
+    if data is None:
         return []
+    lines = data.decode("utf-8", "replace").splitlines()
     entries = []
     for n, line in enumerate(lines, 1):
         if not line.strip():

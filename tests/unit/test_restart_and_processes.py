@@ -109,15 +109,18 @@ def test_pidfiles_are_written_atomically_and_read_strictly(tmp_path):
     assert read_pidfile(pidfile / "below-a-file") is None
 
 
+@pytest.mark.posix_only  # zombies and /proc (the POSIX implementation of the platform seam)
 def test_dead_and_zombie_processes_are_not_alive():
+    from regpatch.platform._posix import _is_zombie  # the POSIX implementation (imported on POSIX only)
+
     assert pid_alive(os.getpid()) and not pid_alive(0) and not pid_alive(-1)
     zombie = subprocess.Popen(["true"])
     deadline = time.monotonic() + 5
-    while service._is_zombie(zombie.pid) is False and time.monotonic() < deadline:
+    while _is_zombie(zombie.pid) is False and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert service._is_zombie(zombie.pid) and not pid_alive(zombie.pid)  # exited, not yet reaped
+    assert _is_zombie(zombie.pid) and not pid_alive(zombie.pid)  # exited, not yet reaped
     zombie.wait()
-    assert not pid_alive(zombie.pid) and not service._is_zombie(zombie.pid)
+    assert not pid_alive(zombie.pid) and not _is_zombie(zombie.pid)
     assert looks_like_registry(zombie.pid)  # no /proc entry left: nothing to say against it
 
 
