@@ -118,6 +118,7 @@ def test_the_registry_started_by_a_process_restart_gets_the_clean_environment(tm
     assert "REGISTRY_AUTH_FILE" not in env and "REGISTRY_HTTP_SECRET=pass-me" in env
 
 
+@pytest.mark.posix_only  # a signal to this process (os.kill)
 def test_chained_handlers_set_the_flag_then_call_the_previous_handler():
     calls = []
 

@@ -124,6 +124,7 @@ def test_dead_and_zombie_processes_are_not_alive():
     assert looks_like_registry(zombie.pid)  # no /proc entry left: nothing to say against it
 
 
+@pytest.mark.posix_only  # a shell-script stand-in: /proc's command line, a SIGTERM trap, sessions
 def test_a_detached_process_is_recognised_stopped_and_reaped(tmp_path, started):
     pidfile = tmp_path / "registry.pid"
     pid = started(pidfile=pidfile)
@@ -137,6 +138,7 @@ def test_a_detached_process_is_recognised_stopped_and_reaped(tmp_path, started):
     assert stop_pid(pid) is False and stop_pid(None) is False
 
 
+@pytest.mark.posix_only  # SIGTERM, then SIGKILL (Windows has TerminateProcess alone)
 def test_a_process_ignoring_sigterm_is_killed_after_the_timeout(started):
     pid = started(STUBBORN, "stubborn")
     t0 = time.monotonic()
@@ -208,6 +210,7 @@ def test_a_command_restart_reports_its_failures(tmp_path):
     assert marker.exists()  # the command ran; the registry never answered
 
 
+@pytest.mark.posix_only  # a shell-script stand-in, known by /proc's command line (Windows: the next test)
 def test_a_process_restart_stops_the_old_pid_and_starts_the_binary_again(tmp_path, started):
     binary = script(tmp_path, "registry-bin", SERVING)
     cfg = config(tmp_path)
@@ -312,6 +315,7 @@ def test_demo_refuses_a_workdir_it_did_not_make(tmp_path, capsys):
     assert (args.workdir, args.keep_running) == (Path("demo"), False)
 
 
+@pytest.mark.posix_only  # a shell-script stand-in, known by /proc's command line
 def test_demo_reclaims_its_own_workdir_and_stops_a_registry_it_left_running(tmp_path, started, capsys):
     wd = tmp_path / "wd"
     (wd / "registry").mkdir(parents=True)
