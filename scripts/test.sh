@@ -48,6 +48,8 @@ if [ "$cov_rc" -ne 0 ]; then
     exit 2
 fi
 echo "== Windows-API layer (pytest --windows-api: tests/unit again, tests/e2e/test_windows_api.py) =="
-run "$PY" -m pytest -q --windows-api -p no:cacheprovider tests/unit tests/e2e/test_windows_api.py
+# (two runs: tests/unit and tests/e2e each import their own conftest by that name)
+run "$PY" -m pytest -q --windows-api -p no:cacheprovider tests/unit
+run "$PY" -m pytest -q --windows-api -p no:cacheprovider tests/e2e/test_windows_api.py
 echo "== end-to-end layer (tests/e2e) =="
 run "$PY" -m pytest -q tests/e2e

@@ -564,7 +564,7 @@ class S3Source(BundleSource):
                 os.fsync(dst.fileno())
             platform.replace(tmp, cache)
             log.info("cached %s", cache)
-        except OSError as e:
+        except (OSError, RegpatchError) as e:  # (RegpatchError: FileInUse, Windows)
             log.warning("could not write the cache entry %s: %s", cache, e)
             _unlink(tmp)
 

@@ -132,6 +132,13 @@ def fsync_dir(path: StrPath) -> None:
     _impl.fsync_dir(path)
 
 
+def fsync_path(path: StrPath) -> None:
+    """Make the data of the file at ``path`` durable when the caller holds it open read-only
+    (a file taken with ``--consume``): POSIX fsyncs any descriptor; Windows'
+    ``FlushFileBuffers`` needs a writable one, so the file must be writable (not read-only)."""
+    _impl.fsync_path(path)
+
+
 def replace(src: StrPath, dst: StrPath, *, timeout: float = REPLACE_TIMEOUT) -> None:
     """``os.replace``. On Windows a target another program holds open (a sharing violation,
     winerror 32 or 5) is retried for ``timeout`` seconds (a stop request ends the wait),

@@ -87,6 +87,9 @@ class Platform(ABC):
     def fsync_dir(self, path: StrPath) -> None: ...
 
     @abstractmethod
+    def fsync_path(self, path: StrPath) -> None: ...
+
+    @abstractmethod
     def replace(self, src: StrPath, dst: StrPath, timeout: float) -> None: ...
 
     @abstractmethod

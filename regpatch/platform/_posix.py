@@ -149,6 +149,13 @@ class PosixPlatform(Platform):
         finally:
             os.close(fd)
 
+    def fsync_path(self, path: StrPath) -> None:
+        fd = os.open(path, os.O_RDONLY)  # fsync needs no write access here
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
     def replace(self, src: StrPath, dst: StrPath, timeout: float) -> None:
         os.replace(src, dst)  # atomic; nobody's open file stops it here
 

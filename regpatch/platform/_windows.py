@@ -191,6 +191,13 @@ class WindowsPlatform(Platform):
     def fsync_dir(self, path: StrPath) -> None:
         return None  # a folder cannot be opened for fsync; NTFS journals its entries itself
 
+    def fsync_path(self, path: StrPath) -> None:
+        fd = os.open(path, os.O_RDWR | self.binary_flag)  # FlushFileBuffers needs a writable handle
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
     def replace(self, src: StrPath, dst: StrPath, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         delay = 0.02

@@ -264,8 +264,8 @@ class Staging:
         try:
             with open(tmp, "rb", buffering=0) as f:
                 hash_fd(f.fileno(), what=what, expected=digest, expected_size=size, progress=progress)
-                os.fsync(f.fileno())
-            os.chmod(tmp, FILE_MODE)
+            os.chmod(tmp, FILE_MODE)  # (on Windows it also ends a read-only attribute the flush would refuse)
+            platform.fsync_path(tmp)
             if self._owner is not None:
                 platform.chown(tmp, self._owner)
         except BaseException:

@@ -9,7 +9,8 @@ standard library, pytest and the test code keep running as on Linux):
   Windows stubs of Python 3.11 lack (``support.apiset.unix_only``: ``os.pread``,
   ``os.killpg``, ``signal.SIGKILL``, ...) and for ``os.kill`` (it exists on Windows but is
   ``TerminateProcess``); the ``os`` view also has ``O_BINARY`` and refuses an ``os.open``
-  without it (a text-mode descriptor on Windows). Their ``subprocess`` refuses POSIX-only
+  without it (a text-mode descriptor on Windows) and an ``os.fsync`` of a read-only
+  descriptor (``FlushFileBuffers`` needs write access). Their ``subprocess`` refuses POSIX-only
   arguments (``start_new_session``, ``preexec_fn``, ...). Every refusal is recorded, and a
   test that provoked one fails, even if the project's code caught the error;
 - importing ``fcntl``, ``termios``, ``resource``, ``pwd``, ``grp`` (and the other POSIX-only
@@ -98,6 +99,15 @@ def _open(path: Any, flags: int, mode: int = 0o777, *, dir_fd: Any = None) -> in
     return os.open(path, flags & ~O_BINARY, mode, dir_fd=dir_fd)
 
 
+def _fsync(fd: int) -> None:
+    import fcntl  # (the test kit's own: the descriptor's access mode)
+
+    if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+        raise _refuse("os", "fsync", PermissionError,
+                      "os.fsync of a read-only descriptor: FlushFileBuffers needs write access on Windows")
+    os.fsync(fd)
+
+
 def _popen_guard(fn: Any) -> Any:
     def guarded(*args: Any, **kwargs: Any) -> Any:
         posix = [k for k in POSIX_POPEN_ARGS if kwargs.get(k) not in (None, False, (), -1)]
@@ -115,7 +125,7 @@ def _views() -> dict[str, ApiView]:
 
     popen = {name: _popen_guard(getattr(subprocess, name))
              for name in ("Popen", "run", "call", "check_call", "check_output")}
-    return {"os": ApiView(os, unix_only("os") | {"kill"}, {"O_BINARY": O_BINARY, "open": _open}),
+    return {"os": ApiView(os, unix_only("os") | {"kill"}, {"O_BINARY": O_BINARY, "open": _open, "fsync": _fsync}),
             "signal": ApiView(signal, unix_only("signal"), {}),
             "subprocess": ApiView(subprocess, frozenset(), popen)}
 
@@ -202,8 +212,8 @@ def pytest_runtest_call(item: pytest.Item):
         refused = take_refusals()
         if refused:
             lines = [f"{m}.{n} from {where}\n{stack}" for m, n, where, stack in refused[:5]]
-            pytest.fail("the project reached a Unix-only call under the Windows-API layer:\n" + "\n".join(lines),
-                        pytrace=False)
+            pytest.fail("the project reached a call a Windows Python refuses (Unix-only, or not allowed there) "
+                        "under the Windows-API layer:\n" + "\n".join(lines), pytrace=False)
 
 
 # -- the command line under the layer ---------------------------------------------------------
