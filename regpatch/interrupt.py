@@ -23,8 +23,6 @@ from typing import Iterator, Optional
 from regpatch import platform
 from regpatch.platform import stopflag
 
-POLL_SECONDS = 0.2
-
 
 def request_stop(signum: int = signal.SIGINT) -> None:
     """Ask every loop of this process to stop at its next check."""
