@@ -15,7 +15,7 @@ from prefect import flow, get_run_logger
 from pydantic import Field
 
 from regpatch.engine.patch_run import open_bundle
-from regpatch.fleet.rollout import RolloutFailed, RolloutState, render_table, run_rollout
+from regpatch.fleet.rollout import RolloutFailed, RolloutState, check_state_dir, render_table, run_rollout
 from regpatch.params import RolloutParams, S3Params, VerifyParams, form_terms
 from regpatch.reference import Repository, Tag
 from regpatch_flows.patch import patch_registry
@@ -60,9 +60,9 @@ def rollout(
         entries = read_inventory(rollout.inventory, rollout.only)
         deployments = find_patch_deployments(entries) if any(e.work_pool for e in entries) else {}
         digest = str(open_bundle(bundle, image=image, s3=s3_options_for(bundle, s3)).top.digest)
-        state_dir = rollout.state_dir
-        state = RolloutState(Path(state_dir) if state_dir else RolloutState.default_dir(Path(rollout.inventory)),
-                             repository, tag, digest)
+        state_dir = Path(rollout.state_dir) if rollout.state_dir else RolloutState.default_dir(Path(rollout.inventory))
+        check_state_dir(state_dir, entries)
+        state = RolloutState(state_dir, repository, tag, digest)
         get_run_logger().info("rollout of %s:%s = %s to %d registries; state in %s", repository, tag, digest,
                               len(entries), state.path)
         patch_one = patcher(bundle=bundle, repository=repository, tag=tag, image=image,

@@ -220,6 +220,10 @@ class BundleMismatch(BundleError):
     """regpatch-bundle.json does not describe the bundle (a file added, removed or altered)."""
 
 
+class OlderBundle(BundleError):
+    """A signed bundle made before the image the tag serves: a replay, refused unless asked for."""
+
+
 class BaseBlobsMissing(BundleError):
     """Blobs the bundle assumes the site holds are not in the registry storage."""
 

@@ -260,6 +260,52 @@ def _descriptor(obj, where: str) -> Descriptor:
     return Descriptor(media_type, digest, size, tuple(urls), platform, annotations)
 
 
+_IMAGE_FIELDS = ("config", "layers")
+_INDEX_FIELDS = ("manifests",)
+
+
+def manifest_kind(doc: dict, media_type_hint: str, what: str) -> str:
+    """The media type of a manifest document, decided as the registry decides it, or a
+    ``ManifestError`` where a reader could decide otherwise.
+
+    The document's ``mediaType`` decides (distribution serves it by that field); without
+    one it is an OCI index when it has ``manifests``, else an OCI image manifest. A
+    document that carries the fields of both kinds (``config``/``layers`` and
+    ``manifests``) is refused whatever it declares: the registry's ``PUT`` refuses it
+    (400 MANIFEST_INVALID, the CVE-2021-41190 rules of distribution 2.8), containers/image
+    rejects it as ambiguous, and without ``mediaType`` the registry would serve it as an
+    index where the bundle's index.json may call it an image. A hint (how index.json or
+    a parent index describes it) of the other kind is refused too.
+    """
+    declared = doc.get("mediaType")
+    if declared is not None and not isinstance(declared, str):
+        raise ManifestError(f"{what}: 'mediaType' must be a string")
+    has_image = [k for k in _IMAGE_FIELDS if k in doc]
+    has_index = [k for k in _INDEX_FIELDS if k in doc]
+    if has_image and has_index:
+        raise ManifestError(f"{what}: the document holds both {' and '.join(has_image)} (an image manifest's) "
+                            f"and {' and '.join(has_index)} (an index's): a registry refuses such an ambiguous "
+                            "manifest on push (MANIFEST_INVALID) and clients reject it; refusing it")
+    media_type = declared or (OCI_INDEX if has_index else OCI_MANIFEST)
+    if media_type in INDEX_TYPES and has_image:
+        raise ManifestError(f"{what}: an image index ({media_type}) must not hold {' or '.join(has_image)}")
+    if media_type in IMAGE_MANIFEST_TYPES and has_index:
+        raise ManifestError(f"{what}: an image manifest ({media_type}) must not hold 'manifests'")
+    hint_kind = _kind_of(media_type_hint)
+    if hint_kind and _kind_of(media_type) and hint_kind != _kind_of(media_type):
+        raise ManifestError(f"{what}: described as {media_type_hint} ({hint_kind}) but the document is "
+                            f"{media_type} ({_kind_of(media_type)}); refusing a manifest read two ways")
+    return media_type
+
+
+def _kind_of(media_type: str) -> str:
+    if media_type in INDEX_TYPES:
+        return "an image index"
+    if media_type in IMAGE_MANIFEST_TYPES:
+        return "an image manifest"
+    return ""
+
+
 def parse_manifest(raw: bytes, *, what: str, media_type_hint: str = "") -> Manifest:
     """Parse manifest bytes; ``what`` names the file or blob in every error."""
     if len(raw) > MAX_MANIFEST_SIZE:
@@ -268,15 +314,12 @@ def parse_manifest(raw: bytes, *, what: str, media_type_hint: str = "") -> Manif
     if not isinstance(doc, dict):
         raise ManifestError(f"{what}: a manifest must be a JSON object")
     _exact_fields(doc, what)
-    media_type = doc.get("mediaType") or media_type_hint or ""
-    if media_type in DOCKER_SCHEMA1 or doc.get("schemaVersion") == 1:
+    if doc.get("mediaType") in DOCKER_SCHEMA1 or doc.get("schemaVersion") == 1:
         raise ManifestError(f"{what}: Docker schema 1 manifests are not supported; "
                             "convert the image to schema 2 or OCI (e.g. skopeo copy --format v2s2)")
     if doc.get("schemaVersion") != 2:
         raise ManifestError(f"{what}: schemaVersion must be 2, got {doc.get('schemaVersion')!r}")
-    if not media_type:
-        # OCI allows mediaType to be absent; infer it from the shape.
-        media_type = OCI_INDEX if "manifests" in doc else OCI_MANIFEST
+    media_type = manifest_kind(doc, media_type_hint, what)
     digest = Digest.of_bytes(raw)
     if media_type in INDEX_TYPES:
         children = doc.get("manifests")

@@ -143,6 +143,9 @@ TRUST = _group(
     Option("allow_unsigned", "Allow unsigned", kind=bool, default=False,
            description="With trust keys: accept a bundle that carries no signature (a signature that no trust "
                        "key verifies is refused all the same)."),
+    Option("allow_downgrade", "Allow an older bundle", kind=bool, default=False,
+           description="Accept a signed bundle made before the image the tag serves now (a deliberate "
+                       "rollback by bundle; regpatch rollback is the usual way back)."),
 )
 
 MAX_PARALLEL = 32

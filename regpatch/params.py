@@ -227,6 +227,7 @@ class TrustParams(BaseModel):
 
     trust_keys: list[str] = spec(TRUST["trust_keys"])
     allow_unsigned: bool = spec(TRUST["allow_unsigned"])
+    allow_downgrade: bool = spec(TRUST["allow_downgrade"])
 
     @field_validator("trust_keys")
     @classmethod

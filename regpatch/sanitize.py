@@ -47,6 +47,13 @@ def escape_controls(text: str) -> str:
     return _UNSAFE_RE.sub(lambda m: _escape(m.group()), text)
 
 
+def shown(text: object, limit: int = 200) -> str:
+    """A string from a bundle, a storage or a server, bounded and escaped, as it may be
+    printed on a terminal (``escape_controls`` of at most ``limit`` characters)."""
+    value = str(text)
+    return escape_controls(value[:limit]) + ("..." if len(value) > limit else "")
+
+
 class SafeText(str):
     """Text regpatch composed itself whose untrusted parts are already escaped (with
     ``escape_controls``), so its own line breaks may stay: a multi-line plan, a table.

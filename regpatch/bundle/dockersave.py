@@ -49,6 +49,7 @@ from regpatch.digest import Digest
 from regpatch.errors import BundleError, DigestMismatch, InvalidReference, ManifestError, SourceError, UsageError
 from regpatch.manifest import DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFEST, load_json, parse_manifest
 from regpatch.options import opt
+from regpatch.sanitize import shown
 
 log = logging.getLogger("regpatch.bundle")
 
@@ -66,12 +67,6 @@ def strict_json(raw: bytes, what: str):
     """Parse JSON as Go's encoding/json reads it (the one strict reader, manifest.load_json:
     UTF-8 only, no duplicate or case-folded keys, no NaN/Infinity, nesting bounded)."""
     return load_json(raw, what=what)
-
-
-def printable(text: str, limit: int = 200) -> str:
-    """A name from the bundle as it may be shown on a terminal (no control characters)."""
-    out = "".join(c if c.isprintable() else "?" for c in text[:limit])
-    return out + ("..." if len(text) > limit else "")
 
 
 # -- what the archive says ----------------------------------------------------------------
@@ -171,9 +166,9 @@ def _member_name(value, what: str, files: dict[str, int]) -> str:
     try:
         name = _safe_name(name)
     except BundleError:
-        raise ManifestError(f"{what}: {printable(value)!r} is not a plain relative file name") from None
+        raise ManifestError(f"{what}: {shown(value)!r} is not a plain relative file name") from None
     if name not in files:
-        raise BundleError(f"{what} names {printable(value)!r}, which the archive does not hold: it is "
+        raise BundleError(f"{what} names {shown(value)!r}, which the archive does not hold: it is "
                           "incomplete")
     return name
 
@@ -218,15 +213,15 @@ def _matches(tag: str, wanted: str) -> bool:
 
 
 def select_image(images: list[SavedImage], image: Optional[str], where: str) -> SavedImage:
-    names = ", ".join(printable(i.name, 80) for i in images)
+    names = ", ".join(shown(i.name, 80) for i in images)
     if image is not None:
         chosen = [i for i in images if any(_matches(t, image) for t in i.repo_tags)
                   or image in (str(i.image_id), i.image_id.hex, i.image_id.short)]
         if not chosen:
-            raise UsageError(f"docker save archive {where} has no image {printable(image)!r}; it has: {names}")
+            raise UsageError(f"docker save archive {where} has no image {shown(image)!r}; it has: {names}")
         if len({i.image_id for i in chosen}) > 1:
             raise BundleError(f"docker save archive {where} names {len(chosen)} different images "
-                              f"{printable(image)!r}")
+                              f"{shown(image)!r}")
         return chosen[0]
     if len(images) == 1:
         return images[0]
@@ -274,7 +269,7 @@ class Conversion:
 
     def note(self) -> str:
         kept = [l for l in self.layers if l.foreign_kept]
-        text = (f"docker save archive converted as docker push would: image {printable(self.image, 120)} "
+        text = (f"docker save archive converted as docker push would: image {shown(self.image, 120)} "
                 f"id {self.image_id} -> NEW manifest digest {self.manifest_digest} (Docker schema 2; the "
                 f"registry never served this image under any earlier digest); "
                 f"{len(self.layers) - len(kept)} layers gzip-compressed, {self.raw_bytes:,} B -> "
@@ -289,6 +284,16 @@ class Conversion:
         return text
 
 
+def _same_layer_twice(earlier: SavedLayer, layer: SavedLayer, source: BundleSource) -> None:
+    """One layer file listed twice (by the same name, or a name that leads to the same
+    member) must be listed for one diff id: its bytes have one digest, so a second diff id
+    is a config that contradicts its layers (skopeo refuses such an archive)."""
+    if layer.diff_id != earlier.diff_id:
+        raise ManifestError(f"{source.describe(layer.name)} is listed as Layers[{earlier.index}] and "
+                            f"Layers[{layer.index}] for two different diff ids ({earlier.diff_id}, "
+                            f"{layer.diff_id}): the config contradicts its layers; save the image again")
+
+
 def load_docker_save(source: BundleSource, *, image: Optional[str] = None, scratch: Optional[Path] = None,
                      foreign_layers: str = "keep", gzip_level: Optional[int] = None):
     """Convert the chosen image of a docker save archive into a PatchBundle (new digest)."""
@@ -301,12 +306,17 @@ def load_docker_save(source: BundleSource, *, image: Optional[str] = None, scrat
     converted: dict[str, ConvertedLayer] = {}   # canonical member -> result
     todo: list[SavedLayer] = []
     keep: dict[int, dict] = {}
+    first: dict[str, SavedLayer] = {}  # canonical member -> the first layer that lists it
     for layer in img.layers:
         if layer.foreign is not None and layer.foreign["mediaType"] != DOCKER_LAYER and foreign_layers == "keep":
             keep[layer.index] = layer.foreign
             continue
-        if source.canonical(layer.name) not in {source.canonical(l.name) for l in todo}:
-            todo.append(layer)
+        member = source.canonical(layer.name)
+        if member in first:
+            _same_layer_twice(first[member], layer, source)
+            continue
+        first[member] = layer
+        todo.append(layer)
 
     def convert(name: str, stream: BinaryIO) -> None:
         layer = next(l for l in todo if l.name == name)

@@ -13,21 +13,21 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
 
-from regpatch.bundle.dockersave import printable, read_saved_images, select_image, strict_json
+from regpatch.bundle.dockersave import read_saved_images, select_image, strict_json
 from regpatch.bundle.model import REF_NAME, BundleSource, PatchBundle
 from regpatch.bundle.open import detect_format, load_bundle
 from regpatch.digest import Digest
-from regpatch.errors import BundleError, RegpatchError
+from regpatch.errors import BundleError, ManifestError, RegpatchError
 from regpatch.manifest import (
     DOCKER_CONFIG,
     DOCKER_FOREIGN_LAYER,
     MAX_MANIFEST_SIZE,
-    OCI_INDEX,
     ImageIndex,
     ImageManifest,
     Manifest,
     parse_manifest,
 )
+from regpatch.sanitize import shown
 
 MANIFEST = "manifest"
 
@@ -92,39 +92,48 @@ class BundleInfo:
         return json.dumps(self.to_dict(), indent=2)
 
     def render(self) -> str:
-        lines = [f"bundle   {printable(self.bundle, 300)}",
+        """The human summary; every string that came from the bundle is escaped (``shown``)."""
+        lines = [f"bundle   {shown(self.bundle, 300)}",
                  f"format   {self.format}" + (f" ({self.compression})" if self.compression else "")]
         for img in self.images:
-            name = f"{printable(img.name)!s}" if img.name else "(the bundle's image)"
-            if img.manifest_digest:
-                lines.append(f"image    {name}: {img.manifest_digest} ({img.media_type})")
-            else:
-                lines.append(f"image    {name}: image id {img.image_id}; manifest digest: new, made when "
-                             "it is converted (docker save archive)")
-            for p in img.platforms:
-                plat = "/".join(x for x in (p.os, p.architecture, p.variant) if x) or "(no platform)"
-                osv = f" os.version {p.os_version}" if p.os_version else ""
-                child = f"  {p.manifest}" if p.manifest else ""
-                lines.append(f"  platform {plat}{osv}{child}")
+            lines += _image_lines(img)
         lines.append(f"blobs    {len(self.blobs)}")
-        for b in self.blobs:
-            flags = []
-            if b.foreign:
-                flags.append("foreign" + (f" {printable(b.urls[0], 120)}" if b.urls else ""))
-            if not b.in_bundle:
-                flags.append("not in bundle")
-            if b.verified is not None:
-                flags.append("verified" if b.verified else "NOT VERIFIED")
-            if b.diff_id:
-                flags.append("uncompressed: digest is the diff id")
-            lines.append(f"  {b.kind:8} {b.digest} {b.size:>15,} B" + (f"  [{', '.join(flags)}]" if flags else ""))
+        lines += [_blob_line(b) for b in self.blobs]
         lines.append(f"total    {self.total_bytes:,} B in the bundle"
                      + (f"; foreign layers not in it: {self.foreign_bytes:,} B" if self.foreign_bytes else ""))
         for n in self.notes:
-            lines.append(f"note     {n}")
+            lines.append(f"note     {shown(n, 1000)}")
         if self.verified:
             lines.append("verified every blob of the bundle: digests and sizes match")
         return "\n".join(lines)
+
+
+def _image_lines(img: ImageInfo) -> list[str]:
+    name = shown(img.name) if img.name else "(the bundle's image)"
+    if img.manifest_digest:
+        lines = [f"image    {name}: {img.manifest_digest} ({shown(img.media_type)})"]
+    else:
+        lines = [f"image    {name}: image id {shown(img.image_id or '')}; manifest digest: new, made when "
+                 "it is converted (docker save archive)"]
+    for p in img.platforms:
+        plat = "/".join(shown(x, 64) for x in (p.os, p.architecture, p.variant) if x) or "(no platform)"
+        osv = f" os.version {shown(p.os_version, 64)}" if p.os_version else ""
+        child = f"  {p.manifest}" if p.manifest else ""
+        lines.append(f"  platform {plat}{osv}{child}")
+    return lines
+
+
+def _blob_line(b: BlobInfo) -> str:
+    flags = []
+    if b.foreign:
+        flags.append("foreign" + (f" {shown(b.urls[0], 120)}" if b.urls else ""))
+    if not b.in_bundle:
+        flags.append("not in bundle")
+    if b.verified is not None:
+        flags.append("verified" if b.verified else "NOT VERIFIED")
+    if b.diff_id:
+        flags.append("uncompressed: digest is the diff id")
+    return f"  {b.kind:8} {b.digest} {b.size:>15,} B" + (f"  [{', '.join(flags)}]" if flags else "")
 
 
 def _platform_of(m: ImageManifest, bundle: PatchBundle) -> PlatformInfo:
@@ -155,9 +164,10 @@ def inspect_bundle(source: BundleSource, *, image: Optional[str] = None, verify:
         return _inspect_docker_save(source, image, verify, compression, progress)
     names: list[Optional[str]] = [image]
     if fmt == "oci-layout" and image is None:
-        index = parse_manifest(source.read_bytes("index.json", MAX_MANIFEST_SIZE),
-                               what=source.describe("index.json"), media_type_hint=OCI_INDEX)
-        refs = [d.annotation(REF_NAME) for d in index.manifests]  # type: ignore[union-attr]
+        index = parse_manifest(source.read_bytes("index.json", MAX_MANIFEST_SIZE), what=source.describe("index.json"))
+        if not isinstance(index, ImageIndex):  # (an AttributeError before: found by mypy)
+            raise ManifestError(f"{source.describe('index.json')} is not an image index")
+        refs = [d.annotation(REF_NAME) for d in index.manifests]
         if len(refs) > 1:
             if any(r is None for r in refs) or len(set(refs)) != len(refs):
                 raise BundleError(f"{source.description}: index.json lists {len(refs)} images, not all "

@@ -36,6 +36,11 @@ class LocalFolderSource(BundleSource):
                              f"{self.folder}; copy the file into the bundle instead")
         return path
 
+    def canonical(self, name: str) -> str:
+        """The file a name reads, symlinks inside the folder followed: two names, one file."""
+        real = Path(os.path.realpath(self._resolve(name)))
+        return real.relative_to(self._real).as_posix()
+
     def list(self) -> dict[str, int]:
         if self._files is None:
             files: dict[str, int] = {}

@@ -11,7 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, Optional, Protocol, runtime_checkable
+from typing import BinaryIO, Callable, Iterable, Optional, Protocol, runtime_checkable
 
 from regpatch.digest import Digest
 from regpatch.errors import DigestMismatch, SizeMismatch, SourceError, UnsafePath
@@ -22,8 +22,6 @@ from regpatch.manifest import MAX_MANIFEST_SIZE, Descriptor, Manifest, parse_man
 def _is_hex(name: str) -> bool:
     return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
 
-if TYPE_CHECKING:  # a docker save archive converted on the fly
-    from regpatch.bundle.dockersave import Conversion
 
 CONSUMED_NOTE = "regpatch-consumed.jsonl"
 
@@ -137,7 +135,7 @@ class PatchBundle:
     #: what the operator must be told in the plan and the summary (e.g. a converted, new digest)
     notes: list[str] = field(default_factory=list)
     #: for docker save archives: how it was converted (old image id -> new manifest digest)
-    conversion: Optional["Conversion"] = None
+    conversion: Optional[object] = None  # a regpatch.bundle.dockersave.Conversion (the model knows no format)
 
     def close(self) -> None:
         """Remove what reading the bundle wrote (converted layers in the scratch folder)."""

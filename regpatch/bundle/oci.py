@@ -9,7 +9,7 @@ from typing import Optional
 from regpatch.bundle.model import REF_NAME, BundleFile, BundleSource, PatchBundle
 from regpatch.digest import Digest
 from regpatch.errors import BundleError, InvalidReference, ManifestError, UnknownBundleFormat, UsageError
-from regpatch.manifest import MAX_MANIFEST_SIZE, OCI_INDEX, ImageIndex, load_json, parse_manifest
+from regpatch.manifest import MAX_MANIFEST_SIZE, ImageIndex, load_json, parse_manifest
 from regpatch.options import opt
 
 log = logging.getLogger("regpatch.bundle")
@@ -23,8 +23,7 @@ def _load_oci_layout(source: BundleSource, files: dict[str, int], image: Optiona
     version = layout.get("imageLayoutVersion")
     if not isinstance(version, str) or not version.startswith("1."):
         raise UnknownBundleFormat(f"{where}/oci-layout declares imageLayoutVersion {version!r}; 1.x is supported")
-    index = parse_manifest(source.read_bytes("index.json", MAX_MANIFEST_SIZE),
-                           what=f"{where}/index.json", media_type_hint=OCI_INDEX)
+    index = parse_manifest(source.read_bytes("index.json", MAX_MANIFEST_SIZE), what=f"{where}/index.json")
     if not isinstance(index, ImageIndex):
         raise ManifestError(f"{where}/index.json is not an image index")
     candidates = list(index.manifests)

@@ -97,4 +97,25 @@ def run_check_bundle(args: argparse.Namespace) -> None:
     state = model_of(RegistryParams, REGISTRY, args, only=STATE_ONLY)
     store = RegistryStore(storage_root(args), state_dir=state.state_dir)
     result = check_bundle(open_source(args.bundle, s3=s3), trust.trust_keys, trust.allow_unsigned, store)
+    _check_replay(result, store, trust.allow_downgrade)
     sys.stdout.write(result.summary() + "\n")
+
+
+def _check_replay(result, store, allow_downgrade: bool) -> None:
+    """The patch's replay check, for the repository and tag the bundle was made for."""
+    from regpatch.errors import InvalidReference, OlderBundle  # only this command needs them (start-up)
+    from regpatch.reference import Repository, Tag  # (ditto)
+    from regpatch.signing.replay import replay_refusal  # (ditto)
+
+    desc = result.descriptor
+    if desc is None or not desc.repository or not desc.tag:
+        return
+    try:
+        repo, tag = Repository.parse(desc.repository), Tag.parse(desc.tag)
+    except InvalidReference:
+        return
+    why = replay_refusal(result, store, repo, tag, store.current_tag(repo, tag))
+    if why and not allow_downgrade:
+        raise OlderBundle(why)
+    if why:
+        sys.stdout.write(f"warning: {why.split(': an older signed bundle')[0]}: accepted ({opt.allow_downgrade})\n")

@@ -55,6 +55,7 @@ def run_rollout(args: argparse.Namespace):
     from regpatch.fleet.rollout import (  # only this command needs it (start-up)
         RolloutFailed,
         RolloutState,
+        check_state_dir,
         engine_patcher,
         render_table,
         run_rollout,
@@ -69,6 +70,8 @@ def run_rollout(args: argparse.Namespace):
         raise UsageError(f"{opt.verify_command} must contain {{ref}}, where the image reference goes")
     inventory = load_inventory(fleet.inventory)  # an invalid inventory fails here, before anything runs
     entries = inventory.select(fleet.only)
+    state_dir = Path(fleet.state_dir) if fleet.state_dir else RolloutState.default_dir(Path(fleet.inventory))
+    check_state_dir(state_dir, entries)
     api = _use_prefect(args)
     pooled = [e.name for e in entries if e.work_pool]
     if pooled and not api:
@@ -84,8 +87,7 @@ def run_rollout(args: argparse.Namespace):
                                               dry_run=args.dry_run)
         else:
             digest = str(open_bundle(args.bundle, image=args.image).top.digest)
-            state = RolloutState(Path(fleet.state_dir) if fleet.state_dir else RolloutState.default_dir(
-                Path(fleet.inventory)), args.repository, args.tag, digest)
+            state = RolloutState(state_dir, args.repository, args.tag, digest)
             patch_one = engine_patcher(bundle=args.bundle, repository=args.repository, tag=args.tag,
                                        image=args.image, verify_command=verify.command, dry_run=args.dry_run)
             outcomes = run_rollout(entries, patch_one, state=state, max_parallel=fleet.max_parallel,

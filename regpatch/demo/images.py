@@ -234,7 +234,7 @@ def _check_fmt(fmt: str) -> None:
 
 def make_image(workdir: Path, layers: Sequence[BlobFile], *, fmt: str = "docker", os: str = "linux",
                os_version: Optional[str] = None, seed: int = 0, pretty: bool = True,
-               name: Optional[str] = None, architecture: str = "amd64") -> SampleImage:
+               name: Optional[str] = None, architecture: str = "amd64", created: str = EPOCH) -> SampleImage:
     """Write an image config and manifest for ``layers`` into ``workdir``.
 
     The config is a valid image config (architecture, os, optional os.version,
@@ -255,11 +255,11 @@ def make_image(workdir: Path, layers: Sequence[BlobFile], *, fmt: str = "docker"
     if os_version:
         config_doc["os.version"] = os_version
     config_doc.update({
-        "created": EPOCH,
+        "created": created,
         "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
                    "Labels": {"org.regpatch.sample.seed": str(seed)}},
         "rootfs": {"type": "layers", "diff_ids": [str(l.diff_id) for l in layers]},
-        "history": [{"created": EPOCH, "created_by": f"regpatch sample layer {Path(l.path).name}"}
+        "history": [{"created": created, "created_by": f"regpatch sample layer {Path(l.path).name}"}
                     for l in layers],
     })
     config_bytes = json.dumps(config_doc, separators=(",", ":"), sort_keys=True).encode()

@@ -21,13 +21,13 @@ from regpatch.engine.verify import check_tag_served, restart_registry, verify_ne
 from regpatch.errors import (
     BundleMismatch,
     Interrupted,
+    OlderBundle,
     RegpatchError,
     StorageMismatch,
     StorageNotFound,
     UsageError,
     VerificationError,
 )
-from regpatch.errors import VerificationError as _Mismatch
 from regpatch.options import opt
 from regpatch.progress import human
 from regpatch.reference import Repository, Tag, normalized_length
@@ -37,6 +37,7 @@ from regpatch.registry.target import RegistryTarget
 from regpatch.registry.url_policy import url_policy_from_config
 from regpatch.sanitize import SafeText
 from regpatch.signing.check import check_bundle
+from regpatch.signing.replay import replay_refusal
 from regpatch.storage.history import read_history, record_history
 from regpatch.storage.journal import Journal, open_journal, was_verified
 from regpatch.storage.lock import repository_lock
@@ -201,6 +202,7 @@ def _plan(request: PatchRequest, store: RegistryStore, loaded: PatchBundle, trus
     for w in _downgrade_warnings(store, request.repository, request.tag, plan):
         plan.warnings.append(w)
         log.warning("%s", w)
+    _check_replay(request, store, plan, trust)
     log.info(SafeText("plan:\n%s"), plan.render(store.layout))  # names escaped in render
     _check_repairs(request, plan)
     if request.consume:
@@ -235,6 +237,19 @@ def _long_name_refused(repo: Repository, why: str) -> str:
 
 
 
+def _check_replay(request: PatchRequest, store: RegistryStore, plan: PatchPlan, trust) -> None:
+    """A signed bundle older than the image the tag serves is refused, before any write,
+    unless the operator asks for the downgrade (then it is a warning)."""
+    why = replay_refusal(trust, store, request.repository, request.tag, plan.old) if trust is not None else None
+    if why is None:
+        return
+    if not request.allow_downgrade:
+        raise OlderBundle(why + "; nothing was written")
+    w = f"{why.split(': an older signed bundle')[0]}: patched anyway ({opt.allow_downgrade})"
+    plan.warnings.append(w)
+    log.warning("%s", w)
+
+
 def _downgrade_warnings(store: RegistryStore, repo: Repository, tag: Tag, plan: PatchPlan) -> list[str]:
     """The image this patch would publish was replaced earlier on this tag: a downgrade
     (a replayed older bundle, or a mix-up) is said plainly, not refused (a rollback by bundle
@@ -263,7 +278,7 @@ def check_same_registry(store: RegistryStore, client, repo: Repository, tag: Tag
     prepo, ptag, held = probe
     try:
         served = client.tag_digest(prepo, ptag)
-    except _Mismatch:
+    except VerificationError:
         served = None
     if served != held:
         raise StorageMismatch(

@@ -77,6 +77,7 @@ class PatchRequest:
     allow_cross_repository: bool = False  # link blobs other repositories hold without the bundle carrying them
     trust_keys: tuple[str, ...] = ()  # PEM public keys: the bundle must be signed by one of them
     allow_unsigned: bool = False      # with trust_keys: accept a bundle without a signature
+    allow_downgrade: bool = False     # accept a signed bundle older than the image the tag serves
 
     def check(self) -> None:
         """Every check that needs no storage, bundle or network: bad arguments fail here."""
@@ -125,7 +126,8 @@ def patch_request(*, bundle: str, repository: str, tag: str, registry: RegistryP
                            lock_timeout=registry.lock_timeout, s3=s3, init=registry.init, consume=consume,
                            ignore_url_policy=registry.ignore_url_policy,
                            allow_cross_repository=registry.allow_cross_repository,
-                           trust_keys=tuple(trust.trust_keys), allow_unsigned=trust.allow_unsigned)
+                           trust_keys=tuple(trust.trust_keys), allow_unsigned=trust.allow_unsigned,
+                           allow_downgrade=trust.allow_downgrade)
     request.check()
     return request
 

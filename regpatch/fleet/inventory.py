@@ -34,6 +34,7 @@ from regpatch.params import (
     refuse_inline_credentials,
     spec,
 )
+from regpatch.yamldoc import DuplicateKey, load_yaml
 
 DEFAULT_GROUP = "default"
 
@@ -120,7 +121,7 @@ class Inventory(BaseModel):
     @model_validator(mode="after")
     def _unique(self) -> "Inventory":
         seen: dict[str, int] = {}
-        storages: dict[str, int] = {}
+        storages: dict[tuple, int] = {}
         for i, entry in enumerate(self.registries):
             if entry.name in seen:
                 raise ValueError(f"registries[{i}]: name {entry.name!r} is already used by "
@@ -128,7 +129,7 @@ class Inventory(BaseModel):
             seen[entry.name] = i
             if entry.work_pool or not entry.storage:
                 continue  # a path on another host: the same path may be another registry there
-            key = os.path.normpath(os.path.abspath(entry.storage))
+            key = _storage_identity(entry.storage)
             if key in storages:
                 j = storages[key]
                 raise ValueError(f"registries[{i}]: storage {entry.storage!r} is the storage of "
@@ -154,6 +155,17 @@ class Inventory(BaseModel):
         for e in entries:
             order.setdefault(e.wave, []).append(e)
         return list(order.items())
+
+
+def _storage_identity(storage: str) -> tuple:
+    """One storage under two paths (a symlink, a '//' prefix, a bind mount, '.' or a
+    trailing '/') is one folder: compared by device and inode when the folder exists here,
+    else by its normalised absolute path."""
+    try:
+        st = os.stat(storage)
+        return ("inode", st.st_dev, st.st_ino)
+    except OSError:
+        return ("path", os.path.normpath(os.path.abspath(storage)))
 
 
 def _describe(loc: tuple, raw: Any) -> str:
@@ -203,7 +215,9 @@ def load_inventory(path: Any) -> Inventory:
     except OSError as e:
         raise InventoryError(p, [f"cannot read it: {e.strerror or e}"]) from e
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
+    except DuplicateKey as e:
+        raise InventoryError(p, [str(e)]) from None
     except yaml.YAMLError as e:
         raise InventoryError(p, [f"not valid YAML: {' '.join(str(e).split())}"]) from None
     if not isinstance(data, dict):

@@ -43,7 +43,7 @@ from regpatch.options import MAX_PARALLEL, inventory_namer, opt, wording
 from regpatch.platform.ownfiles import read_own_file
 from regpatch.progress import human
 from regpatch.storage.history import read_history
-from regpatch.storage.store import RegistryStore
+from regpatch.storage.store import RegistryStore, docker_tree_holding
 
 log = logging.getLogger("regpatch.rollout")
 
@@ -160,6 +160,19 @@ def tag_state(moved: bool, old: Optional[str] = None, error: str = "") -> str:
     if moved:
         return "the tag was moved to the new image before the failure"
     return "the tag was not moved" + (f": it still points at {old}" if old else "")
+
+
+def check_state_dir(state_dir: Path, entries: list[RegistryEntry]) -> None:
+    """The rollout's state folder must not be inside a registry's storage tree (the
+    registry would take its files for repositories), like a patch's ``--state-dir``."""
+    for e in entries:
+        if e.work_pool:
+            continue  # a path on another host
+        base = docker_tree_holding(Path(e.storage), state_dir)
+        if base is not None:
+            raise UsageError(f"{opt.state_dir} {state_dir} is inside the storage tree {base} of registry "
+                             f"{e.name}; the registry would take the rollout's files for repositories: "
+                             "choose a folder outside every registry's docker/")
 
 
 class RolloutState:

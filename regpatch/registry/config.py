@@ -26,6 +26,7 @@ from typing import Any, Union
 import yaml
 
 from regpatch.errors import ConfigError
+from regpatch.yamldoc import DuplicateKey, load_yaml
 
 PathLike = Union[str, Path]
 
@@ -45,7 +46,9 @@ def _load(config_path: PathLike) -> dict:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
         raise ConfigError(f"registry config {path} cannot be read: {reason}") from e
     try:
-        doc = yaml.safe_load(text)
+        doc = load_yaml(text)
+    except DuplicateKey as e:
+        raise ConfigError(f"registry config {path}: {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""

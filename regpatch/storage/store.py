@@ -87,6 +87,25 @@ def _storage_owner(root: Path, v2: Path) -> Optional[tuple[int, int]]:
     return platform.storage_owner([v2, root])
 
 
+def docker_tree_holding(root: Path, path: Path) -> Optional[Path]:
+    """The folder of the registry's tree under ``root`` (``docker/``, ``v2``, ``blobs``,
+    ``repositories``, by name or through a symlink) that holds ``path``, or None."""
+    root = Path(os.path.abspath(root))
+    docker = root / "docker"
+    v2 = docker / "registry" / "v2"
+    inside = [docker]
+    with _io("reading", docker):
+        for anchor in (docker, v2, v2 / "blobs", v2 / "repositories"):
+            if os.path.lexists(anchor):
+                inside.append(Path(os.path.realpath(anchor)))
+        candidates = (Path(os.path.abspath(path)), Path(os.path.realpath(path)))
+    for base in inside:
+        for candidate in candidates:
+            if candidate == base or base in candidate.parents:
+                return base
+    return None
+
+
 class RegistryStore(Staging):
     def __init__(self, root: Path | str, *, state_dir: Path | str | None = None):
         root = Path(root)
@@ -143,20 +162,12 @@ class RegistryStore(Staging):
     def _refuse_state_in_docker(self) -> None:
         """--state-dir must not be inside docker/: the registry would list its files as
         repositories (or walk them as blobs). Checked by names and through symlinks."""
-        docker = self._root / "docker"
-        inside = [docker]
-        with _io("reading", docker):
-            for anchor in (docker, self._v2, self._v2 / "blobs", self._v2 / "repositories"):
-                if os.path.lexists(anchor):
-                    inside.append(Path(os.path.realpath(anchor)))
-            real_state = Path(os.path.realpath(self._state))
-        for base in inside:
-            for state in (self._state, real_state):
-                if state == base or base in state.parents:
-                    raise UsageError(f"{opt.state_dir} {self.layout.state} is inside the registry's "
-                                     f"storage tree {base}; the registry would take regpatch's "
-                                     "files for repositories or blobs: choose a folder outside "
-                                     f"{docker} (default: {self._root / '.regpatch'})")
+        base = docker_tree_holding(self._root, self._state)
+        if base is not None:
+            raise UsageError(f"{opt.state_dir} {self.layout.state} is inside the registry's "
+                             f"storage tree {base}; the registry would take regpatch's "
+                             "files for repositories or blobs: choose a folder outside "
+                             f"{self._root / 'docker'} (default: {self._root / '.regpatch'})")
 
     def _check_inside(self, path: Path) -> None:
         """Refuse a path outside the storage as the operator laid it out (module docstring)."""

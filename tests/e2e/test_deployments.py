@@ -128,7 +128,7 @@ def test_regpatch_deployments_know_their_registry(cluster):
             assert dep["work_pool_name"] == pool and f"registry:{site}" in dep["tags"]
             assert dep["parameters"]["registry"] == {"name": site, "storage": str(regs[site].root),
                                                      "registry_url": regs[site].url}
-            assert dep["entrypoint"].startswith("flows.") and dep["enforce_parameter_schema"] is True
+            assert dep["entrypoint"].startswith("regpatch_flows.") and dep["enforce_parameter_schema"] is True
     assert deployment(c, "patch-registry/site-a")["parameters"]["repository"] == REPO
     # running it again updates in place: same ids
     ids = {site: deployment(c, f"patch-registry/{site}")["id"] for site in POOLS}

@@ -151,7 +151,7 @@ def test_only_and_dry_run(capsys, tmp_path, fleet, scenario):
     ([{"name": "a", "storage": "/x", "restart": "reboot"}],
      ["registries[0] ('a'): restart: invalid restart spec 'reboot'"]),
     ([{"name": "bad name", "storage": "/x"}, {"storage": "/y"}],
-     ["registries[0] ('bad name'): name: must be", "registries[1]: name: required field is missing"]),
+     ["registries[0] ('bad name'): name: 'bad name' must be", "registries[1]: name: required field is missing"]),
 ])
 def test_invalid_inventory_names_entry_and_field(tmp_path, entries, expected):
     inv = write_inventory(tmp_path / "inv.yml", entries)

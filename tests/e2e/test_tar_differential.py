@@ -42,7 +42,7 @@ from regpatch.errors import BundleError
 from regpatch.demo.images import make_image, make_layer, write_oci_layout
 from support.tarref import constructions as tc
 from support.tarref.build import GoMissing, build
-from util import skopeo
+from support.util import skopeo
 
 GO_KINDS = {"0": "file", "5": "dir", "1": "hardlink", "2": "symlink", "3": "other", "4": "other", "6": "other"}
 

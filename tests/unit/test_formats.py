@@ -271,6 +271,24 @@ def test_docker_save_checks_config_id_and_diff_ids(tmp_path):
         load_bundle(open_source(str(docker_save(tmp_path / "b", layers=[layer_tar(1, 1000)], bad_diff=True))))
 
 
+@pytest.mark.parametrize("how", ["same-name", "symlink", "archive"])
+def test_a_layer_listed_twice_for_two_diff_ids_is_refused(tmp_path, how):
+    """One layer file listed twice in Layers with two different diff ids: before, only the
+    first was checked and the published config contradicted its layers."""
+    a, b = layer_tar(5, 2000), layer_tar(6, 3000)
+    folder = docker_save(tmp_path, layers=[a, b])
+    doc = json.loads((folder / "manifest.json").read_text())
+    if how == "symlink":
+        (folder / "l1" / "layer.tar").unlink()
+        (folder / "l1" / "layer.tar").symlink_to("../l0/layer.tar")
+    else:
+        doc[0]["Layers"][1] = doc[0]["Layers"][0]
+    (folder / "manifest.json").write_text(json.dumps(doc))
+    path = pack(folder, tmp_path / "s.tar") if how == "archive" else folder
+    with pytest.raises(ManifestError, match="is listed as Layers\[0\] and Layers\[1\] for two different diff ids"):
+        load_bundle(open_source(str(path)))
+
+
 def test_docker_save_image_choice_and_hostile_names(tmp_path):
     folder = docker_save(tmp_path, layers=[layer_tar(1, 1000)], tags=("docker.io/library/app:1",))
     assert load_bundle(open_source(str(folder)), image="app:1").conversion.image == "docker.io/library/app:1"
@@ -420,3 +438,18 @@ def test_inspect_lists_images_platforms_and_foreign(sample, tmp_path):
     blob.write_bytes(bytes(data))
     with pytest.raises(DigestMismatch):
         inspect_bundle(open_source(str(sample["layout"])), image="list", verify=True)
+
+
+def test_inspect_escapes_every_string_it_prints(tmp_path):
+    """os.version and other platform strings come from the bundle: a terminal escape or a
+    newline in them must not reach the operator's terminal (or forge a line)."""
+    layer = make_layer(tmp_path / "l", "layer", seed=7, size=4000)
+    hostile = "10.0.17763.1\x1b[2J\nforged: line\u202e"
+    img = make_image(tmp_path / "img", [layer], os="windows", os_version=hostile, seed=7)
+    layout = write_oci_layout(tmp_path / "layout", {"app\x1b]0;title\x07": img})
+    text = inspect_bundle(open_source(str(layout))).render()
+    assert "\x1b" not in text and "\u202e" not in text and "\x07" not in text
+    assert not any(line.startswith("forged") for line in text.splitlines())
+    assert "os.version 10.0.17763.1\\x1b[2J\\nforged: line" in text
+    as_json = inspect_bundle(open_source(str(layout))).to_json()
+    assert "\x1b" not in as_json and "\u202e" not in as_json  # JSON escapes them (ASCII only)

@@ -111,7 +111,7 @@ def test_a_registry_that_requires_signatures_keeps_them_in_its_patch_deployment(
     inv = parse_inventory({"registries": [{"name": "site-a", "storage": "/x", "trust_keys": ["/etc/regpatch/k.pub"]}]})
     by = {s.full_name: s for s in specs_for(inv)}
     assert by["patch-registry/site-a"].parameters["trust"] == {"trust_keys": ["/etc/regpatch/k.pub"],
-                                                               "allow_unsigned": False}
+                                                               "allow_unsigned": False, "allow_downgrade": False}
     assert "trust" not in by["rollback-registry/site-a"].parameters
 
 

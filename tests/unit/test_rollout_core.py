@@ -232,3 +232,20 @@ def test_an_empty_only_is_refused_not_the_whole_fleet(site, fleet, capsys, monke
     code = main(["rollout", str(site.scenario["staged"]), "--inventory", str(inv), "--repository", REPO,
                  "--tag", TAG, "--only", "a\n"])
     assert code == 2 and all(current(r) == str(site.old) for r in roots.values())
+
+
+def test_a_rollout_state_folder_inside_a_registry_tree_is_refused(tmp_path, capsys):
+    """Like a patch's --state-dir: the registry would take the rollout's files for repositories."""
+    from regpatch.cli import main
+
+    root = tmp_path / "site"
+    (root / "docker" / "registry" / "v2" / "repositories").mkdir(parents=True)
+    inv = tmp_path / "inventory.yml"
+    inv.write_text(f"registries:\n  - {{name: site-a, storage: '{root}'}}\n")
+    inside = root / "docker" / "registry" / "v2" / "repositories" / "state"
+    code = main(["rollout", str(tmp_path / "bundle"), "--inventory", str(inv), "--repository", "r", "--tag", "t",
+                 "--state-dir", str(inside), "--local"])
+    assert code == 2
+    assert f"--state-dir {inside} is inside the storage tree {root / 'docker'} of registry site-a" \
+        in capsys.readouterr().err
+    assert not inside.exists()

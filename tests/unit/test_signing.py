@@ -527,3 +527,27 @@ def test_a_signed_bundle_taken_with_consume_resumes(bundle, site, keys, imgs, tm
     assert not delta.exists() and (bundle / "regpatch-consumed.jsonl").is_file()
     result = engine.patch(request())
     assert result.tag_moved and "signed by trust key" in result.bundle_trust
+
+
+def test_an_older_signed_bundle_is_not_replayed_over_a_newer_image(tmp_path, bundle, site, keys, imgs, capsys):
+    """The tag serves an image built after the signed bundle was made (an ordinary push,
+    another state folder): the bundle would roll the tag back with every check green."""
+    from regpatch import engine
+    from regpatch.errors import OlderBundle
+
+    store, _ = site
+    newer = make_image(tmp_path / "newer", [imgs["base"], imgs["delta2"]], os="windows",
+                       os_version="10.0.17763.9", seed=99, created="2999-01-01T00:00:00.1234567Z")
+    put_image(store, "servercore", "ltsc2019", newer)
+    before = tree_hash(store.root / "docker")
+    trust = (str(keys["ed"][1]),)
+    with pytest.raises(OlderBundle, match="was made .*, before the image servercore:ltsc2019 serves now"):
+        engine.patch(_request(bundle, store, trust_keys=trust))
+    assert tree_hash(store.root / "docker") == before
+    args = ["check-bundle", str(bundle), "--storage", str(store.root), "--trust-key", trust[0]]
+    assert regpatch_main(args) == 3
+    assert "--allow-downgrade" in capsys.readouterr().err
+    assert regpatch_main(args + ["--allow-downgrade"]) == 0
+    result = engine.patch(_request(bundle, store, trust_keys=trust, allow_downgrade=True))
+    assert result.tag_moved and any("patched anyway (--allow-downgrade)" in w for w in result.warnings)
+
