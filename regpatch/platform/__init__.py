@@ -30,8 +30,6 @@ from typing import IO, Any, Callable, Mapping, Optional, Sequence
 from regpatch.platform._base import Args, ChildTree, Owner, Platform, Stream, StrPath
 from regpatch.platform._windows import WindowsPlatform
 
-__all__ = ["ChildTree", "Platform", "WindowsPlatform", "REPLACE_TIMEOUT"]
-
 REPLACE_TIMEOUT = 10.0  # seconds a replace waits for a file another program holds open (Windows)
 
 _impl: Platform
