@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import os
 import signal
 import struct
@@ -71,6 +70,8 @@ class RecordingWin32:
         os.replace(src, dst)
 
     def locking(self, fd: int, mode: int, nbytes: int) -> None:
+        import fcntl  # (Linux's open-file-description locks stand for Windows' byte-range locks)
+
         offset = os.lseek(fd, 0, os.SEEK_CUR)
         self._record("locking", fd, mode, nbytes, offset=offset)
         kind = fcntl.F_UNLCK if mode == 0 else fcntl.F_WRLCK
