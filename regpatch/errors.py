@@ -151,6 +151,11 @@ class NoSpace(StorageError):
     pass
 
 
+class FileInUse(StorageError):
+    """Windows: a file could not be replaced while another program (the registry, a virus
+    scanner) held it open without delete sharing, even after the bounded retries."""
+
+
 class LockTimeout(StorageError):
     pass
 

@@ -287,8 +287,9 @@ def refuse_inline_credentials(what: str, text: Optional[str]) -> None:
     found = find_credentials(text) if text else []
     if found:
         raise UsageError(f"{what} carries a credential inline ({found[0].carrier}); it would be stored with "
-                         "the run. Put it in an environment variable and write $NAME in its place, or use "
-                         f"an auth file ({opt.registry_auth_file}) or REGPATCH_REGISTRY_USERNAME/_PASSWORD")
+                         "the run. Put it in an environment variable and write $NAME (or %NAME% for cmd.exe) "
+                         f"in its place, or use an auth file ({opt.registry_auth_file}) or "
+                         "REGPATCH_REGISTRY_USERNAME/_PASSWORD")
 
 
 # --------------------------------------------------------------------------- the caller's names

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Optional
 
+from regpatch import platform
 from regpatch.bundle.gzipper import DEFAULT_LEVEL, compress_stream
 from regpatch.bundle.model import BundleFile, BundleSource, PatchBundle, _safe_name
 from regpatch.digest import Digest
@@ -461,7 +462,7 @@ class _ScratchDir:
             if not entry.name.startswith(cls.PREFIX) or not entry.is_dir(follow_symlinks=False):
                 continue
             pid = entry.name[len(cls.PREFIX):].split("-", 1)[0]
-            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            if pid.isdigit() and int(pid) != os.getpid() and not platform.pid_alive(int(pid)):
                 shutil.rmtree(entry.path, ignore_errors=True)
 
     def new_file(self) -> _ScratchFile:
@@ -471,7 +472,7 @@ class _ScratchDir:
     def keep(self, f: _ScratchFile, digest: Digest) -> Path:
         f.close()
         final = self.blob(digest)
-        os.replace(f.path, final)
+        platform.replace(f.path, final)
         return final
 
     def blob(self, digest: Digest) -> Path:
@@ -479,18 +480,6 @@ class _ScratchDir:
 
     def cleanup(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    if os.name == "nt":
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
 
 
 class ConvertedSource(BundleSource):

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from regpatch.cli.console import fit
 from regpatch.cli.options import model_of
 from regpatch.cli.prefect_api import _check_prefect_api, _use_prefect, configured_prefect_api, prefect_side
 from regpatch.errors import UsageError
@@ -94,9 +95,9 @@ def run_rollout(args: argparse.Namespace):
             if any(o.failed or o.status == "not-run" for o in outcomes):
                 raise RolloutFailed(outcomes)
     except RolloutFailed as e:
-        sys.stdout.write(render_table(e.outcomes))
+        sys.stdout.write(fit(render_table(e.outcomes)))
         raise
-    sys.stdout.write(render_table(outcomes))
+    sys.stdout.write(fit(render_table(outcomes)))
     sys.stdout.write(f"rollout of {args.repository}:{args.tag}: all {len(outcomes)} registries ok"
                      f"{' (dry run)' if args.dry_run else ''}\n")
     return outcomes

@@ -29,13 +29,13 @@ import json
 import os
 import random
 import shutil
-import subprocess
 import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+from regpatch import platform
 from regpatch.digest import Digest
 from regpatch.manifest import (
     DOCKER_CONFIG,
@@ -47,6 +47,7 @@ from regpatch.manifest import (
     OCI_LAYER,
     OCI_MANIFEST,
 )
+from regpatch.platform import children
 
 RANDOM_CHUNK = 1 << 20  # content is generated in fixed 1 MiB chunks: independent of read sizes
 EPOCH = "1970-01-01T00:00:00Z"
@@ -179,7 +180,7 @@ def _tarinfo(name: str, *, size: int = 0, directory: bool = False) -> tarfile.Ta
 def _write_atomic_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)
-    os.replace(tmp, path)
+    platform.replace(tmp, path)
 
 
 def _json_bytes(doc: dict, pretty: bool) -> bytes:
@@ -222,7 +223,7 @@ def make_layer(workdir: Path, name: str, *, seed: int, size: int, compresslevel:
                 tar.addfile(_tarinfo(f"regpatch/{stem}-{seed}.bin", size=size), _RandomReader(seed, size))
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+    platform.replace(tmp, path)
     return BlobFile(path, blob.digest(), blob.size, OCI_LAYER if oci else DOCKER_LAYER, diff.digest())
 
 
@@ -314,7 +315,7 @@ def _copy_into(src: Path, dst: Path) -> None:
         return
     tmp = dst.with_name(f".{dst.name}.tmp")
     shutil.copyfile(src, tmp)  # streamed
-    os.replace(tmp, dst)
+    platform.replace(tmp, dst)
 
 
 def write_oci_layout(dest: Path, refs: dict[str, Sample]) -> Path:
@@ -432,14 +433,14 @@ def push_with_skopeo(layout: Path, ref_name: str, registry_host: str, repository
             cmd += ["--dest-creds", creds]
         cmd += [src, dest]
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+            proc = children.run(cmd, stderr=children.Capture(64 << 10, "tail"), timeout=timeout)
         except FileNotFoundError as e:
             raise RuntimeError("skopeo is not installed (not on PATH)") from e
-        except subprocess.TimeoutExpired as e:
+        except children.ChildTimeout as e:
             raise RuntimeError(f"skopeo copy to {dest} timed out after {timeout:g} s") from e
     if proc.returncode != 0:
         raise RuntimeError(f"skopeo copy oci:{layout}:{ref_name} to {dest} failed "
-                           f"(exit {proc.returncode}): {proc.stderr.strip()}")
+                           f"(exit {proc.returncode}): {' '.join(proc.stderr.lines())}")
 
 
 # --------------------------------------------------------------------------- scenario

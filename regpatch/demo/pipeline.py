@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,10 +28,11 @@ from typing import Any, Callable, Optional
 import httpx
 import yaml
 
+from regpatch import platform
 from regpatch.demo.images import push_with_skopeo
 from regpatch.demo.loopback import LocalRegistry, free_port
+from regpatch.platform import children
 from regpatch.registry.client import RegistryClient
-from regpatch.registry.processes import pid_alive
 
 SITES = (("site-a", "canary"), ("site-b", "fleet"), ("site-c", "fleet"))
 FAILING = "site-c"
@@ -46,16 +45,18 @@ class PipelineFailed(Exception):
 
 
 def _stop_pid(pid: int) -> None:
+    """Stop a process the demo started (the Prefect server, its worker): asked first, killed
+    after 5 s (both stop the processes they started)."""
     try:
-        os.killpg(pid, signal.SIGTERM)
+        platform.stop_process(pid)
     except (ProcessLookupError, PermissionError):
         return
     for _ in range(50):
-        if not pid_alive(pid):  # (a zombie left by an exited parent counts as stopped)
+        if not platform.pid_alive(pid):  # (a zombie left by an exited parent counts as stopped)
             return
         time.sleep(0.1)
     try:
-        os.killpg(pid, signal.SIGKILL)
+        platform.kill_process(pid)
     except ProcessLookupError:
         pass
 
@@ -82,8 +83,7 @@ class Pipeline:
 
     def start(self, name: str, cmd: list[str]) -> None:
         log = open(self.workdir / f"{name}.log", "ab")
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=self.env(),
-                                cwd=self.workdir, start_new_session=True)
+        proc = platform.spawn_detached(cmd, stdout=log, env=self.env(), cwd=self.workdir)
         self.processes[name] = proc.pid
         self.save()
         self.say(f"started {name} (pid {proc.pid}): {' '.join(cmd[:4])} ...; log {log.name}")
@@ -93,12 +93,12 @@ class Pipeline:
         (self.workdir / PIDS).write_text(json.dumps(doc, indent=2))
 
     def run_cli(self, *args: str, timeout: float = 300) -> str:
-        proc = subprocess.run(list(args), capture_output=True, text=True, env=self.env(), cwd=self.repo_root,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
-        if proc.returncode != 0:
-            raise PipelineFailed(f"{' '.join(args[:3])} failed (exit {proc.returncode}): "
-                                 f"{(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
-        return proc.stdout
+        done = children.run(list(args), env=self.env(), cwd=self.repo_root, timeout=timeout,
+                            stdout=children.Capture(1 << 20, "head"), stderr=children.Capture(64 << 10, "tail"))
+        if done.returncode != 0:
+            lines = done.stderr.lines() or done.stdout.lines()
+            raise PipelineFailed(f"{' '.join(args[:3])} {done.status()}: {lines[-1] if lines else ''}")
+        return done.stdout.data.decode("utf-8", "replace")
 
     # -- the API ----------------------------------------------------------------------
     def wait_for_server(self, timeout: float = 90) -> None:
@@ -228,10 +228,8 @@ def stop_left_running(workdir: Path) -> list[str]:
             pid = int(Path(pidfile).read_text().strip())
         except (OSError, ValueError):
             continue
-        try:
-            os.kill(pid, signal.SIGTERM)
+        if platform.pid_alive(pid) and platform.is_registry_process(pid):
+            _stop_pid(pid)
             done.append(f"registry {name} (pid {pid})")
-        except ProcessLookupError:
-            pass
     path.unlink(missing_ok=True)
     return done

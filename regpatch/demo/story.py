@@ -33,7 +33,6 @@ import json
 import os
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -44,6 +43,7 @@ import httpx
 from regpatch.demo.images import push_with_skopeo, scenario_servercore
 from regpatch.demo.loopback import LocalRegistry
 from regpatch.demo.pipeline import Pipeline, stop_left_running
+from regpatch.platform import children
 from regpatch.progress import human
 from regpatch.registry.client import RegistryClient
 from regpatch.registry.processes import looks_like_registry, pid_alive, read_pidfile, stop_pid
@@ -107,19 +107,21 @@ class Demo:
             shutil.rmtree(wd / sub, ignore_errors=True)
 
     @staticmethod
-    def skopeo(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    def skopeo(*args: str, timeout: float = 300) -> children.Finished:
         cmd = ["skopeo"]
         if not POLICY_FILE.exists():
             cmd.append("--insecure-policy")  # no signature policy on this machine: accept anything
         cmd += list(args)
         Demo.say("$ " + shlex.join(cmd))
         try:
-            proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                  timeout=timeout)
+            proc = children.run(cmd, stdout=children.Capture(1 << 20), stderr=children.Capture(64 << 10, "tail"),
+                                timeout=timeout)
         except FileNotFoundError:
             raise DemoFailed("skopeo is not installed; run scripts/bootstrap.sh") from None
+        except children.ChildTimeout:
+            raise DemoFailed(f"skopeo {args[0]} did not finish within {timeout:g} s") from None
         if proc.returncode != 0:
-            raise DemoFailed(f"skopeo {args[0]} failed (exit {proc.returncode}): {proc.stderr.strip()}")
+            raise DemoFailed(f"skopeo {args[0]} failed (exit {proc.returncode}): {' '.join(proc.stderr.lines())}")
         return proc
 
     def tag_digest(self, repository: str, tag: str) -> str:
@@ -199,7 +201,7 @@ class Demo:
                "--verify-command", "skopeo inspect --tls-verify=false docker://{ref}"]
         self.say("$ " + shlex.join(["regpatch"] + cmd[3:]))
         t = time.monotonic()
-        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL)
+        proc = children.run(cmd, inherit=True)  # its output is the demo's
         self.say(f"regpatch exited with code {proc.returncode} after {time.monotonic() - t:.1f}s")
         if proc.returncode != 0:
             raise DemoFailed(f"regpatch patch failed with exit code {proc.returncode}")

@@ -240,6 +240,8 @@ def install_blobs(plan: PatchPlan, store: RegistryStore, *,
         if step.action not in (COPY, REPAIR):
             continue
         staged = store.staged_path(step.digest)
+        if staged is None and store.recheck_staged(step.digest, step.size):
+            staged = store.layout.staged_blob(step.digest)  # staged, but no marker proves it: hashed again
         if staged is None:
             if store.blob_size(step.digest) == step.size and step.action != REPAIR:
                 store.verify_blob(step.digest, step.size)  # installed by a killed (or concurrent) run

@@ -19,10 +19,12 @@ import os
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from typing import Any, Optional
 
+from regpatch import platform
 from regpatch.digest import Digest
 from regpatch.errors import RegpatchError, os_errors
 from regpatch.hooks import checkpoint
 from regpatch.manifest import load_json
+from regpatch.platform.ownfiles import read_own_file
 from regpatch.reference import Repository, Tag
 from regpatch.sanitize import escape_controls, redact
 from regpatch.storage.layout import Layout
@@ -47,6 +49,7 @@ TEXT, DIGEST, OPTIONAL_DIGEST, VERSION = "text", "digest", "optional digest", "v
 def _kind(kind: str, *, since: int = 0, shown: Optional[str] = None) -> Any:
     """The metadata of a history field: its kind, the version that added it, its table label."""
     return {"kind": kind, "since": since, "shown": shown}
+HISTORY_LIMIT = 64 << 20  # about 200,000 tag changes
 
 
 @dataclass(frozen=True)
@@ -83,10 +86,10 @@ def record_history(store, repo: Repository, tag: Tag, old: Optional[Digest], new
     store.ensure_state_dir(path.parent)
     line = (entry.to_json() + "\n").encode()
     with os_errors("appending to", path):
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        fd = platform.open_nofollow(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             end = os.lseek(fd, 0, os.SEEK_END)
-            if end and os.pread(fd, 1, end - 1) != b"\n":
+            if end and platform.pread(fd, 1, end - 1) != b"\n":
                 line = b"\n" + line  # the last line was torn: never continue it
             os.write(fd, line)
             os.fsync(fd)
@@ -98,10 +101,10 @@ def record_history(store, repo: Repository, tag: Tag, old: Optional[Digest], new
 
 def read_history(layout: Layout, repository: Optional[str] = None,
                  tag: Optional[str] = None) -> list[HistoryEntry]:
-    try:
-        lines = layout.history.read_text().splitlines()
-    except FileNotFoundError:
+    data = read_own_file(layout.history, HISTORY_LIMIT, what="history file")
+    if data is None:
         return []
+    lines = data.decode("utf-8", "replace").splitlines()
     entries = []
     for n, line in enumerate(lines, 1):
         if not line.strip():

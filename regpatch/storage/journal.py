@@ -10,8 +10,12 @@ from pathlib import Path
 from typing import Optional
 
 from regpatch.digest import Digest
+from regpatch.errors import RegpatchError
+from regpatch.platform.ownfiles import read_own_file
 from regpatch.reference import Repository, Tag
 from regpatch.storage.state import now_iso
+
+JOURNAL_LIMIT = 1 << 20  # a journal is a few hundred bytes
 
 
 @dataclass
@@ -38,9 +42,12 @@ class Journal:
 
     @classmethod
     def load(cls, path: Path) -> Optional["Journal"]:
+        """The journal at ``path``; None when there is none or it is not one this code wrote
+        (it tells the operator what happened, it never decides anything: nothing is lost)."""
         try:
-            return cls(**json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError):
+            data = read_own_file(path, JOURNAL_LIMIT, what="journal")
+            return cls(**json.loads(data)) if data is not None else None
+        except (RegpatchError, ValueError, TypeError):
             return None
 
     def save(self, store) -> None:

@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from pathlib import Path
 from typing import Optional
 
+from regpatch import platform
 from regpatch.errors import UsageError
 from regpatch.reference import Repository, Tag
 from regpatch.storage.layout import Layout
 
-ON_WINDOWS = sys.platform == "win32"
 _DEVICES = {"CON", "PRN", "AUX", "NUL"} | {f"{p}{n}" for p in ("COM", "LPT") for n in "123456789¹²³"}
 _CASE_PROBE = re.compile(r"[A-Za-z]")
 
@@ -80,10 +79,11 @@ def _windows_name_problem(component: str) -> Optional[str]:
     return None
 
 
-def check_names(layout: Layout, repo: Repository, tag: Optional[Tag], *, windows: bool = ON_WINDOWS) -> None:
+def check_names(layout: Layout, repo: Repository, tag: Optional[Tag], *, windows: Optional[bool] = None) -> None:
     """Refuse, before any write, a repository or tag the storage's filesystem would take
     for another one (case-insensitive filesystem, Win32 trailing dots) or cannot create
-    (Windows device names). ``windows``: the host is Windows."""
+    (Windows device names). ``windows``: the host is Windows (default: this host)."""
+    windows = platform.is_windows() if windows is None else windows
     probe = layout.v2 / "repositories"
     insensitive = probe.is_dir() and case_insensitive(probe)
     parent = layout.v2 / "repositories"

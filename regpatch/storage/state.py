@@ -14,11 +14,12 @@ storage root whatever the state folder is (docs/architecture.md, "The state fold
 
 from __future__ import annotations
 
-import getpass
 import logging
 import os
 import socket
 from datetime import datetime, timezone
+
+from regpatch import platform
 
 log = logging.getLogger("regpatch.state")
 
@@ -29,10 +30,7 @@ def now_iso() -> str:
 
 def actor() -> str:
     """Who/what is running: user@host pid, and the Prefect flow run when there is one."""
-    try:
-        user = getpass.getuser()
-    except Exception:  # no passwd entry in some containers
-        user = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
+    user = platform.user_name()  # (a uid when there is no passwd entry, in some containers)
     who = f"{user}@{socket.gethostname()} pid {os.getpid()}"
     run = os.environ.get("PREFECT__FLOW_RUN_ID")
     return who + (f" flow-run {run}" if run else "")

@@ -45,6 +45,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Optional
 
+from regpatch import platform
 from regpatch.digest import Digest
 from regpatch.errors import (
     InvalidReference,
@@ -58,6 +59,7 @@ from regpatch.errors import (
 from regpatch.hashing import hash_file
 from regpatch.hooks import checkpoint
 from regpatch.options import opt
+from regpatch.platform.ownfiles import read_own_file
 from regpatch.reference import Repository, Tag
 from regpatch.storage.files import DIR_MODE, FILE_MODE, TMP_MARK, _io, _raise_write_error, fsync_dir, sweep_temp_files
 from regpatch.storage.layout import Layout
@@ -74,28 +76,16 @@ _FOLLOWED_LOCK = threading.Lock()
 _WARNED: set[str] = set()  # malformed links already warned about by this process (path and bytes)
 
 
-def _marker(st: os.stat_result) -> dict:
-    """What a verified-blob marker remembers of the file: device, inode, size, mtime and
-    ctime. ``touch`` can restore an mtime, nothing but the kernel sets the ctime: a file
-    changed in place after it was hashed never matches its marker."""
-    return {"size": st.st_size, "dev": st.st_dev, "ino": st.st_ino, "mtime_ns": st.st_mtime_ns,
-            "ctime_ns": st.st_ctime_ns}
+MARKER_LIMIT = 4096  # a verified-blob marker is a few numbers
 
 
 def _storage_owner(root: Path, v2: Path) -> Optional[tuple[int, int]]:
     """The (uid, gid) every file and folder regpatch creates must have: the owner of the
     registry's own tree (v2/, else the root), when regpatch runs as root and that owner is
     another user (Debian's registry runs as its own user: a root-owned link file there
-    breaks its next push). None: keep the process's own (it is the owner, or cannot chown)."""
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        return None
-    for folder in (v2, root):
-        try:
-            st = os.stat(folder)
-        except OSError:
-            continue
-        return None if (st.st_uid, st.st_gid) == (0, 0) else (st.st_uid, st.st_gid)
-    return None
+    breaks its next push). None: keep the process's own (it is the owner, or cannot chown;
+    always on Windows)."""
+    return platform.storage_owner([v2, root])
 
 
 def docker_tree_holding(root: Path, path: Path) -> Optional[Path]:
@@ -250,7 +240,7 @@ class RegistryStore(Staging):
             with _io("creating", d):
                 os.chmod(d, DIR_MODE)  # umask-proof
                 if self._owner is not None:
-                    os.chown(d, *self._owner)
+                    platform.chown(d, self._owner)
                 fsync_dir(d.parent)
 
     def ensure_state_dir(self, path: Path) -> None:
@@ -282,8 +272,9 @@ class RegistryStore(Staging):
                     progress: Optional[Callable[[int], None]] = None, *, remember: bool = True) -> bool:
         """True if the registry holds this blob with the right size and bytes.
 
-        A blob verified before and unchanged since (same inode, size, mtime)
-        is not hashed again. Raises DigestMismatch / SizeMismatch when the
+        A blob verified before and proven unchanged since (``platform.file_identity``:
+        same inode, size, mtime and ctime; where nothing proves it, never) is not hashed
+        again. Raises DigestMismatch / SizeMismatch when the
         registry's copy is corrupt.
         """
         path = self.layout.blob_data(digest)
@@ -293,7 +284,7 @@ class RegistryStore(Staging):
                 st = os.stat(path)
             except FileNotFoundError:
                 return False
-            if self._verified(digest, st):
+            if self._verified(digest, path, st):
                 return True
             hash_file(path, what=f"registry blob {self.layout.relative(path)}", expected=digest,
                       expected_size=size, progress=progress)
@@ -431,17 +422,24 @@ class RegistryStore(Staging):
     def _verified_marker(self, digest: Digest) -> Path:
         return self.layout.state / "verified" / f"{digest.algorithm}-{digest.hex}"
 
-    def _verified(self, digest: Digest, st: os.stat_result) -> bool:
-        try:
-            mark = json.loads(self._verified_marker(digest).read_text())
-        except (OSError, ValueError):
+    def _verified(self, digest: Digest, path: Path, st: os.stat_result) -> bool:
+        """True when the marker of ``digest`` proves the file at ``path`` (stat ``st``) is the
+        one hashed when the marker was written."""
+        identity = platform.file_identity(path, st)
+        if identity is None:  # this file system cannot prove it: hash again
             return False
-        return mark == _marker(st)
+        try:
+            mark = json.loads(read_own_file(self._verified_marker(digest), MARKER_LIMIT,
+                                            what="verified-blob marker") or b"null")
+        except (RegpatchError, ValueError):
+            return False
+        return bool(mark == identity)
 
     def _remember_verified(self, digest: Digest, path: Path) -> None:
         try:
-            st = os.stat(path)
-            mark = _marker(st)
+            mark = platform.file_identity(path, os.stat(path))
+            if mark is None:
+                return
             self.write_file(self._verified_marker(digest), json.dumps(mark).encode(), durable=False)
         except (RegpatchError, OSError) as e:  # only an optimisation: never fail a patch for it
             # (OSError: e.g. another run installed the staged file meanwhile)
@@ -455,15 +453,14 @@ class RegistryStore(Staging):
             sweep_temp_files(final.parent)
         tmp = final.parent / f"{TMP_MARK}{os.getpid()}-{secrets.token_hex(6)}"
         try:
-            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, FILE_MODE)  # RDWR: the copy is hashed back
+            fd = platform.open_file(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, FILE_MODE)  # RDWR: the copy is hashed back
         except OSError as e:
             _raise_write_error(e, final)
         f = os.fdopen(fd, "wb", buffering=0)
         try:
-            if hasattr(os, "fchmod"):
-                os.fchmod(f.fileno(), FILE_MODE)  # umask-proof
+            platform.set_mode(f.fileno(), FILE_MODE)  # umask-proof
             if self._owner is not None:
-                os.fchown(f.fileno(), *self._owner)
+                platform.fchown(f.fileno(), self._owner)
         except OSError as e:
             f.close()
             self._discard(tmp)
@@ -480,7 +477,7 @@ class RegistryStore(Staging):
                 if durable:
                     f.flush()
                     os.fsync(f.fileno())
-            os.replace(tmp, final)
+            platform.replace(tmp, final)
             if durable:
                 fsync_dir(final.parent)
             checkpoint(f"wrote {final.name}")

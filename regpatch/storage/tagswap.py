@@ -25,7 +25,7 @@ The protocol (``read``, then ``swap``):
   two names atomically with ``renameat2(RENAME_EXCHANGE)`` (Linux; for a new tag
   ``RENAME_NOREPLACE``, or ``link()`` elsewhere), so that the file displaced is exactly the
   one that was current at that instant, and check it is the inode and bytes that were read;
-  where the exchange is not available, ``os.replace``. After the swap, and again
+  where the exchange is not available, a plain replace. After the swap, and again
   ``SETTLE`` later: the displaced inode unchanged, ``current/link`` still the temp file's
   inode holding the new digest, no index entry new or changed. Anything else is an
   ``Interference``: the caller records it and stops, and never moves the tag again itself.
@@ -41,15 +41,14 @@ writes the index link first, so every push of a registry is seen (measured in
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Literal, Optional
+from typing import Iterable, Optional
 
-from regpatch import interrupt
+from regpatch import interrupt, platform
 from regpatch.digest import Digest
 from regpatch.errors import os_errors
 from regpatch.hooks import checkpoint, hook_point
@@ -64,47 +63,6 @@ SETTLE = 0.02            # s: the post-swap check runs again this much later (an
 POLL = 0.005             # s: how often a push in flight is looked at
 MAX_INDEX_ENTRIES = 100_000
 READ_LIMIT = 1024        # a link is 71 bytes
-_HOLD = os.name != "nt"  # Windows: an open file cannot be replaced, so nothing is held open there
-
-AT_FDCWD = -100
-RENAME_NOREPLACE = 1
-RENAME_EXCHANGE = 2
-
-_renameat2: Callable[..., int] | Literal[False] | None = None  # False: not available here
-
-
-def _libc_renameat2() -> Callable[..., int] | Literal[False]:
-    global _renameat2
-    if _renameat2 is None:
-        _renameat2 = False
-        if hasattr(os, "uname") and os.uname().sysname == "Linux":
-            import ctypes  # Linux only: renameat2 (glibc 2.28+), loaded when first used
-
-            try:
-                fn = ctypes.CDLL(None, use_errno=True).renameat2
-                fn.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
-                fn.restype = ctypes.c_int
-                _renameat2 = fn
-            except (AttributeError, OSError):
-                pass
-    return _renameat2
-
-
-def rename2(src: Path, dst: Path, flags: int) -> bool:
-    """``renameat2(src, dst, flags)``; False when this system or filesystem has no such rename
-    (the caller falls back); OSError for any other failure (EEXIST, ENOENT...)."""
-    fn = _libc_renameat2()
-    if not fn:
-        return False
-    if fn(AT_FDCWD, os.fsencode(src), AT_FDCWD, os.fsencode(dst), flags) == 0:
-        return True
-    import ctypes  # Linux only: the errno of the call above (loaded with it)
-
-    err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-        return False  # the filesystem (NFS, some FUSE) or the kernel does not do it
-    raise OSError(err, os.strerror(err), str(src), None, str(dst))
-
 
 @dataclass(frozen=True)
 class FileId:
@@ -120,31 +78,9 @@ class FileId:
         return cls(st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def _create_from(tmp: Path, dst: Path) -> None:
-    """Give ``tmp`` the name ``dst`` unless ``dst`` exists (FileExistsError): os.rename refuses an
-    existing destination on Windows, link() does on POSIX; a filesystem without hard links gets
-    a last look and os.replace."""
-    if os.name == "nt":
-        os.rename(tmp, dst)
-        return
-    try:
-        os.link(tmp, dst)
-    except FileExistsError:
-        raise
-    except OSError as e:
-        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
-            raise
-        if os.path.lexists(dst):
-            raise FileExistsError(errno.EEXIST, "exists", str(dst)) from None
-        os.replace(tmp, dst)
-
-
 def _read_at_start(fd: int) -> bytes:
-    """A link's bytes through a descriptor, from the start (no os.pread on Windows)."""
-    if hasattr(os, "pread"):
-        return os.pread(fd, READ_LIMIT + 1, 0)
-    os.lseek(fd, 0, os.SEEK_SET)
-    return os.read(fd, READ_LIMIT + 1)
+    """A link's bytes through a descriptor, from the start."""
+    return platform.pread(fd, READ_LIMIT + 1, 0)
 
 
 def parse_link(raw: Optional[bytes]) -> Optional[Digest]:
@@ -202,10 +138,9 @@ class TagSwap:
     def _open(self) -> None:
         """Open (and on POSIX keep open) current/link; remember its bytes and identity."""
         self._close()
-        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
         with os_errors("reading", self.current):
             try:
-                fd = os.open(self.current, flags)
+                fd = platform.open_nofollow(self.current, os.O_RDONLY)
             except FileNotFoundError:
                 self._raw, self._id = None, None
                 return
@@ -214,7 +149,7 @@ class TagSwap:
             except BaseException:
                 os.close(fd)
                 raise
-        if _HOLD:
+        if platform.can_hold_while_replacing():  # (Windows: a file held open cannot be replaced)
             self._fd = fd
         else:
             os.close(fd)
@@ -322,15 +257,14 @@ class TagSwap:
         """(moved, the temp name that now holds the displaced link, if exchanged)."""
         if self._id is not None:
             try:
-                if rename2(tmp, self.current, RENAME_EXCHANGE):
+                if platform.exchange(tmp, self.current):
                     return True, tmp
             except FileNotFoundError:
                 return False, None  # current/link was deleted meanwhile (the tag untagged)
-            os.replace(tmp, self.current)
+            platform.replace(tmp, self.current)
             return True, None
         try:  # a new tag: never over a current/link another writer just created
-            if not rename2(tmp, self.current, RENAME_NOREPLACE):
-                _create_from(tmp, self.current)
+            platform.create_new(tmp, self.current)
         except FileExistsError:
             return False, None
         return True, None

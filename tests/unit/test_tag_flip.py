@@ -89,6 +89,7 @@ def test_a_write_between_the_read_and_the_last_check_is_refused_with_nothing_wri
     assert no_temp_files(site)
 
 
+@pytest.mark.posix_only  # the held current/link and renameat2's exchange: POSIX only (Windows keeps the checks before the move)
 @pytest.mark.parametrize("writer", [write_in_place, write_by_rename])
 def test_a_write_between_the_last_check_and_the_rename_is_reported_never_lost_silently(site, writer):
     """The window no check can close: the other writer's link is displaced by the rename. The
@@ -105,6 +106,7 @@ def test_a_write_between_the_last_check_and_the_rename_is_reported_never_lost_si
     assert no_temp_files(site)
 
 
+@pytest.mark.posix_only  # the held current/link and renameat2's exchange: POSIX only (Windows keeps the checks before the move)
 def test_a_write_into_the_displaced_link_after_the_rename_is_reported(site):
     """Registry 2.8 writes in place: a push that opened current/link before the rename writes
     the old inode after it. regpatch holds that inode open and reads it again."""
@@ -176,6 +178,7 @@ def test_a_push_that_died_between_its_two_writes_delays_the_flip_only_for_a_whil
     assert current_path(site).read_bytes() == str(OURS).encode()
 
 
+@pytest.mark.posix_only  # the held current/link and renameat2's exchange: POSIX only (Windows keeps the checks before the move)
 def test_a_new_tag_is_never_created_over_one_another_writer_just_created(site):
     new = Tag("brand-new")
     path = site.layout.tag_current_link(R, new)
@@ -186,10 +189,13 @@ def test_a_new_tag_is_never_created_over_one_another_writer_just_created(site):
     assert e.value.found == OTHER and path.read_bytes() == str(OTHER).encode()
 
 
+@pytest.mark.posix_only  # the held current/link and renameat2's exchange: POSIX only (Windows keeps the checks before the move)
 def test_without_renameat2_an_in_place_write_is_still_reported(site, monkeypatch):
     """Where the exchange is not available (another kernel, NFS), os.replace moves the link and the
     held inode still shows an in-place write (the registry's way)."""
-    monkeypatch.setattr(tagswap, "_renameat2", False)
+    from regpatch.platform import _posix
+
+    monkeypatch.setattr(_posix, "_renameat2", False)
     install_hook_point("tag-flip:swap", lambda: write_in_place(current_path(site), OTHER))
     with pytest.raises(TagRaced) as e:
         flip(site)
@@ -206,6 +212,7 @@ def test_the_messages_say_what_was_moving_the_tag(site):
     assert "when the patch was planned" not in restore
 
 
+@pytest.mark.posix_only  # the held current/link and renameat2's exchange: POSIX only (Windows keeps the checks before the move)
 def test_a_raced_patch_exits_4_naming_both_digests_and_a_rerun_does_not_move_the_tag(site, capsys):
     """Through the command line: the race is an error (exit 4, one line, both digests), the
     history says 'raced', and the tag is left as found."""
