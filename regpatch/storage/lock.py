@@ -47,6 +47,11 @@ def _file_lock(path: Path, what: str, deadline: float, busy: Callable[[str], str
         os.close(fd)
 
 
+def _still_held(name: str, timeout: float) -> Callable[[str], str]:
+    return lambda holder: (f"a run still holds {name} ({holder}); waited {timeout:.0f}s for it before the "
+                           f"maintenance window; try again or raise {opt.lock_timeout}")
+
+
 def _in_maintenance(timeout: float) -> Callable[[str], str]:
     return lambda holder: (f"the storage is in a maintenance window (regpatch gc: {holder}); waited {timeout:.0f}s; "
                            f"try again when it ends or raise {opt.lock_timeout}")
@@ -97,11 +102,7 @@ def maintenance_window(layout: Layout, *, timeout: float = 300.0, on_wait=None) 
             path = layout.maintenance_lock.parent / name
             if not name.endswith(".lock") or path == layout.maintenance_lock:
                 continue
-            with _file_lock(path, "repository lock", deadline,
-                            lambda holder, name=name: (f"a run still holds {name} ({holder}); waited "
-                                                       f"{timeout:.0f}s for it before the maintenance window; "
-                                                       f"try again or raise {opt.lock_timeout}"),
-                            on_wait):
+            with _file_lock(path, "repository lock", deadline, _still_held(name, timeout), on_wait):
                 pass
         yield
 
