@@ -40,6 +40,7 @@ class Counts:
         self.events: collections.Counter = collections.Counter()
         self.clients: collections.Counter = collections.Counter()
         self.t0 = time.monotonic()
+        self.phases: dict[str, float] = {}
 
     def request(self, method: str, url, seconds: float, status: int) -> None:
         if "/api" not in str(url.path) and "/health" not in str(url.path):
@@ -54,7 +55,10 @@ class Counts:
 
     def dump(self, out: Path) -> None:
         with self.lock:
-            doc = {"wall": time.monotonic() - self.t0,
+            end = time.monotonic()
+            marks = sorted({**self.phases, "exit": end}.items(), key=lambda kv: kv[1])
+            doc = {"wall": end - self.t0,
+                   "phases": [(a[0], round(b[1] - a[1], 3)) for a, b in zip(marks, marks[1:], strict=False)],
                    "requests": {k: {"n": v[0], "seconds": round(v[1], 4), "errors": dict(v[2])}
                                 for k, v in sorted(self.requests.items())},
                    "events": dict(self.events), "clients": dict(self.clients)}
@@ -95,7 +99,13 @@ def install(out: Path, api_port: str = "") -> Counts:
                 counts.request(request.method, request.url, time.perf_counter() - t0, status)
 
     httpx.Client.send, httpx.AsyncClient.send = send, asend  # type: ignore[method-assign]
+    atexit.register(counts.dump, out)
+    return counts
 
+
+def count_prefect(counts: Counts) -> None:
+    """Events emitted and Prefect clients made (once Prefect is imported: importing it here
+    would move its import time into the process's start)."""
     from prefect.client.orchestration import PrefectClient, SyncPrefectClient
     from prefect.events.clients import EventsClient
 
@@ -116,8 +126,47 @@ def install(out: Path, api_port: str = "") -> Counts:
             __init(self, *a, **kw)
 
         cls.__init__ = counted_init  # type: ignore[method-assign]
-    atexit.register(counts.dump, out)
-    return counts
+
+
+def process_start() -> float:
+    """This process's start on the monotonic clock (from /proc: its start in clock ticks since boot)."""
+    import os
+
+    ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+    uptime = float(Path("/proc/uptime").read_text().split()[0])
+    return time.monotonic() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+
+
+def time_phases(counts: Counts) -> None:
+    """Where the process's time goes: start-up and the command's own checks, importing
+    Prefect's side (``prefect_side()``), the flow call, and what runs after it until the
+    process ends (the table printed, Prefect's log and event workers drained at exit)."""
+    import types
+
+    from regpatch.cli import prefect_api
+
+    side = prefect_api.prefect_side
+    counts.phases = {"process start": process_start(), "main": time.monotonic()}
+
+    def timed_side():
+        counts.phases.setdefault("import prefect side", time.monotonic())
+        mod = side()
+        if "imported" not in counts.phases:
+            counts.phases["imported"] = time.monotonic()
+            count_prefect(counts)
+
+        def wrap(fn):
+            def call(*a, **kw):
+                counts.phases.setdefault("flow call", time.monotonic())
+                try:
+                    return fn(*a, **kw)
+                finally:
+                    counts.phases["flow returned"] = time.monotonic()
+            return call
+
+        return types.SimpleNamespace(**{name: wrap(getattr(mod, name)) for name in mod.__all__})
+
+    prefect_api.prefect_side = timed_side  # before the command modules import it by name
 
 
 def main() -> int:
@@ -127,7 +176,8 @@ def main() -> int:
 
     url = os.environ.get("PREFECT_API_URL", "")
     port = (re.search(r":(\d+)/", url) or [None, ""])[1]
-    install(out, port)
+    counts = install(out, port)
+    time_phases(counts)
     from regpatch.cli import main as regpatch_main
 
     return regpatch_main(sys.argv[3:])

@@ -261,9 +261,12 @@ OUTCOME_LABELS = ("status", "old", "new", "bytes_copied", "tag_moved", "error")
 def record_outcome(result, error: Optional[BaseException] = None) -> None:
     """The run's outcome as labels of its flow run (``regpatch.status``, ``.old``, ``.new``,
     ``.bytes_copied``, ``.tag_moved``, ``.error``): a rollout reads them back from a run
-    on another host through the API, whatever result storage that host has."""
+    on another host through the API, whatever result storage that host has. Only a run of
+    a deployment gets them (a rollout's, or one from the UI, where they show): a run of
+    the command line ends in the operator's terminal, and the write (a read, then a write,
+    when the server is busiest: on SQLite the one that meets 'database is locked') is saved."""
     ctx = FlowRunContext.get()
-    if not ctx or not ctx.flow_run or (result is None and error is None):
+    if not ctx or not ctx.flow_run or not ctx.flow_run.deployment_id or (result is None and error is None):
         return
     if error is not None:
         status = "interrupted" if getattr(result, "status", "") == "interrupted" else "failed"

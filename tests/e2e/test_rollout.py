@@ -304,3 +304,71 @@ def test_lines_logged_by_the_blob_threads_reach_the_run_logs(capsys, fleet, scen
     staged = [m for m in messages if m.startswith("staged bundle file")]
     assert len(staged) >= 2, "\n".join(messages)  # the blobs copied, each from its thread
     assert "attempted to send logs to the API without a flow run id" not in err
+
+
+def test_more_than_four_at_once_is_refused_on_sqlite_before_anything_is_touched(capsys, tmp_path, fleet, scenario,
+                                                                               prefect_api):
+    """The session's server runs on Prefect's default SQLite: --max-parallel 5 is refused
+    up front, naming the PostgreSQL recipe; the server's own answers tell its database."""
+    import httpx
+
+    from regpatch.fleet.prefect_server import server_database
+
+    before = {n: tree_hash(fleet[n].root) for n in fleet}
+    inv = write_inventory(tmp_path / "inv.yml", [entry(n, r) for n, r in fleet.items()])
+    code, out, err = rollout(capsys, scenario["staged"], inv, "--max-parallel", "5", "--state-dir", tmp_path / "s")
+    assert code == 2, err
+    assert "--max-parallel 5 needs a Prefect server on PostgreSQL: this one runs on SQLite" in err
+    assert "production recipe" in err and "Traceback" not in err
+    assert {n: tree_hash(fleet[n].root) for n in fleet} == before
+    assert not (tmp_path / "s").exists()
+    # a run from the form (the flow itself) is refused the same way, naming the form's field
+    from regpatch.errors import UsageError
+    from regpatch.params import RolloutParams
+    from regpatch_flows.rollout import rollout as rollout_flow
+
+    with pytest.raises(UsageError) as e:
+        rollout_flow(bundle=str(scenario["staged"]), repository=REPO, tag=TAG,
+                     rollout=RolloutParams(inventory=inv, max_parallel=5, state_dir=str(tmp_path / "s")))
+    assert "(rollout.max_parallel) 5 needs a Prefect server on PostgreSQL: this one runs on SQLite" in str(e.value)
+    assert {n: tree_hash(fleet[n].root) for n in fleet} == before
+    assert not (tmp_path / "s").exists()
+    settings = httpx.get(prefect_api.url + "/admin/settings", timeout=10).json()
+    assert settings["server"]["database"]["connection_url"] == "**********"  # the URL itself is hidden
+    schemas = httpx.post(prefect_api.url + "/block_schemas/filter", json={"limit": 5}, timeout=10).json()
+    assert server_database(settings, schemas) == "sqlite"
+
+
+def test_progress_artifacts_only_for_copies_still_running_after_a_second(prefect_api):
+    """A copy done within its first second leaves no progress artifact; a longer one shows
+    from its first second on, at most once a second, and ends at 100%."""
+    from prefect import flow
+    from prefect.context import FlowRunContext
+
+    from regpatch_tasks.observer import ProgressArtifact
+
+    now = [0.0]
+
+    @flow(name="progress-artifacts", persist_result=False)
+    def copies() -> tuple:
+        ctx = FlowRunContext.get()
+        assert ctx and ctx.flow_run
+        short = ProgressArtifact("stage short.tar.gz", 4 << 20, ctx.flow_run.id, None, clock=lambda: now[0])
+        for _ in range(4):
+            now[0] += 0.2
+            short.advance(1 << 20)
+        long = ProgressArtifact("stage long.tar.gz", 8 << 20, ctx.flow_run.id, None, clock=lambda: now[0])
+        for _ in range(8):  # a MiB every 0.4 s: 3.2 s in all
+            now[0] += 0.4
+            long.advance(1 << 20)
+        return str(ctx.flow_run.id), short.updates, long.updates
+
+    flow_run_id, short_updates, long_updates = copies()
+    assert short_updates == 0
+    assert long_updates == 3  # created 1.2 s into the copy, updated at 2.4 s and at its end (3.2 s)
+    import httpx
+
+    arts = httpx.post(prefect_api.url + "/artifacts/filter", timeout=10, json={
+        "artifacts": {"flow_run_id": {"any_": [flow_run_id]}, "type": {"any_": ["progress"]}}}).json()
+    assert [a["description"] for a in arts] == ["stage long.tar.gz: 8.0 MiB in 3.2 s (2.5 MiB/s)"], arts
+    assert arts[0]["data"] == 100
