@@ -261,7 +261,7 @@ def check_server(max_parallel: int) -> None:
         # the server's settings and block schemas, as it answers them (no client method returns the raw JSON)
         settings = client.request("GET", "/admin/settings").json()
         driver = settings.get("server", {}).get("database", {}).get("driver")
-        schemas = [] if driver else client.request("POST", "/block_schemas/filter", json={"limit": 5}).json()
+        schemas = [] if driver else client.request("POST", "/block_schemas/filter", json={"limit": 10}).json()
     check_parallel(max_parallel, server_database(settings, schemas))
 
 

@@ -96,7 +96,7 @@ def prefect_server_answers(url: str) -> Optional[tuple[dict, list]]:
             database = settings.get("server", {}).get("database", {}) if isinstance(settings, dict) else {}
             if isinstance(database, dict) and database.get("driver"):
                 return settings, []
-            return settings, client.post("/block_schemas/filter", json={"limit": 5}).raise_for_status().json()
+            return settings, client.post("/block_schemas/filter", json={"limit": 10}).raise_for_status().json()
     except (httpx.HTTPError, ValueError):
         return None
 

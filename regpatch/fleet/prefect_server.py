@@ -16,7 +16,9 @@ is) and ``/health`` says ``true`` on both, so the server is read twice over:
 - else the block schemas the server registers at its start, read back: PostgreSQL keeps
   JSON as ``jsonb``, whose objects come back with their keys ordered by length, then
   bytes; SQLite keeps the text, so the keys come back in the order Prefect wrote them
-  (``title`` first). Several schemas agree or the answer is "unknown".
+  (``title`` first, before ``type``). Most schemas in that order: PostgreSQL (the server
+  adds a key after reading to a schema that refers to others); none: SQLite; else the
+  answer is "unknown".
 The URL this process was given (``PREFECT_API_DATABASE_CONNECTION_URL``) is not read: it
 describes a server this process would start, not the one at ``PREFECT_API_URL``.
 """
@@ -46,11 +48,12 @@ def server_database(settings: Any, block_schemas: Any) -> Optional[str]:
         return POSTGRESQL if driver.startswith("postgresql") else SQLITE if driver.startswith("sqlite") else None
     orders = [list(s["fields"]) for s in block_schemas or [] if isinstance(s, dict)
               and isinstance(s.get("fields"), dict) and len(s["fields"]) >= 3]
-    if not orders:
-        return None
-    if all(keys == jsonb_order(keys) for keys in orders):
+    in_order = sum(keys == jsonb_order(keys) for keys in orders)
+    if orders and 2 * in_order > len(orders):
         return POSTGRESQL
-    return SQLITE
+    if orders and in_order == 0:
+        return SQLITE
+    return None
 
 
 def check_parallel(max_parallel: int, database: Optional[str]) -> None:

@@ -206,6 +206,17 @@ class PrefectCluster:
     def logs(self, flow_run_id: str) -> list[dict]:
         return self.post("/logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200})
 
+    def logs_until(self, flow_run_ids: list[str], until, timeout: float = 30.0) -> list[str]:
+        """The log messages of these runs on the server. Prefect ships logs from a background
+        worker in batches, so the last lines of a run arrive a moment after it ends: poll
+        until ``until(messages)`` holds or the time is up (then return what is there)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            messages = [l["message"] for i in flow_run_ids for l in self.logs(i)]
+            if until(messages) or time.monotonic() > deadline:
+                return messages
+            time.sleep(0.5)
+
     def wait_final(self, flow_run_id: str, timeout: float = 300) -> dict:
         deadline = time.monotonic() + timeout
         while True:

@@ -75,7 +75,7 @@ def run_logs(names: list[str], until, timeout: float = 30.0) -> list[str]:
             if all(found) or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
-        assert all(found), f"no flow run named {[n for n, f in zip(names, found) if not f]}"
+        assert all(found), f"no flow run named {[n for n, f in zip(names, found, strict=True) if not f]}"
         runs = [f[0] for f in found]
         while True:
             logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[r.id for r in runs])))
@@ -335,7 +335,7 @@ def test_more_than_four_at_once_is_refused_on_sqlite_before_anything_is_touched(
     assert not (tmp_path / "s").exists()
     settings = httpx.get(prefect_api.url + "/admin/settings", timeout=10).json()
     assert settings["server"]["database"]["connection_url"] == "**********"  # the URL itself is hidden
-    schemas = httpx.post(prefect_api.url + "/block_schemas/filter", json={"limit": 5}, timeout=10).json()
+    schemas = httpx.post(prefect_api.url + "/block_schemas/filter", json={"limit": 10}, timeout=10).json()
     assert server_database(settings, schemas) == "sqlite"
 
 
