@@ -22,7 +22,7 @@ and each N, side by side in one run:
   the worker polling every ``--worker-poll`` seconds (PREFECT_WORKER_QUERY_SECONDS).
 
     .venv/bin/python bench/fleet.py [--sizes 16,64] [--databases sqlite,postgres]
-                                    [--max-parallel 4] [--repeat 1] [--worker-poll 5]
+                                    [--max-parallel 4] [--repeat 1] [--worker-poll 5,3]
 
 Servers bind 127.0.0.1; no temporary Prefect server is ever started
 (PREFECT_SERVER_ALLOW_EPHEMERAL_MODE=false everywhere).
@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import shutil
+import socket
 import sqlite3
 import statistics
 import subprocess
@@ -41,6 +42,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import Optional
 
@@ -54,6 +56,7 @@ sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 
 from regpatch.demo.images import push_with_skopeo, scenario_servercore  # noqa: E402
 from regpatch.demo.loopback import LocalRegistry  # noqa: E402
+from regpatch.registry.processes import pid_alive  # noqa: E402
 
 BIN = Path(sys.executable).parent
 REGPATCH = str(BIN / "regpatch")
@@ -102,6 +105,22 @@ def tree_hwm_kib(pid: int) -> int:
 
 # --------------------------------------------------------------------------- registries
 
+def distinct_ports(n: int) -> list[int]:
+    """n ports free on 127.0.0.1, all different (the sockets are held until all are chosen:
+    one free port asked for n times may come back twice, and two registries on one port
+    look like one that answers)."""
+    socks = []
+    try:
+        for _ in range(n):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            socks.append(sock)
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 class Fleet:
     """N registries serving copies of one template storage; ``reset`` puts the template back
     (no blob descriptor cache in the registries: they read the storage at every request)."""
@@ -111,11 +130,17 @@ class Fleet:
 
     @classmethod
     def start(cls, work: Path, template: Path, n: int) -> "Fleet":
-        regs = [LocalRegistry(work / f"reg-{i:03d}", blobdescriptor_cache=False) for i in range(n)]
+        regs = [LocalRegistry(work / f"reg-{i:03d}", port=port, blobdescriptor_cache=False)
+                for i, port in enumerate(distinct_ports(n))]
         for reg in regs:
             shutil.copytree(template, reg.root, dirs_exist_ok=True)
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda r: r.start(), regs))
+        time.sleep(1)
+        for i, reg in enumerate(regs):  # one whose port was taken meanwhile exits: again on another port
+            if not pid_alive(reg.pid or -1):
+                reg.stop()
+                regs[i] = LocalRegistry(reg.workdir, port=distinct_ports(1)[0], blobdescriptor_cache=False).start()
         return cls(work, template, regs)
 
     def first(self, n: int) -> "Fleet":
@@ -185,13 +210,13 @@ class Server:
             q = " UNION ALL ".join(f"SELECT '{t}', count(*) FROM {t}" for t in TABLES)
             q += " UNION ALL SELECT 'bytes', pg_database_size(current_database())"
             out = subprocess.run(psql + ["-c", q], capture_output=True, text=True, check=True).stdout
-            rows = dict(line.split("|") for line in out.split())
-            return {t: int(rows[t]) for t in TABLES}, int(rows["bytes"])
+            answers = dict(line.split("|") for line in out.split())
+            return {t: int(answers[t]) for t in TABLES}, int(answers["bytes"])
         with sqlite3.connect(self.home / "prefect.db", timeout=60) as c:
             c.execute("PRAGMA wal_checkpoint(PASSIVE)")  # the WAL's pages into the file, without blocking the server
-            rows = {t: c.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES}
+            rows = {t: int(c.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in TABLES}
             used = c.execute("PRAGMA page_count").fetchone()[0] - c.execute("PRAGMA freelist_count").fetchone()[0]
-            return rows, used * c.execute("PRAGMA page_size").fetchone()[0]
+            return rows, int(used * c.execute("PRAGMA page_size").fetchone()[0])
 
     def settle(self, timeout: float = 60) -> None:
         """Wait until the server has written what it was sent (events are written by its
@@ -292,6 +317,7 @@ def ui_runs(work: Path, server: Server, staged: Path, template: Path, poll: floa
     the UI's Run button does; seconds from that POST to Running, and to Completed."""
     from prefect_cluster import Proc
 
+    work.mkdir(parents=True, exist_ok=True)
     reg = LocalRegistry(work / f"ui-{server.database}", blobdescriptor_cache=False)
     shutil.copytree(template, reg.root, dirs_exist_ok=True)
     reg.start()
@@ -303,14 +329,18 @@ def ui_runs(work: Path, server: Server, staged: Path, template: Path, poll: floa
     assert rc == 0, out
     home = work / f"worker-home-{server.database}"
     home.mkdir(exist_ok=True)
-    worker = Proc([BIN / "prefect", "worker", "start", "--pool", "bench-pool", "--type", "process", "--name", "bench"],
+    name = f"bench-{server.database}-{poll:g}"
+    worker = Proc([BIN / "prefect", "worker", "start", "--pool", "bench-pool", "--type", "process", "--name", name],
                   env(server.api, home, PREFECT_WORKER_QUERY_SECONDS=str(poll)), work / f"worker-{server.database}.log",
                   cwd=work)
     api = httpx.Client(base_url=server.api, timeout=30)
-    running, completed = [], []
+    running: list[float] = []
+    completed: list[float] = []
+    picked: list[float] = []
+    started: list[float] = []
     try:
         deadline = time.monotonic() + 120
-        while not api.post("/work_pools/bench-pool/workers/filter", json={}).json():
+        while not any(w["name"] == name for w in api.post("/work_pools/bench-pool/workers/filter", json={}).json()):
             assert time.monotonic() < deadline, worker.text()[-2000:]
             time.sleep(0.5)
         dep = api.get("/deployments/name/patch-registry/site-ui").json()
@@ -331,11 +361,16 @@ def ui_runs(work: Path, server: Server, staged: Path, template: Path, poll: floa
                 time.sleep(0.1)
             completed.append(time.perf_counter() - t0)
             running.append(seen_running if seen_running is not None else completed[-1])
+            states = {st["type"]: datetime.fromisoformat(st["timestamp"]).timestamp() for st in
+                      api.get("/flow_run_states/", params={"flow_run_id": fr["id"]}).json()}
+            created = datetime.fromisoformat(fr["created"]).timestamp()
+            picked.append(states.get("PENDING", created) - created)  # the worker's poll found it
+            started.append(states.get("RUNNING", created) - states.get("PENDING", created))  # its process
     finally:
         api.close()
         worker.stop()
         reg.stop()
-    return {"running": running, "completed": completed, "poll": poll}
+    return {"running": running, "completed": completed, "poll": poll, "picked": picked, "started": started}
 
 
 # --------------------------------------------------------------------------- report
@@ -439,6 +474,9 @@ def print_ui(db: str, ui: dict) -> None:
     print(f"\nUI-style run of patch-registry/site-ui on a process worker ({db}, PREFECT_WORKER_QUERY_SECONDS="
           f"{ui['poll']:g}): to Running median {_median(r):.1f} s ({_span(r)}), target <= 10 s: "
           f"{'PASS' if max(r) <= 10 else 'FAIL'}; to Completed median {_median(c):.1f} s ({_span(c)})")
+    print(f"  of which (server's state times): created -> Pending (the worker's poll found it) median "
+          f"{_median(ui['picked']):.1f} s ({_span(ui['picked'])}); Pending -> Running (its process started, "
+          f"imported Prefect and the flow) median {_median(ui['started']):.1f} s ({_span(ui['started'])})")
 
 
 def main(argv=None) -> int:
@@ -449,7 +487,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=1, help="rollout measurements per size and database")
     ap.add_argument("--tiny", type=int, default=5, help="tiny patches per database (0: none)")
     ap.add_argument("--ui", type=int, default=4, help="UI-style deployment runs per database (0: none)")
-    ap.add_argument("--worker-poll", type=float, default=5.0, help="PREFECT_WORKER_QUERY_SECONDS of the worker")
+    ap.add_argument("--worker-poll", default="5,3",
+                    help="PREFECT_WORKER_QUERY_SECONDS of the worker; several: the UI-style runs once for each")
     ap.add_argument("--workdir", default=None, help="kept afterwards (default: a temporary folder, removed)")
     a = ap.parse_args(argv)
     sizes = [int(x) for x in a.sizes.split(",") if x]
@@ -479,8 +518,9 @@ def main(argv=None) -> int:
                               f"API {r['api_first']:.1f} s / re-run {r['api_rerun']:.1f} s", flush=True)
                 if a.tiny:
                     extras.append(("tiny", db, tiny_patches(work, server, a.tiny)))
-                if a.ui:
-                    extras.append(("ui", db, ui_runs(work, server, s["staged"], template.root, a.worker_poll, a.ui)))
+                for k, poll in enumerate(float(x) for x in a.worker_poll.split(",") if a.ui and x):
+                    extras.append(("ui", db, ui_runs(work / f"poll-{k}", server, s["staged"], template.root, poll,
+                                                     a.ui)))
                 servers[db] = {"hwm": server.hwm_kib(), "started": server.started_in}
             finally:
                 server.stop()
