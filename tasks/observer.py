@@ -14,8 +14,9 @@ time is in the step's and in the summary).
 
 Every run of a registry is named ``<registry>-<repository>-<tag>`` and tagged
 ``registry:<name>`` and ``repository:<name>`` (``label_run``), whoever started it:
-the UI, the command line, a rollout or a schedule. Its summary is one markdown
-artifact keyed the same way, so the Artifacts page holds one history per registry
+the UI, the command line, a rollout's deployment run or a schedule (a registry a
+rollout patches itself is a task run of the rollout, named the same way, untagged).
+Its summary is one markdown artifact keyed the same way, so the Artifacts page holds one history per registry
 and tag; ``history-<registry>`` shows the registry's tag changes (``regpatch
 history``), refreshed by every patch and rollback.
 """

@@ -1,8 +1,8 @@
 """The tasks of the rollout flow: find where each registry is patched, patch one registry.
 
 Each registry of a rollout is one task run named ``<registry>-<repository>-<tag>``
-and tagged ``registry:<name>``, ``repository:<name>``, whose final state is the
-registry's outcome: Completed when it was patched (or was up to date), Failed when
+(no tags: a tagged task run first asks the API for tag concurrency slots), whose
+final state is the registry's outcome: Completed when it was patched (or was up to date), Failed when
 its patch failed, Cancelled ("NotRun") when an earlier wave failed, Completed
 ("Skipped") when it was rolled back since an earlier run of the same rollout
 patched it. The task returns the outcome inside its state, so ``run_rollout`` gets
