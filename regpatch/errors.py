@@ -2,7 +2,8 @@
 
 Every error says what failed, on which object, and what to do next. The CLI
 prints ``str(error)`` as a single line and exits with ``error.exit_code``.
-No error message ever contains a credential. Names in a message may come from
+No error message ever contains a credential: ``str(error)`` passes the message through
+``sanitize.redact`` (the one detector the refusal of inline credentials uses too). Names in a message may come from
 a hostile bundle or a damaged storage: ``str(error)`` escapes their control
 characters (a newline shows as ``\\n``), so a message is always one line and
 can never forge another.
@@ -33,7 +34,8 @@ through the ``os_errors`` context manager by every reader and writer.
     │   ├── NoSpace                  ENOSPC / EDQUOT while writing
     │   ├── LockTimeout              another patch holds the repository lock
     │   ├── StorageMismatch          the URL's registry does not serve this storage
-    │   └── TagMoved                 another writer moved the tag during the run
+    │   ├── TagMoved                 another writer moved the tag during the run (nothing overwritten)
+    │   └── TagRaced                 another writer wrote the tag while regpatch moved it
     ├── RegistryError                the registry HTTP API failed (exit 5)
     │   ├── RegistryUnavailable      /v2/ does not answer
     │   ├── AuthError                credentials missing or refused
@@ -52,7 +54,7 @@ from contextlib import contextmanager
 from typing import Iterator, Optional
 
 from regpatch.options import opt
-from regpatch.sanitize import escape_controls
+from regpatch.sanitize import escape_controls, redact
 
 
 class RegpatchError(Exception):
@@ -64,8 +66,8 @@ class RegpatchError(Exception):
         super().__init__(message)
         self.message = message
 
-    def __str__(self) -> str:  # one line, always: control characters escaped, never removed
-        return escape_controls(self.message.strip())
+    def __str__(self) -> str:  # one line, always: control characters escaped, never removed;
+        return escape_controls(redact(self.message.strip()))  # and never a credential (sanitize.redact)
 
 
 class UsageError(RegpatchError):
@@ -149,6 +151,11 @@ class NoSpace(StorageError):
     pass
 
 
+class FileInUse(StorageError):
+    """Windows: a file could not be replaced while another program (the registry, a virus
+    scanner) held it open without delete sharing, even after the bounded retries."""
+
+
 class LockTimeout(StorageError):
     pass
 
@@ -158,15 +165,39 @@ class StorageMismatch(StorageError):
 
 
 class TagMoved(StorageError):
-    """The tag no longer holds the digest read when the run planned: someone pushed."""
+    """Another writer moved the tag between the run's read of it and its move: nothing of
+    theirs was overwritten. ``doing``: what was moving it (patch, rollback, restore)."""
 
-    def __init__(self, repository, tag, expected, found):
-        self.expected, self.found = expected, found
+    def __init__(self, repository, tag, expected, found, *, doing: str = "patch", to=None):
+        self.expected, self.found, self.doing, self.to = expected, found, doing, to
+        if doing == "restore":
+            text = (f"tag {repository}:{tag} was moved by another writer while regpatch put it back on {to} "
+                    f"(the registry did not serve {expected} after the patch moved it there): it holds "
+                    f"{found or '(nothing)'} now; the tag was left as the other writer set it: check who pushed "
+                    "and which image the registry serves")
+        else:
+            when = "the patch was planned" if doing == "patch" else "the rollback chose its image"
+            again = ("run the patch again to move the tag on purpose (the new image is stored and verified)"
+                     if doing == "patch" else f"run the rollback again ({opt.to} DIGEST) to move it on purpose")
+            text = (f"tag {repository}:{tag} was moved by another writer during this {doing}: it held "
+                    f"{expected or '(nothing)'} when {when} and holds {found or '(nothing)'} now; the tag was left "
+                    f"as the other writer set it; check who pushed, then {again}")
+        super().__init__(text)
+
+
+class TagRaced(StorageError):
+    """Another writer wrote the tag while regpatch's compare-and-swap moved it (a push that
+    landed in the window): recorded as ``raced`` in the history; the tag is not moved again."""
+
+    def __init__(self, repository, tag, expected, to, others, holds, *, doing: str = "patch"):
+        self.expected, self.to, self.others, self.holds, self.doing = expected, to, tuple(others), holds, doing
+        theirs = ", ".join(str(d) for d in self.others) or "a link that is not a digest"
+        whose = f"{to} is regpatch's image" + (f", {self.others[0]} the other writer's" if self.others else "")
         super().__init__(
-            f"tag {repository}:{tag} was moved by another writer during this run: it held "
-            f"{expected or '(nothing)'} when the patch was planned and holds {found or '(nothing)'} now; "
-            "the tag was left as the other writer set it (the new image is stored and verified); "
-            "check who pushed, then run the patch again to move the tag on purpose")
+            f"tag {repository}:{tag} was written by another writer while this {doing} moved it from "
+            f"{expected or '(nothing)'} to {to}: the other writer wrote {theirs}; the tag holds "
+            f"{holds or '(nothing)'} now; regpatch did not move it again (history: 'raced'): check who "
+            f"pushed, then set the tag on purpose with a rollback {opt.to} DIGEST ({whose})")
 
 
 class RegistryError(RegpatchError):
@@ -187,6 +218,11 @@ class VerificationError(RegistryError):
 
 class RestartError(RegpatchError):
     exit_code = 6
+
+
+class FleetDrift(RegpatchError):
+    """A registry of the fleet is not on the expected image, or cannot be read (regpatch status)."""
+    exit_code = 7
 
 
 class Interrupted(RegpatchError):

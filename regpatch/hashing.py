@@ -6,11 +6,11 @@ import errno
 import os
 import queue
 import threading
-from typing import BinaryIO, Callable, Literal, Optional, Protocol
+from typing import BinaryIO, Callable, Optional, Protocol
 
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
-from regpatch import interrupt
+from regpatch import interrupt, platform
 from regpatch.digest import CHUNK, Digest, new_hasher
 from regpatch.errors import DigestMismatch, SizeMismatch
 
@@ -72,13 +72,10 @@ def copy_and_hash(
     return actual, total
 
 
-
 _BUFFERS = 4
 
 
-
 _DONE = object()
-
 
 
 def _pipelined_copy(src, dst, h, account: Callable[[int], None]) -> None:  # noqa: C901  (3 threads, one hand-off)
@@ -144,13 +141,10 @@ def _pipelined_copy(src, dst, h, account: Callable[[int], None]) -> None:  # noq
         raise errors[0]
 
 
-
 KERNEL_COPY_CHUNK = 16 << 20
 
 
-
 _NO_KERNEL_COPY = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF}
-
 
 
 def kernel_copy_and_hash(src_fd: int, dst_fd: int, *, what: str, expected: Optional[Digest],  # noqa: C901
@@ -158,7 +152,7 @@ def kernel_copy_and_hash(src_fd: int, dst_fd: int, *, what: str, expected: Optio
                          expected_size: int,
                          progress: Optional[Callable[[int], None]] = None,
                          src_offset: Optional[int] = None) -> Optional[tuple[Digest, int]]:
-    """Copy with ``os.copy_file_range`` (in the kernel) while hashing the DESTINATION.
+    """Copy in the kernel (``platform.kernel_copy``: Linux's ``copy_file_range``) while hashing the DESTINATION.
 
     One thread copies; this thread hashes the bytes that landed in the
     destination right behind it (from the page cache), so what is verified is
@@ -170,7 +164,7 @@ def kernel_copy_and_hash(src_fd: int, dst_fd: int, *, what: str, expected: Optio
     checked. Without it, the copy starts at the descriptor's position and one
     byte more than ``expected_size`` is a SizeMismatch.
     """
-    if not hasattr(os, "copy_file_range"):
+    if not platform.has_kernel_copy():
         return None
     copied = 0
     eof_extra = 0
@@ -186,12 +180,12 @@ def kernel_copy_and_hash(src_fd: int, dst_fd: int, *, what: str, expected: Optio
                 n = _copy_range(src_fd, dst_fd, min(KERNEL_COPY_CHUNK, expected_size - copied), copied)
                 if n == 0:
                     break
-                start_writeback(dst_fd, copied, n)
+                platform.start_writeback(dst_fd, copied, n)
                 with cond:
                     copied += n
                     cond.notify()
             if copied == expected_size and src_offset is None:  # one more byte: the source is too long
-                eof_extra = len(os.pread(src_fd, 1, copied))
+                eof_extra = len(platform.pread(src_fd, 1, copied))
         except BaseException as e:
             errors.append(e)
         finally:
@@ -200,9 +194,7 @@ def kernel_copy_and_hash(src_fd: int, dst_fd: int, *, what: str, expected: Optio
                 cond.notify()
 
     def _copy_range(src: int, dst: int, n: int, done: int) -> int:
-        if src_offset is None:
-            return os.copy_file_range(src, dst, n)
-        return os.copy_file_range(src, dst, n, src_offset + done)
+        return platform.kernel_copy(src, dst, n, None if src_offset is None else src_offset + done)
 
     try:  # probe: can the kernel copy here at all?
         first = _copy_range(src_fd, dst_fd, min(KERNEL_COPY_CHUNK, expected_size), 0) if expected_size else 0
@@ -240,7 +232,6 @@ def kernel_copy_and_hash(src_fd: int, dst_fd: int, *, what: str, expected: Optio
     return actual, copied
 
 
-
 def _hash_range(fd: int, h, start: int, end: int, what: str,
                 progress: Optional[Callable[[int], None]], read_ahead: bool = False) -> int:
     """Hash bytes [start, end) of an open file by ``pread``; returns ``end``. A stop
@@ -255,7 +246,7 @@ def _hash_range(fd: int, h, start: int, end: int, what: str,
         buf = bytearray(min(CHUNK, max(end - start, 1)))
         view = memoryview(buf)
         while start < end:
-            n = _pread_into(fd, view[:min(len(buf), end - start)], start)
+            n = platform.pread_into(fd, view[:min(len(buf), end - start)], start)
             if not n:
                 raise OSError(errno.EIO, f"short read of {what}")
             h.update(view[:n])
@@ -277,7 +268,7 @@ def _hash_range(fd: int, h, start: int, end: int, what: str,
                 buf = free.get()
                 if buf is _DONE:
                     return
-                n = _pread_into(fd, memoryview(buf)[:min(CHUNK, end - pos)], pos)
+                n = platform.pread_into(fd, memoryview(buf)[:min(CHUNK, end - pos)], pos)
                 if not n:
                     raise OSError(errno.EIO, f"short read of {what}")
                 filled.put((buf, n, None))
@@ -306,22 +297,12 @@ def _hash_range(fd: int, h, start: int, end: int, what: str,
 
 
 
-def _pread_into(fd: int, view: memoryview, offset: int) -> int:
-    if hasattr(os, "preadv"):
-        return os.preadv(fd, [view], offset)
-    data = os.pread(fd, len(view), offset)
-    view[:len(data)] = data
-    return len(data)
-
-
-
 def _write_all(dst, view: memoryview) -> None:
     while view:
         written = dst.write(view)
         if written is None:  # non-blocking raw stream: not expected for files
             continue
         view = view[written:]
-
 
 
 def _readinto(src, buf: bytearray) -> int:
@@ -332,17 +313,14 @@ def _readinto(src, buf: bytearray) -> int:
     return len(data)
 
 
-
 # Transient I/O faults (network shares, flaky disks). A digest or size
 # mismatch is never retried: it is a fact about the bytes, not a fault.
 TRANSIENT_ERRNOS = {errno.EIO, errno.ETIMEDOUT, errno.EAGAIN, errno.EINTR, errno.ECONNRESET,
                     errno.ESTALE, errno.EHOSTUNREACH, errno.ENETRESET}
 
 
-
 def is_transient_io(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS
-
 
 
 io_retry = retry(
@@ -352,7 +330,6 @@ io_retry = retry(
     sleep=interrupt.sleep,
     reraise=True,
 )
-
 
 
 @io_retry
@@ -366,78 +343,13 @@ def hash_file(path, *, what: Optional[str] = None, expected: Optional[Digest] = 
 
 
 
-_SYNC_FILE_RANGE_WRITE = 2
-
-
-
-_libc: Callable[..., int] | Literal[False] | None = None  # libc's sync_file_range; False: not there
-
-
-
-def _c():
-    global _libc
-    if _libc is None:
-        import ctypes  # Linux only: sync_file_range and FICLONE, loaded when first used
-        import ctypes.util  # Linux only: sync_file_range and FICLONE, loaded when first used
-
-        try:
-            lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-            fn = lib.sync_file_range
-            fn.argtypes = (ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)
-            fn.restype = ctypes.c_int
-            _libc = fn
-        except (OSError, AttributeError):
-            _libc = False
-    return _libc
-
-
-
-def start_writeback(fd: int, offset: int, length: int) -> None:
-    """Ask the kernel to start writing ``[offset, offset+length)`` to disk now
-    (``sync_file_range(SYNC_FILE_RANGE_WRITE)``, which does not wait), so that the
-    fsync at the end of a large copy finds little left to do."""
-    fn = _c()
-    if fn:
-        fn(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
-
-
-
-def advise_sequential(fd: int) -> None:
-    if hasattr(os, "posix_fadvise"):
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        except OSError:
-            pass
-
-
-
-FICLONE = 0x40049409  # _IOW(0x94, 9, int)
-
-
-
-def try_reflink(src_fd: int, dst_fd: int) -> bool:
-    """Share the source's blocks with the destination (XFS, btrfs, ...): an instant copy.
-    False when the filesystem cannot (ext4, another filesystem): nothing was written."""
-    import fcntl  # Linux only: sync_file_range and FICLONE, loaded when first used
-
-    try:
-        fcntl.ioctl(dst_fd, FICLONE, src_fd)
-        return True
-    except OSError as e:
-        if e.errno in (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY, errno.EBADF, errno.EPERM,
-                       errno.ENOSYS):
-            return False
-        raise
-
-
-
 def hash_fd(fd: int, *, what: str, expected: Optional[Digest], expected_size: int,
             progress: Optional[Callable[[int], None]] = None) -> tuple[Digest, int]:
     """Hash an open file by ``pread`` from offset 0 (what is verified is what is stored)."""
     size = os.fstat(fd).st_size
     if size != expected_size:
         raise SizeMismatch(what, expected_size, size)
-    advise_sequential(fd)
+    platform.advise_sequential(fd)
     h = new_hasher()
     done = _hash_range(fd, h, 0, size, what, progress, read_ahead=True)
     now = os.fstat(fd).st_size

@@ -26,7 +26,20 @@ from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field,
 from pydantic.config import JsonDict
 
 from regpatch.errors import UsageError
-from regpatch.options import FORM_GROUPS, REGISTRY, ROLLOUT, S3, TRUST, VERIFY, Option, form_namer, wording
+from regpatch.options import (
+    FORM_GROUPS,
+    REGISTRY,
+    RETENTION,
+    ROLLOUT,
+    S3,
+    TRUST,
+    VERIFY,
+    Option,
+    form_namer,
+    opt,
+    wording,
+)
+from regpatch.sanitize import find_credentials, has_credentials
 
 if TYPE_CHECKING:  # imported where they are used: the command line parses its flags first (fast start)
     from regpatch.bundle.s3 import S3Options  # boto3
@@ -239,6 +252,22 @@ class TrustParams(BaseModel):
         return v
 
 
+class RetentionParams(BaseModel):
+    """What ``prune`` keeps: every tagged image, the last K images of each tag, the recent ones."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="Retention")
+
+    keep: int = spec(RETENTION["keep"])
+    keep_days: Optional[float] = spec(RETENTION["keep_days"])
+    also_unrecorded: bool = spec(RETENTION["also_unrecorded"])
+
+    def describe(self) -> str:
+        """The policy in a few words (the history's source of a ``pruned`` line)."""
+        days = f", images younger than {self.keep_days:g} days" if self.keep_days is not None else ""
+        unrecorded = ", also images regpatch did not write" if self.also_unrecorded else ""
+        return f"keep {self.keep} previous per tag{days}{unrecorded}"
+
+
 class RolloutParams(BaseModel):
     """Which registries of an inventory a rollout patches, and how many at once."""
 
@@ -271,30 +300,24 @@ class RolloutParams(BaseModel):
 
 
 MODELS: dict[str, type[BaseModel]] = {"registry": RegistryParams, "verify": VerifyParams, "s3": S3Params,
-                                      "trust": TrustParams, "rollout": RolloutParams}
+                                      "trust": TrustParams, "rollout": RolloutParams, "retention": RetentionParams}
 
 
 # --------------------------------------------------------------------------- inline secrets
 
-_SECRET_PATTERNS = (
-    re.compile(r"://[^/@\s]*:[^/@\s]*@"),                                  # user:password@host
-    re.compile(r"(?:^|\s)--(?:creds|src-creds|dest-creds|password|registry-token|token)(?:=|\s+)"
-               r"(?!['\"]?\$)\S"),                                          # --creds user:pw (not $VAR)
-    re.compile(r"(?:^|\s)-p(?:\s+|=)?(?!['\"]?\$)\S"),                      # -p secret (docker login)
-    re.compile(r"\b\w*(?:PASSWORD|TOKEN|SECRET)\w*=(?!['\"]?\$)\S", re.IGNORECASE),
-)
-
-
-def has_inline_credentials(text: str) -> bool:
-    """True when ``text`` carries a credential literally (not as a $VARIABLE)."""
-    return any(p.search(text) for p in _SECRET_PATTERNS)
+def has_inline_credentials(text: Optional[str]) -> bool:
+    """True when ``text`` carries a credential literally (not as a $VARIABLE): the one
+    detector of ``regpatch.sanitize``, the one that also redacts every message."""
+    return has_credentials(text)
 
 
 def refuse_inline_credentials(what: str, text: Optional[str]) -> None:
-    if text and has_inline_credentials(text):
-        raise UsageError(f"{what} carries a credential inline; it would be stored with the run. "
-                         "Put it in an environment variable and write $NAME in its place, or use an "
-                         "auth file (--registry-auth-file) or REGPATCH_REGISTRY_USERNAME/_PASSWORD")
+    found = find_credentials(text) if text else []
+    if found:
+        raise UsageError(f"{what} carries a credential inline ({found[0].carrier}); it would be stored with "
+                         "the run. Put it in an environment variable and write $NAME (or %NAME% for cmd.exe) "
+                         f"in its place, or use an auth file ({opt.registry_auth_file}) or "
+                         "REGPATCH_REGISTRY_USERNAME/_PASSWORD")
 
 
 # --------------------------------------------------------------------------- the caller's names

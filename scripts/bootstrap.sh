@@ -6,7 +6,8 @@
 #      apache2-utils python3-venv xfsprogs postgresql chromium golang-go (and python3 itself if
 #      absent); postgresql for the Prefect server's database (the deployment
 #      tests start their own cluster), chromium for the browser test, golang-go
-#      for the tar reader's reference (Go's archive/tar, tests/support/tarref);
+#      for the tar reader's reference (Go's archive/tar, tests/support/tarref), exfat-fuse and
+#      exfatprogs for a case-insensitive storage (tests/e2e/test_case_insensitive.py);
 #   2. make sure the Debian docker-registry *service* is not running: it would
 #      listen on :5000 on all interfaces. The tests and the demo start their own
 #      registries on 127.0.0.1 with generated configs;
@@ -20,7 +21,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 STAMP="$VENV/.regpatch-bootstrap-stamp"
-APT_PACKAGES=(docker-registry skopeo podman apache2-utils python3-venv xfsprogs postgresql chromium golang-go)
+APT_PACKAGES=(docker-registry skopeo podman apache2-utils python3-venv xfsprogs postgresql chromium golang-go
+              exfat-fuse exfatprogs)
 
 log() { printf 'bootstrap: %s\n' "$*"; }
 die() { printf 'bootstrap: error: %s\n' "$*" >&2; exit 1; }

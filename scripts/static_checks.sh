@@ -19,7 +19,7 @@ trap 'rm -rf "$view"' EXIT
 ln -s "$ROOT/regpatch" "$view/regpatch"
 ln -s "$ROOT/flows" "$view/regpatch_flows"
 ln -s "$ROOT/tasks" "$view/regpatch_tasks"
-for platform in linux; do  # win32: added with the platform seam (run where the registry runs)
+for platform in linux win32; do
     echo "-- mypy --platform $platform"
     (cd "$view" && "$BIN/mypy" --config-file "$ROOT/pyproject.toml" --cache-dir "$ROOT/.mypy_cache" \
         --platform "$platform" -p regpatch -p regpatch_flows -p regpatch_tasks) || rc=1

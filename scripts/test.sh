@@ -4,7 +4,11 @@
 #      Windows, the import contracts), each at zero findings;
 #   1. tests/unit: fast, real files in tmp folders, no external process, under
 #      coverage (the figure for regpatch/ is printed);
-#   2. tests/e2e: real docker-registry, skopeo, podman, moto, one Prefect server.
+#   2. the Windows-API layer (tests/support/winapi.py): tests/unit again and the
+#      scenarios of tests/e2e/test_windows_api.py, with the project's code seeing the
+#      API set of a Windows Python 3.11 and the seam's Windows implementation running
+#      over recorded Win32 doubles (about 100 s more);
+#   3. tests/e2e: real docker-registry, skopeo, podman, moto, one Prefect server.
 # Arguments, when given, go to one pytest run instead (paths relative to the root).
 # The exit code is pytest's; "no tests collected" (pytest's exit 5) is a failure.
 set -euo pipefail
@@ -43,5 +47,9 @@ if [ "$cov_rc" -ne 0 ]; then
     echo "test.sh: the unit layer covers less than 85 % of regpatch/ (coverage exit $cov_rc)" >&2
     exit 2
 fi
+echo "== Windows-API layer (pytest --windows-api: tests/unit again, tests/e2e/test_windows_api.py) =="
+# (two runs: tests/unit and tests/e2e each import their own conftest by that name)
+run "$PY" -m pytest -q --windows-api -p no:cacheprovider tests/unit
+run "$PY" -m pytest -q --windows-api -p no:cacheprovider tests/e2e/test_windows_api.py
 echo "== end-to-end layer (tests/e2e) =="
 run "$PY" -m pytest -q tests/e2e

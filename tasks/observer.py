@@ -40,7 +40,7 @@ from prefect.context import FlowRunContext, TaskRunContext
 
 from regpatch.bundle.s3 import S3Options
 from regpatch.progress import Progress, human
-from regpatch.sanitize import escape_controls
+from regpatch.sanitize import escape_controls, redact
 from regpatch.storage.history import read_history
 from regpatch_tasks.s3_support import load_aws_credentials_block
 
@@ -230,8 +230,9 @@ def history_markdown(registry: str, target, repository: Optional[str] = None, ta
     if entries:
         lines += ["| time | repository:tag | action | old | new | source | by |", "|---|---|---|---|---|---|---|"]
         for e in reversed(entries[-limit:]):
+            source = redact(e.source) + (f" ({e.notes()})" if e.notes() else "")
             cells = (e.time, f"`{e.repository}:{e.tag}`", e.action, f"`{e.old or '(new tag)'}`", f"`{e.new}`",
-                     e.source, e.actor)
+                     source, e.actor)
             lines.append("| " + " | ".join(escape_controls(str(c)).replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -5,6 +5,14 @@ from __future__ import annotations
 
 import pytest
 
+# the Windows-API layer (pytest --windows-api) and the posix_only / windows_api markers
+from support.winapi import (  # noqa: F401
+    pytest_addoption,
+    pytest_collection_modifyitems,
+    pytest_configure,
+    pytest_runtest_call,
+)
+
 from regpatch.demo.images import push_with_skopeo, scenario_servercore
 from regpatch.demo.loopback import LocalRegistry
 

@@ -29,6 +29,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Optional
 
+from regpatch import platform
 from regpatch.bundle.model import ACCEPTED_FORMATS, BundleSource
 from regpatch.bundle.tarstream import (
     DIR,
@@ -99,15 +100,16 @@ class LocalArchiveFile(ArchiveFile):
             raise SourceError(f"cannot read the archive {self.path}: {e.strerror}") from None
 
     def read_at(self, offset: int, n: int) -> bytes:
-        fd = os.open(self.path, os.O_RDONLY)
+        fd = platform.open_file(self.path, os.O_RDONLY)  # its own descriptor: read by position
         try:
-            out = bytearray()
-            while len(out) < n:
-                data = os.pread(fd, n - len(out), offset + len(out))
-                if not data:
+            out = bytearray(n)
+            got = 0
+            while got < n:
+                k = platform.pread_into(fd, memoryview(out)[got:], offset + got)
+                if not k:
                     break
-                out += data
-            return bytes(out)
+                got += k
+            return bytes(out[:got])
         finally:
             os.close(fd)
 
@@ -116,7 +118,7 @@ class LocalArchiveFile(ArchiveFile):
 
 
 class _FileWindow(io.RawIOBase):
-    """A byte range of a local file, read with pread on its own descriptor.
+    """A byte range of a local file, read by position (``platform.pread_into``) on its own descriptor.
 
     It has no ``fileno()``: a kernel copy would copy from the descriptor's
     position and check the end of the whole file, not of the member.
@@ -124,7 +126,7 @@ class _FileWindow(io.RawIOBase):
 
     def __init__(self, path: Path, offset: int, length: int):
         super().__init__()
-        self._fd = os.open(path, os.O_RDONLY)
+        self._fd = platform.open_file(path, os.O_RDONLY)
         self._pos = offset
         self._end = offset + length
         self._path = path
@@ -143,17 +145,12 @@ class _FileWindow(io.RawIOBase):
         if left <= 0:
             return 0
         view = memoryview(b)[:left]
-        n = os.preadv(self._fd, [view], self._pos) if hasattr(os, "preadv") else self._pread_into(view)
+        n = platform.pread_into(self._fd, view, self._pos)
         if n == 0:
             raise SourceError(f"the archive {self._path} is shorter than its tar headers say "
                               f"(it ends at byte {self._pos:,}); it was truncated")
         self._pos += n
         return n
-
-    def _pread_into(self, view: memoryview) -> int:
-        data = os.pread(self._fd, len(view), self._pos)
-        view[:len(data)] = data
-        return len(data)
 
     def close(self) -> None:
         if not self.closed:

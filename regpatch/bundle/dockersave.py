@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Optional
 
+from regpatch import platform
 from regpatch.bundle.gzipper import DEFAULT_LEVEL, compress_stream
 from regpatch.bundle.model import BundleFile, BundleSource, PatchBundle, _safe_name
 from regpatch.digest import Digest
@@ -293,16 +294,9 @@ def _same_layer_twice(earlier: SavedLayer, layer: SavedLayer, source: BundleSour
                             f"{layer.diff_id}): the config contradicts its layers; save the image again")
 
 
-def load_docker_save(source: BundleSource, *, image: Optional[str] = None, scratch: Optional[Path] = None,
-                     foreign_layers: str = "keep", gzip_level: Optional[int] = None):
-    """Convert the chosen image of a docker save archive into a PatchBundle (new digest)."""
-    level = DEFAULT_LEVEL if gzip_level is None else gzip_level
-    if not 1 <= level <= 9:
-        raise UsageError(f"gzip level must be 1..9, got {level}")
-    t0 = time.monotonic()
-    img = select_image(read_saved_images(source), image, source.description)
-    work = _ScratchDir(Path(scratch)) if scratch is not None else None
-    converted: dict[str, ConvertedLayer] = {}   # canonical member -> result
+def _layers_to_convert(img: SavedImage, source: BundleSource,
+                       foreign_layers: str) -> tuple[list[SavedLayer], dict[int, dict]]:
+    """(the layer files to convert, each once; the foreign layers kept as they are, by index)."""
     todo: list[SavedLayer] = []
     keep: dict[int, dict] = {}
     first: dict[str, SavedLayer] = {}  # canonical member -> the first layer that lists it
@@ -316,6 +310,20 @@ def load_docker_save(source: BundleSource, *, image: Optional[str] = None, scrat
             continue
         first[member] = layer
         todo.append(layer)
+    return todo, keep
+
+
+def load_docker_save(source: BundleSource, *, image: Optional[str] = None, scratch: Optional[Path] = None,
+                     foreign_layers: str = "keep", gzip_level: Optional[int] = None):
+    """Convert the chosen image of a docker save archive into a PatchBundle (new digest)."""
+    level = DEFAULT_LEVEL if gzip_level is None else gzip_level
+    if not 1 <= level <= 9:
+        raise UsageError(f"gzip level must be 1..9, got {level}")
+    t0 = time.monotonic()
+    img = select_image(read_saved_images(source), image, source.description)
+    work = _ScratchDir(Path(scratch)) if scratch is not None else None
+    converted: dict[str, ConvertedLayer] = {}   # canonical member -> result
+    todo, keep = _layers_to_convert(img, source, foreign_layers)
 
     def convert(name: str, stream: BinaryIO) -> None:
         layer = next(l for l in todo if l.name == name)
@@ -454,7 +462,7 @@ class _ScratchDir:
             if not entry.name.startswith(cls.PREFIX) or not entry.is_dir(follow_symlinks=False):
                 continue
             pid = entry.name[len(cls.PREFIX):].split("-", 1)[0]
-            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            if pid.isdigit() and int(pid) != os.getpid() and not platform.pid_alive(int(pid)):
                 shutil.rmtree(entry.path, ignore_errors=True)
 
     def new_file(self) -> _ScratchFile:
@@ -464,7 +472,7 @@ class _ScratchDir:
     def keep(self, f: _ScratchFile, digest: Digest) -> Path:
         f.close()
         final = self.blob(digest)
-        os.replace(f.path, final)
+        platform.replace(f.path, final)
         return final
 
     def blob(self, digest: Digest) -> Path:
@@ -472,18 +480,6 @@ class _ScratchDir:
 
     def cleanup(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    if os.name == "nt":
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
 
 
 class ConvertedSource(BundleSource):

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 from pathlib import Path
 from typing import BinaryIO, Optional
 
 from regpatch.bundle.model import BundleSource, _safe_name
 from regpatch.errors import SourceError, UnsafePath, UsageError
+
+log = logging.getLogger("regpatch.bundle")
 
 
 class LocalFolderSource(BundleSource):
@@ -54,6 +58,12 @@ class LocalFolderSource(BundleSource):
                         st = os.stat(path)
                     except FileNotFoundError:
                         raise UnsafePath(f"bundle file {path} is a dangling symlink") from None
+                    except OSError as e:
+                        if e.errno != errno.ELOOP:
+                            raise
+                        log.warning("bundle file %s is a symlink that loops (to itself or in a cycle): it is no "
+                                    "file, skipped", path)
+                        continue
                     if not os.path.isfile(path):
                         continue
                     files[rel] = st.st_size
@@ -66,6 +76,11 @@ class LocalFolderSource(BundleSource):
             return open(path, "rb", buffering=0)
         except FileNotFoundError:
             raise SourceError(f"bundle file {path} does not exist") from None
+        except OSError as e:
+            if e.errno != errno.ELOOP:
+                raise
+            raise SourceError(f"bundle file {path} is a symlink that loops (to itself or in a cycle); put the "
+                              "file itself in the bundle") from None
 
     def local_path(self, name: str) -> Optional[Path]:
         return self._resolve(name)

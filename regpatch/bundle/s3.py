@@ -47,7 +47,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from regpatch import interrupt
+from regpatch import interrupt, platform
 from regpatch.bundle.model import BundleSource, _safe_name
 from regpatch.digest import CHUNK, Digest
 from regpatch.errors import DigestMismatch, RegpatchError, SizeMismatch, SourceError, UsageError
@@ -562,9 +562,9 @@ class S3Source(BundleSource):
                 shutil.copyfileobj(src, dst, CHUNK)
                 dst.flush()
                 os.fsync(dst.fileno())
-            os.replace(tmp, cache)
+            platform.replace(tmp, cache)
             log.info("cached %s", cache)
-        except OSError as e:
+        except (OSError, RegpatchError) as e:  # (RegpatchError: FileInUse, Windows)
             log.warning("could not write the cache entry %s: %s", cache, e)
             _unlink(tmp)
 

@@ -13,7 +13,6 @@ from regpatch.options import opt
 DIR_VERSION_PREFIX = b"Directory Transport Version: 1."
 
 
-
 def _load_dir(source: BundleSource, files: dict[str, int], image: Optional[str]) -> PatchBundle:
     where = source.description
     if "version" in files:

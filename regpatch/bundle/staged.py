@@ -35,10 +35,8 @@ def _reachable_names(bundle: PatchBundle) -> list[str]:
     return names
 
 
-
 def _is_manifest_name(name: str) -> bool:
     return name.endswith(".manifest.json")
-
 
 
 def _read_sidecar(source: BundleSource, name: str) -> Digest:
@@ -51,7 +49,6 @@ def _read_sidecar(source: BundleSource, name: str) -> Digest:
     except InvalidReference:
         raise BundleError(f"digest sidecar {source.describe(name)} holds {text[:80]!r}, "
                           "not 'sha256:<64 hex>'") from None
-
 
 
 def _load_staged(source: BundleSource, files: dict[str, int]) -> PatchBundle:
@@ -110,7 +107,6 @@ def _load_staged(source: BundleSource, files: dict[str, int]) -> PatchBundle:
                               f"{source.describe(mname)} does not reference; the sidecar or the manifest "
                               "belongs to another patch")
     return bundle
-
 
 
 def _referenced_digests(top: Manifest) -> set[Digest]:

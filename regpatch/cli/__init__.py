@@ -28,6 +28,8 @@ COMMANDS = {
     "rollout": ("fleet_commands", "run_rollout", "run"),
     "history": ("registry_commands", "run_history", "none"),
     "deployments": ("fleet_commands", "run_deployments", "none"),
+    "status": ("fleet_commands", "run_status", "plain"),
+    "prune": ("maintenance_commands", "run_prune", "plain"),
     "inspect": ("bundle_commands", "run_inspect", "none"),
     "contents": ("bundle_commands", "run_contents", "plain"),
     "bundle": ("bundle_commands", "run_bundle", "plain"),
@@ -38,16 +40,23 @@ COMMANDS = {
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    from regpatch.cli.console import _console_logging  # after the arguments are parsed (start-up)
-    from regpatch.cli.prefect_api import (  # after the arguments are parsed (start-up)
-        _prepare_environment,
-        _quiet_tracebacks,
-        _use_prefect,
-    )
+    from regpatch.cli.console import survive_any_code_page  # after the arguments are parsed (start-up)
+    from regpatch.cli.prefect_api import _prepare_environment  # after the arguments are parsed (start-up)
 
     _prepare_environment(args.debug)
+    survive_any_code_page()
     interrupt.install_handlers()
     module, function, logs = COMMANDS[args.command]
+    try:
+        return _run(args, module, function, logs)
+    finally:
+        interrupt.finished()  # a console-close handler waiting for the run may let it end now
+
+
+def _run(args, module: str, function: str, logs: str) -> int:
+    from regpatch.cli.console import _console_logging  # after the arguments are parsed (start-up)
+    from regpatch.cli.prefect_api import _quiet_tracebacks, _use_prefect  # after the arguments are parsed (start-up)
+
     try:
         run = getattr(importlib.import_module(f"regpatch.cli.{module}"), function)
         if logs == "plain" or (logs == "run" and not _use_prefect(args)):
@@ -57,6 +66,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         run(args)
         return 0
     except RegpatchError as e:
+        if interrupt.stopping() and not isinstance(e, Interrupted):  # raised while unwinding: the stop wins
+            return _interrupted(args.debug)
         if args.debug:
             traceback.print_exc()
         print(f"regpatch: error: {e}", file=sys.stderr)

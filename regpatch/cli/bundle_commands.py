@@ -81,7 +81,7 @@ def run_keygen(args: argparse.Namespace) -> None:
 
     key_path, pub_path = generate_keypair(args.out, args.algorithm)
     pub = load_public_key(pub_path)
-    sys.stdout.write(f"wrote {key_path} (private, 0600) and {pub_path} (public): "
+    sys.stdout.write(f"wrote {key_path} (private: its owner only) and {pub_path} (public): "
                      f"{algorithm_name(pub)} {fingerprint(pub)}\n")
 
 

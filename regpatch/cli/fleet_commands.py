@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from regpatch.cli.console import fit
 from regpatch.cli.options import model_of
 from regpatch.cli.prefect_api import (
     _check_prefect_api,
@@ -101,9 +102,9 @@ def run_rollout(args: argparse.Namespace):
             if any(o.failed or o.status == "not-run" for o in outcomes):
                 raise RolloutFailed(outcomes)
     except RolloutFailed as e:
-        sys.stdout.write(render_table(e.outcomes))
+        sys.stdout.write(fit(render_table(e.outcomes)))
         raise
-    sys.stdout.write(render_table(outcomes))
+    sys.stdout.write(fit(render_table(outcomes)))
     sys.stdout.write(f"rollout of {args.repository}:{args.tag}: all {len(outcomes)} registries ok"
                      f"{' (dry run)' if args.dry_run else ''}\n")
     return outcomes
@@ -123,3 +124,32 @@ def _check_server_database(api: str, max_parallel: int) -> None:
     answers = prefect_server_answers(api)
     if answers is not None:
         check_parallel(max_parallel, server_database(*answers))
+
+
+def run_status(args: argparse.Namespace) -> None:
+    """Reads only: storages, registry APIs, the rollout state folder."""
+    from regpatch.errors import FleetDrift  # only this command needs them (start-up)
+    from regpatch.fleet import status  # (ditto)
+    from regpatch.fleet.inventory import load_inventory  # (ditto)
+    from regpatch.fleet.rollout import RolloutState  # (ditto)
+    from regpatch.reference import Tag  # (ditto)
+
+    fleet = model_of(RolloutParams, ROLLOUT, args, only=("inventory", "only", "state_dir"))
+    entries = load_inventory(fleet.inventory).select(fleet.only)
+    state_dir = Path(fleet.state_dir) if fleet.state_dir else RolloutState.default_dir(Path(fleet.inventory))
+    if bool(args.repository) != bool(args.tag):
+        raise UsageError("give --repository and --tag together (or neither: the tags the rollouts wrote state for)")
+    if args.repository:
+        Repository.parse(args.repository), Tag.parse(args.tag)
+        pairs = [(args.repository, args.tag)]
+    else:
+        pairs = status.default_tags(state_dir)
+        if not pairs:
+            raise UsageError(f"no rollout state in {state_dir}: give --repository and --tag")
+    rows = [row for repo, tag in pairs for row in status.fleet_status(entries, repo, tag, state_dir)]
+    sys.stdout.write(status.to_json(rows) + "\n" if args.json else status.render_table(rows))
+    bad = [r for r in rows if r.state != status.CURRENT]
+    if bad:
+        raise FleetDrift(f"{len(bad)} of {len(rows)} registries are not current: "
+                         + ", ".join(f"{r.name} ({r.repository}:{r.tag} {r.state})" for r in bad))
+

@@ -31,14 +31,12 @@ def _quiet_tracebacks(debug: bool) -> None:
         logging.getLogger(name).addFilter(_Filter())
 
 
-
 def _prepare_environment(debug: bool) -> None:
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "regpatch")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
     if debug:
         os.environ["PREFECT_LOGGING_LEVEL"] = "DEBUG"
-
 
 
 def configured_prefect_api() -> Optional[str]:
@@ -62,7 +60,6 @@ def configured_prefect_api() -> Optional[str]:
     return value.strip() if isinstance(value, str) and value.strip() else None
 
 
-
 def _check_prefect_api(url: str) -> None:
     """One request before Prefect is imported: an unreachable API fails at once."""
     import httpx  # only when a Prefect API is configured (start-up)
@@ -74,7 +71,6 @@ def _check_prefect_api(url: str) -> None:
                          "server (prefect server start), or run without Prefect: unset PREFECT_API_URL "
                          "or pass --local") from None
     _skip_final_gc()  # this process is about to import Prefect and run a flow
-
 
 
 def prefect_server_answers(url: str) -> Optional[tuple[dict, list]]:
@@ -104,7 +100,6 @@ def prefect_server_answers(url: str) -> Optional[tuple[dict, list]]:
 _FINAL_GC_SKIPPED = False
 
 
-
 def _skip_final_gc() -> None:
     """At the very end of a process that imported Prefect and ran a flow, the interpreter's
     last garbage collection walks a heap of a few hundred thousand objects: about 0.5 s
@@ -118,7 +113,6 @@ def _skip_final_gc() -> None:
 
         atexit.register(gc.freeze)
         _FINAL_GC_SKIPPED = True
-
 
 
 def _use_prefect(args: argparse.Namespace) -> Optional[str]:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 from regpatch.cli.options import model_of
@@ -105,6 +103,6 @@ def run_history(args: argparse.Namespace) -> None:
     entries = read_history(layout, args.repository, args.tag)
     if args.json:
         for e in entries:
-            sys.stdout.write(json.dumps(asdict(e)) + "\n")
+            sys.stdout.write(e.to_json() + "\n")
     else:
         sys.stdout.write(render_history(entries) + "\n")

@@ -29,13 +29,13 @@ import json
 import os
 import random
 import shutil
-import subprocess
 import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+from regpatch import platform
 from regpatch.digest import Digest
 from regpatch.manifest import (
     DOCKER_CONFIG,
@@ -47,6 +47,7 @@ from regpatch.manifest import (
     OCI_LAYER,
     OCI_MANIFEST,
 )
+from regpatch.platform import children
 
 RANDOM_CHUNK = 1 << 20  # content is generated in fixed 1 MiB chunks: independent of read sizes
 EPOCH = "1970-01-01T00:00:00Z"
@@ -179,7 +180,7 @@ def _tarinfo(name: str, *, size: int = 0, directory: bool = False) -> tarfile.Ta
 def _write_atomic_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)
-    os.replace(tmp, path)
+    platform.replace(tmp, path)
 
 
 def _json_bytes(doc: dict, pretty: bool) -> bytes:
@@ -222,7 +223,7 @@ def make_layer(workdir: Path, name: str, *, seed: int, size: int, compresslevel:
                 tar.addfile(_tarinfo(f"regpatch/{stem}-{seed}.bin", size=size), _RandomReader(seed, size))
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+    platform.replace(tmp, path)
     return BlobFile(path, blob.digest(), blob.size, OCI_LAYER if oci else DOCKER_LAYER, diff.digest())
 
 
@@ -314,7 +315,7 @@ def _copy_into(src: Path, dst: Path) -> None:
         return
     tmp = dst.with_name(f".{dst.name}.tmp")
     shutil.copyfile(src, tmp)  # streamed
-    os.replace(tmp, dst)
+    platform.replace(tmp, dst)
 
 
 def write_oci_layout(dest: Path, refs: dict[str, Sample]) -> Path:
@@ -432,14 +433,14 @@ def push_with_skopeo(layout: Path, ref_name: str, registry_host: str, repository
             cmd += ["--dest-creds", creds]
         cmd += [src, dest]
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+            proc = children.run(cmd, stderr=children.Capture(64 << 10, "tail"), timeout=timeout)
         except FileNotFoundError as e:
             raise RuntimeError("skopeo is not installed (not on PATH)") from e
-        except subprocess.TimeoutExpired as e:
+        except children.ChildTimeout as e:
             raise RuntimeError(f"skopeo copy to {dest} timed out after {timeout:g} s") from e
     if proc.returncode != 0:
         raise RuntimeError(f"skopeo copy oci:{layout}:{ref_name} to {dest} failed "
-                           f"(exit {proc.returncode}): {proc.stderr.strip()}")
+                           f"(exit {proc.returncode}): {' '.join(proc.stderr.lines())}")
 
 
 # --------------------------------------------------------------------------- scenario
@@ -483,3 +484,34 @@ def scenario_servercore(workdir: Path, *, base_size: int = 256 << 10, delta_size
         "repository": "servercore",
         "tag": ref,
     }
+
+
+@dataclass(frozen=True)
+class Month:
+    """One monthly patch of ``monthly_servercore``: its image and its staged bundle."""
+
+    number: int                   # 1 .. months
+    image: SampleImage
+    staged: Path
+    new_base: bool                # its base layer differs from the month before's
+
+
+def monthly_servercore(workdir: Path, *, months: int = 12, base_every: int = 3, base_size: int = 256 << 10,
+                       delta_size: int = 64 << 10, compresslevel: int = 6) -> list[Month]:
+    """A year of the seed's monthly patches: month ``m`` is a base layer (a new one every
+    ``base_every`` months: months 1, 4, 7, 10 by default) and a delta of its own, as a
+    staged bundle under ``workdir/month-MM/staged``. Layers are written once each."""
+    workdir = Path(workdir)
+    out: list[Month] = []
+    bases: dict[int, BlobFile] = {}
+    for m in range(1, months + 1):
+        quarter = (m - 1) // base_every
+        if quarter not in bases:
+            bases[quarter] = make_layer(workdir / f"base-{quarter + 1}", "base.tar.gz", seed=7000 + quarter,
+                                        size=base_size, compresslevel=compresslevel)
+        d = workdir / f"month-{m:02d}"
+        delta = make_layer(d, "delta.tar.gz", seed=8000 + m, size=delta_size, compresslevel=compresslevel)
+        image = make_image(d, [bases[quarter], delta], os="windows", os_version=f"10.0.17763.{m}",
+                           seed=8000 + m, name="servercore")
+        out.append(Month(m, image, write_staged_bundle(d / "staged", image), (m - 1) % base_every == 0))
+    return out

@@ -9,14 +9,20 @@
 3. pushes the old image with skopeo, digests preserved;
 4. shows what the registry serves and what its storage holds;
 5. runs the real CLI, ``regpatch patch <staged bundle> --registry-config ...``,
-   as a subprocess (the Prefect flow on the ephemeral API);
+   as a subprocess (no Prefect API: the engine runs in the command's own process);
 6. pulls the patched tag with skopeo, independently of regpatch, and compares
    the manifest digest before and after;
 7. pulls the old image by digest: a patch never removes it;
-8. stops the registry (or, with ``--keep-running``, says how to stop it).
+8. the same patch day as a Prefect pipeline (``regpatch.demo.pipeline``): a local
+   Prefect server on its embedded default (SQLite), the shipped deployments, one process
+   worker, three registries, a rollout in two waves run as a deployment (as the UI's Run
+   button does), one registry failing on purpose;
+9. stops what it started (or, with ``--keep-running``, prints the UI's address and the
+   command that stops everything: ``python -m regpatch.demo --stop``).
 
-Exit code 0 when every step passed, 1 otherwise (130 when interrupted).
-This module does not import Prefect: the flow runs in the CLI subprocess.
+Exit code 0 when every step behaved as intended (the planned failure included), 1
+otherwise (130 when interrupted). This module does not import Prefect: the patch runs
+in the CLI subprocess, the pipeline through Prefect's command line and HTTP API.
 """
 
 from __future__ import annotations
@@ -27,7 +33,6 @@ import json
 import os
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,6 +42,8 @@ import httpx
 
 from regpatch.demo.images import push_with_skopeo, scenario_servercore
 from regpatch.demo.loopback import LocalRegistry
+from regpatch.demo.pipeline import Pipeline, stop_left_running
+from regpatch.platform import children
 from regpatch.progress import human
 from regpatch.registry.client import RegistryClient
 from regpatch.registry.processes import looks_like_registry, pid_alive, read_pidfile, stop_pid
@@ -44,26 +51,20 @@ from regpatch.registry.processes import looks_like_registry, pid_alive, read_pid
 MARKER = ".regpatch-demo"
 
 
-
-STEPS = 8
-
+STEPS = 9
 
 
 BASE_SIZE = 2 << 20      # random bytes in the base layer (incompressible: ~2 MiB gzip)
 
 
-
 DELTA_SIZE = 512 << 10   # random bytes in the delta layer
-
 
 
 POLICY_FILE = Path("/etc/containers/policy.json")
 
 
-
 class DemoFailed(Exception):
     """A step of the demo did not give the expected result."""
-
 
 
 class Demo:
@@ -71,6 +72,7 @@ class Demo:
         self.workdir = workdir
         self.keep_running = keep_running
         self.registry: Optional[LocalRegistry] = None
+        self.pipeline: Optional[Pipeline] = None
         self.step_no = 0
         self.t0 = time.monotonic()
 
@@ -99,23 +101,27 @@ class Demo:
         if old_pid is not None and pid_alive(old_pid) and looks_like_registry(old_pid):
             self.say(f"stopping the registry an earlier demo left running (pid {old_pid})")
             stop_pid(old_pid)
-        for sub in ("registry", "scenario", "pulled", "pulled-old"):
+        for what in stop_left_running(wd):
+            self.say(f"stopped {what}, left running by an earlier demo")
+        for sub in ("registry", "scenario", "pulled", "pulled-old", "pipeline"):
             shutil.rmtree(wd / sub, ignore_errors=True)
 
     @staticmethod
-    def skopeo(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    def skopeo(*args: str, timeout: float = 300) -> children.Finished:
         cmd = ["skopeo"]
         if not POLICY_FILE.exists():
             cmd.append("--insecure-policy")  # no signature policy on this machine: accept anything
         cmd += list(args)
         Demo.say("$ " + shlex.join(cmd))
         try:
-            proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                  timeout=timeout)
+            proc = children.run(cmd, stdout=children.Capture(1 << 20), stderr=children.Capture(64 << 10, "tail"),
+                                timeout=timeout)
         except FileNotFoundError:
             raise DemoFailed("skopeo is not installed; run scripts/bootstrap.sh") from None
+        except children.ChildTimeout:
+            raise DemoFailed(f"skopeo {args[0]} did not finish within {timeout:g} s") from None
         if proc.returncode != 0:
-            raise DemoFailed(f"skopeo {args[0]} failed (exit {proc.returncode}): {proc.stderr.strip()}")
+            raise DemoFailed(f"skopeo {args[0]} failed (exit {proc.returncode}): {' '.join(proc.stderr.lines())}")
         return proc
 
     def tag_digest(self, repository: str, tag: str) -> str:
@@ -195,7 +201,7 @@ class Demo:
                "--verify-command", "skopeo inspect --tls-verify=false docker://{ref}"]
         self.say("$ " + shlex.join(["regpatch"] + cmd[3:]))
         t = time.monotonic()
-        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL)
+        proc = children.run(cmd, inherit=True)  # its output is the demo's
         self.say(f"regpatch exited with code {proc.returncode} after {time.monotonic() - t:.1f}s")
         if proc.returncode != 0:
             raise DemoFailed(f"regpatch patch failed with exit code {proc.returncode}")
@@ -226,22 +232,30 @@ class Demo:
         self.say(f"OK: {repo}@{old.manifest_digest} pulled into {pulled_old}; "
                  "a rollback can re-point the tag at it")
 
-        self.step("stop the registry" if not self.keep_running else "leave the registry running")
+        self.step("the same patch day as a Prefect pipeline: a rollout to three registries, one failing on purpose")
+        self.pipeline = Pipeline(wd, self.say)
+        self.pipeline.run(sc)
+
+        self.step("stop what the demo started" if not self.keep_running else "leave everything running")
         self.finish()
 
     def finish(self) -> None:
-        reg = self.registry
-        if reg is None:
+        reg, pipe = self.registry, self.pipeline
+        if self.keep_running and (reg or pipe):
+            if pipe is not None:
+                self.say(f"the Prefect UI:   {pipe.ui}  (Runs: the rollout, red; its three registries)")
+            if reg is not None:
+                self.say(f"the first registry: {reg.url} (pid {reg.pid}), storage {reg.root}")
+                self.say(f"try:     skopeo inspect --tls-verify=false docker://{reg.host}/servercore:ltsc2019")
+            self.say(f"stop everything: {sys.executable} -m regpatch.demo --stop --workdir {self.workdir}")
             return
-        if self.keep_running:
-            self.say(f"registry still running at {reg.url} (pid {reg.pid}), storage {reg.root}")
-            self.say(f"try:     skopeo inspect --tls-verify=false docker://{reg.host}/servercore:ltsc2019")
-            self.say(f"stop it: kill \"$(cat {reg.pidfile})\"")
-        else:
+        if pipe is not None:
+            pipe.stop()
+            self.say("Prefect server, worker and the pipeline's registries stopped")
+        if reg is not None:
             reg.stop()
             self.say(f"registry at {reg.url} stopped; files kept in {self.workdir}")
-        self.registry = None
-
+        self.registry = self.pipeline = None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -253,13 +267,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default="demo", type=Path, metavar="DIR",
                    help="folder for the images, the registry storage and the pulls (default: ./demo)")
     p.add_argument("--keep-running", action="store_true",
-                   help="leave the registry running at the end and print how to stop it")
+                   help="leave the registries, the Prefect server and its worker running at the end, print the "
+                        "UI's address and the command that stops them")
+    p.add_argument("--stop", action="store_true",
+                   help="stop what an earlier demo left running with --keep-running in --workdir, and exit")
     return p
-
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.stop:
+        workdir = Path(os.path.abspath(args.workdir))
+        stopped = stop_left_running(workdir)
+        old = read_pidfile(workdir / "registry" / "registry.pid")
+        if old is not None and pid_alive(old) and looks_like_registry(old):
+            stop_pid(old)
+            stopped.append(f"registry (pid {old})")
+        print("stopped: " + (", ".join(stopped) or "nothing was running"), flush=True)
+        return 0
     demo = Demo(Path(os.path.abspath(args.workdir)), args.keep_running)
     print(f"regpatch demo in {demo.workdir}", flush=True)
     code = 0
@@ -276,7 +301,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         try:
             demo.finish()
         except Exception as e:
-            print(f"could not stop the registry: {e}", file=sys.stderr)
+            print(f"could not stop what the demo started: {e}", file=sys.stderr)
             code = code or 1
     if code == 0:
         print(f"\ndemo passed: all {STEPS} steps in {time.monotonic() - demo.t0:.1f}s", flush=True)

@@ -240,6 +240,8 @@ def install_blobs(plan: PatchPlan, store: RegistryStore, *,
         if step.action not in (COPY, REPAIR):
             continue
         staged = store.staged_path(step.digest)
+        if staged is None and store.recheck_staged(step.digest, step.size):
+            staged = store.layout.staged_blob(step.digest)  # staged, but no marker proves it: hashed again
         if staged is None:
             if store.blob_size(step.digest) == step.size and step.action != REPAIR:
                 store.verify_blob(step.digest, step.size)  # installed by a killed (or concurrent) run
@@ -269,7 +271,7 @@ def install_blobs(plan: PatchPlan, store: RegistryStore, *,
 
 def write_links(plan: PatchPlan, store: RegistryStore, report: Optional[ApplyReport] = None) -> ApplyReport:
     """Steps 2-3: layer links, revision links. Never the tag's index link nor its
-    current/link (rollback.flip_tag writes both, after verification): the image becomes
+    current/link (engine.tags.flip_tag writes both, at publish, after verification): the image becomes
     pullable by digest, the tag still serves the old one, and a new tag appears in the
     registry's tag list only once it points at a proven image."""
     report = report or ApplyReport()

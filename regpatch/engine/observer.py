@@ -16,9 +16,7 @@ log = logging.getLogger("regpatch.engine")
 T = TypeVar("T")
 
 
-
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
-
 
 
 class Observer(Protocol):
@@ -28,7 +26,6 @@ class Observer(Protocol):
     def run(self, step: str, fn: Callable[[], T]) -> T: ...
 
     def progress(self, label: str, total: int) -> Callable[[int], None]: ...
-
 
 
 class LogObserver:
@@ -45,7 +42,6 @@ class LogObserver:
 
     def progress(self, label: str, total: int) -> Callable[[int], None]:
         return self._progress(label, total)
-
 
 
 class _Steps:

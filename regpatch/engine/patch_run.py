@@ -25,6 +25,7 @@ from regpatch.errors import (
     RegpatchError,
     StorageMismatch,
     StorageNotFound,
+    TagRaced,
     UsageError,
     VerificationError,
 )
@@ -41,6 +42,7 @@ from regpatch.signing.replay import replay_refusal
 from regpatch.storage.history import read_history, record_history
 from regpatch.storage.journal import Journal, open_journal, was_verified
 from regpatch.storage.lock import repository_lock
+from regpatch.storage.names import check_names
 from regpatch.storage.store import RegistryStore
 
 log = logging.getLogger("regpatch.engine")
@@ -50,9 +52,7 @@ PATCH_STEPS = ("fetch-bundle", "plan-patch", "verify-digests", "copy-blobs", "wr
                "restart-registry", "verify-pull", "publish-tag")
 
 
-
 ROLLBACK_STEPS = ("choose-rollback-target", "check-image", "restart-registry", "verify-pull", "flip-tag")
-
 
 
 def patch(request: PatchRequest, observer: Optional[Observer] = None) -> PatchResult:
@@ -70,12 +70,12 @@ def patch(request: PatchRequest, observer: Optional[Observer] = None) -> PatchRe
             loaded.close()
 
 
-
 def _patch(request: PatchRequest, observer: Observer, opened: list) -> PatchResult:
     steps = _Steps(observer)
     target, repo, tag = request.target, request.repository, request.tag
     store = target.store()
     check_storage_tree(store, request.init)
+    check_names(store.layout, request.repository, request.tag)
     trusts: list = []
 
     def open_bundle() -> PatchBundle:
@@ -143,15 +143,14 @@ def _patch(request: PatchRequest, observer: Observer, opened: list) -> PatchResu
     return result
 
 
-
 def preflight(request: PatchRequest) -> PatchPlan:
     """Check a patch without writing anything: arguments, bundle, plan, registry API
     (credentials, TLS). What a caller runs before handing the patch to an orchestrator."""
     request.check()
     store = request.target.store()
     check_storage_tree(store, request.init)
+    check_names(store.layout, request.repository, request.tag)
     return _plan(request, store, *_open_bundle(request, store))
-
 
 
 def check_storage_tree(store: RegistryStore, init: bool) -> None:
@@ -164,11 +163,9 @@ def check_storage_tree(store: RegistryStore, init: bool) -> None:
                           f"pass {opt.init}")
 
 
-
 def open_bundle(bundle: str, *, image: Optional[str] = None, s3=None) -> PatchBundle:
     """Open a bundle and read its manifests (no blob is hashed)."""
     return load_bundle(open_source(bundle, s3=s3), image=image)
-
 
 
 def _open_bundle(request: PatchRequest, store: RegistryStore):
@@ -185,7 +182,6 @@ def _open_bundle(request: PatchRequest, store: RegistryStore):
     log.info("bundle %s: %s format, top manifest %s (%s)", loaded.description, loaded.format,
              loaded.top.digest, loaded.top.media_type)
     return loaded, trust
-
 
 
 def _plan(request: PatchRequest, store: RegistryStore, loaded: PatchBundle, trust=None) -> PatchPlan:
@@ -228,13 +224,11 @@ def _plan(request: PatchRequest, store: RegistryStore, loaded: PatchBundle, trus
     return plan
 
 
-
 def _long_name_refused(repo: Repository, why: str) -> str:
     return (f"repository name {repo.name[:40]}... ({len(repo.name)} characters) cannot be served: {why}, "
             f"and registry 2.8.2 then refuses names longer than 255 characters as docker.io/library/NAME "
             f"({normalized_length(repo.name)} here; at most 237 characters without a '/', 245 with one "
             "unless the first component is a host name); nothing was written")
-
 
 
 def _check_replay(request: PatchRequest, store: RegistryStore, plan: PatchPlan, trust) -> None:
@@ -266,7 +260,6 @@ def _downgrade_warnings(store: RegistryStore, repo: Repository, tag: Tag, plan: 
     return []
 
 
-
 def check_same_registry(store: RegistryStore, client, repo: Repository, tag: Tag) -> None:
     """The registry behind the URL must serve what the storage holds: the tag's digest
     (or, for a new tag, another tag of the repository, or of any repository). A
@@ -287,7 +280,6 @@ def check_same_registry(store: RegistryStore, client, repo: Repository, tag: Tag
             f"{opt.storage} / {opt.registry_url} / {opt.registry_config}); nothing was written")
 
 
-
 def _check_consumable(store: RegistryStore, plan: PatchPlan) -> None:
     """--consume renames bundle files into the storage: they must be local files on the
     storage's filesystem. Refused before any write otherwise."""
@@ -304,7 +296,6 @@ def _check_consumable(store: RegistryStore, plan: PatchPlan) -> None:
             if not store.same_filesystem(path):
                 raise UsageError(f"{opt.consume}: {path} is not on the filesystem of the storage {store.root}, so "
                                  f"it cannot be renamed into it; drop {opt.consume} to copy it")
-
 
 
 def _check_repairs(request: PatchRequest, plan: PatchPlan) -> None:
@@ -327,7 +318,6 @@ def _check_repairs(request: PatchRequest, plan: PatchPlan) -> None:
         "a running registry caches blob sizes (storage.cache.blobdescriptor) and would keep serving the old "
         f"one until it restarts: give {opt.restart} (command:... or process:...) so regpatch restarts it before "
         "the verification pull")
-
 
 
 def _apply(request: PatchRequest, plan: PatchPlan, loaded: PatchBundle, store: RegistryStore,
@@ -360,25 +350,29 @@ def _apply(request: PatchRequest, plan: PatchPlan, loaded: PatchBundle, store: R
     journal.mark(store, "verify pull")
 
     def publish_step() -> bool:
-        moved = flip_tag(store, repo, tag, plan.new, expected=plan.old)
+        try:
+            flip = flip_tag(store, repo, tag, plan.new, expected=plan.old, source=loaded.description)
+        except TagRaced as e:
+            result.tag_moved = e.holds == plan.new
+            raise
+        result.links_written += [store.layout.relative(p) for p in flip.links_written]
         result.tag_moved = True
         _record_tag_change(store, repo, tag, plan, journal, loaded.description)
         try:
             check_tag_served(target, repo, tag, plan.new)
         except VerificationError as e:
-            if moved and plan.old is not None:  # our own move, undone (only if nobody moved it since)
-                flip_tag(store, repo, tag, plan.old, expected=plan.new)
-                record_history(store, repo, tag, plan.new, plan.old, action="restore",
-                               source="the registry did not serve the new digest after the move")
+            if flip.moved and plan.old is not None:  # our own move, undone (only if nobody moved it since)
+                why = "the registry did not serve the new digest after the move"
+                flip_tag(store, repo, tag, plan.old, expected=plan.new, doing="restore", source=why)
+                record_history(store, repo, tag, plan.new, plan.old, action="restore", source=why)
                 result.tag_moved = False
                 raise VerificationError(f"{e}; the tag was put back on {plan.old}") from e
             raise
-        return moved
+        return flip.moved
 
     moved = steps("publish-tag", publish_step)
     result.changed = result.changed or moved
     journal.mark(store, "publish tag")
-
 
 
 def _record_tag_change(store: RegistryStore, repo: Repository, tag: Tag, plan: PatchPlan,
@@ -394,12 +388,10 @@ def _record_tag_change(store: RegistryStore, repo: Repository, tag: Tag, plan: P
         record_history(store, repo, tag, old, plan.new, action="patch", source=source)
 
 
-
 def _new_result(plan: PatchPlan, target: RegistryTarget, store: RegistryStore, *, dry_run: bool) -> PatchResult:
     return PatchResult(str(plan.repository), str(plan.tag), str(plan.old) if plan.old else None,
                        str(plan.new), dry_run, registry=target.describe(), warnings=list(plan.warnings),
                        plan_text=plan.render(store.layout))
-
 
 
 def _fetch_stats(loaded: PatchBundle) -> list[dict]:

@@ -232,12 +232,20 @@ def _check_urls(images: list[ImageManifest], url_policy: Optional[UrlPolicy], ig
                     raise ManifestError(f"manifest {img.digest} layers[{i}] url {escape_controls(u)!r}: {problem}; "
                                         "a registry refuses such a manifest on push")
     if url_policy is None:
+        urls = checked_urls(images)
+        if urls:
+            msg = (f"the registry's URL policy for foreign layers (validation.manifests.urls of its config.yml) "
+                   f"was not checked: {len(urls)} layer URL(s) such as {escape_controls(urls[0])!r} go into the "
+                   "registry unchecked, where a push would be refused if its config allows no such URL; give "
+                   f"{opt.registry_config} to check them")
+            warnings.append(msg)
+            log.warning("%s", msg)
         return
     refusals = url_refusals(images, url_policy)
     if refusals and not ignore_url_policy:
         raise ManifestError(refusals[0] + "; the registry's API would refuse this manifest on "
-                            "push: fix the bundle or the registry's config, or override with the "
-                            "explicit URL-policy override")
+                            "push: fix the bundle or the registry's config, or override with "
+                            f"{opt.ignore_url_policy}")
     for r in refusals:
         msg = f"URL policy overridden: {r}"
         warnings.append(msg)
@@ -310,6 +318,12 @@ _URL_CHECKED = {
     DOCKER_MANIFEST: frozenset({DOCKER_FOREIGN_LAYER}),
     OCI_MANIFEST: frozenset({OCI_LAYER_TAR, OCI_LAYER, OCI_ND_LAYER_TAR, OCI_ND_LAYER}),
 }
+
+
+def checked_urls(images: list[ImageManifest]) -> list[str]:
+    """The URLs of these manifests that the registry's URL policy applies to (``url_refusals``)."""
+    return [u for img in images for d in [img.config, *img.layers]
+            if d.media_type in _URL_CHECKED.get(img.media_type, frozenset()) for u in d.urls]
 
 
 def url_refusals(images: list[ImageManifest], policy: UrlPolicy) -> list[str]:

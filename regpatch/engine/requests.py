@@ -28,7 +28,6 @@ def _check_lock_timeout(value: float) -> float:
     return float(value)
 
 
-
 def check_verify_command(command: Optional[str], target: RegistryTarget) -> None:
     if command is None:
         return
@@ -40,7 +39,6 @@ def check_verify_command(command: Optional[str], target: RegistryTarget) -> None
                          f"{opt.registry_config}) to name the image it pulls")
 
 
-
 def check_trust_options(trust_keys, allow_unsigned: bool) -> None:
     """Every trust key is a readable Ed25519 / P-256 public key; --allow-unsigned needs keys."""
     if allow_unsigned and not trust_keys:
@@ -49,7 +47,6 @@ def check_trust_options(trust_keys, allow_unsigned: bool) -> None:
 
     for key in trust_keys:
         load_public_key(key)
-
 
 
 @dataclass(frozen=True)
@@ -94,7 +91,6 @@ class PatchRequest:
         check_trust_options(self.trust_keys, self.allow_unsigned)
 
 
-
 @dataclass(frozen=True)
 class RollbackRequest:
     repository: Repository
@@ -110,7 +106,6 @@ class RollbackRequest:
         check_verify_command(self.verify_command, self.target)
         parse_restart_spec(self.restart, registry_config=self.target.config_path)
         self.target.check()
-
 
 
 def patch_request(*, bundle: str, repository: str, tag: str, registry: RegistryParams,

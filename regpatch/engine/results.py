@@ -11,6 +11,7 @@ from typing import Optional
 from regpatch.errors import RegpatchError
 from regpatch.progress import human
 from regpatch.reference import Repository, Tag
+from regpatch.sanitize import redact
 from regpatch.storage.store import RegistryStore
 
 log = logging.getLogger("regpatch.engine")
@@ -51,7 +52,7 @@ class PatchResult:
         if self.dry_run:
             return "dry run: nothing was written"
         if self.error:
-            return f"failed: {self.repository}:{self.tag}: {self.error}"
+            return redact(f"failed: {self.repository}:{self.tag}: {self.error}")
         if not self.changed:
             return f"{self.repository}:{self.tag} already at {self.new}: nothing to do"
         return (f"patched {self.repository}:{self.tag}: {self.old or '(new tag)'} -> {self.new}; "
@@ -59,8 +60,7 @@ class PatchResult:
                 f"{len(self.blobs_skipped)} skipped, {len(self.links_written)} links written")
 
     def markdown(self) -> str:
-        return render_patch_markdown(self)
-
+        return redact(render_patch_markdown(self))
 
 
 @dataclass
@@ -73,17 +73,21 @@ class RollbackResult:
     registry: str = ""
     verified: Optional[str] = None
     seconds: dict[str, float] = field(default_factory=dict)
+    note: Optional[str] = None        # why nothing was done (the tag already holds the image)
+    report_path: Optional[str] = None
 
     def summary_line(self) -> str:
+        if self.note:
+            return redact(self.note)
         verb = "rolled back" if self.changed else "already at"
         return f"{verb} {self.repository}:{self.tag}: {self.old or '(no tag)'} -> {self.new}"
 
     def markdown(self) -> str:
-        return (f"# Rollback `{self.repository}:{self.tag}`\n\n| | |\n|---|---|\n"
-                f"| registry | `{self.registry}` |\n| from | `{self.old or '(no tag)'}` |\n"
-                f"| to | `{self.new}` |\n| changed | {self.changed} |\n"
-                f"| verification | {self.verified or 'not run (no registry URL)'} |\n")
-
+        verification = self.verified or ("not needed" if self.note else "not run (no registry URL)")
+        return redact(f"# Rollback `{self.repository}:{self.tag}`\n\n| | |\n|---|---|\n"
+                      f"| registry | `{self.registry}` |\n| from | `{self.old or '(no tag)'}` |\n"
+                      f"| to | `{self.new}` |\n| changed | {self.changed} |\n"
+                      f"| verification | {verification} |\n" + (f"\n{self.note}\n" if self.note else ""))
 
 
 def _with_result(e: BaseException, result) -> BaseException:
@@ -94,10 +98,8 @@ def _with_result(e: BaseException, result) -> BaseException:
     return e
 
 
-
 def _stamp() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-
 
 
 def _write_report(store: RegistryStore, repo: Repository, tag: Tag, result) -> None:
@@ -108,7 +110,6 @@ def _write_report(store: RegistryStore, repo: Repository, tag: Tag, result) -> N
         result.report_path = str(path)
     except (RegpatchError, OSError) as e:
         log.warning("could not write the run report %s: %s", path, e)
-
 
 
 def render_patch_markdown(r: PatchResult) -> str:

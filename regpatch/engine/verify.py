@@ -43,7 +43,6 @@ def verify_new_image(store: RegistryStore, target: RegistryTarget, repo: Reposit
     return report
 
 
-
 def check_tag_served(target: RegistryTarget, repo: Repository, tag: Tag, digest: Digest) -> None:
     """After the tag moved: the registry must serve ``digest`` for it (when it has a URL)."""
     if not target.url:
@@ -54,7 +53,6 @@ def check_tag_served(target: RegistryTarget, repo: Repository, tag: Tag, digest:
         raise VerificationError(f"after the tag moved, the registry at {target.url} serves {served} "
                                 f"for {repo}:{tag}, not {digest}; is this registry's storage the one "
                                 "that was patched?")
-
 
 
 def restart_registry(spec: str, target: RegistryTarget) -> float:

@@ -38,11 +38,12 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable, ContextManager, Iterator, Optional
 
-from regpatch import engine
+from regpatch import engine, platform
 from regpatch.engine.requests import patch_request
 from regpatch.errors import Interrupted, RegpatchError, UsageError
 from regpatch.fleet.inventory import Inventory, RegistryEntry
 from regpatch.options import MAX_PARALLEL, inventory_namer, opt, wording
+from regpatch.platform.ownfiles import read_own_file
 from regpatch.progress import human
 from regpatch.registry.target import RegistryTarget
 from regpatch.storage.history import read_history
@@ -203,12 +204,9 @@ class RolloutState:
         another bundle, or not what this code writes (it is then rewritten): forgetting
         costs a re-check of the storage, never a wrong skip."""
         try:
-            if self.path.is_symlink() or not self.path.is_file():
+            raw = read_own_file(self.path, self.MAX_BYTES, what="rollout state file")
+            if raw is None:
                 return {}
-            with open(self.path, "rb") as f:
-                raw = f.read(self.MAX_BYTES + 1)
-            if len(raw) > self.MAX_BYTES:
-                raise ValueError(f"larger than {self.MAX_BYTES} bytes")
             doc = json.loads(raw)
             if not isinstance(doc, dict) or doc.get("digest") != self.digest:
                 return {}
@@ -221,10 +219,21 @@ class RolloutState:
                     RegistryOutcome.from_dict(d)  # raises TypeError when it is not one
                     good[name] = d
             return good
-        except (OSError, ValueError, TypeError, RecursionError) as e:
+        except (RegpatchError, OSError, ValueError, TypeError, RecursionError) as e:
             log.warning("rollout state file %s is not usable (%s): every registry is re-checked",
                         self.path, (str(e).splitlines() or [type(e).__name__])[0][:200])
             return {}
+
+    @classmethod
+    def load_doc(cls, path: Path) -> Optional[dict]:
+        """The JSON object of a rollout state file, or None when it is missing, not a
+        regular file, too large or not a JSON object (read for ``regpatch status``)."""
+        try:
+            raw = read_own_file(path, cls.MAX_BYTES, what="rollout state file")
+            doc = json.loads(raw) if raw is not None else None
+        except (RegpatchError, OSError, ValueError, RecursionError):
+            return None
+        return doc if isinstance(doc, dict) else None
 
     @staticmethod
     def default_dir(inventory: Path) -> Path:
@@ -277,7 +286,7 @@ class RolloutState:
                 json.dump(doc, f, indent=2, sort_keys=True)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+            platform.replace(tmp, self.path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise

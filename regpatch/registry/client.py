@@ -52,7 +52,6 @@ from regpatch.registry.http import (
 log = logging.getLogger("regpatch.registry")
 
 
-
 # --------------------------------------------------------------------------- credentials
 
 

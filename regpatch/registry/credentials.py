@@ -10,14 +10,15 @@ import logging
 import os
 import re
 import shutil
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional
 from urllib.parse import urlsplit
 
+from regpatch import platform
 from regpatch.errors import AuthError, ManifestError, UsageError
 from regpatch.manifest import load_json
+from regpatch.platform import children
 from regpatch.registry.config import registry_url_from_config, storage_root_from_config  # noqa: F401 (re-export)
 
 log = logging.getLogger("regpatch.registry")
@@ -26,34 +27,31 @@ log = logging.getLogger("regpatch.registry")
 ENV_USERNAME = "REGPATCH_REGISTRY_USERNAME"
 
 
-
 ENV_PASSWORD = "REGPATCH_REGISTRY_PASSWORD"
-
 
 
 HOW_TO_GIVE_CREDENTIALS = (f"set {ENV_USERNAME} and {ENV_PASSWORD}, or give a docker config.json "
                            "(auth file) with an 'auths' entry or a credential helper for the registry")
 
 
-
 HELPER_PREFIX = "docker-credential-"
-
 
 
 HELPER_TIMEOUT = 30.0
 
 
 
-HELPER_NOT_FOUND = b"credentials not found in native keychain"  # the protocol's "no entry" answer
+HELPER_OUTPUT_LIMIT = 1 << 20  # an answer is a small JSON object: more is read and dropped
 
+
+
+HELPER_NOT_FOUND = b"credentials not found in native keychain"  # the protocol's "no entry" answer
 
 
 TOKEN_USERNAME = "<token>"  # a helper's Username meaning: Secret is an identity token
 
 
-
 _HELPER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", re.ASCII)
-
 
 
 @dataclass(frozen=True)
@@ -77,7 +75,6 @@ class Credentials:
         return "Basic " + base64.b64encode(raw).decode("ascii")
 
 
-
 def _normalise_host(value: str) -> str:
     """'https://Host:5000/v1/' -> 'host:5000'; 'host:5000' -> 'host:5000'."""
     v = value.strip()
@@ -88,7 +85,6 @@ def _normalise_host(value: str) -> str:
     return netloc.lower()
 
 
-
 def _default_auth_files(env: Mapping[str, str]) -> list[Path]:
     files = []
     if env.get("REGISTRY_AUTH_FILE"):
@@ -97,10 +93,10 @@ def _default_auth_files(env: Mapping[str, str]) -> list[Path]:
         files.append(Path(env["DOCKER_CONFIG"]) / "config.json")
     if env.get("XDG_RUNTIME_DIR"):
         files.append(Path(env["XDG_RUNTIME_DIR"]) / "containers" / "auth.json")
-    if env.get("HOME"):
-        files.append(Path(env["HOME"]) / ".docker" / "config.json")
+    home = platform.home_dir(env)  # $HOME, %USERPROFILE% on Windows
+    if home is not None:
+        files.append(home / ".docker" / "config.json")
     return files
-
 
 
 def load_credentials(host: str, *, auth_file: str | Path | None = None,
@@ -111,7 +107,7 @@ def load_credentials(host: str, *, auth_file: str | Path | None = None,
     variables; else ``auth_file`` (a docker ``config.json``); else, when no
     ``auth_file`` is given, the first existing of ``$REGISTRY_AUTH_FILE``,
     ``$DOCKER_CONFIG/config.json``, ``$XDG_RUNTIME_DIR/containers/auth.json``,
-    ``$HOME/.docker/config.json``.
+    ``$HOME/.docker/config.json`` (``%USERPROFILE%\\.docker\\config.json`` on Windows).
 
     In a config file: a ``credHelpers`` entry for the host wins; then an
     ``auths`` entry with credentials in it; then the ``credsStore`` helper.
@@ -136,7 +132,6 @@ def load_credentials(host: str, *, auth_file: str | Path | None = None,
         if candidate.is_file():
             return _credentials_from_file(candidate, host, env)
     return None
-
 
 
 def _credentials_from_file(path: Path, host: str, env: Mapping[str, str] = os.environ) -> Optional[Credentials]:
@@ -178,7 +173,6 @@ def _credentials_from_file(path: Path, host: str, env: Mapping[str, str] = os.en
     return creds
 
 
-
 def _credentials_from_entry(entry, path: Path, host: str) -> Optional[Credentials]:
     if not isinstance(entry, dict):
         raise UsageError(f"auth file {path}: the 'auths' entry for {host} must be an object")
@@ -207,7 +201,6 @@ def _credentials_from_entry(entry, path: Path, host: str) -> Optional[Credential
     return None
 
 
-
 def credentials_from_helper(helper: object, server: str, *, origin: str,
                             env: Mapping[str, str] = os.environ,
                             timeout: float = HELPER_TIMEOUT) -> Optional[Credentials]:
@@ -230,10 +223,10 @@ def credentials_from_helper(helper: object, server: str, *, origin: str,
     if exe is None:
         raise AuthError(f"credential helper {program} (from {origin}) is not installed or not on "
                         f"PATH; install it, or {HOW_TO_GIVE_CREDENTIALS}")
-    try:
-        proc = subprocess.run([exe, "get"], input=server.encode("utf-8"), capture_output=True,
-                              timeout=timeout, env=None if env is os.environ else dict(env))
-    except subprocess.TimeoutExpired:
+    try:  # the one runner: its own tree, interruptible, at most HELPER_OUTPUT_LIMIT bytes kept
+        proc = children.run([exe, "get"], input=server.encode("utf-8"), stdout=children.Capture(HELPER_OUTPUT_LIMIT),
+                            timeout=timeout, env=None if env is os.environ else dict(env), leftovers="keep")
+    except children.ChildTimeout:
         raise AuthError(f"credential helper {program} (from {origin}) did not answer within "
                         f"{timeout:g}s for {server}; check it (it may be waiting for an unlock "
                         "prompt)") from None
@@ -241,20 +234,20 @@ def credentials_from_helper(helper: object, server: str, *, origin: str,
         raise AuthError(f"credential helper {program} (from {origin}) could not be started: "
                         f"{e.strerror or type(e).__name__}") from None
     if proc.returncode != 0:
-        if proc.stdout.strip() == HELPER_NOT_FOUND:
+        if proc.stdout.data.strip() == HELPER_NOT_FOUND:
             log.info("credential helper %s has no credentials for %s: pulling anonymously",
                      program, server)
             return None
-        status = (f"was killed by signal {-proc.returncode}" if proc.returncode < 0
-                  else f"exited with code {proc.returncode}")
-        raise AuthError(f"credential helper {program} (from {origin}) {status} for {server}; its "
+        raise AuthError(f"credential helper {program} (from {origin}) {proc.status()} for {server}; its "
                         f"output is not shown (it may hold secrets): run 'echo {server} | {program} "
                         "get' to see why")
     bad = AuthError(f"credential helper {program} (from {origin}) did not answer {server} with a "
                     "JSON object {\"ServerURL\", \"Username\", \"Secret\"} (its output is not "
                     "shown: it may hold secrets)")
+    if proc.stdout.truncated:
+        raise bad
     try:
-        doc = load_json(proc.stdout, what=f"the answer of {program}")
+        doc = load_json(proc.stdout.data, what=f"the answer of {program}")
     except ManifestError:
         raise bad from None
     if not isinstance(doc, dict):

@@ -34,13 +34,12 @@ from regpatch import interrupt
 from regpatch.digest import Digest
 from regpatch.errors import AuthError, ManifestError, RegistryError, RegistryUnavailable, UsageError
 from regpatch.manifest import load_json
+from regpatch.options import opt
 from regpatch.reference import Repository, Tag
 from regpatch.registry.credentials import HOW_TO_GIVE_CREDENTIALS, Credentials
 from regpatch.sanitize import redact_command
 
 log = logging.getLogger("regpatch.registry")
-
-
 
 
 T = TypeVar("T")
@@ -180,7 +179,6 @@ def _ref(value: RefLike) -> Union[Tag, Digest]:
 
 def _name(repo: Repository, ref: Union[Tag, Digest]) -> str:
     return f"{repo}@{ref}" if isinstance(ref, Digest) else f"{repo}:{ref}"
-
 
 
 class RegistryHTTP:
@@ -335,7 +333,7 @@ class RegistryHTTP:
                 raise RegistryError(
                     f"TLS connection to registry at {self.url} failed for {what}: "
                     f"{self._scrub(str(getattr(tls, 'reason', None) or tls))}; give the registry's CA "
-                    "with ca_file (--ca-file), or insecure=True for a test registry") from None
+                    f"with {opt.registry_ca}, or {opt.insecure} for a test registry") from None
             if isinstance(e, _TRANSIENT_HTTPX):
                 raise RegistryUnavailable(
                     f"registry at {self.url} does not answer {what}: {self._reason(e)} "
@@ -444,7 +442,7 @@ class RegistryHTTP:
         if rp.scheme == "http" and self.url.startswith("https://") and self.credentials \
                 and not self.insecure:
             raise AuthError(f"registry at {self.url} names the plain-HTTP token realm {realm}; "
-                            "refusing to send credentials over HTTP (use insecure=True for a "
+                            f"refusing to send credentials over HTTP ({opt.insecure} allows it, for a "
                             "test setup)")
         query = {}
         if params.get("service"):

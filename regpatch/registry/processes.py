@@ -5,18 +5,19 @@ from __future__ import annotations
 
 import os
 import shlex
-import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import httpx
 
-from regpatch import interrupt
+from regpatch import interrupt, platform
 from regpatch.errors import RegistryUnavailable, RestartError
+from regpatch.platform.ownfiles import read_own_file
+
+if TYPE_CHECKING:
+    import subprocess
 
 DEFAULT_STOP_TIMEOUT = 10.0
 
@@ -64,12 +65,19 @@ _children: dict[int, subprocess.Popen] = {}
 _children_lock = threading.Lock()
 
 
+PIDFILE_LIMIT = 64
+
+
 def read_pidfile(path: Path) -> Optional[int]:
-    """The pid written in ``path``, or None when the file is missing or not a pid."""
+    """The pid written in ``path``, or None when the file is missing or not a pid (a file
+    that is not a small regular file, or a link, is refused: ``RestartError``)."""
     try:
-        text = Path(path).read_text(encoding="ascii", errors="replace").strip()
-    except (FileNotFoundError, NotADirectoryError):
-        return None
+        data = read_own_file(path, PIDFILE_LIMIT, what="pidfile", error=RestartError)
+    except RestartError:
+        if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            return None  # a folder of its path is a file: there is no pidfile
+        raise
+    text = (data or b"").decode("ascii", "replace").strip()
     return int(text) if text.isdigit() and int(text) > 0 else None
 
 
@@ -79,82 +87,41 @@ def write_pidfile(path: Path, pid: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(f"{pid}\n", encoding="ascii")
-    os.replace(tmp, path)
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    # "pid (comm) S ...": the state follows the last ')'
-    return stat[stat.rfind(")") + 2:][:1] in ("Z", "X")
+    platform.replace(tmp, path)
 
 
 def pid_alive(pid: int) -> bool:
-    """True when a process with this pid exists and is not a zombie."""
+    """True when a process with this pid exists and has not exited (never signals it)."""
     if pid <= 0:
         return False
     with _children_lock:
         child = _children.get(pid)
     if child is not None and child.poll() is not None:
         return False
-    if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
-        import ctypes  # Windows only: the Win32 process API
-
-        handle = ctypes.windll.kernel32.OpenProcess(0x1000, False, pid)  # QUERY_LIMITED_INFORMATION
-        if not handle:
-            return False
-        code = ctypes.c_ulong()
-        ctypes.windll.kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
-        ctypes.windll.kernel32.CloseHandle(handle)
-        return code.value == 259  # STILL_ACTIVE
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return not _is_zombie(pid)
+    return platform.pid_alive(pid)
 
 
-def _cmdline(pid: int) -> Optional[list[str]]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
-
-
-def looks_like_registry(pid: int) -> bool:
-    """Guard against a recycled pid: where /proc exists, the process must have a
-    ``serve`` argument (``<binary> serve <config>``). Elsewhere: assume yes."""
-    args = _cmdline(pid)
-    if args is None:
-        return True
-    return "serve" in args[1:]
+def looks_like_registry(pid: int, binary: Optional[str] = None) -> bool:
+    """Guard against a recycled pid (``platform.is_registry_process``): on POSIX the process
+    has a ``serve`` argument (``<binary> serve <config>``); on Windows its image is
+    ``binary``'s file (default ``registry.exe``)."""
+    return platform.is_registry_process(pid, binary)
 
 
 def start_detached(argv: Sequence[str], *, log_path: Path, pidfile: Optional[Path] = None,
                    cwd: Optional[Path] = None, env: Optional[dict] = None) -> int:
     """Start ``argv`` detached from this process and return its pid.
 
-    New session (POSIX) or new process group (Windows), stdin from /dev/null,
-    stdout and stderr appended to ``log_path``; the pid is written to
-    ``pidfile`` when given. The process outlives this Python process.
+    ``platform.spawn_detached``: a new session (POSIX); a new process group without a
+    console, out of regpatch's job (Windows). stdin from the null device, stdout and
+    stderr appended to ``log_path``; the pid is written to ``pidfile`` when given. The
+    process outlives this Python process.
     """
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    kwargs: dict = {}
-    if sys.platform == "win32":  # pragma: no cover
-        kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.DETACHED_PROCESS
-    else:
-        kwargs["start_new_session"] = True
     try:
         with open(log_path, "ab") as log:
-            proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=log,
-                                    stderr=subprocess.STDOUT, cwd=cwd, env=env,
-                                    close_fds=True, **kwargs)
+            proc = platform.spawn_detached(list(argv), stdout=log, cwd=cwd, env=env)
     except OSError as e:
         raise RestartError(f"cannot start {shlex.join(argv)}: {e.strerror or e}") from e
     with _children_lock:
@@ -185,7 +152,8 @@ def _wait_gone(pid: int, timeout: float) -> bool:
 
 
 def stop_pid(pid: Optional[int], *, timeout: float = DEFAULT_STOP_TIMEOUT) -> bool:
-    """Stop process ``pid``: SIGTERM, wait up to ``timeout``, then SIGKILL.
+    """Stop process ``pid``: SIGTERM, wait up to ``timeout``, then SIGKILL (Windows:
+    TerminateProcess, ``platform.stop_process``).
 
     Returns True when a process was stopped, False when there was none (None,
     stale or already gone). Raises ``RestartError`` if it survives SIGKILL or
@@ -194,17 +162,16 @@ def stop_pid(pid: Optional[int], *, timeout: float = DEFAULT_STOP_TIMEOUT) -> bo
     if pid is None or not pid_alive(pid):
         return False
     try:
-        os.kill(pid, signal.SIGTERM)
+        platform.stop_process(pid)
     except ProcessLookupError:
         return False
     except PermissionError as e:
-        raise RestartError(f"not allowed to stop process {pid}: {e.strerror}; "
+        raise RestartError(f"not allowed to stop process {pid}: {e.strerror or e}; "
                            "run regpatch as the registry's user") from e
     if _wait_gone(pid, timeout):
         return True
-    kill = getattr(signal, "SIGKILL", signal.SIGTERM)
     try:
-        os.kill(pid, kill)
+        platform.kill_process(pid)
     except ProcessLookupError:
         return True
     if not _wait_gone(pid, 5.0):

@@ -31,21 +31,18 @@ import math
 import os
 import re
 import shutil
-import subprocess
-import sys
-import tempfile
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
-from regpatch import interrupt
+from regpatch import platform
 from regpatch.errors import ConfigError, RestartError, UsageError
+from regpatch.platform import children
 from regpatch.registry.config import registry_url_from_config
 from regpatch.registry.processes import (
     DEFAULT_READY_TIMEOUT,
     DEFAULT_STOP_TIMEOUT,
-    _cmdline,
     _last_line,
     http_probe,
     looks_like_registry,
@@ -56,10 +53,11 @@ from regpatch.registry.processes import (
     wait_for_registry_process,
     wait_until_ready,
 )
-from regpatch.sanitize import redact_command
+from regpatch.sanitize import command_secrets, redact_command
 
-DEFAULT_BINARY = "docker-registry"
+DEFAULT_BINARY = platform.default_registry_binary()  # docker-registry (Debian), registry.exe (Windows)
 DEFAULT_COMMAND_TIMEOUT = 300.0
+STDERR_KEPT = 64 << 10  # the last lines of a failing command are what tell
 
 SPEC_FORMS = ("none", "command:<shell command>",
               "process:pidfile=PATH[,config=PATH][,binary=PATH][,log=PATH][,url=URL][,timeout=SECONDS]"
@@ -84,13 +82,30 @@ def url_from_registry_config(config: Path) -> Optional[str]:
 # --------------------------------------------------------------------------- strategies
 
 class RestartStrategy(ABC):
-    """How to restart the registry so that it forgets removed content."""
+    """How to restart the registry so that it forgets removed content.
+
+    ``restart`` is what a patch or rollback uses. ``stop`` and ``start`` are separate
+    operations for a maintenance window (``regpatch gc``: the registry's own garbage
+    collection needs it stopped); a strategy that cannot do them separately says so with
+    ``can_stop = False`` and a ``UsageError`` naming what can.
+    """
 
     needed: bool = True
+    can_stop: bool = False
 
     @abstractmethod
     def restart(self) -> None:
         """Restart the registry; raise ``RestartError`` / ``RegistryUnavailable``."""
+
+    def stop(self) -> None:
+        """Stop the registry and return once it no longer runs."""
+        raise UsageError(f"the restart strategy '{self.describe()}' cannot stop the registry on its own; "
+                         "a maintenance window needs --restart process:... (or service:NAME)")
+
+    def start(self) -> None:
+        """Start the registry and return once the new process answers."""
+        raise UsageError(f"the restart strategy '{self.describe()}' cannot start the registry on its own; "
+                         "a maintenance window needs --restart process:... (or service:NAME)")
 
     @abstractmethod
     def describe(self) -> str:
@@ -111,11 +126,11 @@ class NoRestart(RestartStrategy):
 
 
 class CommandRestart(RestartStrategy):
-    """Run a shell command (``sh -c`` / ``cmd /c``), bounded by ``timeout``.
-
-    Output goes to temporary files, not pipes, so a command that leaves a
-    registry running in the background cannot make us wait for it. When
-    ``ready_url`` is set, wait until it answers afterwards.
+    """Run a shell command (``sh -c`` / ``cmd /c``), bounded by ``timeout``, through the one
+    runner (``regpatch.platform.children``): its own process group or Job Object, killed on
+    a stop or the timeout. What it leaves running (a registry it started in the
+    background) keeps running; stdout is dropped, the last 64 KiB of stderr kept for the
+    error. When ``ready_url`` is set, wait until it answers afterwards.
     """
 
     def __init__(self, command: str, *, timeout: float = DEFAULT_COMMAND_TIMEOUT,
@@ -135,23 +150,21 @@ class CommandRestart(RestartStrategy):
             f" (then wait for {self.ready_url})" if self.ready_url else "")
 
     def restart(self) -> None:
-        kwargs: dict = {}
-        if sys.platform != "win32":
-            kwargs["start_new_session"] = True
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            proc = subprocess.Popen(self.command, shell=True, stdin=subprocess.DEVNULL,
-                                    stdout=out, stderr=err, **kwargs)
-            try:
-                code = interrupt.wait_child(proc, timeout=self.timeout)
-            except subprocess.TimeoutExpired:
-                raise RestartError(f"restart command timed out after {self.timeout:g} s: "
-                                   f"{redact_command(self.command)}") from None
-            if code != 0:
-                err.seek(0)
-                lines = [l.strip() for l in err.read().decode("utf-8", "replace").splitlines() if l.strip()]
-                last = lines[-1] if lines else "(no stderr)"
-                raise RestartError(f"restart command exited with code {code}: {self.command}; "
-                                   f"last stderr line: {last}")
+        try:
+            done = children.run(self.command, shell=True, stderr=children.Capture(STDERR_KEPT, "tail"),
+                                timeout=self.timeout, leftovers="keep")
+        except children.ChildTimeout:
+            raise RestartError(f"restart command timed out after {self.timeout:g} s: "
+                               f"{redact_command(self.command)}") from None
+        except OSError as e:
+            raise RestartError(f"restart command could not start: {redact_command(self.command)}: "
+                               f"{e.strerror or type(e).__name__}") from None
+        if done.returncode != 0:
+            lines = done.stderr.lines()
+            secrets = command_secrets(self.command)  # what it carries or expands may show up in its stderr
+            last = redact_command(lines[-1], secrets) if lines else "(no stderr)"
+            raise RestartError(f"restart command {done.status()}: {redact_command(self.command)}; "
+                               f"last stderr line: {last}")
         url = self.ready_url
         if url:
             wait_until_ready(lambda: http_probe(url, verify=self.verify, timeout=1.0),
@@ -194,16 +207,40 @@ class ProcessRestart(RestartStrategy):
                                "give binary=PATH in the restart spec")
         return found
 
-    def restart(self) -> None:
+    can_stop = True
+
+    def _check(self) -> str:
         binary = self._resolve_binary()
         if not self.config.is_file():
             raise RestartError(f"registry config {self.config} does not exist; give config=PATH")
+        return binary
+
+    def restart(self) -> None:
+        binary = self._check()
+        self._stop()
+        self._start(binary)
+
+    def stop(self) -> None:
+        self._check()
+        self._stop()
+
+    def start(self) -> None:
+        self._start(self._check())
+
+    def running(self) -> Optional[int]:
+        """The pid of the registry the pidfile names while it runs, else None."""
         old = read_pidfile(self.pidfile)
-        if old is not None and pid_alive(old):
-            if not looks_like_registry(old):
+        return old if old is not None and pid_alive(old) else None
+
+    def _stop(self) -> None:
+        old = self.running()
+        if old is not None:
+            if not looks_like_registry(old, self.binary):
                 raise RestartError(f"pid {old} in {self.pidfile} is not a registry "
-                                   f"({' '.join(_cmdline(old) or [])!r}); fix the pidfile")
+                                   f"({platform.describe_process(old)!r}); fix the pidfile")
             stop_pid(old, timeout=self.stop_timeout)
+
+    def _start(self, binary: str) -> None:
         pid = start_detached([binary, "serve", str(self.config)], log_path=self.log,
                              pidfile=self.pidfile, env=registry_environment(os.environ, self.pass_env))
         self.last_pid = pid

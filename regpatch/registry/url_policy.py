@@ -60,7 +60,6 @@ class UrlPolicy:
         return None
 
 
-
 def url_policy_from_config(config_path: PathLike) -> UrlPolicy:
     """The ``UrlPolicy`` of a registry config (``validation`` section, 2.8 semantics)."""
     doc = _load(config_path)
@@ -89,7 +88,6 @@ def url_policy_from_config(config_path: PathLike) -> UrlPolicy:
     return UrlPolicy(source, not disabled, lists["allow"], lists["deny"])
 
 
-
 _POSIX_CLASSES = {
     "alnum": "0-9A-Za-z", "alpha": "A-Za-z", "ascii": "\\x00-\\x7f", "blank": "\\t ",
     "cntrl": "\\x00-\\x1f\\x7f", "digit": "0-9", "graph": "!-~", "lower": "a-z", "print": " -~",
@@ -98,13 +96,10 @@ _POSIX_CLASSES = {
 }
 
 
-
 _GO_ONLY = re.compile(r"\\[pPC]|\(\?[a-zA-Z]*U")          # Unicode classes, \C, ungreedy flag
 
 
-
 _PY_ONLY = re.compile(r"\(\?(?:=|!|<=|<!|P=|#)|\\[1-9]|\(\?\(")  # lookaround, backreferences
-
 
 
 def _go_regexp(pattern: str, key: str, source: str) -> "re.Pattern[str]":
@@ -135,7 +130,6 @@ def _go_regexp(pattern: str, key: str, source: str) -> "re.Pattern[str]":
         raise ConfigError(f"{where} is not a regular expression regpatch can evaluate: {e}") from None
 
 
-
 def _posix_class(m: "re.Match[str]", where: str) -> str:
     negate, name = m.group(1), m.group(2)
     if name not in _POSIX_CLASSES:
@@ -145,24 +139,19 @@ def _posix_class(m: "re.Match[str]", where: str) -> str:
     return _POSIX_CLASSES[name]
 
 
-
 # Go's net/url.Parse, the parts that can fail, and the two checks the registry adds.
 _SCHEME_CHARS = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*", re.ASCII)
 
 
-
 _HEX2 = re.compile(r"%[0-9A-Fa-f]{2}", re.ASCII)
-
 
 
 _HOST_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
                "-_.~!$&'()*+,;=:[]<>\"")
 
 
-
 _USERINFO_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
                    "-._:~!$&'()*+,;=%@")
-
 
 
 def _bad_escape(s: str, host: bool = False) -> bool:
@@ -182,10 +171,8 @@ def _bad_escape(s: str, host: bool = False) -> bool:
     return False
 
 
-
 def _valid_port(colon_port: str) -> bool:
     return colon_port == "" or (colon_port[0] == ":" and all("0" <= c <= "9" for c in colon_port[1:]))
-
 
 
 def go_url_problem(url: str) -> Optional[str]:  # noqa: C901  (Go's url.Parse, step by step, to read beside it)

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Callable, Optional, Protocol
 
+from regpatch import platform
 from regpatch.bundle.s3 import S3Source
 from regpatch.digest import Digest, new_hasher
 from regpatch.errors import DigestMismatch, SizeMismatch, UsageError
@@ -113,8 +114,8 @@ class FolderDestination:
                 os.unlink(partial)  # wrong bytes: never resumed
                 raise
             os.fsync(dst.fileno())
-        os.replace(partial, self._blob(digest))
-        _fsync_dir(self.blobs)
+        platform.replace(partial, self._blob(digest))
+        platform.fsync_dir(self.blobs)
         return offset
 
     def put_file(self, name: str, data: bytes) -> None:
@@ -124,8 +125,8 @@ class FolderDestination:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, final)
-        _fsync_dir(self.path)
+        platform.replace(tmp, final)
+        platform.fsync_dir(self.path)
 
     def remove(self, name: str) -> None:
         try:
@@ -151,7 +152,7 @@ class FolderDestination:
         for name in os.listdir(self.partial):
             os.unlink(self.partial / name)
         os.rmdir(self.partial)
-        _fsync_dir(self.path)
+        platform.fsync_dir(self.path)
 
 
 class _Counter:
@@ -165,16 +166,6 @@ class _Counter:
         n = len(b) if n is None else n
         self.n += n
         return n
-
-
-def _fsync_dir(path: Path) -> None:
-    if os.name == "nt":
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class S3Destination:

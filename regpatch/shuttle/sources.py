@@ -3,6 +3,7 @@ staged folder."""
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,8 @@ from regpatch.options import opt
 from regpatch.reference import Repository, Tag
 from regpatch.registry.client import RegistryClient
 from regpatch.registry.credentials import load_credentials
+
+log = logging.getLogger("regpatch.shuttle")
 
 
 class _Buffer:
@@ -109,6 +112,24 @@ class ImageSource(Protocol):
         """Write the blob's bytes from ``offset`` to ``dst``, feeding ``hasher``."""
 
 
+def _client(host: str, creds, options: RegistryOptions) -> RegistryClient:
+    """The client of a source registry. ``--insecure`` keeps TLS and skips the certificate check
+    (skopeo's ``--src-tls-verify=false``): https is tried first, without verification, and plain
+    HTTP only when the registry does not answer over TLS."""
+    if not options.insecure:
+        return RegistryClient(host, credentials=creds, ca_file=options.ca_file)  # https, verified
+    tls = RegistryClient(f"https://{host}", credentials=creds, insecure=True)
+    if tls.ping():
+        return tls
+    plain = RegistryClient(f"http://{host}", credentials=creds, insecure=True)
+    if plain.ping():
+        tls.close()
+        log.info("registry %s does not answer over TLS: plain HTTP (%s)", host, opt.insecure)
+        return plain
+    plain.close()
+    return tls  # neither answers: the errors to come name https, what was asked for first
+
+
 class RegistryImageSource:
     """An image in a registry, read through its v2 API (``RegistryClient``)."""
 
@@ -116,8 +137,7 @@ class RegistryImageSource:
         self.ref = ref
         self.description = str(ref)
         creds = load_credentials(ref.host, auth_file=Path(options.auth_file) if options.auth_file else None)
-        self.client = RegistryClient(ref.host, credentials=creds, ca_file=options.ca_file,
-                                     insecure=options.insecure)
+        self.client = _client(ref.host, creds, options)
 
     def close(self) -> None:
         self.client.close()

@@ -11,8 +11,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
+from regpatch import platform
 from regpatch.digest import Digest
 from regpatch.errors import UsageError
+from regpatch.platform.ownfiles import read_own_file
 
 KeyPath = Union[str, Path]
 
@@ -25,16 +27,9 @@ ENV_KEY_PASSWORD = "REGPATCH_SIGN_KEY_PASSWORD"
 
 
 def _read_key_file(path: KeyPath, what: str) -> bytes:
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_KEY_FILE + 1)
-    except FileNotFoundError:
-        raise UsageError(f"{what} {path} does not exist") from None
-    except OSError as e:
-        raise UsageError(f"cannot read the {what} {path}: {e.strerror}") from None
-    if len(data) > MAX_KEY_FILE:
-        raise UsageError(f"{what} {path} is larger than {MAX_KEY_FILE} bytes: not a PEM key")
+    data = read_own_file(path, MAX_KEY_FILE, what=what, error=UsageError)
+    if data is None:
+        raise UsageError(f"{what} {path} does not exist")
     return data
 
 
@@ -115,8 +110,9 @@ def verify_bytes(pub, data: bytes, signature: bytes) -> bool:
 
 
 def generate_keypair(prefix: KeyPath, algorithm: str = "ed25519") -> tuple[Path, Path]:
-    """Write PREFIX.key (PKCS#8 PEM, mode 0600; encrypted when $REGPATCH_SIGN_KEY_PASSWORD
-    is set) and PREFIX.pub (PEM). Never overwrites a file."""
+    """Write PREFIX.key (PKCS#8 PEM, owner-only: mode 0600, or on Windows an ACL granting
+    only the current user; encrypted when $REGPATCH_SIGN_KEY_PASSWORD is set) and
+    PREFIX.pub (PEM). Never overwrites a file."""
     if algorithm not in ALGORITHMS:
         raise UsageError(f"--algorithm must be one of {', '.join(ALGORITHMS)}, got {algorithm!r}")
     prefix = Path(prefix)
@@ -134,20 +130,23 @@ def generate_keypair(prefix: KeyPath, algorithm: str = "ed25519") -> tuple[Path,
     private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc)
     public = key.public_key().public_bytes(serialization.Encoding.PEM,
                                            serialization.PublicFormat.SubjectPublicKeyInfo)
-    _write_new(key_path, private, 0o600)
-    _write_new(pub_path, public, 0o644)
+    _write_new(key_path, private, private=True)
+    _write_new(pub_path, public, private=False)
     return key_path, pub_path
 
 
-def _write_new(path: Path, data: bytes, mode: int) -> None:
+def _write_new(path: Path, data: bytes, *, private: bool) -> None:
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        if private:
+            fd = platform.create_private(path)  # owner-only before a byte is written
+        else:
+            fd = platform.open_file(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            platform.set_mode(fd, 0o644)  # umask-proof
     except FileExistsError:
         raise UsageError(f"{path} already exists; keygen never overwrites a key") from None
     except OSError as e:
-        raise UsageError(f"cannot create {path}: {e.strerror}") from None
+        raise UsageError(f"cannot create {path}: {e.strerror or e}") from None
     with os.fdopen(fd, "wb") as f:
-        os.fchmod(f.fileno(), mode)  # umask-proof
         f.write(data)
         f.flush()
         os.fsync(f.fileno())

@@ -35,10 +35,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Optional, Sequence
 
+from regpatch import platform
 from regpatch.digest import Digest
 from regpatch.errors import InvalidReference, ManifestError, StorageError, StorageNotFound, UsageError
 from regpatch.manifest import load_json
 from regpatch.options import opt
+from regpatch.platform.ownfiles import read_own_file
 from regpatch.reference import Repository, Tag
 from regpatch.storage.layout import Layout
 from regpatch.storage.store import RegistryStore
@@ -259,7 +261,7 @@ def write_contents(contents: Contents, out: Path | str, *, storage_root: Optiona
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, out)
+        platform.replace(tmp, out)
     except OSError as e:
         try:
             os.unlink(tmp)
@@ -332,15 +334,9 @@ def parse_contents(data: bytes, name: str) -> Contents:
 def read_contents_file(path: Path | str) -> ContentsFile:
     """Read a contents file made on the site (``--have FILE``), bounded and checked."""
     path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_CONTENTS_FILE + 1)
-    except FileNotFoundError:
-        raise UsageError(f"contents file {path} does not exist") from None
-    except OSError as e:
-        raise UsageError(f"cannot read the contents file {path}: {e.strerror}") from None
-    if len(data) > MAX_CONTENTS_FILE:
-        raise _bad(str(path), f"larger than {MAX_CONTENTS_FILE} bytes")
+    data = read_own_file(path, MAX_CONTENTS_FILE, what="contents file", error=UsageError)
+    if data is None:
+        raise UsageError(f"contents file {path} does not exist")
     name = path.name
     if not _FILE_NAME.fullmatch(name):
         name = "contents.json"  # recorded in the bundle: keep it a plain name

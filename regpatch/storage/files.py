@@ -8,6 +8,7 @@ import os
 import stat
 from pathlib import Path
 
+from regpatch import platform
 from regpatch.errors import os_error, os_errors
 
 log = logging.getLogger("regpatch.store")
@@ -29,19 +30,9 @@ _io = os_errors  # every OSError of a read or write here goes through errors.os_
 def _raise_write_error(e: OSError, path: Path):
     raise os_error(e, doing="writing", path=path) from e
 
-def _pid_alive(pid: int) -> bool:
-    if os.name == "nt":  # os.kill would terminate the process there: never sweep
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
-
 def sweep_temp_files(folder: Path) -> int:
-    """Remove regpatch temp files in folder left by a process that is gone (killed)."""
+    """Remove regpatch temp files in folder left by a process that is gone (killed): the
+    name carries the writer's pid, and ``platform.pid_alive`` never signals a process."""
     n = 0
     try:
         entries = list(os.scandir(folder))
@@ -51,7 +42,7 @@ def sweep_temp_files(folder: Path) -> int:
         if not e.name.startswith(TMP_MARK):
             continue
         pid_part = e.name[len(TMP_MARK):].split("-", 1)[0]
-        if pid_part.isdigit() and not _pid_alive(int(pid_part)) and e.is_file(follow_symlinks=False):
+        if pid_part.isdigit() and not platform.pid_alive(int(pid_part)) and e.is_file(follow_symlinks=False):
             try:
                 os.unlink(e.path)
                 n += 1
@@ -59,11 +50,4 @@ def sweep_temp_files(folder: Path) -> int:
                 pass
     return n
 
-def fsync_dir(path: Path) -> None:
-    if os.name == "nt":  # directories cannot be opened for fsync on Windows
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+fsync_dir = platform.fsync_dir  # a folder's entries made durable (nothing to do on Windows)

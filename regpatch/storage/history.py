@@ -1,52 +1,98 @@
-"""``history.jsonl``: every tag change regpatch made (time, old -> new, action, source, who), appended
-durably, read back leniently (a torn or malformed line is skipped with a warning)."""
+"""``history.jsonl``: every tag change regpatch made, one JSON object a line, appended durably,
+read back leniently (a torn, malformed or mistyped line is skipped with a warning).
+
+One versioned format, owned here. A line written since version 1 carries ``"v": 1``; a line
+without ``v`` (regpatch 0.1, 0.2) is version 0 and reads with the same rules. The fields are
+the fields of ``HistoryEntry``, each with its kind in its metadata; the actions are the keys of
+``ACTIONS``. Adding a field is one line in ``HistoryEntry`` (with a default, so older lines
+still read; ``since`` = the version that adds it; ``shown`` = its label in the table); adding
+an action is one entry of ``ACTIONS``. A line of a newer version keeps the fields and actions
+this code knows and ignores the others; a line of this version or older is checked strictly:
+every field of its kind, the digests valid, the action known.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
-from typing import Optional
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields
+from typing import Any, Optional
 
+from regpatch import platform
 from regpatch.digest import Digest
 from regpatch.errors import RegpatchError, os_errors
 from regpatch.hooks import checkpoint
 from regpatch.manifest import load_json
+from regpatch.platform.ownfiles import read_own_file
 from regpatch.reference import Repository, Tag
-from regpatch.sanitize import escape_controls
+from regpatch.sanitize import escape_controls, redact
 from regpatch.storage.layout import Layout
 from regpatch.storage.state import actor, now_iso
 
 log = logging.getLogger("regpatch.state")
 
+HISTORY_VERSION = 1
+
+# what each action records; the one place an action is added
+ACTIONS: dict[str, str] = {
+    "patch": "a patch moved the tag from old to new",
+    "rollback": "a rollback moved the tag back from old to new (an image the tag held before)",
+    "restore": "a patch's own move undone (old -> new) because the registry did not serve the new image",
+    "pruned": "regpatch prune unlinked the image old from the repository (its revision link and tag "
+              "index entries; the blobs stay until the registry's garbage collection); new: what the tag "
+              "held then",
+    "raced": "another writer wrote the tag while regpatch moved it from old to new; other: what that "
+             "writer wrote; the tag was left as it was found after the move",
+}
+
+TEXT, DIGEST, OPTIONAL_DIGEST, VERSION = "text", "digest", "optional digest", "version"
+
+
+def _kind(kind: str, *, since: int = 0, shown: Optional[str] = None) -> Any:
+    """The metadata of a history field: its kind, the version that added it, its table label."""
+    return {"kind": kind, "since": since, "shown": shown}
+HISTORY_LIMIT = 64 << 20  # about 200,000 tag changes
+
 
 @dataclass(frozen=True)
 class HistoryEntry:
-    time: str
-    repository: str
-    tag: str
-    old: Optional[str]
-    new: str
-    action: str          # patch | rollback | restore (a move the registry did not serve, undone)
-    source: str
-    actor: str
+    time: str = field(metadata=_kind(TEXT))
+    repository: str = field(metadata=_kind(TEXT))
+    tag: str = field(metadata=_kind(TEXT))
+    old: Optional[str] = field(metadata=_kind(OPTIONAL_DIGEST))
+    new: str = field(metadata=_kind(DIGEST))
+    action: str = field(metadata=_kind(TEXT))   # a key of ACTIONS
+    source: str = field(metadata=_kind(TEXT))
+    actor: str = field(metadata=_kind(TEXT))
+    other: Optional[str] = field(default=None, metadata=_kind(OPTIONAL_DIGEST, since=1, shown="other writer"))
+    v: int = field(default=HISTORY_VERSION, metadata=_kind(VERSION, since=1))
 
+    def to_json(self) -> str:
+        """The line as written: ``v`` first, then every field (None included, for a reader's ease)."""
+        doc = asdict(self)
+        return json.dumps({"v": doc.pop("v"), **doc})
 
+    def notes(self) -> str:
+        """The fields a table shows with their label (``other writer sha256:...``)."""
+        return "; ".join(f"{f.metadata['shown']} {getattr(self, f.name)}" for f in fields(self)
+                         if f.metadata.get("shown") and getattr(self, f.name) is not None)
 
 def record_history(store, repo: Repository, tag: Tag, old: Optional[Digest], new: Digest, *,
-                   action: str, source: str) -> HistoryEntry:
-    """Append one line to history.jsonl (O_APPEND, fsynced)."""
+                   action: str, source: str, other: Optional[Digest] = None) -> HistoryEntry:
+    """Append one line to history.jsonl (O_APPEND, fsynced). The source never holds a credential."""
+    if action not in ACTIONS:
+        raise ValueError(f"internal: unknown history action {action!r}")
     entry = HistoryEntry(now_iso(), repo.name, tag.name, str(old) if old else None, str(new), action,
-                         source, actor())
+                         redact(source), actor(), other=str(other) if other else None)
     path = store.layout.history
     store.ensure_state_dir(path.parent)
-    line = (json.dumps(asdict(entry)) + "\n").encode()
+    line = (entry.to_json() + "\n").encode()
     with os_errors("appending to", path):
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        fd = platform.open_nofollow(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             end = os.lseek(fd, 0, os.SEEK_END)
-            if end and os.pread(fd, 1, end - 1) != b"\n":
+            if end and platform.pread(fd, 1, end - 1) != b"\n":
                 line = b"\n" + line  # the last line was torn: never continue it
             os.write(fd, line)
             os.fsync(fd)
@@ -56,44 +102,61 @@ def record_history(store, repo: Repository, tag: Tag, old: Optional[Digest], new
     return entry
 
 
-
 def read_history(layout: Layout, repository: Optional[str] = None,
                  tag: Optional[str] = None) -> list[HistoryEntry]:
-    try:
-        lines = layout.history.read_text().splitlines()
-    except FileNotFoundError:
+    data = read_own_file(layout.history, HISTORY_LIMIT, what="history file")
+    if data is None:
         return []
+    lines = data.decode("utf-8", "replace").splitlines()
     entries = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            e = _history_entry(load_json(line.encode(), what=f"{layout.history} line {n}"))
-        except (RegpatchError, ValueError, TypeError):
+            e = history_entry(load_json(line.encode(), what=f"{layout.history} line {n}"))
+        except (RegpatchError, ValueError, TypeError) as err:
             # a line torn by a crash or a full disk during an append, or not written by
             # regpatch: the others still count
-            log.warning("%s line %d is not a history entry (torn by a crash?); skipped", layout.history, n)
+            log.warning("%s line %d is not a history entry (torn by a crash?): %s; skipped", layout.history, n,
+                        err)
             continue
         if (repository is None or e.repository == repository) and (tag is None or e.tag == tag):
             entries.append(e)
     return entries
 
 
+def _check(f: Field, value: Any) -> None:
+    kind = f.metadata["kind"]
+    if kind == VERSION:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise TypeError(f"'{f.name}' is not a version number")
+    elif value is None and kind == OPTIONAL_DIGEST:
+        return
+    elif not isinstance(value, str):
+        raise TypeError(f"'{f.name}' is not a string")
+    elif kind in (DIGEST, OPTIONAL_DIGEST):
+        Digest.parse(value)  # as regpatch writes it: sha256:<64 lowercase hex>
 
-def _history_entry(doc) -> HistoryEntry:
-    """One history line, checked the way this code writes it: every field a string (``old``
-    may be null), the digests valid; anything else raises ValueError or TypeError."""
+
+def history_entry(doc: Any) -> HistoryEntry:
+    """One history line, checked against the fields of its version: raises ValueError or
+    TypeError (or InvalidReference for a bad digest) for anything else."""
     if not isinstance(doc, dict):
-        raise TypeError("not an object")
-    e = HistoryEntry(**doc)
-    texts = all(isinstance(v, str) for k, v in asdict(e).items() if k != "old")
-    if not texts or not isinstance(e.old, (str, type(None))):
-        raise TypeError("a field is not a string")
-    Digest.parse(e.new)
-    if e.old is not None:
-        Digest.parse(e.old)
-    return e
-
+        raise TypeError("not a JSON object")
+    version = doc.get("v", 0)
+    values: dict[str, Any] = {}
+    for f in fields(HistoryEntry):
+        if f.name not in doc:
+            if f.default is MISSING:
+                raise ValueError(f"'{f.name}' is missing")
+            if f.name == "v":
+                values["v"] = 0  # a line of regpatch 0.2 or older
+            continue
+        _check(f, doc[f.name])
+        values[f.name] = doc[f.name]
+    if version <= HISTORY_VERSION and values["action"] not in ACTIONS:
+        raise ValueError(f"unknown action {values['action']!r}")
+    return HistoryEntry(**values)
 
 
 def previous_digest(layout: Layout, repo: Repository, tag: Tag, current: Optional[Digest]) -> Optional[Digest]:
@@ -104,15 +167,25 @@ def previous_digest(layout: Layout, repo: Repository, tag: Tag, current: Optiona
     return None
 
 
+def pruned_when(layout: Layout, repo: Repository, digest: Digest) -> Optional[HistoryEntry]:
+    """The history line that says ``regpatch prune`` unlinked ``digest`` from ``repo``, if any."""
+    return next((e for e in reversed(read_history(layout, repo.name))
+                 if e.action == "pruned" and e.old == str(digest)), None)
+
+
+def last_patch(entries: list[HistoryEntry]) -> Optional[HistoryEntry]:
+    """The last ``patch`` line of a tag's history (what a plain rollback undoes)."""
+    return next((e for e in reversed(entries) if e.action == "patch"), None)
+
 
 def render_history(entries: list[HistoryEntry]) -> str:
     if not entries:
         return "no tag changes recorded"
     rows: list[tuple[str, ...]] = [("TIME", "REPOSITORY:TAG", "ACTION", "OLD", "NEW", "SOURCE", "BY")]
     for e in entries:
+        source = redact(e.source) + (f" ({e.notes()})" if e.notes() else "")
         rows.append(tuple(escape_controls(c) for c in (e.time, f"{e.repository}:{e.tag}", e.action,
-                                                 (e.old or "(new tag)")[:19], e.new[:19], e.source, e.actor)))
+                                                 (e.old or "(new tag)")[:19], e.new[:19], source, e.actor)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     # every column but the last is padded
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] for r in rows)
-

@@ -1,5 +1,6 @@
-"""The journal of a tag's last patch: what was under way, resumed by the same command. It tells the
-operator what happened; it never makes a step skip work (the storage decides)."""
+"""The journal of a tag's last patch, and of its last rollback: what was under way, resumed by the
+same command. It tells the operator what happened and what a killed run was doing; it never makes
+a step skip work and never says that something is done (the storage decides)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,12 @@ from pathlib import Path
 from typing import Optional
 
 from regpatch.digest import Digest
+from regpatch.errors import RegpatchError
+from regpatch.platform.ownfiles import read_own_file
 from regpatch.reference import Repository, Tag
 from regpatch.storage.state import now_iso
+
+JOURNAL_LIMIT = 1 << 20  # a journal is a few hundred bytes
 
 
 @dataclass
@@ -33,24 +38,28 @@ class Journal:
     runs: int = 1
     error: Optional[str] = None
     verified_url: Optional[str] = None  # the registry API whose pull proved ``target``
+    kind: str = "patch"              # patch | rollback (a rollback's journal is a file of its own)
 
     @classmethod
     def load(cls, path: Path) -> Optional["Journal"]:
+        """The journal at ``path``; None when there is none or it is not one this code wrote
+        (it tells the operator what happened, it never decides anything: nothing is lost)."""
         try:
-            return cls(**json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError):
+            data = read_own_file(path, JOURNAL_LIMIT, what="journal")
+            return cls(**json.loads(data)) if data is not None else None
+        except (RegpatchError, ValueError, TypeError):
             return None
 
     def save(self, store) -> None:
         self.updated = now_iso()
-        path = store.layout.journal(Repository(self.repository), Tag(self.tag))
+        repo, tag = Repository(self.repository), Tag(self.tag)
+        path = store.layout.rollback_journal(repo, tag) if self.kind == "rollback" else store.layout.journal(repo, tag)
         store.write_file(path, json.dumps(asdict(self), indent=1).encode())
 
     def mark(self, store, step: str) -> None:
         if step not in self.steps:
             self.steps.append(step)
         self.save(store)
-
 
 
 def was_verified(store, repo: Repository, tag: Tag, target: Digest, url: Optional[str]) -> bool:
@@ -60,7 +69,6 @@ def was_verified(store, repo: Repository, tag: Tag, target: Digest, url: Optiona
         return False
     j = Journal.load(store.layout.journal(repo, tag))
     return bool(j and j.target == str(target) and j.status == "complete" and j.verified_url == url)
-
 
 
 def open_journal(store, repo: Repository, tag: Tag, target: Digest, old: Optional[Digest],

@@ -51,6 +51,10 @@ class Layout:
     def journal(self, repo: Repository, tag: Tag) -> Path:
         return self.state / "journal" / f"{state_name(repo, tag)}.json"
 
+    def rollback_journal(self, repo: Repository, tag: Tag) -> Path:
+        """The journal of the tag's last rollback (beside the patch's, never over it)."""
+        return self.state / "journal" / f"{state_name(repo, tag)}.rollback.json"
+
     def lock(self, repo: Repository) -> Path:
         """The repository's lock lives with the storage it protects, whatever the state
         folder: two runs naming different --state-dir folders still exclude each other.
@@ -106,8 +110,12 @@ class Layout:
     def tag_dir(self, repo: Repository, tag: Tag) -> Path:
         return self.tags_dir(repo) / tag.name
 
+    def tag_index_dir(self, repo: Repository, tag: Tag, algorithm: str = "sha256") -> Path:
+        """Parent of every ``<hex>/link`` index link of a tag (every digest it was ever set to)."""
+        return self.tag_dir(repo, tag) / "index" / algorithm
+
     def tag_index_link(self, repo: Repository, tag: Tag, digest: Digest) -> Path:
-        return self.tag_dir(repo, tag) / "index" / digest.algorithm / digest.hex / "link"
+        return self.tag_index_dir(repo, tag, digest.algorithm) / digest.hex / "link"
 
     def tag_current_link(self, repo: Repository, tag: Tag) -> Path:
         return self.tag_dir(repo, tag) / "current" / "link"

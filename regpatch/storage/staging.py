@@ -20,15 +20,19 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Callable, Optional
 
+from regpatch import platform
 from regpatch.digest import Digest, new_hasher
-from regpatch.errors import DigestMismatch, SizeMismatch, StorageError, UnsafePath
-from regpatch.hashing import advise_sequential, copy_and_hash, hash_fd, hash_file, kernel_copy_and_hash, try_reflink
+from regpatch.errors import DigestMismatch, RegpatchError, SizeMismatch, StorageError, UnsafePath
+from regpatch.hashing import copy_and_hash, hash_fd, hash_file, kernel_copy_and_hash
 from regpatch.hooks import checkpoint
 from regpatch.options import opt
+from regpatch.platform.ownfiles import read_own_file
 from regpatch.storage.files import FILE_MODE, TMP_MARK, _io, _is_plain_file, _raise_write_error, fsync_dir
 from regpatch.storage.layout import Layout
 
 log = logging.getLogger("regpatch.store")
+
+NOTE_LIMIT = 4096  # a staging note is a validator and a size
 
 
 class Staging:
@@ -40,7 +44,7 @@ class Staging:
     if TYPE_CHECKING:  # what RegistryStore provides (this is a part of it, see the module docstring)
         def _check_inside(self, path: Path) -> None: ...
         def _mkdirs(self, path: Path) -> None: ...
-        def _verified(self, digest: Digest, st: os.stat_result) -> bool: ...
+        def _verified(self, digest: Digest, path: Path, st: os.stat_result) -> bool: ...
         def _remember_verified(self, digest: Digest, path: Path) -> None: ...
         def _temp_beside(self, final: Path, durable: bool = True) -> AbstractContextManager[BinaryIO]: ...
         @staticmethod
@@ -58,7 +62,7 @@ class Staging:
                 st = os.stat(path)
             except FileNotFoundError:
                 return None
-        return path if self._verified(digest, st) else None
+        return path if self._verified(digest, path, st) else None
 
     def recheck_staged(self, digest: Digest, size: int,
                        progress: Optional[Callable[[int], None]] = None) -> bool:
@@ -81,8 +85,9 @@ class Staging:
                    what: str, progress: Optional[Callable[[int], None]] = None) -> Path:
         """Copy a blob into the staging folder while hashing it: one read pass.
 
-        A source that is a regular file is copied by the kernel
-        (``copy_file_range``) while the copy itself is hashed.
+        A source that is a regular file is cloned (a reflink) or copied by the kernel
+        (``platform.kernel_copy``) while the copy itself is hashed; elsewhere (Windows)
+        it is read, hashed and written in one pass.
 
         On a digest or size mismatch the partial file is removed and the error
         raised; the registry's v2/ tree is never touched here.
@@ -95,8 +100,8 @@ class Staging:
                 done = kernel_copy_and_hash(region[0], dst.fileno(), what=what, expected=digest,
                                             expected_size=size, progress=progress, src_offset=region[1])
             elif _is_plain_file(src):
-                advise_sequential(src.fileno())
-                if try_reflink(src.fileno(), dst.fileno()):  # XFS, btrfs: blocks shared, no copy
+                platform.advise_sequential(src.fileno())
+                if platform.reflink(src.fileno(), dst.fileno()):  # XFS, btrfs: blocks shared, no copy
                     log.info("%s: cloned (reflink), hashing the clone", what)
                     done = hash_fd(dst.fileno(), what=what, expected=digest, expected_size=size,
                                    progress=progress)
@@ -141,8 +146,8 @@ class Staging:
         self._mkdirs(partial.parent)
         want = {"validator": validator, "size": size}
         try:
-            resumable = json.loads(note.read_text()) == want
-        except (OSError, ValueError):
+            resumable = json.loads(read_own_file(note, NOTE_LIMIT, what="staging note") or b"null") == want
+        except (RegpatchError, ValueError):
             resumable = False
         hasher, offset = new_hasher(), 0
         if resumable and partial.is_file() and os.path.getsize(partial) <= size:
@@ -155,7 +160,7 @@ class Staging:
         if offset and progress:
             progress(offset)
         try:
-            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
+            fd = platform.open_file(partial, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
         except OSError as e:
             _raise_write_error(e, partial)
         try:
@@ -175,7 +180,7 @@ class Staging:
             raise
         except OSError as e:
             _raise_write_error(e, partial)
-        os.replace(partial, final)
+        platform.replace(partial, final)
         fsync_dir(final.parent)
         self._discard(note)
         self._remember_verified(digest, final)
@@ -202,7 +207,7 @@ class Staging:
             return False
         self._mkdirs(final.parent)
         try:
-            os.replace(staged, final)  # same filesystem: the state folder is under root
+            platform.replace(staged, final)  # same filesystem: the state folder is under root
         except FileNotFoundError:
             if not final.exists():
                 raise StorageError(f"staged blob {staged} disappeared before it could be installed, and "
@@ -250,7 +255,7 @@ class Staging:
         self._mkdirs(final.parent)
         tmp = final.parent / f"{TMP_MARK}{os.getpid()}-{secrets.token_hex(6)}"
         try:
-            os.rename(path, tmp)
+            platform.replace(path, tmp)  # (tmp is a new name: a rename)
         except OSError as e:
             if e.errno == errno.EXDEV:
                 raise UnsafePath(f"{what} is on another filesystem than the storage: {opt.consume} cannot "
@@ -259,20 +264,20 @@ class Staging:
         try:
             with open(tmp, "rb", buffering=0) as f:
                 hash_fd(f.fileno(), what=what, expected=digest, expected_size=size, progress=progress)
-                os.fsync(f.fileno())
-            os.chmod(tmp, FILE_MODE)
+            os.chmod(tmp, FILE_MODE)  # (on Windows it also ends a read-only attribute the flush would refuse)
+            platform.fsync_path(tmp)
             if self._owner is not None:
-                os.chown(tmp, *self._owner)
+                platform.chown(tmp, self._owner)
         except BaseException:
             try:
                 if not os.path.lexists(path):
-                    os.rename(tmp, path)  # give it back, as it was
+                    platform.replace(tmp, path)  # give it back, as it was
                 else:
                     self._discard(tmp)
             except OSError:
                 pass
             raise
-        os.replace(tmp, final)
+        platform.replace(tmp, final)
         fsync_dir(final.parent)
         fsync_dir(Path(path).parent)
         self._remember_verified(digest, final)

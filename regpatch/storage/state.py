@@ -1,9 +1,12 @@
 """regpatch's own state, kept outside ``docker/`` (the registry never reads it).
 
-    <root>/.regpatch/locks/<repo>.lock one patch or rollback per repository at a time
-    <state>/journal/<repo>@<tag>.json  what the last patch of that tag has done so far
-    <state>/history.jsonl              every tag change: who, when, old -> new, from what
-    <state>/reports/<time>-<repo>@<tag>.md  the summary of each run
+    <root>/.regpatch/locks/<repo>~<hash>.lock          one patch or rollback per repository at a time
+    <state>/journal/<repo>@<tag>~<hash>.json           what the last patch of that tag has done so far
+    <state>/journal/<repo>@<tag>~<hash>.rollback.json  the same for its last rollback
+    <state>/history.jsonl                              every tag change: who, when, old -> new, from what
+    <state>/reports/<time>-<repo>@<tag>~<hash>.md      the summary of each run
+
+(``<hash>``: the sha256 of the full names, ``storage.layout.state_name``.)
 
 The state folder defaults to ``<rootdirectory>/.regpatch``; the locks stay under the
 storage root whatever the state folder is (docs/architecture.md, "The state folder").
@@ -11,11 +14,12 @@ storage root whatever the state folder is (docs/architecture.md, "The state fold
 
 from __future__ import annotations
 
-import getpass
 import logging
 import os
 import socket
 from datetime import datetime, timezone
+
+from regpatch import platform
 
 log = logging.getLogger("regpatch.state")
 
@@ -26,21 +30,10 @@ def now_iso() -> str:
 
 def actor() -> str:
     """Who/what is running: user@host pid, and the Prefect flow run when there is one."""
-    try:
-        user = getpass.getuser()
-    except Exception:  # no passwd entry in some containers
-        user = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
+    user = platform.user_name()  # (a uid when there is no passwd entry, in some containers)
     who = f"{user}@{socket.gethostname()} pid {os.getpid()}"
     run = os.environ.get("PREFECT__FLOW_RUN_ID")
     return who + (f" flow-run {run}" if run else "")
 
-
-# -- lock ----------------------------------------------------------------------
-
-
-# -- journal -------------------------------------------------------------------
-
-
-# -- history -------------------------------------------------------------------
 
 

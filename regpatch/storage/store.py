@@ -1,8 +1,9 @@
 """RegistryStore: atomic, verified reads and writes of the registry's storage.
 
 Every file is written to a temp name in its own folder, fsynced, renamed into
-place, and the folder fsynced. Nothing here ever deletes a file of the
-registry: the only files removed are regpatch's own temp and staging files.
+place, and the folder fsynced. Nothing here deletes a file of the registry
+but ``remove_link``, which only ``regpatch prune`` calls (a link file, never a
+blob); the other files removed are regpatch's own temp and staging files.
 Files are 0644, folders 0755; link files are exactly ``sha256:<hex>``.
 
 Inside and outside the storage (the rule every read and write follows)
@@ -45,6 +46,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Optional
 
+from regpatch import platform
 from regpatch.digest import Digest
 from regpatch.errors import (
     InvalidReference,
@@ -58,6 +60,7 @@ from regpatch.errors import (
 from regpatch.hashing import hash_file
 from regpatch.hooks import checkpoint
 from regpatch.options import opt
+from regpatch.platform.ownfiles import read_own_file
 from regpatch.reference import Repository, Tag
 from regpatch.storage.files import DIR_MODE, FILE_MODE, TMP_MARK, _io, _raise_write_error, fsync_dir, sweep_temp_files
 from regpatch.storage.layout import Layout
@@ -71,30 +74,19 @@ LINK_READ_LIMIT = 1024  # a link is 71 bytes; anything longer is not a link
 
 _FOLLOWED: set[tuple[str, str]] = set()  # anchor symlinks already logged by this process
 _FOLLOWED_LOCK = threading.Lock()
+_WARNED: set[str] = set()  # malformed links already warned about by this process (path and bytes)
 
 
-def _marker(st: os.stat_result) -> dict:
-    """What a verified-blob marker remembers of the file: device, inode, size, mtime and
-    ctime. ``touch`` can restore an mtime, nothing but the kernel sets the ctime: a file
-    changed in place after it was hashed never matches its marker."""
-    return {"size": st.st_size, "dev": st.st_dev, "ino": st.st_ino, "mtime_ns": st.st_mtime_ns,
-            "ctime_ns": st.st_ctime_ns}
+MARKER_LIMIT = 4096  # a verified-blob marker is a few numbers
 
 
 def _storage_owner(root: Path, v2: Path) -> Optional[tuple[int, int]]:
     """The (uid, gid) every file and folder regpatch creates must have: the owner of the
     registry's own tree (v2/, else the root), when regpatch runs as root and that owner is
     another user (Debian's registry runs as its own user: a root-owned link file there
-    breaks its next push). None: keep the process's own (it is the owner, or cannot chown)."""
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        return None
-    for folder in (v2, root):
-        try:
-            st = os.stat(folder)
-        except OSError:
-            continue
-        return None if (st.st_uid, st.st_gid) == (0, 0) else (st.st_uid, st.st_gid)
-    return None
+    breaks its next push). None: keep the process's own (it is the owner, or cannot chown;
+    always on Windows)."""
+    return platform.storage_owner([v2, root])
 
 
 def docker_tree_holding(root: Path, path: Path) -> Optional[Path]:
@@ -249,7 +241,7 @@ class RegistryStore(Staging):
             with _io("creating", d):
                 os.chmod(d, DIR_MODE)  # umask-proof
                 if self._owner is not None:
-                    os.chown(d, *self._owner)
+                    platform.chown(d, self._owner)
                 fsync_dir(d.parent)
 
     def ensure_state_dir(self, path: Path) -> None:
@@ -281,8 +273,9 @@ class RegistryStore(Staging):
                     progress: Optional[Callable[[int], None]] = None, *, remember: bool = True) -> bool:
         """True if the registry holds this blob with the right size and bytes.
 
-        A blob verified before and unchanged since (same inode, size, mtime)
-        is not hashed again. Raises DigestMismatch / SizeMismatch when the
+        A blob verified before and proven unchanged since (``platform.file_identity``:
+        same inode, size, mtime and ctime; where nothing proves it, never) is not hashed
+        again. Raises DigestMismatch / SizeMismatch when the
         registry's copy is corrupt.
         """
         path = self.layout.blob_data(digest)
@@ -292,7 +285,7 @@ class RegistryStore(Staging):
                 st = os.stat(path)
             except FileNotFoundError:
                 return False
-            if self._verified(digest, st):
+            if self._verified(digest, path, st):
                 return True
             hash_file(path, what=f"registry blob {self.layout.relative(path)}", expected=digest,
                       expected_size=size, progress=progress)
@@ -328,11 +321,17 @@ class RegistryStore(Staging):
         return Digest("sha256", m.group(1).decode("ascii"))
 
     def current_tag(self, repo: Repository, tag: Tag) -> Optional[Digest]:
+        """The digest the tag holds; None for no tag, or a malformed link (warned about once)."""
         path = self.layout.tag_current_link(repo, tag)
         try:
             return self.read_link(path)
         except MalformedLink as e:
-            log.warning("%s; regpatch replaces it when it moves the tag", e)
+            with _FOLLOWED_LOCK:  # the plan, the same-registry probe, a preflight and its run: said once
+                key = f"{os.path.abspath(path)}\0{e}"
+                first = key not in _WARNED
+                _WARNED.add(key)
+            if first:
+                log.warning("%s; regpatch replaces it when it moves the tag", e)
             return None
 
     def tags(self, repo: Repository, limit: int = 1000) -> list[Tag]:
@@ -424,45 +423,62 @@ class RegistryStore(Staging):
     def _verified_marker(self, digest: Digest) -> Path:
         return self.layout.state / "verified" / f"{digest.algorithm}-{digest.hex}"
 
-    def _verified(self, digest: Digest, st: os.stat_result) -> bool:
-        try:
-            mark = json.loads(self._verified_marker(digest).read_text())
-        except (OSError, ValueError):
+    def _verified(self, digest: Digest, path: Path, st: os.stat_result) -> bool:
+        """True when the marker of ``digest`` proves the file at ``path`` (stat ``st``) is the
+        one hashed when the marker was written."""
+        identity = platform.file_identity(path, st)
+        if identity is None:  # this file system cannot prove it: hash again
             return False
-        return mark == _marker(st)
+        try:
+            mark = json.loads(read_own_file(self._verified_marker(digest), MARKER_LIMIT,
+                                            what="verified-blob marker") or b"null")
+        except (RegpatchError, ValueError):
+            return False
+        return bool(mark == identity)
 
     def _remember_verified(self, digest: Digest, path: Path) -> None:
         try:
-            st = os.stat(path)
-            mark = _marker(st)
+            mark = platform.file_identity(path, os.stat(path))
+            if mark is None:
+                return
             self.write_file(self._verified_marker(digest), json.dumps(mark).encode(), durable=False)
         except (RegpatchError, OSError) as e:  # only an optimisation: never fail a patch for it
             # (OSError: e.g. another run installed the staged file meanwhile)
             log.debug("could not record verified blob %s: %s", digest, e)
 
     # -- writing ------------------------------------------------------------
-    @contextmanager
-    def _temp_beside(self, final: Path, durable: bool = True) -> Iterator[BinaryIO]:
-        """A temp file in final's folder; renamed onto final when the block succeeds."""
+    def _new_temp(self, final: Path) -> tuple[Path, BinaryIO]:
+        """A new temp file in final's folder (mode 0644 whatever the umask, the storage's owner)."""
         self._mkdirs(final.parent)
         with _io("cleaning temp files of", final.parent):
             sweep_temp_files(final.parent)
         tmp = final.parent / f"{TMP_MARK}{os.getpid()}-{secrets.token_hex(6)}"
         try:
-            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, FILE_MODE)  # RDWR: the copy is hashed back
+            fd = platform.open_file(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, FILE_MODE)  # RDWR: the copy is hashed back
         except OSError as e:
             _raise_write_error(e, final)
+        f = os.fdopen(fd, "wb", buffering=0)
         try:
-            with os.fdopen(fd, "wb", buffering=0) as f:
-                if hasattr(os, "fchmod"):
-                    os.fchmod(f.fileno(), FILE_MODE)  # umask-proof
-                if self._owner is not None:
-                    os.fchown(f.fileno(), *self._owner)
+            platform.set_mode(f.fileno(), FILE_MODE)  # umask-proof
+            if self._owner is not None:
+                platform.fchown(f.fileno(), self._owner)
+        except OSError as e:
+            f.close()
+            self._discard(tmp)
+            _raise_write_error(e, final)
+        return tmp, f
+
+    @contextmanager
+    def _temp_beside(self, final: Path, durable: bool = True) -> Iterator[BinaryIO]:
+        """A temp file in final's folder; renamed onto final when the block succeeds."""
+        tmp, f = self._new_temp(final)
+        try:
+            with f:
                 yield f
                 if durable:
                     f.flush()
                     os.fsync(f.fileno())
-            os.replace(tmp, final)
+            platform.replace(tmp, final)
             if durable:
                 fsync_dir(final.parent)
             checkpoint(f"wrote {final.name}")
@@ -483,6 +499,26 @@ class RegistryStore(Staging):
         except OSError as e:
             log.debug("could not remove %s: %s", tmp, e)
 
+    def write_temp(self, final: Path, data: bytes) -> Path:
+        """``data`` in a new temp file beside ``final``, fsynced, NOT renamed: for a caller that
+        puts it in place itself (``storage.tagswap``); it removes it with ``discard_temp``."""
+        tmp, f = self._new_temp(final)
+        try:
+            with f:
+                f.write(data)
+                os.fsync(f.fileno())
+        except OSError as e:
+            self._discard(tmp)
+            _raise_write_error(e, final)
+        except BaseException:
+            self._discard(tmp)
+            raise
+        return tmp
+
+    def discard_temp(self, tmp: Path) -> None:
+        """Remove a temp file of ``write_temp`` (gone already: nothing to do)."""
+        self._discard(tmp)
+
     def write_file(self, path: Path, data: bytes, durable: bool = True) -> None:
         with self._temp_beside(path, durable) as f:
             f.write(data)
@@ -492,6 +528,29 @@ class RegistryStore(Staging):
         if self.link_ok(path, digest):
             return False
         self.write_file(path, str(digest).encode("ascii"))
+        return True
+
+    def remove_link(self, path: Path) -> bool:
+        """Remove a link file and the folders it leaves empty up to its ``_manifests`` or
+        ``_layers`` folder (as the registry's own delete does); False when it was not there.
+        Only a link: a path that does not end in ``link`` or holds no digest is refused."""
+        if path.name != "link":
+            raise StorageError(f"internal: {path} is not a link file")
+        self.read_link(path)  # checked inside the storage; a malformed link is refused, not removed
+        with _io("removing", path):
+            try:
+                platform.remove(path)
+            except FileNotFoundError:
+                return False
+            folder = path.parent
+            while folder.name not in ("_manifests", "_layers", "v2") and folder != self._root:
+                try:
+                    os.rmdir(folder)
+                except OSError:
+                    break  # not empty (or in use): the registry reads an empty folder as absent too
+                folder = folder.parent
+            fsync_dir(folder)
+        checkpoint("unlink")
         return True
 
     def write_manifest_blob(self, digest: Digest, raw: bytes) -> bool:

@@ -708,12 +708,47 @@ def test_tls_with_ca_file(tmp_path, plain, samples):
             client.verify_image("demo/docker", "v1", digest)
         t0 = time.monotonic()
         with RegistryClient(reg.url, retries=4, retry_wait=1.0) as client:
-            with pytest.raises(RegistryError, match="TLS connection .* failed.*ca_file") as e:
+            with pytest.raises(RegistryError, match="TLS connection .* failed.*--registry-ca, or --insecure") as e:
                 client.check()
         assert not isinstance(e.value, RegistryUnavailable)
         assert time.monotonic() - t0 < 1.0  # a certificate error is not retried
     finally:
         reg.stop()
+
+
+def test_bundle_insecure_keeps_tls_and_skips_the_certificate_check(tmp_path, plain, samples, capsys):
+    """``regpatch bundle docker://... --insecure`` against a TLS registry reads it over TLS without
+    checking its certificate, as skopeo's --src-tls-verify=false does (before: it switched to plain
+    HTTP and failed with 'HTTP 400'); against a plain-HTTP registry it still falls back to HTTP.
+    Without --insecure the error names the options that exist (before: --ca-file, insecure=True)."""
+    from regpatch.cli import main as regpatch_main
+
+    key, cert = self_signed("127.0.0.1", ip="127.0.0.1")
+    key_path, cert_path = write_pem(tmp_path / "pki", "server", key, cert)
+    reg = CustomRegistry(tmp_path / "reg", root=plain.root, https=True, extra={
+        "http": {"tls": {"certificate": str(cert_path), "key": str(key_path)}}}).start()
+    try:
+        digest = str(samples["docker"].manifest_digest)
+        code = regpatch_main(["bundle", f"docker://{reg.host}/demo/docker:v1", "--out", str(tmp_path / "b1"),
+                              "--insecure"])
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        assert digest in (tmp_path / "b1" / "index.json").read_text()
+        code = regpatch_main(["bundle", f"docker://{reg.host}/demo/docker:v1", "--out", str(tmp_path / "b2")])
+        err = capsys.readouterr().err
+        assert code == 5 and "CERTIFICATE_VERIFY_FAILED" in err
+        assert "give the registry's CA with --registry-ca, or --insecure for a test registry" in err
+        assert "ca_file" not in err and "insecure=True" not in err
+        code = regpatch_main(["bundle", f"docker://{reg.host}/demo/docker:v1", "--out", str(tmp_path / "b3"),
+                              "--registry-ca", str(cert_path)])
+        assert code == 0, capsys.readouterr().err
+    finally:
+        reg.stop()
+    code = regpatch_main(["bundle", f"docker://{plain.host}/demo/docker:v1", "--out", str(tmp_path / "b4"),
+                          "--insecure"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert digest in (tmp_path / "b4" / "index.json").read_text()
 
 
 # --------------------------------------------------------------------------- retries

@@ -109,6 +109,7 @@ def test_staged_folders_that_do_not_add_up_are_refused(tmp_path, breaker, error,
     assert message in str(e.value)
 
 
+@pytest.mark.posix_only  # a FIFO
 def test_sidecars_naming_no_file_are_ignored_with_a_warning_and_fifos_are_skipped(tmp_path, caplog):
     folder = staged(tmp_path / "b")
     (folder / "gone.tar.gz.digest").write_text(str(Digest.of_bytes(b"x")))

@@ -366,6 +366,7 @@ def test_consume_gives_a_corrupt_file_back_and_writes_nothing(site, tmp_path):
     assert site.docker_hash() == before
 
 
+@pytest.mark.posix_only  # a tmpfs mount
 def test_consume_refuses_a_bundle_on_another_filesystem(site, tmp_path):
     import subprocess
 

@@ -116,8 +116,9 @@ def test_redact_command_hides_the_secret(command):
 def test_redact_command_keeps_what_is_not_secret():
     assert redact_command("skopeo inspect --tls-verify=false docker://{ref}") == \
         "skopeo inspect --tls-verify=false docker://{ref}"
+    # the user name stays, as for -u and in URLs (one detector): only the password is a secret
     assert redact_command("skopeo inspect --creds alice:pw docker://reg/x") == \
-        "skopeo inspect --creds *** docker://reg/x"
+        "skopeo inspect --creds alice:*** docker://reg/x"
     assert redact_command("curl https://alice:pw@reg/v2/") == "curl https://alice:***@reg/v2/"
     assert redact_command("docker login --password-stdin reg") == "docker login --password-stdin reg"
     assert redact_command(f"echo {SECRET}", (SECRET,)) == "echo ***"

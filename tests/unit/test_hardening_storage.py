@@ -110,6 +110,7 @@ def test_symlinks_below_the_anchors_are_refused_before_anything_is_read_or_writt
         assert tree_hash(root) == before  # refused at plan time
 
 
+@pytest.mark.posix_only  # a FIFO
 def test_a_planted_data_symlink_or_fifo_is_never_read(tmp_path):
     root = empty_storage(tmp_path / "root")
     store = RegistryStore(root)

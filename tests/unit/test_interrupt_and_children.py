@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-import subprocess
 import time
 
 import pytest
@@ -14,6 +13,7 @@ import pytest
 from regpatch import interrupt
 from regpatch.errors import Interrupted, RestartError, UsageError, VerificationError
 from regpatch.hashing import copy_and_hash
+from regpatch.platform import children
 from regpatch.registry.restart import CommandRestart, parse_restart_spec, registry_environment
 from regpatch.registry.verify_command import run_verify_command
 
@@ -118,6 +118,7 @@ def test_the_registry_started_by_a_process_restart_gets_the_clean_environment(tm
     assert "REGISTRY_AUTH_FILE" not in env and "REGISTRY_HTTP_SECRET=pass-me" in env
 
 
+@pytest.mark.posix_only  # a signal to this process (os.kill)
 def test_chained_handlers_set_the_flag_then_call_the_previous_handler():
     calls = []
 
@@ -135,6 +136,5 @@ def test_chained_handlers_set_the_flag_then_call_the_previous_handler():
         signal.signal(signal.SIGTERM, original)
 
 
-def test_wait_child_returns_the_exit_code():
-    proc = subprocess.Popen(["sh", "-c", "exit 7"], start_new_session=True)
-    assert interrupt.wait_child(proc) == 7
+def test_the_runner_returns_the_exit_code():
+    assert children.run(["sh", "-c", "exit 7"]).returncode == 7

@@ -65,9 +65,12 @@ def test_a_foreign_base_layer_is_neither_copied_nor_linked_and_the_report_says_s
     result = engine.patch(site.request(tmp_path / "bundle"))
     assert result.tag_moved and site.current() == str(digest).encode()
     assert len(result.blobs_copied) == 2  # config and delta
-    assert result.warnings == [f"foreign layer {Digest.of_bytes(FOREIGN)} ({len(FOREIGN):,} B) is in neither the "
-                               "bundle nor the registry; clients will fetch it from "
-                               "https://mcr.microsoft.com/v2/windows/servercore/blobs/x"]
+    # (issue 20: and, with neither the registry's config nor a check of its URL policy, that it was not checked)
+    assert result.warnings[0].startswith("the registry's URL policy for foreign layers (validation.manifests.urls "
+                                         "of its config.yml) was not checked")
+    assert result.warnings[1:] == [f"foreign layer {Digest.of_bytes(FOREIGN)} ({len(FOREIGN):,} B) is in neither "
+                                   "the bundle nor the registry; clients will fetch it from "
+                                   "https://mcr.microsoft.com/v2/windows/servercore/blobs/x"]
     assert not site.layout.layer_link(R, Digest.of_bytes(FOREIGN)).exists()
     report = sorted((site.root / ".regpatch/reports").glob("*.md"))[-1].read_text()
     assert "## Warnings" in report and "clients will fetch it from https://mcr.microsoft.com" in report

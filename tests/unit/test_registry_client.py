@@ -17,6 +17,7 @@ import time
 import httpx
 import pytest
 
+from regpatch import platform
 from regpatch.demo.loopback import free_port
 from regpatch.digest import Digest
 from regpatch.errors import AuthError, RegistryError, RegistryUnavailable, UsageError, VerificationError
@@ -87,15 +88,16 @@ def test_auth_files_are_found_where_docker_and_podman_keep_them(tmp_path):
     auth_file(tmp_path / "dc", user="from-docker-config")
     auth_file(tmp_path / "run" / "containers", "auth.json", "from-xdg-runtime-dir")
     auth_file(tmp_path / "home" / ".docker", user="from-home")
+    home = "USERPROFILE" if platform.is_windows() else "HOME"  # the user's folder: %USERPROFILE% on Windows
     env = {"REGISTRY_AUTH_FILE": str(registry_auth), "DOCKER_CONFIG": str(tmp_path / "dc"),
-           "XDG_RUNTIME_DIR": str(tmp_path / "run"), "HOME": str(tmp_path / "home")}
-    order = ["REGISTRY_AUTH_FILE", "DOCKER_CONFIG", "XDG_RUNTIME_DIR", "HOME"]
+           "XDG_RUNTIME_DIR": str(tmp_path / "run"), home: str(tmp_path / "home")}
+    order = ["REGISTRY_AUTH_FILE", "DOCKER_CONFIG", "XDG_RUNTIME_DIR", home]
     for i, var in enumerate(order):
         remaining = {k: env[k] for k in order[i:]}
         assert load_credentials("r:1", env=remaining).username.endswith(
             {"REGISTRY_AUTH_FILE": "registry-auth-file", "DOCKER_CONFIG": "docker-config",
-             "XDG_RUNTIME_DIR": "xdg-runtime-dir", "HOME": "home"}[var])
-    assert load_credentials("r:1", env={"HOME": str(tmp_path / "nobody")}) is None
+             "XDG_RUNTIME_DIR": "xdg-runtime-dir", home: "home"}[var])
+    assert load_credentials("r:1", env={home: str(tmp_path / "nobody")}) is None
     assert load_credentials("r:1", env={}) is None
 
 

@@ -9,6 +9,7 @@ import hashlib
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -109,18 +110,22 @@ def test_pidfiles_are_written_atomically_and_read_strictly(tmp_path):
     assert read_pidfile(pidfile / "below-a-file") is None
 
 
+@pytest.mark.posix_only  # zombies and /proc (the POSIX implementation of the platform seam)
 def test_dead_and_zombie_processes_are_not_alive():
+    from regpatch.platform._posix import _is_zombie  # the POSIX implementation (imported on POSIX only)
+
     assert pid_alive(os.getpid()) and not pid_alive(0) and not pid_alive(-1)
     zombie = subprocess.Popen(["true"])
     deadline = time.monotonic() + 5
-    while service._is_zombie(zombie.pid) is False and time.monotonic() < deadline:
+    while _is_zombie(zombie.pid) is False and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert service._is_zombie(zombie.pid) and not pid_alive(zombie.pid)  # exited, not yet reaped
+    assert _is_zombie(zombie.pid) and not pid_alive(zombie.pid)  # exited, not yet reaped
     zombie.wait()
-    assert not pid_alive(zombie.pid) and not service._is_zombie(zombie.pid)
+    assert not pid_alive(zombie.pid) and not _is_zombie(zombie.pid)
     assert looks_like_registry(zombie.pid)  # no /proc entry left: nothing to say against it
 
 
+@pytest.mark.posix_only  # a shell-script stand-in: /proc's command line, a SIGTERM trap, sessions
 def test_a_detached_process_is_recognised_stopped_and_reaped(tmp_path, started):
     pidfile = tmp_path / "registry.pid"
     pid = started(pidfile=pidfile)
@@ -134,6 +139,7 @@ def test_a_detached_process_is_recognised_stopped_and_reaped(tmp_path, started):
     assert stop_pid(pid) is False and stop_pid(None) is False
 
 
+@pytest.mark.posix_only  # SIGTERM, then SIGKILL (Windows has TerminateProcess alone)
 def test_a_process_ignoring_sigterm_is_killed_after_the_timeout(started):
     pid = started(STUBBORN, "stubborn")
     t0 = time.monotonic()
@@ -205,6 +211,7 @@ def test_a_command_restart_reports_its_failures(tmp_path):
     assert marker.exists()  # the command ran; the registry never answered
 
 
+@pytest.mark.posix_only  # a shell-script stand-in, known by /proc's command line (Windows: the next test)
 def test_a_process_restart_stops_the_old_pid_and_starts_the_binary_again(tmp_path, started):
     binary = script(tmp_path, "registry-bin", SERVING)
     cfg = config(tmp_path)
@@ -297,7 +304,7 @@ def test_local_registry_start_is_a_no_op_while_its_process_runs_and_stop_ends_it
 def test_demo_refuses_a_workdir_it_did_not_make(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     assert demo.main(["--workdir", str(tmp_path / "file")]) == 1
-    assert "FAILED at step 1/8: DemoFailed: --workdir" in capsys.readouterr().err
+    assert "FAILED at step 1/9: DemoFailed: --workdir" in capsys.readouterr().err
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "precious.txt").write_text("keep me")
@@ -309,6 +316,7 @@ def test_demo_refuses_a_workdir_it_did_not_make(tmp_path, capsys):
     assert (args.workdir, args.keep_running) == (Path("demo"), False)
 
 
+@pytest.mark.posix_only  # a shell-script stand-in, known by /proc's command line
 def test_demo_reclaims_its_own_workdir_and_stops_a_registry_it_left_running(tmp_path, started, capsys):
     wd = tmp_path / "wd"
     (wd / "registry").mkdir(parents=True)
@@ -330,8 +338,8 @@ def test_demo_without_docker_registry_fails_at_step_two_with_one_line(tmp_path, 
     monkeypatch.setattr(demo, "DELTA_SIZE", 16 << 10)
     assert demo.main(["--workdir", str(tmp_path / "wd")]) == 1
     out, err = capsys.readouterr()
-    assert "=== Step 1/8: build the sample images" in out and "staged patch bundle" in out
-    assert err.strip().splitlines()[-1] == ("FAILED at step 2/8: RegistryUnavailable: registry binary "
+    assert "=== Step 1/9: build the sample images" in out and "staged patch bundle" in out
+    assert err.strip().splitlines()[-1] == ("FAILED at step 2/9: RegistryUnavailable: registry binary "
                                            "'docker-registry' not found on PATH; install the docker-registry package")
     assert (tmp_path / "wd" / "scenario" / "staged" / "delta.tar.gz.manifest.json").is_file()
     with pytest.raises(demo.DemoFailed, match="skopeo is not installed; run scripts/bootstrap.sh"):
@@ -344,8 +352,8 @@ def test_demo_finish_stops_or_describes_the_registry(tmp_path, capsys):
     d.registry = LocalRegistry(tmp_path / "registry", port=5999)
     d.finish()
     out = capsys.readouterr().out
-    assert "registry still running at http://127.0.0.1:5999" in out
-    assert f"stop it: kill \"$(cat {tmp_path / 'registry' / 'registry.pid'})\"" in out and d.registry is None
+    assert "the first registry: http://127.0.0.1:5999" in out
+    assert f"stop everything: {sys.executable} -m regpatch.demo --stop --workdir {tmp_path}" in out
     d = demo.Demo(tmp_path, keep_running=False)
     d.registry = LocalRegistry(tmp_path / "registry", port=5999)
     d.finish()

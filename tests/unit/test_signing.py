@@ -109,6 +109,7 @@ def check(out: Path, store, trust=(), allow_unsigned=False):
 
 # -- keys and signatures ----------------------------------------------------------------
 
+@pytest.mark.posix_only  # file modes (Windows: an ACL, test_platform_windows)
 def test_keygen_writes_a_private_0600_and_a_public_key(tmp_path, capsys):
     assert regpatch_main(["keygen", "--out", str(tmp_path / "k")]) == 0
     key, pub = tmp_path / "k.key", tmp_path / "k.pub"

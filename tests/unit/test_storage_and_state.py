@@ -18,12 +18,13 @@ from pathlib import Path
 import pytest
 from conftest import REPO, TAG
 
-from regpatch import engine
+from regpatch import engine, platform
 from regpatch.digest import Digest
 from regpatch.errors import (
     DigestMismatch,
     InvalidReference,
     LockTimeout,
+    MalformedLink,
     NoSpace,
     SizeMismatch,
     StorageError,
@@ -289,7 +290,7 @@ def test_the_actor_names_the_user_host_pid_and_flow_run(monkeypatch):
 
     monkeypatch.setattr("getpass.getuser", no_passwd_entry)
     monkeypatch.delenv("PREFECT__FLOW_RUN_ID")
-    assert actor().startswith(f"{os.getuid()}@")
+    assert actor().startswith("unknown@" if platform.is_windows() else f"{os.getuid()}@")
 
 
 # --------------------------------------------------------------------------- digests and copies
@@ -353,6 +354,7 @@ def test_a_failing_end_of_a_pipelined_copy_ends_it_with_that_error(tmp_path):
         copy_and_hash(FailingDisk(), io.BytesIO(), what="f")
 
 
+@pytest.mark.posix_only  # Linux's copy_file_range (Windows copies through Python: test_platform_windows)
 def test_the_kernel_copy_checks_what_landed(tmp_path):
     data = os.urandom(1 << 20)
     src = tmp_path / "src"
@@ -500,3 +502,30 @@ def test_a_file_written_to_while_it_is_hashed_is_refused(tmp_path):
     with open(path, "rb") as f:
         with pytest.raises(SizeMismatch):
             hash_fd(f.fileno(), what="blob", expected=Digest.of_bytes(data), expected_size=len(data), progress=grow)
+
+
+def test_only_a_link_is_removed_and_never_through_a_planted_symlink(site, tmp_path):
+    """``remove_link`` (prune's only delete): a link file inside the storage, its emptied folders
+    with it; a blob, a malformed link or a path through a planted symlink is refused untouched."""
+    store = RegistryStore(site.root)
+    d = Digest.of_bytes(b"x")
+    link = store.layout.revision_link(R, d)
+    store.write_link(link, d)
+    assert store.remove_link(link) is True and not link.parent.exists()
+    assert (store.layout.repository(R) / "_manifests").is_dir()
+    assert store.remove_link(link) is False  # gone already: a re-run has nothing to do
+    with pytest.raises(StorageError, match="is not a link file"):
+        store.remove_link(store.layout.blob_data(d))
+    store.write_file(link, b"sha256:" + b"A" * 64)
+    with pytest.raises(MalformedLink):
+        store.remove_link(link)
+    assert link.read_bytes() == b"sha256:" + b"A" * 64
+    outside = tmp_path / "outside"
+    (outside / "sha256" / d.hex).mkdir(parents=True)
+    (outside / "sha256" / d.hex / "link").write_bytes(str(d).encode())
+    evil = store.layout.repository(Repository("evil")) / "_manifests"
+    evil.mkdir(parents=True)
+    (evil / "revisions").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(UnsafePath):
+        store.remove_link(store.layout.revision_link(Repository("evil"), d))
+    assert (outside / "sha256" / d.hex / "link").exists()
