@@ -15,14 +15,16 @@ from prefect.exceptions import ObjectNotFound
 from prefect.utilities.callables import parameter_schema
 from prefect.workers.process import ProcessWorker
 
-from regpatch.fleet.deployments import HISTORY, PATCH, ROLLBACK, DeploymentSpec
+from regpatch.fleet.deployments import HISTORY, MAINTAIN, PATCH, ROLLBACK, DeploymentSpec
 from regpatch_flows.history import registry_history
+from regpatch_flows.maintenance import registry_maintenance
 from regpatch_flows.patch import patch_registry
 from regpatch_flows.rollback import rollback_registry
 
 
 def _flows() -> dict:
-    return {PATCH.flow: patch_registry, ROLLBACK.flow: rollback_registry, HISTORY.flow: registry_history}
+    return {PATCH.flow: patch_registry, ROLLBACK.flow: rollback_registry, HISTORY.flow: registry_history,
+            MAINTAIN.flow: registry_maintenance}
 
 
 def apply(specs: list[DeploymentSpec]) -> list[str]:

@@ -128,28 +128,12 @@ def _check_server_database(api: str, max_parallel: int) -> None:
 
 def run_status(args: argparse.Namespace) -> None:
     """Reads only: storages, registry APIs, the rollout state folder."""
-    from regpatch.errors import FleetDrift  # only this command needs them (start-up)
-    from regpatch.fleet import status  # (ditto)
-    from regpatch.fleet.inventory import load_inventory  # (ditto)
-    from regpatch.fleet.rollout import RolloutState  # (ditto)
-    from regpatch.reference import Tag  # (ditto)
+    from regpatch.fleet import status  # only this command needs it (start-up)
 
     fleet = model_of(RolloutParams, ROLLOUT, args, only=("inventory", "only", "state_dir"))
-    entries = load_inventory(fleet.inventory).select(fleet.only)
-    state_dir = Path(fleet.state_dir) if fleet.state_dir else RolloutState.default_dir(Path(fleet.inventory))
-    if bool(args.repository) != bool(args.tag):
-        raise UsageError("give --repository and --tag together (or neither: the tags the rollouts wrote state for)")
-    if args.repository:
-        Repository.parse(args.repository), Tag.parse(args.tag)
-        pairs = [(args.repository, args.tag)]
-    else:
-        pairs = status.default_tags(state_dir)
-        if not pairs:
-            raise UsageError(f"no rollout state in {state_dir}: give --repository and --tag")
-    rows = [row for repo, tag in pairs for row in status.fleet_status(entries, repo, tag, state_dir)]
+    rows = status.status_rows(fleet.inventory, fleet.only, fleet.state_dir, args.repository, args.tag)
     sys.stdout.write(status.to_json(rows) + "\n" if args.json else status.render_table(rows))
-    bad = [r for r in rows if r.state != status.CURRENT]
-    if bad:
-        raise FleetDrift(f"{len(bad)} of {len(rows)} registries are not current: "
-                         + ", ".join(f"{r.name} ({r.repository}:{r.tag} {r.state})" for r in bad))
+    error = status.drift(rows)
+    if error is not None:
+        raise error
 

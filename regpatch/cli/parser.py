@@ -111,7 +111,8 @@ def _rollout(sub) -> None:
 def _deployments(sub) -> None:
     p = sub.add_parser("deployments", help="per-registry Prefect deployments from an inventory",
                        description="For every registry of the inventory, the deployments patch-registry/NAME, "
-                                   "rollback-registry/NAME and registry-history/NAME on its work pool, with the "
+                                   "rollback-registry/NAME, registry-history/NAME and registry-maintenance/NAME on its "
+                                   "work pool, with the "
                                    "registry (storage, config, URL, restart...) stored as their parameters: a run "
                                    "from the UI needs only the bundle, the repository and the tag. Prints them "
                                    "as a prefect.yaml; --apply creates or updates them on the Prefect API.")

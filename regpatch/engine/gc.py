@@ -336,10 +336,13 @@ def run_gc(store: RegistryStore, target: RegistryTarget, strategy: RestartStrate
     earlier = GcJournal.load(store)
     journal = GcJournal(storage=str(store.layout.root))
     report = GcReport(storage=str(store.layout.root), applied=True)
-    if earlier is not None and earlier.status != "complete":
+    if earlier is not None and earlier.status == "running":  # killed: the registry may still be stopped
         report.resumed_from = earlier.step
         log.warning("an earlier gc of this storage did not finish (it was at '%s', %s): finishing it",
                     earlier.step, earlier.updated)
+    elif earlier is not None and earlier.status == "failed":
+        log.info("the last gc of this storage failed (%s, the registry was started again): %s", earlier.updated,
+                 earlier.error)
     with maintenance_window(store.layout, timeout=lock_timeout):
         mark, kept = kept_mark(store)
         report.kept_images, report.kept_blobs = kept, len(mark)

@@ -1,11 +1,12 @@
 """Per-registry Prefect deployments from the inventory, as plain data (no Prefect here).
 
-For every registry of the inventory, three deployments named after it, on its
+For every registry of the inventory, four deployments named after it, on its
 work pool (the host that owns its disk; ``default_pool`` for entries without one):
 
-    patch-registry/<name>      the patch; the run form needs only bundle, repository, tag
-    rollback-registry/<name>   the rollback; the form needs only repository and tag
-    registry-history/<name>    the registry's tag changes as an artifact
+    patch-registry/<name>        the patch; the run form needs only bundle, repository, tag
+    rollback-registry/<name>     the rollback; the form needs only repository and tag
+    registry-history/<name>      the registry's tag changes as an artifact
+    registry-maintenance/<name>  prune and the registry's garbage collection (the maintenance flow's)
 
 Their parameters hold the registry as the inventory describes it (``registry``:
 name, storage, config.yml, URL, restart, auth file, CA, insecure), so a run from
@@ -42,7 +43,10 @@ ROLLBACK = FlowKind("rollback-registry", "regpatch_flows.rollback.rollback_regis
                     "change (or to a digest): the form needs the repository and the tag.")
 HISTORY = FlowKind("registry-history", "regpatch_flows.history.registry_history",
                    "Every tag change recorded in {name} ({where}), as the artifact history-{name}.")
-KINDS = (PATCH, ROLLBACK, HISTORY)
+MAINTAIN = FlowKind("registry-maintenance", "regpatch_flows.maintenance.registry_maintenance",
+                    "Prune {name} ({where}) and run its own garbage collection in a maintenance window "
+                    "(stopped and started through its restart, every kept image pulled): a dry run unless apply.")
+KINDS = (PATCH, ROLLBACK, HISTORY, MAINTAIN)
 
 
 @dataclass
@@ -74,7 +78,7 @@ def registry_parameter(entry: RegistryEntry) -> dict[str, Any]:
 
 def specs_for(inventory: Inventory, *, default_pool: str = DEFAULT_POOL, repository: Optional[str] = None,
               only: Optional[list[str]] = None) -> list[DeploymentSpec]:
-    """The three deployments of every selected registry, in inventory order."""
+    """The deployments of every selected registry (one per kind), in inventory order."""
     specs = []
     for entry in inventory.select(only):
         pool = entry.work_pool or default_pool
@@ -82,7 +86,7 @@ def specs_for(inventory: Inventory, *, default_pool: str = DEFAULT_POOL, reposit
         registry = registry_parameter(entry)
         for kind in KINDS:
             params: dict[str, Any] = {"registry": dict(registry)}
-            if repository and kind is not HISTORY:
+            if repository and kind in (PATCH, ROLLBACK):
                 params["repository"] = repository
             if kind is PATCH and entry.verify_command:
                 params["verify"] = {"command": entry.verify_command}

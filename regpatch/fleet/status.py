@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Optional
 
 from regpatch.digest import Digest
-from regpatch.errors import RegpatchError
-from regpatch.fleet.inventory import RegistryEntry
+from regpatch.errors import FleetDrift, RegpatchError, UsageError
+from regpatch.fleet.inventory import RegistryEntry, load_inventory
 from regpatch.fleet.rollout import RolloutState
 from regpatch.progress import human
 from regpatch.reference import Repository, Tag
@@ -195,3 +195,31 @@ def default_tags(state_dir: Path) -> list[tuple[str, str]]:
             key = (doc["repository"], doc["tag"])
             found[key] = max(found.get(key, -1.0), os.path.getmtime(path))
     return [k for k, _ in sorted(found.items(), key=lambda kv: -kv[1])]
+
+
+def status_rows(inventory: str, only: Optional[list[str]], state_dir: Optional[str], repository: Optional[str],
+                tag: Optional[str]) -> list[RegistryStatus]:
+    """The rows of ``regpatch status`` and of the fleet-status flow: every selected registry for
+    ``repository:tag``, or for every repository:tag the rollouts wrote state for."""
+    entries = load_inventory(inventory).select(only)
+    folder = Path(state_dir) if state_dir else RolloutState.default_dir(Path(inventory))
+    if bool(repository) != bool(tag):
+        raise UsageError("give the repository and the tag together (or neither: the tags the rollouts wrote "
+                         "state for)")
+    if repository and tag:
+        Repository.parse(repository), Tag.parse(tag)
+        pairs = [(repository, tag)]
+    else:
+        pairs = default_tags(folder)
+        if not pairs:
+            raise UsageError(f"no rollout state in {folder}: give the repository and the tag")
+    return [row for repo, tg in pairs for row in fleet_status(entries, repo, tg, folder)]
+
+
+def drift(rows: list[RegistryStatus]) -> Optional[FleetDrift]:
+    """The error of a fleet that is not current (exit 7), or None."""
+    bad = [r for r in rows if r.state != CURRENT]
+    if not bad:
+        return None
+    return FleetDrift(f"{len(bad)} of {len(rows)} registries are not current: "
+                      + ", ".join(f"{r.name} ({r.repository}:{r.tag} {r.state})" for r in bad))

@@ -77,8 +77,12 @@ def run_deployment(c, name: str, params: dict, run_name: str = None, timeout: fl
 def test_shipped_deployments_and_their_forms(cluster):
     c, out = cluster["c"], cluster["deploy"]
     for name in ("patch-registry/patch-registry", "rollback-registry/rollback-registry",
-                 "registry-history/registry-history", "rollout/rollout"):
+                 "registry-history/registry-history", "rollout/rollout", "maintenance/maintenance",
+                 "registry-maintenance/registry-maintenance", "fleet-status/fleet-status"):
         assert f"Deployment '{name}' successfully created" in out, out
+    for name, cron in (("maintenance/maintenance", "0 2 1-7 * 0"), ("fleet-status/fleet-status", "0 7 * * *")):
+        (schedule,) = deployment(c, name)["schedules"]  # a maintenance window, shipped inactive
+        assert schedule["schedule"]["cron"] == cron and schedule["active"] is False
     rollout = deployment(c, "rollout/rollout")
     (schedule,) = rollout["schedules"]
     assert schedule["schedule"]["cron"] == "0 3 8-14 * 3" and schedule["schedule"]["day_or"] is False

@@ -259,3 +259,40 @@ def test_a_collection_killed_at_each_step_is_finished_by_the_next_run(year, caps
             assert skopeo_inspect_digest(reg.host, REPO, tag) == _digest(want)
     print(f"gc killed {kills} times, at: {sorted(steps)}")
     assert {"gc:stopped)", "gc:collecting)", "gc:collected)", "gc:started)"} <= steps
+
+
+def test_the_maintenance_flow_prunes_and_collects_every_registry_of_the_inventory(year, tmp_path, prefect_api,
+                                                                                   monkeypatch):
+    """The maintenance flow over an inventory: a dry run first (nothing written), then apply: the
+    registry pruned, collected in its window (a new registry process), every kept image pulled;
+    the artifact says what was unlinked, freed and proven."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    from regpatch.params import RetentionParams, RolloutParams
+    from regpatch_flows.maintenance import maintenance
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    reg, months, lists, _ = year
+    inv = tmp_path / "inventory.yml"
+    inv.write_text(json.dumps({"registries": [{"name": "site-a", "storage": str(reg.root), "url": reg.url,
+                                               "restart": _restart(reg)}]}))
+    docker, before = reg.root / "docker", _blob_bytes(reg)
+    tree, pid = tree_hash(docker), reg.pid
+
+    def artifact() -> str:
+        with get_client(sync_client=True) as client:
+            (art,) = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["maintenance"])),
+                                           sort=ArtifactSort.CREATED_DESC, limit=1)
+        return str(art.data)
+
+    (dry,) = maintenance(rollout=RolloutParams(inventory=str(inv)), retention=RetentionParams(keep=2))
+    assert tree_hash(docker) == tree and reg.pid == pid and dry["pruned"] == 9 and dry["freed_bytes"] > 0
+    assert "| site-a | dry run | 9 |" in artifact()
+    (done,) = maintenance(rollout=RolloutParams(inventory=str(inv)), retention=RetentionParams(keep=2), apply=True)
+    assert done["pruned"] == 9 and done["freed_bytes"] == before - _blob_bytes(reg) == dry["freed_bytes"]
+    assert done["proven"] > 0
+    assert reg.pid != pid and "| site-a | done | 9 |" in artifact()
+    for tag, want in ((TAG, months[-1].image), (LIST_TAG, lists[-1])):
+        assert skopeo_inspect_digest(reg.host, REPO, tag) == _digest(want)

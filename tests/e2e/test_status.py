@@ -59,3 +59,39 @@ def test_status_names_the_current_the_behind_and_the_unreadable(tmp_path, sites,
     doc = json.loads(capsys.readouterr().out)
     assert code == 0 and [r["state"] for r in doc] == ["current"] and doc[0]["verified"] is True
     assert doc[0]["last_change"].split()[1] == "patch" and doc[0]["disk_free"] > 0
+
+
+def test_the_fleet_status_flow_publishes_the_table_and_fails_on_drift(tmp_path, sites, prefect_api, monkeypatch):
+    """The same rows as a table artifact of the fleet-status flow; the run fails (an automation's
+    trigger) while a registry is behind or unreadable, and passes once every registry is current."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    from regpatch.errors import FleetDrift
+    from regpatch.params import RolloutParams
+    from regpatch_flows.fleet_status import fleet_status
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    s, regs = sites
+    inv = tmp_path / "inventory.yml"
+    inv.write_text(yaml.safe_dump({"registries": [
+        {"name": name, "storage": str(reg.root), "url": reg.url} for name, reg in regs.items()]}))
+    assert regpatch_main(["rollout", str(s["staged"]), "--inventory", str(inv), "--repository", REPO, "--tag", TAG,
+                          "--only", "site-a", "--local"]) == 0
+
+    def table() -> list:
+        with get_client(sync_client=True) as client:
+            (art,) = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["fleet-status"])),
+                                           sort=ArtifactSort.CREATED_DESC, limit=1)
+        return json.loads(art.data) if isinstance(art.data, str) else art.data
+
+    with pytest.raises(FleetDrift, match="1 of 2 registries are not current: site-b"):
+        fleet_status(rollout=RolloutParams(inventory=str(inv)), repository=REPO, tag=TAG)
+    assert [(r["registry"], r["state"]) for r in table()] == [("site-a", "current"), ("site-b", "behind")]
+    assert regpatch_main(["rollout", str(s["staged"]), "--inventory", str(inv), "--repository", REPO, "--tag", TAG,
+                          "--local"]) == 0
+    rows = fleet_status(rollout=RolloutParams(inventory=str(inv)))  # the tags the rollouts wrote state for
+    assert [r["state"] for r in rows] == ["current", "current"]
+    assert [(r["registry"], r["state"], r["storage"]) for r in table()] == [
+        ("site-a", "current", str(s["new"].manifest_digest)), ("site-b", "current", str(s["new"].manifest_digest))]

@@ -88,7 +88,7 @@ def test_deployment_specs_from_the_inventory():
     specs = specs_for(inv, repository="servercore")
     assert [s.full_name for s in specs[:3]] == ["patch-registry/site-a", "rollback-registry/site-a",
                                                 "registry-history/site-a"]
-    assert len(specs) == 3 * len(inv.registries)
+    assert len(specs) == 4 * len(inv.registries)
     by = {s.full_name: s for s in specs}
     assert by["patch-registry/site-a"].work_pool == "site-a-pool"
     assert by["patch-registry/local-mirror"].work_pool == "regpatch"  # no work_pool: where the rollout runs
@@ -124,8 +124,8 @@ def test_deployments_command_prints_yaml_without_importing_prefect(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "wrote 3 deployments" in proc.stdout
-    assert [d["name"] for d in yaml.safe_load(out.read_text())["deployments"]] == ["site-a"] * 3
+    assert "wrote 4 deployments" in proc.stdout
+    assert [d["name"] for d in yaml.safe_load(out.read_text())["deployments"]] == ["site-a"] * 4
 
 
 def test_rollout_table_keeps_every_error_whole_and_says_where_the_tag_is():

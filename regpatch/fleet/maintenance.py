@@ -1,0 +1,78 @@
+"""One registry's maintenance window: ``prune`` then ``gc`` (regpatch/engine/prune.py, gc.py), as
+plain data for the ``registry-maintenance`` and ``maintenance`` flows (no Prefect here).
+
+Without ``apply`` both halves are dry runs: what would be unlinked, what the registry's own
+garbage collection would then delete, nothing stopped and nothing written into ``docker/``.
+With ``apply`` the prune unlinks under each repository's lock, then the gc stops the registry
+through its restart strategy, collects, starts it again and pulls every kept image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from regpatch import platform
+from regpatch.engine.gc import GcReport, check_gc, collector_for, run_gc
+from regpatch.engine.prune import PrunePlan, apply_prune, plan_prune
+from regpatch.params import MaintenanceParams, RegistryParams, RetentionParams
+from regpatch.progress import human
+from regpatch.registry.restart import ProcessRestart, parse_restart_spec
+from regpatch.sanitize import redact, shown
+
+
+@dataclass
+class MaintenanceResult:
+    registry: str
+    applied: bool
+    pruned: list[str] = field(default_factory=list)       # repository@digest unlinked (or that would be)
+    freed_bytes: int = 0          # measured by gc (apply), else what the prune then the collection would free
+    proven: list[str] = field(default_factory=list)       # references pulled after the collection
+    downtime_seconds: Optional[float] = None
+    error: Optional[str] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def maintain_registry(registry: RegistryParams, retention: RetentionParams, maintenance: MaintenanceParams, *,
+                      apply: bool) -> tuple[MaintenanceResult, PrunePlan, Optional[GcReport]]:
+    """Prune then collect one registry; raises the engine's errors (the flow records them)."""
+    target = registry.target()
+    store = target.store()
+    strategy = parse_restart_spec(registry.restart, registry_config=target.config_path)
+    binary = maintenance.registry_binary or (strategy.binary if isinstance(strategy, ProcessRestart)
+                                             else platform.default_registry_binary())
+    collector = collector_for(store, target, binary)  # a missing binary is refused before any write
+    result = MaintenanceResult(registry.label(target), apply)
+    plan = plan_prune(store, retention)
+    if apply and plan.images:
+        plan = apply_prune(store, plan, retention, lock_timeout=registry.lock_timeout)
+    result.pruned = [f"{i.repository}@{i.digest}" for i in plan.images]
+    if apply:
+        report = run_gc(store, target, strategy, collector, lock_timeout=registry.lock_timeout)
+        result.freed_bytes, result.proven = report.freed_bytes or 0, report.proven
+        result.downtime_seconds = report.downtime_seconds
+    else:
+        report = check_gc(store, collector)  # against the storage as it is: the prune's blobs come on top
+        result.freed_bytes = report.eligible_bytes + plan.freed_bytes
+    return result, plan, report
+
+
+def failed(name: str, error: BaseException) -> MaintenanceResult:
+    return MaintenanceResult(name, False, error=redact(str(error) or type(error).__name__))
+
+
+def render_markdown(results: list[MaintenanceResult], title: str) -> str:
+    lines = [f"# {title}", "", "| registry | outcome | images unlinked | bytes freed | downtime | references proven |",
+             "|---|---|---|---|---|---|"]
+    for r in results:
+        outcome = "**failed**" if r.error else ("done" if r.applied else "dry run")
+        freed = human(r.freed_bytes) + ("" if r.applied else " (would)")
+        down = f"{r.downtime_seconds:.1f} s" if r.downtime_seconds is not None else "-"
+        lines.append(f"| {r.registry} | {outcome} | {len(r.pruned)} | {freed} | {down} | {len(r.proven)} |")
+    errors = [f"- {r.registry}: {shown(r.error, 400)}" for r in results if r.error]
+    details = [f"- {r.registry}: unlinked {', '.join(r.pruned[:20])}" + (" ..." if len(r.pruned) > 20 else "")
+               for r in results if r.pruned]
+    return "\n".join(lines + ([""] + errors if errors else []) + ([""] + details if details else [])) + "\n"
