@@ -5,6 +5,8 @@
 #   ruff   lint rules of [tool.ruff] (pyflakes, pycodestyle, isort, bugbear, complexity)
 #   mypy   with the pydantic plugin, for Linux and again as on Windows (--platform win32)
 #   lint-imports   the layer contracts of [tool.importlinter]: no circle, no import upward
+#   mkdocs build --strict   the documentation site (mkdocs.yml): no page left out of the nav, no
+#                  broken link or anchor; the CLI reference generated from the parser. Offline, ~1 s
 # flows/ and tasks/ install as regpatch_flows and regpatch_tasks: mypy reads them through a
 # folder of symbolic links that gives them those names.
 set -euo pipefail
@@ -26,4 +28,6 @@ for platform in linux win32; do
 done
 echo "-- import contracts"
 "$BIN/lint-imports" --no-cache "$ROOT/pyproject.toml" || rc=1
+echo "-- mkdocs build --strict"
+NO_MKDOCS_2_WARNING=1 "$BIN/mkdocs" build --strict --quiet --config-file "$ROOT/mkdocs.yml" --site-dir "$view/site" || rc=1
 exit "$rc"
