@@ -2,7 +2,7 @@
 # Static checks of the product code (regpatch/, flows/, tasks/), run by scripts/test.sh
 # before the tests; each must report zero findings. Versions are pinned in
 # pyproject.toml's test extra, so a new release cannot change the count.
-#   ruff   lint rules of [tool.ruff] (pyflakes, pycodestyle, isort, bugbear, complexity)
+#   ruff   lint rules of [tool.ruff] (pyflakes, pycodestyle, isort, bugbear, complexity); docs/hooks too
 #   mypy   with the pydantic plugin, for Linux and again as on Windows (--platform win32)
 #   lint-imports   the layer contracts of [tool.importlinter]: no circle, no import upward
 #   mkdocs build --strict   the documentation site (mkdocs.yml): no page left out of the nav, no
@@ -15,7 +15,7 @@ BIN="$ROOT/.venv/bin"
 cd "$ROOT"
 rc=0
 echo "-- ruff"
-"$BIN/ruff" check --no-cache regpatch flows tasks || rc=1
+"$BIN/ruff" check --no-cache regpatch flows tasks docs/hooks || rc=1
 view="$(mktemp -d)"
 trap 'rm -rf "$view"' EXIT
 ln -s "$ROOT/regpatch" "$view/regpatch"
