@@ -111,7 +111,7 @@ def main(argv=None) -> int:
 
         # tiny patch with a Prefect server
         if not a.no_prefect:
-            from prefect_fixtures import PrefectServer
+            from support.prefect_fixtures import PrefectServer
 
             if a.postgres:
                 sys.path.insert(0, str(ROOT / "tests" / "e2e"))

@@ -8,10 +8,37 @@ command line needs of Prefect is listed here and nowhere else.
 
 from __future__ import annotations
 
-from regpatch_flows.deploy import apply as apply_deployments
-from regpatch_flows.patch import patch_registry
-from regpatch_flows.rollback import rollback_registry
-from regpatch_flows.rollout import rollout
+from typing import Any, Callable
+
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+from regpatch_flows import patch, rollback
+from regpatch_flows import rollout as rollout_flow
 from regpatch_tasks.observer import s3_options_for
 
 __all__ = ["apply_deployments", "patch_registry", "rollback_registry", "rollout", "s3_options_for"]
+
+
+def _from_the_terminal(flow: Callable[..., Any]) -> Callable[..., Any]:
+    """A flow run started by the command line: watched by the terminal it runs in (Ctrl-C,
+    SIGTERM end it, Cancelled or Crashed), so it sends no heartbeats. Prefect's heartbeat
+    thread sleeps in one-second steps and is joined when the run ends: half a second, on
+    average, at the end of every run (a run on a worker keeps them: its worker watches)."""
+    def run(**parameters: Any) -> Any:
+        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            return flow(**parameters)
+
+    run.__doc__ = flow.__doc__
+    return run
+
+
+patch_registry = _from_the_terminal(patch.patch_registry)
+rollback_registry = _from_the_terminal(rollback.rollback_registry)
+rollout = _from_the_terminal(rollout_flow.rollout)
+
+
+def apply_deployments(specs: list) -> list[str]:
+    """``regpatch_flows.deploy.apply``."""
+    from regpatch_flows.deploy import apply  # Prefect's deployment machinery, only for --apply (start-up)
+
+    return apply(specs)

@@ -2,8 +2,9 @@
 
 A registry with a ``work_pool`` is patched by its ``patch-registry`` deployment on
 that pool (a Prefect worker on the host that owns the disk); one without is patched
-as a subflow here. Waves, parallelism and the state file are the core's; each
-registry's task run ends in its outcome (Failed, NotRun, Skipped, Completed).
+here, the engine's steps nested in its task run. Waves, parallelism and the state
+file are the core's; each registry's task run ends in its outcome (Failed, NotRun,
+Skipped, Completed). More than 4 registries at once only on a server on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -14,14 +15,23 @@ from typing import Annotated, Optional
 from prefect import flow, get_run_logger
 from pydantic import Field
 
+from regpatch import interrupt
 from regpatch.engine.patch_run import open_bundle
+from regpatch.fleet.inventory import refuse_stored_credentials
 from regpatch.fleet.rollout import RolloutFailed, RolloutState, check_state_dir, render_table, run_rollout
 from regpatch.params import RolloutParams, S3Params, VerifyParams, form_terms
 from regpatch.reference import Repository, Tag
-from regpatch_flows.patch import patch_registry
 from regpatch_tasks import debug_logs, route_core_logs
 from regpatch_tasks.observer import label_run, run_name, s3_options_for
-from regpatch_tasks.rollout_tasks import find_patch_deployments, patcher, publish_rollout, read_inventory, show_unrun
+from regpatch_tasks.rollout_tasks import (
+    check_server,
+    find_patch_deployments,
+    patcher,
+    publish_rollout,
+    read_inventory,
+    show_unrun,
+    wave_slots,
+)
 
 NonEmpty = Annotated[str, Field(min_length=1)]
 
@@ -57,18 +67,23 @@ def rollout(
     with label_run(run_name("rollout", repository, tag), [f"repository:{repository}"]), debug_logs(debug), \
             form_terms(("rollout", "verify", "s3")):
         Repository.parse(repository), Tag.parse(tag)
+        check_server(rollout.max_parallel)
         entries = read_inventory(rollout.inventory, rollout.only)
+        refuse_stored_credentials(entries)  # as the command line does: what a run stores, logs or shows has none
         deployments = find_patch_deployments(entries) if any(e.work_pool for e in entries) else {}
-        digest = str(open_bundle(bundle, image=image, s3=s3_options_for(bundle, s3)).top.digest)
+        s3_options = s3_options_for(bundle, s3)
+        digest = str(open_bundle(bundle, image=image, s3=s3_options).top.digest)
         state_dir = Path(rollout.state_dir) if rollout.state_dir else RolloutState.default_dir(Path(rollout.inventory))
         check_state_dir(state_dir, entries)
         state = RolloutState(state_dir, repository, tag, digest)
         get_run_logger().info("rollout of %s:%s = %s to %d registries; state in %s", repository, tag, digest,
                               len(entries), state.path)
         patch_one = patcher(bundle=bundle, repository=repository, tag=tag, image=image,
-                            verify_command=verify.command, dry_run=dry_run, s3=s3, deployments=deployments,
-                            timeout=rollout.patch_timeout, patch_flow=patch_registry)
-        outcomes = run_rollout(entries, patch_one, state=state, max_parallel=rollout.max_parallel, dry_run=dry_run)
+                            verify_command=verify.command, dry_run=dry_run, s3=s3, s3_options=s3_options,
+                            deployments=deployments, timeout=rollout.patch_timeout)
+        with interrupt.chained_handlers():  # a stop request reaches the engines in every registry's thread
+            outcomes = run_rollout(entries, patch_one, state=state, max_parallel=rollout.max_parallel,
+                                   dry_run=dry_run, around_wave=wave_slots)
         show_unrun(outcomes, repository, tag)
         publish_rollout(outcomes, f"Rollout{' (dry run)' if dry_run else ''} of {repository}:{tag} = {digest}",
                         repository, tag)

@@ -185,6 +185,11 @@ class TagMoved(StorageError):
         super().__init__(text)
 
 
+class GcRefused(StorageError):
+    """The registry's garbage collection would delete what a kept image needs, or said something
+    regpatch cannot check: nothing was deleted."""
+
+
 class TagRaced(StorageError):
     """Another writer wrote the tag while regpatch's compare-and-swap moved it (a push that
     landed in the window): recorded as ``raced`` in the history; the tag is not moved again."""

@@ -179,8 +179,15 @@ RETENTION = _group(
                        "someone else, or written before the history began); default: they stay."),
 )
 
+MAINTENANCE = _group(
+    Option("registry_binary", "Registry binary", metavar="PATH",
+           description="The registry's program, whose own garbage-collect runs in the maintenance window "
+                       "(default: the binary= of a process: restart, else docker-registry on Debian, "
+                       "registry.exe on Windows)."),
+)
+
 GROUPS: dict[str, dict[str, Option]] = {"registry": REGISTRY, "verify": VERIFY, "s3": S3, "trust": TRUST,
-                                        "rollout": ROLLOUT, "retention": RETENTION}
+                                        "rollout": ROLLOUT, "retention": RETENTION, "maintenance": MAINTENANCE}
 # options of the flows that are not fields of a model (the flows' own parameters)
 FLOW_FIELDS = ("image", "dry_run", "to", "consume")
 
@@ -234,7 +241,7 @@ def _index(groups: tuple[str, ...]) -> dict[str, tuple[str, Option]]:
     return out
 
 
-FORM_GROUPS = ("registry", "verify", "s3", "trust", "rollout", "retention")
+FORM_GROUPS = ("registry", "verify", "s3", "trust", "rollout", "retention", "maintenance")
 
 
 def form_namer(groups: tuple[str, ...] = FORM_GROUPS) -> Namer:

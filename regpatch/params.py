@@ -28,6 +28,7 @@ from pydantic.config import JsonDict
 from regpatch.errors import UsageError
 from regpatch.options import (
     FORM_GROUPS,
+    MAINTENANCE,
     REGISTRY,
     RETENTION,
     ROLLOUT,
@@ -268,6 +269,19 @@ class RetentionParams(BaseModel):
         return f"keep {self.keep} previous per tag{days}{unrecorded}"
 
 
+class MaintenanceParams(BaseModel):
+    """What ``gc`` runs in a maintenance window besides the registry's own settings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="Maintenance")
+
+    registry_binary: Optional[str] = spec(MAINTENANCE["registry_binary"])
+
+    @field_validator("registry_binary")
+    @classmethod
+    def _line(cls, v: Optional[str]) -> Optional[str]:
+        return _one_line(v)
+
+
 class RolloutParams(BaseModel):
     """Which registries of an inventory a rollout patches, and how many at once."""
 
@@ -300,7 +314,8 @@ class RolloutParams(BaseModel):
 
 
 MODELS: dict[str, type[BaseModel]] = {"registry": RegistryParams, "verify": VerifyParams, "s3": S3Params,
-                                      "trust": TrustParams, "rollout": RolloutParams, "retention": RetentionParams}
+                                      "trust": TrustParams, "rollout": RolloutParams, "retention": RetentionParams,
+                                      "maintenance": MaintenanceParams}
 
 
 # --------------------------------------------------------------------------- inline secrets

@@ -8,12 +8,15 @@ calls); no Prefect retries are stacked on top.
 
 ``PrefectObserver.progress`` shows long copies (staging, S3 fetches, the
 verification pull) as Prefect progress artifacts of the step's task run: percent
-and throughput, updated at most once a second, and once more when the copy ends.
+and throughput, from the copy's first second on, updated at most once a second, and
+once more when the copy ends. A copy done within its first second gets none (its
+time is in the step's and in the summary).
 
 Every run of a registry is named ``<registry>-<repository>-<tag>`` and tagged
 ``registry:<name>`` and ``repository:<name>`` (``label_run``), whoever started it:
-the UI, the command line, a rollout or a schedule. Its summary is one markdown
-artifact keyed the same way, so the Artifacts page holds one history per registry
+the UI, the command line, a rollout's deployment run or a schedule (a registry a
+rollout patches itself is a task run of the rollout, named the same way, untagged).
+Its summary is one markdown artifact keyed the same way, so the Artifacts page holds one history per registry
 and tag; ``history-<registry>`` shows the registry's tag changes (``regpatch
 history``), refreshed by every patch and rollback.
 """
@@ -28,7 +31,6 @@ import time
 from typing import Callable, Iterator, Optional, TypeVar
 from uuid import UUID
 
-from prefect import tags as prefect_tags
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -51,13 +53,23 @@ HISTORY_ENTRIES = 100            # the newest tag changes shown in history-<regi
 
 
 class PrefectObserver:
-    def __init__(self) -> None:
+    """Each step a task run (``steps_as_task_runs``: a patch-registry run), or, inside the
+    task run of one registry of a rollout, plain calls (the engine times every step; the
+    registry's summary and its last log line show them): the progress of long copies
+    goes to the step's task run, or to the registry's."""
+
+    def __init__(self, steps_as_task_runs: bool = True) -> None:
         self._progress = Progress()  # log lines for long copies, as on the command line
         ctx = FlowRunContext.get()
         self.flow_run_id: Optional[UUID] = ctx.flow_run.id if ctx and ctx.flow_run else None
-        self._task_run_id: Optional[UUID] = None
+        self.steps_as_task_runs = steps_as_task_runs
+        task_ctx = None if steps_as_task_runs else TaskRunContext.get()
+        self._task_run_id: Optional[UUID] = task_ctx.task_run.id if task_ctx else None
 
     def run(self, step: str, fn: Callable[[], T]) -> T:
+        if not self.steps_as_task_runs:
+            return fn()
+
         def body() -> T:
             ctx = TaskRunContext.get()
             self._task_run_id = ctx.task_run.id if ctx else None
@@ -94,7 +106,7 @@ class ProgressArtifact:
         self.flow_run_id, self.task_run_id = flow_run_id, task_run_id
         self.every, self.clock = every, clock
         self.start = clock()
-        self.sent_at = self.start  # the first update comes a second in (a short copy: only the end)
+        self.sent_at = self.start  # the first update comes a second in (a shorter copy: none at all)
         self.updates = 0
         self.artifact_id: Optional[UUID] = None
         self._done = 0
@@ -109,6 +121,8 @@ class ProgressArtifact:
         final = done >= self.total
         if not final and self.clock() - self.sent_at < self.every:
             return
+        if final and self.artifact_id is None and self.clock() - self.start < self.every:
+            return  # done within its first second: nothing to show
         if not self._send.acquire(blocking=final):
             return  # another thread is posting: its update is at most a second old
         try:
@@ -164,18 +178,21 @@ def run_tags(registry: str, repository: str) -> list[str]:
 
 @contextlib.contextmanager
 def label_run(name: Optional[str], tags: list[str]) -> Iterator[None]:
-    """Name and tag the current flow run; the task runs started inside the block carry
-    the same tags."""
+    """Name and tag the current flow run. Its task runs get no tags: in Prefect 3 a task
+    run with tags first asks the API for their concurrency slots (a request that reads,
+    then writes: one per task run, and on SQLite the one that meets 'database is
+    locked'); a task run is found through its flow run, and by its name."""
     ctx = FlowRunContext.get()
     if ctx and ctx.flow_run:
         fr = ctx.flow_run
+        wanted = sorted(set(fr.tags or []) | set(tags))
         try:
-            with get_client(sync_client=True) as client:
-                client.update_flow_run(fr.id, name=name, tags=sorted(set(fr.tags or []) | set(tags)))
+            if fr.name != name or sorted(fr.tags or []) != wanted:  # a run created named and tagged: no call
+                with get_client(sync_client=True) as client:
+                    client.update_flow_run(fr.id, name=name, tags=wanted)
         except Exception as e:  # noqa: BLE001 - a label never fails a patch
             log.warning("could not name the flow run %s: %s", fr.id, type(e).__name__)
-    with prefect_tags(*tags):
-        yield
+    yield
 
 
 def label_registry_run(registry: str, repository: str, tag: str):
@@ -246,9 +263,12 @@ OUTCOME_LABELS = ("status", "old", "new", "bytes_copied", "tag_moved", "error")
 def record_outcome(result, error: Optional[BaseException] = None) -> None:
     """The run's outcome as labels of its flow run (``regpatch.status``, ``.old``, ``.new``,
     ``.bytes_copied``, ``.tag_moved``, ``.error``): a rollout reads them back from a run
-    on another host through the API, whatever result storage that host has."""
+    on another host through the API, whatever result storage that host has. Only a run of
+    a deployment gets them (a rollout's, or one from the UI, where they show): a run of
+    the command line ends in the operator's terminal, and the write (a read, then a write,
+    when the server is busiest: on SQLite the one that meets 'database is locked') is saved."""
     ctx = FlowRunContext.get()
-    if not ctx or not ctx.flow_run or (result is None and error is None):
+    if not ctx or not ctx.flow_run or not ctx.flow_run.deployment_id or (result is None and error is None):
         return
     if error is not None:
         status = "interrupted" if getattr(result, "status", "") == "interrupted" else "failed"

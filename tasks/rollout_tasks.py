@@ -1,32 +1,49 @@
 """The tasks of the rollout flow: find where each registry is patched, patch one registry.
 
 Each registry of a rollout is one task run named ``<registry>-<repository>-<tag>``
-and tagged ``registry:<name>``, ``repository:<name>``, whose final state is the
-registry's outcome: Completed when it was patched (or was up to date), Failed when
+(no tags: a tagged task run first asks the API for tag concurrency slots), whose
+final state is the registry's outcome: Completed when it was patched (or was up to date), Failed when
 its patch failed, Cancelled ("NotRun") when an earlier wave failed, Completed
 ("Skipped") when it was rolled back since an earlier run of the same rollout
-patched it. The task returns
-the outcome inside its state, so ``run_rollout`` gets every outcome while a failed
-registry shows red in the run graph; one registry never stops or harms the others.
+patched it. The task returns the outcome inside its state, so ``run_rollout`` gets
+every outcome while a failed registry shows red in the run graph; one registry never
+stops or harms the others.
+
+A registry patched on this host runs the engine inside its task run: the engine's
+steps are task runs nested in it (the same names and times as a ``patch-registry``
+run), its summary is one artifact of that task run, and its ``history-<registry>``
+is refreshed when the tag changed. That costs the API no call but the artifact (and
+the history's): task runs travel as events, and no concurrency slot is taken, since
+the storage's own lock (an OS file lock per repository, waited for) already keeps
+two patches of one storage on one host apart. A registry with a ``work_pool`` is
+patched by its ``patch-registry`` deployment on that pool's worker (the host that
+owns the disk); the rollout holds the Prefect global concurrency limits
+``regpatch-registry-<name>`` (1 slot) of a wave's such registries for the whole
+wave, taken and released in one request each, so two rollouts never hand the same
+registry to workers at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, TypedDict
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, TypedDict
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE, CachePolicy
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 from prefect.concurrency.sync import concurrency
 from prefect.deployments import run_deployment
 from prefect.states import Cancelled, Completed, Failed, State
 
+from regpatch.bundle.s3 import S3Options
 from regpatch.errors import UsageError
 from regpatch.fleet.inventory import RegistryEntry, load_inventory
+from regpatch.fleet.prefect_server import SQLITE_MAX_PARALLEL, check_parallel, server_database
 from regpatch.fleet.rollout import (
     DRY_RUN,
     FAILED,
@@ -34,13 +51,14 @@ from regpatch.fleet.rollout import (
     PATCHED,
     SKIPPED,
     UP_TO_DATE,
+    PatchOne,
     RegistryOutcome,
-    outcome_of,
+    patch_here,
     render_markdown,
     tag_state,
 )
 from regpatch.params import S3Params, VerifyParams
-from regpatch_tasks.observer import artifact_key, run_name, run_tags
+from regpatch_tasks.observer import PrefectObserver, artifact_key, publish_history, publish_summary, run_name, run_tags
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
@@ -115,14 +133,6 @@ def _parameters(entry: RegistryEntry, *, bundle: str, repository: str, tag: str,
                 s3=s3.model_dump(), image=image, dry_run=dry_run, trust=entry.trust_params().model_dump())
 
 
-def _run_local(entry: RegistryEntry, params: dict, patch_flow: Callable[..., Any]) -> RegistryOutcome:
-    state = patch_flow(**params, return_state=True)
-    if state.is_completed():
-        return outcome_of(entry, state.result())
-    exc = state.result(raise_on_failure=False)
-    return outcome_of(entry, error=exc if isinstance(exc, BaseException) else RuntimeError(state.message or state.name))
-
-
 def outcome_from_labels(entry: RegistryEntry, labels: dict, state_name: Optional[str], state_message: Optional[str],
                         completed: bool, dry_run: bool, run: str) -> RegistryOutcome:
     """A registry's outcome from the labels its patch-registry run set (``record_outcome``)."""
@@ -147,7 +157,7 @@ def _run_remote(entry: RegistryEntry, deployment: str, params: dict, timeout: Op
     outcome = RegistryOutcome(entry.name, entry.wave, entry.where, FAILED)
     # typed FlowRun | Coroutine by Prefect's async_dispatch: called from sync code, it returns the FlowRun
     fr: FlowRun = run_deployment(deployment, parameters=params, timeout=timeout,  # type: ignore[assignment]
-                                 poll_interval=2,
+                                 poll_interval=1,
                                  flow_run_name=run_name(entry.name, params["repository"], params["tag"]),
                                  tags=run_tags(entry.name, params["repository"]))
     outcome.flow_run = str(fr.id)
@@ -170,43 +180,89 @@ def _run_remote(entry: RegistryEntry, deployment: str, params: dict, timeout: Op
 
 
 def patcher(*, bundle: str, repository: str, tag: str, image: Optional[str], verify_command: Optional[str],
-            dry_run: bool, s3: S3Params, deployments: dict[str, str], timeout: Optional[float],
-            patch_flow: Callable[..., Any]):
+            dry_run: bool, s3: S3Params, s3_options: Optional[S3Options], deployments: dict[str, str],
+            timeout: Optional[float]) -> PatchOne:
     """``patch_one`` for ``regpatch.fleet.rollout.run_rollout``: one task run per registry,
-    ending in the registry's outcome. ``patch_flow`` is the patch-registry flow, run as a
-    subflow for a registry patched here (handed in by the rollout flow: tasks never import
-    flows)."""
+    ending in the registry's outcome. ``s3`` is what a worker's run is given, ``s3_options``
+    what the engine here uses (``s3_options_for``, read once per rollout)."""
 
     @task(name="patch-registry", **_opts)
     def patch_one_task(entry: RegistryEntry) -> State:
-        """Holds the registry's global concurrency slot (limit 1) for the whole patch,
-        so two patches of the same registry never run at once."""
-        params = _parameters(entry, bundle=bundle, repository=repository, tag=tag, image=image,
-                             verify_command=verify_command, dry_run=dry_run, s3=s3)
-        lock = registry_lock_name(entry.name)
-        with get_client(sync_client=True) as client:
-            client.upsert_global_concurrency_limit_by_name(lock, 1)
-        with concurrency(lock, occupy=1, strict=True):
-            if entry.work_pool:
-                deployment = deployments.get(entry.name)
-                if not deployment:
-                    raise UsageError(f"no patch-registry deployment for registry {entry.name!r}")
-                get_run_logger().info("%s: running %s on work pool %s", entry.name, deployment, entry.work_pool)
-                outcome = _run_remote(entry, deployment, params, timeout)
-            else:
-                get_run_logger().info("%s: patching here (subflow)", entry.name)
-                outcome = _run_local(entry, params, patch_flow)
-        return outcome_state(outcome)
+        if entry.work_pool:
+            deployment = deployments.get(entry.name)
+            if not deployment:
+                raise UsageError(f"no patch-registry deployment for registry {entry.name!r}")
+            get_run_logger().info("%s: running %s on work pool %s", entry.name, deployment, entry.work_pool)
+            params = _parameters(entry, bundle=bundle, repository=repository, tag=tag, image=image,
+                                 verify_command=verify_command, dry_run=dry_run, s3=s3)
+            return outcome_state(_run_remote(entry, deployment, params, timeout))
+        done = patch_here(entry, bundle=bundle, repository=repository, tag=tag, image=image,
+                          verify_command=verify_command, dry_run=dry_run, s3=s3_options,
+                          observer=PrefectObserver(steps_as_task_runs=False))
+        if done.result is not None and done.result.seconds:
+            get_run_logger().info("%s: steps %s", entry.name, ", ".join(
+                f"{step} {secs:.2f} s" for step, secs in done.result.seconds.items()))
+        publish_summary(done.result, entry.name)
+        if done.result is not None and done.target is not None and not done.result.dry_run \
+                and done.outcome.status != UP_TO_DATE:
+            publish_history(entry.name, done.target)  # the tag changed, or a failure may have put it back
+        return outcome_state(done.outcome)
 
     def patch_one(entry: RegistryEntry) -> RegistryOutcome:
-        state = patch_one_task.with_options(task_run_name=run_name(entry.name, repository, tag),
-                                            tags=run_tags(entry.name, repository))(entry, return_state=True)
+        state = patch_one_task.with_options(task_run_name=run_name(entry.name, repository, tag))(
+            entry, return_state=True)
         value = state.result(raise_on_failure=False)
         if isinstance(value, RegistryOutcome):
             return value
         raise value if isinstance(value, BaseException) else RuntimeError(state.message or state.name)
 
     return patch_one
+
+
+@contextlib.contextmanager
+def wave_slots(entries: list[RegistryEntry]) -> Iterator[None]:
+    """For ``run_rollout``'s ``around_wave``: hold the global concurrency limit of every
+    registry of the wave that a worker patches, in one request (created with 1 slot when
+    missing), until the wave ends. Registries patched here need none (their storage's lock)."""
+    names = [registry_lock_name(e.name) for e in entries if e.work_pool]
+    if not names:
+        yield
+        return
+    ensure_limits(names)
+    with concurrency(names, occupy=1, strict=True):
+        yield
+
+
+def ensure_limits(names: list[str], page: int = 200) -> None:
+    """Each named global concurrency limit exists with 1 slot: one read of the limits (a page
+    per ``page`` limits), a write only for those missing or changed."""
+    with get_client(sync_client=True) as client:
+        found: dict[str, int] = {}
+        offset = 0
+        while True:
+            limits = client.read_global_concurrency_limits(limit=page, offset=offset)
+            found.update({lim.name: lim.limit for lim in limits})
+            if len(limits) < page:
+                break
+            offset += page
+        for name in dict.fromkeys(names):
+            if name not in found:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+            elif found[name] != 1:
+                client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=1))
+
+
+def check_server(max_parallel: int) -> None:
+    """More than ``SQLITE_MAX_PARALLEL`` registries at once only on a server on PostgreSQL
+    (``regpatch.fleet.prefect_server``): refused before anything is read or touched."""
+    if max_parallel <= SQLITE_MAX_PARALLEL:
+        return
+    with get_client(sync_client=True) as client:
+        # the server's settings and block schemas, as it answers them (no client method returns the raw JSON)
+        settings = client.request("GET", "/admin/settings").json()
+        driver = settings.get("server", {}).get("database", {}).get("driver")
+        schemas = [] if driver else client.request("POST", "/block_schemas/filter", json={"limit": 10}).json()
+    check_parallel(max_parallel, server_database(settings, schemas))
 
 
 def outcome_state(outcome: RegistryOutcome) -> State:
@@ -228,8 +284,7 @@ def show_unrun(outcomes: list[RegistryOutcome], repository: str, tag: str) -> No
         if o.status in (NOT_RUN, SKIPPED):
             # no inputs: the outcome is a closure, so the graph draws no dependency
             unrun = task(name="patch-registry", **_opts)(_not_patched(o))
-            unrun.with_options(task_run_name=run_name(o.name, repository, tag),
-                               tags=run_tags(o.name, repository))(return_state=True)
+            unrun.with_options(task_run_name=run_name(o.name, repository, tag))(return_state=True)
 
 
 def _not_patched(outcome: RegistryOutcome) -> Callable[[], State]:

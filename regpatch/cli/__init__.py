@@ -30,6 +30,7 @@ COMMANDS = {
     "deployments": ("fleet_commands", "run_deployments", "none"),
     "status": ("fleet_commands", "run_status", "plain"),
     "prune": ("maintenance_commands", "run_prune", "plain"),
+    "gc": ("maintenance_commands", "run_gc", "plain"),
     "inspect": ("bundle_commands", "run_inspect", "none"),
     "contents": ("bundle_commands", "run_contents", "plain"),
     "bundle": ("bundle_commands", "run_bundle", "plain"),

@@ -8,7 +8,13 @@ from pathlib import Path
 
 from regpatch.cli.console import fit
 from regpatch.cli.options import model_of
-from regpatch.cli.prefect_api import _check_prefect_api, _use_prefect, configured_prefect_api, prefect_side
+from regpatch.cli.prefect_api import (
+    _check_prefect_api,
+    _use_prefect,
+    configured_prefect_api,
+    prefect_server_answers,
+    prefect_side,
+)
 from regpatch.errors import UsageError
 from regpatch.options import ROLLOUT, VERIFY, opt
 from regpatch.params import RolloutParams, VerifyParams, refuse_inline_credentials
@@ -82,6 +88,7 @@ def run_rollout(args: argparse.Namespace):
             refuse_inline_credentials(opt.verify_command, verify.command)
             refuse_stored_credentials(entries)
             _check_prefect_api(api)
+            _check_server_database(api, fleet.max_parallel)
             outcomes = prefect_side().rollout(bundle=args.bundle, repository=args.repository, tag=args.tag,
                                               rollout=fleet, verify=verify, image=args.image,
                                               dry_run=args.dry_run)
@@ -101,6 +108,22 @@ def run_rollout(args: argparse.Namespace):
     sys.stdout.write(f"rollout of {args.repository}:{args.tag}: all {len(outcomes)} registries ok"
                      f"{' (dry run)' if args.dry_run else ''}\n")
     return outcomes
+
+
+def _check_server_database(api: str, max_parallel: int) -> None:
+    """More than 4 registries at once only on a PostgreSQL server: refused here, before
+    Prefect is imported or a run is created, when the server's answers can be read."""
+    from regpatch.fleet.prefect_server import (  # only this command needs it (start-up)
+        SQLITE_MAX_PARALLEL,
+        check_parallel,
+        server_database,
+    )
+
+    if max_parallel <= SQLITE_MAX_PARALLEL:
+        return
+    answers = prefect_server_answers(api)
+    if answers is not None:
+        check_parallel(max_parallel, server_database(*answers))
 
 
 def run_status(args: argparse.Namespace) -> None:

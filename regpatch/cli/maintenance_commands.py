@@ -1,4 +1,4 @@
-"""``regpatch prune``: retention, one registry's storage."""
+"""``regpatch prune`` (retention) and ``regpatch gc`` (the registry's garbage collection), one registry."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from regpatch.cli.options import model_of
+from regpatch.cli.parser import GC_REGISTRY
 from regpatch.cli.registry_commands import storage_root
-from regpatch.options import REGISTRY, RETENTION
-from regpatch.params import RegistryParams, RetentionParams
+from regpatch.options import MAINTENANCE, REGISTRY, RETENTION
+from regpatch.params import MaintenanceParams, RegistryParams, RetentionParams
 from regpatch.reference import Repository
 
 
@@ -34,3 +35,27 @@ def run_prune(args: argparse.Namespace) -> None:
         sys.stdout.write(json.dumps(asdict(plan), indent=2) + "\n")
     else:
         sys.stdout.write(plan.render() + "\n")
+
+
+def run_gc(args: argparse.Namespace) -> None:
+    """The dry run against the running registry; with --apply the maintenance window."""
+    registry = model_of(RegistryParams, REGISTRY, args, only=GC_REGISTRY)
+    maintenance = model_of(MaintenanceParams, MAINTENANCE, args)
+    from regpatch import platform  # only this command needs it (start-up)
+    from regpatch.engine.gc import check_gc, collector_for, run_gc  # only this command needs it (start-up)
+    from regpatch.registry.restart import ProcessRestart, parse_restart_spec  # only this command needs it
+
+    target = registry.target()
+    strategy = parse_restart_spec(registry.restart, registry_config=target.config_path)
+    binary = maintenance.registry_binary or (strategy.binary if isinstance(strategy, ProcessRestart)
+                                             else platform.default_registry_binary())
+    store = target.store()
+    collector = collector_for(store, target, binary)
+    if args.apply:
+        report = run_gc(store, target, strategy, collector, lock_timeout=registry.lock_timeout)
+    else:
+        report = check_gc(store, collector)
+    if args.json:
+        sys.stdout.write(json.dumps(asdict(report), indent=2) + "\n")
+    else:
+        sys.stdout.write(report.render() + "\n")

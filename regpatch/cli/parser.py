@@ -8,7 +8,7 @@ import argparse
 import sys
 
 from regpatch.cli.options import add_options
-from regpatch.options import REGISTRY, RETENTION, ROLLOUT, S3, TRUST, VERIFY
+from regpatch.options import MAINTENANCE, REGISTRY, RETENTION, ROLLOUT, S3, TRUST, VERIFY
 
 # The six forms the bundle reader accepts (regpatch.bundle.open.FORMATS, a docker save archive also
 # unpacked); the format is found from the content, never from the name.
@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     _deployments(sub)
     _status(sub)
     _prune(sub)
+    _gc(sub)
     _contents(sub)
     _bundle(sub)
     _keygen(sub)
@@ -180,6 +181,26 @@ def _prune(sub) -> None:
     p.add_argument("--apply", action="store_true", help="unlink (default: print the plan, write nothing)")
     p.add_argument("--json", action="store_true", help="the plan (or what was done) as one JSON document")
     add_options(p, REGISTRY, only=STATE_ONLY + ("lock_timeout",), title="the registry")
+
+
+GC_REGISTRY = ("storage", "registry_config", "registry_url", "restart", "registry_auth_file", "registry_ca", "insecure",
+               "state_dir", "lock_timeout")
+
+
+def _gc(sub) -> None:
+    p = sub.add_parser("gc", help="the registry's own garbage collection, in a maintenance window, proven",
+                       description="Check the registry's garbage-collect --dry-run against what regpatch keeps "
+                                   "(every tag, every linked manifest, every child of a kept index) and print "
+                                   "what it would delete. With --apply: hold the storage's maintenance gate (no "
+                                   "patch, rollback or prune runs meanwhile), stop the registry through --restart "
+                                   "(process: or service:), check the dry run again, run garbage-collect (never "
+                                   "--delete-untagged), start the registry, pull every tag and every kept digest "
+                                   "by the API and report the bytes freed. A killed run is finished by the next.")
+    add_options(p, REGISTRY, only=GC_REGISTRY, title="the registry")
+    add_options(p, MAINTENANCE, title="the maintenance window")
+    p.add_argument("--apply", action="store_true",
+                   help="stop the registry, collect, start it, prove (default: the dry run only, nothing stopped)")
+    p.add_argument("--json", action="store_true", help="the report as one JSON document")
 
 
 def _contents(sub) -> None:

@@ -73,6 +73,30 @@ def _check_prefect_api(url: str) -> None:
     _skip_final_gc()  # this process is about to import Prefect and run a flow
 
 
+def prefect_server_answers(url: str) -> Optional[tuple[dict, list]]:
+    """The server's settings and a few block schemas, read without importing Prefect (what
+    ``regpatch.fleet.prefect_server.server_database`` tells the database by); None when they
+    cannot be read here (say an API behind other authentication): the rollout flow asks
+    again, with Prefect's client."""
+    import base64  # only before a rollout of more than 4 at once (start-up)
+
+    import httpx  # (ditto)
+
+    headers = {}
+    auth = os.environ.get("PREFECT_API_AUTH_STRING")
+    if auth:
+        headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
+    try:
+        with httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=10.0) as client:
+            settings = client.get("/admin/settings").raise_for_status().json()
+            database = settings.get("server", {}).get("database", {}) if isinstance(settings, dict) else {}
+            if isinstance(database, dict) and database.get("driver"):
+                return settings, []
+            return settings, client.post("/block_schemas/filter", json={"limit": 10}).raise_for_status().json()
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
 _FINAL_GC_SKIPPED = False
 
 

@@ -9,7 +9,9 @@ garbage-collected or damaged since is repaired; only a registry rolled back sinc
 this rollout patched it (the storage's history says so) is left as it is. How one
 registry is patched is the caller's ``patch_one`` (the engine here, or a Prefect
 deployment run on the registry's host); it never raises. The command line runs it
-without Prefect; the rollout flow runs it with each registry as a task run.
+without Prefect; the rollout flow runs it with each registry as a task run, and may
+hold something for a whole wave (``around_wave``: the Prefect slots of the wave's
+registries on other hosts, taken in one request).
 
 The state file remembers which registries this rollout finished (for the
 rollback rule above, and for the operator); it never makes a run skip a check
@@ -22,6 +24,7 @@ registry.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import hashlib
 import json
@@ -33,7 +36,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, ContextManager, Iterator, Optional
 
 from regpatch import engine, platform
 from regpatch.engine.requests import patch_request
@@ -42,6 +45,7 @@ from regpatch.fleet.inventory import Inventory, RegistryEntry
 from regpatch.options import MAX_PARALLEL, inventory_namer, opt, wording
 from regpatch.platform.ownfiles import read_own_file
 from regpatch.progress import human
+from regpatch.registry.target import RegistryTarget
 from regpatch.storage.history import read_history
 from regpatch.storage.store import RegistryStore, docker_tree_holding
 
@@ -291,11 +295,15 @@ class RolloutState:
 # --------------------------------------------------------------------------- orchestration
 
 PatchOne = Callable[[RegistryEntry], RegistryOutcome]
+AroundWave = Callable[[list[RegistryEntry]], ContextManager[object]]
 
 
 def run_rollout(entries: list[RegistryEntry], patch_one: PatchOne, *, state: RolloutState,
-                max_parallel: int = 4, dry_run: bool = False) -> list[RegistryOutcome]:
-    """Patch ``entries`` in waves with ``patch_one``; the outcomes in inventory order."""
+                max_parallel: int = 4, dry_run: bool = False,
+                around_wave: Optional[AroundWave] = None) -> list[RegistryOutcome]:
+    """Patch ``entries`` in waves with ``patch_one``; the outcomes in inventory order.
+    ``around_wave(todo)`` is entered before a wave's first registry and left after its
+    last (not for a wave with nothing to do)."""
     if not 1 <= max_parallel <= MAX_PARALLEL:
         raise UsageError(f"{opt.max_parallel} must be between 1 and {MAX_PARALLEL}, not {max_parallel}")
     if not dry_run:
@@ -326,10 +334,11 @@ def run_rollout(entries: list[RegistryEntry], patch_one: PatchOne, *, state: Rol
                          e.name)
             todo.append(e)
         log.info("wave %r: %d to patch or check, %d rolled back since", group, len(todo), len(members) - len(todo))
-        for outcome in _run_wave(todo, patch_one, max_parallel):
-            outcomes[outcome.name] = outcome
-            if not dry_run:
-                state.record(outcome)
+        with around_wave(todo) if around_wave and todo else contextlib.nullcontext():
+            for outcome in _run_wave(todo, patch_one, max_parallel):
+                outcomes[outcome.name] = outcome
+                if not dry_run:
+                    state.record(outcome)
         if any(outcomes[e.name].failed for e in members):
             stopped_by = group
             log.error("wave %r failed: later waves are not run", group)
@@ -383,21 +392,44 @@ def outcome_of(entry: RegistryEntry, result=None, error: Optional[BaseException]
                            bytes_copied=result.bytes_copied)
 
 
+@dataclass
+class PatchedHere:
+    """A registry patched by this process: its outcome, and what a caller may publish (the
+    engine's result, None when it failed before its plan; the registry it patched)."""
+
+    outcome: RegistryOutcome
+    result: Optional[engine.PatchResult] = None
+    target: Optional[RegistryTarget] = None
+
+
+def patch_here(entry: RegistryEntry, *, bundle: str, repository: str, tag: str, image: Optional[str] = None,
+               verify_command: Optional[str] = None, dry_run: bool = False, s3=None,
+               observer=None) -> PatchedHere:
+    """Run the engine in this process for one registry; its messages name options as the
+    registry's inventory entry writes them. Never raises but ``Interrupted``."""
+    done = PatchedHere(RegistryOutcome(entry.name, entry.wave, entry.where, FAILED))
+    try:
+        with wording(inventory_namer(entry.name)):
+            request = patch_request(bundle=bundle, repository=repository, tag=tag,
+                                    registry=entry.registry_params(), verify=entry.verify_params(verify_command),
+                                    image=image, dry_run=dry_run, s3=s3, trust=entry.trust_params())
+            done.target = request.target
+            done.result = engine.patch(request, observer)
+            done.outcome = outcome_of(entry, done.result)
+    except Interrupted:
+        raise
+    except RegpatchError as e:
+        done.result = getattr(e, "result", None)
+        done.outcome = outcome_of(entry, error=e)
+    return done
+
+
 def engine_patcher(*, bundle: str, repository: str, tag: str, image: Optional[str] = None,
                    verify_command: Optional[str] = None, dry_run: bool = False, s3=None,
                    observer=None) -> PatchOne:
-    """``patch_one`` that runs the engine in this process for each registry; its messages
-    name options as the registry's inventory entry writes them."""
+    """``patch_one`` that runs the engine in this process for each registry (``patch_here``)."""
     def patch_one(entry: RegistryEntry) -> RegistryOutcome:
-        try:
-            with wording(inventory_namer(entry.name)):
-                request = patch_request(bundle=bundle, repository=repository, tag=tag,
-                                        registry=entry.registry_params(), verify=entry.verify_params(verify_command),
-                                        image=image, dry_run=dry_run, s3=s3, trust=entry.trust_params())
-                return outcome_of(entry, engine.patch(request, observer))
-        except Interrupted:
-            raise
-        except RegpatchError as e:
-            return outcome_of(entry, error=e)
+        return patch_here(entry, bundle=bundle, repository=repository, tag=tag, image=image,
+                          verify_command=verify_command, dry_run=dry_run, s3=s3, observer=observer).outcome
 
     return patch_one

@@ -358,13 +358,15 @@ class RegistryClient(RegistryHTTP):
         return self.get_manifest(_repo(repository), _ref(tag)).digest
 
     def verify_image(self, repository: RepoLike, reference: RefLike, expected: Digest, *,
-                     progress: Optional[Callable[[int], None]] = None) -> VerifyReport:
+                     progress: Optional[Callable[[int], None]] = None,
+                     seen: Optional[set[tuple[Repository, Digest]]] = None) -> VerifyReport:
         """Pull the image completely and prove it is the image ``expected``.
 
         ``reference`` is a tag (its manifest must be ``expected``) or the digest
         ``expected`` itself: a patch proves the new image by digest before the
         tag points at it. ``progress`` (if given) is called with byte counts from
-        up to two worker threads.
+        up to two worker threads. ``seen`` (if given): (repository, blob) pairs already pulled and
+        re-hashed in this run, not pulled again; the ones this call pulls are added.
         """
         start = time.monotonic()
         repo, tg = _repo(repository), _ref(reference)
@@ -373,8 +375,10 @@ class RegistryClient(RegistryHTTP):
         manifests: list[Digest] = []
         blobs: dict[Digest, Descriptor] = {}
         self._walk(repo, top, f"manifest {repo}@{expected}", manifests, blobs)
-        todo = list(blobs.values())
+        todo = [d for d in blobs.values() if seen is None or (repo, d.digest) not in seen]
         total, skipped = self._pull_blobs(repo, tg, todo, progress)
+        if seen is not None:
+            seen.update((repo, d.digest) for d in todo)
         report = VerifyReport(repository=str(repo), reference=str(tg), digest=expected,
                               manifests=tuple(manifests),
                               blobs_verified=len(todo) - len(skipped), bytes_verified=total,

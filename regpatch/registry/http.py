@@ -15,6 +15,7 @@ URL, a log line, a repr or an exception message.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
@@ -138,6 +139,14 @@ class _BodyReader:
         return out
 
 
+@functools.lru_cache(maxsize=None)
+def _system_trust() -> ssl.SSLContext:
+    """The system trust store (where an air-gapped site installs its CA; OpenSSL honours
+    SSL_CERT_FILE / SSL_CERT_DIR), loaded once per process and shared by every client:
+    loading it takes tens of milliseconds, and a patch makes several clients."""
+    return ssl.create_default_context()
+
+
 def _unverified_context() -> ssl.SSLContext:
     """--insecure on https: no certificate or host name check (a test registry)."""
     ctx = ssl.create_default_context()
@@ -221,10 +230,10 @@ class RegistryHTTP:
         self._retry_max_wait = retry_max_wait
         self._max_retry_after = max_retry_after
         self._verify_workers = max(1, verify_workers)
+        # the system trust store, not certifi's bundle: for https, and for a redirect of a
+        # plain-HTTP registry to https storage (httpx would load certifi's for every client)
+        verify: Union[bool, ssl.SSLContext] = _system_trust()
         if parts.scheme == "https":
-            # the system trust store (where an air-gapped site installs its CA),
-            # not certifi's bundle; OpenSSL honours SSL_CERT_FILE / SSL_CERT_DIR
-            verify: Union[bool, ssl.SSLContext] = ssl.create_default_context()
             if insecure:
                 verify = False
             elif ca_file is not None:
@@ -236,8 +245,6 @@ class RegistryHTTP:
                 except (ssl.SSLError, OSError) as e:
                     raise UsageError(f"CA file {ca} is not a PEM certificate bundle: "
                                      f"{getattr(e, 'reason', None) or type(e).__name__}") from e
-        else:
-            verify = True
         self._timeout = timeout
         # the same trust for the direct blob reads (``_direct_verify``)
         self._ssl_context: Optional[ssl.SSLContext] = None

@@ -225,7 +225,13 @@ class ProcessRestart(RestartStrategy):
         self._stop()
 
     def start(self) -> None:
-        self._start(self._check())
+        """Start the registry unless the pidfile's registry already runs (a re-run after a kill)."""
+        binary = self._check()
+        running = self.running()
+        if running is not None and looks_like_registry(running, self.binary):
+            self.last_pid = running
+            return
+        self._start(binary)
 
     def running(self) -> Optional[int]:
         """The pid of the registry the pidfile names while it runs, else None."""

@@ -10,7 +10,7 @@ Repository, Tag) in, a path out; no other module joins registry paths.
         repositories/<name>/_manifests/tags/<tag>/index/sha256/<hex>/link
         repositories/<name>/_manifests/tags/<tag>/current/link
     <root>/.regpatch/          regpatch's own state (the registry never reads it)
-    <root>/.regpatch/locks/    repository locks (always here, whatever --state-dir says)
+    <root>/.regpatch/locks/    repository locks and the maintenance gate (always here, whatever --state-dir says)
 
 State file names are bounded whatever the names: a repository may have 255
 characters and a tag 128, and a file name only 255 bytes. ``state_name`` gives
@@ -60,6 +60,23 @@ class Layout:
         folder: two runs naming different --state-dir folders still exclude each other.
         The one place that names it; the name is bounded (``state_name``)."""
         return self.root / STATE_DIR / "locks" / f"{state_name(repo)}.lock"
+
+    @property
+    def maintenance_lock(self) -> Path:
+        """The storage's maintenance gate (``storage.lock.maintenance_window``); its name cannot be a
+        repository's (``state_name`` begins with a letter or digit)."""
+        return self.root / STATE_DIR / "locks" / "_maintenance.lock"
+
+    @property
+    def gc_journal(self) -> Path:
+        """What the last ``regpatch gc`` was doing (it decides nothing: the storage does)."""
+        return self.state / "journal" / "_gc.json"
+
+    @property
+    def gc_config(self) -> Path:
+        """The config.yml ``regpatch gc`` hands the registry's garbage-collect when only the storage
+        folder is known (regpatch's own file: the operator's config.yml is never edited)."""
+        return self.state / "gc" / "config.yml"
 
     @property
     def reports(self) -> Path:

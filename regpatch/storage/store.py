@@ -139,7 +139,7 @@ class RegistryStore(Staging):
     def _abs(path: Path) -> Path:
         return Path(os.path.abspath(path))
 
-    STATE_ENTRIES = frozenset({"journal", "history.jsonl", "reports", "staging", "verified", "locks", "convert",
+    STATE_ENTRIES = frozenset({"gc", "journal", "history.jsonl", "reports", "staging", "verified", "locks", "convert",
                                STATE_MARK := ".regpatch-state"})
 
     def _refuse_foreign_state_dir(self) -> None:

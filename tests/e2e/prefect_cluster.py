@@ -4,9 +4,10 @@
 private folder: no TCP listener, one Unix socket folder, a private port number (the
 socket's name), peer authentication (the server connects as this OS user, without
 a password), as the production recipe (docs/fleet/production.md) does with the system cluster.
-``PrefectCluster`` is ``prefect server start`` on that database, with the UI
-settings a browser needs (PREFECT_API_URL / PREFECT_UI_API_URL), and the process
-workers of the work pools a test asks for, each in its own PREFECT_HOME.
+``PrefectCluster`` is ``prefect server start`` on that database, with the settings
+the recipe gives it (the driver named beside the URL, deployments/prefect-server.env),
+the UI settings a browser needs (PREFECT_API_URL / PREFECT_UI_API_URL), and the
+process workers of the work pools a test asks for, each in its own PREFECT_HOME.
 """
 
 from __future__ import annotations
@@ -52,6 +53,16 @@ class Proc:
                 os.killpg(self.p.pid, signal.SIGKILL)
                 self.p.wait(10)
         self._f.close()
+
+
+def recipe_server_env() -> dict[str, str]:
+    """The settings the recipe gives the server (deployments/prefect-server.env): retention."""
+    env = {}
+    for line in (ROOT / "deployments" / "prefect-server.env").read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            env[key.strip()] = value.strip()
+    return env
 
 
 def run(argv, env, timeout=300, cwd=ROOT) -> subprocess.CompletedProcess:
@@ -141,7 +152,8 @@ class PrefectCluster:
     def start(self, timeout: float = 180) -> "PrefectCluster":
         self.pg = PostgresCluster().start()
         self.server = Proc([BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", self.port],
-                           self.env(".server", PREFECT_API_DATABASE_CONNECTION_URL=self.pg.url),
+                           self.env(".server", PREFECT_API_DATABASE_CONNECTION_URL=self.pg.url,
+                                    PREFECT_SERVER_DATABASE_DRIVER="postgresql+asyncpg", **recipe_server_env()),
                            self.tmp / "server.log")
         self.procs.append(self.server)
         deadline = time.monotonic() + timeout
@@ -193,6 +205,17 @@ class PrefectCluster:
 
     def logs(self, flow_run_id: str) -> list[dict]:
         return self.post("/logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200})
+
+    def logs_until(self, flow_run_ids: list[str], until, timeout: float = 30.0) -> list[str]:
+        """The log messages of these runs on the server. Prefect ships logs from a background
+        worker in batches, so the last lines of a run arrive a moment after it ends: poll
+        until ``until(messages)`` holds or the time is up (then return what is there)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            messages = [l["message"] for i in flow_run_ids for l in self.logs(i)]
+            if until(messages) or time.monotonic() > deadline:
+                return messages
+            time.sleep(0.5)
 
     def wait_final(self, flow_run_id: str, timeout: float = 300) -> dict:
         deadline = time.monotonic() + timeout

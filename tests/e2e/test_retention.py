@@ -27,7 +27,6 @@ from regpatch.demo.images import (
     write_oci_layout,
 )
 from regpatch.demo.loopback import LocalRegistry
-from regpatch.platform import children
 
 REPO, TAG, LIST_TAG = "servercore", "ltsc2019", "multi"
 CRASHING_REGPATCH = [sys.executable, str(Path(__file__).parents[1] / "support" / "crash.py")]
@@ -65,6 +64,25 @@ def _blob_bytes(reg: LocalRegistry) -> int:
 def _revisions(reg: LocalRegistry, repo: str) -> set[str]:
     folder = reg.root / "docker/registry/v2/repositories" / repo / "_manifests/revisions/sha256"
     return {"sha256:" + p.name for p in folder.iterdir() if (p / "link").is_file()}
+
+
+def _restart(reg: LocalRegistry) -> str:
+    return f"process:pidfile={reg.pidfile},config={reg.config_path},log={reg.log_path}"
+
+
+def _gc(reg: LocalRegistry, capsys, *extra: str, config: bool = False) -> tuple[int, dict]:
+    where = ["--registry-config", str(reg.config_path)] if config else ["--storage", str(reg.root),
+                                                                         "--registry-url", reg.url]
+    code = regpatch_main(["gc", *where, "--restart", _restart(reg), "--json", *extra])
+    out = capsys.readouterr().out
+    return code, json.loads(out) if code == 0 else {}
+
+
+_TREES: dict[str, str] = {}
+
+
+def _tree_after_prune(docker: Path) -> str:
+    return _TREES.setdefault(str(docker), tree_hash(docker))
 
 
 def _prune(reg: LocalRegistry, capsys, *extra: str) -> tuple[int, dict]:
@@ -135,6 +153,7 @@ def test_a_year_of_patches_pruned_then_collected_frees_what_the_plan_said(year, 
     assert sorted(x["old"] for x in pruned) == sorted(planned) and all("keep 2" in x["source"] for x in pruned)
     code, again = _prune(reg, capsys, "--apply")
     assert code == 0 and again["images"] == []
+    _tree_after_prune(docker)
 
     # a rollback to a pruned image says so
     code = regpatch_main(["rollback", "--repository", REPO, "--tag", TAG, "--to", _digest(months[4].image),
@@ -142,13 +161,19 @@ def test_a_year_of_patches_pruned_then_collected_frees_what_the_plan_said(year, 
     err = capsys.readouterr().err
     assert code == 4 and f"{REPO}@{_digest(months[4].image)} was pruned on " in err.strip().splitlines()[-1]
 
-    # the registry's own garbage collection frees what the plan said, measured on the filesystem
-    reg.stop()
-    gc = children.run(["docker-registry", "garbage-collect", str(reg.config_path)],
-                      stdout=children.Capture(1 << 20, "tail"), stderr=children.Capture(1 << 20, "tail"))
-    assert gc.returncode == 0, gc.stderr.lines()
-    reg.start()
-    assert before_bytes - _blob_bytes(reg) == plan["freed_bytes"]
+    # regpatch gc: its dry run (the registry's own, checked against regpatch's mark) writes nothing;
+    # with --apply it stops the registry, collects, starts it, proves every kept image
+    code, dry = _gc(reg, capsys)
+    assert code == 0 and tree_hash(docker) == _tree_after_prune(docker) and dry["applied"] is False
+    assert dry["eligible_bytes"] == plan["freed_bytes"] and dry["eligible_blobs"] == plan["freed_blobs"]
+    old_pid = reg.pid
+    code, gc = _gc(reg, capsys, "--apply")
+    assert code == 0 and gc["applied"] and reg.pid != old_pid
+    assert before_bytes - _blob_bytes(reg) == plan["freed_bytes"] == gc["freed_bytes"]
+    assert gc["downtime_seconds"] > 0 and len(gc["proven"]) == len(gc["kept_images"])
+    assert f"{REPO}:{TAG}" in gc["proven"] and f"{REPO}:{LIST_TAG}" in gc["proven"]
+    code, again = _gc(reg, capsys, "--apply")  # nothing left to free: a second run frees nothing
+    assert code == 0 and again["freed_bytes"] == 0 and again["eligible_blobs"] == 0
 
     # every kept tag and every kept digest pulls
     for tag, want in ((TAG, months[-1].image), (LIST_TAG, lists[-1])):
@@ -190,4 +215,47 @@ def test_a_prune_killed_at_each_step_is_finished_by_the_next_run(year, capsys):
     assert not _revisions(reg, REPO) & planned
     code = regpatch_main(["history", "--storage", str(reg.root), "--repository", REPO, "--json"])
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
-    assert sorted(x["old"] for x in lines if x["action"] == "pruned") == sorted(planned)  # once each
+    assert code == 0 and sorted(x["old"] for x in lines if x["action"] == "pruned") == sorted(planned)  # once each
+
+
+def test_a_collection_that_would_delete_a_kept_blob_is_refused_and_the_registry_serves_on(year, capsys):
+    """An index's child without a revision link of its own: the registry's garbage-collect marks
+    only the child's manifest blob, not its layers (distribution issue 3004's cause)."""
+    reg, months, lists, _ = year
+    child = lists[-1].children[0]
+    link = (reg.root / "docker/registry/v2/repositories" / REPO / "_manifests/revisions/sha256"
+            / child.manifest_digest.hex / "link")
+    link.unlink()
+    docker = reg.root / "docker"
+    before, pid = tree_hash(docker), reg.pid
+    for extra in ((), ("--apply",)):
+        code = regpatch_main(["gc", "--registry-config", str(reg.config_path), "--restart", _restart(reg), *extra])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 4, err
+        assert "would delete" in err[-1] and "a kept image needs" in err[-1] and f"{REPO}:{LIST_TAG}" in err[-1]
+        assert tree_hash(docker) == before  # not a blob deleted
+    assert reg.pid != pid  # stopped and started again by the refused --apply
+    assert skopeo_inspect_digest(reg.host, REPO, LIST_TAG) == _digest(lists[-1])
+
+
+def test_a_collection_killed_at_each_step_is_finished_by_the_next_run(year, capsys):
+    reg, months, lists, _ = year
+    code, _ = _prune(reg, capsys, "--apply")
+    assert code == 0
+    kills, steps = 0, set()
+    for at in range(1, 40):  # kill -9 at the Nth checkpoint of a gc, then a plain re-run finishes it
+        p = subprocess.run([*CRASHING_REGPATCH, "gc", "--registry-config", str(reg.config_path),
+                            "--restart", _restart(reg), "--apply"],
+                           env={**os.environ, "REGPATCH_FAULT_KILL_AT": str(at)}, capture_output=True, text=True,
+                           timeout=180)
+        if p.returncode == 0:
+            break
+        assert p.returncode == -9, p.stderr
+        kills += 1
+        steps.add(p.stderr.strip().splitlines()[-1].rsplit("(", 1)[-1])
+        code, done = _gc(reg, capsys, "--apply", config=True)
+        assert code == 0
+        for tag, want in ((TAG, months[-1].image), (LIST_TAG, lists[-1])):
+            assert skopeo_inspect_digest(reg.host, REPO, tag) == _digest(want)
+    print(f"gc killed {kills} times, at: {sorted(steps)}")
+    assert {"gc:stopped)", "gc:collecting)", "gc:collected)", "gc:started)"} <= steps

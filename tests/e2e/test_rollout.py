@@ -1,7 +1,8 @@
 """Rollouts in-process: one bundle to three real registries, one of them broken.
 
-The rollout flow runs on Prefect's test harness; registries without a
-work_pool are patched as subflows. skopeo checks what each registry serves.
+The rollout flow runs on the session's Prefect server; registries without a
+work_pool are patched inside their own task runs. skopeo checks what each
+registry serves.
 """
 
 from __future__ import annotations
@@ -68,8 +69,14 @@ def run_logs(names: list[str], until, timeout: float = 30.0) -> list[str]:
 
     deadline = time.monotonic() + timeout
     with get_client(sync_client=True) as client:
-        runs = [client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name])),
-                                      sort=FlowRunSort.START_TIME_DESC, limit=1)[0] for name in names]
+        while True:  # a run started by another process appears on the server a moment later
+            found = [client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name])),
+                                           sort=FlowRunSort.START_TIME_DESC, limit=1) for name in names]
+            if all(found) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert all(found), f"no flow run named {[n for n, f in zip(names, found, strict=True) if not f]}"
+        runs = [f[0] for f in found]
         while True:
             logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[r.id for r in runs])))
             messages = [l.message for l in logs]
@@ -181,39 +188,45 @@ def test_invalid_inventory_fails_before_anything_is_touched(capsys, tmp_path, fl
     assert not (tmp_path / ".regpatch-rollouts").exists()
 
 
-def test_registry_concurrency_guard_serialises_patches(capsys, tmp_path, fleet, scenario):
-    """While another holder has site-a's concurrency slot, the rollout waits for it."""
-    import time
-
-    from prefect.client.orchestration import get_client
-    from prefect.concurrency.sync import concurrency
-
-    from regpatch_tasks.rollout_tasks import registry_lock_name
-
-    a = fleet["site-a"]
-    old, new = str(scenario["old"].manifest_digest), str(scenario["new"].manifest_digest)
-    inv = write_inventory(tmp_path / "inv.yml", [entry("site-a", a)])
-    lock = registry_lock_name("site-a")
-    with get_client(sync_client=True) as client:
-        client.upsert_global_concurrency_limit_by_name(lock, 1)
+def test_a_registry_patched_here_waits_for_its_storage_lock(capsys, tmp_path, fleet, scenario):
+    """While another run holds site-a's repository lock (the storage's OS file lock, as a
+    `regpatch patch` of it on this host would), the rollout waits for it and writes
+    nothing; it goes on once the lock is released. No Prefect slot is involved."""
     import os
     import subprocess
     import sys
+    import time
     from pathlib import Path
 
-    with concurrency(lock, occupy=1, strict=True):
+    from regpatch.reference import Repository
+    from regpatch.storage.lock import repository_lock
+    from regpatch.storage.store import RegistryStore
+
+    a = fleet["site-a"]
+    new, tag = str(scenario["new"].manifest_digest), "locked"  # a run name of its own in the session
+    inv = write_inventory(tmp_path / "inv.yml", [entry("site-a", a)])
+    current = a.root / f"docker/registry/v2/repositories/{REPO}/_manifests/tags/{tag}/current/link"
+    with repository_lock(RegistryStore(a.root).layout, Repository.parse(REPO), timeout=5):
         proc = subprocess.Popen([str(Path(sys.executable).with_name("regpatch")), "rollout", str(scenario["staged"]),
-                                 "--inventory", str(inv), "--repository", REPO, "--tag", TAG], env=dict(os.environ),
+                                 "--inventory", str(inv), "--repository", REPO, "--tag", tag, "--state-dir",
+                                 str(tmp_path / "state")], env=dict(os.environ),
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        time.sleep(8)
-        assert proc.poll() is None  # waiting for the slot: nothing written yet
-        assert skopeo_inspect_digest(a.host, REPO, TAG) == old
-        released = time.time()
+        try:
+            # the rollout's run says it waits (the engine's line, on the server)
+            waiting = run_logs([f"rollout-{REPO}-{tag}"], until=lambda m: any(
+                x.startswith(f"waiting for the lock of {REPO}") for x in m), timeout=120)
+            assert any(x.startswith(f"waiting for the lock of {REPO}") for x in waiting), waiting
+            time.sleep(2)
+            assert proc.poll() is None  # still waiting: nothing written
+            assert not current.exists()
+            released = time.time()
+        except BaseException:
+            proc.kill()
+            raise
     out = proc.communicate(timeout=300)[0].decode()
     assert proc.returncode == 0, out
-    assert skopeo_inspect_digest(a.host, REPO, TAG) == new
-    current = a.root / f"docker/registry/v2/repositories/{REPO}/_manifests/tags/{TAG}/current/link"
-    assert current.stat().st_mtime >= released - 0.01  # written only after the slot was released
+    assert skopeo_inspect_digest(a.host, REPO, tag) == new
+    assert current.stat().st_mtime >= released - 0.01  # written only after the lock was released
 
 
 def test_one_traceback_at_most_per_failure_in_the_run_logs(capsys, tmp_path, fleet, scenario, monkeypatch):
@@ -247,9 +260,8 @@ def test_one_traceback_at_most_per_failure_in_the_run_logs(capsys, tmp_path, fle
     inv = write_inventory(tmp_path / "inv.yml", [entry("site-a", fleet["site-a"], url="http://127.0.0.1:9")])
     code, out, err = rollout(capsys, scenario["staged"], inv, "--state-dir", tmp_path / "state")
     assert code == 7 and "127.0.0.1:9" in row(out, "site-a")
-    # what the UI shows: the logs of the rollout run and of site-a's patch run, on the server
-    text = "\n".join(run_logs([f"rollout-{REPO}-{TAG}", f"site-a-{REPO}-{TAG}"],
-                               until=lambda m: any("127.0.0.1:9" in x for x in m)))
+    # what the UI shows: the logs of the rollout run, site-a's task run among them, on the server
+    text = "\n".join(run_logs([f"rollout-{REPO}-{TAG}"], until=lambda m: any("127.0.0.1:9" in x for x in m)))
     assert "127.0.0.1:9" in text and "Traceback" not in text, text
 
 
@@ -292,3 +304,71 @@ def test_lines_logged_by_the_blob_threads_reach_the_run_logs(capsys, fleet, scen
     staged = [m for m in messages if m.startswith("staged bundle file")]
     assert len(staged) >= 2, "\n".join(messages)  # the blobs copied, each from its thread
     assert "attempted to send logs to the API without a flow run id" not in err
+
+
+def test_more_than_four_at_once_is_refused_on_sqlite_before_anything_is_touched(capsys, tmp_path, fleet, scenario,
+                                                                               prefect_api):
+    """The session's server runs on Prefect's default SQLite: --max-parallel 5 is refused
+    up front, naming the PostgreSQL recipe; the server's own answers tell its database."""
+    import httpx
+
+    from regpatch.fleet.prefect_server import server_database
+
+    before = {n: tree_hash(fleet[n].root) for n in fleet}
+    inv = write_inventory(tmp_path / "inv.yml", [entry(n, r) for n, r in fleet.items()])
+    code, out, err = rollout(capsys, scenario["staged"], inv, "--max-parallel", "5", "--state-dir", tmp_path / "s")
+    assert code == 2, err
+    assert "--max-parallel 5 needs a Prefect server on PostgreSQL: this one runs on SQLite" in err
+    assert "production recipe" in err and "Traceback" not in err
+    assert {n: tree_hash(fleet[n].root) for n in fleet} == before
+    assert not (tmp_path / "s").exists()
+    # a run from the form (the flow itself) is refused the same way, naming the form's field
+    from regpatch.errors import UsageError
+    from regpatch.params import RolloutParams
+    from regpatch_flows.rollout import rollout as rollout_flow
+
+    with pytest.raises(UsageError) as e:
+        rollout_flow(bundle=str(scenario["staged"]), repository=REPO, tag=TAG,
+                     rollout=RolloutParams(inventory=inv, max_parallel=5, state_dir=str(tmp_path / "s")))
+    assert "(rollout.max_parallel) 5 needs a Prefect server on PostgreSQL: this one runs on SQLite" in str(e.value)
+    assert {n: tree_hash(fleet[n].root) for n in fleet} == before
+    assert not (tmp_path / "s").exists()
+    settings = httpx.get(prefect_api.url + "/admin/settings", timeout=10).json()
+    assert settings["server"]["database"]["connection_url"] == "**********"  # the URL itself is hidden
+    schemas = httpx.post(prefect_api.url + "/block_schemas/filter", json={"limit": 10}, timeout=10).json()
+    assert server_database(settings, schemas) == "sqlite"
+
+
+def test_progress_artifacts_only_for_copies_still_running_after_a_second(prefect_api):
+    """A copy done within its first second leaves no progress artifact; a longer one shows
+    from its first second on, at most once a second, and ends at 100%."""
+    from prefect import flow
+    from prefect.context import FlowRunContext
+
+    from regpatch_tasks.observer import ProgressArtifact
+
+    now = [0.0]
+
+    @flow(name="progress-artifacts", persist_result=False)
+    def copies() -> tuple:
+        ctx = FlowRunContext.get()
+        assert ctx and ctx.flow_run
+        short = ProgressArtifact("stage short.tar.gz", 4 << 20, ctx.flow_run.id, None, clock=lambda: now[0])
+        for _ in range(4):
+            now[0] += 0.2
+            short.advance(1 << 20)
+        long = ProgressArtifact("stage long.tar.gz", 8 << 20, ctx.flow_run.id, None, clock=lambda: now[0])
+        for _ in range(8):  # a MiB every 0.4 s: 3.2 s in all
+            now[0] += 0.4
+            long.advance(1 << 20)
+        return str(ctx.flow_run.id), short.updates, long.updates
+
+    flow_run_id, short_updates, long_updates = copies()
+    assert short_updates == 0
+    assert long_updates == 3  # created 1.2 s into the copy, updated at 2.4 s and at its end (3.2 s)
+    import httpx
+
+    arts = httpx.post(prefect_api.url + "/artifacts/filter", timeout=10, json={
+        "artifacts": {"flow_run_id": {"any_": [flow_run_id]}, "type": {"any_": ["progress"]}}}).json()
+    assert [a["description"] for a in arts] == ["stage long.tar.gz: 8.0 MiB in 3.2 s (2.5 MiB/s)"], arts
+    assert arts[0]["data"] == 100

@@ -180,3 +180,58 @@ def test_failed_rollout_shows_the_failing_registry_red(site, page):
     # picture is for the documentation (docs/fleet/ui.md)
     page.locator("canvas").first.wait_for()
     shot(page, site, "ui-rollout-failed.png", settle=6000)
+
+
+def test_a_rollout_of_sixteen_registries_one_task_run_each(site, page, tmp_path_factory):
+    """16 registries (copies of site-ui's storage before its patch, each served by its own
+    registry), 8 at once (this server is on PostgreSQL): the rollout's graph has a node per
+    registry; a registry's task run shows the time of each step, its summary and logs."""
+    import shutil
+
+    c, s, tmp = site["c"], site["scenario"], tmp_path_factory.mktemp("sixteen")
+    template = LocalRegistry(tmp / "template").start()
+    regs: list[LocalRegistry] = []
+    try:
+        push_with_skopeo(s["old_layout"], s["ref"], template.host, REPO, TAG)
+        template.stop()
+        for i in range(16):
+            reg = LocalRegistry(tmp / f"site-{i:02d}")
+            shutil.copytree(template.root, reg.root)
+            regs.append(reg.start())
+        inventory = tmp / "sixteen.yml"
+        inventory.write_text(yaml.safe_dump({"registries": [
+            {"name": f"site-{i:02d}", "storage": str(r.root), "url": r.url, "group": "canary" if i < 2 else "fleet"}
+            for i, r in enumerate(regs)]}))
+        out = run([BIN / "regpatch", "rollout", s["staged"], "--inventory", inventory, "--repository", REPO,
+                   "--tag", "november", "--max-parallel", "8"], c.env(), timeout=600)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "all 16 registries ok" in out.stdout
+    finally:
+        for reg in regs:
+            reg.stop()
+        template.stop()
+    (rollout,) = c.flow_runs(name={"any_": [f"rollout-{REPO}-november"]})
+    tasks = {t["name"]: t for t in c.task_runs(rollout["id"])}
+    assert sorted(tasks) == [f"site-{i:02d}-{REPO}-november" for i in range(16)]  # one task run each, no other
+    assert {t["state_name"] for t in tasks.values()} == {"Completed"}
+    page.goto(f"{c.ui_url}/runs/flow-run/{rollout['id']}", wait_until="networkidle")
+    page.get_by_text(f"rollout-{REPO}-november").first.wait_for()
+    page.locator("canvas").first.wait_for()
+    shot(page, site, "ui-rollout-16.png", settle=6000)
+
+    one = tasks[f"site-03-{REPO}-november"]
+    (summary,) = [a for a in c.artifacts(task_run_id={"any_": [one["id"]]}) if a["type"] == "markdown"
+                  and a["key"] == f"site-03-{REPO}-november"]
+    assert summary["data"].startswith(f"# Patched: `{REPO}:november` on `site-03`")
+    assert "## Time per step" in summary["data"] and "| verify-pull |" in summary["data"]
+    page.goto(f"{c.ui_url}/runs/task-run/{one['id']}", wait_until="networkidle")
+    page.get_by_text(f"site-03-{REPO}-november").first.wait_for()
+    steps = page.get_by_text("site-03: steps fetch-bundle").first  # its logs: every step with its time
+    steps.wait_for()
+    steps.scroll_into_view_if_needed()
+    shot(page, site, "ui-rollout-registry.png")
+    page.goto(f"{c.ui_url}/artifacts/artifact/{summary['id']}", wait_until="networkidle")
+    times = page.get_by_text("Time per step").first
+    times.wait_for()
+    times.scroll_into_view_if_needed()
+    shot(page, site, "ui-rollout-registry-summary.png")

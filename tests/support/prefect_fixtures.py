@@ -4,7 +4,7 @@
 class PrefectServer:
     """A real ``prefect server start`` on 127.0.0.1 with its own PREFECT_HOME."""
 
-    def __init__(self, home, database_url=None):
+    def __init__(self, home, database_url=None, server_env=None):
         import sys
         from pathlib import Path
 
@@ -16,6 +16,7 @@ class PrefectServer:
         self.exe = str(Path(sys.executable).with_name("prefect"))
         self.proc = None
         self.database_url = database_url  # None: Prefect's default SQLite file in PREFECT_HOME
+        self.server_env = dict(server_env or {})  # more settings for the server alone
 
     def env(self, **extra) -> dict:
         import os
@@ -33,7 +34,8 @@ class PrefectServer:
         log = open(self.home / "server.log", "wb")
         self.proc = subprocess.Popen(
             [self.exe, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
-            env=self.env(**({"PREFECT_API_DATABASE_CONNECTION_URL": self.database_url} if self.database_url else {})),
+            env=self.env(**self.server_env,
+                         **({"PREFECT_API_DATABASE_CONNECTION_URL": self.database_url} if self.database_url else {})),
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

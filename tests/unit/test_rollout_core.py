@@ -249,3 +249,80 @@ def test_a_rollout_state_folder_inside_a_registry_tree_is_refused(tmp_path, caps
     assert f"--state-dir {inside} is inside the storage tree {root / 'docker'} of registry site-a" \
         in capsys.readouterr().err
     assert not inside.exists()
+
+
+def test_around_wave_holds_each_wave_with_work_and_only_it(site, fleet, tmp_path):
+    """``around_wave`` is entered before a wave's first registry and left after its last
+    one, with the wave's registries to patch; a wave with nothing to do gets none."""
+    import contextlib
+
+    roots, inv = fleet
+    entries = load_inventory(inv).select()
+    engine_one = engine_patcher(bundle=str(site.scenario["staged"]), repository=REPO, tag=TAG)
+    events: list[tuple] = []
+
+    @contextlib.contextmanager
+    def around(todo):
+        events.append(("enter", sorted(e.name for e in todo)))
+        yield
+        events.append(("leave", sorted(e.name for e in todo)))
+
+    def patch_one(entry):
+        events.append(("patch", entry.name))
+        return engine_one(entry)
+
+    state = RolloutState(tmp_path / "state", REPO, TAG, str(site.new))
+    outcomes = run_rollout(entries, patch_one, state=state, max_parallel=2, around_wave=around)
+    assert all(o.status == PATCHED for o in outcomes)
+    assert events[0] == ("enter", ["a", "b"]) and sorted(events[1:3]) == [("patch", "a"), ("patch", "b")]
+    assert events[3:] == [("leave", ["a", "b"]), ("enter", ["c"]), ("patch", "c"), ("leave", ["c"])]
+    # b rolled back since: skipped, so wave 'canary' has a alone; an inventory of b alone has no wave with work
+    engine.rollback(engine.RollbackRequest(Repository(REPO), Tag(TAG), RegistryTarget.resolve(storage=str(roots["b"]))))
+    events.clear()
+    run_rollout([e for e in entries if e.name == "b"], patch_one, state=RolloutState(
+        tmp_path / "state", REPO, TAG, str(site.new)), around_wave=around)
+    assert events == []
+
+
+@pytest.mark.parametrize("settings,schemas,expected", [
+    ({"server": {"database": {"driver": "postgresql+asyncpg"}}}, [], "postgresql"),
+    ({"server": {"database": {"driver": "sqlite+aiosqlite"}}}, [], "sqlite"),
+    # no driver stated: the block schemas as each database gives them back
+    ({"server": {"database": {"driver": None, "connection_url": "**********"}}},
+     [{"fields": {"title": "t", "description": "d", "type": "object", "properties": {}}}], "sqlite"),
+    ({"server": {"database": {"driver": None}}},
+     [{"fields": {"type": "object", "title": "t", "properties": {}, "description": "d"}},
+      {"fields": {"type": "object", "title": "t", "required": [], "properties": {}}}], "postgresql"),
+    # most in jsonb's order: PostgreSQL (the server appends a key to a schema that refers to others)
+    ({}, [{"fields": {"type": "o", "title": "t", "properties": {}}},
+          {"fields": {"type": "o", "title": "t", "properties": {}}},
+          {"fields": {"type": "o", "title": "t", "properties": {}, "definitions": {}, "a": 1}}], "postgresql"),
+    # some in that order by chance, not most: cannot tell
+    ({}, [{"fields": {"type": "o", "title": "t", "properties": {}}},
+          {"fields": {"title": "t", "type": "o", "properties": {}}}], None),
+    ({}, [], None),                                      # nothing to tell by
+    ({}, [{"fields": {"a": 1, "b": 2}}], None),          # too few keys to tell by
+    ("not a document", "nor this", None),
+])
+def test_the_server_database_is_told_by_its_driver_or_its_json(settings, schemas, expected):
+    from regpatch.fleet.prefect_server import server_database
+
+    assert server_database(settings, schemas) == expected
+
+
+def test_more_than_four_at_once_only_on_postgresql():
+    from regpatch.errors import UsageError
+    from regpatch.fleet.prefect_server import check_parallel, jsonb_order
+
+    assert jsonb_order(["title", "type", "description", "properties", "a"]) == [
+        "a", "type", "title", "properties", "description"]
+    for database in ("postgresql", "sqlite", None):
+        check_parallel(4, database)
+    check_parallel(32, "postgresql")
+    with pytest.raises(UsageError) as e:
+        check_parallel(5, "sqlite")
+    assert "--max-parallel 5 needs a Prefect server on PostgreSQL: this one runs on SQLite" in str(e.value)
+    assert "--max-parallel 4 or less" in str(e.value) and "production recipe" in str(e.value)
+    with pytest.raises(UsageError) as e:
+        check_parallel(8, None)
+    assert "PREFECT_SERVER_DATABASE_DRIVER=postgresql+asyncpg" in str(e.value)
