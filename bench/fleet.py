@@ -4,7 +4,7 @@
 Not a test. N real ``docker-registry`` processes on loopback (16 and 64 by default),
 each holding the old sample image; one small bundle (8 MiB: a base and a delta
 layer). For each database of the Prefect server (its default SQLite, PostgreSQL as
-the README's recipe runs it; both with the recipe's deployments/prefect-server.env)
+the production recipe (docs/fleet/production.md) runs it; both with the recipe's deployments/prefect-server.env)
 and each N, side by side in one run:
 
 - ``regpatch rollout`` without a Prefect API (``--local``: plain Python), first run

@@ -15,7 +15,7 @@ Not a test. In one run, side by side (median of ``--repeat``, default 5):
     .venv/bin/python bench/startup.py [--repeat 5] [--no-prefect] [--postgres]
 
 The Prefect server keeps its default SQLite database, unless ``--postgres`` (a
-PostgreSQL cluster of its own, as the README recommends for a shared server): on
+PostgreSQL cluster of its own, as docs/fleet/production.md recommends for a shared server): on
 SQLite a write that meets the server's own event writes gets a 503 ("database is
 locked") and Prefect's client waits 2 s before it tries again.
 """

@@ -128,7 +128,7 @@ installed_ok() {
 import importlib.util, os, sys
 root = os.path.realpath(sys.argv[1])
 for name in ("prefect", "pytest", "moto", "bcrypt", "httpx", "yaml", "tenacity", "boto3", "pydantic", "coverage",
-             "playwright", "ruff", "mypy", "importlinter"):
+             "playwright", "ruff", "mypy", "importlinter", "mkdocs", "material"):
     if importlib.util.find_spec(name) is None:
         sys.exit(1)
 for own in ("regpatch", "regpatch_flows", "regpatch_tasks"):

@@ -118,7 +118,7 @@ def read_inventory(path: str, only: Optional[list[str]]) -> list[RegistryEntry]:
     shipped schedule names /etc/regpatch/inventory.yml)."""
     if not Path(path).is_file():
         raise UsageError(f"the inventory {path} does not exist on this host: create it (see "
-                         "deployments/inventory.example.yml and README, Rollouts), or set the rollout "
+                         "deployments/inventory.example.yml and docs/fleet/inventory.md), or set the rollout "
                          "deployment's rollout.inventory parameter to the inventory's path")
     return load_inventory(path).select(only)
 

@@ -5,14 +5,22 @@ only, written here."""
 from __future__ import annotations
 
 import argparse
+import sys
 
-from regpatch import __version__
 from regpatch.cli.options import add_options
 from regpatch.options import MAINTENANCE, REGISTRY, RETENTION, ROLLOUT, S3, TRUST, VERIFY
 
-BUNDLE_HELP = ("the patch bundle: a staged folder (the seed's files and sidecars), an OCI image layout "
-               "folder, an OCI archive (.tar, .tar.gz, .tar.zst), a docker save archive, a skopeo dir: "
-               "folder; local, or s3://bucket/prefix")
+# The six forms the bundle reader accepts (regpatch.bundle.open.FORMATS, a docker save archive also
+# unpacked); the format is found from the content, never from the name.
+BUNDLE_FORMATS = (
+    "an OCI image layout folder",
+    "an OCI archive (tar, plain or gzip/zstd/xz/bzip2 compressed)",
+    "a skopeo dir: folder",
+    "a docker save archive (converted: new digest)",
+    "an unpacked docker save folder (converted)",
+    "a staged folder (the seed's files and .digest sidecars)",
+)
+BUNDLE_HELP = "the patch bundle, one of: " + "; ".join(BUNDLE_FORMATS) + ". Local, or s3://bucket/prefix"
 STATE_ONLY = ("storage", "registry_config", "state_dir")  # the commands that read the state folder only
 HARDENING = ("init", "ignore_url_policy", "allow_cross_repository")  # patch options a rollback has no use for
 
@@ -28,11 +36,34 @@ def _local(p: argparse.ArgumentParser) -> None:
                    help="run here without Prefect even when a Prefect API is configured")
 
 
+def installed_version() -> str:
+    """regpatch's version from the installed package's metadata (what pip installed), else the
+    source's own (a checkout run without installing)."""
+    from importlib import metadata  # only for --version (start-up)
+
+    try:
+        return metadata.version("regpatch")
+    except metadata.PackageNotFoundError:
+        from regpatch import __version__  # a checkout without metadata: the source's own version
+        return __version__
+
+
+class _VersionAction(argparse.Action):
+    """--version: read the metadata only when asked."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser._print_message(f"regpatch {installed_version()}\n", sys.stdout)
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="regpatch",
         description="Patch container images inside a distribution registry's storage and verify by pulling.")
-    parser.add_argument("--version", action="version", version=f"regpatch {__version__}")
+    parser.add_argument("--version", action=_VersionAction, help="print regpatch's version and exit")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _patch(sub)
@@ -243,3 +274,21 @@ def _inspect(sub) -> None:
     p.add_argument("--image", metavar="NAME",
                    help="only this image (OCI ref name, or a RepoTag of a docker save archive)")
     add_options(p, S3, title="S3 bundles (BUNDLE = s3://bucket/prefix)")
+
+
+def commands(parser: argparse.ArgumentParser) -> list[tuple[str, argparse.ArgumentParser]]:
+    """Every parser under ``parser``, itself first, as ("regpatch patch", its parser), in the order
+    the commands were added: for the help test and the generated CLI reference (docs/hooks)."""
+    found = [(parser.prog, parser)]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                found += commands(child)
+    return found
+
+
+def options_without_help(parser: argparse.ArgumentParser) -> list[str]:
+    """"COMMAND OPTION" for every option or argument of every command that has no help line."""
+    return [f"{path} {'/'.join(a.option_strings) or a.dest}"
+            for path, p in commands(parser) for a in p._actions
+            if not isinstance(a, argparse._SubParsersAction) and (not a.help or a.help == argparse.SUPPRESS)]

@@ -10,7 +10,7 @@ A rollout asks for more only on PostgreSQL.
 
 How to tell: the server's settings hide its connection URL (``**********`` whatever it
 is) and ``/health`` says ``true`` on both, so the server is read twice over:
-- ``server.database.driver`` of ``/admin/settings``, when set (the README's recipe sets
+- ``server.database.driver`` of ``/admin/settings``, when set (the production recipe, docs/fleet/production.md, sets
   ``PREFECT_SERVER_DATABASE_DRIVER=postgresql+asyncpg`` beside the URL; Prefect uses the
   driver only when no URL is given, so it is a statement, never a change);
 - else the block schemas the server registers at its start, read back: PostgreSQL keeps
@@ -32,7 +32,7 @@ from regpatch.options import opt
 
 SQLITE_MAX_PARALLEL = 4
 POSTGRESQL, SQLITE = "postgresql", "sqlite"
-RECIPE = "README, 'Prefect server, workers, deployments: the production recipe'"
+RECIPE = "docs/fleet/production.md, the production recipe"
 
 
 def jsonb_order(keys: Iterable[str]) -> list[str]:

@@ -3,7 +3,7 @@
 ``PostgresCluster`` is Debian's PostgreSQL run by its own ``initdb``/``pg_ctl`` in a
 private folder: no TCP listener, one Unix socket folder, a private port number (the
 socket's name), peer authentication (the server connects as this OS user, without
-a password), as the README's recipe does with the system cluster.
+a password), as the production recipe (docs/fleet/production.md) does with the system cluster.
 ``PrefectCluster`` is ``prefect server start`` on that database, with the settings
 the recipe gives it (the driver named beside the URL, deployments/prefect-server.env),
 the UI settings a browser needs (PREFECT_API_URL / PREFECT_UI_API_URL), and the

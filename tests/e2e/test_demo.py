@@ -1,7 +1,8 @@
-"""The README's main job, end to end: ``python -m regpatch.demo`` (what scripts/demo.sh runs
-after the bootstrap). The seed's story, then the pipeline: a Prefect server, the shipped
-deployments, a worker, a rollout to three registries in two waves with one failing on
-purpose. Run with --keep-running, checked, then stopped with --stop: nothing stays."""
+"""The front door's main job (README.md, docs/getting-started.md), end to end:
+``python -m regpatch.demo`` (what scripts/demo.sh runs after the bootstrap). The seed's
+story, then the pipeline: a Prefect server, the shipped deployments, a worker, a rollout
+to three registries in two waves with one failing on purpose. Run with --keep-running,
+checked, then stopped with --stop: nothing stays."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The distributed path, for real, as the README's production recipe sets it up.
+"""The distributed path, for real, as the production recipe (docs/fleet/production.md) sets it up.
 
 PostgreSQL (Debian's, own cluster on a private socket), ``prefect server start`` on
 it, the shipped deployments/prefect.yaml deployed with ``prefect deploy --all``,

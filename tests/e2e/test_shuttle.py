@@ -36,7 +36,7 @@ from regpatch.signing.descriptor import DESCRIPTOR, SIGNATURE, parse_descriptor
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 REPO, TAG = "servercore", "ltsc2019"
-README = Path(__file__).resolve().parents[2] / "README.md"
+SHUTTLE_DOC = Path(__file__).resolve().parents[2] / "docs" / "shuttle.md"  # the shuttle side's page
 
 
 def regpatch(capsys, *args) -> tuple[int, str, str]:
@@ -61,8 +61,8 @@ def openssl_keypair(folder: Path, kind: str) -> tuple[Path, Path]:
 
 
 def readme_verify_command(pub: Path, bundle: Path) -> list[str]:
-    """The exact openssl command the README shows, with the key and bundle paths filled in."""
-    line = next(l.strip() for l in README.read_text().splitlines()
+    """The exact openssl command docs/shuttle.md shows, with the key and bundle paths filled in."""
+    line = next(l.strip() for l in SHUTTLE_DOC.read_text().splitlines()
                 if l.strip().startswith("openssl pkeyutl -verify"))
     argv = line.split()
     assert argv == ["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", "key.pub", "-rawin", "-in",
@@ -159,7 +159,7 @@ def test_round_trip(tmp_path, capsys, world, site_contents):
         carried = sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file())
         assert d2.size < carried < d2.size + (64 << 10)
 
-        # the signature, checked by openssl alone, with the README's command
+        # the signature, checked by openssl alone, with the command docs/shuttle.md shows
         p = subprocess.run(readme_verify_command(pub, bundle), capture_output=True, text=True)
         assert p.returncode == 0 and "Signature Verified Successfully" in p.stdout, p.stdout + p.stderr
 
@@ -267,7 +267,7 @@ def test_tampered_blob_is_refused_by_the_patch(tmp_path, capsys, world, signed_b
 @pytest.mark.parametrize("algorithm", ["ed25519", "p256"])
 def test_openssl_verifies_regpatch_keys_and_regpatch_verifies_openssl_keys(tmp_path, capsys, world,
                                                                              algorithm):
-    # a regpatch keygen key; openssl verifies its signature (README command, and dgst for P-256)
+    # a regpatch keygen key; openssl verifies its signature (docs/shuttle.md's command, and dgst for P-256)
     code, out, err = regpatch(capsys, "keygen", "--out", tmp_path / "rp", "--algorithm", algorithm)
     assert code == 0, err
     b1 = tmp_path / "b1"

@@ -8,7 +8,7 @@ submitted, the run reaches Completed, its graph and its summary (which names the
 registry) are shown; a failed rollout shows its failing registry red.
 
 Screenshots go to $REGPATCH_SCREENSHOTS (``docs/screenshots`` to refresh the
-README's), else to the test's tmp folder.
+documentation's: docs/fleet/ui.md), else to the test's tmp folder.
 """
 
 from __future__ import annotations
@@ -177,7 +177,7 @@ def test_failed_rollout_shows_the_failing_registry_red(site, page):
     page.get_by_text(f"rollout-{REPO}-october").first.wait_for()
     page.get_by_text("Failed").first.wait_for()
     # the graph is a canvas: what it draws comes from these states (checked above); the
-    # picture is for the README
+    # picture is for the documentation (docs/fleet/ui.md)
     page.locator("canvas").first.wait_for()
     shot(page, site, "ui-rollout-failed.png", settle=6000)
 
