@@ -165,8 +165,22 @@ ROLLOUT = _group(
            description="Seconds to wait for one registry's run on another host's work pool."),
 )
 
+MAX_KEEP = 1000
+
+RETENTION = _group(
+    Option("keep", "Previous images kept per tag", kind=int, default=2, ge=0, le=MAX_KEEP, metavar="K",
+           description="For each tag, the images it pointed at before its current one that stay (the rollback "
+                       "depth; default 2). The image a tag points at is always kept."),
+    Option("keep_days", "Keep images younger than (days)", kind=float, ge=0, metavar="DAYS",
+           description="Also keep every image regpatch put in the storage less than this many days ago "
+                       "(default: no age rule)."),
+    Option("also_unrecorded", "Also images regpatch did not write", kind=bool, default=False,
+           description="Also unlink untagged images regpatch's history does not say it wrote (pushed by "
+                       "someone else, or written before the history began); default: they stay."),
+)
+
 GROUPS: dict[str, dict[str, Option]] = {"registry": REGISTRY, "verify": VERIFY, "s3": S3, "trust": TRUST,
-                                        "rollout": ROLLOUT}
+                                        "rollout": ROLLOUT, "retention": RETENTION}
 # options of the flows that are not fields of a model (the flows' own parameters)
 FLOW_FIELDS = ("image", "dry_run", "to", "consume")
 
@@ -220,7 +234,7 @@ def _index(groups: tuple[str, ...]) -> dict[str, tuple[str, Option]]:
     return out
 
 
-FORM_GROUPS = ("registry", "verify", "s3", "trust", "rollout")
+FORM_GROUPS = ("registry", "verify", "s3", "trust", "rollout", "retention")
 
 
 def form_namer(groups: tuple[str, ...] = FORM_GROUPS) -> Namer:

@@ -26,7 +26,19 @@ from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field,
 from pydantic.config import JsonDict
 
 from regpatch.errors import UsageError
-from regpatch.options import FORM_GROUPS, REGISTRY, ROLLOUT, S3, TRUST, VERIFY, Option, form_namer, opt, wording
+from regpatch.options import (
+    FORM_GROUPS,
+    REGISTRY,
+    RETENTION,
+    ROLLOUT,
+    S3,
+    TRUST,
+    VERIFY,
+    Option,
+    form_namer,
+    opt,
+    wording,
+)
 from regpatch.sanitize import find_credentials, has_credentials
 
 if TYPE_CHECKING:  # imported where they are used: the command line parses its flags first (fast start)
@@ -240,6 +252,22 @@ class TrustParams(BaseModel):
         return v
 
 
+class RetentionParams(BaseModel):
+    """What ``prune`` keeps: every tagged image, the last K images of each tag, the recent ones."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="Retention")
+
+    keep: int = spec(RETENTION["keep"])
+    keep_days: Optional[float] = spec(RETENTION["keep_days"])
+    also_unrecorded: bool = spec(RETENTION["also_unrecorded"])
+
+    def describe(self) -> str:
+        """The policy in a few words (the history's source of a ``pruned`` line)."""
+        days = f", images younger than {self.keep_days:g} days" if self.keep_days is not None else ""
+        unrecorded = ", also images regpatch did not write" if self.also_unrecorded else ""
+        return f"keep {self.keep} previous per tag{days}{unrecorded}"
+
+
 class RolloutParams(BaseModel):
     """Which registries of an inventory a rollout patches, and how many at once."""
 
@@ -272,7 +300,7 @@ class RolloutParams(BaseModel):
 
 
 MODELS: dict[str, type[BaseModel]] = {"registry": RegistryParams, "verify": VerifyParams, "s3": S3Params,
-                                      "trust": TrustParams, "rollout": RolloutParams}
+                                      "trust": TrustParams, "rollout": RolloutParams, "retention": RetentionParams}
 
 
 # --------------------------------------------------------------------------- inline secrets

@@ -29,6 +29,7 @@ COMMANDS = {
     "history": ("registry_commands", "run_history", "none"),
     "deployments": ("fleet_commands", "run_deployments", "none"),
     "status": ("fleet_commands", "run_status", "plain"),
+    "prune": ("maintenance_commands", "run_prune", "plain"),
     "inspect": ("bundle_commands", "run_inspect", "none"),
     "contents": ("bundle_commands", "run_contents", "plain"),
     "bundle": ("bundle_commands", "run_bundle", "plain"),

@@ -8,7 +8,7 @@ import argparse
 
 from regpatch import __version__
 from regpatch.cli.options import add_options
-from regpatch.options import REGISTRY, ROLLOUT, S3, TRUST, VERIFY
+from regpatch.options import REGISTRY, RETENTION, ROLLOUT, S3, TRUST, VERIFY
 
 BUNDLE_HELP = ("the patch bundle: a staged folder (the seed's files and sidecars), an OCI image layout "
                "folder, an OCI archive (.tar, .tar.gz, .tar.zst), a docker save archive, a skopeo dir: "
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     _rollout(sub)
     _deployments(sub)
     _status(sub)
+    _prune(sub)
     _contents(sub)
     _bundle(sub)
     _keygen(sub)
@@ -133,6 +134,21 @@ def _status(sub) -> None:
                    help="the repository (default: every repository:tag the inventory's rollouts wrote state for)")
     p.add_argument("--tag", help="the tag (with --repository)")
     p.add_argument("--json", action="store_true", help="the rows as one JSON document")
+
+
+def _prune(sub) -> None:
+    p = sub.add_parser("prune", help="unlink the old images regpatch put in a registry (a retention policy)",
+                       description="Keep every image a tag points at, the --keep images each tag pointed at "
+                                   "before (from the history), images younger than --keep-days and the children "
+                                   "of kept indexes; unlink the other images regpatch wrote (their revision link "
+                                   "and tag index entries, recorded in the history as 'pruned'). Blobs are freed "
+                                   "by the registry's garbage collection afterwards. Prints what would go and the "
+                                   "bytes the garbage collection would free; writes only with --apply.")
+    p.add_argument("--repository", metavar="NAME", help="only this repository (default: every repository)")
+    add_options(p, RETENTION, title="what is kept")
+    p.add_argument("--apply", action="store_true", help="unlink (default: print the plan, write nothing)")
+    p.add_argument("--json", action="store_true", help="the plan (or what was done) as one JSON document")
+    add_options(p, REGISTRY, only=STATE_ONLY + ("lock_timeout",), title="the registry")
 
 
 def _contents(sub) -> None:

@@ -484,3 +484,34 @@ def scenario_servercore(workdir: Path, *, base_size: int = 256 << 10, delta_size
         "repository": "servercore",
         "tag": ref,
     }
+
+
+@dataclass(frozen=True)
+class Month:
+    """One monthly patch of ``monthly_servercore``: its image and its staged bundle."""
+
+    number: int                   # 1 .. months
+    image: SampleImage
+    staged: Path
+    new_base: bool                # its base layer differs from the month before's
+
+
+def monthly_servercore(workdir: Path, *, months: int = 12, base_every: int = 3, base_size: int = 256 << 10,
+                       delta_size: int = 64 << 10, compresslevel: int = 6) -> list[Month]:
+    """A year of the seed's monthly patches: month ``m`` is a base layer (a new one every
+    ``base_every`` months: months 1, 4, 7, 10 by default) and a delta of its own, as a
+    staged bundle under ``workdir/month-MM/staged``. Layers are written once each."""
+    workdir = Path(workdir)
+    out: list[Month] = []
+    bases: dict[int, BlobFile] = {}
+    for m in range(1, months + 1):
+        quarter = (m - 1) // base_every
+        if quarter not in bases:
+            bases[quarter] = make_layer(workdir / f"base-{quarter + 1}", "base.tar.gz", seed=7000 + quarter,
+                                        size=base_size, compresslevel=compresslevel)
+        d = workdir / f"month-{m:02d}"
+        delta = make_layer(d, "delta.tar.gz", seed=8000 + m, size=delta_size, compresslevel=compresslevel)
+        image = make_image(d, [bases[quarter], delta], os="windows", os_version=f"10.0.17763.{m}",
+                           seed=8000 + m, name="servercore")
+        out.append(Month(m, image, write_staged_bundle(d / "staged", image), (m - 1) % base_every == 0))
+    return out

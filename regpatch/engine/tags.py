@@ -19,7 +19,7 @@ from regpatch.hooks import hook_point
 from regpatch.manifest import MAX_MANIFEST_SIZE, ImageIndex, Manifest, parse_manifest
 from regpatch.options import opt
 from regpatch.reference import Repository, Tag
-from regpatch.storage.history import HistoryEntry, last_patch, read_history, record_history
+from regpatch.storage.history import HistoryEntry, last_patch, pruned_when, read_history, record_history
 from regpatch.storage.journal import Journal
 from regpatch.storage.store import RegistryStore
 from regpatch.storage.tagswap import TagSwap
@@ -34,6 +34,12 @@ class ImageIncomplete(StorageError):
 def _load_manifest(store: RegistryStore, repo: Repository, digest: Digest) -> Manifest:
     layout = store.layout
     if store.read_link(layout.revision_link(repo, digest)) != digest:
+        pruned = pruned_when(layout, repo, digest)
+        if pruned is not None:
+            raise ImageIncomplete(f"{repo}@{digest} was pruned on {pruned.time} by {pruned.actor} "
+                                  f"({pruned.source}): its revision link is gone and the registry's "
+                                  "garbage collection may have freed its blobs; patch it back with its "
+                                  "bundle instead of rolling back")
         raise ImageIncomplete(f"{repo}@{digest} is not a manifest of repository {repo} "
                               "(no revision link)")
     if store.blob_size(digest) is None:

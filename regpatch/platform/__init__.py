@@ -144,6 +144,12 @@ def replace(src: StrPath, dst: StrPath, *, timeout: float = REPLACE_TIMEOUT) -> 
     _impl.replace(src, dst, timeout)
 
 
+def remove(path: StrPath, *, timeout: float = REPLACE_TIMEOUT) -> None:
+    """``os.unlink``; on Windows a file another program holds open is retried for ``timeout``
+    seconds, as ``replace`` does, then ``FileInUse``."""
+    _impl.remove(path, timeout)
+
+
 def exchange(src: StrPath, dst: StrPath) -> bool:
     """Swap the names ``src`` and ``dst`` atomically (Linux's ``renameat2(RENAME_EXCHANGE)``):
     True when done; False where this system or file system cannot (the caller replaces)."""

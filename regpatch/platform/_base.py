@@ -147,6 +147,9 @@ class Platform(ABC):
     def replace(self, src: StrPath, dst: StrPath, timeout: float) -> None: ...
 
     @abstractmethod
+    def remove(self, path: StrPath, timeout: float) -> None: ...
+
+    @abstractmethod
     def exchange(self, src: StrPath, dst: StrPath) -> bool: ...
 
     @abstractmethod

@@ -206,6 +206,9 @@ class PosixPlatform(Platform):
     def replace(self, src: StrPath, dst: StrPath, timeout: float) -> None:
         os.replace(src, dst)  # atomic; nobody's open file stops it here
 
+    def remove(self, path: StrPath, timeout: float) -> None:
+        os.unlink(path)
+
     def exchange(self, src: StrPath, dst: StrPath) -> bool:
         return _rename2(src, dst, _RENAME_EXCHANGE)
 

@@ -142,6 +142,9 @@ class Win32:
     def replace(self, src: str, dst: str) -> None:
         os.replace(src, dst)  # MoveFileExW(MOVEFILE_REPLACE_EXISTING)
 
+    def remove(self, path: str) -> None:
+        os.unlink(path)  # DeleteFileW: a sharing violation while another program holds it open
+
     def locking(self, fd: int, mode: int, nbytes: int) -> None:
         self._locking(fd, mode, nbytes)
 

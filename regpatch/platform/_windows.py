@@ -100,6 +100,7 @@ class Win32Api(Protocol):
     """The Win32 calls the Windows implementation makes (``_win32.Win32``, or a test double)."""
 
     def replace(self, src: str, dst: str) -> None: ...
+    def remove(self, path: str) -> None: ...
     def locking(self, fd: int, mode: int, nbytes: int) -> None: ...
     def change_time(self, path: str) -> Optional[int]: ...
     def set_owner_only(self, path: str) -> None: ...
@@ -283,11 +284,19 @@ class WindowsPlatform(Platform):
         return False  # a file held open cannot be replaced: nothing is held across a swap
 
     def replace(self, src: StrPath, dst: StrPath, timeout: float) -> None:
+        self._while_in_use("replacing", dst, lambda: self.native.replace(os.fspath(src), os.fspath(dst)), timeout)
+
+    def remove(self, path: StrPath, timeout: float) -> None:
+        self._while_in_use("removing", path, lambda: self.native.remove(os.fspath(path)), timeout)
+
+    @staticmethod
+    def _while_in_use(verb: str, path: StrPath, op: Callable[[], None], timeout: float) -> None:
+        """``op`` retried while another program holds ``path`` open (a sharing violation)."""
         deadline = time.monotonic() + timeout
         delay = 0.02
         while True:
             try:
-                self.native.replace(os.fspath(src), os.fspath(dst))
+                op()
                 return
             except PermissionError as e:
                 code = getattr(e, "winerror", None)
@@ -295,14 +304,14 @@ class WindowsPlatform(Platform):
                     raise
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise FileInUse(f"replacing {os.fspath(dst)} failed: another program holds it open (the "
+                    raise FileInUse(f"{verb} {os.fspath(path)} failed: another program holds it open (the "
                                     f"registry, a virus scanner or an indexer; [WinError {code}] "
                                     f"{SHARING_ERRORS[code]}) for {timeout:g} s; run the same command again, "
                                     "and if it keeps failing, check that this user may write "
-                                    f"{ntpath.dirname(os.fspath(dst)) or '.'}") from e
+                                    f"{ntpath.dirname(os.fspath(path)) or '.'}") from e
                 if delay == 0.02:
                     log.info("%s is in use by another program ([WinError %s]): retrying for up to %g s",
-                             os.fspath(dst), code, timeout)
+                             os.fspath(path), code, timeout)
                 wait(min(delay, left))
                 delay = min(delay * 2, 0.5)
 

@@ -82,13 +82,30 @@ def url_from_registry_config(config: Path) -> Optional[str]:
 # --------------------------------------------------------------------------- strategies
 
 class RestartStrategy(ABC):
-    """How to restart the registry so that it forgets removed content."""
+    """How to restart the registry so that it forgets removed content.
+
+    ``restart`` is what a patch or rollback uses. ``stop`` and ``start`` are separate
+    operations for a maintenance window (``regpatch gc``: the registry's own garbage
+    collection needs it stopped); a strategy that cannot do them separately says so with
+    ``can_stop = False`` and a ``UsageError`` naming what can.
+    """
 
     needed: bool = True
+    can_stop: bool = False
 
     @abstractmethod
     def restart(self) -> None:
         """Restart the registry; raise ``RestartError`` / ``RegistryUnavailable``."""
+
+    def stop(self) -> None:
+        """Stop the registry and return once it no longer runs."""
+        raise UsageError(f"the restart strategy '{self.describe()}' cannot stop the registry on its own; "
+                         "a maintenance window needs --restart process:... (or service:NAME)")
+
+    def start(self) -> None:
+        """Start the registry and return once the new process answers."""
+        raise UsageError(f"the restart strategy '{self.describe()}' cannot start the registry on its own; "
+                         "a maintenance window needs --restart process:... (or service:NAME)")
 
     @abstractmethod
     def describe(self) -> str:
@@ -190,16 +207,40 @@ class ProcessRestart(RestartStrategy):
                                "give binary=PATH in the restart spec")
         return found
 
-    def restart(self) -> None:
+    can_stop = True
+
+    def _check(self) -> str:
         binary = self._resolve_binary()
         if not self.config.is_file():
             raise RestartError(f"registry config {self.config} does not exist; give config=PATH")
+        return binary
+
+    def restart(self) -> None:
+        binary = self._check()
+        self._stop()
+        self._start(binary)
+
+    def stop(self) -> None:
+        self._check()
+        self._stop()
+
+    def start(self) -> None:
+        self._start(self._check())
+
+    def running(self) -> Optional[int]:
+        """The pid of the registry the pidfile names while it runs, else None."""
         old = read_pidfile(self.pidfile)
-        if old is not None and pid_alive(old):
+        return old if old is not None and pid_alive(old) else None
+
+    def _stop(self) -> None:
+        old = self.running()
+        if old is not None:
             if not looks_like_registry(old, self.binary):
                 raise RestartError(f"pid {old} in {self.pidfile} is not a registry "
                                    f"({platform.describe_process(old)!r}); fix the pidfile")
             stop_pid(old, timeout=self.stop_timeout)
+
+    def _start(self, binary: str) -> None:
         pid = start_detached([binary, "serve", str(self.config)], log_path=self.log,
                              pidfile=self.pidfile, env=registry_environment(os.environ, self.pass_env))
         self.last_pid = pid

@@ -39,6 +39,9 @@ ACTIONS: dict[str, str] = {
     "patch": "a patch moved the tag from old to new",
     "rollback": "a rollback moved the tag back from old to new (an image the tag held before)",
     "restore": "a patch's own move undone (old -> new) because the registry did not serve the new image",
+    "pruned": "regpatch prune unlinked the image old from the repository (its revision link and tag "
+              "index entries; the blobs stay until the registry's garbage collection); new: what the tag "
+              "held then",
     "raced": "another writer wrote the tag while regpatch moved it from old to new; other: what that "
              "writer wrote; the tag was left as it was found after the move",
 }
@@ -162,6 +165,12 @@ def previous_digest(layout: Layout, repo: Repository, tag: Tag, current: Optiona
         if current is not None and e.new == str(current) and e.old:
             return Digest.parse(e.old)
     return None
+
+
+def pruned_when(layout: Layout, repo: Repository, digest: Digest) -> Optional[HistoryEntry]:
+    """The history line that says ``regpatch prune`` unlinked ``digest`` from ``repo``, if any."""
+    return next((e for e in reversed(read_history(layout, repo.name))
+                 if e.action == "pruned" and e.old == str(digest)), None)
 
 
 def last_patch(entries: list[HistoryEntry]) -> Optional[HistoryEntry]:

@@ -1,8 +1,9 @@
 """RegistryStore: atomic, verified reads and writes of the registry's storage.
 
 Every file is written to a temp name in its own folder, fsynced, renamed into
-place, and the folder fsynced. Nothing here ever deletes a file of the
-registry: the only files removed are regpatch's own temp and staging files.
+place, and the folder fsynced. Nothing here deletes a file of the registry
+but ``remove_link``, which only ``regpatch prune`` calls (a link file, never a
+blob); the other files removed are regpatch's own temp and staging files.
 Files are 0644, folders 0755; link files are exactly ``sha256:<hex>``.
 
 Inside and outside the storage (the rule every read and write follows)
@@ -527,6 +528,29 @@ class RegistryStore(Staging):
         if self.link_ok(path, digest):
             return False
         self.write_file(path, str(digest).encode("ascii"))
+        return True
+
+    def remove_link(self, path: Path) -> bool:
+        """Remove a link file and the folders it leaves empty up to its ``_manifests`` or
+        ``_layers`` folder (as the registry's own delete does); False when it was not there.
+        Only a link: a path that does not end in ``link`` or holds no digest is refused."""
+        if path.name != "link":
+            raise StorageError(f"internal: {path} is not a link file")
+        self.read_link(path)  # checked inside the storage; a malformed link is refused, not removed
+        with _io("removing", path):
+            try:
+                platform.remove(path)
+            except FileNotFoundError:
+                return False
+            folder = path.parent
+            while folder.name not in ("_manifests", "_layers", "v2") and folder != self._root:
+                try:
+                    os.rmdir(folder)
+                except OSError:
+                    break  # not empty (or in use): the registry reads an empty folder as absent too
+                folder = folder.parent
+            fsync_dir(folder)
+        checkpoint("unlink")
         return True
 
     def write_manifest_blob(self, digest: Digest, raw: bytes) -> bool:

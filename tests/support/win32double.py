@@ -39,7 +39,7 @@ class RecordingWin32:
         self._lock = threading.Lock()
         self.jobs: dict[int, dict] = {}
         self._next_job = 0x1000
-        self.replace_failures: list[int] = []    # winerrors to raise, one per replace call
+        self.replace_failures: list[int] = []    # winerrors to raise, one per replace or remove call
         self.console_window = True
         self.break_handler: Optional[Callable] = None
         self.console_handlers: list[Callable[[int], bool]] = []
@@ -58,6 +58,9 @@ class RecordingWin32:
     def fail_replace(self, *winerrors: int) -> None:
         self.replace_failures.extend(winerrors)
 
+    def fail_remove(self, *winerrors: int) -> None:
+        self.replace_failures.extend(winerrors)  # (one queue: a test fails one kind of call at a time)
+
     def replace(self, src: str, dst: str) -> None:
         self._record("replace", src, dst)
         with self._lock:
@@ -68,6 +71,17 @@ class RecordingWin32:
             e.winerror = code  # (OSError takes a winerror argument only on Windows)
             raise e
         os.replace(src, dst)
+
+    def remove(self, path: str) -> None:
+        self._record("remove", path)
+        with self._lock:
+            code = self.replace_failures.pop(0) if self.replace_failures else None
+        if code is not None:
+            e = PermissionError(13, "The process cannot access the file because it is being used by another "
+                                    "process", path)
+            e.winerror = code
+            raise e
+        os.unlink(path)
 
     def locking(self, fd: int, mode: int, nbytes: int) -> None:
         import fcntl  # (Linux's open-file-description locks stand for Windows' byte-range locks)

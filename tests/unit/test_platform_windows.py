@@ -511,3 +511,16 @@ def test_windows_copies_through_python_with_no_kernel_copy_or_reflink(win, tmp_p
         assert kernel_copy_and_hash(s.fileno(), d.fileno(), what="f", expected=None, expected_size=len(data)) is None
         assert platform.reflink(s.fileno(), d.fileno()) is False
         assert os.fstat(d.fileno()).st_size == 0  # nothing written: the caller copies
+
+
+def test_a_link_another_program_holds_open_is_removed_once_it_is_free(win, tmp_path):
+    link = tmp_path / "link"
+    link.write_bytes(b"sha256:old")
+    win.fail_remove(32, 32)
+    platform.remove(link, timeout=5)
+    assert not link.exists() and len(win.called("remove")) == 3
+    link.write_bytes(b"sha256:old")
+    win.fail_remove(*[32] * 1000)
+    with pytest.raises(FileInUse, match=f"removing {link} failed: another program holds it open"):
+        platform.remove(link, timeout=0.3)
+    assert link.exists()

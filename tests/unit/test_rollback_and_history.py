@@ -125,8 +125,8 @@ def test_history_lines_carry_a_version_and_old_lines_still_read(site, caplog):
                 action="patch", source="0.1", actor="me")
     with open(site.layout.history, "a") as f:
         f.write(line(**base) + "\n")                                           # regpatch 0.1: no v
-        f.write(line(**{**base, "v": 7, "action": "pruned", "requested_by": "ops"}) + "\n")  # a newer one
-        f.write(line(**{**base, "v": 1, "action": "pruned"}) + "\n")          # unknown in this version
+        f.write(line(**{**base, "v": 7, "action": "retagged", "requested_by": "ops"}) + "\n")  # a newer one
+        f.write(line(**{**base, "v": 1, "action": "retagged"}) + "\n")          # unknown in this version
         f.write(line(**{**base, "v": 1, "other": 5}) + "\n")                   # wrong type
         f.write(line(**{**base, "v": "1"}) + "\n")                             # wrong type
         f.write(line(**{**base, "v": 1, "action": "raced", "other": "sha256:nope"}) + "\n")  # bad digest
@@ -134,9 +134,9 @@ def test_history_lines_carry_a_version_and_old_lines_still_read(site, caplog):
         entries = read_history(site.layout, REPO, TAG)
     tail = entries[-2:]
     assert (tail[0].v, tail[0].action, tail[0].other) == (0, "patch", None)
-    assert (tail[1].v, tail[1].action) == (7, "pruned")  # a newer version's action, its unknown field ignored
+    assert (tail[1].v, tail[1].action) == (7, "retagged")  # a newer version's action, its unknown field ignored
     warned = [r.getMessage() for r in caplog.records if "is not a history entry" in r.getMessage()]
-    assert len(warned) == 4 and any("unknown action 'pruned'" in w for w in warned)
+    assert len(warned) == 4 and any("unknown action 'retagged'" in w for w in warned)
     assert any("'other' is not a string" in w for w in warned) and any("'v' is not a version" in w for w in warned)
     render_history(entries)
 

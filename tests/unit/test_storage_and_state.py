@@ -24,6 +24,7 @@ from regpatch.errors import (
     DigestMismatch,
     InvalidReference,
     LockTimeout,
+    MalformedLink,
     NoSpace,
     SizeMismatch,
     StorageError,
@@ -501,3 +502,30 @@ def test_a_file_written_to_while_it_is_hashed_is_refused(tmp_path):
     with open(path, "rb") as f:
         with pytest.raises(SizeMismatch):
             hash_fd(f.fileno(), what="blob", expected=Digest.of_bytes(data), expected_size=len(data), progress=grow)
+
+
+def test_only_a_link_is_removed_and_never_through_a_planted_symlink(site, tmp_path):
+    """``remove_link`` (prune's only delete): a link file inside the storage, its emptied folders
+    with it; a blob, a malformed link or a path through a planted symlink is refused untouched."""
+    store = RegistryStore(site.root)
+    d = Digest.of_bytes(b"x")
+    link = store.layout.revision_link(R, d)
+    store.write_link(link, d)
+    assert store.remove_link(link) is True and not link.parent.exists()
+    assert (store.layout.repository(R) / "_manifests").is_dir()
+    assert store.remove_link(link) is False  # gone already: a re-run has nothing to do
+    with pytest.raises(StorageError, match="is not a link file"):
+        store.remove_link(store.layout.blob_data(d))
+    store.write_file(link, b"sha256:" + b"A" * 64)
+    with pytest.raises(MalformedLink):
+        store.remove_link(link)
+    assert link.read_bytes() == b"sha256:" + b"A" * 64
+    outside = tmp_path / "outside"
+    (outside / "sha256" / d.hex).mkdir(parents=True)
+    (outside / "sha256" / d.hex / "link").write_bytes(str(d).encode())
+    evil = store.layout.repository(Repository("evil")) / "_manifests"
+    evil.mkdir(parents=True)
+    (evil / "revisions").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(UnsafePath):
+        store.remove_link(store.layout.revision_link(Repository("evil"), d))
+    assert (outside / "sha256" / d.hex / "link").exists()
