@@ -203,9 +203,6 @@ class Platform(ABC):
     def listeners(self, port: int) -> Optional[list[Listener]]: ...
 
     @abstractmethod
-    def services(self) -> ServiceManager: ...
-
-    @abstractmethod
     def same_path(self, a: str, b: str) -> bool: ...
 
     @abstractmethod

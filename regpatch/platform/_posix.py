@@ -11,24 +11,16 @@ import getpass
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import IO, Any, Callable, Literal, Mapping, Optional, Sequence
 
-from regpatch.platform._base import (
-    Args,
-    ChildTree,
-    Listener,
-    Owner,
-    Platform,
-    ProcessInfo,
-    ServiceManager,
-    Stream,
-    StrPath,
-)
+from regpatch.platform._base import Args, ChildTree, Listener, Owner, Platform, ProcessInfo, Stream, StrPath
+from regpatch.platform._procfs import linux_listeners
+from regpatch.platform._procfs import readlink as _readlink
+from regpatch.platform._procfs import started as _started
+from regpatch.platform._procfs import stat_fields as _stat_fields
 
 assert sys.platform != "win32", "regpatch.platform._posix is the POSIX implementation"
 
@@ -305,16 +297,12 @@ class PosixPlatform(Platform):
         stat = _stat_fields(pid)
         if args is None and stat is None:
             return None  # gone, or no /proc
+        started = _started(stat, os.sysconf("SC_CLK_TCK"))
         return ProcessInfo(pid, _readlink(f"/proc/{pid}/exe"), tuple(args) if args is not None else None,
-                           _readlink(f"/proc/{pid}/cwd"), _started(stat), int(stat[1]) if stat else None)
+                           _readlink(f"/proc/{pid}/cwd"), started, int(stat[1]) if stat else None)
 
     def listeners(self, port: int) -> Optional[list[Listener]]:
         return linux_listeners(port)
-
-    def services(self) -> ServiceManager:
-        from regpatch.platform._systemd import Systemd  # its runner (children) imports this package
-
-        return Systemd()
 
     def same_path(self, a: str, b: str) -> bool:
         try:
@@ -362,94 +350,6 @@ def _is_zombie(pid: int) -> bool:
         return False
     # "pid (comm) S ...": the state follows the last ')'
     return stat[stat.rfind(")") + 2:][:1] in ("Z", "X")
-
-
-def _readlink(path: str) -> Optional[str]:
-    try:
-        return os.readlink(path)
-    except OSError:  # gone, or another user's process (EACCES)
-        return None
-
-
-def _stat_fields(pid: int) -> Optional[list[str]]:
-    """/proc/PID/stat as fields from the state on (index 0 is the state, 1 the parent's pid,
-    19 the start time in clock ticks since boot); the name, which may hold spaces, dropped."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except (OSError, UnicodeDecodeError):
-        return None
-    return text[text.rfind(")") + 2:].split()
-
-
-def _started(fields: Optional[list[str]]) -> Optional[float]:
-    """The start time of /proc/PID/stat as seconds since the epoch (within ~10 ms: /proc/uptime's)."""
-    if not fields or len(fields) < 20:
-        return None
-    try:
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-        return time.time() - uptime + int(fields[19]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-_LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp's st column
-
-
-def _socket_inodes(port: int) -> Optional[dict[int, str]]:
-    """inode -> local address of every TCP socket listening on ``port`` (/proc/net/tcp and tcp6,
-    the network namespace of this process); None without /proc/net."""
-    found: dict[int, str] = {}
-    seen = False
-    for name, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
-        try:
-            lines = Path(f"/proc/net/{name}").read_text().splitlines()[1:]
-        except OSError:
-            continue
-        seen = True
-        for line in lines:
-            f = line.split()
-            if len(f) < 10 or f[3] != _LISTEN:
-                continue
-            hex_addr, _, hex_port = f[1].partition(":")
-            if int(hex_port, 16) == port:
-                found[int(f[9])] = _proc_address(hex_addr, family)
-    return found if seen else None
-
-
-def _proc_address(hex_addr: str, family: int) -> str:
-    """An address of /proc/net/tcp{,6}: 32-bit words in host order (little-endian here)."""
-    raw = bytes.fromhex(hex_addr)
-    words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
-    return socket.inet_ntop(family, words)
-
-
-def linux_listeners(port: int) -> Optional[list[Listener]]:
-    """Every TCP socket listening on ``port`` and the process holding it, found by the socket's
-    inode among the descriptors in /proc/*/fd (a process this user may not inspect shows as
-    ``pid=None``). None where there is no /proc."""
-    inodes = _socket_inodes(port)
-    if inodes is None:
-        return None
-    owners: dict[int, int] = {}
-    if inodes:
-        wanted = {f"socket:[{inode}]": inode for inode in inodes}
-        for entry in os.scandir("/proc"):
-            if entry.name.isdigit():
-                _owned_sockets(int(entry.name), wanted, owners)
-            if len(owners) == len(wanted):
-                break
-    return [Listener(address, port, owners.get(inode)) for inode, address in sorted(inodes.items())]
-
-
-def _owned_sockets(pid: int, wanted: dict[str, int], owners: dict[int, int]) -> None:
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:  # gone, or another user's
-        return
-    for fd in fds:
-        inode = wanted.get(_readlink(f"/proc/{pid}/fd/{fd}") or "")
-        if inode is not None:
-            owners.setdefault(inode, pid)
 
 
 def _cmdline(pid: int) -> Optional[list[str]]:
