@@ -302,14 +302,14 @@ class ProcessRestart(RestartStrategy):
     its pid replaces the old one in the pidfile.
     """
 
-    def __init__(self, pidfile: Path, config: Path, *, binary: str = DEFAULT_BINARY,
+    def __init__(self, pidfile: Path, config: Path, *, binary: Optional[str] = None,
                  log: Optional[Path] = None, ready_url: Optional[str] = None,
                  stop_timeout: float = DEFAULT_STOP_TIMEOUT,
                  ready_timeout: float = DEFAULT_READY_TIMEOUT,
                  pass_env: Sequence[str] = ()):
         self.pidfile = Path(pidfile)
         self.config = Path(config)
-        self.binary = binary
+        self.binary = binary or platform.default_registry_binary()  # this host's: registry.exe on Windows
         self.log = Path(log) if log else self.pidfile.with_name("registry.log")
         self.ready_url = ready_url
         self.stop_timeout = stop_timeout
@@ -562,6 +562,6 @@ def _process_restart(spec: str, rest: str, registry_config: Optional[Path]) -> "
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
             raise _bad(spec, f"pass_env: {name!r} is not an environment variable name")
     return ProcessRestart(Path(opts["pidfile"]), Path(config),
-                          binary=opts.get("binary", DEFAULT_BINARY),
+                          binary=opts.get("binary"),
                           log=Path(opts["log"]) if "log" in opts else None,
                           ready_url=opts.get("url"), ready_timeout=timeout, pass_env=pass_env)

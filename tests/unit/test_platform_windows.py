@@ -630,3 +630,11 @@ def test_the_windows_seam_reads_process_times_and_listeners_through_the_natives(
         port = s.getsockname()[1]
         assert [(l.address, l.pid) for l in platform.listeners(port)] == [("127.0.0.1", os.getpid())]
     assert win.called("tcp_listeners") and win.called("process_created")
+
+
+def test_a_process_restart_on_windows_defaults_to_registry_exe(win):
+    from regpatch.registry.restart import parse_restart_spec
+
+    strategy = parse_restart_spec("process:pidfile=C:\\registry\\registry.pid,config=C:\\registry\\config.yml")
+    assert isinstance(strategy, ProcessRestart) and strategy.binary == "registry.exe"
+    assert str(strategy.pidfile).endswith("registry.pid")
