@@ -160,6 +160,10 @@ class LockTimeout(StorageError):
     pass
 
 
+class LockLost(StorageError):
+    """The repository lock's file was removed or replaced while this run held it."""
+
+
 class StorageMismatch(StorageError):
     """The registry behind the URL does not serve what the storage holds."""
 

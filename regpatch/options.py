@@ -74,8 +74,9 @@ REGISTRY = _group(
                        "is checked in the storage only, not pulled."),
     Option("restart", "Restart", default="none", metavar="SPEC",
            description="How to restart the registry before the verification pull: none (a patch needs none), "
-                       "command:COMMAND (a shell command), or process:pidfile=PATH[,config=PATH][,binary=PATH]"
-                       "[,log=PATH][,pass_env=NAME+NAME]."),
+                       "command:COMMAND (a shell command), process:pidfile=PATH[,config=PATH][,binary=PATH]"
+                       "[,log=PATH][,pass_env=NAME+NAME], or service:NAME[,timeout=SECONDS] (a Windows service "
+                       "or a systemd unit: stopped, started, and the new process proven to answer)."),
     Option("registry_auth_file", "Auth file", metavar="FILE",
            description="Optional. A docker config.json holding credentials for the registry (read on the host "
                        "that runs the patch; never copied into the run). Default: REGPATCH_REGISTRY_USERNAME/"

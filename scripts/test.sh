@@ -5,7 +5,8 @@
 #   1. tests/unit: fast, real files in tmp folders, no external process, under
 #      coverage (the figure for regpatch/ is printed);
 #   2. the Windows-API layer (tests/support/winapi.py): tests/unit again and the
-#      scenarios of tests/e2e/test_windows_api.py, with the project's code seeing the
+#      scenarios of tests/e2e/test_windows_api.py and the Windows service restarts of
+#      tests/e2e/test_service_restart.py, with the project's code seeing the
 #      API set of a Windows Python 3.11 and the seam's Windows implementation running
 #      over recorded Win32 doubles (about 100 s more);
 #   3. tests/e2e: real docker-registry, skopeo, podman, moto, one Prefect server.
@@ -47,9 +48,9 @@ if [ "$cov_rc" -ne 0 ]; then
     echo "test.sh: the unit layer covers less than 85 % of regpatch/ (coverage exit $cov_rc)" >&2
     exit 2
 fi
-echo "== Windows-API layer (pytest --windows-api: tests/unit again, tests/e2e/test_windows_api.py) =="
+echo "== Windows-API layer (pytest --windows-api: tests/unit again, tests/e2e/test_windows_api.py, test_service_restart.py) =="
 # (two runs: tests/unit and tests/e2e each import their own conftest by that name)
 run "$PY" -m pytest -q --windows-api -p no:cacheprovider tests/unit
-run "$PY" -m pytest -q --windows-api -p no:cacheprovider tests/e2e/test_windows_api.py
+run "$PY" -m pytest -q --windows-api -p no:cacheprovider tests/e2e/test_windows_api.py tests/e2e/test_service_restart.py
 echo "== end-to-end layer (tests/e2e) =="
 run "$PY" -m pytest -q tests/e2e

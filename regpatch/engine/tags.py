@@ -21,6 +21,7 @@ from regpatch.options import opt
 from regpatch.reference import Repository, Tag
 from regpatch.storage.history import HistoryEntry, last_patch, pruned_when, read_history, record_history
 from regpatch.storage.journal import Journal
+from regpatch.storage.lock import check_lock_held
 from regpatch.storage.store import RegistryStore
 from regpatch.storage.tagswap import TagSwap
 
@@ -179,6 +180,7 @@ def flip_tag(store: RegistryStore, repo: Repository, tag: Tag, to: Digest, expec
     """
     layout = store.layout
     links: list[Path] = []
+    check_lock_held(layout, repo)  # a lock whose file vanished is not held: never past the commit point
     with TagSwap(store, repo, tag) as swap:
         current = swap.read(ignore=(to, expected))
         if current == to:

@@ -12,6 +12,8 @@ The functions here are the API; each platform implements them once:
   commands, credential helpers): a tree of their own, bounded output, interruptible;
 - ``regpatch.platform.ownfiles``: the one reader of regpatch's own small files
   (journals, history, pidfiles, markers, keys): regular files only, bounded, no link;
+- ``regpatch.platform.services``: the host's service manager (systemd through the runner,
+  or the Service Control Manager);
 - ``regpatch.platform.stopflag``: the stop flag every wait polls (``regpatch.interrupt``
   is its API for the rest of the code).
 
@@ -27,7 +29,9 @@ import sys
 from pathlib import Path
 from typing import IO, Any, Callable, Mapping, Optional, Sequence
 
-from regpatch.platform._base import Args, ChildTree, Owner, Platform, Stream, StrPath
+from regpatch.platform._base import Args, ChildTree, Listener, Owner, Platform, ProcessInfo, Stream, StrPath
+from regpatch.platform._base import ServiceManager as ServiceManager
+from regpatch.platform._base import ServiceState as ServiceState
 from regpatch.platform._windows import WindowsPlatform
 
 REPLACE_TIMEOUT = 10.0  # seconds a replace waits for a file another program holds open (Windows)
@@ -229,6 +233,32 @@ def is_registry_process(pid: int, binary: Optional[str] = None) -> bool:
 def describe_process(pid: int) -> str:
     """Its command line (POSIX) or image path (Windows), for a message; '' when unknown."""
     return _impl.describe_process(pid)
+
+
+def max_pid() -> int:
+    """The largest process id this system gives (a pidfile's number is checked against it)."""
+    return _impl.max_pid
+
+
+def process_info(pid: int) -> Optional[ProcessInfo]:
+    """What this host tells about process ``pid`` (its file, arguments, start time); None: gone."""
+    return _impl.process_info(pid)
+
+
+def listeners(port: int) -> Optional[list[Listener]]:
+    """The TCP sockets listening on ``port`` and the pids holding them; None: not readable here."""
+    return _impl.listeners(port)
+
+
+def same_path(a: str, b: str) -> bool:
+    """True when ``a`` and ``b`` name one file as this system compares names."""
+    return _impl.same_path(a, b)
+
+
+def long_paths() -> bool:
+    """True when a path beyond 260 characters works here (always on POSIX; on Windows the
+    LongPathsEnabled policy)."""
+    return _impl.long_paths()
 
 
 def stop_process(pid: int) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Callable, Mapping, Optional, Sequence, Union
 
@@ -13,6 +14,58 @@ StrPath = Union[str, "os.PathLike[str]"]
 Args = Union[str, Sequence[str]]
 Stream = Union[int, IO[Any], None]
 Owner = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    """What this host tells about a running process (``platform.process_info``); None: not known here."""
+
+    pid: int
+    exe: Optional[str]                # the file it runs (Linux: /proc/PID/exe; Windows: its image path)
+    args: Optional[tuple[str, ...]]   # its command line (POSIX); None on Windows (not read there)
+    cwd: Optional[str]                # its working folder, against which relative arguments resolve (Linux)
+    started: Optional[float]          # when it started, seconds since the epoch
+    parent: Optional[int]             # its parent's pid
+
+
+@dataclass(frozen=True)
+class Listener:
+    """A TCP socket listening on this host (``platform.listeners``)."""
+
+    address: str                      # the local address: '0.0.0.0' or '::' for every address
+    port: int
+    pid: Optional[int]                # the process holding it; None when this process may not see it
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    """A service as its manager reports it (``ServiceManager.query``)."""
+
+    name: str
+    state: str                        # running | stopped | failed | starting | stopping | another word of the manager
+    pid: Optional[int]                # its main process while it has one
+
+    @property
+    def down(self) -> bool:
+        return self.state in ("stopped", "failed")
+
+
+class ServiceManager(ABC):
+    """The host's service manager: systemd (POSIX, through ``systemctl``) or the Service Control
+    Manager (Windows). ``request_stop`` and ``request_start`` ask and return; the caller waits
+    on ``query`` for the state it needs (``regpatch.registry.restart.ServiceRestart``). Every
+    failure is a ``RestartError`` naming the service and what to do."""
+
+    kind: str
+
+    @abstractmethod
+    def query(self, name: str) -> ServiceState: ...
+
+    @abstractmethod
+    def request_stop(self, name: str, timeout: float) -> None: ...
+
+    @abstractmethod
+    def request_start(self, name: str, timeout: float) -> None: ...
 
 
 class ChildTree(ABC):
@@ -52,6 +105,7 @@ class Platform(ABC):
 
     name: str
     default_registry_binary: str
+    max_pid: int  # the largest process id this system gives
 
     @property
     @abstractmethod
@@ -141,6 +195,18 @@ class Platform(ABC):
 
     @abstractmethod
     def describe_process(self, pid: int) -> str: ...
+
+    @abstractmethod
+    def process_info(self, pid: int) -> Optional[ProcessInfo]: ...
+
+    @abstractmethod
+    def listeners(self, port: int) -> Optional[list[Listener]]: ...
+
+    @abstractmethod
+    def same_path(self, a: str, b: str) -> bool: ...
+
+    @abstractmethod
+    def long_paths(self) -> bool: ...
 
     @abstractmethod
     def stop_process(self, pid: int) -> None: ...

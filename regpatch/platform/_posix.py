@@ -16,7 +16,11 @@ import sys
 from pathlib import Path
 from typing import IO, Any, Callable, Literal, Mapping, Optional, Sequence
 
-from regpatch.platform._base import Args, ChildTree, Owner, Platform, Stream, StrPath
+from regpatch.platform._base import Args, ChildTree, Listener, Owner, Platform, ProcessInfo, Stream, StrPath
+from regpatch.platform._procfs import linux_listeners
+from regpatch.platform._procfs import readlink as _readlink
+from regpatch.platform._procfs import started as _started
+from regpatch.platform._procfs import stat_fields as _stat_fields
 
 assert sys.platform != "win32", "regpatch.platform._posix is the POSIX implementation"
 
@@ -122,6 +126,7 @@ class PosixTree(ChildTree):
 class PosixPlatform(Platform):
     name = "posix"
     default_registry_binary = "docker-registry"  # Debian's package
+    max_pid = 1 << 22  # Linux's PID_MAX_LIMIT (other systems stay below it)
 
     @property
     def binary_flag(self) -> int:
@@ -286,6 +291,27 @@ class PosixPlatform(Platform):
 
     def describe_process(self, pid: int) -> str:
         return " ".join(_cmdline(pid) or [])
+
+    def process_info(self, pid: int) -> Optional[ProcessInfo]:
+        args = _cmdline(pid)
+        stat = _stat_fields(pid)
+        if args is None and stat is None:
+            return None  # gone, or no /proc
+        started = _started(stat, os.sysconf("SC_CLK_TCK"))
+        return ProcessInfo(pid, _readlink(f"/proc/{pid}/exe"), tuple(args) if args is not None else None,
+                           _readlink(f"/proc/{pid}/cwd"), started, int(stat[1]) if stat else None)
+
+    def listeners(self, port: int) -> Optional[list[Listener]]:
+        return linux_listeners(port)
+
+    def same_path(self, a: str, b: str) -> bool:
+        try:
+            return os.path.samefile(a, b)
+        except (OSError, ValueError):
+            return os.path.realpath(a) == os.path.realpath(b)
+
+    def long_paths(self) -> bool:
+        return True  # PATH_MAX is 4096: a storage path never comes near it
 
     def stop_process(self, pid: int) -> None:
         os.kill(pid, signal.SIGTERM)

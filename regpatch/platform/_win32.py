@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import sys
 from typing import Any, Callable, Optional
@@ -43,8 +44,20 @@ PROTECTED_DACL_SECURITY_INFORMATION = 0x80000000  # inherit nothing from the fol
 SDDL_REVISION_1 = 1
 TOKEN_USER_CLASS = 1
 TH32CS_SNAPTHREAD = 0x00000004
+TH32CS_SNAPPROCESS = 0x00000002
 INVALID_HANDLE_VALUE = ctypes.c_void_p(-1).value
 SIGBREAK = 21
+
+# TCP tables (iphlpapi.h), the Service Control Manager (winsvc.h)
+AF_INET, AF_INET6 = 2, 23
+TCP_TABLE_OWNER_PID_LISTENER = 3
+ERROR_INSUFFICIENT_BUFFER = 122
+SC_MANAGER_CONNECT = 0x0001
+SERVICE_QUERY_STATUS = 0x0004
+SERVICE_START = 0x0010
+SERVICE_STOP = 0x0020
+SERVICE_CONTROL_STOP = 0x00000001
+SC_STATUS_PROCESS_INFO = 0
 
 
 class IO_COUNTERS(ctypes.Structure):
@@ -79,6 +92,39 @@ class FILE_BASIC_INFO(ctypes.Structure):
                 ("FileAttributes", ctypes.c_uint32)]
 
 
+class PROCESSENTRY32W(ctypes.Structure):
+    _fields_ = [("dwSize", ctypes.c_uint32), ("cntUsage", ctypes.c_uint32), ("th32ProcessID", ctypes.c_uint32),
+                ("th32DefaultHeapID", ctypes.c_size_t), ("th32ModuleID", ctypes.c_uint32),
+                ("cntThreads", ctypes.c_uint32), ("th32ParentProcessID", ctypes.c_uint32),
+                ("pcPriClassBase", ctypes.c_int32), ("dwFlags", ctypes.c_uint32),
+                ("szExeFile", ctypes.c_wchar * 260)]
+
+
+class MIB_TCPROW_OWNER_PID(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_uint32) for name in ("dwState", "dwLocalAddr", "dwLocalPort", "dwRemoteAddr",
+                                                     "dwRemotePort", "dwOwningPid")]
+
+
+class MIB_TCP6ROW_OWNER_PID(ctypes.Structure):
+    _fields_ = [("ucLocalAddr", ctypes.c_ubyte * 16), ("dwLocalScopeId", ctypes.c_uint32),
+                ("dwLocalPort", ctypes.c_uint32), ("ucRemoteAddr", ctypes.c_ubyte * 16),
+                ("dwRemoteScopeId", ctypes.c_uint32), ("dwRemotePort", ctypes.c_uint32),
+                ("dwState", ctypes.c_uint32), ("dwOwningPid", ctypes.c_uint32)]
+
+
+class SERVICE_STATUS(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_uint32) for name in ("dwServiceType", "dwCurrentState", "dwControlsAccepted",
+                                                     "dwWin32ExitCode", "dwServiceSpecificExitCode",
+                                                     "dwCheckPoint", "dwWaitHint")]
+
+
+class SERVICE_STATUS_PROCESS(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_uint32) for name in ("dwServiceType", "dwCurrentState", "dwControlsAccepted",
+                                                     "dwWin32ExitCode", "dwServiceSpecificExitCode",
+                                                     "dwCheckPoint", "dwWaitHint", "dwProcessId",
+                                                     "dwServiceFlags")]
+
+
 _HANDLE, _BOOL, _DWORD, _PTR = ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p
 
 # name -> (restype, argtypes): every function used, so that a HANDLE is never cut to 32 bits
@@ -103,6 +149,9 @@ KERNEL32 = {
     "LocalFree": (_PTR, [_PTR]),
     "SetConsoleCtrlHandler": (_BOOL, [_PTR, _BOOL]),
     "GetConsoleWindow": (_HANDLE, []),
+    "GetProcessTimes": (_BOOL, [_HANDLE, _PTR, _PTR, _PTR, _PTR]),
+    "Process32FirstW": (_BOOL, [_HANDLE, _PTR]),
+    "Process32NextW": (_BOOL, [_HANDLE, _PTR]),
 }
 ADVAPI32 = {
     "OpenProcessToken": (_BOOL, [_HANDLE, _DWORD, _PTR]),
@@ -111,7 +160,15 @@ ADVAPI32 = {
     "ConvertStringSecurityDescriptorToSecurityDescriptorW": (_BOOL, [ctypes.c_wchar_p, _DWORD, _PTR, _PTR]),
     "GetSecurityDescriptorDacl": (_BOOL, [_PTR, _PTR, _PTR, _PTR]),
     "SetNamedSecurityInfoW": (_DWORD, [ctypes.c_wchar_p, ctypes.c_int, _DWORD, _PTR, _PTR, _PTR, _PTR]),
+    "OpenSCManagerW": (_HANDLE, [ctypes.c_wchar_p, ctypes.c_wchar_p, _DWORD]),
+    "OpenServiceW": (_HANDLE, [_HANDLE, ctypes.c_wchar_p, _DWORD]),
+    "QueryServiceStatusEx": (_BOOL, [_HANDLE, ctypes.c_int, _PTR, _DWORD, _PTR]),
+    "ControlService": (_BOOL, [_HANDLE, _DWORD, _PTR]),
+    "StartServiceW": (_BOOL, [_HANDLE, _DWORD, _PTR]),
+    "CloseServiceHandle": (_BOOL, [_HANDLE]),
 }
+IPHLPAPI = {"GetExtendedTcpTable": (_DWORD, [_PTR, _PTR, _BOOL, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint32])}
+NTDLL: dict[str, tuple[Any, list[Any]]] = {"RtlAreLongPathsEnabled": (ctypes.c_ubyte, [])}
 
 
 class Win32:
@@ -123,12 +180,13 @@ class Win32:
 
     def __init__(self, *, kernel32: Any, advapi32: Any, locking: Callable[[int, int, int], None],
                  last_error: Callable[[], int], win_error: Callable[[int], OSError],
-                 handler_type: Callable[[Callable[[int], int]], Any]):
-        for lib, table in ((kernel32, KERNEL32), (advapi32, ADVAPI32)):
-            for name, (restype, argtypes) in table.items():
-                fn = getattr(lib, name)
-                fn.restype, fn.argtypes = restype, argtypes
-        self.k32, self.adv = kernel32, advapi32
+                 handler_type: Callable[[Callable[[int], int]], Any], iphlpapi: Any = None, ntdll: Any = None):
+        for lib, table in ((kernel32, KERNEL32), (advapi32, ADVAPI32), (iphlpapi, IPHLPAPI), (ntdll, NTDLL)):
+            for name, (restype, argtypes) in table.items() if lib is not None else ():
+                fn = getattr(lib, name, None)
+                if fn is not None:  # (RtlAreLongPathsEnabled: Windows 10 1607 and later)
+                    fn.restype, fn.argtypes = restype, argtypes
+        self.k32, self.adv, self.iphlp, self.ntdll = kernel32, advapi32, iphlpapi, ntdll
         self._locking, self._last_error, self._win_error = locking, last_error, win_error
         self._handler_type = handler_type
         self._handlers: list[Any] = []  # console handlers must outlive their registration
@@ -319,6 +377,118 @@ class Win32:
         finally:
             self.k32.CloseHandle(handle)
 
+    def process_created(self, pid: int) -> Optional[int]:
+        """When ``pid`` started, as a FILETIME (100 ns ticks since 1601); None: gone or not ours."""
+        try:
+            handle = self._open_process(PROCESS_QUERY_LIMITED_INFORMATION, pid)
+        except OSError:
+            return None
+        try:
+            times = [ctypes.c_uint64() for _ in range(4)]  # creation, exit, kernel, user
+            if not self.k32.GetProcessTimes(handle, *(ctypes.byref(t) for t in times)):
+                return None
+            return int(times[0].value) or None
+        finally:
+            self.k32.CloseHandle(handle)
+
+    def process_parent(self, pid: int) -> Optional[int]:
+        snapshot = self.k32.CreateToolhelp32Snapshot(TH32CS_SNAPPROCESS, 0)
+        if not snapshot or snapshot == INVALID_HANDLE_VALUE:
+            return None
+        try:
+            entry = PROCESSENTRY32W()
+            entry.dwSize = ctypes.sizeof(entry)
+            more = self.k32.Process32FirstW(snapshot, ctypes.byref(entry))
+            while more:
+                if entry.th32ProcessID == pid:
+                    return int(entry.th32ParentProcessID)
+                more = self.k32.Process32NextW(snapshot, ctypes.byref(entry))
+            return None
+        finally:
+            self.k32.CloseHandle(snapshot)
+
+    # -- the network -------------------------------------------------------------------
+    def tcp_listeners(self) -> list[tuple[str, int, int]]:
+        """(local address, port, owning pid) of every listening TCP socket, IPv4 and IPv6
+        (GetExtendedTcpTable, TCP_TABLE_OWNER_PID_LISTENER)."""
+        found: list[tuple[str, int, int]] = []
+        for family, row_type, name in ((AF_INET, MIB_TCPROW_OWNER_PID, socket.AF_INET),
+                                       (AF_INET6, MIB_TCP6ROW_OWNER_PID, socket.AF_INET6)):
+            data = self._tcp_table(family)
+            count = int.from_bytes(data[:4], "little") if len(data) >= 4 else 0
+            offset = 4  # the rows follow dwNumEntries (both row types are DWORD-aligned)
+            size = ctypes.sizeof(row_type)
+            for i in range(count):
+                row = row_type.from_buffer_copy(data, offset + i * size)
+                port = int.from_bytes(int(row.dwLocalPort & 0xFFFF).to_bytes(2, "little"), "big")
+                raw = (int(row.dwLocalAddr).to_bytes(4, "little") if family == AF_INET
+                       else bytes(row.ucLocalAddr))
+                found.append((socket.inet_ntop(name, raw), port, int(row.dwOwningPid)))
+        return found
+
+    def _tcp_table(self, family: int) -> bytes:
+        size = ctypes.c_uint32(0)
+        for _ in range(5):  # the table may grow between the two calls
+            buf = ctypes.create_string_buffer(max(size.value, 4))
+            code = self.iphlp.GetExtendedTcpTable(buf, ctypes.byref(size), False, family,
+                                                  TCP_TABLE_OWNER_PID_LISTENER, 0)
+            if code == 0:
+                return bytes(buf.raw)
+            if code != ERROR_INSUFFICIENT_BUFFER:
+                raise self._win_error(code)
+        raise self._win_error(ERROR_INSUFFICIENT_BUFFER)
+
+    # -- services -------------------------------------------------------------------------
+    def _service(self, name: str, access: int) -> tuple[int, int]:
+        scm = self.adv.OpenSCManagerW(None, None, SC_MANAGER_CONNECT)
+        if not scm:
+            raise self._fail("connecting to the Service Control Manager")
+        service = self.adv.OpenServiceW(scm, name, access)
+        if not service:
+            e = self._fail(f"opening the service {name}")
+            self.adv.CloseServiceHandle(scm)
+            raise e
+        return scm, service
+
+    def _close_service(self, handles: tuple[int, int]) -> None:
+        self.adv.CloseServiceHandle(handles[1])
+        self.adv.CloseServiceHandle(handles[0])
+
+    def service_status(self, name: str) -> tuple[int, int]:
+        """(dwCurrentState, dwProcessId) of the service (QueryServiceStatusEx)."""
+        handles = self._service(name, SERVICE_QUERY_STATUS)
+        try:
+            status, needed = SERVICE_STATUS_PROCESS(), ctypes.c_uint32()
+            if not self.adv.QueryServiceStatusEx(handles[1], SC_STATUS_PROCESS_INFO, ctypes.byref(status),
+                                                 ctypes.sizeof(status), ctypes.byref(needed)):
+                raise self._fail(f"querying the service {name}")
+            return int(status.dwCurrentState), int(status.dwProcessId)
+        finally:
+            self._close_service(handles)
+
+    def service_stop(self, name: str) -> None:
+        handles = self._service(name, SERVICE_STOP | SERVICE_QUERY_STATUS)
+        try:
+            status = SERVICE_STATUS()
+            if not self.adv.ControlService(handles[1], SERVICE_CONTROL_STOP, ctypes.byref(status)):
+                raise self._fail(f"stopping the service {name}")
+        finally:
+            self._close_service(handles)
+
+    def service_start(self, name: str) -> None:
+        handles = self._service(name, SERVICE_START | SERVICE_QUERY_STATUS)
+        try:
+            if not self.adv.StartServiceW(handles[1], 0, None):
+                raise self._fail(f"starting the service {name}")
+        finally:
+            self._close_service(handles)
+
+    def long_paths_enabled(self) -> Optional[bool]:
+        """Whether this process may use paths beyond MAX_PATH (the LongPathsEnabled policy, read by
+        RtlAreLongPathsEnabled; Python's own manifest declares longPathAware); None: unknown."""
+        fn = getattr(self.ntdll, "RtlAreLongPathsEnabled", None) if self.ntdll is not None else None
+        return bool(fn()) if fn is not None else None
+
     # -- the console ------------------------------------------------------------------
     def on_break(self, handler: Callable[[int, Any], None]) -> None:
         signal.signal(SIGBREAK, handler)
@@ -341,5 +511,6 @@ def load() -> Win32:
 
     return Win32(kernel32=ctypes.WinDLL("kernel32", use_last_error=True),
                  advapi32=ctypes.WinDLL("advapi32", use_last_error=True),
+                 iphlpapi=ctypes.WinDLL("iphlpapi", use_last_error=True), ntdll=ctypes.WinDLL("ntdll"),
                  locking=msvcrt.locking, last_error=ctypes.get_last_error, win_error=ctypes.WinError,
                  handler_type=ctypes.WINFUNCTYPE(ctypes.c_int, ctypes.c_uint32))

@@ -41,8 +41,19 @@ import time
 from pathlib import Path
 from typing import IO, Any, Callable, Mapping, Optional, Protocol, Sequence
 
-from regpatch.errors import FileInUse
-from regpatch.platform._base import Args, ChildTree, Owner, Platform, Stream, StrPath
+from regpatch.errors import FileInUse, RestartError
+from regpatch.platform._base import (
+    Args,
+    ChildTree,
+    Listener,
+    Owner,
+    Platform,
+    ProcessInfo,
+    ServiceManager,
+    ServiceState,
+    Stream,
+    StrPath,
+)
 from regpatch.platform.stopflag import wait, wait_finished
 
 log = logging.getLogger("regpatch.platform")
@@ -65,6 +76,25 @@ CLOSE_GRACE = 4.5  # Windows ends a closed console's processes 5 s after the eve
 FILE_ATTRIBUTE_REPARSE_POINT = 0x400
 SHARING_ERRORS = {5: "ERROR_ACCESS_DENIED", 32: "ERROR_SHARING_VIOLATION"}
 
+# a FILETIME (100 ns ticks since 1601-01-01) of the Unix epoch
+EPOCH_AS_FILETIME = 116_444_736_000_000_000
+
+# the service states of QueryServiceStatusEx (winsvc.h) in the words of ServiceState
+SERVICE_STATES = {1: "stopped", 2: "starting", 3: "stopping", 4: "running", 5: "continuing", 6: "pausing",
+                  7: "paused"}
+ERROR_SERVICE_ALREADY_RUNNING = 1056
+ERROR_SERVICE_NOT_ACTIVE = 1062
+SERVICE_ERRORS = {
+    5: "not allowed to control it: run regpatch as an administrator, or grant this account the right to "
+       "start and stop the service (sc sdset)",
+    1053: "it did not answer the request in time (ERROR_SERVICE_REQUEST_TIMEOUT): check its wrapper and its log",
+    1058: "it is disabled (ERROR_SERVICE_DISABLED): set its start type (sc config NAME start= demand)",
+    1060: "there is no such service on this host (ERROR_SERVICE_DOES_NOT_EXIST): check the name with "
+          "'sc query NAME' (the service's key name, not its display name)",
+    1061: "it cannot accept control messages now (ERROR_SERVICE_CANNOT_ACCEPT_CTRL): wait and run again",
+    1069: "its account could not log on (ERROR_SERVICE_LOGON_FAILED): check the service's account and password",
+}
+
 
 class Win32Api(Protocol):
     """The Win32 calls the Windows implementation makes (``_win32.Win32``, or a test double)."""
@@ -83,7 +113,14 @@ class Win32Api(Protocol):
     def close_handle(self, handle: int) -> None: ...
     def process_alive(self, pid: int) -> bool: ...
     def process_image(self, pid: int) -> Optional[str]: ...
+    def process_created(self, pid: int) -> Optional[int]: ...
+    def process_parent(self, pid: int) -> Optional[int]: ...
     def terminate_process(self, pid: int) -> None: ...
+    def tcp_listeners(self) -> list[tuple[str, int, int]]: ...
+    def service_status(self, name: str) -> tuple[int, int]: ...
+    def service_stop(self, name: str) -> None: ...
+    def service_start(self, name: str) -> None: ...
+    def long_paths_enabled(self) -> Optional[bool]: ...
     def on_break(self, handler: Callable[[int, Any], None]) -> None: ...
     def on_console_event(self, handler: Callable[[int], bool]) -> None: ...
     def has_console_window(self) -> bool: ...
@@ -130,9 +167,47 @@ class WindowsTree(ChildTree):
             self.native.close_handle(self.job)
 
 
+class WindowsServices(ServiceManager):
+    """The Service Control Manager, through ``native`` (OpenSCManager, OpenService, ControlService,
+    StartService, QueryServiceStatusEx). A stop of a service already stopped, or a start of one
+    already running, is no error: the caller waits for the state it needs either way."""
+
+    kind = "the Service Control Manager"
+
+    def __init__(self, native: "Win32Api"):
+        self.native = native
+
+    def _fail(self, e: OSError, doing: str, name: str) -> RestartError:
+        code = getattr(e, "winerror", None)
+        why = SERVICE_ERRORS.get(code or 0) or f"[WinError {code}] {e.strerror or e}"
+        return RestartError(f"{doing} the Windows service {name!r} failed: {why}")
+
+    def query(self, name: str) -> ServiceState:
+        try:
+            state, pid = self.native.service_status(name)
+        except OSError as e:
+            raise self._fail(e, "querying", name) from None
+        return ServiceState(name, SERVICE_STATES.get(state, f"state {state}"), pid or None)
+
+    def request_stop(self, name: str, timeout: float) -> None:
+        try:
+            self.native.service_stop(name)
+        except OSError as e:
+            if getattr(e, "winerror", None) != ERROR_SERVICE_NOT_ACTIVE:
+                raise self._fail(e, "stopping", name) from None
+
+    def request_start(self, name: str, timeout: float) -> None:
+        try:
+            self.native.service_start(name)
+        except OSError as e:
+            if getattr(e, "winerror", None) != ERROR_SERVICE_ALREADY_RUNNING:
+                raise self._fail(e, "starting", name) from None
+
+
 class WindowsPlatform(Platform):
     name = "windows"
     default_registry_binary = "registry.exe"  # distribution's binary, built for Windows
+    max_pid = 0xFFFFFFFF  # a DWORD
 
     def __init__(self, native: Optional[Win32Api] = None):
         self._native = native
@@ -315,6 +390,31 @@ class WindowsPlatform(Platform):
     def describe_process(self, pid: int) -> str:
         return self.native.process_image(pid) or ""
 
+    def process_info(self, pid: int) -> Optional[ProcessInfo]:
+        image = self.native.process_image(pid)
+        created = self.native.process_created(pid)
+        if image is None and created is None:
+            return None  # gone, or not ours to open
+        started = (created - EPOCH_AS_FILETIME) / 1e7 if created else None
+        return ProcessInfo(pid, image, None, None, started, self.native.process_parent(pid))
+
+    def listeners(self, port: int) -> Optional[list[Listener]]:
+        try:
+            table = self.native.tcp_listeners()
+        except OSError as e:
+            log.debug("the TCP table could not be read: %s", e)
+            return None
+        return [Listener(address, p, pid or None) for address, p, pid in table if p == port]
+
+    def services(self) -> ServiceManager:
+        return WindowsServices(self.native)
+
+    def same_path(self, a: str, b: str) -> bool:
+        return _win_path(a) == _win_path(b)
+
+    def long_paths(self) -> bool:
+        return bool(self.native.long_paths_enabled())
+
     def stop_process(self, pid: int) -> None:
         self.native.terminate_process(pid)  # a detached process has no gentler stop
 
@@ -384,6 +484,12 @@ class WindowsPlatform(Platform):
             return True
 
         return on_event
+
+
+def _win_path(path: str) -> str:
+    """A Windows path compared as Windows does: case-insensitive, ``/`` as ``\\``, without ``\\\\?\\``."""
+    text = path[4:] if path.startswith("\\\\?\\") else path
+    return ntpath.normcase(ntpath.normpath(text))
 
 
 def _is_link(st: os.stat_result) -> bool:

@@ -14,15 +14,17 @@ one-line message names the file, what is wrong and what to do.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat
+import time
 from typing import Optional
 
 from regpatch.errors import RegpatchError, StorageError
-from regpatch.platform import open_nofollow
+from regpatch.platform import open_nofollow, replace
 from regpatch.platform._base import StrPath
 
-__all__ = ["read_own_file"]
+__all__ = ["not_own_kind", "read_own_file", "refusal_reason", "set_aside"]
 
 _KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
           (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"), (stat.S_ISLNK, "a symbolic link"))
@@ -56,6 +58,45 @@ def read_own_file(path: StrPath, limit: int, *, what: str = "file",
         raise error(_refusal(shown, what, e)) from None
     finally:
         os.close(fd)
+
+
+log = logging.getLogger("regpatch.ownfiles")
+
+
+def not_own_kind(path: StrPath, limit: int) -> bool:
+    """True when ``path`` exists but is not what regpatch writes there: not a regular file (a FIFO,
+    a link, a folder) or larger than ``limit``. False for a missing file, or one that cannot be
+    looked at (its folder is a file, no permission): that is an error to report, not a file to
+    set aside."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return not stat.S_ISREG(st.st_mode) or st.st_size > limit
+
+
+def set_aside(path: StrPath, what: str, why: str) -> Optional[str]:
+    """Rename a bad file of regpatch's own (never delete it: it may tell what happened) to
+    ``<name>.bad-<UTC time>`` beside it, with one warning; the run goes on without it. Returns
+    the new name, or None when it could not be renamed (the warning says so)."""
+    shown = os.fspath(path)
+    aside = f"{shown}.bad-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}"
+    try:
+        replace(shown, aside, timeout=2.0)
+    except OSError as e:
+        log.warning("%s %s is not one regpatch wrote (%s) and could not be set aside (%s); regpatch goes on "
+                    "without it: move it away by hand", what, shown, why, e.strerror or e)
+        return None
+    log.warning("%s %s is not one regpatch wrote (%s): set aside as %s; regpatch goes on without it, deciding "
+                "from the storage", what, shown, why, aside)
+    return aside
+
+
+def refusal_reason(error: Exception, path: StrPath, what: str) -> str:
+    """The reason of a ``read_own_file`` refusal without the file's name (``a FIFO, not a
+    regular file``), for ``set_aside``'s warning."""
+    text = str(error).split("; ")[0]
+    return text.removeprefix(f"{what} {os.fspath(path)} ").removeprefix("is ")
 
 
 def _read_upto(fd: int, n: int) -> bytes:

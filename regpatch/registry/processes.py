@@ -69,8 +69,10 @@ PIDFILE_LIMIT = 64
 
 
 def read_pidfile(path: Path) -> Optional[int]:
-    """The pid written in ``path``, or None when the file is missing or not a pid (a file
-    that is not a small regular file, or a link, is refused: ``RestartError``)."""
+    """The pid written in ``path``, or None when there is no pidfile (or it is empty). A file that is
+    not a small regular file, or a link, or a text that is not one number in 1..``platform.max_pid``,
+    is refused: ``RestartError`` naming the file (a FIFO never blocks, a huge number never reaches
+    the OS)."""
     try:
         data = read_own_file(path, PIDFILE_LIMIT, what="pidfile", error=RestartError)
     except RestartError:
@@ -78,7 +80,19 @@ def read_pidfile(path: Path) -> Optional[int]:
             return None  # a folder of its path is a file: there is no pidfile
         raise
     text = (data or b"").decode("ascii", "replace").strip()
-    return int(text) if text.isdigit() and int(text) > 0 else None
+    if not text:
+        return None
+    if not (text.isascii() and text.isdigit() and len(text) <= 12 and 1 <= int(text) <= platform.max_pid()):
+        raise RestartError(f"pidfile {path} holds {text[:24]!r}, not a process id (1..{platform.max_pid()}): "
+                           "not one regpatch wrote; fix or remove it")
+    return int(text)
+
+
+def pidfile_mtime(path: Path) -> Optional[float]:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None
 
 
 def write_pidfile(path: Path, pid: int) -> None:

@@ -24,7 +24,7 @@ from regpatch.digest import Digest
 from regpatch.errors import RegpatchError, os_errors
 from regpatch.hooks import checkpoint
 from regpatch.manifest import load_json
-from regpatch.platform.ownfiles import read_own_file
+from regpatch.platform.ownfiles import not_own_kind, read_own_file, refusal_reason, set_aside
 from regpatch.reference import Repository, Tag
 from regpatch.sanitize import escape_controls, redact
 from regpatch.storage.layout import Layout
@@ -104,7 +104,14 @@ def record_history(store, repo: Repository, tag: Tag, old: Optional[Digest], new
 
 def read_history(layout: Layout, repository: Optional[str] = None,
                  tag: Optional[str] = None) -> list[HistoryEntry]:
-    data = read_own_file(layout.history, HISTORY_LIMIT, what="history file")
+    try:
+        data = read_own_file(layout.history, HISTORY_LIMIT, what="history file")
+    except RegpatchError as refused:
+        if not not_own_kind(layout.history, HISTORY_LIMIT):
+            raise  # its folder cannot be read: say so
+        # a FIFO, a link, a folder, a huge file: not the history regpatch writes
+        set_aside(layout.history, "history file", refusal_reason(refused, layout.history, "history file"))
+        return []
     if data is None:
         return []
     lines = data.decode("utf-8", "replace").splitlines()

@@ -5,15 +5,18 @@ a step skip work and never says that something is done (the storage decides)."""
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from regpatch.digest import Digest
 from regpatch.errors import RegpatchError
-from regpatch.platform.ownfiles import read_own_file
+from regpatch.platform.ownfiles import not_own_kind, read_own_file, refusal_reason, set_aside
 from regpatch.reference import Repository, Tag
 from regpatch.storage.state import now_iso
+
+log = logging.getLogger("regpatch.journal")
 
 JOURNAL_LIMIT = 1 << 20  # a journal is a few hundred bytes
 
@@ -42,13 +45,49 @@ class Journal:
 
     @classmethod
     def load(cls, path: Path) -> Optional["Journal"]:
-        """The journal at ``path``; None when there is none or it is not one this code wrote
-        (it tells the operator what happened, it never decides anything: nothing is lost)."""
+        """The journal at ``path``; None when there is none. One that is not a journal this code
+        wrote (not a small regular file, not JSON, a field missing or of another type) is set aside
+        with a warning (renamed, never deleted) and None returned: it tells the operator what
+        happened, it never decides anything, so nothing is lost."""
+        journal: Optional[Journal] = None
         try:
             data = read_own_file(path, JOURNAL_LIMIT, what="journal")
-            return cls(**json.loads(data)) if data is not None else None
-        except (RegpatchError, ValueError, TypeError):
-            return None
+            if data is None:
+                return None
+            doc = json.loads(data)
+            journal = cls(**doc) if isinstance(doc, dict) else None
+            why = journal._invalid() if journal is not None else "not a JSON object"
+        except RegpatchError as e:
+            if not not_own_kind(path, JOURNAL_LIMIT):
+                log.warning("%s; going on without it", e)  # its folder cannot be read: nothing to set aside
+                return None
+            why = refusal_reason(e, path, "journal")
+        except (ValueError, TypeError) as e:
+            why = f"not a journal: {str(e)[:120]}"
+        if why is None:
+            return journal
+        set_aside(path, "journal", why)
+        return None
+
+    def _invalid(self) -> Optional[str]:
+        """Why this journal is not one regpatch wrote (a field of another type), or None."""
+        for name in ("repository", "tag", "target", "source", "started", "updated", "status", "kind"):
+            if not isinstance(getattr(self, name), str):
+                return f"its field {name!r} is not a string"
+        for name in ("old", "error", "verified_url"):
+            if not isinstance(getattr(self, name), (str, type(None))):
+                return f"its field {name!r} is not a string or null"
+        if not (isinstance(self.steps, list) and all(isinstance(step, str) for step in self.steps)):
+            return "its field 'steps' is not a list of strings"
+        if not isinstance(self.runs, int) or isinstance(self.runs, bool) or self.runs < 1:
+            return "its field 'runs' is not a positive number"
+        try:
+            Digest.parse(self.target)
+            if self.old is not None:
+                Digest.parse(self.old)
+        except RegpatchError:
+            return "its digests are not sha256:<64 hex>"
+        return None
 
     def save(self, store) -> None:
         self.updated = now_iso()

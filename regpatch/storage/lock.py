@@ -10,38 +10,68 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from regpatch import interrupt, platform
-from regpatch.errors import LockTimeout, RegpatchError, os_errors
+from regpatch.errors import LockLost, LockTimeout, RegpatchError, os_errors
 from regpatch.options import opt
 from regpatch.platform.ownfiles import read_own_file
 from regpatch.reference import Repository
 from regpatch.storage.layout import Layout
 from regpatch.storage.state import actor, now_iso
 
+#: the repository locks this process holds: lock path -> (fd, identity of the file locked)
+_held: dict[Path, tuple[int, tuple[int, int]]] = {}
+
+
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
+
+
+def _names_locked_file(path: Path, fd: int) -> bool:
+    """True while ``path`` still names the file locked through ``fd`` (not removed, not replaced)."""
+    try:
+        return _identity(os.stat(path)) == _identity(os.fstat(fd))
+    except OSError:
+        return False
+
 
 @contextmanager
-def _file_lock(path: Path, what: str, deadline: float, busy: Callable[[str], str], on_wait=None) -> Iterator[None]:
+def _file_lock(path: Path, what: str, deadline: float, busy: Callable[[str], str], on_wait=None, *,
+               track: bool = False) -> Iterator[None]:
     """Hold the OS file lock ``path`` (``platform.try_lock``: flock, or on Windows a byte-range
     lock beyond the holder's text), released by the OS when the holder dies, so a killed run
-    never leaves a stale lock behind; ``busy(holder)`` is the message of a timeout."""
-    with os_errors(f"creating the {what}", path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = platform.open_nofollow(path, os.O_RDWR | os.O_CREAT, 0o644)
+    never leaves a stale lock behind; ``busy(holder)`` is the message of a timeout. A lock whose
+    file vanished is not a free lock: a lock taken on a file that was removed or replaced
+    meanwhile is taken again on the file now at the path. ``track``: remembered for
+    ``check_lock_held``."""
+    delay, warned = 0.05, False
+    while True:
+        with os_errors(f"creating the {what}", path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = platform.open_nofollow(path, os.O_RDWR | os.O_CREAT, 0o644)
+        if platform.try_lock(fd):
+            if _names_locked_file(path, fd):
+                break
+            platform.unlock(fd)  # locked a file removed meanwhile: take the one at the path now
+            os.close(fd)
+            continue
+        os.close(fd)
+        if time.monotonic() >= deadline:
+            raise LockTimeout(busy(_read_holder(path)))
+        if on_wait and not warned:
+            on_wait(_read_holder(path))
+            warned = True
+        interrupt.sleep(delay)
+        delay = min(delay * 2, 1.0)
     try:
-        delay, warned = 0.05, False
-        while not platform.try_lock(fd):
-            if time.monotonic() >= deadline:
-                raise LockTimeout(busy(_read_holder(path)))
-            if on_wait and not warned:
-                on_wait(_read_holder(path))
-                warned = True
-            interrupt.sleep(delay)
-            delay = min(delay * 2, 1.0)
         os.ftruncate(fd, 0)
         os.lseek(fd, 0, os.SEEK_SET)
         os.write(fd, f"{actor()} since {now_iso()}".encode())
+        if track:
+            _held[path] = (fd, _identity(os.fstat(fd)))
         try:
             yield
         finally:
+            if track:
+                _held.pop(path, None)
             platform.unlock(fd)
     finally:
         os.close(fd)
@@ -75,11 +105,26 @@ def repository_lock(layout: Layout, repo: Repository, *, timeout: float = 300.0,
         with _file_lock(layout.lock(repo), "repository lock", deadline,
                         lambda holder: (f"repository {repo} is being patched by another run ({holder}); "
                                         f"waited {timeout:.0f}s; try again later or raise {opt.lock_timeout}"),
-                        on_wait):
+                        on_wait, track=True):
             gate.close()
             yield
     finally:
         gate.close()
+
+
+def check_lock_held(layout: Layout, repo: Repository) -> None:
+    """Before a commit point: when this process holds the repository's lock, its file must still be
+    the one at the lock's path. Removed or replaced during the run, another run may hold a lock of
+    its own on the new file: ``LockLost``, nothing moved."""
+    path = layout.lock(repo)
+    held = _held.get(path)
+    if held is None:
+        return
+    fd, _ = held
+    if not _names_locked_file(path, fd):
+        raise LockLost(f"the lock file {path} of repository {repo} was removed or replaced during this run: another "
+                       "run may be writing the repository now; nothing was moved; never remove a lock file by hand "
+                       "(a killed run frees its lock), then run again")
 
 
 MAX_LOCKS = 100_000

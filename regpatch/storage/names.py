@@ -21,6 +21,7 @@ from typing import Optional
 from regpatch import platform
 from regpatch.errors import UsageError
 from regpatch.reference import Repository, Tag
+from regpatch.storage.files import TMP_MARK
 from regpatch.storage.layout import Layout
 
 _DEVICES = {"CON", "PRN", "AUX", "NUL"} | {f"{p}{n}" for p in ("COM", "LPT") for n in "123456789¹²³"}
@@ -79,11 +80,43 @@ def _windows_name_problem(component: str) -> Optional[str]:
     return None
 
 
+MAX_PATH_CHARS = 259  # Win32's MAX_PATH (260) less its terminating NUL
+TEMP_NAME_CHARS = len(TMP_MARK) + 10 + 1 + 12  # a temp file beside a link: TMP_MARK, pid, '-', 12 hex
+
+
+def longest_path(layout: Layout, repo: Repository, tag: Optional[Tag]) -> int:
+    """The length of the longest path a patch or rollback of ``repo:tag`` writes: a temp file
+    beside the tag's index link (``_manifests/tags/<tag>/index/sha256/<64 hex>/``), or beside a
+    revision or layer link of the repository."""
+    hexes = "0" * 64
+    folders = [layout.repository(repo) / "_manifests" / "revisions" / "sha256" / hexes,
+               layout.repository(repo) / "_layers" / "sha256" / hexes]
+    if tag is not None:
+        folders.append(layout.tags_dir(repo) / tag.name / "index" / "sha256" / hexes)
+    return max(len(os.path.abspath(folder)) for folder in folders) + 1 + TEMP_NAME_CHARS
+
+
+def check_path_length(layout: Layout, repo: Repository, tag: Optional[Tag]) -> None:
+    """On a Windows host without long paths (``platform.long_paths()``: the LongPathsEnabled
+    policy), refuse before any write a repository and tag whose storage paths would pass
+    MAX_PATH: in one line, with the way to enable them."""
+    if platform.long_paths():
+        return
+    longest = longest_path(layout, repo, tag)
+    if longest > MAX_PATH_CHARS:
+        raise UsageError(f"{repo}{':' + str(tag) if tag else ''} needs storage paths of {longest} characters under "
+                         f"{layout.root}, beyond the {MAX_PATH_CHARS} Windows allows while long paths are off: "
+                         "enable LongPathsEnabled (docs/windows.md, 'Long paths') or use a shorter name or storage "
+                         "root; nothing was written")
+
+
 def check_names(layout: Layout, repo: Repository, tag: Optional[Tag], *, windows: Optional[bool] = None) -> None:
     """Refuse, before any write, a repository or tag the storage's filesystem would take
-    for another one (case-insensitive filesystem, Win32 trailing dots) or cannot create
-    (Windows device names). ``windows``: the host is Windows (default: this host)."""
+    for another one (case-insensitive filesystem, Win32 trailing dots), cannot create
+    (Windows device names), or cannot reach (paths beyond MAX_PATH on a Windows host without
+    long paths). ``windows``: the host is Windows (default: this host)."""
     windows = platform.is_windows() if windows is None else windows
+    check_path_length(layout, repo, tag)
     probe = layout.v2 / "repositories"
     insensitive = probe.is_dir() and case_insensitive(probe)
     parent = layout.v2 / "repositories"

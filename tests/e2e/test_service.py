@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import subprocess
 import socket
 import time
 
@@ -85,7 +86,9 @@ def test_process_restart_replaces_the_pid_and_registry_answers(registry):
 def test_process_restart_with_stale_pidfile_starts_the_registry(tmp_path):
     reg = LocalRegistry(tmp_path / "reg")
     reg.write_config()
-    reg.pidfile.write_text("999999999\n")  # no such process
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    reg.pidfile.write_text(f"{proc.pid}\n")  # no such process any more
     strategy = parse_restart_spec(f"process:pidfile={reg.pidfile},config={reg.config_path},"
                                   f"binary={shutil.which('docker-registry')}")
     try:
@@ -186,3 +189,26 @@ def test_stop_pid_of_nothing_is_fine():
     assert stop_pid(None) is False
     assert stop_pid(999999999) is False
     assert pid_alive(os.getpid())
+
+
+def test_process_restart_proves_itself_against_real_registries(tmp_path, registry):
+    """issue 20 item 4: a pidfile naming another registry stops nothing; a port another registry
+    holds is never taken for the restarted one (nothing is started: one line naming the holder),
+    whatever the binary (/bin/false included)."""
+    old = read_pidfile(registry.pidfile)
+    mine = LocalRegistry(tmp_path / "mine")
+    mine.write_config()
+    strategy = parse_restart_spec(f"process:pidfile={registry.pidfile},config={mine.config_path}")
+    with pytest.raises(RestartError, match=f"pid {old} in {registry.pidfile} is not the registry it names "
+                                           f"\\(its arguments .* are not 'serve {mine.config_path}'\\)") as e:
+        strategy.restart()
+    assert "\n" not in str(e.value)
+    assert pid_alive(old) and http_probe(registry.url)
+    clash = LocalRegistry(tmp_path / "clash", port=registry.port)  # the port the running registry holds
+    clash.write_config()
+    for binary in ("docker-registry", "/bin/false"):
+        strategy = parse_restart_spec(f"process:pidfile={clash.pidfile},config={clash.config_path},binary={binary}")
+        with pytest.raises(RestartError, match=f"{registry.url} still answers \\(pid {old} \\(.*docker-registry.*\\) "
+                                               f"holds port {registry.port}\\): another registry holds its port"):
+            strategy.restart()
+        assert not clash.pidfile.exists() and pid_alive(old)

@@ -45,6 +45,10 @@ class RecordingWin32:
         self.console_handlers: list[Callable[[int], bool]] = []
         self.change_times = True
         self.images: dict[int, Optional[str]] = {}  # pid -> image path the double reports
+        self.created: dict[int, Optional[int]] = {}  # pid -> creation FILETIME the double reports
+        self.services: dict[str, "FakeService"] = {}  # the Service Control Manager's services
+        self.service_failures: dict[tuple[str, str], int] = {}  # (verb, name) -> winerror to raise once
+        self.long_paths = True
 
     def _record(self, name: str, *args: Any, **kwargs: Any) -> None:
         with self._lock:
@@ -175,6 +179,55 @@ class RecordingWin32:
         self._record("terminate_process", pid)
         os.kill(pid, signal.SIGKILL)  # TerminateProcess: no grace
 
+    def process_created(self, pid: int) -> Optional[int]:
+        self._record("process_created", pid)
+        if pid in self.created:
+            return self.created[pid]
+        from regpatch.platform import _procfs
+
+        started = _procfs.started(_procfs.stat_fields(pid), os.sysconf("SC_CLK_TCK"))
+        return int(started * 1e7) + EPOCH_AS_FILETIME if started is not None else None
+
+    def process_parent(self, pid: int) -> Optional[int]:
+        self._record("process_parent", pid)
+        from regpatch.platform import _procfs
+
+        fields = _procfs.stat_fields(pid)
+        return int(fields[1]) if fields else None
+
+    # -- the network (Linux's /proc/net/tcp stands for GetExtendedTcpTable) -----------------
+    def tcp_listeners(self) -> list[tuple[str, int, int]]:
+        self._record("tcp_listeners")
+        from regpatch.platform import _procfs
+
+        return [(l.address, l.port, l.pid or 0) for l in _procfs.linux_listeners(None) or []]
+
+    # -- the Service Control Manager ----------------------------------------------------------
+    def _service(self, verb: str, name: str) -> "FakeService":
+        self._record(f"service_{verb}", name)
+        code = self.service_failures.pop((verb, name), None)
+        if code is None and name not in self.services:
+            code = 1060  # ERROR_SERVICE_DOES_NOT_EXIST
+        if code is not None:
+            e = OSError(f"[WinError {code}]")
+            e.winerror = code  # (OSError takes a winerror argument only on Windows)
+            e.strerror = f"WinError {code}"
+            raise e
+        return self.services[name]
+
+    def service_status(self, name: str) -> tuple[int, int]:
+        return self._service("status", name).status()
+
+    def service_stop(self, name: str) -> None:
+        self._service("stop", name).stop()
+
+    def service_start(self, name: str) -> None:
+        self._service("start", name).start()
+
+    def long_paths_enabled(self) -> Optional[bool]:
+        self._record("long_paths_enabled")
+        return self.long_paths
+
     # -- the console ----------------------------------------------------------------------
     def on_break(self, handler: Callable[[int, Any], None]) -> None:
         self._record("on_break")
@@ -186,6 +239,67 @@ class RecordingWin32:
 
     def has_console_window(self) -> bool:
         return self.console_window
+
+
+EPOCH_AS_FILETIME = 116_444_736_000_000_000
+
+
+class FakeService:
+    """A service as the Service Control Manager runs it: ``argv`` started for real on a start
+    (its own session, output to ``log``), asked to stop with SIGTERM on a stop. Like the SCM,
+    ControlService(STOP) returns at once (STOP_PENDING until the process has exited) and a
+    control of a service in the wrong state fails (1062 not active, 1056 already running)."""
+
+    STOPPED, START_PENDING, STOP_PENDING, RUNNING = 1, 2, 3, 4
+
+    def __init__(self, argv: list[str], log: str, *, start_delay: float = 0.0):
+        self.argv, self.log, self.start_delay = argv, log, start_delay
+        self.proc: Optional[subprocess.Popen] = None
+        self.started_at = 0.0
+        self.stopping = False
+        self.pids: list[int] = []
+
+    def status(self) -> tuple[int, int]:
+        import time
+
+        if self.proc is None:
+            return self.STOPPED, 0
+        if self.proc.poll() is not None:
+            self.proc, self.stopping = None, False
+            return self.STOPPED, 0
+        if self.stopping:
+            return self.STOP_PENDING, self.proc.pid
+        if time.monotonic() - self.started_at < self.start_delay:
+            return self.START_PENDING, self.proc.pid
+        return self.RUNNING, self.proc.pid
+
+    def _error(self, code: int) -> OSError:
+        e = OSError(f"[WinError {code}]")
+        e.winerror, e.strerror = code, f"WinError {code}"
+        return e
+
+    def stop(self) -> None:
+        if self.status()[0] == self.STOPPED:
+            raise self._error(1062)  # ERROR_SERVICE_NOT_ACTIVE
+        assert self.proc is not None
+        self.stopping = True
+        self.proc.send_signal(signal.SIGTERM)
+
+    def start(self) -> None:
+        import time
+
+        if self.status()[0] != self.STOPPED:
+            raise self._error(1056)  # ERROR_SERVICE_ALREADY_RUNNING
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                         start_new_session=True)
+        self.started_at = time.monotonic()
+        self.pids.append(self.proc.pid)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 # -- doubles of the libraries under _win32.Win32 -------------------------------------------

@@ -138,3 +138,75 @@ def test_chained_handlers_set_the_flag_then_call_the_previous_handler():
 
 def test_the_runner_returns_the_exit_code():
     assert children.run(["sh", "-c", "exit 7"]).returncode == 7
+
+
+# -- credential helpers run through the one runner (issue 20 item 5) ----------------------------------
+
+def _helper(tmp_path, body: str) -> dict:
+    folder = tmp_path / "helpers"
+    folder.mkdir(exist_ok=True)
+    path = folder / "docker-credential-regpatchtest"
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return {"PATH": f"{folder}{os.pathsep}{os.environ.get('PATH', os.defpath)}"}
+
+
+@pytest.mark.posix_only  # shell-script helpers
+def test_a_hanging_credential_helper_stops_on_ctrl_c_with_130_and_leaves_no_child(tmp_path):
+    import threading
+
+    from regpatch.registry.credentials import credentials_from_helper
+
+    pids = tmp_path / "pids"
+    env = _helper(tmp_path, f"sleep 300 & echo $! >> {pids}\necho $$ >> {pids}\nwait\n")
+    threading.Timer(0.7, interrupt.request_stop, args=(signal.SIGINT,)).start()
+    t0 = time.monotonic()
+    with pytest.raises(Interrupted) as e:
+        credentials_from_helper("regpatchtest", "reg:5000", origin="test", env=env, timeout=60)
+    assert e.value.exit_code == 130 and time.monotonic() - t0 < 10
+    for pid in map(int, pids.read_text().split()):
+        deadline = time.monotonic() + 5
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(pid), f"helper process {pid} outlived the stop"
+
+
+@pytest.mark.posix_only  # shell-script helpers
+def test_a_credential_helper_timing_out_is_killed_with_its_children(tmp_path):
+    from regpatch.errors import AuthError
+    from regpatch.registry.credentials import credentials_from_helper
+
+    pids = tmp_path / "pids"
+    env = _helper(tmp_path, f"sleep 300 & echo $! >> {pids}\nwait\n")
+    with pytest.raises(AuthError, match="did not answer within 0.5s") as e:
+        credentials_from_helper("regpatchtest", "reg:5000", origin="test", env=env, timeout=0.5)
+    assert e.value.exit_code == 5
+    (child,) = map(int, pids.read_text().split())
+    deadline = time.monotonic() + 5
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child), "the helper's child outlived its timeout"
+
+
+@pytest.mark.posix_only  # shell-script helpers; ru_maxrss
+def test_a_credential_helper_printing_without_end_costs_a_bounded_memory(tmp_path):
+    """128 MiB from the helper: read and dropped beyond the limit (a fresh interpreter measures
+    its own peak memory)."""
+    import subprocess
+    import sys
+
+    env = _helper(tmp_path, "head -c 134217728 /dev/zero\n")
+    probe = ("import json, resource, sys\n"
+             "from regpatch.errors import AuthError\n"
+             "from regpatch.registry.credentials import credentials_from_helper\n"
+             "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+             "try:\n"
+             "    credentials_from_helper('regpatchtest', 'reg:5000', origin='test', env=json.loads(sys.argv[1]))\n"
+             "except AuthError as e:\n"
+             "    print(str(e))\n"
+             "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)\n")
+    done = subprocess.run([sys.executable, "-c", probe, __import__("json").dumps(env)], capture_output=True,
+                          text=True, timeout=120)
+    message, grown_mib = done.stdout.splitlines()
+    assert "did not answer reg:5000 with a JSON object" in message and "its output is not shown" in message
+    assert int(grown_mib) < 32, f"peak memory grew by {grown_mib} MiB"

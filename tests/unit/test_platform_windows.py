@@ -485,9 +485,16 @@ def test_a_process_restart_stops_the_registry_by_its_image_and_starts_it_again(w
     config.write_text("version: 0.1\n")
     pidfile = tmp_path / "registry.pid"
     old = start_detached([str(binary), "serve", str(config)], log_path=tmp_path / "old.log", pidfile=pidfile)
-    win.images[old] = "C:\\registry\\registry.exe"
+    win.images[old] = str(binary).upper()  # its image path (compared as Windows does: without case)
     strategy = ProcessRestart(pidfile, config, binary=str(binary), log=tmp_path / "registry.log")
     try:
+        # started after the pidfile was written: its pid was reused, it is not the registry the pidfile names
+        win.created[old] = int((os.stat(pidfile).st_mtime + 60) * 1e7) + 116_444_736_000_000_000
+        with pytest.raises(RestartError, match=f"pid {old} in .* is not the registry it names \\(it started at "
+                                               ".*after the pidfile was written .*its pid was reused"):
+            strategy.restart()
+        assert platform.pid_alive(old) and not win.called("terminate_process")
+        del win.created[old]
         strategy.restart()
         new = strategy.last_pid
         assert new != old and read_pidfile(pidfile) == new
@@ -495,7 +502,7 @@ def test_a_process_restart_stops_the_registry_by_its_image_and_starts_it_again(w
         assert not platform.pid_alive(old) and platform.pid_alive(new)
         # a stale pidfile naming someone else's process: never ended
         win.images[new] = "C:\\Windows\\System32\\svchost.exe"
-        with pytest.raises(RestartError, match=r"is not a registry \('C:\\\\Windows"):
+        with pytest.raises(RestartError, match=r"is not the registry it names \(it runs 'C:\\\\Windows"):
             strategy.restart()
         assert platform.pid_alive(new)
     finally:
@@ -524,3 +531,110 @@ def test_a_link_another_program_holds_open_is_removed_once_it_is_free(win, tmp_p
     with pytest.raises(FileInUse, match=f"removing {link} failed: another program holds it open"):
         platform.remove(link, timeout=0.3)
     assert link.exists()
+
+
+# -- restart proof and services: the Win32 calls (issue 20 item 4, issue 21 items 1-3) -----------
+
+def test_storage_paths_beyond_max_path_are_refused_up_front_without_long_paths(win, tmp_path):
+    from regpatch.reference import Repository, Tag
+    from regpatch.storage.layout import Layout
+    from regpatch.storage.names import check_names, longest_path
+
+    layout = Layout(tmp_path / "s")
+    (layout.v2 / "repositories").mkdir(parents=True)
+    short, long_repo, tag = Repository("servercore"), Repository("team/" + "a" * 150), Tag("ltsc2019")
+    assert longest_path(layout, short, tag) <= 259, len(str(tmp_path))
+    win.long_paths = False
+    assert not platform.long_paths()
+    check_names(layout, short, tag)  # well within MAX_PATH
+    assert longest_path(layout, long_repo, tag) > 259
+    with pytest.raises(UsageError, match=r"team/a+:ltsc2019 needs storage paths of \d+ characters under .*beyond the "
+                                         r"259 Windows allows while long paths are off: enable LongPathsEnabled "
+                                         r"\(docs/windows.md, 'Long paths'\).*nothing was written") as e:
+        check_names(layout, long_repo, tag)
+    assert "\n" not in str(e.value) and not (layout.v2 / "repositories" / "team").exists()
+    win.long_paths = True  # the policy on: the same names go through
+    check_names(layout, long_repo, tag)
+    assert win.called("long_paths_enabled")
+
+
+def test_the_win32_natives_of_the_restart_proof_and_the_service_manager(tmp_path):
+    win32, k32, adv, state = fake_win32()
+    from support.win32double import FakeLibrary
+
+    iphlp, nt = FakeLibrary("iphlpapi", k32.log), FakeLibrary("ntdll", k32.log)
+    win32 = _win32.Win32(kernel32=k32, advapi32=adv, locking=lambda *a: None, last_error=lambda: state["last_error"],
+                         win_error=win32._win_error, handler_type=ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_uint32),
+                         iphlpapi=iphlp, ntdll=nt)
+    # GetProcessTimes: the creation FILETIME of an opened process
+    k32.OpenProcess.result = 0x44
+
+    def times(handle, creation, exit_, kernel, user):
+        pointee(creation).value = 133_000_000_000_000_000
+        return 1
+    k32.GetProcessTimes.effect = times
+    assert win32.process_created(1234) == 133_000_000_000_000_000
+    assert k32.calls("OpenProcess")[-1] == (_win32.PROCESS_QUERY_LIMITED_INFORMATION, False, 1234)
+    assert k32.calls("CloseHandle")[-1] == (0x44,)
+    # GetExtendedTcpTable: asked twice (size, then rows), IPv4 and IPv6, ports in network order
+    row = _win32.MIB_TCPROW_OWNER_PID(dwState=2, dwLocalAddr=int.from_bytes(bytes([127, 0, 0, 1]), "little"),
+                                      dwLocalPort=int.from_bytes((5000).to_bytes(2, "big"), "little"), dwOwningPid=4321)
+    table = (1).to_bytes(4, "little") + bytes(row)
+
+    def tcp(buf, size, order, family, klass, reserved):
+        assert klass == _win32.TCP_TABLE_OWNER_PID_LISTENER
+        data = table if family == _win32.AF_INET else (0).to_bytes(4, "little")
+        if pointee(size).value < len(data):
+            pointee(size).value = len(data)
+            return _win32.ERROR_INSUFFICIENT_BUFFER
+        ctypes.memmove(buf, data, len(data))
+        return 0
+    iphlp.GetExtendedTcpTable.effect = tcp
+    assert win32.tcp_listeners() == [("127.0.0.1", 5000, 4321)]
+    assert [c[3] for c in iphlp.calls("GetExtendedTcpTable")] == [2, 2, 23, 23]
+    # the Service Control Manager: open, query, close both handles, in that order
+    adv.OpenSCManagerW.result, adv.OpenServiceW.result = 0x10, 0x20
+
+    def status(handle, level, buf, size, needed):
+        pointee(buf).dwCurrentState, pointee(buf).dwProcessId = 4, 999
+        return 1
+    adv.QueryServiceStatusEx.effect = status
+    assert win32.service_status("registry") == (4, 999)
+    assert adv.calls("OpenServiceW")[-1] == (0x10, "registry", _win32.SERVICE_QUERY_STATUS)
+    assert adv.calls("CloseServiceHandle")[-2:] == [(0x20,), (0x10,)]
+    win32.service_stop("registry")
+    assert adv.calls("ControlService")[-1][:2] == (0x20, _win32.SERVICE_CONTROL_STOP)
+    win32.service_start("registry")
+    assert adv.calls("StartServiceW")[-1] == (0x20, 0, None)
+    adv.OpenServiceW.result, state["last_error"] = 0, 1060  # no such service: the WinError, handles closed
+    with pytest.raises(OSError) as e:
+        win32.service_start("absent")
+    assert e.value.winerror == 1060 and adv.calls("CloseServiceHandle")[-1] == (0x10,)
+    # RtlAreLongPathsEnabled: the policy as this process sees it
+    nt.RtlAreLongPathsEnabled.result = 0
+    assert win32.long_paths_enabled() is False
+    nt.RtlAreLongPathsEnabled.result = 1
+    assert win32.long_paths_enabled() is True
+
+
+def test_the_windows_seam_reads_process_times_and_listeners_through_the_natives(win):
+    info = platform.process_info(os.getpid())
+    assert info is not None and info.exe and abs(info.started - time.time()) < 24 * 3600
+    assert info.parent == os.getppid() and info.args is None  # Windows does not show another's command line
+    assert platform.same_path("C:\\Registry\\Registry.EXE", "c:/registry/registry.exe")
+    assert not platform.same_path("C:\\registry\\registry.exe", "C:\\registry\\other.exe")
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert [(l.address, l.pid) for l in platform.listeners(port)] == [("127.0.0.1", os.getpid())]
+    assert win.called("tcp_listeners") and win.called("process_created")
+
+
+def test_a_process_restart_on_windows_defaults_to_registry_exe(win):
+    from regpatch.registry.restart import parse_restart_spec
+
+    strategy = parse_restart_spec("process:pidfile=C:\\registry\\registry.pid,config=C:\\registry\\config.yml")
+    assert isinstance(strategy, ProcessRestart) and strategy.binary == "registry.exe"
+    assert str(strategy.pidfile).endswith("registry.pid")

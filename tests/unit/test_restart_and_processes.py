@@ -16,6 +16,7 @@ from pathlib import Path
 import bcrypt
 import pytest
 
+from regpatch import platform
 from regpatch.demo import story as demo
 from regpatch.demo.loopback import LocalRegistry, free_port, write_htpasswd, write_registry_config
 from regpatch.errors import RegistryUnavailable, RestartError, UsageError
@@ -103,11 +104,23 @@ def test_pidfiles_are_written_atomically_and_read_strictly(tmp_path):
     write_pidfile(pidfile, 4242)
     assert pidfile.read_text() == "4242\n" and read_pidfile(pidfile) == 4242
     assert [p.name for p in pidfile.parent.iterdir()] == ["registry.pid"]  # no temp file left
-    for text in ("", "abc", "0", "-5", "12 34"):
+    pidfile.write_text("")
+    assert read_pidfile(pidfile) is None
+    for text in ("abc", "0", "-5", "12 34", "99999999999999999999999", str(platform.max_pid() + 1), "٣"):
         pidfile.write_text(text)
-        assert read_pidfile(pidfile) is None, text
+        with pytest.raises(RestartError, match=f"pidfile {pidfile} holds .*not a process id") as e:
+            read_pidfile(pidfile)
+        assert "\n" not in str(e.value), text
     assert read_pidfile(tmp_path / "missing.pid") is None
     assert read_pidfile(pidfile / "below-a-file") is None
+
+
+@pytest.mark.posix_only  # a FIFO
+def test_a_fifo_as_pidfile_is_refused_without_blocking(tmp_path):
+    pidfile = tmp_path / "registry.pid"
+    os.mkfifo(pidfile)
+    with pytest.raises(RestartError, match=f"pidfile {pidfile} is a FIFO, not a regular file"):
+        read_pidfile(pidfile)
 
 
 @pytest.mark.posix_only  # zombies and /proc (the POSIX implementation of the platform seam)
@@ -213,10 +226,10 @@ def test_a_command_restart_reports_its_failures(tmp_path):
 
 @pytest.mark.posix_only  # a shell-script stand-in, known by /proc's command line (Windows: the next test)
 def test_a_process_restart_stops_the_old_pid_and_starts_the_binary_again(tmp_path, started):
-    binary = script(tmp_path, "registry-bin", SERVING)
     cfg = config(tmp_path)
     pidfile = tmp_path / "registry.pid"
-    old = started(pidfile=pidfile)
+    old = started(name="registry-bin", pidfile=pidfile)
+    binary = tmp_path / "registry-bin"
     strategy = ProcessRestart(pidfile, cfg, binary=str(binary), log=tmp_path / "restarted.log")
     strategy.restart()
     try:
@@ -240,7 +253,8 @@ def test_a_process_restart_refuses_what_is_not_its_registry(tmp_path, started):
     with pytest.raises(RestartError, match="registry config .*absent.yml does not exist"):
         ProcessRestart(pidfile, tmp_path / "absent.yml", binary=str(binary)).restart()
     write_pidfile(pidfile, os.getpid())  # a recycled pid: some other program
-    with pytest.raises(RestartError, match=f"pid {os.getpid()} in {pidfile} is not a registry"):
+    with pytest.raises(RestartError, match=f"pid {os.getpid()} in {pidfile} is not the registry it names "
+                                           r"\(it runs .*python.*, not .*registry-bin.*nothing was stopped"):
         ProcessRestart(pidfile, cfg, binary=str(binary)).restart()
     assert pid_alive(os.getpid())
     dying = script(tmp_path, "dying-bin", DYING)
@@ -253,6 +267,85 @@ def test_a_process_restart_refuses_what_is_not_its_registry(tmp_path, started):
         with pytest.raises(RegistryUnavailable, match="did not become ready within 0.3 s"):
             strategy.restart()
     finally:
+        stop_pid(strategy.last_pid, timeout=5)
+
+
+@pytest.mark.posix_only  # the stand-ins are shell scripts, known by /proc's command line
+def test_a_process_restart_stops_only_the_registry_the_pidfile_names(tmp_path, started):
+    """Another registry (same binary, another config) and a pid reused after the pidfile was
+    written are refused and left running; the real one is stopped."""
+    cfg = config(tmp_path)
+    other_cfg = tmp_path / "other.yml"
+    other_cfg.write_text("version: 0.1\n")
+    pidfile = tmp_path / "registry.pid"
+    pid = started(name="registry-bin", pidfile=pidfile)
+    binary = str(tmp_path / "registry-bin")
+    with pytest.raises(RestartError, match=f"pid {pid} in {pidfile} is not the registry it names \\(its arguments "
+                                           f".* are not 'serve {other_cfg}'\\)"):
+        ProcessRestart(pidfile, other_cfg, binary=binary).stop()
+    assert pid_alive(pid)
+    written = time.time() - 3600
+    os.utime(pidfile, (written, written))  # the pidfile is older than the process: its pid was reused
+    with pytest.raises(RestartError, match="after the pidfile was written .*: its pid was reused"):
+        ProcessRestart(pidfile, cfg, binary=binary).stop()
+    assert pid_alive(pid)
+    write_pidfile(pidfile, pid)
+    ProcessRestart(pidfile, cfg, binary=binary).stop()
+    assert not pid_alive(pid)
+
+
+class _Answering:
+    """An HTTP server in this process that answers /v2/ with 200 once ``gate`` exists (None: at once)."""
+
+    def __init__(self, gate=None):
+        import http.server
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - the stdlib's name
+                code = 200 if gate is None or gate.exists() else 503
+                self.send_response(code)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.posix_only  # the stand-ins are shell scripts
+def test_a_process_restart_is_done_only_when_the_new_process_answers(tmp_path, started):
+    """Something else answering the registry's address is never taken for the restarted registry:
+    before the start (the port is taken: nothing is started), or after it (the new process is not
+    the one holding the port)."""
+    cfg = config(tmp_path)
+    pidfile = tmp_path / "registry.pid"
+    other = _Answering()
+    try:
+        with pytest.raises(RestartError, match=f"after stopping the registry of {pidfile}, {other.url} still answers "
+                                               f"\\(pid {os.getpid()} .*holds port .*another registry holds its port"):
+            ProcessRestart(pidfile, cfg, binary="/bin/false", ready_url=other.url).restart()
+        assert not pidfile.exists()  # nothing was started
+    finally:
+        other.close()
+    gate = tmp_path / "gate"
+    late = _Answering(gate)  # answers only once the new process has started: it looks like the new one
+    binary = script(tmp_path, "registry-bin", f"#!/bin/sh\ntrap 'exit 0' TERM\ntouch {gate}\n"
+                                              "while :; do sleep 0.1; done\n")
+    strategy = ProcessRestart(pidfile, cfg, binary=str(binary), ready_url=late.url, ready_timeout=10)
+    try:
+        with pytest.raises(RestartError, match=f"{late.url} answers, but port .* is held by pid {os.getpid()} .*not by "
+                                               "the registry started from .*the restart did not happen"):
+            strategy.restart()
+    finally:
+        late.close()
         stop_pid(strategy.last_pid, timeout=5)
 
 

@@ -165,7 +165,9 @@ def test_a_rollback_journal_of_the_wrong_kind_is_ignored_not_fatal(site, caplog)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"repository": REPO, "tag": TAG, "target": 5, "old": ["x"], "source": "s",
                                 "runs": "many", "kind": "rollback"}))
-    with caplog.at_level(logging.WARNING, logger="regpatch.engine"):
+    with caplog.at_level(logging.WARNING):
         assert rollback(site).changed
-    assert "is not a rollback journal as regpatch writes it" in caplog.text
+    assert f"journal {path} is not one regpatch wrote (its field 'target' is not a string): set aside as {path}.bad-" in caplog.text
     assert Journal.load(path).status == "complete"
+    aside = list(path.parent.glob(f"{path.name}.bad-*"))
+    assert len(aside) == 1 and json.loads(aside[0].read_text())["runs"] == "many"  # kept, never deleted

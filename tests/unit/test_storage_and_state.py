@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import io
+import json
 import logging
 import os
 import shutil
@@ -214,6 +215,7 @@ def test_the_journal_resumes_only_the_same_unfinished_patch(site):
     path = site.layout.journal(R, T)
     path.write_text("{not json")
     assert Journal.load(path) is None
+    assert not path.exists() and len(list(path.parent.glob(f"{path.name}.bad-*"))) == 1  # set aside
     target = Digest.of_bytes(b"target")
     j, resumed = open_journal(store, R, T, target, site.old, "bundle")
     assert resumed is None and j.runs == 1
@@ -529,3 +531,62 @@ def test_only_a_link_is_removed_and_never_through_a_planted_symlink(site, tmp_pa
     with pytest.raises(UnsafePath):
         store.remove_link(store.layout.revision_link(Repository("evil"), d))
     assert (outside / "sha256" / d.hex / "link").exists()
+
+
+@pytest.mark.posix_only  # (a FIFO)
+def test_bad_own_files_are_set_aside_with_a_warning_and_the_run_goes_on(site, caplog):
+    """issue 20 item 6: a journal with a field of the wrong type, a FIFO as journal or history:
+    each renamed aside (never deleted) with one warning; the patch goes on, deciding from the storage."""
+    import logging
+
+    store = RegistryStore(site.root)
+    path = site.layout.journal(R, T)
+    good = Journal(REPO, TAG, str(site.new), str(site.old), "bundle")
+    for bad, why in (({**good.__dict__, "steps": 5}, "its field 'steps' is not a list of strings"),
+                     ({**good.__dict__, "runs": "2"}, "its field 'runs' is not a positive number"),
+                     ({**good.__dict__, "target": "sha256:zz"}, "its digests are not sha256:<64 hex>"),
+                     ([1, 2], "not a JSON object"),
+                     ({"repository": REPO}, "not a journal: ")):
+        for old in path.parent.glob("*.bad-*"):
+            old.unlink()
+        path.write_text(json.dumps(bad))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="regpatch.ownfiles"):
+            assert Journal.load(path) is None
+        assert f"journal {path} is not one regpatch wrote ({why}" in caplog.text and "set aside as" in caplog.text
+        (aside,) = path.parent.glob(f"{path.name}.bad-*")
+        assert json.loads(aside.read_text()) == bad and not path.exists()
+    os.mkfifo(path)
+    history = site.layout.history
+    history.rename(history.with_name("history.kept"))
+    os.mkfifo(history)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="regpatch.ownfiles"):
+        j, resumed = open_journal(store, R, T, site.new, site.old, "bundle")  # never blocks on the FIFO
+        assert resumed is None and path.is_file()
+        assert read_history(site.layout) == []
+    assert f"journal {path} is not one regpatch wrote (a FIFO, not a regular file): set aside as" in caplog.text
+    assert f"history file {history} is not one regpatch wrote (a FIFO, not a regular file): set aside as" in caplog.text
+    assert len(list(history.parent.glob("history.jsonl.bad-*"))) == 1 and not history.exists()
+
+
+def test_a_lock_whose_file_vanished_is_not_a_free_lock(site):
+    """issue 20 item 6: the lock file removed during a run: the holder never passes its commit
+    point (the tag flip) and says why; a second run takes its lock on the file now at the path."""
+    from regpatch.engine.tags import flip_tag
+    from regpatch.errors import LockLost
+    from regpatch.storage.lock import check_lock_held
+
+    store = RegistryStore(site.root)
+    path = site.layout.lock(R)
+    with repository_lock(site.layout, R, timeout=1):
+        check_lock_held(site.layout, R)  # its own file: held
+        path.unlink()  # removed by hand during the run
+        with pytest.raises(LockLost, match=f"the lock file {path} of repository {REPO} was removed or replaced during "
+                                           "this run: another run may be writing .*nothing was moved") as e:
+            flip_tag(store, R, T, site.new, site.old)
+        assert "\n" not in str(e.value)
+    assert site.current() == str(site.old).encode()  # the tag did not move
+    with repository_lock(site.layout, R, timeout=1):  # the next run locks the file now at the path
+        check_lock_held(site.layout, R)
+        assert path.is_file()
