@@ -62,6 +62,7 @@ BIN = Path(sys.executable).parent
 REGPATCH = str(BIN / "regpatch")
 REPO, TAG = "servercore", "ltsc2019"
 TARGET_PER_REGISTRY = 0.3
+YEAR_ROLLOUTS, YEAR_REGISTRIES = 13, 100  # what deployments/prefect-server.env keeps (P400D), the issue's fleet
 TABLES = ("flow_run", "flow_run_state", "task_run", "task_run_state", "log", "artifact", "artifact_collection",
           "events", "event_resources")
 
@@ -443,6 +444,16 @@ def print_database(results: list[dict], servers: dict[str, dict]) -> None:
             cells = ", ".join(f"{t} {v}" for t, v in rows.items() if v)
             b = r[f"api_{run}_bytes"]
             print(f"  {r['db']:<9} N={n:<3} {run:<6} {b / 1e6:6.2f} MB ({b / n / 1e3:.1f} kB): {cells}")
+    largest: dict[str, dict] = {}
+    for r in results:
+        if r["n"] >= largest.get(r["db"], {"n": 0})["n"]:
+            largest[r["db"]] = r
+    for db, r in largest.items():
+        per_reg = max(r["api_first_bytes"], r["api_rerun_bytes"]) / r["n"]
+        print(f"  {db}: a year of monthly rollouts over {YEAR_REGISTRIES} registries, kept by the shipped retention "
+              f"(P400D: {YEAR_ROLLOUTS} rollouts) = {YEAR_ROLLOUTS} x {YEAR_REGISTRIES} x {per_reg / 1e3:.1f} kB "
+              f"= {YEAR_ROLLOUTS * YEAR_REGISTRIES * per_reg / 1e6:.0f} MB (N={r['n']}'s larger run per registry; "
+              "an upper bound: its events go after 7 days)")
     for db, info in servers.items():
         print(f"  {db}: server started in {info['started']:.1f} s; peak RSS of the server process tree "
               f"{info['hwm'] / 1024:.0f} MiB")
