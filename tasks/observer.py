@@ -210,13 +210,24 @@ def summary_markdown(result, registry: str) -> str:
     return f"{first} on `{registry}`{sep}{rest}"
 
 
-def publish_summary(result, registry: str, kind: str = "patch") -> None:
-    """The run's one summary artifact, keyed ``<registry>-<repository>-<tag>``."""
+def publish_summary(result, registry: str, kind: str = "patch", extra: str = "") -> None:
+    """The run's one summary artifact, keyed ``<registry>-<repository>-<tag>`` (``extra``: markdown
+    appended, e.g. the tag's recent history in a rollout)."""
     if result is None:
         return
     create_markdown_artifact(key=artifact_key(registry, result.repository, result.tag),
-                             markdown=summary_markdown(result, registry),
+                             markdown=summary_markdown(result, registry) + (f"\n{extra}" if extra else ""),
                              description=f"{registry}: {kind} {result.repository}:{result.tag}")
+
+
+def recent_history(registry: str, target, repository: str, tag: str, limit: int = 5) -> str:
+    """The tag's newest changes, as a section of a rollout's summary artifact; never fails the run."""
+    try:
+        text = history_markdown(registry, target, repository, tag, limit=limit)
+    except Exception as e:  # noqa: BLE001 - an unreadable history must not fail a finished patch
+        log.warning("history of %s not shown: %s", registry, e)
+        return ""
+    return "#" + text  # one level below the summary's title
 
 
 def history_markdown(registry: str, target, repository: Optional[str] = None, tag: Optional[str] = None,

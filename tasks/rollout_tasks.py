@@ -58,7 +58,7 @@ from regpatch.fleet.rollout import (
     tag_state,
 )
 from regpatch.params import S3Params, VerifyParams
-from regpatch_tasks.observer import PrefectObserver, artifact_key, publish_history, publish_summary, run_name, run_tags
+from regpatch_tasks.observer import PrefectObserver, artifact_key, publish_summary, recent_history, run_name, run_tags
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
@@ -202,10 +202,13 @@ def patcher(*, bundle: str, repository: str, tag: str, image: Optional[str], ver
         if done.result is not None and done.result.seconds:
             get_run_logger().info("%s: steps %s", entry.name, ", ".join(
                 f"{step} {secs:.2f} s" for step, secs in done.result.seconds.items()))
-        publish_summary(done.result, entry.name)
-        if done.result is not None and done.target is not None and not done.result.dry_run \
-                and done.outcome.status != UP_TO_DATE:
-            publish_history(entry.name, done.target)  # the tag changed, or a failure may have put it back
+        # one artifact write per registry: the tag's recent history goes into the summary when the tag
+        # changed (or a failure may have put it back); history-<registry> is the registry-history
+        # flow's and the registry's own patch runs'
+        changed = done.result is not None and done.target is not None and not done.result.dry_run \
+            and done.outcome.status != UP_TO_DATE
+        publish_summary(done.result, entry.name,
+                        extra=recent_history(entry.name, done.target, repository, tag) if changed else "")
         return outcome_state(done.outcome)
 
     def patch_one(entry: RegistryEntry) -> RegistryOutcome:
