@@ -75,6 +75,11 @@ def open_nofollow(path: StrPath, flags: int, mode: int = 0o644) -> int:
     return _impl.open_nofollow(path, flags, mode)
 
 
+def is_link(st: os.stat_result) -> bool:
+    """``st`` (of ``os.lstat``) is a symbolic link, or on Windows any reparse point (a junction)."""
+    return _impl.is_link(st)
+
+
 def pread_into(fd: int, view: memoryview, offset: int) -> int:
     """Read into ``view`` from byte ``offset`` of ``fd``; bytes read (0 at the end). POSIX:
     ``preadv``, the position untouched. Windows: ``lseek`` + read under a lock per

@@ -162,6 +162,9 @@ class Platform(ABC):
     def open_nofollow(self, path: StrPath, flags: int, mode: int) -> int: ...
 
     @abstractmethod
+    def is_link(self, st: os.stat_result) -> bool: ...
+
+    @abstractmethod
     def file_identity(self, path: StrPath, st: os.stat_result) -> Optional[dict[str, int]]: ...
 
     @abstractmethod

@@ -11,6 +11,7 @@ import getpass
 import os
 import shlex
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -225,6 +226,9 @@ class PosixPlatform(Platform):
 
     def open_nofollow(self, path: StrPath, flags: int, mode: int) -> int:
         return os.open(path, flags | os.O_NOFOLLOW, mode)
+
+    def is_link(self, st: os.stat_result) -> bool:
+        return stat.S_ISLNK(st.st_mode)
 
     def file_identity(self, path: StrPath, st: os.stat_result) -> Optional[dict[str, int]]:
         # ``touch`` can restore an mtime; only the kernel sets the ctime: a file changed in

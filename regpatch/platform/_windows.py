@@ -315,6 +315,9 @@ class WindowsPlatform(Platform):
                 wait(min(delay, left))
                 delay = min(delay * 2, 0.5)
 
+    def is_link(self, st: os.stat_result) -> bool:
+        return _is_link(st)
+
     def open_nofollow(self, path: StrPath, flags: int, mode: int) -> int:
         try:
             before: Optional[os.stat_result] = os.lstat(path)

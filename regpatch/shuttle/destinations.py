@@ -4,8 +4,11 @@ matched)."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
+import stat
 from pathlib import Path
 from typing import Callable, Optional, Protocol
 
@@ -68,8 +71,29 @@ class FolderDestination:
             if entries and not ({DESCRIPTOR, PARTIAL_DIR} & entries):
                 raise UsageError(f"--out {p} is a folder holding other files; give a new or empty "
                                  "folder (or the folder of an earlier bundle to update it)")
-        self.partial.mkdir(parents=True, exist_ok=True)
-        self.blobs.mkdir(parents=True, exist_ok=True)
+        for folder in (self.partial, self.path / "blobs", self.blobs):
+            with contextlib.suppress(FileExistsError):  # (a link planted there, even a dangling one)
+                folder.mkdir(parents=folder == self.partial)
+            self._own_folder(folder)
+
+    def _own_folder(self, folder: Path) -> None:
+        """A folder of the bundle is a real folder inside it: a symbolic link (or junction) planted
+        there would make a write, a resume or the clean-up reach outside the output folder."""
+        st = os.lstat(folder)
+        if platform.is_link(st) or not stat.S_ISDIR(st.st_mode):
+            raise UsageError(f"{folder} is {'a symbolic link' if platform.is_link(st) else 'not a folder'}: "
+                             "the folders of a bundle folder are never links (nothing was written through it); "
+                             "remove it and run again")
+
+    def _open(self, path: Path, flags: int) -> int:
+        """A file of the bundle folder, never through a symbolic link planted at its name."""
+        try:
+            return platform.open_nofollow(path, flags, 0o644)
+        except OSError as e:
+            if os.path.islink(path) or e.errno == errno.ELOOP:
+                raise UsageError(f"{path} is a symbolic link: a bundle folder's files are never links (nothing "
+                                 "was read or written through it); remove it and run again") from None
+            raise
 
     def _blob(self, digest: Digest) -> Path:
         return self.blobs / digest.hex
@@ -77,13 +101,14 @@ class FolderDestination:
     def has_blob(self, digest: Digest, size: int) -> bool:
         path = self._blob(digest)
         try:
-            if os.path.getsize(path) != size:
-                os.unlink(path)
-                return False
+            st = os.lstat(path)
         except FileNotFoundError:
             return False
+        if platform.is_link(st) or not stat.S_ISREG(st.st_mode) or st.st_size != size:
+            os.unlink(path)  # a link itself goes, never its target
+            return False
         try:
-            with open(path, "rb", buffering=0) as f:
+            with os.fdopen(self._open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0)), "rb", buffering=0) as f:
                 copy_and_hash(f, None, what=str(path), expected=digest, expected_size=size)
         except (DigestMismatch, SizeMismatch) as e:
             log.warning("%s; written again", e)
@@ -95,16 +120,20 @@ class FolderDestination:
         partial = self.partial / f"sha256-{digest.hex}"
         hasher, offset = new_hasher(), 0
         try:
-            have = os.path.getsize(partial)
+            st = os.lstat(partial)
+            have = -1 if platform.is_link(st) or not stat.S_ISREG(st.st_mode) else st.st_size
+            if have < 0:
+                os.unlink(partial)  # planted: the link itself goes
         except FileNotFoundError:
             have = -1
         if 0 < have <= size:
-            with open(partial, "rb", buffering=0) as f:
+            with os.fdopen(self._open(partial, os.O_RDONLY | getattr(os, "O_BINARY", 0)), "rb", buffering=0) as f:
                 _, offset = copy_and_hash(f, None, what=str(partial), hasher=hasher)
             log.info("resuming %s after %s B already written", digest, f"{offset:,}")
         elif have >= 0:
             os.unlink(partial)
-        with open(partial, "ab", buffering=0) as dst:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0)
+        with os.fdopen(self._open(partial, flags), "ab", buffering=0) as dst:
             written = _Counter(dst, offset)
             try:
                 feed(written, offset, hasher, progress)
@@ -121,7 +150,10 @@ class FolderDestination:
     def put_file(self, name: str, data: bytes) -> None:
         final = self.path / name
         tmp = self.partial / f"file-{name}"
-        with open(tmp, "wb") as f:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)  # a leftover (or a planted link: the link itself goes)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+        with os.fdopen(self._open(tmp, flags), "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -149,6 +181,7 @@ class FolderDestination:
         return out
 
     def finish(self) -> None:
+        self._own_folder(self.partial)  # its files are removed: never those of a folder it points to
         for name in os.listdir(self.partial):
             os.unlink(self.partial / name)
         os.rmdir(self.partial)
