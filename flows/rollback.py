@@ -10,7 +10,7 @@ from pydantic import Field
 from regpatch import engine, interrupt
 from regpatch.engine.requests import rollback_request
 from regpatch.options import opt
-from regpatch.params import RegistryParams, VerifyParams, form_terms, refuse_inline_credentials
+from regpatch.params import ChangeParams, RegistryParams, VerifyParams, form_terms, refuse_inline_credentials
 from regpatch_tasks import debug_logs, route_core_logs
 from regpatch_tasks.observer import PrefectObserver, label_registry_run, publish_history, publish_summary
 
@@ -22,6 +22,7 @@ def rollback_registry(
     repository: NonEmpty,
     tag: NonEmpty,
     registry: RegistryParams,
+    change: ChangeParams,
     to: Optional[str] = None,
     verify: VerifyParams = VerifyParams(),
     debug: bool = False,
@@ -35,6 +36,7 @@ def rollback_registry(
         tag: Tag to roll back, e.g. ltsc2019.
         registry: The registry. A per-registry deployment (regpatch deployments) fills it in;
             otherwise give its storage folder or its config.yml.
+        change: Who asked for the rollback and why (a change ticket): recorded in the history.
         to: Optional. The digest (sha256:...) to point the tag at; default: the one before the
             last change (see the history-REGISTRY artifact).
         verify: Optional. An external puller run before the tag moves.
@@ -46,7 +48,7 @@ def rollback_registry(
         refuse_inline_credentials(opt.verify_command, verify.command)
         refuse_inline_credentials(opt.restart, registry.restart)
         request = rollback_request(repository=repository, tag=tag, registry=registry, to=to or None,
-                                   verify=verify)
+                                   verify=verify, change=change)
         with interrupt.chained_handlers():
             result = engine.rollback(request, PrefectObserver())
         publish_summary(result, name, kind="rollback")

@@ -18,8 +18,15 @@ from pydantic import Field
 from regpatch import interrupt
 from regpatch.engine.patch_run import open_bundle
 from regpatch.fleet.inventory import refuse_stored_credentials
-from regpatch.fleet.rollout import RolloutFailed, RolloutState, check_state_dir, render_table, run_rollout
-from regpatch.params import RolloutParams, S3Params, VerifyParams, form_terms
+from regpatch.fleet.rollout import (
+    RolloutFailed,
+    RolloutState,
+    check_change_for_workers,
+    check_state_dir,
+    render_table,
+    run_rollout,
+)
+from regpatch.params import ChangeParams, RolloutParams, S3Params, VerifyParams, form_terms
 from regpatch.reference import Repository, Tag
 from regpatch_tasks import debug_logs, route_core_logs
 from regpatch_tasks.observer import label_run, run_name, s3_options_for
@@ -42,6 +49,7 @@ def rollout(
     repository: NonEmpty,
     tag: NonEmpty,
     rollout: RolloutParams,
+    change: ChangeParams,
     verify: VerifyParams = VerifyParams(),
     image: Optional[str] = None,
     dry_run: bool = False,
@@ -57,6 +65,8 @@ def rollout(
         repository: Repository to patch, e.g. servercore.
         tag: Tag to point at the bundle's image, e.g. ltsc2019.
         rollout: The inventory and which of its registries, how many at once.
+        change: Who asked for the rollout and why (a change ticket): recorded in every registry's
+            history and given to every registry's run.
         verify: An external puller run after each patch, {ref} replaced; an entry's own wins.
         image: For an OCI layout holding several images, the one whose ref.name annotation is this.
         dry_run: Plan and verify the bundle for every registry, write nothing.
@@ -65,11 +75,12 @@ def rollout(
     """
     route_core_logs()
     with label_run(run_name("rollout", repository, tag), [f"repository:{repository}"]), debug_logs(debug), \
-            form_terms(("rollout", "verify", "s3")):
+            form_terms(("rollout", "verify", "s3", "change")):
         Repository.parse(repository), Tag.parse(tag)
         check_server(rollout.max_parallel)
         entries = read_inventory(rollout.inventory, rollout.only)
         refuse_stored_credentials(entries)  # as the command line does: what a run stores, logs or shows has none
+        check_change_for_workers(change, entries)
         deployments = find_patch_deployments(entries) if any(e.work_pool for e in entries) else {}
         s3_options = s3_options_for(bundle, s3)
         digest = str(open_bundle(bundle, image=image, s3=s3_options).top.digest)
@@ -80,13 +91,13 @@ def rollout(
                               len(entries), state.path)
         patch_one = patcher(bundle=bundle, repository=repository, tag=tag, image=image,
                             verify_command=verify.command, dry_run=dry_run, s3=s3, s3_options=s3_options,
-                            deployments=deployments, timeout=rollout.patch_timeout)
+                            deployments=deployments, timeout=rollout.patch_timeout, change=change)
         with interrupt.chained_handlers():  # a stop request reaches the engines in every registry's thread
             outcomes = run_rollout(entries, patch_one, state=state, max_parallel=rollout.max_parallel,
                                    dry_run=dry_run, around_wave=wave_slots)
         show_unrun(outcomes, repository, tag)
         publish_rollout(outcomes, f"Rollout{' (dry run)' if dry_run else ''} of {repository}:{tag} = {digest}",
-                        repository, tag)
+                        repository, tag, change)
         get_run_logger().info("\n%s", render_table(outcomes))
         if any(o.failed or o.status == "not-run" for o in outcomes):
             raise RolloutFailed(outcomes)

@@ -165,8 +165,19 @@ ROLLOUT = _group(
            description="Seconds to wait for one registry's run on another host's work pool."),
 )
 
+# who asked for a change and why: recorded in the registry's history and shown in the artifacts
+CHANGE = _group(
+    Option("requested_by", "Requested by", metavar="WHO",
+           description="Required in the run form: who asked for this change (a name or an e-mail address), "
+                       "recorded in the registry's history and shown in the summary. The command line "
+                       "fills in user@host when it is not given."),
+    Option("reason", "Reason (change ticket)", metavar="TEXT",
+           description="Required in the run form: why, e.g. the change ticket CHG-1234, recorded in the "
+                       "registry's history and shown in the summary. Optional on the command line."),
+)
+
 GROUPS: dict[str, dict[str, Option]] = {"registry": REGISTRY, "verify": VERIFY, "s3": S3, "trust": TRUST,
-                                        "rollout": ROLLOUT}
+                                        "rollout": ROLLOUT, "change": CHANGE}
 # options of the flows that are not fields of a model (the flows' own parameters)
 FLOW_FIELDS = ("image", "dry_run", "to", "consume")
 
@@ -220,7 +231,7 @@ def _index(groups: tuple[str, ...]) -> dict[str, tuple[str, Option]]:
     return out
 
 
-FORM_GROUPS = ("registry", "verify", "s3", "trust", "rollout")
+FORM_GROUPS = ("registry", "verify", "s3", "trust", "rollout", "change")
 
 
 def form_namer(groups: tuple[str, ...] = FORM_GROUPS) -> Namer:

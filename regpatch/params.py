@@ -26,7 +26,7 @@ from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field,
 from pydantic.config import JsonDict
 
 from regpatch.errors import UsageError
-from regpatch.options import FORM_GROUPS, REGISTRY, ROLLOUT, S3, TRUST, VERIFY, Option, form_namer, wording
+from regpatch.options import CHANGE, FORM_GROUPS, REGISTRY, ROLLOUT, S3, TRUST, VERIFY, Option, form_namer, wording
 
 if TYPE_CHECKING:  # imported where they are used: the command line parses its flags first (fast start)
     from regpatch.bundle.s3 import S3Options  # boto3
@@ -270,8 +270,40 @@ class RolloutParams(BaseModel):
         return names
 
 
+REQUESTED_BY_MAX, REASON_MAX = 200, 500
+
+
+def _required_text(schema: dict) -> None:
+    """In the run form and on the API: a text that must be given (an open-source Prefect
+    server has no users to take it from), whatever the command line leaves out."""
+    _text_field(schema)
+    schema["minLength"] = 1
+
+
+class ChangeParams(BaseModel):
+    """Who asked for the change and why: recorded in the registry's history with the tag's
+    move and shown in the summary. Both are required in the run form and on the API (the
+    JSON schema); the command line fills in the requester (user@host) and may leave the
+    reason out (recorded as not given)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="Change request",
+                              json_schema_extra={"required": ["requested_by", "reason"]})
+
+    requested_by: str = spec(CHANGE["requested_by"], required=True, min_length=1, max_length=REQUESTED_BY_MAX,
+                             json_schema_extra=_required_text)
+    reason: Optional[str] = spec(CHANGE["reason"], max_length=REASON_MAX, json_schema_extra=_required_text)
+
+    @field_validator("requested_by", "reason")
+    @classmethod
+    def _text(cls, v: Optional[str]) -> Optional[str]:
+        _one_line(v)
+        if v and has_inline_credentials(v):
+            raise ValueError("carries a credential inline; it would be stored in the history and the run")
+        return v or None
+
+
 MODELS: dict[str, type[BaseModel]] = {"registry": RegistryParams, "verify": VerifyParams, "s3": S3Params,
-                                      "trust": TrustParams, "rollout": RolloutParams}
+                                      "trust": TrustParams, "rollout": RolloutParams, "change": ChangeParams}
 
 
 # --------------------------------------------------------------------------- inline secrets

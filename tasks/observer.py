@@ -230,8 +230,9 @@ def history_markdown(registry: str, target, repository: Optional[str] = None, ta
     if entries:
         lines += ["| time | repository:tag | action | old | new | source | by |", "|---|---|---|---|---|---|---|"]
         for e in reversed(entries[-limit:]):
+            source = e.source + (f" ({e.notes()})" if e.notes() else "")  # who asked, and why
             cells = (e.time, f"`{e.repository}:{e.tag}`", e.action, f"`{e.old or '(new tag)'}`", f"`{e.new}`",
-                     e.source, e.actor)
+                     source, e.actor)
             lines.append("| " + " | ".join(escape_controls(str(c)).replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
 

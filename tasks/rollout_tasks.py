@@ -57,7 +57,7 @@ from regpatch.fleet.rollout import (
     render_markdown,
     tag_state,
 )
-from regpatch.params import S3Params, VerifyParams
+from regpatch.params import ChangeParams, S3Params, VerifyParams
 from regpatch_tasks.observer import PrefectObserver, artifact_key, publish_history, publish_summary, run_name, run_tags
 
 if TYPE_CHECKING:
@@ -124,13 +124,15 @@ def read_inventory(path: str, only: Optional[list[str]]) -> list[RegistryEntry]:
 
 
 def _parameters(entry: RegistryEntry, *, bundle: str, repository: str, tag: str, image: Optional[str],
-                verify_command: Optional[str], dry_run: bool, s3: S3Params) -> dict[str, Any]:
+                verify_command: Optional[str], dry_run: bool, s3: S3Params,
+                change: ChangeParams) -> dict[str, Any]:
     """patch-registry's parameters for one registry (JSON, as a deployment run takes them)."""
     registry = entry.registry_params().model_dump(exclude_none=True)  # the form's schema has no nulls there
     registry["name"] = entry.name
     return dict(bundle=bundle, repository=repository, tag=tag, registry=registry,
                 verify=VerifyParams(command=entry.verify_command or verify_command).model_dump(),
-                s3=s3.model_dump(), image=image, dry_run=dry_run, trust=entry.trust_params().model_dump())
+                s3=s3.model_dump(), image=image, dry_run=dry_run, trust=entry.trust_params().model_dump(),
+                change=change.model_dump())
 
 
 def outcome_from_labels(entry: RegistryEntry, labels: dict, state_name: Optional[str], state_message: Optional[str],
@@ -181,7 +183,7 @@ def _run_remote(entry: RegistryEntry, deployment: str, params: dict, timeout: Op
 
 def patcher(*, bundle: str, repository: str, tag: str, image: Optional[str], verify_command: Optional[str],
             dry_run: bool, s3: S3Params, s3_options: Optional[S3Options], deployments: dict[str, str],
-            timeout: Optional[float]) -> PatchOne:
+            timeout: Optional[float], change: ChangeParams) -> PatchOne:
     """``patch_one`` for ``regpatch.fleet.rollout.run_rollout``: one task run per registry,
     ending in the registry's outcome. ``s3`` is what a worker's run is given, ``s3_options``
     what the engine here uses (``s3_options_for``, read once per rollout)."""
@@ -194,11 +196,11 @@ def patcher(*, bundle: str, repository: str, tag: str, image: Optional[str], ver
                 raise UsageError(f"no patch-registry deployment for registry {entry.name!r}")
             get_run_logger().info("%s: running %s on work pool %s", entry.name, deployment, entry.work_pool)
             params = _parameters(entry, bundle=bundle, repository=repository, tag=tag, image=image,
-                                 verify_command=verify_command, dry_run=dry_run, s3=s3)
+                                 verify_command=verify_command, dry_run=dry_run, s3=s3, change=change)
             return outcome_state(_run_remote(entry, deployment, params, timeout))
         done = patch_here(entry, bundle=bundle, repository=repository, tag=tag, image=image,
                           verify_command=verify_command, dry_run=dry_run, s3=s3_options,
-                          observer=PrefectObserver(steps_as_task_runs=False))
+                          observer=PrefectObserver(steps_as_task_runs=False), change=change)
         if done.result is not None and done.result.seconds:
             get_run_logger().info("%s: steps %s", entry.name, ", ".join(
                 f"{step} {secs:.2f} s" for step, secs in done.result.seconds.items()))
@@ -295,8 +297,9 @@ def _not_patched(outcome: RegistryOutcome) -> Callable[[], State]:
     return not_patched
 
 
-def publish_rollout(outcomes: list[RegistryOutcome], title: str, repository: str, tag: str) -> None:
-    """One markdown artifact keyed ``rollout-<repository>-<tag>``: the table, then every
-    error in full with where the tag stands."""
-    create_markdown_artifact(key=artifact_key("rollout", repository, tag), markdown=render_markdown(outcomes, title),
-                             description=title)
+def publish_rollout(outcomes: list[RegistryOutcome], title: str, repository: str, tag: str,
+                    change: Optional[ChangeParams] = None) -> None:
+    """One markdown artifact keyed ``rollout-<repository>-<tag>``: who asked and why, the
+    table, then every error in full with where the tag stands."""
+    create_markdown_artifact(key=artifact_key("rollout", repository, tag),
+                             markdown=render_markdown(outcomes, title, change), description=title)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from regpatch.cli.options import model_of
+from regpatch.cli.options import change_of, model_of
 from regpatch.cli.prefect_api import (
     _check_prefect_api,
     _use_prefect,
@@ -60,6 +60,7 @@ def run_rollout(args: argparse.Namespace):
     from regpatch.fleet.rollout import (  # only this command needs it (start-up)
         RolloutFailed,
         RolloutState,
+        check_change_for_workers,
         check_state_dir,
         engine_patcher,
         render_table,
@@ -71,6 +72,7 @@ def run_rollout(args: argparse.Namespace):
     Tag.parse(args.tag)
     fleet = model_of(RolloutParams, ROLLOUT, args)
     verify = model_of(VerifyParams, VERIFY, args, only=("command",))
+    change = change_of(args)
     if verify.command is not None and "{ref}" not in verify.command:
         raise UsageError(f"{opt.verify_command} must contain {{ref}}, where the image reference goes")
     inventory = load_inventory(fleet.inventory)  # an invalid inventory fails here, before anything runs
@@ -82,6 +84,7 @@ def run_rollout(args: argparse.Namespace):
     if pooled and not api:
         raise UsageError(f"registries {', '.join(pooled)} have a work_pool: their patches run on their own "
                          f"hosts through a Prefect API; set PREFECT_API_URL (or use {opt.only} for the others)")
+    check_change_for_workers(change, entries)
     try:
         if api:
             refuse_inline_credentials(opt.verify_command, verify.command)
@@ -89,13 +92,14 @@ def run_rollout(args: argparse.Namespace):
             _check_prefect_api(api)
             _check_server_database(api, fleet.max_parallel)
             outcomes = prefect_side().rollout(bundle=args.bundle, repository=args.repository, tag=args.tag,
-                                              rollout=fleet, verify=verify, image=args.image,
+                                              rollout=fleet, change=change, verify=verify, image=args.image,
                                               dry_run=args.dry_run)
         else:
             digest = str(open_bundle(args.bundle, image=args.image).top.digest)
             state = RolloutState(state_dir, args.repository, args.tag, digest)
             patch_one = engine_patcher(bundle=args.bundle, repository=args.repository, tag=args.tag,
-                                       image=args.image, verify_command=verify.command, dry_run=args.dry_run)
+                                       image=args.image, verify_command=verify.command, dry_run=args.dry_run,
+                                       change=change)
             outcomes = run_rollout(entries, patch_one, state=state, max_parallel=fleet.max_parallel,
                                    dry_run=args.dry_run)
             if any(o.failed or o.status == "not-run" for o in outcomes):

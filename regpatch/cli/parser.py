@@ -8,12 +8,13 @@ import argparse
 
 from regpatch import __version__
 from regpatch.cli.options import add_options
-from regpatch.options import REGISTRY, ROLLOUT, S3, TRUST, VERIFY
+from regpatch.options import CHANGE, REGISTRY, ROLLOUT, S3, TRUST, VERIFY
 
 BUNDLE_HELP = ("the patch bundle: a staged folder (the seed's files and sidecars), an OCI image layout "
                "folder, an OCI archive (.tar, .tar.gz, .tar.zst), a docker save archive, a skopeo dir: "
                "folder; local, or s3://bucket/prefix")
 STATE_ONLY = ("storage", "registry_config", "state_dir")  # the commands that read the state folder only
+CHANGE_TITLE = "the change (recorded in the registry's history)"
 HARDENING = ("init", "ignore_url_policy", "allow_cross_repository")  # patch options a rollback has no use for
 
 
@@ -68,6 +69,7 @@ def _patch(sub) -> None:
     add_options(p, VERIFY, title="verification")
     add_options(p, TRUST, title="signatures (bundles made by regpatch bundle --sign-key)")
     add_options(p, S3, title="S3 bundles (BUNDLE = s3://bucket/prefix)")
+    add_options(p, CHANGE, title=CHANGE_TITLE)
 
 
 def _rollback(sub) -> None:
@@ -80,6 +82,7 @@ def _rollback(sub) -> None:
     _local(r)
     add_options(r, REGISTRY, exclude=HARDENING, title="the registry")
     add_options(r, VERIFY, only=("command",), title="verification")
+    add_options(r, CHANGE, title=CHANGE_TITLE)
 
 
 def _history(sub) -> None:
@@ -103,6 +106,7 @@ def _rollout(sub) -> None:
     _local(p)
     add_options(p, ROLLOUT)
     add_options(p, VERIFY, only=("command",))
+    add_options(p, CHANGE, title=CHANGE_TITLE)
 
 
 def _deployments(sub) -> None:

@@ -4,6 +4,7 @@ report (the same text on the command line, in the state folder and as the Prefec
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Optional
@@ -39,6 +40,8 @@ class PatchResult:
     report_path: Optional[str] = None
     fetches: list[dict] = field(default_factory=list)  # per blob fetched from S3
     bundle_trust: Optional[str] = None  # what check_bundle established (signature, listing, base)
+    requested_by: Optional[str] = None  # who asked for the change, and why (ChangeParams)
+    reason: Optional[str] = None
 
     @property
     def bytes_copied(self) -> int:
@@ -73,6 +76,8 @@ class RollbackResult:
     registry: str = ""
     verified: Optional[str] = None
     seconds: dict[str, float] = field(default_factory=dict)
+    requested_by: Optional[str] = None
+    reason: Optional[str] = None
 
     def summary_line(self) -> str:
         verb = "rolled back" if self.changed else "already at"
@@ -82,8 +87,20 @@ class RollbackResult:
         return (f"# Rollback `{self.repository}:{self.tag}`\n\n| | |\n|---|---|\n"
                 f"| registry | `{self.registry}` |\n| from | `{self.old or '(no tag)'}` |\n"
                 f"| to | `{self.new}` |\n| changed | {self.changed} |\n"
-                f"| verification | {self.verified or 'not run (no registry URL)'} |\n")
+                f"| verification | {self.verified or 'not run (no registry URL)'} |\n"
+                + change_rows(self))
 
+
+def change_rows(result) -> str:
+    """The summary's rows naming who asked for the change and why (``not given``: the command
+    line was run without them)."""
+    return "".join(f"| {label} | {_cell(getattr(result, name, None)) or 'not given'} |\n"
+                   for label, name in (("requested by", "requested_by"), ("reason", "reason")))
+
+
+def _cell(text: Optional[str]) -> str:
+    """A free text in a markdown table cell: its pipes escaped, its markup shown as typed."""
+    return re.sub(r"([\\`*_\[\]<>|])", r"\\\1", text) if text else ""
 
 
 def _with_result(e: BaseException, result) -> BaseException:
@@ -125,7 +142,8 @@ def render_patch_markdown(r: PatchResult) -> str:
              f"({human(sum(s for _, s in r.blobs_skipped))}) |",
              f"| links {'to write' if r.dry_run else 'written'} | {len(r.links_written)} |",
              f"| verification | {r.verified or ('dry run' if r.dry_run else 'not run')} |",
-             f"| bundle trust | {r.bundle_trust or 'not checked'} |", ""]
+             f"| bundle trust | {r.bundle_trust or 'not checked'} |"]
+    lines += change_rows(r).splitlines() + [""]
     if r.blobs_copied or r.blobs_skipped:
         lines += ["## Blobs", "", "| digest | size | action |", "|---|---:|---|"]
         lines += [f"| `{d}` | {s:,} | {'to copy' if r.dry_run else 'copied'} |" for d, s in r.blobs_copied]

@@ -42,14 +42,15 @@ def rollback(request: RollbackRequest, observer: Optional[Observer] = None) -> R
             changed = flip_tag(store, repo, tag, dest, expected=current)
             if changed:
                 record_history(store, repo, tag, current, dest, action="rollback",
-                               source=f"regpatch rollback{' {opt.to} ' + str(request.to) if request.to else ''}")
+                               source=f"regpatch rollback{' {opt.to} ' + str(request.to) if request.to else ''}",
+                               requested_by=request.requested_by, reason=request.reason)
             check_tag_served(target, repo, tag, dest)
             return changed
 
         changed = steps("flip-tag", flip)
     result = RollbackResult(str(repo), str(tag), str(current) if current else None, str(dest), changed,
                             registry=target.describe(), verified=verified.summary() if verified else None,
-                            seconds=steps.seconds)
+                            seconds=steps.seconds, requested_by=request.requested_by, reason=request.reason)
     _write_report(store, repo, tag, result)
     log.info("%s:%s rolled back: %s -> %s", repo, tag, result.old, result.new)
     return result

@@ -24,13 +24,18 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def actor() -> str:
-    """Who/what is running: user@host pid, and the Prefect flow run when there is one."""
+def user_at_host() -> str:
+    """``user@host`` of this process (the command line's requester when none is given)."""
     try:
         user = getpass.getuser()
     except Exception:  # no passwd entry in some containers
         user = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
-    who = f"{user}@{socket.gethostname()} pid {os.getpid()}"
+    return f"{user}@{socket.gethostname()}"
+
+
+def actor() -> str:
+    """Who/what is running: user@host pid, and the Prefect flow run when there is one."""
+    who = f"{user_at_host()} pid {os.getpid()}"
     run = os.environ.get("PREFECT__FLOW_RUN_ID")
     return who + (f" flow-run {run}" if run else "")
 

@@ -66,9 +66,15 @@ def deployment(c, name: str) -> dict:
     return c.get(f"/deployments/name/{name}")
 
 
+CHANGE = {"requested_by": "ana@example.org", "reason": "CHG-25 monthly patch"}
+
+
 def run_deployment(c, name: str, params: dict, run_name: str = None, timeout: float = 300) -> dict:
-    """A run created the way the UI's form creates it (POST create_flow_run), waited for."""
+    """A run created the way the UI's form creates it (POST create_flow_run), waited for;
+    who asked and why (required by the form) are ``CHANGE`` unless ``params`` says."""
     dep = deployment(c, name)
+    if not name.startswith("registry-history/") and not name.startswith("rollout/"):
+        params = {"change": CHANGE, **params}
     body = {"parameters": params, **({"name": run_name} if run_name else {})}
     fr = c.post(f"/deployments/{dep['id']}/create_flow_run", body)
     return c.wait_final(fr["id"], timeout)
@@ -100,7 +106,8 @@ def test_an_empty_registry_is_refused_by_the_form_schema(cluster):
     no run is created without a storage folder or a config.yml."""
     c = cluster["c"]
     dep = deployment(c, "patch-registry/patch-registry")
-    values = {"bundle": "/x", "repository": REPO, "tag": TAG, "registry": {"storage": "", "registry_url": None}}
+    values = {"bundle": "/x", "repository": REPO, "tag": TAG, "registry": {"storage": "", "registry_url": None},
+              "change": CHANGE}
     check = c.post("/ui/schemas/validate", {"schema": dep["parameter_openapi_schema"], "values": values})
     assert check["valid"] is False
     assert {"property": "registry", "errors": [{"property": "storage", "errors": ["'' should be non-empty"]}]} \
@@ -113,6 +120,19 @@ def test_an_empty_registry_is_refused_by_the_form_schema(cluster):
     assert r.status_code in (409, 422) and "storage" in r.text, r.text
     assert len(c.flow_runs()) == before
     values["registry"] = {"registry_config": "/etc/docker/registry/config.yml"}
+    del values["change"]
+    check = c.post("/ui/schemas/validate", {"schema": dep["parameter_openapi_schema"], "values": values})
+    assert "'change' is a required property" in json.dumps(check["errors"])  # who asked, and why
+    for change, error in ((None, "'change' is a required property"),({"requested_by": "ana"}, "'reason' is a required property"),
+                          ({"requested_by": "ana", "reason": ""}, "'' should be non-empty")):
+        if change is not None:
+            values["change"] = change
+        check = c.post("/ui/schemas/validate", {"schema": dep["parameter_openapi_schema"], "values": values})
+        assert check["valid"] is False and error in json.dumps(check["errors"]), check
+        r = httpx.post(f"{c.api}/deployments/{dep['id']}/create_flow_run", json={"parameters": values}, timeout=10)
+        assert r.status_code in (409, 422) and error in r.text, r.text
+    assert len(c.flow_runs()) == before
+    values["change"] = CHANGE
     check = c.post("/ui/schemas/validate", {"schema": dep["parameter_openapi_schema"], "values": values})
     assert check["valid"] is True, check
 
@@ -162,6 +182,8 @@ def test_ui_run_needs_only_bundle_and_tag_then_rollback_from_the_ui(cluster):
     assert not [a for a in arts if a["type"] == "progress"]
     (history,) = [a for a in arts if a["key"] == "history-site-b"]
     assert f"`{REPO}:{TAG}` | patch | `{old}` | `{new}`" in history["data"]
+    assert "requested by ana@example.org; reason CHG-25 monthly patch" in history["data"]
+    assert "| requested by | ana@example.org |\n| reason | CHG-25 monthly patch |" in summaries[0]["data"]
 
     fr = run_deployment(c, "rollback-registry/site-b", {"tag": TAG})
     assert fr["state_type"] == "COMPLETED", fr["state"]
@@ -207,7 +229,8 @@ def test_rollout_across_two_pools_each_registry_a_task_run(cluster):
                                                                    "lease_duration": 600})["lease_id"]
     proc = subprocess.Popen([str(a) for a in (
         BIN / "regpatch", "rollout", s["staged"], "--inventory", cluster["inventory"], "--repository", REPO, "--tag",
-        "fleet", "--verify-command", "skopeo inspect --tls-verify=false docker://{ref}")], env=c.env(),
+        "fleet", "--verify-command", "skopeo inspect --tls-verify=false docker://{ref}", "--reason", "CHG-25")],
+        env=c.env(),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 300
@@ -256,7 +279,7 @@ def test_failed_rollout_failing_registry_red_later_wave_not_run(cluster, tmp_pat
         {"name": "site-b", "storage": str(regs["site-b"].root), "url": regs["site-b"].url, "work_pool": "pool-b",
          "group": "fleet"}]}))
     proc = run([BIN / "regpatch", "rollout", s["staged"], "--inventory", inv, "--repository", REPO,
-                "--tag", "broken"], c.env(), timeout=400)
+                "--tag", "broken", "--reason", "CHG-25"], c.env(), timeout=400)
     assert proc.returncode == 7, proc.stdout + proc.stderr
     (rollout,) = c.flow_runs(name={"any_": [f"rollout-{REPO}-broken"]})
     assert rollout["state_type"] == "FAILED"

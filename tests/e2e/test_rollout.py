@@ -273,14 +273,15 @@ def test_flow_errors_name_the_form_fields_and_history_on_demand(fleet, scenario,
     from prefect.client.schemas.sorting import ArtifactSort
 
     from regpatch.errors import UsageError
-    from regpatch.params import RegistryParams
+    from regpatch.params import ChangeParams, RegistryParams
     from regpatch_flows.history import registry_history
     from regpatch_flows.patch import patch_registry
 
     a = fleet["site-a"]
     with pytest.raises(UsageError) as e:
         patch_registry(bundle=str(scenario["staged"]), repository=REPO, tag=TAG, registry=RegistryParams(
-            name="site-a", storage=str(a.root), registry_url=a.url, registry_ca="/nonexistent/ca.pem"))
+            name="site-a", storage=str(a.root), registry_url=a.url, registry_ca="/nonexistent/ca.pem"),
+            change=ChangeParams(requested_by="e2e"))
     assert '"CA bundle" (registry.registry_ca)' in str(e.value) and "--registry-ca" not in str(e.value)
     text = registry_history(registry=RegistryParams(name="site-a", storage=str(a.root)))
     assert text.startswith("# History of `site-a`") and "0 tag change(s) recorded" in text

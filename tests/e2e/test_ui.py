@@ -85,10 +85,17 @@ def page(browser):
 
 
 def field(page, label: str):
-    """The input of the run form's property labelled exactly ``label``."""
+    """The input of the run form's property labelled exactly ``label`` (the innermost such
+    property: a group, e.g. "change", holds its fields' labels too)."""
     prop = page.locator(".schema-form-property").filter(
-        has=page.locator(".schema-form-property__label", has_text=re.compile(f"^{re.escape(label)}$")))
+        has=page.locator(".schema-form-property__label", has_text=re.compile(f"^{re.escape(label)}$"))).last
     return prop.locator("textarea, input").first
+
+
+def fill_change(page) -> None:
+    """Who asks and why: required in every patch, rollback and rollout form."""
+    field(page, "Requested by").fill("ana@example.org")
+    field(page, "Reason (change ticket)").fill("CHG-25 monthly patch")
 
 
 def open_form(page, c, deployment: str) -> None:
@@ -112,6 +119,7 @@ def test_generic_form_refuses_a_registry_without_storage(site, page):
     field(page, "bundle").fill(str(site["scenario"]["staged"]))
     field(page, "repository").fill(REPO)
     field(page, "tag").fill(TAG)
+    fill_change(page)
     page.get_by_role("button", name="Submit").click()
     # the server checks the values against the form's schema: no run, a message naming the field
     page.get_by_text("'storage' is a required property").first.wait_for()
@@ -126,6 +134,7 @@ def test_patch_from_the_run_form_completes_and_its_summary_names_the_registry(si
     assert field(page, "repository").input_value() == REPO   # prefilled by regpatch deployments
     field(page, "bundle").fill(str(s["staged"]))
     field(page, "tag").fill(TAG)
+    fill_change(page)  # required: the server has no users to take it from
     shot(page, site, "ui-run-form.png")
     dep = c.get("/deployments/name/patch-registry/site-ui")
     page.get_by_role("button", name="Submit").click()
@@ -148,6 +157,7 @@ def test_patch_from_the_run_form_completes_and_its_summary_names_the_registry(si
     page.get_by_text("Patched:").first.wait_for()
     body = page.inner_text("body")
     assert "site-ui" in body and str(reg.root) in body and str(s["new"].manifest_digest) in body
+    assert "ana@example.org" in body and "CHG-25 monthly patch" in body
     shot(page, site, "ui-run-summary.png")
 
 
@@ -164,7 +174,7 @@ def test_failed_rollout_shows_the_failing_registry_red(site, page):
             {"name": "site-broken", "storage": str(broken), "group": "canary"},
             {"name": "site-late", "storage": str(second.root), "url": second.url, "group": "fleet"}]}))
         out = run([BIN / "regpatch", "rollout", s["staged"], "--inventory", inventory, "--repository", REPO,
-                   "--tag", "october"], c.env(), timeout=400)
+                   "--tag", "october", "--reason", "CHG-25"], c.env(), timeout=400)
         assert out.returncode == 7, out.stdout + out.stderr
     finally:
         second.stop()
