@@ -27,9 +27,14 @@ def run_deployments(args: argparse.Namespace) -> None:
         load_inventory,
         refuse_stored_credentials,
     )
+    from regpatch.fleet.notify import block_reference  # only this command needs it (start-up)
 
     if args.repository:
         Repository.parse(args.repository)
+    if args.notify is not None:
+        if not args.apply:
+            raise UsageError("--notify creates an automation on the Prefect API: give --apply too")
+        block_reference(args.notify)
     fleet = model_of(RolloutParams, ROLLOUT, args, only=("inventory", "only"))
     inventory = load_inventory(fleet.inventory)
     refuse_stored_credentials(inventory.select(fleet.only))  # deployment parameters are stored in Prefect's database
@@ -47,6 +52,8 @@ def run_deployments(args: argparse.Namespace) -> None:
         _check_prefect_api(api)
         for line in prefect_side().apply_deployments(specs):
             sys.stdout.write(line + "\n")
+        if args.notify is not None:
+            sys.stdout.write(prefect_side().apply_notification(args.notify) + "\n")
 
 
 def run_rollout(args: argparse.Namespace):

@@ -123,6 +123,10 @@ def _deployments(sub) -> None:
     p.add_argument("--output", metavar="FILE", help="write the prefect.yaml here instead of printing it")
     p.add_argument("--apply", action="store_true",
                    help="create or update the deployments (and missing process work pools) on the Prefect API")
+    p.add_argument("--notify", metavar="TYPE/NAME",
+                   help="with --apply: create or update the automation that sends a message through this "
+                        "notification block (e.g. custom-webhook/oncall) for every failed or crashed patch, "
+                        "rollback or rollout run (see docs/operators.md)")
 
 
 def _contents(sub) -> None:
