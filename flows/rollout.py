@@ -17,6 +17,8 @@ from pydantic import Field
 
 from regpatch import interrupt
 from regpatch.engine.patch_run import open_bundle
+from regpatch.errors import UsageError
+from regpatch.fleet.drop import choose_bundle
 from regpatch.fleet.inventory import refuse_stored_credentials
 from regpatch.fleet.rollout import (
     RolloutFailed,
@@ -26,6 +28,7 @@ from regpatch.fleet.rollout import (
     render_table,
     run_rollout,
 )
+from regpatch.options import opt
 from regpatch.params import ChangeParams, RolloutParams, S3Params, VerifyParams, form_terms
 from regpatch.reference import Repository, Tag
 from regpatch_tasks import debug_logs, route_core_logs
@@ -45,7 +48,7 @@ NonEmpty = Annotated[str, Field(min_length=1)]
 
 @flow(name="rollout", persist_result=False)
 def rollout(
-    bundle: NonEmpty,
+    bundle: Optional[str],
     repository: NonEmpty,
     tag: NonEmpty,
     rollout: RolloutParams,
@@ -61,7 +64,7 @@ def rollout(
 
     Args:
         bundle: The patch bundle, readable here and on every worker (the same path
-            everywhere), or s3://bucket/prefix.
+            everywhere), or s3://bucket/prefix. None with rollout.drop: the newest bundle there.
         repository: Repository to patch, e.g. servercore.
         tag: Tag to point at the bundle's image, e.g. ltsc2019.
         rollout: The inventory and which of its registries, how many at once.
@@ -81,6 +84,7 @@ def rollout(
         entries = read_inventory(rollout.inventory, rollout.only)
         refuse_stored_credentials(entries)  # as the command line does: what a run stores, logs or shows has none
         check_change_for_workers(change, entries)
+        bundle = bundle_to_roll_out(bundle, rollout, repository, tag, entries, s3)
         deployments = find_patch_deployments(entries) if any(e.work_pool for e in entries) else {}
         s3_options = s3_options_for(bundle, s3)
         digest = str(open_bundle(bundle, image=image, s3=s3_options).top.digest)
@@ -102,3 +106,19 @@ def rollout(
         if any(o.failed or o.status == "not-run" for o in outcomes):
             raise RolloutFailed(outcomes)
     return outcomes
+
+
+def bundle_to_roll_out(bundle: Optional[str], params: RolloutParams, repository: str, tag: str, entries: list,
+                       s3: S3Params) -> str:
+    """The bundle given, or the newest of the drop location (``regpatch.fleet.drop``), said
+    in the run's log; exactly one of them."""
+    if bool(bundle) == bool(params.drop):
+        raise UsageError(f"give either {opt.bundle} or {opt.drop} (the drop location, for the newest bundle there), "
+                         "not both, not neither")
+    if bundle:
+        return bundle
+    assert params.drop is not None
+    choice = choose_bundle(params.drop, repository=repository, tag=tag, entries=entries,
+                           max_age_days=params.max_bundle_age_days, s3=s3_options_for(params.drop, s3))
+    get_run_logger().info("drop location %s: %s", params.drop, choice.summary())
+    return choice.bundle.location

@@ -249,8 +249,10 @@ class RolloutParams(BaseModel):
     max_parallel: int = spec(ROLLOUT["max_parallel"])
     state_dir: Optional[str] = spec(ROLLOUT["state_dir"])
     patch_timeout: Optional[float] = spec(ROLLOUT["patch_timeout"])
+    drop: Optional[str] = spec(ROLLOUT["drop"])
+    max_bundle_age_days: float = spec(ROLLOUT["max_bundle_age_days"])
 
-    @field_validator("inventory", "state_dir")
+    @field_validator("inventory", "state_dir", "drop")
     @classmethod
     def _line(cls, v: Optional[str]) -> Optional[str]:
         return _one_line(v)

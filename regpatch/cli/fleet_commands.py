@@ -35,8 +35,11 @@ def run_deployments(args: argparse.Namespace) -> None:
         if not args.apply:
             raise UsageError("--notify creates an automation on the Prefect API: give --apply too")
         block_reference(args.notify)
-    fleet = model_of(RolloutParams, ROLLOUT, args, only=("inventory", "only"))
+    fleet = model_of(RolloutParams, ROLLOUT, args, only=("inventory", "only", "drop", "max_bundle_age_days"))
     inventory = load_inventory(fleet.inventory)
+    if args.check:
+        _check_drop(fleet, inventory.select(fleet.only), args.repository, args.tag)
+        return
     refuse_stored_credentials(inventory.select(fleet.only))  # deployment parameters are stored in Prefect's database
     specs = specs_for(inventory, default_pool=args.default_pool, repository=args.repository, only=fleet.only)
     text = render_prefect_yaml(specs, fleet.inventory)
@@ -78,6 +81,9 @@ def run_rollout(args: argparse.Namespace):
     Repository.parse(args.repository)
     Tag.parse(args.tag)
     fleet = model_of(RolloutParams, ROLLOUT, args)
+    if bool(args.bundle) == bool(fleet.drop):
+        raise UsageError(f"give either BUNDLE or {opt.drop} (the drop location, for the newest bundle there), "
+                         "not both, not neither")
     verify = model_of(VerifyParams, VERIFY, args, only=("command",))
     change = change_of(args)
     if verify.command is not None and "{ref}" not in verify.command:
@@ -102,6 +108,8 @@ def run_rollout(args: argparse.Namespace):
                                               rollout=fleet, change=change, verify=verify, image=args.image,
                                               dry_run=args.dry_run)
         else:
+            if fleet.drop:
+                args.bundle = _check_drop(fleet, entries, args.repository, args.tag).bundle.location
             digest = str(open_bundle(args.bundle, image=args.image).top.digest)
             state = RolloutState(state_dir, args.repository, args.tag, digest)
             patch_one = engine_patcher(bundle=args.bundle, repository=args.repository, tag=args.tag,
@@ -118,6 +126,20 @@ def run_rollout(args: argparse.Namespace):
     sys.stdout.write(f"rollout of {args.repository}:{args.tag}: all {len(outcomes)} registries ok"
                      f"{' (dry run)' if args.dry_run else ''}\n")
     return outcomes
+
+
+def _check_drop(fleet, entries, repository, tag):
+    """The bundle of the drop location a rollout would take, said on stdout; UsageError when it
+    would refuse."""
+    from regpatch.fleet.drop import choose_bundle  # only with a drop location (start-up)
+
+    if not fleet.drop or not repository or not tag:
+        raise UsageError(f"--check needs {opt.drop}, --repository and --tag (what the scheduled rollout patches)")
+    Repository.parse(repository)
+    choice = choose_bundle(fleet.drop, repository=repository, tag=tag, entries=entries,
+                           max_age_days=fleet.max_bundle_age_days)
+    sys.stdout.write(f"drop location {fleet.drop}: {choice.summary()}\n")
+    return choice
 
 
 def _check_server_database(api: str, max_parallel: int) -> None:

@@ -99,7 +99,8 @@ def _rollout(sub) -> None:
                                    "groups run as waves, registries of a wave in parallel; registries "
                                    "are checked again on a re-run (nothing is written where the bundle is "
                                    "complete), except those rolled back since.")
-    p.add_argument("bundle", metavar="BUNDLE", help=BUNDLE_HELP + " (the same path on every host)")
+    p.add_argument("bundle", metavar="BUNDLE", nargs="?",
+                   help=BUNDLE_HELP + " (the same path on every host); or leave it out and give --drop")
     _repository_tag(p)
     p.add_argument("--image", metavar="NAME", help="the image of a bundle holding several, as for patch")
     p.add_argument("--dry-run", action="store_true", help="plan and verify everywhere, write nothing")
@@ -116,8 +117,12 @@ def _deployments(sub) -> None:
                                    "registry (storage, config, URL, restart...) stored as their parameters: a run "
                                    "from the UI needs only the bundle, the repository and the tag. Prints them "
                                    "as a prefect.yaml; --apply creates or updates them on the Prefect API.")
-    add_options(p, ROLLOUT, only=("inventory", "only"))
+    add_options(p, ROLLOUT, only=("inventory", "only", "drop", "max_bundle_age_days"))
     p.add_argument("--repository", metavar="NAME", help="prefill the repository of the patch and rollback forms")
+    p.add_argument("--tag", metavar="TAG", help="with --check: the tag the scheduled rollout patches")
+    p.add_argument("--check", action="store_true",
+                   help="say which bundle of --drop the next scheduled rollout of --repository:--tag would take "
+                        "(or why it would refuse), reading the inventory's storages; changes nothing")
     p.add_argument("--default-pool", default="regpatch", metavar="POOL",
                    help="work pool of registries without a work_pool (default regpatch: where the rollout runs)")
     p.add_argument("--output", metavar="FILE", help="write the prefect.yaml here instead of printing it")

@@ -320,6 +320,36 @@ def test_rollout_deployment_on_a_worker_and_its_shipped_defaults(cluster):
     assert "| site-b | fleet | pool pool-b | patched |" in art["data"]
 
 
+def test_the_scheduled_rollout_takes_the_newest_bundle_of_the_drop_and_refuses_it_once_applied(cluster):
+    """The shipped rollout deployment (bundle: null, rollout.drop) takes the newest bundle of
+    the drop folder by its created time, not last month's; run again, every registry already
+    serves it: refused, red; `regpatch deployments --check` says so beforehand."""
+    c, regs, s, tmp = cluster["c"], cluster["regs"], cluster["scenario"], cluster["tmp"]
+    drop = tmp / "drop"
+    for month, layout in (("2026-11", s["old_layout"]), ("2026-12", s["new_layout"])):
+        made = run([BIN / "regpatch", "bundle", f"oci:{layout}", "--out", drop / month], c.env())
+        assert made.returncode == 0, made.stdout + made.stderr
+    doc = json.loads((drop / "2026-11" / "regpatch-bundle.json").read_text())
+    doc["created"] = "2026-11-11T03:00:00Z"  # last month's (unsigned: no trust keys in this inventory)
+    (drop / "2026-11" / "regpatch-bundle.json").write_text(json.dumps(doc))
+    check = [BIN / "regpatch", "deployments", "--inventory", cluster["inventory"], "--check", "--drop", drop,
+             "--repository", REPO, "--tag", "drop"]
+    out = run(check, c.env())
+    assert out.returncode == 0 and f"takes {drop / '2026-12'} (created " in out.stdout, out.stdout + out.stderr
+    params = {"tag": "drop", "rollout": {"inventory": str(cluster["inventory"]), "drop": str(drop), "max_parallel": 2}}
+    fr = run_deployment(c, "rollout/rollout", params, timeout=400)
+    assert fr["state_type"] == "COMPLETED", fr["state"]
+    for site in POOLS:
+        assert skopeo_inspect_digest(regs[site].host, REPO, "drop") == str(s["new"].manifest_digest)
+    logs = "\n".join(c.logs_until([fr["id"]], lambda m: any("drop location" in x for x in m)))
+    assert f"drop location {drop}: takes {drop / '2026-12'}" in logs
+    out = run(check, c.env())
+    assert out.returncode == 2 and "already serves" in out.stderr, out.stdout + out.stderr
+    fr = run_deployment(c, "rollout/rollout", params, timeout=400)
+    assert fr["state_type"] == "FAILED" and "already serves" in fr["state"]["message"], fr["state"]
+    assert f"{drop / '2026-12'}" in fr["state"]["message"]
+
+
 def test_the_recipe_server_keeps_its_data_bounded_and_says_postgresql(cluster):
     """The server runs with deployments/prefect-server.env: flow runs (their task runs, logs,
     artifacts) deleted after 400 days, events after 7; its database is told PostgreSQL by the
