@@ -14,7 +14,9 @@ from regpatch.options import opt
 from regpatch.params import (
     ChangeParams,
     RegistryParams,
+    RepositoryName,
     S3Params,
+    TagName,
     TrustParams,
     VerifyParams,
     form_terms,
@@ -29,8 +31,8 @@ NonEmpty = Annotated[str, Field(min_length=1)]
 @flow(name="patch-registry", log_prints=False, persist_result=False)
 def patch_registry(
     bundle: NonEmpty,
-    repository: NonEmpty,
-    tag: NonEmpty,
+    repository: RepositoryName,
+    tag: TagName,
     registry: RegistryParams,
     change: ChangeParams,
     verify: VerifyParams = VerifyParams(),

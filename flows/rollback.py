@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Optional
 
 from prefect import flow
-from pydantic import Field
 
 from regpatch import engine, interrupt
 from regpatch.engine.requests import rollback_request
 from regpatch.options import opt
-from regpatch.params import ChangeParams, RegistryParams, VerifyParams, form_terms, refuse_inline_credentials
+from regpatch.params import (
+    ChangeParams,
+    RegistryParams,
+    RepositoryName,
+    TagName,
+    VerifyParams,
+    form_terms,
+    refuse_inline_credentials,
+)
 from regpatch_tasks import debug_logs, route_core_logs
 from regpatch_tasks.observer import PrefectObserver, label_registry_run, publish_history, publish_summary
-
-NonEmpty = Annotated[str, Field(min_length=1)]
 
 
 @flow(name="rollback-registry", log_prints=False, persist_result=False)
 def rollback_registry(
-    repository: NonEmpty,
-    tag: NonEmpty,
+    repository: RepositoryName,
+    tag: TagName,
     registry: RegistryParams,
     change: ChangeParams,
     to: Optional[str] = None,

@@ -10,10 +10,9 @@ Skipped, Completed). More than 4 registries at once only on a server on PostgreS
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Optional
 
 from prefect import flow, get_run_logger
-from pydantic import Field
 
 from regpatch import interrupt
 from regpatch.engine.patch_run import open_bundle
@@ -29,7 +28,7 @@ from regpatch.fleet.rollout import (
     run_rollout,
 )
 from regpatch.options import opt
-from regpatch.params import ChangeParams, RolloutParams, S3Params, VerifyParams, form_terms
+from regpatch.params import ChangeParams, RepositoryName, RolloutParams, S3Params, TagName, VerifyParams, form_terms
 from regpatch.reference import Repository, Tag
 from regpatch_tasks import debug_logs, route_core_logs
 from regpatch_tasks.observer import label_run, run_name, s3_options_for
@@ -43,14 +42,12 @@ from regpatch_tasks.rollout_tasks import (
     wave_slots,
 )
 
-NonEmpty = Annotated[str, Field(min_length=1)]
-
 
 @flow(name="rollout", persist_result=False)
 def rollout(
     bundle: Optional[str],
-    repository: NonEmpty,
-    tag: NonEmpty,
+    repository: RepositoryName,
+    tag: TagName,
     rollout: RolloutParams,
     change: ChangeParams,
     verify: VerifyParams = VerifyParams(),

@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Iterator, Optional
 from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from pydantic.config import JsonDict
 
-from regpatch.errors import UsageError
+from regpatch.errors import InvalidReference, UsageError
 from regpatch.options import CHANGE, FORM_GROUPS, REGISTRY, ROLLOUT, S3, TRUST, VERIFY, Option, form_namer, wording
+from regpatch.reference import REPOSITORY_PATTERN, TAG_PATTERN, Repository, Tag
 
 if TYPE_CHECKING:  # imported where they are used: the command line parses its flags first (fast start)
     from regpatch.bundle.s3 import S3Options  # boto3
@@ -89,6 +90,27 @@ _TARGET_SCHEMA: JsonDict = {
 }
 
 # -- fields shared by more than one model (one definition each) -----------------------------------
+
+def _repository(v: str) -> str:
+    try:
+        return Repository.parse(v).name
+    except InvalidReference as e:
+        raise ValueError(str(e)) from None
+
+
+def _tag(v: str) -> str:
+    try:
+        return Tag.parse(v).name
+    except InvalidReference as e:
+        raise ValueError(str(e)) from None
+
+
+# The flows' repository and tag: checked by the engine's own parser, and the same grammar in
+# the JSON schema, so a run form (and the API) refuses 'LTSC 2019!' before a run exists
+RepositoryName = Annotated[str, AfterValidator(_repository), Field(
+    min_length=1, json_schema_extra={"pattern": REPOSITORY_PATTERN, "maxLength": 255})]
+TagName = Annotated[str, AfterValidator(_tag), Field(
+    min_length=1, json_schema_extra={"pattern": TAG_PATTERN, "maxLength": 128})]
 
 def _command(v: Optional[str]) -> Optional[str]:
     if v is not None and "\x00" in v:

@@ -137,6 +137,21 @@ def test_an_empty_registry_is_refused_by_the_form_schema(cluster):
     assert check["valid"] is True, check
 
 
+def test_a_bad_tag_or_repository_never_becomes_a_run(cluster):
+    """The engine's grammar of repositories and tags is in the schema (pattern, maxLength):
+    the server refuses the run at creation, for the form and the API alike."""
+    c = cluster["c"]
+    before = len(c.flow_runs())
+    for name in ("patch-registry/site-a", "rollback-registry/site-a", "rollout/rollout"):
+        dep = deployment(c, name)
+        for bad in ({"tag": "LTSC 2019!"}, {"repository": "ServerCore", "tag": TAG}, {"tag": "x" * 129}):
+            params = {"bundle": "/x", "change": CHANGE, **bad} if name.startswith("patch") else {"change": CHANGE, **bad}
+            r = httpx.post(f"{c.api}/deployments/{dep['id']}/create_flow_run", json={"parameters": params}, timeout=10)
+            assert r.status_code in (409, 422) and ("does not match" in r.text or "is too long" in r.text), \
+                (name, r.text)
+    assert len(c.flow_runs()) == before
+
+
 def test_regpatch_deployments_know_their_registry(cluster):
     c, regs = cluster["c"], cluster["regs"]
     out = cluster["apply"]

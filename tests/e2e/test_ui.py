@@ -128,6 +128,23 @@ def test_generic_form_refuses_a_registry_without_storage(site, page):
     assert len(c.flow_runs()) == runs  # refused by the form: no run was created
 
 
+def test_a_bad_tag_is_refused_by_the_form_before_a_run_exists(site, page):
+    """The form checks the tag with the engine's grammar (the schema's pattern): 'LTSC 2019!'
+    never becomes a run that fails on the worker."""
+    c = site["c"]
+    runs = len(c.flow_runs())
+    open_form(page, c, "patch-registry/site-ui")
+    field(page, "bundle").fill(str(site["scenario"]["staged"]))
+    field(page, "tag").fill("LTSC 2019!")
+    fill_change(page)
+    page.get_by_role("button", name="Submit").click()
+    page.get_by_text("'LTSC 2019!' does not match").first.wait_for()
+    field(page, "tag").scroll_into_view_if_needed()
+    shot(page, site, "ui-form-refuses-bad-tag.png", settle=200)
+    assert "/runs/flow-run/" not in page.url
+    assert len(c.flow_runs()) == runs
+
+
 def test_patch_from_the_run_form_completes_and_its_summary_names_the_registry(site, page):
     c, reg, s = site["c"], site["reg"], site["scenario"]
     open_form(page, c, "patch-registry/site-ui")
