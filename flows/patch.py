@@ -67,16 +67,21 @@ def patch_registry(
     route_core_logs()
     name = registry.label()
     with label_registry_run(name, repository, tag), debug_logs(debug), form_terms():
-        refuse_inline_credentials(opt.verify_command, verify.command)
-        refuse_inline_credentials(opt.restart, registry.restart)
-        request = patch_request(bundle=bundle, repository=repository, tag=tag, registry=registry,
-                                verify=verify, image=image, dry_run=dry_run, s3=s3_options_for(bundle, s3),
-                                consume=consume, trust=trust, change=change)
+        try:
+            refuse_inline_credentials(opt.verify_command, verify.command)
+            refuse_inline_credentials(opt.restart, registry.restart)
+            request = patch_request(bundle=bundle, repository=repository, tag=tag, registry=registry,
+                                    verify=verify, image=image, dry_run=dry_run, s3=s3_options_for(bundle, s3),
+                                    consume=consume, trust=trust, change=change)
+        except RegpatchError as e:  # before the engine: still a summary, and the outcome's labels
+            publish_patch(name, None, None, e, repository=repository, tag=tag, change=change)
+            raise
         try:
             with interrupt.chained_handlers():
                 result = engine.patch(request, PrefectObserver())
         except RegpatchError as e:
-            publish_patch(name, request.target, getattr(e, "result", None), e)
+            publish_patch(name, request.target, getattr(e, "result", None), e, repository=repository, tag=tag,
+                          change=change)
             raise
         publish_patch(name, request.target, result)
     return result

@@ -8,6 +8,7 @@ from prefect import flow
 
 from regpatch import engine, interrupt
 from regpatch.engine.requests import rollback_request
+from regpatch.errors import RegpatchError
 from regpatch.options import opt
 from regpatch.params import (
     ChangeParams,
@@ -19,7 +20,13 @@ from regpatch.params import (
     refuse_inline_credentials,
 )
 from regpatch_tasks import debug_logs, route_core_logs
-from regpatch_tasks.observer import PrefectObserver, label_registry_run, publish_history, publish_summary
+from regpatch_tasks.observer import (
+    PrefectObserver,
+    label_registry_run,
+    publish_failure,
+    publish_history,
+    publish_summary,
+)
 
 
 @flow(name="rollback-registry", log_prints=False, persist_result=False)
@@ -50,12 +57,17 @@ def rollback_registry(
     route_core_logs()
     name = registry.label()
     with label_registry_run(name, repository, tag), debug_logs(debug), form_terms():
-        refuse_inline_credentials(opt.verify_command, verify.command)
-        refuse_inline_credentials(opt.restart, registry.restart)
-        request = rollback_request(repository=repository, tag=tag, registry=registry, to=to or None,
-                                   verify=verify, change=change)
-        with interrupt.chained_handlers():
-            result = engine.rollback(request, PrefectObserver())
+        request = None
+        try:
+            refuse_inline_credentials(opt.verify_command, verify.command)
+            refuse_inline_credentials(opt.restart, registry.restart)
+            request = rollback_request(repository=repository, tag=tag, registry=registry, to=to or None,
+                                       verify=verify, change=change)
+            with interrupt.chained_handlers():
+                result = engine.rollback(request, PrefectObserver())
+        except RegpatchError as e:  # however early: a summary saying where the tag stands
+            publish_failure(name, "rollback", repository, tag, e, request.target if request else None, change)
+            raise
         publish_summary(result, name, kind="rollback")
         publish_history(name, request.target)
     return result

@@ -39,6 +39,8 @@ from prefect.client.schemas.actions import ArtifactCreate, ArtifactUpdate
 from prefect.context import FlowRunContext, TaskRunContext
 
 from regpatch.bundle.s3 import S3Options
+from regpatch.engine.results import render_failure_markdown, tag_position
+from regpatch.errors import Interrupted
 from regpatch.fleet.rollout import tag_state
 from regpatch.progress import Progress, human
 from regpatch.sanitize import escape_controls
@@ -249,9 +251,26 @@ def publish_history(registry: str, target, repository: Optional[str] = None, tag
     create_markdown_artifact(key=key, markdown=markdown, description=f"{registry}: tag changes (regpatch history)")
 
 
-def publish_patch(registry: str, target, result, error: Optional[BaseException] = None) -> None:
-    """What a patch run leaves in Prefect: its summary, its outcome as labels, and the
-    registry's refreshed history (a dry run changes no history)."""
+def publish_failure(registry: str, kind: str, repository: str, tag: str, error: BaseException, target=None,
+                    change=None) -> None:
+    """The summary of a run that failed before the engine had a result, keyed like the
+    others, saying where the tag stands (read in the storage); never fails the run."""
+    try:
+        markdown = render_failure_markdown(kind, repository, tag, str(error), tag_position(target, repository, tag),
+                                           name=registry, registry=target.describe() if target is not None else "",
+                                           change=change, interrupted=isinstance(error, Interrupted))
+        create_markdown_artifact(key=artifact_key(registry, repository, tag), markdown=f"{markdown}",
+                                 description=f"{registry}: {kind} {repository}:{tag} failed")
+    except Exception as e:  # noqa: BLE001 - the run's own error is the one to report
+        log.warning("the failure summary of %s was not published: %s", registry, type(e).__name__)
+
+
+def publish_patch(registry: str, target, result, error: Optional[BaseException] = None, *,
+                  repository: str = "", tag: str = "", change=None) -> None:
+    """What a patch run leaves in Prefect: its summary (a failure's too, however early), its
+    outcome as labels, and the registry's refreshed history (a dry run changes no history)."""
+    if result is None and error is not None and repository:
+        publish_failure(registry, "patch", repository, tag, error, target, change)
     publish_summary(result, registry)
     record_outcome(result, error)
     if result is not None and not result.dry_run:

@@ -352,9 +352,14 @@ def _apply(request: PatchRequest, plan: PatchPlan, loaded: PatchBundle, store: R
                  f"({opt.always_verify} to pull again)", repo, tag, plan.new, target.url)
         result.verified = f"unchanged since a pull through {target.url} proved {plan.new}"
     else:
-        report_v = steps("verify-pull", lambda: verify_new_image(
-            store, target, repo, plan.new, sum(b.size for b in plan.blobs), request.verify_command,
-            observer.progress))
+        stages: list[str] = []
+        try:
+            report_v = steps("verify-pull", lambda: verify_new_image(
+                store, target, repo, plan.new, sum(b.size for b in plan.blobs), request.verify_command,
+                observer.progress, stages))
+        except RegpatchError as e:  # said where it failed: the summary never claims 'not run' for a run check
+            result.verified = f"failed at the {stages[-1] if stages else 'storage check'}: {e}"
+            raise
         result.verified = report_v.summary() if report_v else None
         journal.verified_url = target.url if report_v else None
     journal.mark(store, "verify pull")

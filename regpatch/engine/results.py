@@ -169,3 +169,30 @@ def render_patch_markdown(r: PatchResult) -> str:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in r.warnings]
     return "\n".join(lines) + "\n"
 
+
+
+def tag_position(target, repository: str, tag: str) -> str:
+    """Where the tag stands, read in the storage now (for a run that failed before it had a
+    result): never raises."""
+    if target is None:
+        return "The tag was not moved: the run stopped before it opened the storage; nothing was written."
+    try:
+        current = target.store().current_tag(Repository.parse(repository), Tag.parse(tag))
+    except Exception as e:  # noqa: BLE001 - a summary must not fail on an unreadable storage
+        return f"Where the tag stands could not be read ({type(e).__name__}): see regpatch history."
+    return (f"The tag points at `{current}` (read in the storage after the failure)." if current else
+            "The tag does not exist in the storage (read after the failure).")
+
+
+def render_failure_markdown(kind: str, repository: str, tag: str, error: str, where: str, *, name: str = "",
+                            registry: str = "", change=None, interrupted: bool = False) -> str:
+    """The summary of a run that failed before the engine had a result (a bad parameter, a
+    missing bundle, a permission error), in the shape of the others."""
+    on = f" on `{name}`" if name else ""
+    lines = [f"# {'Interrupted' if interrupted else 'Failed'}: `{repository}:{tag}`{on} ({kind})", "",
+             "| | |", "|---|---|"]
+    if registry:
+        lines.append(f"| registry | `{registry}` |")
+    lines += [f"| repository | `{repository}` |", f"| tag | `{tag}` |", "| verification | not run |"]
+    lines += change_rows(change).splitlines() if change is not None else []
+    return "\n".join(lines + ["", "## Error", "", error, "", where]) + "\n"

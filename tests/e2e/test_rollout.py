@@ -291,6 +291,44 @@ def test_flow_errors_name_the_form_fields_and_history_on_demand(fleet, scenario,
     assert art.data == text
 
 
+def test_a_run_that_fails_early_still_leaves_its_summary_with_where_the_tag_stands(fleet, scenario, prefect_api):
+    """A patch refused before the engine starts (a CA file that does not exist) and a
+    rollback refused by the engine before any result (a digest the repository lacks) each
+    write their summary artifact: the error, and where the tag stands."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    from regpatch.errors import RegpatchError
+    from regpatch.params import ChangeParams, RegistryParams
+    from regpatch_flows.patch import patch_registry
+    from regpatch_flows.rollback import rollback_registry
+
+    def summary(key: str) -> str:
+        with get_client(sync_client=True) as client:
+            (art,) = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                                           sort=ArtifactSort.CREATED_DESC, limit=1)
+        return art.data
+
+    a, change = fleet["site-a"], ChangeParams(requested_by="ana", reason="CHG-5")
+    with pytest.raises(RegpatchError):
+        patch_registry(bundle=str(scenario["staged"]), repository=REPO, tag="early", change=change,
+                       registry=RegistryParams(name="early-a", storage=str(a.root), registry_url=a.url,
+                                               registry_ca="/nonexistent/ca.pem"))
+    text = summary(f"early-a-{REPO}-early")
+    assert text.startswith(f"# Failed: `{REPO}:early` on `early-a` (patch)"), text
+    assert "/nonexistent/ca.pem" in text and "| reason | CHG-5 |" in text and "| verification | not run |" in text
+    assert "The tag was not moved: the run stopped before it opened the storage; nothing was written." in text
+    missing = "sha256:" + "0" * 64
+    with pytest.raises(RegpatchError):
+        rollback_registry(repository=REPO, tag=TAG, to=missing, change=change,
+                          registry=RegistryParams(name="early-b", storage=str(a.root)))
+    text = summary(f"early-b-{REPO}-{TAG}")
+    current = (a.root / f"docker/registry/v2/repositories/{REPO}/_manifests/tags/{TAG}/current/link").read_text()
+    assert text.startswith(f"# Failed: `{REPO}:{TAG}` on `early-b` (rollback)"), text
+    assert missing in text and f"The tag points at `{current.strip()}` (read in the storage after the failure)." in text
+
+
 def test_lines_logged_by_the_blob_threads_reach_the_run_logs(capsys, fleet, scenario):
     """Staging and the verification pull run two blobs at a time in worker threads; what
     they log belongs to the run and must be in its logs on the server, not only on the
