@@ -363,11 +363,11 @@ def test_more_than_four_at_once_is_refused_on_sqlite_before_anything_is_touched(
     assert not (tmp_path / "s").exists()
     # a run from the form (the flow itself) is refused the same way, naming the form's field
     from regpatch.errors import UsageError
-    from regpatch.params import RolloutParams
+    from regpatch.params import ChangeParams, RolloutParams
     from regpatch_flows.rollout import rollout as rollout_flow
 
     with pytest.raises(UsageError) as e:
-        rollout_flow(bundle=str(scenario["staged"]), repository=REPO, tag=TAG,
+        rollout_flow(bundle=str(scenario["staged"]), repository=REPO, tag=TAG, change=ChangeParams(requested_by="e2e"),
                      rollout=RolloutParams(inventory=inv, max_parallel=5, state_dir=str(tmp_path / "s")))
     assert "(rollout.max_parallel) 5 needs a Prefect server on PostgreSQL: this one runs on SQLite" in str(e.value)
     assert {n: tree_hash(fleet[n].root) for n in fleet} == before
