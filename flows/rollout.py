@@ -33,6 +33,7 @@ from regpatch.reference import Repository, Tag
 from regpatch_tasks import debug_logs, route_core_logs
 from regpatch_tasks.observer import label_run, run_name, s3_options_for
 from regpatch_tasks.rollout_tasks import (
+    RegistriesProgress,
     check_server,
     find_patch_deployments,
     patcher,
@@ -93,9 +94,11 @@ def rollout(
         patch_one = patcher(bundle=bundle, repository=repository, tag=tag, image=image,
                             verify_command=verify.command, dry_run=dry_run, s3=s3, s3_options=s3_options,
                             deployments=deployments, timeout=rollout.patch_timeout, change=change)
+        progress = RegistriesProgress(len(entries))  # "n of N registries done", on the run's Artifacts tab
         with interrupt.chained_handlers():  # a stop request reaches the engines in every registry's thread
-            outcomes = run_rollout(entries, patch_one, state=state, max_parallel=rollout.max_parallel,
+            outcomes = run_rollout(entries, progress.wrap(patch_one), state=state, max_parallel=rollout.max_parallel,
                                    dry_run=dry_run, around_wave=wave_slots)
+        progress.finish(outcomes)
         show_unrun(outcomes, repository, tag)
         publish_rollout(outcomes, f"Rollout{' (dry run)' if dry_run else ''} of {repository}:{tag} = {digest}",
                         repository, tag, change)

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import re
+import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, TypedDict
 
@@ -34,9 +36,15 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE, CachePolicy
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+from prefect.client.schemas.actions import (
+    ArtifactCreate,
+    ArtifactUpdate,
+    GlobalConcurrencyLimitCreate,
+    GlobalConcurrencyLimitUpdate,
+)
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 from prefect.concurrency.sync import concurrency
+from prefect.context import FlowRunContext
 from prefect.deployments import run_deployment
 from prefect.states import Cancelled, Completed, Failed, State
 
@@ -303,3 +311,58 @@ def publish_rollout(outcomes: list[RegistryOutcome], title: str, repository: str
     table, then every error in full with where the tag stands."""
     create_markdown_artifact(key=artifact_key("rollout", repository, tag),
                              markdown=render_markdown(outcomes, title, change), description=title)
+
+
+class RegistriesProgress:
+    """The rollout's own progress artifact: "n of N registries done" while it runs (at most one
+    update a second), and at the end 100 % with the outcomes counted, failed or not. Never
+    fails the rollout: an API error is logged once and the artifact is left as it was."""
+
+    def __init__(self, total: int, every: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.total, self.every, self.clock = total, every, clock
+        self.done = 0
+        self.sent_at = 0.0
+        self.artifact_id: Optional[Any] = None
+        self.failed = False
+        self._lock = threading.Lock()
+        self._post(0.0, f"0 of {total} registries done")
+
+    def wrap(self, patch_one: PatchOne) -> PatchOne:
+        def counted(entry: RegistryEntry) -> RegistryOutcome:
+            try:
+                return patch_one(entry)
+            finally:
+                self.advance()
+        return counted
+
+    def advance(self) -> None:
+        with self._lock:
+            self.done += 1
+            if self.clock() - self.sent_at < self.every:
+                return
+            self._post(100.0 * self.done / max(self.total, 1), f"{self.done} of {self.total} registries done")
+
+    def finish(self, outcomes: list[RegistryOutcome]) -> None:
+        counts: dict[str, int] = {}
+        for o in outcomes:
+            counts[o.status] = counts.get(o.status, 0) + 1
+        told = ", ".join(f"{n} {status}" for status, n in counts.items())
+        with self._lock:
+            self._post(100.0, f"{len(outcomes)} of {self.total} registries done: {told}")
+
+    def _post(self, pct: float, description: str) -> None:
+        if self.failed:
+            return
+        try:
+            with get_client(sync_client=True) as client:
+                if self.artifact_id is None:
+                    ctx = FlowRunContext.get()
+                    self.artifact_id = client.create_artifact(ArtifactCreate(
+                        type="progress", data=pct, description=description,
+                        flow_run_id=ctx.flow_run.id if ctx and ctx.flow_run else None)).id
+                else:
+                    client.update_artifact(self.artifact_id, ArtifactUpdate(data=pct, description=description))
+            self.sent_at = self.clock()
+        except Exception as e:  # noqa: BLE001 - progress never fails a rollout
+            get_run_logger().warning("the rollout's progress is not shown in Prefect: %s", type(e).__name__)
+            self.failed = True

@@ -333,6 +333,9 @@ def test_rollout_deployment_on_a_worker_and_its_shipped_defaults(cluster):
     (art,) = [a for a in c.artifacts(flow_run_id={"any_": [fr["id"]]}) if a["key"] == f"rollout-{REPO}-monthly"]
     assert "| site-a | canary | pool pool-a | patched |" in art["data"]
     assert "| site-b | fleet | pool pool-b | patched |" in art["data"]
+    (progress,) = [a for a in c.artifacts(flow_run_id={"any_": [fr["id"]]}) if a["type"] == "progress"
+                   and "registries" in (a["description"] or "")]
+    assert progress["data"] == 100.0 and progress["description"] == "2 of 2 registries done: 2 patched", progress
 
 
 def test_the_scheduled_rollout_takes_the_newest_bundle_of_the_drop_and_refuses_it_once_applied(cluster):
