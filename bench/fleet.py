@@ -241,7 +241,7 @@ class Server:
 
 def rollout_cmd(staged: Path, inventory: Path, state: Path, max_parallel: int, *extra: str) -> list[str]:
     return [REGPATCH, "rollout", str(staged), "--inventory", str(inventory), "--repository", REPO, "--tag", TAG,
-            "--max-parallel", str(max_parallel), "--state-dir", str(state), *extra]
+            "--max-parallel", str(max_parallel), "--state-dir", str(state), "--reason", "bench", *extra]
 
 
 def counted(out: Path, cmd: list[str]) -> list[str]:
@@ -349,7 +349,8 @@ def ui_runs(work: Path, server: Server, staged: Path, template: Path, poll: floa
             time.sleep((i * 0.37 * poll) % poll)  # the click lands anywhere in the worker's poll period
             t0 = time.perf_counter()
             fr = api.post(f"/deployments/{dep['id']}/create_flow_run",
-                          json={"parameters": {"bundle": str(staged), "tag": f"ui-{i}"}}).json()
+                          json={"parameters": {"bundle": str(staged), "tag": f"ui-{i}",
+                                                  "change": {"requested_by": "bench", "reason": "bench"}}}).json()
             seen_running = None
             while True:
                 state = api.get(f"/flow_runs/{fr['id']}").json()["state_type"]

@@ -9,13 +9,16 @@ shows every field with its description and refuses what the schema refuses.
 
 from __future__ import annotations
 
+from prefect.automations import AutomationCore
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.exceptions import ObjectNotFound
 from prefect.utilities.callables import parameter_schema
 from prefect.workers.process import ProcessWorker
 
+from regpatch.errors import UsageError
 from regpatch.fleet.deployments import HISTORY, MAINTAIN, PATCH, ROLLBACK, DeploymentSpec
+from regpatch.fleet.notify import AUTOMATION_NAME, automation_spec, block_reference
 from regpatch_flows.history import registry_history
 from regpatch_flows.maintenance import registry_maintenance
 from regpatch_flows.patch import patch_registry
@@ -52,3 +55,27 @@ def apply(specs: list[DeploymentSpec]) -> list[str]:
             verb = "updated" if (flow_id, s.name) in existing else "created"
             done.append(f"deployment {s.full_name} {verb} (work pool {s.work_pool})")
     return done
+
+
+def apply_notification(block: str) -> str:
+    """Create or update the failure-notification automation (``regpatch.fleet.notify``),
+    sending through the notification block ``TYPE/NAME``; returns a line for the operator.
+    Found again by its name: a re-run updates it (a new block, new wording), never a second."""
+    slug, name = block_reference(block)
+    with get_client(sync_client=True) as client:
+        try:
+            document = client.read_block_document_by_name(name, slug, include_secrets=False)
+        except ObjectNotFound:
+            raise UsageError(f"--notify {block}: no block {name!r} of type {slug!r} on the Prefect API; create it "
+                             "first (UI: Blocks -> +, e.g. Custom Webhook), then run this again") from None
+        if "notify" not in (document.block_schema.capabilities if document.block_schema else []):
+            raise UsageError(f"--notify {block}: that block cannot send notifications (its type has no 'notify')")
+        automation = AutomationCore.model_validate(automation_spec(str(document.id)))
+        found = client.read_automations_by_name(AUTOMATION_NAME)
+        if found:
+            client.update_automation(found[0].id, automation)
+            for extra in found[1:]:  # made by hand or by a race: one is enough
+                client.delete_automation(extra.id)
+            return f"automation {AUTOMATION_NAME!r} updated: failed or crashed runs notify {block}"
+        client.create_automation(automation)
+    return f"automation {AUTOMATION_NAME!r} created: failed or crashed runs notify {block}"

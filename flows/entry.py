@@ -16,7 +16,8 @@ from regpatch_flows import patch, rollback
 from regpatch_flows import rollout as rollout_flow
 from regpatch_tasks.observer import s3_options_for
 
-__all__ = ["apply_deployments", "patch_registry", "rollback_registry", "rollout", "s3_options_for"]
+__all__ = ["apply_deployments", "apply_notification", "patch_registry", "rollback_registry", "rollout",
+           "s3_options_for"]
 
 
 def _from_the_terminal(flow: Callable[..., Any]) -> Callable[..., Any]:
@@ -42,3 +43,10 @@ def apply_deployments(specs: list) -> list[str]:
     from regpatch_flows.deploy import apply  # Prefect's deployment machinery, only for --apply (start-up)
 
     return apply(specs)
+
+
+def apply_notification(block: str) -> str:
+    """``regpatch_flows.deploy.apply_notification``."""
+    from regpatch_flows.deploy import apply_notification as apply  # only for --notify (start-up)
+
+    return apply(block)

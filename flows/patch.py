@@ -11,7 +11,17 @@ from regpatch import engine, interrupt
 from regpatch.engine.requests import patch_request
 from regpatch.errors import RegpatchError
 from regpatch.options import opt
-from regpatch.params import RegistryParams, S3Params, TrustParams, VerifyParams, form_terms, refuse_inline_credentials
+from regpatch.params import (
+    ChangeParams,
+    RegistryParams,
+    RepositoryName,
+    S3Params,
+    TagName,
+    TrustParams,
+    VerifyParams,
+    form_terms,
+    refuse_inline_credentials,
+)
 from regpatch_tasks import debug_logs, route_core_logs
 from regpatch_tasks.observer import PrefectObserver, label_registry_run, publish_patch, s3_options_for
 
@@ -21,9 +31,10 @@ NonEmpty = Annotated[str, Field(min_length=1)]
 @flow(name="patch-registry", log_prints=False, persist_result=False)
 def patch_registry(
     bundle: NonEmpty,
-    repository: NonEmpty,
-    tag: NonEmpty,
+    repository: RepositoryName,
+    tag: TagName,
     registry: RegistryParams,
+    change: ChangeParams,
     verify: VerifyParams = VerifyParams(),
     s3: S3Params = S3Params(),
     image: Optional[str] = None,
@@ -43,6 +54,7 @@ def patch_registry(
         tag: Tag to point at the bundle's image, e.g. ltsc2019.
         registry: The registry. A per-registry deployment (regpatch deployments) fills it in;
             otherwise give its storage folder or its config.yml.
+        change: Who asked for the patch and why (a change ticket): recorded in the history.
         verify: Optional. An external puller run before the tag moves.
         s3: Only for s3:// bundles: endpoint, credentials block, retries.
         image: Only for an OCI layout holding several images: the one whose ref.name annotation is this.
@@ -55,16 +67,21 @@ def patch_registry(
     route_core_logs()
     name = registry.label()
     with label_registry_run(name, repository, tag), debug_logs(debug), form_terms():
-        refuse_inline_credentials(opt.verify_command, verify.command)
-        refuse_inline_credentials(opt.restart, registry.restart)
-        request = patch_request(bundle=bundle, repository=repository, tag=tag, registry=registry,
-                                verify=verify, image=image, dry_run=dry_run, s3=s3_options_for(bundle, s3),
-                                consume=consume, trust=trust)
+        try:
+            refuse_inline_credentials(opt.verify_command, verify.command)
+            refuse_inline_credentials(opt.restart, registry.restart)
+            request = patch_request(bundle=bundle, repository=repository, tag=tag, registry=registry,
+                                    verify=verify, image=image, dry_run=dry_run, s3=s3_options_for(bundle, s3),
+                                    consume=consume, trust=trust, change=change)
+        except RegpatchError as e:  # before the engine: still a summary, and the outcome's labels
+            publish_patch(name, None, None, e, repository=repository, tag=tag, change=change)
+            raise
         try:
             with interrupt.chained_handlers():
                 result = engine.patch(request, PrefectObserver())
         except RegpatchError as e:
-            publish_patch(name, request.target, getattr(e, "result", None), e)
+            publish_patch(name, request.target, getattr(e, "result", None), e, repository=repository, tag=tag,
+                          change=change)
             raise
         publish_patch(name, request.target, result)
     return result

@@ -2,26 +2,39 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Optional
 
 from prefect import flow
-from pydantic import Field
 
 from regpatch import engine, interrupt
 from regpatch.engine.requests import rollback_request
+from regpatch.errors import RegpatchError
 from regpatch.options import opt
-from regpatch.params import RegistryParams, VerifyParams, form_terms, refuse_inline_credentials
+from regpatch.params import (
+    ChangeParams,
+    RegistryParams,
+    RepositoryName,
+    TagName,
+    VerifyParams,
+    form_terms,
+    refuse_inline_credentials,
+)
 from regpatch_tasks import debug_logs, route_core_logs
-from regpatch_tasks.observer import PrefectObserver, label_registry_run, publish_history, publish_summary
-
-NonEmpty = Annotated[str, Field(min_length=1)]
+from regpatch_tasks.observer import (
+    PrefectObserver,
+    label_registry_run,
+    publish_failure,
+    publish_history,
+    publish_summary,
+)
 
 
 @flow(name="rollback-registry", log_prints=False, persist_result=False)
 def rollback_registry(
-    repository: NonEmpty,
-    tag: NonEmpty,
+    repository: RepositoryName,
+    tag: TagName,
     registry: RegistryParams,
+    change: ChangeParams,
     to: Optional[str] = None,
     verify: VerifyParams = VerifyParams(),
     debug: bool = False,
@@ -35,6 +48,7 @@ def rollback_registry(
         tag: Tag to roll back, e.g. ltsc2019.
         registry: The registry. A per-registry deployment (regpatch deployments) fills it in;
             otherwise give its storage folder or its config.yml.
+        change: Who asked for the rollback and why (a change ticket): recorded in the history.
         to: Optional. The digest (sha256:...) to point the tag at; default: the one before the
             last change (see the history-REGISTRY artifact).
         verify: Optional. An external puller run before the tag moves.
@@ -43,12 +57,17 @@ def rollback_registry(
     route_core_logs()
     name = registry.label()
     with label_registry_run(name, repository, tag), debug_logs(debug), form_terms():
-        refuse_inline_credentials(opt.verify_command, verify.command)
-        refuse_inline_credentials(opt.restart, registry.restart)
-        request = rollback_request(repository=repository, tag=tag, registry=registry, to=to or None,
-                                   verify=verify)
-        with interrupt.chained_handlers():
-            result = engine.rollback(request, PrefectObserver())
+        request = None
+        try:
+            refuse_inline_credentials(opt.verify_command, verify.command)
+            refuse_inline_credentials(opt.restart, registry.restart)
+            request = rollback_request(repository=repository, tag=tag, registry=registry, to=to or None,
+                                       verify=verify, change=change)
+            with interrupt.chained_handlers():
+                result = engine.rollback(request, PrefectObserver())
+        except RegpatchError as e:  # however early: a summary saying where the tag stands
+            publish_failure(name, "rollback", repository, tag, e, request.target if request else None, change)
+            raise
         publish_summary(result, name, kind="rollback")
         publish_history(name, request.target)
     return result

@@ -10,20 +10,30 @@ Skipped, Completed). More than 4 registries at once only on a server on PostgreS
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Optional
 
 from prefect import flow, get_run_logger
-from pydantic import Field
 
 from regpatch import interrupt
 from regpatch.engine.patch_run import open_bundle
+from regpatch.errors import UsageError
+from regpatch.fleet.drop import choose_bundle
 from regpatch.fleet.inventory import refuse_stored_credentials
-from regpatch.fleet.rollout import RolloutFailed, RolloutState, check_state_dir, render_table, run_rollout
-from regpatch.params import RolloutParams, S3Params, VerifyParams, form_terms
+from regpatch.fleet.rollout import (
+    RolloutFailed,
+    RolloutState,
+    check_change_for_workers,
+    check_state_dir,
+    render_table,
+    run_rollout,
+)
+from regpatch.options import opt
+from regpatch.params import ChangeParams, RepositoryName, RolloutParams, S3Params, TagName, VerifyParams, form_terms
 from regpatch.reference import Repository, Tag
 from regpatch_tasks import debug_logs, route_core_logs
 from regpatch_tasks.observer import label_run, run_name, s3_options_for
 from regpatch_tasks.rollout_tasks import (
+    RegistriesProgress,
     check_server,
     find_patch_deployments,
     patcher,
@@ -33,15 +43,14 @@ from regpatch_tasks.rollout_tasks import (
     wave_slots,
 )
 
-NonEmpty = Annotated[str, Field(min_length=1)]
-
 
 @flow(name="rollout", persist_result=False)
 def rollout(
-    bundle: NonEmpty,
-    repository: NonEmpty,
-    tag: NonEmpty,
+    bundle: Optional[str],
+    repository: RepositoryName,
+    tag: TagName,
     rollout: RolloutParams,
+    change: ChangeParams,
     verify: VerifyParams = VerifyParams(),
     image: Optional[str] = None,
     dry_run: bool = False,
@@ -53,10 +62,12 @@ def rollout(
 
     Args:
         bundle: The patch bundle, readable here and on every worker (the same path
-            everywhere), or s3://bucket/prefix.
+            everywhere), or s3://bucket/prefix. None with rollout.drop: the newest bundle there.
         repository: Repository to patch, e.g. servercore.
         tag: Tag to point at the bundle's image, e.g. ltsc2019.
         rollout: The inventory and which of its registries, how many at once.
+        change: Who asked for the rollout and why (a change ticket): recorded in every registry's
+            history and given to every registry's run.
         verify: An external puller run after each patch, {ref} replaced; an entry's own wins.
         image: For an OCI layout holding several images, the one whose ref.name annotation is this.
         dry_run: Plan and verify the bundle for every registry, write nothing.
@@ -65,11 +76,13 @@ def rollout(
     """
     route_core_logs()
     with label_run(run_name("rollout", repository, tag), [f"repository:{repository}"]), debug_logs(debug), \
-            form_terms(("rollout", "verify", "s3")):
+            form_terms(("rollout", "verify", "s3", "change")):
         Repository.parse(repository), Tag.parse(tag)
         check_server(rollout.max_parallel)
         entries = read_inventory(rollout.inventory, rollout.only)
         refuse_stored_credentials(entries)  # as the command line does: what a run stores, logs or shows has none
+        check_change_for_workers(change, entries)
+        bundle = bundle_to_roll_out(bundle, rollout, repository, tag, entries, s3)
         deployments = find_patch_deployments(entries) if any(e.work_pool for e in entries) else {}
         s3_options = s3_options_for(bundle, s3)
         digest = str(open_bundle(bundle, image=image, s3=s3_options).top.digest)
@@ -80,14 +93,32 @@ def rollout(
                               len(entries), state.path)
         patch_one = patcher(bundle=bundle, repository=repository, tag=tag, image=image,
                             verify_command=verify.command, dry_run=dry_run, s3=s3, s3_options=s3_options,
-                            deployments=deployments, timeout=rollout.patch_timeout)
+                            deployments=deployments, timeout=rollout.patch_timeout, change=change)
+        progress = RegistriesProgress(len(entries))  # "n of N registries done", on the run's Artifacts tab
         with interrupt.chained_handlers():  # a stop request reaches the engines in every registry's thread
-            outcomes = run_rollout(entries, patch_one, state=state, max_parallel=rollout.max_parallel,
+            outcomes = run_rollout(entries, progress.wrap(patch_one), state=state, max_parallel=rollout.max_parallel,
                                    dry_run=dry_run, around_wave=wave_slots)
+        progress.finish(outcomes)
         show_unrun(outcomes, repository, tag)
         publish_rollout(outcomes, f"Rollout{' (dry run)' if dry_run else ''} of {repository}:{tag} = {digest}",
-                        repository, tag)
+                        repository, tag, change)
         get_run_logger().info("\n%s", render_table(outcomes))
         if any(o.failed or o.status == "not-run" for o in outcomes):
             raise RolloutFailed(outcomes)
     return outcomes
+
+
+def bundle_to_roll_out(bundle: Optional[str], params: RolloutParams, repository: str, tag: str, entries: list,
+                       s3: S3Params) -> str:
+    """The bundle given, or the newest of the drop location (``regpatch.fleet.drop``), said
+    in the run's log; exactly one of them."""
+    if bool(bundle) == bool(params.drop):
+        raise UsageError(f"give either {opt.bundle} or {opt.drop} (the drop location, for the newest bundle there), "
+                         "not both, not neither")
+    if bundle:
+        return bundle
+    assert params.drop is not None
+    choice = choose_bundle(params.drop, repository=repository, tag=tag, entries=entries,
+                           max_age_days=params.max_bundle_age_days, s3=s3_options_for(params.drop, s3))
+    get_run_logger().info("drop location %s: %s", params.drop, choice.summary())
+    return choice.bundle.location

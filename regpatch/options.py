@@ -164,6 +164,25 @@ ROLLOUT = _group(
            description="Folder of the rollout state file (default: .regpatch-rollouts beside the inventory)."),
     Option("patch_timeout", "Patch timeout (s)", kind=float, default=6 * 3600, gt=0, metavar="SECONDS",
            description="Seconds to wait for one registry's run on another host's work pool."),
+    Option("drop", "Drop location", metavar="DIR",
+           description="Instead of a bundle: the folder (or s3://bucket/prefix) where the shuttle side lands "
+                       "bundles, one per subfolder; the rollout takes the newest by the signed created time of "
+                       "its regpatch-bundle.json, and refuses one every registry already serves, one older than "
+                       "the maximum age, or an unsigned one when the inventory has trust keys."),
+    Option("max_bundle_age_days", "Maximum bundle age (days)", kind=float, default=35.0, gt=0, metavar="DAYS",
+           description="With a drop location: refuse a newest bundle created more than this many days ago "
+                       "(default 35: last month's bundle is refused)."),
+)
+
+# who asked for a change and why: recorded in the registry's history and shown in the artifacts
+CHANGE = _group(
+    Option("requested_by", "Requested by", metavar="WHO",
+           description="Required in the run form: who asked for this change (a name or an e-mail address), "
+                       "recorded in the registry's history and shown in the summary. The command line "
+                       "fills in user@host when it is not given."),
+    Option("reason", "Reason (change ticket)", metavar="TEXT",
+           description="Required in the run form: why, e.g. the change ticket CHG-1234, recorded in the "
+                       "registry's history and shown in the summary. Optional on the command line."),
 )
 
 MAX_KEEP = 1000
@@ -188,9 +207,10 @@ MAINTENANCE = _group(
 )
 
 GROUPS: dict[str, dict[str, Option]] = {"registry": REGISTRY, "verify": VERIFY, "s3": S3, "trust": TRUST,
-                                        "rollout": ROLLOUT, "retention": RETENTION, "maintenance": MAINTENANCE}
+                                        "rollout": ROLLOUT, "retention": RETENTION, "maintenance": MAINTENANCE,
+                                        "change": CHANGE}
 # options of the flows that are not fields of a model (the flows' own parameters)
-FLOW_FIELDS = ("image", "dry_run", "to", "consume")
+FLOW_FIELDS = ("image", "dry_run", "to", "consume", "bundle")
 
 
 # --------------------------------------------------------------------------- how a message names one
@@ -242,7 +262,7 @@ def _index(groups: tuple[str, ...]) -> dict[str, tuple[str, Option]]:
     return out
 
 
-FORM_GROUPS = ("registry", "verify", "s3", "trust", "rollout", "retention", "maintenance")
+FORM_GROUPS = ("registry", "verify", "s3", "trust", "rollout", "retention", "maintenance", "change")
 
 
 def form_namer(groups: tuple[str, ...] = FORM_GROUPS) -> Namer:

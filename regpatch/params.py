@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Iterator, Optional
 from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from pydantic.config import JsonDict
 
-from regpatch.errors import UsageError
+from regpatch.errors import InvalidReference, UsageError
 from regpatch.options import (
+    CHANGE,
     FORM_GROUPS,
     MAINTENANCE,
     REGISTRY,
@@ -40,6 +41,7 @@ from regpatch.options import (
     opt,
     wording,
 )
+from regpatch.reference import REPOSITORY_PATTERN, TAG_PATTERN, Repository, Tag
 from regpatch.sanitize import find_credentials, has_credentials
 
 if TYPE_CHECKING:  # imported where they are used: the command line parses its flags first (fast start)
@@ -103,6 +105,27 @@ _TARGET_SCHEMA: JsonDict = {
 }
 
 # -- fields shared by more than one model (one definition each) -----------------------------------
+
+def _repository(v: str) -> str:
+    try:
+        return Repository.parse(v).name
+    except InvalidReference as e:
+        raise ValueError(str(e)) from None
+
+
+def _tag(v: str) -> str:
+    try:
+        return Tag.parse(v).name
+    except InvalidReference as e:
+        raise ValueError(str(e)) from None
+
+
+# The flows' repository and tag: checked by the engine's own parser, and the same grammar in
+# the JSON schema, so a run form (and the API) refuses 'LTSC 2019!' before a run exists
+RepositoryName = Annotated[str, AfterValidator(_repository), Field(
+    min_length=1, json_schema_extra={"pattern": REPOSITORY_PATTERN, "maxLength": 255})]
+TagName = Annotated[str, AfterValidator(_tag), Field(
+    min_length=1, json_schema_extra={"pattern": TAG_PATTERN, "maxLength": 128})]
 
 def _command(v: Optional[str]) -> Optional[str]:
     if v is not None and "\x00" in v:
@@ -292,8 +315,10 @@ class RolloutParams(BaseModel):
     max_parallel: int = spec(ROLLOUT["max_parallel"])
     state_dir: Optional[str] = spec(ROLLOUT["state_dir"])
     patch_timeout: Optional[float] = spec(ROLLOUT["patch_timeout"])
+    drop: Optional[str] = spec(ROLLOUT["drop"])
+    max_bundle_age_days: float = spec(ROLLOUT["max_bundle_age_days"])
 
-    @field_validator("inventory", "state_dir")
+    @field_validator("inventory", "state_dir", "drop")
     @classmethod
     def _line(cls, v: Optional[str]) -> Optional[str]:
         return _one_line(v)
@@ -313,9 +338,41 @@ class RolloutParams(BaseModel):
         return names
 
 
+REQUESTED_BY_MAX, REASON_MAX = 200, 500
+
+
+def _required_text(schema: dict) -> None:
+    """In the run form and on the API: a text that must be given (an open-source Prefect
+    server has no users to take it from), whatever the command line leaves out."""
+    _text_field(schema)
+    schema["minLength"] = 1
+
+
+class ChangeParams(BaseModel):
+    """Who asked for the change and why: recorded in the registry's history with the tag's
+    move and shown in the summary. Both are required in the run form and on the API (the
+    JSON schema); the command line fills in the requester (user@host) and may leave the
+    reason out (recorded as not given)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="Change request",
+                              json_schema_extra={"required": ["requested_by", "reason"]})
+
+    requested_by: str = spec(CHANGE["requested_by"], required=True, min_length=1, max_length=REQUESTED_BY_MAX,
+                             json_schema_extra=_required_text)
+    reason: Optional[str] = spec(CHANGE["reason"], max_length=REASON_MAX, json_schema_extra=_required_text)
+
+    @field_validator("requested_by", "reason")
+    @classmethod
+    def _text(cls, v: Optional[str]) -> Optional[str]:
+        _one_line(v)
+        if v and has_inline_credentials(v):
+            raise ValueError("carries a credential inline; it would be stored in the history and the run")
+        return v or None
+
+
 MODELS: dict[str, type[BaseModel]] = {"registry": RegistryParams, "verify": VerifyParams, "s3": S3Params,
                                       "trust": TrustParams, "rollout": RolloutParams, "retention": RetentionParams,
-                                      "maintenance": MaintenanceParams}
+                                      "maintenance": MaintenanceParams, "change": ChangeParams}
 
 
 # --------------------------------------------------------------------------- inline secrets

@@ -16,8 +16,14 @@ from dataclasses import dataclass
 
 from regpatch.errors import InvalidReference
 
-_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*", re.ASCII)
-_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}", re.ASCII)
+_COMPONENT_TEXT = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*"
+_TAG_TEXT = r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}"
+_COMPONENT = re.compile(_COMPONENT_TEXT, re.ASCII)
+_TAG = re.compile(_TAG_TEXT, re.ASCII)
+# the same grammars as JSON schema patterns (the run forms'; the length of a repository
+# is the schema's maxLength)
+REPOSITORY_PATTERN = f"^{_COMPONENT_TEXT}(?:/{_COMPONENT_TEXT})*$"
+TAG_PATTERN = f"^{_TAG_TEXT}$"
 
 # Path components the registry itself reserves inside a repository folder.
 _RESERVED = {"_layers", "_manifests", "_uploads"}

@@ -39,6 +39,9 @@ from prefect.client.schemas.actions import ArtifactCreate, ArtifactUpdate
 from prefect.context import FlowRunContext, TaskRunContext
 
 from regpatch.bundle.s3 import S3Options
+from regpatch.engine.results import render_failure_markdown, tag_position
+from regpatch.errors import Interrupted
+from regpatch.fleet.rollout import tag_state
 from regpatch.progress import Progress, human
 from regpatch.sanitize import escape_controls, redact
 from regpatch.storage.history import read_history
@@ -259,21 +262,39 @@ def publish_history(registry: str, target, repository: Optional[str] = None, tag
     create_markdown_artifact(key=key, markdown=markdown, description=f"{registry}: tag changes (regpatch history)")
 
 
-def publish_patch(registry: str, target, result, error: Optional[BaseException] = None) -> None:
-    """What a patch run leaves in Prefect: its summary, its outcome as labels, and the
-    registry's refreshed history (a dry run changes no history)."""
+def publish_failure(registry: str, kind: str, repository: str, tag: str, error: BaseException, target=None,
+                    change=None) -> None:
+    """The summary of a run that failed before the engine had a result, keyed like the
+    others, saying where the tag stands (read in the storage); never fails the run."""
+    try:
+        markdown = render_failure_markdown(kind, repository, tag, str(error), tag_position(target, repository, tag),
+                                           name=registry, registry=target.describe() if target is not None else "",
+                                           change=change, interrupted=isinstance(error, Interrupted))
+        create_markdown_artifact(key=artifact_key(registry, repository, tag), markdown=f"{markdown}",
+                                 description=f"{registry}: {kind} {repository}:{tag} failed")
+    except Exception as e:  # noqa: BLE001 - the run's own error is the one to report
+        log.warning("the failure summary of %s was not published: %s", registry, type(e).__name__)
+
+
+def publish_patch(registry: str, target, result, error: Optional[BaseException] = None, *,
+                  repository: str = "", tag: str = "", change=None) -> None:
+    """What a patch run leaves in Prefect: its summary (a failure's too, however early), its
+    outcome as labels, and the registry's refreshed history (a dry run changes no history)."""
+    if result is None and error is not None and repository:
+        publish_failure(registry, "patch", repository, tag, error, target, change)
     publish_summary(result, registry)
     record_outcome(result, error)
     if result is not None and not result.dry_run:
         publish_history(registry, target)
 
 
-OUTCOME_LABELS = ("status", "old", "new", "bytes_copied", "tag_moved", "error")
+OUTCOME_LABELS = ("status", "old", "new", "bytes_copied", "tag_moved", "error", "tag")
 
 
 def record_outcome(result, error: Optional[BaseException] = None) -> None:
     """The run's outcome as labels of its flow run (``regpatch.status``, ``.old``, ``.new``,
-    ``.bytes_copied``, ``.tag_moved``, ``.error``): a rollout reads them back from a run
+    ``.bytes_copied``, ``.tag_moved``, ``.error``, ``.tag``: where the tag stands, in words, for the
+    failure notification): a rollout reads them back from a run
     on another host through the API, whatever result storage that host has. Only a run of
     a deployment gets them (a rollout's, or one from the UI, where they show): a run of
     the command line ends in the operator's terminal, and the write (a read, then a write,
@@ -289,11 +310,21 @@ def record_outcome(result, error: Optional[BaseException] = None) -> None:
     values = dict(status=status, old=getattr(result, "old", None) or "", new=getattr(result, "new", None) or "",
                   bytes_copied=getattr(result, "bytes_copied", 0), tag_moved=bool(getattr(result, "tag_moved", False)),
                   error=str(error) if error is not None else "")
+    values["tag"] = _where_the_tag_stands(status, values)
     try:
         with get_client(sync_client=True) as client:
             client.update_flow_run_labels(ctx.flow_run.id, {f"regpatch.{k}": v for k, v in values.items()})
     except Exception as e:  # noqa: BLE001 - the state still tells failed from completed
         log.warning("could not record the outcome on flow run %s: %s", ctx.flow_run.id, type(e).__name__)
+
+
+def _where_the_tag_stands(status: str, values: dict) -> str:
+    old, new = values["old"] or "(no tag)", values["new"]
+    if status in ("failed", "interrupted"):
+        return tag_state(values["tag_moved"], values["old"] or None, values["error"]) or values["error"]
+    if status == "patched":
+        return f"moved from {old} to {new}"
+    return f"not moved: it points at {new}" if status == "up-to-date" else "not moved (a dry run)"
 
 
 def s3_options_for(bundle: str, s3) -> Optional[S3Options]:

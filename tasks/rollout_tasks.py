@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import re
+import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, TypedDict
 
@@ -34,9 +36,15 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE, CachePolicy
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+from prefect.client.schemas.actions import (
+    ArtifactCreate,
+    ArtifactUpdate,
+    GlobalConcurrencyLimitCreate,
+    GlobalConcurrencyLimitUpdate,
+)
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 from prefect.concurrency.sync import concurrency
+from prefect.context import FlowRunContext
 from prefect.deployments import run_deployment
 from prefect.states import Cancelled, Completed, Failed, State
 
@@ -57,7 +65,7 @@ from regpatch.fleet.rollout import (
     render_markdown,
     tag_state,
 )
-from regpatch.params import S3Params, VerifyParams
+from regpatch.params import ChangeParams, S3Params, VerifyParams
 from regpatch_tasks.observer import PrefectObserver, artifact_key, publish_summary, recent_history, run_name, run_tags
 
 if TYPE_CHECKING:
@@ -124,13 +132,15 @@ def read_inventory(path: str, only: Optional[list[str]]) -> list[RegistryEntry]:
 
 
 def _parameters(entry: RegistryEntry, *, bundle: str, repository: str, tag: str, image: Optional[str],
-                verify_command: Optional[str], dry_run: bool, s3: S3Params) -> dict[str, Any]:
+                verify_command: Optional[str], dry_run: bool, s3: S3Params,
+                change: ChangeParams) -> dict[str, Any]:
     """patch-registry's parameters for one registry (JSON, as a deployment run takes them)."""
     registry = entry.registry_params().model_dump(exclude_none=True)  # the form's schema has no nulls there
     registry["name"] = entry.name
     return dict(bundle=bundle, repository=repository, tag=tag, registry=registry,
                 verify=VerifyParams(command=entry.verify_command or verify_command).model_dump(),
-                s3=s3.model_dump(), image=image, dry_run=dry_run, trust=entry.trust_params().model_dump())
+                s3=s3.model_dump(), image=image, dry_run=dry_run, trust=entry.trust_params().model_dump(),
+                change=change.model_dump())
 
 
 def outcome_from_labels(entry: RegistryEntry, labels: dict, state_name: Optional[str], state_message: Optional[str],
@@ -181,7 +191,7 @@ def _run_remote(entry: RegistryEntry, deployment: str, params: dict, timeout: Op
 
 def patcher(*, bundle: str, repository: str, tag: str, image: Optional[str], verify_command: Optional[str],
             dry_run: bool, s3: S3Params, s3_options: Optional[S3Options], deployments: dict[str, str],
-            timeout: Optional[float]) -> PatchOne:
+            timeout: Optional[float], change: ChangeParams) -> PatchOne:
     """``patch_one`` for ``regpatch.fleet.rollout.run_rollout``: one task run per registry,
     ending in the registry's outcome. ``s3`` is what a worker's run is given, ``s3_options``
     what the engine here uses (``s3_options_for``, read once per rollout)."""
@@ -194,11 +204,11 @@ def patcher(*, bundle: str, repository: str, tag: str, image: Optional[str], ver
                 raise UsageError(f"no patch-registry deployment for registry {entry.name!r}")
             get_run_logger().info("%s: running %s on work pool %s", entry.name, deployment, entry.work_pool)
             params = _parameters(entry, bundle=bundle, repository=repository, tag=tag, image=image,
-                                 verify_command=verify_command, dry_run=dry_run, s3=s3)
+                                 verify_command=verify_command, dry_run=dry_run, s3=s3, change=change)
             return outcome_state(_run_remote(entry, deployment, params, timeout))
         done = patch_here(entry, bundle=bundle, repository=repository, tag=tag, image=image,
                           verify_command=verify_command, dry_run=dry_run, s3=s3_options,
-                          observer=PrefectObserver(steps_as_task_runs=False))
+                          observer=PrefectObserver(steps_as_task_runs=False), change=change)
         if done.result is not None and done.result.seconds:
             get_run_logger().info("%s: steps %s", entry.name, ", ".join(
                 f"{step} {secs:.2f} s" for step, secs in done.result.seconds.items()))
@@ -298,8 +308,64 @@ def _not_patched(outcome: RegistryOutcome) -> Callable[[], State]:
     return not_patched
 
 
-def publish_rollout(outcomes: list[RegistryOutcome], title: str, repository: str, tag: str) -> None:
-    """One markdown artifact keyed ``rollout-<repository>-<tag>``: the table, then every
-    error in full with where the tag stands."""
-    create_markdown_artifact(key=artifact_key("rollout", repository, tag), markdown=render_markdown(outcomes, title),
-                             description=title)
+def publish_rollout(outcomes: list[RegistryOutcome], title: str, repository: str, tag: str,
+                    change: Optional[ChangeParams] = None) -> None:
+    """One markdown artifact keyed ``rollout-<repository>-<tag>``: who asked and why, the
+    table, then every error in full with where the tag stands."""
+    create_markdown_artifact(key=artifact_key("rollout", repository, tag),
+                             markdown=render_markdown(outcomes, title, change), description=title)
+
+
+class RegistriesProgress:
+    """The rollout's own progress artifact: "n of N registries done" while it runs (at most one
+    update a second), and at the end 100 % with the outcomes counted, failed or not. Never
+    fails the rollout: an API error is logged once and the artifact is left as it was."""
+
+    def __init__(self, total: int, every: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.total, self.every, self.clock = total, every, clock
+        self.done = 0
+        self.sent_at = 0.0
+        self.artifact_id: Optional[Any] = None
+        self.failed = False
+        self._lock = threading.Lock()
+        self._post(0.0, f"0 of {total} registries done")
+
+    def wrap(self, patch_one: PatchOne) -> PatchOne:
+        def counted(entry: RegistryEntry) -> RegistryOutcome:
+            try:
+                return patch_one(entry)
+            finally:
+                self.advance()
+        return counted
+
+    def advance(self) -> None:
+        with self._lock:
+            self.done += 1
+            if self.clock() - self.sent_at < self.every:
+                return
+            self._post(100.0 * self.done / max(self.total, 1), f"{self.done} of {self.total} registries done")
+
+    def finish(self, outcomes: list[RegistryOutcome]) -> None:
+        counts: dict[str, int] = {}
+        for o in outcomes:
+            counts[o.status] = counts.get(o.status, 0) + 1
+        told = ", ".join(f"{n} {status}" for status, n in counts.items())
+        with self._lock:
+            self._post(100.0, f"{len(outcomes)} of {self.total} registries done: {told}")
+
+    def _post(self, pct: float, description: str) -> None:
+        if self.failed:
+            return
+        try:
+            with get_client(sync_client=True) as client:
+                if self.artifact_id is None:
+                    ctx = FlowRunContext.get()
+                    self.artifact_id = client.create_artifact(ArtifactCreate(
+                        type="progress", data=pct, description=description,
+                        flow_run_id=ctx.flow_run.id if ctx and ctx.flow_run else None)).id
+                else:
+                    client.update_artifact(self.artifact_id, ArtifactUpdate(data=pct, description=description))
+            self.sent_at = self.clock()
+        except Exception as e:  # noqa: BLE001 - progress never fails a rollout
+            get_run_logger().warning("the rollout's progress is not shown in Prefect: %s", type(e).__name__)
+            self.failed = True

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from regpatch.cli.console import fit
-from regpatch.cli.options import model_of
+from regpatch.cli.options import change_of, model_of
 from regpatch.cli.prefect_api import (
     _check_prefect_api,
     _use_prefect,
@@ -28,11 +28,19 @@ def run_deployments(args: argparse.Namespace) -> None:
         load_inventory,
         refuse_stored_credentials,
     )
+    from regpatch.fleet.notify import block_reference  # only this command needs it (start-up)
 
     if args.repository:
         Repository.parse(args.repository)
-    fleet = model_of(RolloutParams, ROLLOUT, args, only=("inventory", "only"))
+    if args.notify is not None:
+        if not args.apply:
+            raise UsageError("--notify creates an automation on the Prefect API: give --apply too")
+        block_reference(args.notify)
+    fleet = model_of(RolloutParams, ROLLOUT, args, only=("inventory", "only", "drop", "max_bundle_age_days"))
     inventory = load_inventory(fleet.inventory)
+    if args.check:
+        _check_drop(fleet, inventory.select(fleet.only), args.repository, args.tag)
+        return
     refuse_stored_credentials(inventory.select(fleet.only))  # deployment parameters are stored in Prefect's database
     specs = specs_for(inventory, default_pool=args.default_pool, repository=args.repository, only=fleet.only)
     text = render_prefect_yaml(specs, fleet.inventory)
@@ -48,6 +56,8 @@ def run_deployments(args: argparse.Namespace) -> None:
         _check_prefect_api(api)
         for line in prefect_side().apply_deployments(specs):
             sys.stdout.write(line + "\n")
+        if args.notify is not None:
+            sys.stdout.write(prefect_side().apply_notification(args.notify) + "\n")
 
 
 def run_rollout(args: argparse.Namespace):
@@ -61,6 +71,7 @@ def run_rollout(args: argparse.Namespace):
     from regpatch.fleet.rollout import (  # only this command needs it (start-up)
         RolloutFailed,
         RolloutState,
+        check_change_for_workers,
         check_state_dir,
         engine_patcher,
         render_table,
@@ -71,7 +82,11 @@ def run_rollout(args: argparse.Namespace):
     Repository.parse(args.repository)
     Tag.parse(args.tag)
     fleet = model_of(RolloutParams, ROLLOUT, args)
+    if bool(args.bundle) == bool(fleet.drop):
+        raise UsageError(f"give either BUNDLE or {opt.drop} (the drop location, for the newest bundle there), "
+                         "not both, not neither")
     verify = model_of(VerifyParams, VERIFY, args, only=("command",))
+    change = change_of(args)
     if verify.command is not None and "{ref}" not in verify.command:
         raise UsageError(f"{opt.verify_command} must contain {{ref}}, where the image reference goes")
     inventory = load_inventory(fleet.inventory)  # an invalid inventory fails here, before anything runs
@@ -83,6 +98,7 @@ def run_rollout(args: argparse.Namespace):
     if pooled and not api:
         raise UsageError(f"registries {', '.join(pooled)} have a work_pool: their patches run on their own "
                          f"hosts through a Prefect API; set PREFECT_API_URL (or use {opt.only} for the others)")
+    check_change_for_workers(change, entries)
     try:
         if api:
             refuse_inline_credentials(opt.verify_command, verify.command)
@@ -90,13 +106,16 @@ def run_rollout(args: argparse.Namespace):
             _check_prefect_api(api)
             _check_server_database(api, fleet.max_parallel)
             outcomes = prefect_side().rollout(bundle=args.bundle, repository=args.repository, tag=args.tag,
-                                              rollout=fleet, verify=verify, image=args.image,
+                                              rollout=fleet, change=change, verify=verify, image=args.image,
                                               dry_run=args.dry_run)
         else:
+            if fleet.drop:
+                args.bundle = _check_drop(fleet, entries, args.repository, args.tag).bundle.location
             digest = str(open_bundle(args.bundle, image=args.image).top.digest)
             state = RolloutState(state_dir, args.repository, args.tag, digest)
             patch_one = engine_patcher(bundle=args.bundle, repository=args.repository, tag=args.tag,
-                                       image=args.image, verify_command=verify.command, dry_run=args.dry_run)
+                                       image=args.image, verify_command=verify.command, dry_run=args.dry_run,
+                                       change=change)
             outcomes = run_rollout(entries, patch_one, state=state, max_parallel=fleet.max_parallel,
                                    dry_run=args.dry_run)
             if any(o.failed or o.status == "not-run" for o in outcomes):
@@ -108,6 +127,20 @@ def run_rollout(args: argparse.Namespace):
     sys.stdout.write(f"rollout of {args.repository}:{args.tag}: all {len(outcomes)} registries ok"
                      f"{' (dry run)' if args.dry_run else ''}\n")
     return outcomes
+
+
+def _check_drop(fleet, entries, repository, tag):
+    """The bundle of the drop location a rollout would take, said on stdout; UsageError when it
+    would refuse."""
+    from regpatch.fleet.drop import choose_bundle  # only with a drop location (start-up)
+
+    if not fleet.drop or not repository or not tag:
+        raise UsageError(f"--check needs {opt.drop}, --repository and --tag (what the scheduled rollout patches)")
+    Repository.parse(repository)
+    choice = choose_bundle(fleet.drop, repository=repository, tag=tag, entries=entries,
+                           max_age_days=fleet.max_bundle_age_days)
+    sys.stdout.write(f"drop location {fleet.drop}: {choice.summary()}\n")
+    return choice
 
 
 def _check_server_database(api: str, max_parallel: int) -> None:

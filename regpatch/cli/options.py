@@ -14,7 +14,7 @@ import argparse
 from typing import TYPE_CHECKING, Any, Iterable, Optional, TypeVar
 
 from regpatch.errors import UsageError
-from regpatch.options import Option
+from regpatch.options import CHANGE, Option
 
 if TYPE_CHECKING:  # pydantic: imported once the flags are parsed
     from pydantic import BaseModel
@@ -58,6 +58,16 @@ def model_of(model: type[M], group: dict[str, Option], args: argparse.Namespace,
     except ValidationError as e:
         flags = {o.name: o.cli_flag for o in options}
         raise UsageError("; ".join(_problem(err, flags) for err in e.errors())) from None
+
+
+def change_of(args: argparse.Namespace) -> Any:
+    """``ChangeParams`` from --requested-by (default: user@host of this process) and --reason."""
+    from regpatch.params import ChangeParams  # after the arguments are parsed (start-up)
+    from regpatch.storage.state import user_at_host  # the storage package: after the arguments too
+
+    if not hasattr(args, "requested_by"):
+        args.requested_by = user_at_host()
+    return model_of(ChangeParams, CHANGE, args)
 
 
 def _problem(err: Any, flags: dict[str, str]) -> str:

@@ -8,7 +8,7 @@ import argparse
 import sys
 
 from regpatch.cli.options import add_options
-from regpatch.options import MAINTENANCE, REGISTRY, RETENTION, ROLLOUT, S3, TRUST, VERIFY
+from regpatch.options import CHANGE, MAINTENANCE, REGISTRY, RETENTION, ROLLOUT, S3, TRUST, VERIFY
 
 # The six forms the bundle reader accepts (regpatch.bundle.open.FORMATS, a docker save archive also
 # unpacked); the format is found from the content, never from the name.
@@ -22,6 +22,7 @@ BUNDLE_FORMATS = (
 )
 BUNDLE_HELP = "the patch bundle, one of: " + "; ".join(BUNDLE_FORMATS) + ". Local, or s3://bucket/prefix"
 STATE_ONLY = ("storage", "registry_config", "state_dir")  # the commands that read the state folder only
+CHANGE_TITLE = "the change (recorded in the registry's history)"
 HARDENING = ("init", "ignore_url_policy", "allow_cross_repository")  # patch options a rollback has no use for
 
 
@@ -102,6 +103,7 @@ def _patch(sub) -> None:
     add_options(p, VERIFY, title="verification")
     add_options(p, TRUST, title="signatures (bundles made by regpatch bundle --sign-key)")
     add_options(p, S3, title="S3 bundles (BUNDLE = s3://bucket/prefix)")
+    add_options(p, CHANGE, title=CHANGE_TITLE)
 
 
 def _rollback(sub) -> None:
@@ -114,6 +116,7 @@ def _rollback(sub) -> None:
     _local(r)
     add_options(r, REGISTRY, exclude=HARDENING, title="the registry")
     add_options(r, VERIFY, only=("command",), title="verification")
+    add_options(r, CHANGE, title=CHANGE_TITLE)
 
 
 def _history(sub) -> None:
@@ -130,13 +133,15 @@ def _rollout(sub) -> None:
                                    "groups run as waves, registries of a wave in parallel; registries "
                                    "are checked again on a re-run (nothing is written where the bundle is "
                                    "complete), except those rolled back since.")
-    p.add_argument("bundle", metavar="BUNDLE", help=BUNDLE_HELP + " (the same path on every host)")
+    p.add_argument("bundle", metavar="BUNDLE", nargs="?",
+                   help=BUNDLE_HELP + " (the same path on every host); or leave it out and give --drop")
     _repository_tag(p)
     p.add_argument("--image", metavar="NAME", help="the image of a bundle holding several, as for patch")
     p.add_argument("--dry-run", action="store_true", help="plan and verify everywhere, write nothing")
     _local(p)
     add_options(p, ROLLOUT)
     add_options(p, VERIFY, only=("command",))
+    add_options(p, CHANGE, title=CHANGE_TITLE)
 
 
 def _deployments(sub) -> None:
@@ -147,13 +152,21 @@ def _deployments(sub) -> None:
                                    "registry (storage, config, URL, restart...) stored as their parameters: a run "
                                    "from the UI needs only the bundle, the repository and the tag. Prints them "
                                    "as a prefect.yaml; --apply creates or updates them on the Prefect API.")
-    add_options(p, ROLLOUT, only=("inventory", "only"))
+    add_options(p, ROLLOUT, only=("inventory", "only", "drop", "max_bundle_age_days"))
     p.add_argument("--repository", metavar="NAME", help="prefill the repository of the patch and rollback forms")
+    p.add_argument("--tag", metavar="TAG", help="with --check: the tag the scheduled rollout patches")
+    p.add_argument("--check", action="store_true",
+                   help="say which bundle of --drop the next scheduled rollout of --repository:--tag would take "
+                        "(or why it would refuse), reading the inventory's storages; changes nothing")
     p.add_argument("--default-pool", default="regpatch", metavar="POOL",
                    help="work pool of registries without a work_pool (default regpatch: where the rollout runs)")
     p.add_argument("--output", metavar="FILE", help="write the prefect.yaml here instead of printing it")
     p.add_argument("--apply", action="store_true",
                    help="create or update the deployments (and missing process work pools) on the Prefect API")
+    p.add_argument("--notify", metavar="TYPE/NAME",
+                   help="with --apply: create or update the automation that sends a message through this "
+                        "notification block (e.g. custom-webhook/oncall) for every failed or crashed patch, "
+                        "rollback or rollout run (see docs/operators.md)")
 
 
 def _status(sub) -> None:

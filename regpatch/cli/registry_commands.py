@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from regpatch.cli.options import model_of
+from regpatch.cli.options import change_of, model_of
 from regpatch.cli.parser import HARDENING, STATE_ONLY
 from regpatch.cli.prefect_api import _check_prefect_api, _use_prefect, prefect_side
 from regpatch.errors import UsageError
@@ -26,6 +26,7 @@ def run_patch(args: argparse.Namespace):
     s3 = model_of(S3Params, S3, args)
     trust = model_of(TrustParams, TRUST, args)
     trust = trust.model_copy(update={"trust_keys": [str(Path(k).absolute()) for k in trust.trust_keys]})
+    change = change_of(args)
     api = _use_prefect(args)
     is_s3 = args.bundle.startswith("s3://")
     if is_s3 and s3.aws_credentials_block and not api:
@@ -35,7 +36,7 @@ def run_patch(args: argparse.Namespace):
     s3_options = s3.options() if is_s3 and not s3.aws_credentials_block else None
     request = patch_request(bundle=args.bundle, repository=args.repository, tag=args.tag, registry=registry,
                             verify=verify, image=args.image, dry_run=args.dry_run, s3=s3_options,
-                            consume=args.consume, trust=trust)
+                            consume=args.consume, trust=trust, change=change)
     if api:
         refuse_inline_credentials(opt.verify_command, verify.command)
         refuse_inline_credentials(opt.restart, registry.restart)
@@ -44,7 +45,8 @@ def run_patch(args: argparse.Namespace):
             engine.preflight(request)
         result = prefect_side().patch_registry(bundle=args.bundle, repository=args.repository, tag=args.tag,
                                                registry=registry, verify=verify, s3=s3, image=args.image,
-                                               dry_run=args.dry_run, consume=args.consume, trust=trust)
+                                               dry_run=args.dry_run, consume=args.consume, trust=trust,
+                                               change=change)
     else:
         result = engine.patch(request)
     out = sys.stdout
@@ -64,15 +66,16 @@ def run_rollback(args: argparse.Namespace):
 
     registry = model_of(RegistryParams, REGISTRY, args, exclude=HARDENING)
     verify = model_of(VerifyParams, VERIFY, args, only=("command",))
+    change = change_of(args)
     request = rollback_request(repository=args.repository, tag=args.tag, registry=registry, to=args.to,
-                               verify=verify)
+                               verify=verify, change=change)
     api = _use_prefect(args)
     if api:
         refuse_inline_credentials(opt.verify_command, verify.command)
         refuse_inline_credentials(opt.restart, registry.restart)
         _check_prefect_api(api)
         result = prefect_side().rollback_registry(repository=args.repository, tag=args.tag, to=args.to,
-                                                  registry=registry, verify=verify)
+                                                  registry=registry, verify=verify, change=change)
     else:
         result = engine.rollback(request)
     sys.stdout.write(result.summary_line() + "\n")

@@ -100,7 +100,7 @@ def _patch(request: PatchRequest, observer: Observer, opened: list) -> PatchResu
         loaded = steps("fetch-bundle", open_bundle)
         plan = steps("plan-patch", lambda: plan_it(loaded))
         steps("verify-digests", lambda: verify_blobs(plan, store, dry_run=True, progress=observer.progress))
-        result = with_trust(_new_result(plan, target, store, dry_run=True))
+        result = with_trust(_new_result(plan, target, store, request, dry_run=True))
         result.blobs_copied = [(str(b.digest), b.size) for b in plan.to_copy]
         result.blobs_skipped = [(str(b.digest), b.size) for b in plan.present]
         result.links_written = [store.layout.relative(l.path) for l in plan.links_to_write]
@@ -124,7 +124,7 @@ def _patch(request: PatchRequest, observer: Observer, opened: list) -> PatchResu
         if resumed:
             log.info("resuming the patch of %s:%s to %s started %s (run %d); done before: %s",
                      repo, tag, plan.new, resumed.started, resumed.runs, ", ".join(resumed.steps) or "nothing")
-        result = with_trust(_new_result(plan, target, store, dry_run=False))
+        result = with_trust(_new_result(plan, target, store, request, dry_run=False))
         try:
             _apply(request, plan, loaded, store, journal, result, steps, observer, skip_pull)
             journal.status = result.status = "complete"
@@ -342,9 +342,14 @@ def _apply(request: PatchRequest, plan: PatchPlan, loaded: PatchBundle, store: R
                  f"({opt.always_verify} to pull again)", repo, tag, plan.new, target.url)
         result.verified = f"unchanged since a pull through {target.url} proved {plan.new}"
     else:
-        report_v = steps("verify-pull", lambda: verify_new_image(
-            store, target, repo, plan.new, sum(b.size for b in plan.blobs), request.verify_command,
-            observer.progress))
+        stages: list[str] = []
+        try:
+            report_v = steps("verify-pull", lambda: verify_new_image(
+                store, target, repo, plan.new, sum(b.size for b in plan.blobs), request.verify_command,
+                observer.progress, stages))
+        except RegpatchError as e:  # said where it failed: the summary never claims 'not run' for a run check
+            result.verified = f"failed at the {stages[-1] if stages else 'storage check'}: {e}"
+            raise
         result.verified = report_v.summary() if report_v else None
         journal.verified_url = target.url if report_v else None
     journal.mark(store, "verify pull")
@@ -357,14 +362,15 @@ def _apply(request: PatchRequest, plan: PatchPlan, loaded: PatchBundle, store: R
             raise
         result.links_written += [store.layout.relative(p) for p in flip.links_written]
         result.tag_moved = True
-        _record_tag_change(store, repo, tag, plan, journal, loaded.description)
+        _record_tag_change(store, repo, tag, plan, journal, loaded.description, request)
         try:
             check_tag_served(target, repo, tag, plan.new)
         except VerificationError as e:
             if flip.moved and plan.old is not None:  # our own move, undone (only if nobody moved it since)
                 why = "the registry did not serve the new digest after the move"
                 flip_tag(store, repo, tag, plan.old, expected=plan.new, doing="restore", source=why)
-                record_history(store, repo, tag, plan.new, plan.old, action="restore", source=why)
+                record_history(store, repo, tag, plan.new, plan.old, action="restore", source=why,
+                               requested_by=request.requested_by, reason=request.reason)
                 result.tag_moved = False
                 raise VerificationError(f"{e}; the tag was put back on {plan.old}") from e
             raise
@@ -376,7 +382,7 @@ def _apply(request: PatchRequest, plan: PatchPlan, loaded: PatchBundle, store: R
 
 
 def _record_tag_change(store: RegistryStore, repo: Repository, tag: Tag, plan: PatchPlan,
-                       journal: Journal, source: str) -> None:
+                       journal: Journal, source: str, request: PatchRequest) -> None:
     """History gets one entry per tag change, also when a killed run moved the tag
     before it could record it (the journal's old digest tells what it was)."""
     old = plan.old
@@ -385,13 +391,17 @@ def _record_tag_change(store: RegistryStore, repo: Repository, tag: Tag, plan: P
         if not last or last[-1].new != str(plan.new):
             old = Digest.parse(journal.old)
     if old != plan.new:
-        record_history(store, repo, tag, old, plan.new, action="patch", source=source)
+        record_history(store, repo, tag, old, plan.new, action="patch", source=source,
+                       requested_by=request.requested_by, reason=request.reason)
 
 
-def _new_result(plan: PatchPlan, target: RegistryTarget, store: RegistryStore, *, dry_run: bool) -> PatchResult:
+
+def _new_result(plan: PatchPlan, target: RegistryTarget, store: RegistryStore, request: PatchRequest, *,
+                dry_run: bool) -> PatchResult:
     return PatchResult(str(plan.repository), str(plan.tag), str(plan.old) if plan.old else None,
                        str(plan.new), dry_run, registry=target.describe(), warnings=list(plan.warnings),
-                       plan_text=plan.render(store.layout))
+                       plan_text=plan.render(store.layout), requested_by=request.requested_by,
+                       reason=request.reason)
 
 
 def _fetch_stats(loaded: PatchBundle) -> list[dict]:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Optional
 from regpatch.digest import Digest
 from regpatch.errors import UsageError
 from regpatch.options import opt
-from regpatch.params import RegistryParams, TrustParams, VerifyParams
+from regpatch.params import ChangeParams, RegistryParams, TrustParams, VerifyParams
 from regpatch.reference import Repository, Tag
 from regpatch.registry.restart import parse_restart_spec
 from regpatch.registry.target import RegistryTarget
@@ -75,6 +75,8 @@ class PatchRequest:
     trust_keys: tuple[str, ...] = ()  # PEM public keys: the bundle must be signed by one of them
     allow_unsigned: bool = False      # with trust_keys: accept a bundle without a signature
     allow_downgrade: bool = False     # accept a signed bundle older than the image the tag serves
+    requested_by: Optional[str] = None  # who asked for the change (recorded in the history)
+    reason: Optional[str] = None        # why: a change ticket (recorded in the history)
 
     def check(self) -> None:
         """Every check that needs no storage, bundle or network: bad arguments fail here."""
@@ -100,6 +102,8 @@ class RollbackRequest:
     restart: str = "none"
     verify_command: Optional[str] = None
     lock_timeout: float = 300.0
+    requested_by: Optional[str] = None
+    reason: Optional[str] = None
 
     def check(self) -> None:
         _check_lock_timeout(self.lock_timeout)
@@ -111,7 +115,7 @@ class RollbackRequest:
 def patch_request(*, bundle: str, repository: str, tag: str, registry: RegistryParams,
                   verify: Optional[VerifyParams] = None, image: Optional[str] = None, dry_run: bool = False,
                   s3: Optional[S3Options] = None, consume: bool = False,
-                  trust: Optional[TrustParams] = None) -> PatchRequest:
+                  trust: Optional[TrustParams] = None, change: Optional[ChangeParams] = None) -> PatchRequest:
     """A checked ``PatchRequest`` from the parameter models; raises UsageError naming the
     option. No I/O but reading the registry's config.yml and checking the files named."""
     verify, trust = verify or VerifyParams(), trust or TrustParams()
@@ -122,17 +126,22 @@ def patch_request(*, bundle: str, repository: str, tag: str, registry: RegistryP
                            ignore_url_policy=registry.ignore_url_policy,
                            allow_cross_repository=registry.allow_cross_repository,
                            trust_keys=tuple(trust.trust_keys), allow_unsigned=trust.allow_unsigned,
-                           allow_downgrade=trust.allow_downgrade)
+                           allow_downgrade=trust.allow_downgrade,
+                           requested_by=change.requested_by if change else None,
+                           reason=change.reason if change else None)
     request.check()
     return request
 
 
 def rollback_request(*, repository: str, tag: str, registry: RegistryParams, to: Optional[str] = None,
-                     verify: Optional[VerifyParams] = None) -> RollbackRequest:
+                     verify: Optional[VerifyParams] = None,
+                     change: Optional[ChangeParams] = None) -> RollbackRequest:
     verify = verify or VerifyParams()
     request = RollbackRequest(repository=Repository.parse(repository), tag=Tag.parse(tag),
                               target=registry.target(), to=Digest.parse(to) if to else None,
                               restart=registry.restart, verify_command=verify.command,
-                              lock_timeout=registry.lock_timeout)
+                              lock_timeout=registry.lock_timeout,
+                              requested_by=change.requested_by if change else None,
+                              reason=change.reason if change else None)
     request.check()
     return request

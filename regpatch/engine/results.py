@@ -4,6 +4,7 @@ report (the same text on the command line, in the state folder and as the Prefec
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Optional
@@ -40,6 +41,8 @@ class PatchResult:
     report_path: Optional[str] = None
     fetches: list[dict] = field(default_factory=list)  # per blob fetched from S3
     bundle_trust: Optional[str] = None  # what check_bundle established (signature, listing, base)
+    requested_by: Optional[str] = None  # who asked for the change, and why (ChangeParams)
+    reason: Optional[str] = None
 
     @property
     def bytes_copied(self) -> int:
@@ -75,6 +78,8 @@ class RollbackResult:
     seconds: dict[str, float] = field(default_factory=dict)
     note: Optional[str] = None        # why nothing was done (the tag already holds the image)
     report_path: Optional[str] = None
+    requested_by: Optional[str] = None
+    reason: Optional[str] = None
 
     def summary_line(self) -> str:
         if self.note:
@@ -87,7 +92,20 @@ class RollbackResult:
         return redact(f"# Rollback `{self.repository}:{self.tag}`\n\n| | |\n|---|---|\n"
                       f"| registry | `{self.registry}` |\n| from | `{self.old or '(no tag)'}` |\n"
                       f"| to | `{self.new}` |\n| changed | {self.changed} |\n"
-                      f"| verification | {verification} |\n" + (f"\n{self.note}\n" if self.note else ""))
+                      f"| verification | {verification} |\n" + change_rows(self)
+                      + (f"\n{self.note}\n" if self.note else ""))
+
+
+def change_rows(result) -> str:
+    """The summary's rows naming who asked for the change and why (``not given``: the command
+    line was run without them)."""
+    return "".join(f"| {label} | {_cell(getattr(result, name, None)) or 'not given'} |\n"
+                   for label, name in (("requested by", "requested_by"), ("reason", "reason")))
+
+
+def _cell(text: Optional[str]) -> str:
+    """A free text in a markdown table cell: its pipes escaped, its markup shown as typed."""
+    return re.sub(r"([\\`*_\[\]<>|])", r"\\\1", text) if text else ""
 
 
 def _with_result(e: BaseException, result) -> BaseException:
@@ -126,7 +144,8 @@ def render_patch_markdown(r: PatchResult) -> str:
              f"({human(sum(s for _, s in r.blobs_skipped))}) |",
              f"| links {'to write' if r.dry_run else 'written'} | {len(r.links_written)} |",
              f"| verification | {r.verified or ('dry run' if r.dry_run else 'not run')} |",
-             f"| bundle trust | {r.bundle_trust or 'not checked'} |", ""]
+             f"| bundle trust | {r.bundle_trust or 'not checked'} |"]
+    lines += change_rows(r).splitlines() + [""]
     if r.blobs_copied or r.blobs_skipped:
         lines += ["## Blobs", "", "| digest | size | action |", "|---|---:|---|"]
         lines += [f"| `{d}` | {s:,} | {'to copy' if r.dry_run else 'copied'} |" for d, s in r.blobs_copied]
@@ -152,3 +171,30 @@ def render_patch_markdown(r: PatchResult) -> str:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in r.warnings]
     return "\n".join(lines) + "\n"
 
+
+
+def tag_position(target, repository: str, tag: str) -> str:
+    """Where the tag stands, read in the storage now (for a run that failed before it had a
+    result): never raises."""
+    if target is None:
+        return "The tag was not moved: the run stopped before it opened the storage; nothing was written."
+    try:
+        current = target.store().current_tag(Repository.parse(repository), Tag.parse(tag))
+    except Exception as e:  # noqa: BLE001 - a summary must not fail on an unreadable storage
+        return f"Where the tag stands could not be read ({type(e).__name__}): see regpatch history."
+    return (f"The tag points at `{current}` (read in the storage after the failure)." if current else
+            "The tag does not exist in the storage (read after the failure).")
+
+
+def render_failure_markdown(kind: str, repository: str, tag: str, error: str, where: str, *, name: str = "",
+                            registry: str = "", change=None, interrupted: bool = False) -> str:
+    """The summary of a run that failed before the engine had a result (a bad parameter, a
+    missing bundle, a permission error), in the shape of the others."""
+    on = f" on `{name}`" if name else ""
+    lines = [f"# {'Interrupted' if interrupted else 'Failed'}: `{repository}:{tag}`{on} ({kind})", "",
+             "| | |", "|---|---|"]
+    if registry:
+        lines.append(f"| registry | `{registry}` |")
+    lines += [f"| repository | `{repository}` |", f"| tag | `{tag}` |", "| verification | not run |"]
+    lines += change_rows(change).splitlines() if change is not None else []
+    return "\n".join(lines + ["", "## Error", "", error, "", where]) + "\n"

@@ -81,7 +81,8 @@ def _roll_back(request: RollbackRequest, store: RegistryStore, choice: RollbackC
             moved = not choice.finish and flip_tag(store, repo, tag, dest, expected=choice.current,
                                                    doing="rollback", source=source).moved
             if moved or choice.finish:
-                record_history(store, repo, tag, choice.old, dest, action="rollback", source=source)
+                record_history(store, repo, tag, choice.old, dest, action="rollback", source=source,
+                               requested_by=request.requested_by, reason=request.reason)
             check_tag_served(target, repo, tag, dest)
             return moved or choice.finish
 
@@ -149,4 +150,5 @@ def _result(request: RollbackRequest, choice: RollbackChoice, *, changed: bool, 
             note: Optional[str] = None, seconds: Optional[dict] = None) -> RollbackResult:
     return RollbackResult(str(request.repository), str(request.tag), str(choice.old) if choice.old else None,
                           str(choice.dest), changed, registry=request.target.describe(), verified=verified,
-                          note=note, seconds=seconds or {})
+                          note=note, seconds=seconds or {}, requested_by=request.requested_by,
+                          reason=request.reason)

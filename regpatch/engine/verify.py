@@ -22,21 +22,29 @@ from regpatch.storage.store import RegistryStore
 log = logging.getLogger("regpatch.engine")
 
 
+VERIFY_STAGES = ("storage check", "pull", "verify command")
+
+
 def verify_new_image(store: RegistryStore, target: RegistryTarget, repo: Repository, digest: Digest,
                      total_bytes: int, verify_command: Optional[str],
-                     progress: ProgressFactory) -> Optional[VerifyReport]:
+                     progress: ProgressFactory, stages: Optional[list[str]] = None) -> Optional[VerifyReport]:
     """Prove the image before any tag points at it: complete in the storage, then pulled
     by digest through the registry API (every byte re-hashed), then the operator's
-    command with ``{ref}`` = ``host/repository@digest``."""
+    command with ``{ref}`` = ``host/repository@digest``. ``stages`` gets the name of each
+    stage as it starts (``VERIFY_STAGES``), so a failure can be said where it happened."""
+    stages = stages if stages is not None else []
+    stages.append(VERIFY_STAGES[0])
     check_complete_image(store, repo, digest)
     if not target.url:
         log.warning("no registry URL: the new image was checked in the storage only, not pulled "
                     f"(give {opt.registry_url} or {opt.registry_config} to pull it before the tag moves)")
         return None
+    stages.append(VERIFY_STAGES[1])
     with target.client() as client:
         bar = progress(f"pull {repo}@{digest.short}", total_bytes) if total_bytes else None
         report = client.verify_image(repo, digest, digest, progress=bar)
     if verify_command:
+        stages.append(VERIFY_STAGES[2])
         ref = f"{target.host}/{repo}@{digest}"
         run_verify_command(verify_command, ref)
         log.info("external verification of %s passed", ref)

@@ -40,6 +40,7 @@ from typing import Callable, ContextManager, Iterator, Optional
 
 from regpatch import engine, platform
 from regpatch.engine.requests import patch_request
+from regpatch.engine.results import change_rows
 from regpatch.errors import Interrupted, RegpatchError, UsageError
 from regpatch.fleet.inventory import Inventory, RegistryEntry
 from regpatch.options import MAX_PARALLEL, inventory_namer, opt, wording
@@ -141,11 +142,15 @@ def render_table(outcomes: list[RegistryOutcome]) -> str:
     return "\n".join(out) + "\n"
 
 
-def render_markdown(outcomes: list[RegistryOutcome], title: str) -> str:
-    """The table, then each failed registry's whole error (a table cell may be cut)."""
+def render_markdown(outcomes: list[RegistryOutcome], title: str, change=None) -> str:
+    """The table, then each failed registry's whole error (a table cell may be cut);
+    ``change``: who asked for the rollout and why (``ChangeParams``)."""
     rows = [o.row() for o in outcomes]
     cols = list(rows[0]) if rows else []
-    lines = [f"# {title}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines = [f"# {title}", ""]
+    if change is not None:
+        lines += ["| | |", "|---|---|", *change_rows(change).splitlines(), ""]
+    lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(r[c]).replace("|", "\\|") for c in cols) + " |" for r in rows]
     failed = [o for o in outcomes if o.failed]
     if failed:
@@ -164,6 +169,16 @@ def tag_state(moved: bool, old: Optional[str] = None, error: str = "") -> str:
     if moved:
         return "the tag was moved to the new image before the failure"
     return "the tag was not moved" + (f": it still points at {old}" if old else "")
+
+
+def check_change_for_workers(change, entries: list[RegistryEntry]) -> None:
+    """A registry on a work pool is patched through its patch-registry deployment, whose
+    schema (the run form's) requires a reason: refused here, before anything runs, rather
+    than by the API at the registry's turn."""
+    pooled = [e.name for e in entries if e.work_pool]
+    if pooled and (change is None or not change.reason):
+        raise UsageError(f"registries {', '.join(pooled)} are patched through their patch-registry deployments, "
+                         f"which require a reason: give {opt.reason} (e.g. the change ticket)")
 
 
 def check_state_dir(state_dir: Path, entries: list[RegistryEntry]) -> None:
@@ -404,7 +419,7 @@ class PatchedHere:
 
 def patch_here(entry: RegistryEntry, *, bundle: str, repository: str, tag: str, image: Optional[str] = None,
                verify_command: Optional[str] = None, dry_run: bool = False, s3=None,
-               observer=None) -> PatchedHere:
+               observer=None, change=None) -> PatchedHere:
     """Run the engine in this process for one registry; its messages name options as the
     registry's inventory entry writes them. Never raises but ``Interrupted``."""
     done = PatchedHere(RegistryOutcome(entry.name, entry.wave, entry.where, FAILED))
@@ -412,7 +427,8 @@ def patch_here(entry: RegistryEntry, *, bundle: str, repository: str, tag: str, 
         with wording(inventory_namer(entry.name)):
             request = patch_request(bundle=bundle, repository=repository, tag=tag,
                                     registry=entry.registry_params(), verify=entry.verify_params(verify_command),
-                                    image=image, dry_run=dry_run, s3=s3, trust=entry.trust_params())
+                                    image=image, dry_run=dry_run, s3=s3, trust=entry.trust_params(),
+                                    change=change)
             done.target = request.target
             done.result = engine.patch(request, observer)
             done.outcome = outcome_of(entry, done.result)
@@ -426,10 +442,11 @@ def patch_here(entry: RegistryEntry, *, bundle: str, repository: str, tag: str, 
 
 def engine_patcher(*, bundle: str, repository: str, tag: str, image: Optional[str] = None,
                    verify_command: Optional[str] = None, dry_run: bool = False, s3=None,
-                   observer=None) -> PatchOne:
+                   observer=None, change=None) -> PatchOne:
     """``patch_one`` that runs the engine in this process for each registry (``patch_here``)."""
     def patch_one(entry: RegistryEntry) -> RegistryOutcome:
         return patch_here(entry, bundle=bundle, repository=repository, tag=tag, image=image,
-                          verify_command=verify_command, dry_run=dry_run, s3=s3, observer=observer).outcome
+                          verify_command=verify_command, dry_run=dry_run, s3=s3, observer=observer,
+                          change=change).outcome
 
     return patch_one

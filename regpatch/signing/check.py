@@ -74,6 +74,25 @@ def _verify_signature(source: BundleSource, raw: bytes, keys: Sequence[tuple[str
         "do not use this bundle, make and sign it again")
 
 
+def read_descriptor(source: BundleSource, trust_keys: Sequence[KeyPath]) -> tuple[Optional[BundleDescriptor],
+                                                                               bool, Optional[str]]:
+    """Only the bundle's ``regpatch-bundle.json``, with its signature checked when trust keys
+    are given: (descriptor or None when it has none, signed, the key that verified it or
+    None). Raises ``SignatureError`` for a signature no trust key verifies, ``BundleMismatch``
+    for a bad descriptor. For choosing a bundle by its signed ``created`` time; the whole
+    check is ``check_bundle``'s, before the patch."""
+    files = source.list()
+    if DESCRIPTOR not in files:
+        return None, SIGNATURE in files, None
+    if files[DESCRIPTOR] > MAX_DESCRIPTOR:
+        raise BundleMismatch(f"{source.describe(DESCRIPTOR)} is {files[DESCRIPTOR]} bytes, more than {MAX_DESCRIPTOR}")
+    raw = source.read_bytes(DESCRIPTOR, MAX_DESCRIPTOR)
+    key = None
+    if trust_keys and SIGNATURE in files:
+        key = _verify_signature(source, raw, [(fingerprint(k), k) for k in (load_public_key(p) for p in trust_keys)])
+    return parse_descriptor(raw, source.describe(DESCRIPTOR)), SIGNATURE in files, key
+
+
 def check_bundle(source: BundleSource, trust_keys: Sequence[KeyPath], allow_unsigned: bool,
                  store: RegistryStore) -> BundleTrust:
     """The site's check, before anything is staged (see the module docstring).

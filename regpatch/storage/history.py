@@ -1,8 +1,9 @@
 """``history.jsonl``: every tag change regpatch made, one JSON object a line, appended durably,
 read back leniently (a torn, malformed or mistyped line is skipped with a warning).
 
-One versioned format, owned here. A line written since version 1 carries ``"v": 1``; a line
-without ``v`` (regpatch 0.1, 0.2) is version 0 and reads with the same rules. The fields are
+One versioned format, owned here. A line carries its version in ``v`` (1 added ``other``, of a
+``raced`` line; 2 added ``requested_by`` and ``reason``, the change request); a line without
+``v`` (regpatch 0.1, 0.2) is version 0 and reads with the same rules. The fields are
 the fields of ``HistoryEntry``, each with its kind in its metadata; the actions are the keys of
 ``ACTIONS``. Adding a field is one line in ``HistoryEntry`` (with a default, so older lines
 still read; ``since`` = the version that adds it; ``shown`` = its label in the table); adding
@@ -32,7 +33,7 @@ from regpatch.storage.state import actor, now_iso
 
 log = logging.getLogger("regpatch.state")
 
-HISTORY_VERSION = 1
+HISTORY_VERSION = 2  # 1: other (a raced line); 2: requested_by, reason
 
 # what each action records; the one place an action is added
 ACTIONS: dict[str, str] = {
@@ -46,7 +47,8 @@ ACTIONS: dict[str, str] = {
              "writer wrote; the tag was left as it was found after the move",
 }
 
-TEXT, DIGEST, OPTIONAL_DIGEST, VERSION = "text", "digest", "optional digest", "version"
+TEXT, OPTIONAL_TEXT, DIGEST, OPTIONAL_DIGEST, VERSION = "text", "optional text", "digest", "optional digest", \
+    "version"
 
 
 def _kind(kind: str, *, since: int = 0, shown: Optional[str] = None) -> Any:
@@ -66,6 +68,8 @@ class HistoryEntry:
     source: str = field(metadata=_kind(TEXT))
     actor: str = field(metadata=_kind(TEXT))
     other: Optional[str] = field(default=None, metadata=_kind(OPTIONAL_DIGEST, since=1, shown="other writer"))
+    requested_by: Optional[str] = field(default=None, metadata=_kind(OPTIONAL_TEXT, since=2, shown="requested by"))
+    reason: Optional[str] = field(default=None, metadata=_kind(OPTIONAL_TEXT, since=2, shown="reason"))
     v: int = field(default=HISTORY_VERSION, metadata=_kind(VERSION, since=1))
 
     def to_json(self) -> str:
@@ -79,12 +83,15 @@ class HistoryEntry:
                          if f.metadata.get("shown") and getattr(self, f.name) is not None)
 
 def record_history(store, repo: Repository, tag: Tag, old: Optional[Digest], new: Digest, *,
-                   action: str, source: str, other: Optional[Digest] = None) -> HistoryEntry:
+                   action: str, source: str, other: Optional[Digest] = None, requested_by: Optional[str] = None,
+                   reason: Optional[str] = None) -> HistoryEntry:
     """Append one line to history.jsonl (O_APPEND, fsynced). The source never holds a credential."""
     if action not in ACTIONS:
         raise ValueError(f"internal: unknown history action {action!r}")
     entry = HistoryEntry(now_iso(), repo.name, tag.name, str(old) if old else None, str(new), action,
-                         redact(source), actor(), other=str(other) if other else None)
+                         redact(source), actor(), other=str(other) if other else None,
+                         requested_by=redact(requested_by) if requested_by else None,
+                         reason=redact(reason) if reason else None)
     path = store.layout.history
     store.ensure_state_dir(path.parent)
     line = (entry.to_json() + "\n").encode()
@@ -137,7 +144,7 @@ def _check(f: Field, value: Any) -> None:
     if kind == VERSION:
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise TypeError(f"'{f.name}' is not a version number")
-    elif value is None and kind == OPTIONAL_DIGEST:
+    elif value is None and kind in (OPTIONAL_DIGEST, OPTIONAL_TEXT):
         return
     elif not isinstance(value, str):
         raise TypeError(f"'{f.name}' is not a string")

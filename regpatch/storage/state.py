@@ -28,10 +28,14 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def user_at_host() -> str:
+    """``user@host`` of this process (the command line's requester when none is given)."""
+    return f"{platform.user_name()}@{socket.gethostname()}"  # (a uid when there is no passwd entry)
+
+
 def actor() -> str:
     """Who/what is running: user@host pid, and the Prefect flow run when there is one."""
-    user = platform.user_name()  # (a uid when there is no passwd entry, in some containers)
-    who = f"{user}@{socket.gethostname()} pid {os.getpid()}"
+    who = f"{user_at_host()} pid {os.getpid()}"
     run = os.environ.get("PREFECT__FLOW_RUN_ID")
     return who + (f" flow-run {run}" if run else "")
 

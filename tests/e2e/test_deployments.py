@@ -66,9 +66,15 @@ def deployment(c, name: str) -> dict:
     return c.get(f"/deployments/name/{name}")
 
 
+CHANGE = {"requested_by": "ana@example.org", "reason": "CHG-25 monthly patch"}
+
+
 def run_deployment(c, name: str, params: dict, run_name: str = None, timeout: float = 300) -> dict:
-    """A run created the way the UI's form creates it (POST create_flow_run), waited for."""
+    """A run created the way the UI's form creates it (POST create_flow_run), waited for;
+    who asked and why (required by the form) are ``CHANGE`` unless ``params`` says."""
     dep = deployment(c, name)
+    if not name.startswith("registry-history/") and not name.startswith("rollout/"):
+        params = {"change": CHANGE, **params}
     body = {"parameters": params, **({"name": run_name} if run_name else {})}
     fr = c.post(f"/deployments/{dep['id']}/create_flow_run", body)
     return c.wait_final(fr["id"], timeout)
@@ -104,7 +110,8 @@ def test_an_empty_registry_is_refused_by_the_form_schema(cluster):
     no run is created without a storage folder or a config.yml."""
     c = cluster["c"]
     dep = deployment(c, "patch-registry/patch-registry")
-    values = {"bundle": "/x", "repository": REPO, "tag": TAG, "registry": {"storage": "", "registry_url": None}}
+    values = {"bundle": "/x", "repository": REPO, "tag": TAG, "registry": {"storage": "", "registry_url": None},
+              "change": CHANGE}
     check = c.post("/ui/schemas/validate", {"schema": dep["parameter_openapi_schema"], "values": values})
     assert check["valid"] is False
     assert {"property": "registry", "errors": [{"property": "storage", "errors": ["'' should be non-empty"]}]} \
@@ -117,8 +124,36 @@ def test_an_empty_registry_is_refused_by_the_form_schema(cluster):
     assert r.status_code in (409, 422) and "storage" in r.text, r.text
     assert len(c.flow_runs()) == before
     values["registry"] = {"registry_config": "/etc/docker/registry/config.yml"}
+    del values["change"]
+    check = c.post("/ui/schemas/validate", {"schema": dep["parameter_openapi_schema"], "values": values})
+    assert "'change' is a required property" in json.dumps(check["errors"])  # who asked, and why
+    for change, error in ((None, "'change' is a required property"),({"requested_by": "ana"}, "'reason' is a required property"),
+                          ({"requested_by": "ana", "reason": ""}, "'' should be non-empty")):
+        if change is not None:
+            values["change"] = change
+        check = c.post("/ui/schemas/validate", {"schema": dep["parameter_openapi_schema"], "values": values})
+        assert check["valid"] is False and error in json.dumps(check["errors"]), check
+        r = httpx.post(f"{c.api}/deployments/{dep['id']}/create_flow_run", json={"parameters": values}, timeout=10)
+        assert r.status_code in (409, 422) and error in r.text, r.text
+    assert len(c.flow_runs()) == before
+    values["change"] = CHANGE
     check = c.post("/ui/schemas/validate", {"schema": dep["parameter_openapi_schema"], "values": values})
     assert check["valid"] is True, check
+
+
+def test_a_bad_tag_or_repository_never_becomes_a_run(cluster):
+    """The engine's grammar of repositories and tags is in the schema (pattern, maxLength):
+    the server refuses the run at creation, for the form and the API alike."""
+    c = cluster["c"]
+    before = len(c.flow_runs())
+    for name in ("patch-registry/site-a", "rollback-registry/site-a", "rollout/rollout"):
+        dep = deployment(c, name)
+        for bad in ({"tag": "LTSC 2019!"}, {"repository": "ServerCore", "tag": TAG}, {"tag": "x" * 129}):
+            params = {"bundle": "/x", "change": CHANGE, **bad} if name.startswith("patch") else {"change": CHANGE, **bad}
+            r = httpx.post(f"{c.api}/deployments/{dep['id']}/create_flow_run", json={"parameters": params}, timeout=10)
+            assert r.status_code in (409, 422) and ("does not match" in r.text or "is too long" in r.text), \
+                (name, r.text)
+    assert len(c.flow_runs()) == before
 
 
 def test_regpatch_deployments_know_their_registry(cluster):
@@ -166,6 +201,8 @@ def test_ui_run_needs_only_bundle_and_tag_then_rollback_from_the_ui(cluster):
     assert not [a for a in arts if a["type"] == "progress"]
     (history,) = [a for a in arts if a["key"] == "history-site-b"]
     assert f"`{REPO}:{TAG}` | patch | `{old}` | `{new}`" in history["data"]
+    assert "requested by ana@example.org; reason CHG-25 monthly patch" in history["data"]
+    assert "| requested by | ana@example.org |\n| reason | CHG-25 monthly patch |" in summaries[0]["data"]
 
     fr = run_deployment(c, "rollback-registry/site-b", {"tag": TAG})
     assert fr["state_type"] == "COMPLETED", fr["state"]
@@ -211,7 +248,8 @@ def test_rollout_across_two_pools_each_registry_a_task_run(cluster):
                                                                    "lease_duration": 600})["lease_id"]
     proc = subprocess.Popen([str(a) for a in (
         BIN / "regpatch", "rollout", s["staged"], "--inventory", cluster["inventory"], "--repository", REPO, "--tag",
-        "fleet", "--verify-command", "skopeo inspect --tls-verify=false docker://{ref}")], env=c.env(),
+        "fleet", "--verify-command", "skopeo inspect --tls-verify=false docker://{ref}", "--reason", "CHG-25")],
+        env=c.env(),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 300
@@ -260,7 +298,7 @@ def test_failed_rollout_failing_registry_red_later_wave_not_run(cluster, tmp_pat
         {"name": "site-b", "storage": str(regs["site-b"].root), "url": regs["site-b"].url, "work_pool": "pool-b",
          "group": "fleet"}]}))
     proc = run([BIN / "regpatch", "rollout", s["staged"], "--inventory", inv, "--repository", REPO,
-                "--tag", "broken"], c.env(), timeout=400)
+                "--tag", "broken", "--reason", "CHG-25"], c.env(), timeout=400)
     assert proc.returncode == 7, proc.stdout + proc.stderr
     (rollout,) = c.flow_runs(name={"any_": [f"rollout-{REPO}-broken"]})
     assert rollout["state_type"] == "FAILED"
@@ -299,6 +337,39 @@ def test_rollout_deployment_on_a_worker_and_its_shipped_defaults(cluster):
     (art,) = [a for a in c.artifacts(flow_run_id={"any_": [fr["id"]]}) if a["key"] == f"rollout-{REPO}-monthly"]
     assert "| site-a | canary | pool pool-a | patched |" in art["data"]
     assert "| site-b | fleet | pool pool-b | patched |" in art["data"]
+    (progress,) = [a for a in c.artifacts(flow_run_id={"any_": [fr["id"]]}) if a["type"] == "progress"
+                   and "registries" in (a["description"] or "")]
+    assert progress["data"] == 100.0 and progress["description"] == "2 of 2 registries done: 2 patched", progress
+
+
+def test_the_scheduled_rollout_takes_the_newest_bundle_of_the_drop_and_refuses_it_once_applied(cluster):
+    """The shipped rollout deployment (bundle: null, rollout.drop) takes the newest bundle of
+    the drop folder by its created time, not last month's; run again, every registry already
+    serves it: refused, red; `regpatch deployments --check` says so beforehand."""
+    c, regs, s, tmp = cluster["c"], cluster["regs"], cluster["scenario"], cluster["tmp"]
+    drop = tmp / "drop"
+    for month, layout in (("2026-11", s["old_layout"]), ("2026-12", s["new_layout"])):
+        made = run([BIN / "regpatch", "bundle", f"oci:{layout}", "--out", drop / month], c.env())
+        assert made.returncode == 0, made.stdout + made.stderr
+    doc = json.loads((drop / "2026-11" / "regpatch-bundle.json").read_text())
+    doc["created"] = "2026-11-11T03:00:00Z"  # last month's (unsigned: no trust keys in this inventory)
+    (drop / "2026-11" / "regpatch-bundle.json").write_text(json.dumps(doc))
+    check = [BIN / "regpatch", "deployments", "--inventory", cluster["inventory"], "--check", "--drop", drop,
+             "--repository", REPO, "--tag", "drop"]
+    out = run(check, c.env())
+    assert out.returncode == 0 and f"takes {drop / '2026-12'} (created " in out.stdout, out.stdout + out.stderr
+    params = {"tag": "drop", "rollout": {"inventory": str(cluster["inventory"]), "drop": str(drop), "max_parallel": 2}}
+    fr = run_deployment(c, "rollout/rollout", params, timeout=400)
+    assert fr["state_type"] == "COMPLETED", fr["state"]
+    for site in POOLS:
+        assert skopeo_inspect_digest(regs[site].host, REPO, "drop") == str(s["new"].manifest_digest)
+    logs = "\n".join(c.logs_until([fr["id"]], lambda m: any("drop location" in x for x in m)))
+    assert f"drop location {drop}: takes {drop / '2026-12'}" in logs
+    out = run(check, c.env())
+    assert out.returncode == 2 and "already serves" in out.stderr, out.stdout + out.stderr
+    fr = run_deployment(c, "rollout/rollout", params, timeout=400)
+    assert fr["state_type"] == "FAILED" and "already serves" in fr["state"]["message"], fr["state"]
+    assert f"{drop / '2026-12'}" in fr["state"]["message"]
 
 
 def test_the_recipe_server_keeps_its_data_bounded_and_says_postgresql(cluster):

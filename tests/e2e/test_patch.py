@@ -340,3 +340,17 @@ def test_symlink_in_storage_leading_outside_is_refused(capsys, registry, scenari
     assert code == 3 and "outside the registry storage" in error_line(err)
     assert list(outside.iterdir()) == []
     assert storage_hash(registry) == before  # refused at plan time, before any write
+
+
+def test_a_failed_verification_says_where_it_failed_not_not_run(capsys, registry, scenario, tmp_path):
+    """The pull ran and passed, the operator's command ran and failed: the summary names the
+    stage that failed (issue 25 item 5), never 'not run'; the tag stays where it was."""
+    from regpatch.storage.layout import Layout
+
+    code, out, err = patch(capsys, registry, scenario["staged"], "--verify-command", "sh -c 'exit 3' {ref}")
+    assert code != 0, out + err
+    reports = sorted(Layout(registry.root).state.rglob("*.md"), key=lambda p: p.stat().st_mtime)
+    text = reports[-1].read_text()
+    assert "| verification | failed at the verify command: " in text, text
+    assert "not run" not in text.split("| verification |")[1].split("\n")[0]
+    assert skopeo_inspect_digest(registry.host, REPO, TAG) == str(scenario["old"].manifest_digest)

@@ -273,14 +273,15 @@ def test_flow_errors_name_the_form_fields_and_history_on_demand(fleet, scenario,
     from prefect.client.schemas.sorting import ArtifactSort
 
     from regpatch.errors import UsageError
-    from regpatch.params import RegistryParams
+    from regpatch.params import ChangeParams, RegistryParams
     from regpatch_flows.history import registry_history
     from regpatch_flows.patch import patch_registry
 
     a = fleet["site-a"]
     with pytest.raises(UsageError) as e:
         patch_registry(bundle=str(scenario["staged"]), repository=REPO, tag=TAG, registry=RegistryParams(
-            name="site-a", storage=str(a.root), registry_url=a.url, registry_ca="/nonexistent/ca.pem"))
+            name="site-a", storage=str(a.root), registry_url=a.url, registry_ca="/nonexistent/ca.pem"),
+            change=ChangeParams(requested_by="e2e"))
     assert '"CA bundle" (registry.registry_ca)' in str(e.value) and "--registry-ca" not in str(e.value)
     text = registry_history(registry=RegistryParams(name="site-a", storage=str(a.root)))
     assert text.startswith("# History of `site-a`") and "0 tag change(s) recorded" in text
@@ -288,6 +289,44 @@ def test_flow_errors_name_the_form_fields_and_history_on_demand(fleet, scenario,
         (art,) = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["history-site-a"])),
                                        sort=ArtifactSort.CREATED_DESC, limit=1)
     assert art.data == text
+
+
+def test_a_run_that_fails_early_still_leaves_its_summary_with_where_the_tag_stands(fleet, scenario, prefect_api):
+    """A patch refused before the engine starts (a CA file that does not exist) and a
+    rollback refused by the engine before any result (a digest the repository lacks) each
+    write their summary artifact: the error, and where the tag stands."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    from regpatch.errors import RegpatchError
+    from regpatch.params import ChangeParams, RegistryParams
+    from regpatch_flows.patch import patch_registry
+    from regpatch_flows.rollback import rollback_registry
+
+    def summary(key: str) -> str:
+        with get_client(sync_client=True) as client:
+            (art,) = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                                           sort=ArtifactSort.CREATED_DESC, limit=1)
+        return art.data
+
+    a, change = fleet["site-a"], ChangeParams(requested_by="ana", reason="CHG-5")
+    with pytest.raises(RegpatchError):
+        patch_registry(bundle=str(scenario["staged"]), repository=REPO, tag="early", change=change,
+                       registry=RegistryParams(name="early-a", storage=str(a.root), registry_url=a.url,
+                                               registry_ca="/nonexistent/ca.pem"))
+    text = summary(f"early-a-{REPO}-early")
+    assert text.startswith(f"# Failed: `{REPO}:early` on `early-a` (patch)"), text
+    assert "/nonexistent/ca.pem" in text and "| reason | CHG-5 |" in text and "| verification | not run |" in text
+    assert "The tag was not moved: the run stopped before it opened the storage; nothing was written." in text
+    missing = "sha256:" + "0" * 64
+    with pytest.raises(RegpatchError):
+        rollback_registry(repository=REPO, tag=TAG, to=missing, change=change,
+                          registry=RegistryParams(name="early-b", storage=str(a.root)))
+    text = summary(f"early-b-{REPO}-{TAG}")
+    current = (a.root / f"docker/registry/v2/repositories/{REPO}/_manifests/tags/{TAG}/current/link").read_text()
+    assert text.startswith(f"# Failed: `{REPO}:{TAG}` on `early-b` (rollback)"), text
+    assert missing in text and f"The tag points at `{current.strip()}` (read in the storage after the failure)." in text
 
 
 def test_lines_logged_by_the_blob_threads_reach_the_run_logs(capsys, fleet, scenario):
@@ -324,11 +363,11 @@ def test_more_than_four_at_once_is_refused_on_sqlite_before_anything_is_touched(
     assert not (tmp_path / "s").exists()
     # a run from the form (the flow itself) is refused the same way, naming the form's field
     from regpatch.errors import UsageError
-    from regpatch.params import RolloutParams
+    from regpatch.params import ChangeParams, RolloutParams
     from regpatch_flows.rollout import rollout as rollout_flow
 
     with pytest.raises(UsageError) as e:
-        rollout_flow(bundle=str(scenario["staged"]), repository=REPO, tag=TAG,
+        rollout_flow(bundle=str(scenario["staged"]), repository=REPO, tag=TAG, change=ChangeParams(requested_by="e2e"),
                      rollout=RolloutParams(inventory=inv, max_parallel=5, state_dir=str(tmp_path / "s")))
     assert "(rollout.max_parallel) 5 needs a Prefect server on PostgreSQL: this one runs on SQLite" in str(e.value)
     assert {n: tree_hash(fleet[n].root) for n in fleet} == before

@@ -438,3 +438,32 @@ def test_transient_predicate_and_credentials_repr():
     opts = S3Options(credentials=c)
     for text in (repr(c), str(c), repr(opts), str(opts)):
         assert "topsecret" not in text and "AKIAXYZ" not in text and "sessiontok" not in text
+
+
+def test_a_drop_location_on_s3_gives_its_newest_bundle(tmp_path, s3, moto_url, registry, scenario):
+    """The month's bundle found by itself on an s3:// drop (issue 25 item 2): the sub-prefixes
+    that hold a regpatch-bundle.json, dated by it; the newest is taken, then refused once
+    the registry serves it."""
+    import json
+
+    from regpatch.errors import UsageError
+    from regpatch.fleet.drop import choose_bundle
+    from regpatch.fleet.inventory import parse_inventory
+
+    local = tmp_path / "drop"
+    for month, layout in (("2026-11", scenario["old_layout"]), ("2026-12", scenario["new_layout"])):
+        assert regpatch_main(["bundle", f"oci:{layout}", "--out", str(local / month)]) == 0
+    doc = json.loads((local / "2026-11" / "regpatch-bundle.json").read_text())
+    doc["created"] = "2026-11-11T03:00:00Z"
+    (local / "2026-11" / "regpatch-bundle.json").write_text(json.dumps(doc))
+    (local / "notes.txt").write_text("not a bundle")
+    drop = upload(s3, local, "drop")
+    entries = parse_inventory({"registries": [{"name": "site-s3", "storage": str(registry.root)}]}).select(None)
+    options = S3Options(endpoint_url=moto_url)
+    choice = choose_bundle(drop, repository=REPO, tag=TAG, entries=entries, s3=options)
+    assert choice.bundle.location == f"{drop}/2026-12" and len(choice.others) == 1
+    assert choice.bundle.image == str(scenario["new"].manifest_digest)
+    assert regpatch_main(["patch", choice.bundle.location, "--storage", str(registry.root), "--registry-url",
+                          registry.url, "--repository", REPO, "--tag", TAG, "--s3-endpoint-url", moto_url]) == 0
+    with pytest.raises(UsageError, match="already serves"):
+        choose_bundle(drop, repository=REPO, tag=TAG, entries=entries, s3=options)

@@ -383,7 +383,7 @@ def test_patch_flow_takes_trust_parameters(tmp_path, world, signed_bundle):
     """The patch-registry flow's ``trust`` parameter: a wrong key fails the run before any
     write; the right key lets a dry run through, with the trust in the result."""
     from regpatch.errors import SignatureError
-    from regpatch.params import RegistryParams, TrustParams
+    from regpatch.params import ChangeParams, RegistryParams, TrustParams
     from regpatch_flows.patch import patch_registry
 
     _, other = openssl_keypair(tmp_path, "ed25519")
@@ -391,9 +391,10 @@ def test_patch_flow_takes_trust_parameters(tmp_path, world, signed_bundle):
     before = site_docker_hash(world)
     with pytest.raises(SignatureError):
         patch_registry(bundle=str(signed_bundle), repository=REPO, tag=TAG, registry=registry,
-                       trust=TrustParams(trust_keys=[str(other)]))
+                       trust=TrustParams(trust_keys=[str(other)]), change=ChangeParams(requested_by="e2e"))
     assert site_docker_hash(world) == before
     result = patch_registry(bundle=str(signed_bundle), repository=REPO, tag=TAG, registry=registry,
-                            trust=TrustParams(trust_keys=[str(world["ed"][1])]), dry_run=True)
+                            trust=TrustParams(trust_keys=[str(world["ed"][1])]), dry_run=True,
+                            change=ChangeParams(requested_by="e2e", reason="CHG-2"))
     assert result.dry_run and "signed by trust key" in result.bundle_trust
     assert site_docker_hash(world) == before

@@ -85,10 +85,17 @@ def page(browser):
 
 
 def field(page, label: str):
-    """The input of the run form's property labelled exactly ``label``."""
+    """The input of the run form's property labelled exactly ``label`` (the innermost such
+    property: a group, e.g. "change", holds its fields' labels too)."""
     prop = page.locator(".schema-form-property").filter(
-        has=page.locator(".schema-form-property__label", has_text=re.compile(f"^{re.escape(label)}$")))
+        has=page.locator(".schema-form-property__label", has_text=re.compile(f"^{re.escape(label)}$"))).last
     return prop.locator("textarea, input").first
+
+
+def fill_change(page) -> None:
+    """Who asks and why: required in every patch, rollback and rollout form."""
+    field(page, "Requested by").fill("ana@example.org")
+    field(page, "Reason (change ticket)").fill("CHG-25 monthly patch")
 
 
 def open_form(page, c, deployment: str) -> None:
@@ -112,6 +119,7 @@ def test_generic_form_refuses_a_registry_without_storage(site, page):
     field(page, "bundle").fill(str(site["scenario"]["staged"]))
     field(page, "repository").fill(REPO)
     field(page, "tag").fill(TAG)
+    fill_change(page)
     page.get_by_role("button", name="Submit").click()
     # the server checks the values against the form's schema: no run, a message naming the field
     page.get_by_text("'storage' is a required property").first.wait_for()
@@ -120,12 +128,30 @@ def test_generic_form_refuses_a_registry_without_storage(site, page):
     assert len(c.flow_runs()) == runs  # refused by the form: no run was created
 
 
+def test_a_bad_tag_is_refused_by_the_form_before_a_run_exists(site, page):
+    """The form checks the tag with the engine's grammar (the schema's pattern): 'LTSC 2019!'
+    never becomes a run that fails on the worker."""
+    c = site["c"]
+    runs = len(c.flow_runs())
+    open_form(page, c, "patch-registry/site-ui")
+    field(page, "bundle").fill(str(site["scenario"]["staged"]))
+    field(page, "tag").fill("LTSC 2019!")
+    fill_change(page)
+    page.get_by_role("button", name="Submit").click()
+    page.get_by_text("'LTSC 2019!' does not match").first.wait_for()
+    field(page, "tag").scroll_into_view_if_needed()
+    shot(page, site, "ui-form-refuses-bad-tag.png", settle=200)
+    assert "/runs/flow-run/" not in page.url
+    assert len(c.flow_runs()) == runs
+
+
 def test_patch_from_the_run_form_completes_and_its_summary_names_the_registry(site, page):
     c, reg, s = site["c"], site["reg"], site["scenario"]
     open_form(page, c, "patch-registry/site-ui")
     assert field(page, "repository").input_value() == REPO   # prefilled by regpatch deployments
     field(page, "bundle").fill(str(s["staged"]))
     field(page, "tag").fill(TAG)
+    fill_change(page)  # required: the server has no users to take it from
     shot(page, site, "ui-run-form.png")
     dep = c.get("/deployments/name/patch-registry/site-ui")
     page.get_by_role("button", name="Submit").click()
@@ -148,6 +174,7 @@ def test_patch_from_the_run_form_completes_and_its_summary_names_the_registry(si
     page.get_by_text("Patched:").first.wait_for()
     body = page.inner_text("body")
     assert "site-ui" in body and str(reg.root) in body and str(s["new"].manifest_digest) in body
+    assert "ana@example.org" in body and "CHG-25 monthly patch" in body
     shot(page, site, "ui-run-summary.png")
 
 
@@ -164,7 +191,7 @@ def test_failed_rollout_shows_the_failing_registry_red(site, page):
             {"name": "site-broken", "storage": str(broken), "group": "canary"},
             {"name": "site-late", "storage": str(second.root), "url": second.url, "group": "fleet"}]}))
         out = run([BIN / "regpatch", "rollout", s["staged"], "--inventory", inventory, "--repository", REPO,
-                   "--tag", "october"], c.env(), timeout=400)
+                   "--tag", "october", "--reason", "CHG-25"], c.env(), timeout=400)
         assert out.returncode == 7, out.stdout + out.stderr
     finally:
         second.stop()
