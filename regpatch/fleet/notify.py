@@ -3,7 +3,8 @@
 (``regpatch_flows.deploy.apply_notification``).
 
 It fires on every failed or crashed run of a regpatch flow (patch-registry,
-rollback-registry, rollout: whatever started it, a schedule, a form, the command line,
+rollback-registry, rollout, and the maintenance window's registry-maintenance, maintenance and
+fleet-status, which fails while a registry drifts: whatever started it, a schedule, a form, the command line,
 a rollout) and sends, through the notification block the operator names (a Custom
 Webhook for Mattermost, Teams or a ticket system; Slack, e-mail where SMTP exists), one
 message: the run, the registry, the repository and the tag, the error line, and where
@@ -21,7 +22,8 @@ from typing import Any
 from regpatch.errors import UsageError
 
 AUTOMATION_NAME = "regpatch: a run failed"
-WATCHED_FLOWS = ("patch-registry", "rollback-registry", "rollout")
+WATCHED_FLOWS = ("patch-registry", "rollback-registry", "rollout", "registry-maintenance", "maintenance",
+                 "fleet-status")
 EVENTS = ("prefect.flow-run.Failed", "prefect.flow-run.Crashed")
 
 # Jinja, rendered by the server when the automation fires: ``flow`` and ``flow_run`` are
@@ -30,7 +32,8 @@ SUBJECT = "regpatch: {{ flow.name }} {{ flow_run.name }} {{ flow_run.state.name 
 BODY = """\
 {{ flow.name }} run {{ flow_run.name }} ended {{ flow_run.state.name }}.
 registry: {% for t in flow_run.tags if t.startswith('registry:') %}{{ t[9:] }} {% else %}\
-{% if flow.name == 'rollout' %}several (see the rollout's summary){% else %}not named{% endif %}{% endfor %}
+{% if flow.name in ('rollout', 'maintenance', 'fleet-status') %}several (see the run's artifact)\
+{% else %}not named{% endif %}{% endfor %}
 repository:tag: {{ flow_run.parameters.get('repository', '?') }}:{{ flow_run.parameters.get('tag', '?') }}
 error: {{ flow_run.labels.get('regpatch.error') or flow_run.state.message }}
 the tag: {{ flow_run.labels.get('regpatch.tag') or 'not recorded by the run (a crash, or a rollout: see its \

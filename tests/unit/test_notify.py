@@ -60,5 +60,5 @@ def test_the_message_names_the_registry_the_tag_the_error_and_where_the_tag_stan
     crashed = FlowRun(flow_id=uuid4(), name="rollout-servercore-ltsc2019", tags=[], parameters={},
                       state=State(type=StateType.CRASHED, name="Crashed", message="the worker's process died"))
     text = render_user_template_sync(BODY, {"flow": Flow(name="rollout"), "flow_run": crashed})
-    assert "registry: several (see the rollout's summary)" in text and "repository:tag: ?:?" in text
+    assert "registry: several (see the run's artifact)" in text and "repository:tag: ?:?" in text
     assert "error: the worker's process died" in text and "the tag: not recorded by the run" in text
