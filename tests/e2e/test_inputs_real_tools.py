@@ -164,13 +164,14 @@ def test_3_a_layer_listed_twice_for_two_diff_ids_is_refused_as_skopeo_does(tmp_p
     storage = tmp_path / "storage"
     storage.mkdir()
     p = run("patch", archive, "--storage", storage, "--repository", "r", "--tag", "t", "--init", "--local")
-    assert p.returncode != 0, (p.stdout, p.stderr)
+    assert p.returncode == 3, (p.stdout, p.stderr)
     assert "is listed as Layers[0] and Layers[1] for two different diff ids" in p.stderr, p.stderr
     assert not (storage / "docker").exists()  # not even --init's empty tree (only .regpatch/ bookkeeping)
     # the differential: skopeo refuses the same archive
     sk = subprocess.run(["skopeo", "copy", f"docker-archive:{archive}", f"oci:{tmp_path / 'oci-out'}:tag"],
                         capture_output=True, text=True, timeout=60)
     assert sk.returncode != 0, sk.stdout + sk.stderr
+    assert "used for two different DiffID values" in sk.stderr, sk.stderr
 
 
 # -- 4. replay of an older signed bundle -----------------------------------------------------
