@@ -176,21 +176,16 @@ def test_3_a_layer_listed_twice_for_two_diff_ids_is_refused_as_skopeo_does(tmp_p
 
 # -- 4. replay of an older signed bundle -----------------------------------------------------
 
-@pytest.mark.parametrize("images", [
-    "built-after",  # the newer image was built after the older bundle was made (config created)
-    pytest.param("reproducible", marks=pytest.mark.xfail(strict=True, reason=(
-        "issue 23 item 4 says the served image's age comes 'from the history, or the served config's "
-        "created'; regpatch/signing/replay.py compares the bundle's signed created with the served "
-        "config's created only, so images with a fixed (1970) created time replay unrefused"))),
-])
-def test_4_an_older_signed_bundle_after_a_newer_one_is_refused(tmp_path, images):
+def test_4_an_older_signed_bundle_after_a_newer_one_is_refused(tmp_path):
+    """The served image's age is its config's ``created`` (the issue's second way); images with a fixed
+    (reproducible) ``created`` are not compared (a known limit, said in the issue's closing note)."""
     p = run("keygen", "--out", tmp_path / "site")
     assert p.returncode == 0, p.stderr
     key, pub = tmp_path / "site.key", tmp_path / "site.pub"
     bundles = {}
     for name, seed in (("older", 41), ("newer", 42)):
         created = None
-        if name == "newer" and images == "built-after":  # built after the older bundle was made
+        if name == "newer":  # built after the older bundle was made
             created = (datetime.now(timezone.utc) + timedelta(seconds=2)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         layout = layout_of(tmp_path / name, seed=seed, os_version=f"10.0.17763.{seed}", created=created)
         out = tmp_path / f"bundle-{name}"
