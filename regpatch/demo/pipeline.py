@@ -150,7 +150,9 @@ class Pipeline:
     def run_rollout(self, sc: dict, inventory: Path) -> dict:
         dep = self.call("GET", "/deployments/name/rollout/rollout")
         params = {"bundle": str(sc["staged"]), "repository": sc["repository"], "tag": sc["tag"],
-                  "rollout": {"inventory": str(inventory), "max_parallel": 2}}
+                  "rollout": {"inventory": str(inventory), "max_parallel": 2},
+                  "change": {"requested_by": "the regpatch demo (the Run button's way)",
+                             "reason": "demo: this month's servercore patch"}}
         t0 = time.monotonic()
         run = self.call("POST", f"/deployments/{dep['id']}/create_flow_run", {"parameters": params})
         self.say(f"rollout started as a deployment run (as the UI's Run button does): {self.ui}/runs/flow-run/"

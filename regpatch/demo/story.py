@@ -248,6 +248,7 @@ class Demo:
                 self.say(f"the first registry: {reg.url} (pid {reg.pid}), storage {reg.root}")
                 self.say(f"try:     skopeo inspect --tls-verify=false docker://{reg.host}/servercore:ltsc2019")
             self.say(f"stop everything: {sys.executable} -m regpatch.demo --stop --workdir {self.workdir}")
+            self.registry = self.pipeline = None  # said once (main's finally calls finish again)
             return
         if pipe is not None:
             pipe.stop()

@@ -363,7 +363,12 @@ def run_gc(store: RegistryStore, target: RegistryTarget, strategy: RestartStrate
         except BaseException as e:
             journal.error = redact(str(e))[:500] or type(e).__name__
             log.warning("starting the registry again after: %s", journal.error)
-            _start_again(strategy)
+            journal.mark(store, "starting")
+            try:
+                _start_again(strategy)
+            except RegpatchError as start_error:  # the registry is down: that is what the operator must read
+                raise RestartError(f"the registry could not be started again ({start_error}); the gc had stopped "
+                                   f"because: {journal.error}; start it, then run regpatch gc again") from e
             journal.mark(store, "started", status="failed")
             raise
         journal.mark(store, "starting")
