@@ -42,7 +42,7 @@ from regpatch import interrupt
 from regpatch.digest import Digest
 from regpatch.errors import GcRefused, RegpatchError, RestartError, UsageError
 from regpatch.hooks import checkpoint
-from regpatch.manifest import MAX_MANIFEST_SIZE, ImageIndex, Manifest, parse_manifest
+from regpatch.manifest import ImageIndex
 from regpatch.options import opt
 from regpatch.platform import children
 from regpatch.platform.ownfiles import read_own_file
@@ -115,17 +115,10 @@ class GcReport:
 
 # --------------------------------------------------------------------------- regpatch's mark
 
-def _manifest(store: RegistryStore, digest: Digest) -> Optional[Manifest]:
-    try:
-        return parse_manifest(store.read_blob(digest, MAX_MANIFEST_SIZE), what=f"manifest {digest}")
-    except (RegpatchError, OSError):
-        return None
-
-
 def _needs(store: RegistryStore, digest: Digest, out: set[Digest], depth: int = 0) -> bool:
     """Add every blob the image ``digest`` needs to ``out``; False when one is missing."""
     out.add(digest)
-    m = _manifest(store, digest)
+    m = store.stored_manifest(digest)
     if m is None or depth > MAX_DEPTH:
         return False
     complete = True
@@ -141,23 +134,6 @@ def _needs(store: RegistryStore, digest: Digest, out: set[Digest], depth: int = 
     return complete
 
 
-def _revisions(store: RegistryStore, repo: Repository) -> list[Digest]:
-    folder = store.layout.repository(repo) / "_manifests" / "revisions" / "sha256"
-    try:
-        names = sorted(p.name for p in folder.iterdir())
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    out = []
-    for hexdigest in names:
-        try:
-            d = Digest("sha256", hexdigest)
-        except RegpatchError:
-            continue
-        if store.read_link(store.layout.revision_link(repo, d)) == d:
-            out.append(d)
-    return out
-
-
 def kept_mark(store: RegistryStore) -> tuple[set[Digest], list[KeptImage]]:
     """regpatch's mark: the blobs every kept image needs, and the kept images (every tag and every
     manifest with a revision link) with whether each is complete in the storage now."""
@@ -168,7 +144,7 @@ def kept_mark(store: RegistryStore) -> tuple[set[Digest], list[KeptImage]]:
             current = store.current_tag(repo, tag)
             if current is not None:
                 kept.append(KeptImage(repo.name, tag.name, str(current), _needs(store, current, mark)))
-        for d in _revisions(store, repo):
+        for d in store.linked_revisions(repo):
             kept.append(KeptImage(repo.name, str(d), str(d), _needs(store, d, mark)))
     return mark, kept
 

@@ -25,8 +25,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Iterable, Optional
 
 from regpatch.digest import Digest
-from regpatch.errors import RegpatchError
-from regpatch.manifest import MAX_MANIFEST_SIZE, ImageIndex, Manifest, parse_manifest
+from regpatch.manifest import ImageIndex
 from regpatch.params import RetentionParams
 from regpatch.progress import human
 from regpatch.reference import Repository, Tag
@@ -38,7 +37,6 @@ from regpatch.storage.store import RegistryStore
 log = logging.getLogger("regpatch.engine")
 
 WRITTEN_BY_REGPATCH = ("patch", "restore")  # history actions whose ``new`` image regpatch wrote
-MAX_REVISIONS = 100_000
 MAX_REPOSITORIES = 100_000  # folders walked under repositories/
 
 
@@ -100,33 +98,13 @@ def _previous(timeline: list[str], current: Optional[str], keep: int) -> list[st
     return out
 
 
-def _manifest(store: RegistryStore, digest: Digest) -> Optional[Manifest]:
-    try:
-        return parse_manifest(store.read_blob(digest, MAX_MANIFEST_SIZE), what=f"manifest {digest}")
-    except (RegpatchError, OSError):
-        return None
-
-
 def _children(store: RegistryStore, digest: str) -> list[str]:
-    m = _manifest(store, Digest.parse(digest))
+    m = store.stored_manifest(Digest.parse(digest))
     return [str(d.digest) for d in m.manifests] if isinstance(m, ImageIndex) else []
 
 
 def _revisions(store: RegistryStore, repo: Repository) -> list[str]:
-    folder = store.layout.repository(repo) / "_manifests" / "revisions" / "sha256"
-    try:
-        names = sorted(p.name for p in folder.iterdir())[:MAX_REVISIONS]
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    out = []
-    for hexdigest in names:
-        try:
-            d = Digest("sha256", hexdigest)
-        except RegpatchError:
-            continue
-        if store.read_link(store.layout.revision_link(repo, d)) == d:
-            out.append(str(d))
-    return out
+    return [str(d) for d in store.linked_revisions(repo)]
 
 
 def _kept(store: RegistryStore, repo: Repository, history: list[HistoryEntry], keep: int,
@@ -177,7 +155,7 @@ def plan_repository(store: RegistryStore, repo: Repository, policy: RetentionPar
 
 def _referenced(store: RegistryStore, digest: str) -> set[str]:
     """The blobs a manifest keeps alive for garbage collection: itself, its config, its layers."""
-    m = _manifest(store, Digest.parse(digest))
+    m = store.stored_manifest(Digest.parse(digest))
     if m is None:
         return {digest}
     if isinstance(m, ImageIndex):

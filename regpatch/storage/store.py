@@ -59,6 +59,7 @@ from regpatch.errors import (
 )
 from regpatch.hashing import hash_file
 from regpatch.hooks import checkpoint
+from regpatch.manifest import MAX_MANIFEST_SIZE, Manifest, parse_manifest
 from regpatch.options import opt
 from regpatch.platform.ownfiles import read_own_file
 from regpatch.reference import Repository, Tag
@@ -78,6 +79,7 @@ _WARNED: set[str] = set()  # malformed links already warned about by this proces
 
 
 MARKER_LIMIT = 4096  # a verified-blob marker is a few numbers
+MAX_REVISIONS = 100_000  # revision links listed per repository
 
 
 def _storage_owner(root: Path, v2: Path) -> Optional[tuple[int, int]]:
@@ -268,6 +270,30 @@ class RegistryStore(Staging):
         if len(data) > limit:
             raise StorageError(f"blob {digest} in the registry is larger than {limit} bytes")
         return data
+
+    def stored_manifest(self, digest: Digest) -> Optional[Manifest]:
+        """The manifest blob ``digest`` as parsed, or None when it is missing or unreadable."""
+        try:
+            return parse_manifest(self.read_blob(digest, MAX_MANIFEST_SIZE), what=f"manifest {digest}")
+        except (RegpatchError, OSError):
+            return None
+
+    def linked_revisions(self, repo: Repository, limit: int = MAX_REVISIONS) -> list[Digest]:
+        """The manifests ``repo`` links: a revision link that holds its own digest (in name order,
+        at most ``limit``)."""
+        try:
+            names = sorted(p.name for p in self.layout.revisions_dir(repo).iterdir())[:limit]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        out = []
+        for hexdigest in names:
+            try:
+                d = Digest("sha256", hexdigest)
+            except RegpatchError:
+                continue
+            if self.read_link(self.layout.revision_link(repo, d)) == d:
+                out.append(d)
+        return out
 
     def verify_blob(self, digest: Digest, size: int,
                     progress: Optional[Callable[[int], None]] = None, *, remember: bool = True) -> bool:
