@@ -41,20 +41,9 @@ def run_gc(args: argparse.Namespace) -> None:
     """The dry run against the running registry; with --apply the maintenance window."""
     registry = model_of(RegistryParams, REGISTRY, args, only=GC_REGISTRY)
     maintenance = model_of(MaintenanceParams, MAINTENANCE, args)
-    from regpatch import platform  # only this command needs it (start-up)
-    from regpatch.engine.gc import check_gc, collector_for, run_gc  # only this command needs it (start-up)
-    from regpatch.registry.restart import ProcessRestart, parse_restart_spec  # only this command needs it
+    from regpatch.fleet.maintenance import gc_setup  # only this command needs it (start-up)
 
-    target = registry.target()
-    strategy = parse_restart_spec(registry.restart, registry_config=target.config_path)
-    binary = maintenance.registry_binary or (strategy.binary if isinstance(strategy, ProcessRestart)
-                                             else platform.default_registry_binary())
-    store = target.store()
-    collector = collector_for(store, target, binary)
-    if args.apply:
-        report = run_gc(store, target, strategy, collector, lock_timeout=registry.lock_timeout)
-    else:
-        report = check_gc(store, collector)
+    report = gc_setup(registry, maintenance).collect(apply=args.apply, lock_timeout=registry.lock_timeout)
     if args.json:
         sys.stdout.write(json.dumps(asdict(report), indent=2) + "\n")
     else:

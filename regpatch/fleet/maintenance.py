@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from regpatch import platform
-from regpatch.engine.gc import GcReport, check_gc, collector_for, run_gc
+from regpatch.engine.gc import Collector, GcReport, check_gc, collector_for, run_gc
 from regpatch.engine.prune import PrunePlan, apply_prune, plan_prune
 from regpatch.params import MaintenanceParams, RegistryParams, RetentionParams
 from regpatch.progress import human
-from regpatch.registry.restart import ProcessRestart, parse_restart_spec
+from regpatch.registry.restart import ProcessRestart, RestartStrategy, parse_restart_spec
+from regpatch.registry.target import RegistryTarget
 from regpatch.sanitize import redact, shown
+from regpatch.storage.store import RegistryStore
 
 
 @dataclass
@@ -36,26 +38,47 @@ class MaintenanceResult:
         return self.error is None
 
 
-def maintain_registry(registry: RegistryParams, retention: RetentionParams, maintenance: MaintenanceParams, *,
-                      apply: bool) -> tuple[MaintenanceResult, PrunePlan, Optional[GcReport]]:
-    """Prune then collect one registry; raises the engine's errors (the flow records them)."""
+@dataclass
+class GcSetup:
+    """What ``regpatch gc`` and the maintenance flows collect with: the registry, its storage, its
+    restart strategy (which stops and starts it) and the registry's own garbage-collect."""
+
+    target: RegistryTarget
+    store: RegistryStore
+    strategy: RestartStrategy
+    collector: Collector
+
+    def collect(self, *, apply: bool, lock_timeout: float) -> GcReport:
+        """The maintenance window with ``apply``, else the dry run against the running registry."""
+        if apply:
+            return run_gc(self.store, self.target, self.strategy, self.collector, lock_timeout=lock_timeout)
+        return check_gc(self.store, self.collector)
+
+
+def gc_setup(registry: RegistryParams, maintenance: MaintenanceParams) -> GcSetup:
+    """The registry's gc parts; a missing binary is refused here, before any write."""
     target = registry.target()
     store = target.store()
     strategy = parse_restart_spec(registry.restart, registry_config=target.config_path)
     binary = maintenance.registry_binary or (strategy.binary if isinstance(strategy, ProcessRestart)
                                              else platform.default_registry_binary())
-    collector = collector_for(store, target, binary)  # a missing binary is refused before any write
-    result = MaintenanceResult(registry.label(target), apply)
-    plan = plan_prune(store, retention)
+    return GcSetup(target, store, strategy, collector_for(store, target, binary))
+
+
+def maintain_registry(registry: RegistryParams, retention: RetentionParams, maintenance: MaintenanceParams, *,
+                      apply: bool) -> tuple[MaintenanceResult, PrunePlan, Optional[GcReport]]:
+    """Prune then collect one registry; raises the engine's errors (the flow records them)."""
+    gc = gc_setup(registry, maintenance)
+    result = MaintenanceResult(registry.label(gc.target), apply)
+    plan = plan_prune(gc.store, retention)
     if apply and plan.images:
-        plan = apply_prune(store, plan, retention, lock_timeout=registry.lock_timeout)
+        plan = apply_prune(gc.store, plan, retention, lock_timeout=registry.lock_timeout)
     result.pruned = [f"{i.repository}@{i.digest}" for i in plan.images]
+    report = gc.collect(apply=apply, lock_timeout=registry.lock_timeout)
     if apply:
-        report = run_gc(store, target, strategy, collector, lock_timeout=registry.lock_timeout)
         result.freed_bytes, result.proven = report.freed_bytes or 0, report.proven
         result.downtime_seconds = report.downtime_seconds
-    else:
-        report = check_gc(store, collector)  # against the storage as it is: the prune's blobs come on top
+    else:  # against the storage as it is: the prune's blobs come on top
         result.freed_bytes = report.eligible_bytes + plan.freed_bytes
     return result, plan, report
 
