@@ -348,9 +348,11 @@ def ui_runs(work: Path, server: Server, staged: Path, template: Path, poll: floa
         for i in range(repeat):
             time.sleep((i * 0.37 * poll) % poll)  # the click lands anywhere in the worker's poll period
             t0 = time.perf_counter()
-            fr = api.post(f"/deployments/{dep['id']}/create_flow_run",
-                          json={"parameters": {"bundle": str(staged), "tag": f"ui-{i}",
-                                                  "change": {"requested_by": "bench", "reason": "bench"}}}).json()
+            r = api.post(f"/deployments/{dep['id']}/create_flow_run",
+                         json={"parameters": {"bundle": str(staged), "tag": f"ui-{i}",
+                                                 "change": {"requested_by": "bench", "reason": "bench"}}})
+            assert r.status_code == 201, f"the deployment run was refused: HTTP {r.status_code} {r.text[:500]}"
+            fr = r.json()
             seen_running = None
             while True:
                 state = api.get(f"/flow_runs/{fr['id']}").json()["state_type"]
