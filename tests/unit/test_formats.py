@@ -285,7 +285,7 @@ def test_a_layer_listed_twice_for_two_diff_ids_is_refused(tmp_path, how):
         doc[0]["Layers"][1] = doc[0]["Layers"][0]
     (folder / "manifest.json").write_text(json.dumps(doc))
     path = pack(folder, tmp_path / "s.tar") if how == "archive" else folder
-    with pytest.raises(ManifestError, match="is listed as Layers\[0\] and Layers\[1\] for two different diff ids"):
+    with pytest.raises(ManifestError, match=r"is listed as Layers\[0\] and Layers\[1\] for two different diff ids"):
         load_bundle(open_source(str(path)))
 
 
