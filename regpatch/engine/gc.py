@@ -162,14 +162,9 @@ class Collector:
         """Run it (never with ``--delete-untagged``); the blobs it lists as eligible for deletion."""
         args = [self.binary, "garbage-collect", *(["--dry-run"] if dry_run else []), str(self.config)]
         shown = " ".join(args)
-        try:
-            done = children.run(args, stdout=children.Capture(OUTPUT_KEPT, "tail"),
-                                stderr=children.Capture(64 << 10, "tail"))
-        except OSError as e:
-            raise RestartError(f"'{shown}' could not start: {e.strerror or type(e).__name__}") from None
-        if done.returncode != 0:
-            last = (done.stderr.lines() or done.stdout.lines() or ["(no output)"])[-1]
-            raise RestartError(f"'{shown}' {done.status()}: {redact(last)[:300]}")
+        done = children.run_or_raise(args, what=f"'{shown}'", error=RestartError, show=redact,
+                                     stdout=children.Capture(OUTPUT_KEPT, "tail"),
+                                     stderr=children.Capture(64 << 10, "tail"))
         return _eligible(done.stdout, shown)
 
 

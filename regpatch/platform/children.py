@@ -35,13 +35,13 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
-from typing import IO, Iterable, Literal, Mapping, Optional
+from typing import IO, Callable, Iterable, Literal, Mapping, Optional
 
 from regpatch.platform import shell_quote, spawn_tree
 from regpatch.platform._base import Args, ChildTree, StrPath
 from regpatch.platform.stopflag import wait
 
-__all__ = ["Capture", "ChildTimeout", "Finished", "Output", "quote", "run"]
+__all__ = ["Capture", "ChildTimeout", "Finished", "Output", "quote", "run", "run_or_raise"]
 
 READ_CHUNK = 64 << 10
 POLL_SECONDS = 0.2
@@ -185,6 +185,34 @@ def run(args: Args, *, shell: bool = False, input: Optional[bytes] = None,
     _drain(readers.values(), DRAIN_GRACE)
     out = {name: reader.result() for name, reader in readers.items()}
     return Finished(code, out.get("stdout", NOTHING), out.get("stderr", NOTHING))
+
+
+def run_or_raise(args: Args, *, what: str, error: Callable[[str], Exception],
+                 show: Optional[Callable[[str], str]] = None, **options) -> Finished:
+    """``run``, and a child that did not do its work said in one sentence, raised as
+    ``error(sentence)`` (the caller's class of the error tree):
+
+    - ``<what> did not finish within N s``;
+    - ``<what> could not start: <why>``;
+    - ``<what> exited with code N: <line>`` (or ``was killed by signal N``), the line being
+      the last non-empty one of its stderr, else of its stdout, through ``show`` (the
+      caller's redaction), cut at 300 characters.
+
+    ``what`` names the child as the operator knows it, already redacted. The verify
+    command, a restart command and the registry's garbage-collect say their failures
+    through it; a credential helper (whose output is never shown) and ``systemctl`` (whose
+    failures carry their own remedies) say theirs in their own words."""
+    try:
+        done = run(args, **options)
+    except ChildTimeout as e:
+        raise error(f"{what} did not finish within {e.seconds:g} s") from None
+    except OSError as e:
+        raise error(f"{what} could not start: {e.strerror or type(e).__name__}") from None
+    if done.returncode != 0:
+        lines = done.stderr.lines() or done.stdout.lines()
+        last = (show or str)(lines[-1])[:300] if lines else "(no output)"
+        raise error(f"{what} {done.status()}: {last}")
+    return done
 
 
 def _wait(tree: ChildTree, timeout: Optional[float]) -> None:

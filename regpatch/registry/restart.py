@@ -271,21 +271,11 @@ class CommandRestart(RestartStrategy):
             f" (then wait for {self.ready_url})" if self.ready_url else "")
 
     def restart(self) -> None:
-        try:
-            done = children.run(self.command, shell=True, stderr=children.Capture(STDERR_KEPT, "tail"),
-                                timeout=self.timeout, leftovers="keep")
-        except children.ChildTimeout:
-            raise RestartError(f"restart command timed out after {self.timeout:g} s: "
-                               f"{redact_command(self.command)}") from None
-        except OSError as e:
-            raise RestartError(f"restart command could not start: {redact_command(self.command)}: "
-                               f"{e.strerror or type(e).__name__}") from None
-        if done.returncode != 0:
-            lines = done.stderr.lines()
-            secrets = command_secrets(self.command)  # what it carries or expands may show up in its stderr
-            last = redact_command(lines[-1], secrets) if lines else "(no stderr)"
-            raise RestartError(f"restart command {done.status()}: {redact_command(self.command)}; "
-                               f"last stderr line: {last}")
+        secrets = command_secrets(self.command)  # what it carries or expands may show up in its output
+        children.run_or_raise(self.command, shell=True, stderr=children.Capture(STDERR_KEPT, "tail"),
+                              timeout=self.timeout, leftovers="keep", error=RestartError,
+                              what=f"restart command ({redact_command(self.command)})",
+                              show=lambda line: redact_command(line, secrets))
         url = self.ready_url
         if url:
             wait_until_ready(lambda: http_probe(url, verify=self.verify, timeout=1.0),

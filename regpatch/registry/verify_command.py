@@ -41,17 +41,7 @@ def run_verify_command(template: str, ref: str, *, timeout: float = 1800) -> Non
     secrets = tuple(s for s in (os.environ.get(ENV_PASSWORD),) if s) + command_secrets(template)
     shown = redact_command(command, secrets)
     log.info("running the verify command: %s", shown)
-    try:
-        done = children.run(command, shell=True, stderr=children.Capture(STDERR_KEPT, "tail"), timeout=timeout)
-    except children.ChildTimeout:
-        raise VerificationError(f"verify command for {ref} ({shown}) did not finish within "
-                                f"{timeout:g}s") from None
-    except OSError as e:
-        raise VerificationError(f"verify command for {ref} ({shown}) could not start: "
-                                f"{e.strerror or type(e).__name__}") from None
-    if done.returncode == 0:
-        log.info("verify command passed: %s", shown)
-        return
-    lines = done.stderr.lines()
-    last = redact_command(lines[-1], secrets) if lines else "(no output on stderr)"
-    raise VerificationError(f"verify command for {ref} ({shown}) {done.status()}: {last}")
+    children.run_or_raise(command, shell=True, stderr=children.Capture(STDERR_KEPT, "tail"), timeout=timeout,
+                          what=f"verify command for {ref} ({shown})", error=VerificationError,
+                          show=lambda line: redact_command(line, secrets))
+    log.info("verify command passed: %s", shown)

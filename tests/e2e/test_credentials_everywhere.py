@@ -79,7 +79,7 @@ def test_no_password_in_any_output_nor_in_prefects_database_nor_in_the_state_fol
     assert "-p***" in p.stderr  # skopeo's own error line quotes the flag, password included: redacted
     p = run("patch", scenario["staged"], *target, "--restart", f"command:curl -sf -u alice:{SECRET} http://127.0.0.1:1/",
             env=local, codes=(6,))
-    assert "restart command exited with code 7: curl -sf -u alice:*** http://127.0.0.1:1/" in p.stderr
+    assert "restart command (curl -sf -u alice:*** http://127.0.0.1:1/) exited with code 7" in p.stderr
     run("patch", scenario["staged"], *target, "--verify-command",
         f"REGISTRY_PASSWORD={SECRET} skopeo inspect --tls-verify=false docker://{{ref}}", env=local, codes=(0,))
     run("rollback", *target, "--verify-command",

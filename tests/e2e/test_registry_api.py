@@ -816,7 +816,7 @@ def test_run_verify_command(plain, samples, tmp_path):
         run_verify_command("test -n {ref} && echo noise >&2 && echo 'last words' >&2 && exit 3",
                            f"x; touch {marker}")
     assert not marker.exists()
-    with pytest.raises(VerificationError, match="did not finish within 0.5s"):
+    with pytest.raises(VerificationError, match="did not finish within 0.5 s"):
         run_verify_command("sleep 5; echo {ref}", "x", timeout=0.5)
     with pytest.raises(UsageError, match=r"\{ref\}"):
         run_verify_command("true", "x")

@@ -65,7 +65,7 @@ def test_a_stop_request_kills_the_verify_command_and_its_children(tmp_path):
 def test_verify_command_failure_names_the_exit_and_the_last_stderr_line():
     with pytest.raises(VerificationError, match="exited with code 3: the last line"):
         run_verify_command("echo first >&2; echo 'the last line' >&2; exit 3; {ref}", "r@sha256:" + "0" * 64)
-    with pytest.raises(VerificationError, match="did not finish within 0.5s"):
+    with pytest.raises(VerificationError, match="did not finish within 0.5 s"):
         run_verify_command("sleep 30; true {ref}", "x", timeout=0.5)
 
 
