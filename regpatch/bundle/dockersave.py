@@ -322,6 +322,16 @@ def load_docker_save(source: BundleSource, *, image: Optional[str] = None, scrat
     t0 = time.monotonic()
     img = select_image(read_saved_images(source), image, source.description)
     work = _ScratchDir(Path(scratch)) if scratch is not None else None
+    try:
+        return _converted(source, img, work, foreign_layers, level, t0)
+    except BaseException:  # a refused archive (or a stop) leaves no folder of its own behind
+        if work is not None:
+            work.cleanup()
+        raise
+
+
+def _converted(source: BundleSource, img: SavedImage, work: Optional[_ScratchDir], foreign_layers: str,
+               level: int, t0: float) -> PatchBundle:
     converted: dict[str, ConvertedLayer] = {}   # canonical member -> result
     todo, keep = _layers_to_convert(img, source, foreign_layers)
 

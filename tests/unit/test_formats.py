@@ -271,6 +271,16 @@ def test_docker_save_checks_config_id_and_diff_ids(tmp_path):
         load_bundle(open_source(str(docker_save(tmp_path / "b", layers=[layer_tar(1, 1000)], bad_diff=True))))
 
 
+def test_a_refused_docker_save_leaves_no_conversion_folder(tmp_path):
+    """Before, the refused archive's ``docker-save-<pid>-<random>`` folder stayed in the
+    storage's scratch folder (removed only by a later conversion, once this process was gone)."""
+    scratch = tmp_path / "scratch"
+    saved = docker_save(tmp_path / "b", layers=[layer_tar(1, 1000), layer_tar(2, 1000)], bad_diff=True)
+    with pytest.raises(DigestMismatch, match="diff_ids"):
+        load_bundle(open_source(str(saved)), scratch=scratch)
+    assert scratch.is_dir() and list(scratch.iterdir()) == []
+
+
 @pytest.mark.parametrize("how", ["same-name", "symlink", "archive"])
 def test_a_layer_listed_twice_for_two_diff_ids_is_refused(tmp_path, how):
     """One layer file listed twice in Layers with two different diff ids: before, only the
