@@ -4,8 +4,10 @@ real Prefect server for the whole session (started on first use)."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
+from chromium import CHROMIUM, CHROMIUM_FLAGS
 from support.prefect_fixtures import PrefectServer
 
 # Nothing may start a temporary Prefect server behind the user's back, in this process
@@ -44,3 +46,27 @@ def prefect_env(prefect_api, monkeypatch):
     monkeypatch.setenv("PREFECT_API_URL", prefect_api.url)
     monkeypatch.setenv("PREFECT_HOME", str(prefect_api.home))
     return prefect_api
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium through Playwright, for a module's UI tests (chromium.py)."""
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), "Debian's chromium is missing: run scripts/bootstrap.sh"
+    with sync_playwright() as p:
+        # Playwright gives the browser a fresh, temporary profile (user data dir)
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = context.new_page()
+    pg.set_default_timeout(60_000)
+    yield pg
+    context.close()

@@ -4,10 +4,13 @@ PostgreSQL, a Custom Webhook notification block pointing at a webhook receiver o
 automation, updated), a patch run of a registry's deployment on its worker that fails
 (a corrupted bundle): the receiver gets one message naming the registry, the
 repository and the tag, the error line and where the tag stands. A completed run sends
-nothing."""
+nothing. In Chromium (tests/e2e/chromium.py): the automation's page in the Prefect UI, and
+the message the receiver got, rendered (docs/screenshots/ui-notification-*.png with
+REGPATCH_SCREENSHOTS=docs/screenshots)."""
 
 from __future__ import annotations
 
+import html
 import json
 import shutil
 import subprocess
@@ -18,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import yaml
+from chromium import screenshots_folder, shot
 from prefect_cluster import BIN, PrefectCluster, run
 
 from regpatch.demo.images import push_with_skopeo, scenario_servercore
@@ -62,7 +66,7 @@ class Receiver:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("notify")
-    c = PrefectCluster(tmp)
+    c = PrefectCluster(tmp, ui=True)
     receiver = Receiver()
     reg = None
     try:
@@ -80,7 +84,8 @@ def world(tmp_path_factory):
             receiver.url], env=c.env(), capture_output=True, text=True, timeout=120)
         assert made.returncode == 0, made.stderr
         c.start_worker("pool-n")
-        yield dict(c=c, reg=reg, scenario=s, tmp=tmp, inventory=inventory, receiver=receiver)
+        yield dict(c=c, reg=reg, scenario=s, tmp=tmp, inventory=inventory, receiver=receiver,
+                   shots=screenshots_folder(tmp))
     finally:
         c.stop()
         receiver.stop()
@@ -105,7 +110,7 @@ def test_notify_needs_apply_and_names_a_block_that_exists(world):
     assert c.post("/automations/filter", {}) == []
 
 
-def test_a_failed_patch_on_a_worker_sends_one_message_with_the_tag_and_the_error(world):
+def test_a_failed_patch_on_a_worker_sends_one_message_with_the_tag_and_the_error(world, page):
     c, s, reg, receiver = world["c"], world["scenario"], world["reg"], world["receiver"]
     out = apply(world, "--notify", "custom-webhook/oncall")
     assert out.returncode == 0, out.stdout + out.stderr
@@ -140,3 +145,20 @@ def test_a_failed_patch_on_a_worker_sends_one_message_with_the_tag_and_the_error
     time.sleep(5)
     assert len(receiver.bodies) == 1  # the completed run sent nothing, the failed one once
     assert reg.root.is_dir()
+
+    # in the browser: the automation as the Prefect UI shows it, and the message the receiver got
+    page.goto(f"{c.ui_url}/automations/automation/{automation['id']}", wait_until="networkidle")
+    page.get_by_text(AUTOMATION_NAME).first.wait_for()
+    page.get_by_text("Send a custom webhook notification using").first.wait_for()
+    assert "oncall" in page.inner_text("body")  # the block it sends through
+    shot(page, world, "ui-notification-automation.png")
+    page.set_content(
+        "<body style='font: 15px sans-serif; margin: 32px; background: #f4f5f7'>"
+        f"<h2>The webhook receiver on 127.0.0.1: POST {html.escape(receiver.url)}</h2>"
+        "<div style='background: #fff; border-left: 6px solid #d24; padding: 16px 24px; max-width: 1100px'>"
+        f"<pre id='text' style='font: 15px/1.5 monospace; white-space: pre-wrap'>{html.escape(text)}</pre></div>"
+        "<h3>The JSON body, as received</h3>"
+        f"<pre style='white-space: pre-wrap; word-break: break-all; max-width: 1100px'>"
+        f"{html.escape(json.dumps(message))}</pre></body>")
+    assert page.inner_text("#text") == text.rstrip("\n")  # the picture shows the message checked above
+    shot(page, world, "ui-notification-received.png", settle=200)

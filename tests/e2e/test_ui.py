@@ -13,22 +13,19 @@ documentation's: docs/fleet/ui.md), else to the test's tmp folder.
 
 from __future__ import annotations
 
-import os
+import json
 import re
-from pathlib import Path
 
 import pytest
 import yaml
-from prefect_cluster import BIN, ROOT, PrefectCluster, run
+from chromium import screenshots_folder, shot
+from prefect_cluster import BIN, PrefectCluster, run
 from support.util import skopeo_inspect_digest
 
 from regpatch.demo.images import push_with_skopeo, scenario_servercore
 from regpatch.demo.loopback import LocalRegistry
 
 REPO, TAG = "servercore", "ltsc2019"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 @pytest.fixture(scope="module")
@@ -50,38 +47,11 @@ def site(tmp_path_factory):
             out = run(argv, c.env())
             assert out.returncode == 0, out.stdout + out.stderr
         c.start_worker("regpatch")
-        shots = Path(os.environ.get("REGPATCH_SCREENSHOTS") or tmp / "screenshots")
-        if not shots.is_absolute():
-            shots = ROOT / shots
-        shots.mkdir(parents=True, exist_ok=True)
-        yield dict(c=c, reg=reg, scenario=s, tmp=tmp, shots=shots)
+        yield dict(c=c, reg=reg, scenario=s, tmp=tmp, shots=screenshots_folder(tmp))
     finally:
         c.stop()
         if reg:
             reg.stop()
-
-
-@pytest.fixture(scope="module")
-def browser(site):
-    from playwright.sync_api import sync_playwright
-
-    assert Path(CHROMIUM).exists(), "Debian's chromium is missing: run scripts/bootstrap.sh"
-    with sync_playwright() as p:
-        # Playwright gives the browser a fresh, temporary profile (user data dir)
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    pg = context.new_page()
-    pg.set_default_timeout(60_000)
-    yield pg
-    context.close()
 
 
 def field(page, label: str):
@@ -102,14 +72,6 @@ def open_form(page, c, deployment: str) -> None:
     dep = c.get(f"/deployments/name/{deployment}")
     page.goto(f"{c.ui_url}/deployments/deployment/{dep['id']}/run", wait_until="networkidle")
     field(page, "bundle").wait_for()
-
-
-def shot(page, site, name: str, settle: int = 1500) -> Path:
-    path = site["shots"] / name
-    page.wait_for_timeout(settle)  # let the graph and the markdown settle
-    page.screenshot(path=str(path))
-    assert path.stat().st_size > 20_000, f"{path} looks empty"
-    return path
 
 
 def test_generic_form_refuses_a_registry_without_storage(site, page):
@@ -262,3 +224,59 @@ def test_a_rollout_of_sixteen_registries_one_task_run_each(site, page, tmp_path_
     times.wait_for()
     times.scroll_into_view_if_needed()
     shot(page, site, "ui-rollout-registry-summary.png")
+
+
+def test_the_scheduled_rollout_takes_the_newest_signed_bundle_of_the_drop_then_refuses_it(site, page):
+    """The shipped rollout deployment (bundle: null, rollout.drop) on a drop folder where the
+    shuttle left two signed bundles, last month's and this month's (written first: the newest
+    files are last month's): its run takes this month's, by the signed created time, and says
+    so in its log; once every registry serves it, the next run is refused red."""
+    from datetime import datetime, timedelta, timezone
+
+    from regpatch.signing.descriptor import DESCRIPTOR, SIGNATURE
+    from regpatch.signing.keys import fingerprint, load_private_key, load_public_key, sign_bytes
+
+    c, reg, s, tmp = site["c"], site["reg"], site["scenario"], site["tmp"]
+    out = run([BIN / "regpatch", "keygen", "--out", tmp / "shuttle"], c.env())
+    assert out.returncode == 0, out.stdout + out.stderr
+    key, pub = tmp / "shuttle.key", tmp / "shuttle.pub"
+    drop = tmp / "drop"
+    for month, layout in (("2026-12", s["new_layout"]), ("2026-11", s["old_layout"])):
+        made = run([BIN / "regpatch", "bundle", f"oci:{layout}", "--out", drop / month, "--sign-key", key], c.env())
+        assert made.returncode == 0 and "signed with" in made.stdout, made.stdout + made.stderr
+    # last month's: created 27 days ago (within the maximum age), signed as the shuttle signed it then
+    last = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=27)
+    doc = json.loads((drop / "2026-11" / DESCRIPTOR).read_text())
+    doc["created"] = last.isoformat().replace("+00:00", "Z")
+    raw = json.dumps(doc).encode()
+    (drop / "2026-11" / DESCRIPTOR).write_bytes(raw)
+    (drop / "2026-11" / SIGNATURE).write_bytes(sign_bytes(load_private_key(key), raw))
+    inventory = tmp / "drop.yml"
+    inventory.write_text(yaml.safe_dump({"registries": [
+        {"name": "site-ui", "storage": str(reg.root), "url": reg.url, "trust_keys": [str(pub)]}]}))
+    dep = c.get("/deployments/name/rollout/rollout")
+    params = {"tag": "drop", "rollout": {"inventory": str(inventory), "drop": str(drop)}}
+
+    first = c.wait_final(c.post(f"/deployments/{dep['id']}/create_flow_run", {"parameters": params})["id"])
+    assert first["state_type"] == "COMPLETED", first["state"]
+    assert skopeo_inspect_digest(reg.host, REPO, "drop") == str(s["new"].manifest_digest)
+    chose = f"drop location {drop}: takes {drop / '2026-12'} (created "
+    (line,) = [m for m in c.logs_until([first["id"]], lambda ms: any(chose in m for m in ms)) if chose in m]
+    signed = f"signed, key {fingerprint(load_public_key(pub))}, image {s['new'].manifest_digest})"
+    assert signed in line, line
+    assert "the newest of 2 bundle(s) in the drop; 0 of 1 registries already serve its image" in line, line
+    page.goto(f"{c.ui_url}/runs/flow-run/{first['id']}", wait_until="networkidle")
+    page.get_by_text("Completed").first.wait_for()
+    page.get_by_text(f"takes {drop / '2026-12'}").first.wait_for()  # the log line, in the run's page
+    shot(page, site, "ui-drop-newest.png")
+
+    second = c.wait_final(c.post(f"/deployments/{dep['id']}/create_flow_run", {"parameters": params})["id"])
+    assert second["state_type"] == "FAILED", second["state"]
+    message = second["state"]["message"]
+    assert f"every registry of the rollout (site-ui) already serves {REPO}:drop = {s['new'].manifest_digest}" \
+        in message and f"{drop / '2026-12'}: refused" in message, message
+    assert skopeo_inspect_digest(reg.host, REPO, "drop") == str(s["new"].manifest_digest)  # nothing touched
+    page.goto(f"{c.ui_url}/runs/flow-run/{second['id']}", wait_until="networkidle")
+    page.get_by_text("Failed").first.wait_for()
+    page.get_by_text("already serves").first.wait_for()
+    shot(page, site, "ui-drop-refused.png")
