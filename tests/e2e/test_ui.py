@@ -336,7 +336,7 @@ def test_a_long_copy_shows_its_progress_moving_and_an_early_failure_its_summary(
     body = page.inner_text("body")
     assert f"Failed: {REPO}:early on site-ui" in body.replace("`", "") and missing in body
     shot(page, site, "ui-early-failure-summary.png")
-    messages = c.logs_until([fr["id"]], lambda m: any(x.startswith("Finished in state") for x in m))
+    messages = c.logs_until([fr["id"]], lambda m: sum(x.startswith("Finished in state Failed") for x in m) >= 2)
     messages = c.logs_until([fr["id"]], lambda m: any("Engine execution" in x for x in m), timeout=4)
     said = [m for m in messages if missing in m]
     assert len(said) == 1 and said[0].startswith("fetch-bundle failed: "), messages  # the step's line
