@@ -22,8 +22,8 @@ from regpatch.params import (
     form_terms,
     refuse_inline_credentials,
 )
-from regpatch_tasks import debug_logs, route_core_logs
-from regpatch_tasks.observer import PrefectObserver, label_registry_run, publish_patch, s3_options_for
+from regpatch_tasks import debug_logs, failure_said_once, route_core_logs
+from regpatch_tasks.observer import PrefectObserver, RunningSummary, label_registry_run, publish_patch, s3_options_for
 
 NonEmpty = Annotated[str, Field(min_length=1)]
 
@@ -66,7 +66,9 @@ def patch_registry(
     """
     route_core_logs()
     name = registry.label()
-    with label_registry_run(name, repository, tag), debug_logs(debug), form_terms():
+    with label_registry_run(name, repository, tag), debug_logs(debug), form_terms(), \
+            failure_said_once(f"patch of {repository}:{tag} on {name}"):
+        running = RunningSummary(name, "patch", repository, tag)
         try:
             refuse_inline_credentials(opt.verify_command, verify.command)
             refuse_inline_credentials(opt.restart, registry.restart)
@@ -78,10 +80,10 @@ def patch_registry(
             raise
         try:
             with interrupt.chained_handlers():
-                result = engine.patch(request, PrefectObserver())
+                result = engine.patch(request, PrefectObserver(summary=running))
         except RegpatchError as e:
             publish_patch(name, request.target, getattr(e, "result", None), e, repository=repository, tag=tag,
-                          change=change)
+                          change=change, running=running)
             raise
-        publish_patch(name, request.target, result)
+        publish_patch(name, request.target, result, running=running)
     return result

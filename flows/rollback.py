@@ -19,9 +19,10 @@ from regpatch.params import (
     form_terms,
     refuse_inline_credentials,
 )
-from regpatch_tasks import debug_logs, route_core_logs
+from regpatch_tasks import debug_logs, failure_said_once, route_core_logs
 from regpatch_tasks.observer import (
     PrefectObserver,
+    RunningSummary,
     label_registry_run,
     publish_failure,
     publish_history,
@@ -56,18 +57,21 @@ def rollback_registry(
     """
     route_core_logs()
     name = registry.label()
-    with label_registry_run(name, repository, tag), debug_logs(debug), form_terms():
+    with label_registry_run(name, repository, tag), debug_logs(debug), form_terms(), \
+            failure_said_once(f"rollback of {repository}:{tag} on {name}"):
         request = None
+        running = RunningSummary(name, "rollback", repository, tag)
         try:
             refuse_inline_credentials(opt.verify_command, verify.command)
             refuse_inline_credentials(opt.restart, registry.restart)
             request = rollback_request(repository=repository, tag=tag, registry=registry, to=to or None,
                                        verify=verify, change=change)
             with interrupt.chained_handlers():
-                result = engine.rollback(request, PrefectObserver())
+                result = engine.rollback(request, PrefectObserver(summary=running))
         except RegpatchError as e:  # however early: a summary saying where the tag stands
-            publish_failure(name, "rollback", repository, tag, e, request.target if request else None, change)
+            publish_failure(name, "rollback", repository, tag, e, request.target if request else None, change,
+                            running)
             raise
-        publish_summary(result, name, kind="rollback")
+        publish_summary(result, name, kind="rollback", running=running)
         publish_history(name, request.target)
     return result

@@ -9,8 +9,11 @@ calls); no Prefect retries are stacked on top.
 ``PrefectObserver.progress`` shows long copies (staging, S3 fetches, the
 verification pull) as Prefect progress artifacts of the step's task run: percent
 and throughput, from the copy's first second on, updated at most once a second, and
-once more when the copy ends. A copy done within its first second gets none (its
-time is in the step's and in the summary).
+once more, synchronously, when the copy ends or at the latest when its step ends
+(``regpatch.progress.StepCopies``): 100 %, or where it stopped and why. A copy done
+within its first second gets none (its time is in the step's and in the summary).
+While a patch-registry run is under way its summary artifact (``RunningSummary``)
+links the progress of the step that is running; the run's summary replaces it.
 
 Every run of a registry is named ``<registry>-<repository>-<tag>`` and tagged
 ``registry:<name>`` and ``repository:<name>`` (``label_run``), whoever started it:
@@ -37,14 +40,16 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import ArtifactCreate, ArtifactUpdate
 from prefect.context import FlowRunContext, TaskRunContext
+from prefect.settings import PREFECT_UI_URL
 
 from regpatch.bundle.s3 import S3Options
 from regpatch.engine.results import render_failure_markdown, tag_position
 from regpatch.errors import Interrupted
 from regpatch.fleet.rollout import tag_state
-from regpatch.progress import Progress, human
+from regpatch.progress import Bar, Progress, copy_words
 from regpatch.sanitize import escape_controls, redact
 from regpatch.storage.history import read_history
+from regpatch_tasks import say_failure
 from regpatch_tasks.s3_support import load_aws_credentials_block
 
 T = TypeVar("T")
@@ -59,17 +64,21 @@ class PrefectObserver:
     """Each step a task run (``steps_as_task_runs``: a patch-registry run), or, inside the
     task run of one registry of a rollout, plain calls (the engine times every step; the
     registry's summary and its last log line show them): the progress of long copies
-    goes to the step's task run, or to the registry's."""
+    goes to the step's task run, or to the registry's. ``summary``: the run's summary
+    while it runs, linking each step's progress as it appears."""
 
-    def __init__(self, steps_as_task_runs: bool = True) -> None:
+    def __init__(self, steps_as_task_runs: bool = True, summary: Optional["RunningSummary"] = None) -> None:
         self._progress = Progress()  # log lines for long copies, as on the command line
         ctx = FlowRunContext.get()
         self.flow_run_id: Optional[UUID] = ctx.flow_run.id if ctx and ctx.flow_run else None
         self.steps_as_task_runs = steps_as_task_runs
+        self.summary = summary
         task_ctx = None if steps_as_task_runs else TaskRunContext.get()
         self._task_run_id: Optional[UUID] = task_ctx.task_run.id if task_ctx else None
+        self._step = ""
 
     def run(self, step: str, fn: Callable[[], T]) -> T:
+        self._step = step
         if not self.steps_as_task_runs:
             return fn()
 
@@ -78,6 +87,9 @@ class PrefectObserver:
             self._task_run_id = ctx.task_run.id if ctx else None
             try:
                 return fn()
+            except Exception as e:
+                say_failure(e, step)  # once, by the step it happened in: not again by Prefect or the flow
+                raise
             finally:
                 self._task_run_id = None
 
@@ -89,25 +101,40 @@ class PrefectObserver:
         line = self._progress(label, total)
         if total < PROGRESS_MIN_BYTES or self.flow_run_id is None:
             return line
-        artifact = ProgressArtifact(label, total, self.flow_run_id, self._task_run_id)
+        step, task_run_id, summary = self._step, self._task_run_id, self.summary
+        shown = (lambda artifact_id: summary.show(step, label, artifact_id, task_run_id)) if summary else None
+        return _Shown(line, ProgressArtifact(label, total, self.flow_run_id, task_run_id, on_created=shown))
 
-        def advance(n: int) -> None:
-            line(n)
-            artifact.advance(n)
 
-        return advance
+class _Shown:
+    """A copy's progress line (``regpatch.progress``) and its Prefect artifact."""
+
+    def __init__(self, line: Bar, artifact: "ProgressArtifact") -> None:
+        self.line, self.artifact = line, artifact
+
+    def __call__(self, n: int) -> None:
+        self.line(n)
+        self.artifact.advance(n)
+
+    def end(self, error: Optional[BaseException] = None) -> None:
+        self.line.end(error)
+        self.artifact.end(error)
 
 
 class ProgressArtifact:
     """One copy as a Prefect progress artifact. ``advance`` is thread-safe and never
     blocks a copy on the API for long: one thread posts while the others count; a
-    failing API is logged once and the copy goes on without it."""
+    failing API is logged once and the copy goes on without it. ``end`` (the step is
+    over) waits for a post under way and writes the last words: 100 %, or where the
+    copy stopped and why. ``on_created``: called with the artifact's id once it exists."""
 
     def __init__(self, label: str, total: int, flow_run_id: UUID, task_run_id: Optional[UUID],
-                 every: float = PROGRESS_EVERY_SECONDS, clock: Callable[[], float] = time.monotonic):
+                 every: float = PROGRESS_EVERY_SECONDS, clock: Callable[[], float] = time.monotonic,
+                 on_created: Optional[Callable[[UUID], None]] = None):
         self.label, self.total = label, total
         self.flow_run_id, self.task_run_id = flow_run_id, task_run_id
         self.every, self.clock = every, clock
+        self.on_created = on_created
         self.start = clock()
         self.sent_at = self.start  # the first update comes a second in (a shorter copy: none at all)
         self.updates = 0
@@ -132,34 +159,113 @@ class ProgressArtifact:
             now = self.clock()
             if self._closed or (not final and now - self.sent_at < self.every):
                 return
-            self._post(done, now, final)
+            self._post(*copy_words(self.label, self.total, done, now - self.start, final=final))
             self.sent_at = now
             self._closed = self._closed or final
         finally:
             self._send.release()
 
-    def text(self, done: int, now: float, final: bool) -> tuple[float, str]:
-        secs = max(now - self.start, 1e-6)
-        pct = min(100.0, 100.0 * done / self.total) if self.total else 100.0
-        rate = f"{human(done / secs)}/s"
-        if final:
-            return 100.0, f"{self.label}: {human(self.total)} in {secs:.1f} s ({rate})"
-        return pct, f"{self.label}: {pct:.0f}% of {human(self.total)}, {rate}"
+    def end(self, error: Optional[BaseException] = None) -> None:
+        """The copy is over (its step ends): a shown artifact gets its last words now, after
+        any post under way; one never shown stays unshown (a copy within its first second)."""
+        with self._send:
+            if self._closed:
+                return
+            self._closed = True
+            if self.artifact_id is None:
+                return
+            with self._count:
+                done = self._done
+            self._post(*copy_words(self.label, self.total, done, self.clock() - self.start, final=True,
+                                   error=error))
 
-    def _post(self, done: int, now: float, final: bool) -> None:
-        pct, description = self.text(done, now, final)
+    def _post(self, pct: float, description: str) -> None:
+        created = False
         try:
             with get_client(sync_client=True) as client:
                 if self.artifact_id is None:
                     self.artifact_id = client.create_artifact(ArtifactCreate(
                         type="progress", data=pct, description=description, flow_run_id=self.flow_run_id,
                         task_run_id=self.task_run_id)).id
+                    created = True
                 else:
                     client.update_artifact(self.artifact_id, ArtifactUpdate(data=pct, description=description))
             self.updates += 1
         except Exception as e:  # noqa: BLE001 - progress never fails a patch
             log.warning("progress of %s not shown in Prefect: %s", self.label, type(e).__name__)
             self._closed = True
+        if created and self.on_created is not None and self.artifact_id is not None:
+            self.on_created(self.artifact_id)
+
+
+def ui_link(kind: str, obj_id: UUID) -> str:
+    """The UI's page of an artifact or a task run (``artifacts/artifact/ID``,
+    ``runs/task-run/ID``), absolute when the UI's URL is known."""
+    base = (PREFECT_UI_URL.value() or "").rstrip("/")
+    return f"{base}/{kind}/{obj_id}"
+
+
+class RunningSummary:
+    """A run's summary artifact while the run is under way: created when the first long copy
+    shows its progress, updated when another does (never per step: a run with no copy of
+    more than a second writes nothing more), linking the progress of the step that is
+    running; the run's summary, at its end, is written into the same artifact
+    (``publish_summary``, ``publish_failure``), so the key's history keeps one version a run."""
+
+    def __init__(self, registry: str, kind: str, repository: str, tag: str) -> None:
+        self.key = artifact_key(registry, repository, tag)
+        self.title = f"{kind.capitalize()} of `{repository}:{tag}` on `{registry}`"
+        self.description = f"{registry}: {kind} {repository}:{tag}"
+        ctx, task_ctx = FlowRunContext.get(), TaskRunContext.get()  # a rollout's registry: its task run
+        self.flow_run_id: Optional[UUID] = ctx.flow_run.id if ctx and ctx.flow_run else None
+        self.task_run_id: Optional[UUID] = task_ctx.task_run.id if task_ctx else None
+        self.artifact_id: Optional[UUID] = None
+        self._lock = threading.Lock()
+
+    def markdown(self, step: str, label: str, artifact_id: UUID, task_run_id: Optional[UUID]) -> str:
+        where = f" ([its task run]({ui_link('runs/task-run', task_run_id)}))" if task_run_id else ""
+        return "\n".join([
+            f"# Running: {self.title}", "",
+            f"Step **{step}**{where} is running: [progress of {escape_controls(label)}]"
+            f"({ui_link('artifacts/artifact', artifact_id)}).", "",
+            "This summary is replaced by the run's own when the run ends.", ""])
+
+    def show(self, step: str, label: str, artifact_id: UUID, task_run_id: Optional[UUID]) -> None:
+        """Never fails the copy whose progress it links."""
+        markdown = self.markdown(step, label, artifact_id, task_run_id)
+        with self._lock:
+            try:
+                with get_client(sync_client=True) as client:
+                    if self.artifact_id is None:
+                        self.artifact_id = client.create_artifact(ArtifactCreate(
+                            key=self.key, type="markdown", data=markdown, description=f"{self.description} (running)",
+                            flow_run_id=self.flow_run_id, task_run_id=self.task_run_id)).id
+                    else:
+                        client.update_artifact(self.artifact_id, ArtifactUpdate(data=markdown))
+            except Exception as e:  # noqa: BLE001 - a link never fails a patch
+                log.warning("the running summary of %s was not written: %s", self.key, type(e).__name__)
+
+    def replace(self, markdown: str, description: str) -> bool:
+        """The run's summary into this artifact; False when it was never created (or this
+        write failed): the caller creates the summary."""
+        with self._lock:
+            if self.artifact_id is None:
+                return False
+            try:
+                with get_client(sync_client=True) as client:
+                    client.update_artifact(self.artifact_id, ArtifactUpdate(data=markdown, description=description))
+                return True
+            except Exception as e:  # noqa: BLE001 - then a new version of the key carries it
+                log.warning("the running summary of %s was not replaced: %s", self.key, type(e).__name__)
+                return False
+
+
+def write_summary(key: str, markdown: str, description: str, running: Optional[RunningSummary] = None) -> None:
+    """The run's summary artifact: into the running summary's artifact when there is one,
+    else a new version of the key."""
+    if running is not None and running.key == key and running.replace(markdown, description):
+        return
+    create_markdown_artifact(key=key, markdown=markdown, description=description)
 
 
 # --------------------------------------------------------------------------- names, tags
@@ -213,14 +319,15 @@ def summary_markdown(result, registry: str) -> str:
     return f"{first} on `{registry}`{sep}{rest}"
 
 
-def publish_summary(result, registry: str, kind: str = "patch", extra: str = "") -> None:
+def publish_summary(result, registry: str, kind: str = "patch", extra: str = "",
+                    running: Optional[RunningSummary] = None) -> None:
     """The run's one summary artifact, keyed ``<registry>-<repository>-<tag>`` (``extra``: markdown
     appended, e.g. the tag's recent history in a rollout)."""
     if result is None:
         return
-    create_markdown_artifact(key=artifact_key(registry, result.repository, result.tag),
-                             markdown=summary_markdown(result, registry) + (f"\n{extra}" if extra else ""),
-                             description=f"{registry}: {kind} {result.repository}:{result.tag}")
+    write_summary(artifact_key(registry, result.repository, result.tag),
+                  summary_markdown(result, registry) + (f"\n{extra}" if extra else ""),
+                  f"{registry}: {kind} {result.repository}:{result.tag}", running)
 
 
 def recent_history(registry: str, target, repository: str, tag: str, limit: int = 5) -> str:
@@ -263,26 +370,26 @@ def publish_history(registry: str, target, repository: Optional[str] = None, tag
 
 
 def publish_failure(registry: str, kind: str, repository: str, tag: str, error: BaseException, target=None,
-                    change=None) -> None:
+                    change=None, running: Optional[RunningSummary] = None) -> None:
     """The summary of a run that failed before the engine had a result, keyed like the
     others, saying where the tag stands (read in the storage); never fails the run."""
     try:
         markdown = render_failure_markdown(kind, repository, tag, str(error), tag_position(target, repository, tag),
                                            name=registry, registry=target.describe() if target is not None else "",
                                            change=change, interrupted=isinstance(error, Interrupted))
-        create_markdown_artifact(key=artifact_key(registry, repository, tag), markdown=f"{markdown}",
-                                 description=f"{registry}: {kind} {repository}:{tag} failed")
+        write_summary(artifact_key(registry, repository, tag), markdown,
+                      f"{registry}: {kind} {repository}:{tag} failed", running)
     except Exception as e:  # noqa: BLE001 - the run's own error is the one to report
         log.warning("the failure summary of %s was not published: %s", registry, type(e).__name__)
 
 
 def publish_patch(registry: str, target, result, error: Optional[BaseException] = None, *,
-                  repository: str = "", tag: str = "", change=None) -> None:
+                  repository: str = "", tag: str = "", change=None, running: Optional[RunningSummary] = None) -> None:
     """What a patch run leaves in Prefect: its summary (a failure's too, however early), its
     outcome as labels, and the registry's refreshed history (a dry run changes no history)."""
     if result is None and error is not None and repository:
-        publish_failure(registry, "patch", repository, tag, error, target, change)
-    publish_summary(result, registry)
+        publish_failure(registry, "patch", repository, tag, error, target, change, running)
+    publish_summary(result, registry, running=running)
     record_outcome(result, error)
     if result is not None and not result.dry_run:
         publish_history(registry, target)

@@ -66,7 +66,15 @@ from regpatch.fleet.rollout import (
     tag_state,
 )
 from regpatch.params import ChangeParams, S3Params, VerifyParams
-from regpatch_tasks.observer import PrefectObserver, artifact_key, publish_summary, recent_history, run_name, run_tags
+from regpatch_tasks.observer import (
+    PrefectObserver,
+    RunningSummary,
+    artifact_key,
+    publish_summary,
+    recent_history,
+    run_name,
+    run_tags,
+)
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
@@ -206,9 +214,11 @@ def patcher(*, bundle: str, repository: str, tag: str, image: Optional[str], ver
             params = _parameters(entry, bundle=bundle, repository=repository, tag=tag, image=image,
                                  verify_command=verify_command, dry_run=dry_run, s3=s3, change=change)
             return outcome_state(_run_remote(entry, deployment, params, timeout))
+        # no write more per registry unless a copy lasts over a second: then its progress, linked by the summary
+        running = RunningSummary(entry.name, "patch", repository, tag)
         done = patch_here(entry, bundle=bundle, repository=repository, tag=tag, image=image,
                           verify_command=verify_command, dry_run=dry_run, s3=s3_options,
-                          observer=PrefectObserver(steps_as_task_runs=False), change=change)
+                          observer=PrefectObserver(steps_as_task_runs=False, summary=running), change=change)
         if done.result is not None and done.result.seconds:
             get_run_logger().info("%s: steps %s", entry.name, ", ".join(
                 f"{step} {secs:.2f} s" for step, secs in done.result.seconds.items()))
@@ -218,7 +228,8 @@ def patcher(*, bundle: str, repository: str, tag: str, image: Optional[str], ver
         changed = done.result is not None and done.target is not None and not done.result.dry_run \
             and done.outcome.status != UP_TO_DATE
         publish_summary(done.result, entry.name,
-                        extra=recent_history(entry.name, done.target, repository, tag) if changed else "")
+                        extra=recent_history(entry.name, done.target, repository, tag) if changed else "",
+                        running=running)
         return outcome_state(done.outcome)
 
     def patch_one(entry: RegistryEntry) -> RegistryOutcome:

@@ -8,7 +8,7 @@ import time
 from typing import Callable, Optional, Protocol, TypeVar
 
 from regpatch import interrupt
-from regpatch.progress import Progress
+from regpatch.progress import Progress, StepCopies
 
 log = logging.getLogger("regpatch.engine")
 
@@ -46,17 +46,30 @@ class LogObserver:
 
 class _Steps:
     """Runs the steps of one run through the observer, timing each, checking for a
-    stop request between steps."""
+    stop request between steps. ``progress`` is the steps' progress factory: every copy a
+    step opened is ended inside the step (inside its task run, under Prefect), at 100 % or
+    where it stopped and why, before the step is over."""
 
     def __init__(self, observer: Observer):
         self.observer = observer
         self.seconds: dict[str, float] = {}
+        self.progress = StepCopies(observer.progress)
 
     def __call__(self, step: str, fn: Callable[[], T]) -> T:
         interrupt.check()
         t0 = time.monotonic()
+
+        def body() -> T:
+            try:
+                result = fn()
+            except BaseException as e:
+                self.progress.end(e)
+                raise
+            self.progress.end()
+            return result
+
         try:
-            return self.observer.run(step, fn)
+            return self.observer.run(step, body)
         finally:
             self.seconds[step] = round(time.monotonic() - t0, 3)
 

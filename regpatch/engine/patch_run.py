@@ -99,7 +99,7 @@ def _patch(request: PatchRequest, observer: Observer, opened: list) -> PatchResu
     if request.dry_run:  # reads only: no lock, no journal, no history
         loaded = steps("fetch-bundle", open_bundle)
         plan = steps("plan-patch", lambda: plan_it(loaded))
-        steps("verify-digests", lambda: verify_blobs(plan, store, dry_run=True, progress=observer.progress))
+        steps("verify-digests", lambda: verify_blobs(plan, store, dry_run=True, progress=steps.progress))
         result = with_trust(_new_result(plan, target, store, request, dry_run=True))
         result.blobs_copied = [(str(b.digest), b.size) for b in plan.to_copy]
         result.blobs_skipped = [(str(b.digest), b.size) for b in plan.present]
@@ -126,7 +126,7 @@ def _patch(request: PatchRequest, observer: Observer, opened: list) -> PatchResu
                      repo, tag, plan.new, resumed.started, resumed.runs, ", ".join(resumed.steps) or "nothing")
         result = with_trust(_new_result(plan, target, store, request, dry_run=False))
         try:
-            _apply(request, plan, loaded, store, journal, result, steps, observer, skip_pull)
+            _apply(request, plan, loaded, store, journal, result, steps, skip_pull)
             journal.status = result.status = "complete"
         except BaseException as e:
             journal.status = result.status = "interrupted" if (
@@ -321,13 +321,13 @@ def _check_repairs(request: PatchRequest, plan: PatchPlan) -> None:
 
 
 def _apply(request: PatchRequest, plan: PatchPlan, loaded: PatchBundle, store: RegistryStore,
-           journal: Journal, result: PatchResult, steps: _Steps, observer: Observer, skip_pull: bool) -> None:
+           journal: Journal, result: PatchResult, steps: _Steps, skip_pull: bool) -> None:
     target, repo, tag = request.target, request.repository, request.tag
 
-    steps("verify-digests", lambda: verify_blobs(plan, store, consume=request.consume, progress=observer.progress))
+    steps("verify-digests", lambda: verify_blobs(plan, store, consume=request.consume, progress=steps.progress))
     result.fetches = _fetch_stats(loaded)
     journal.mark(store, "verify digests")
-    report: ApplyReport = steps("copy-blobs", lambda: install_blobs(plan, store, progress=observer.progress))
+    report: ApplyReport = steps("copy-blobs", lambda: install_blobs(plan, store, progress=steps.progress))
     journal.mark(store, "copy blobs")
     report = steps("write-links", lambda: write_links(plan, store, report))
     journal.mark(store, "write links")
@@ -346,7 +346,7 @@ def _apply(request: PatchRequest, plan: PatchPlan, loaded: PatchBundle, store: R
         try:
             report_v = steps("verify-pull", lambda: verify_new_image(
                 store, target, repo, plan.new, sum(b.size for b in plan.blobs), request.verify_command,
-                observer.progress, stages))
+                steps.progress, stages))
         except RegpatchError as e:  # said where it failed: the summary never claims 'not run' for a run check
             result.verified = f"failed at the {stages[-1] if stages else 'storage check'}: {e}"
             raise

@@ -54,14 +54,14 @@ def rollback(request: RollbackRequest, observer: Optional[Observer] = None) -> R
             _close_finished(store, previous, choice)
             result = _result(request, choice, changed=False, note=choice.done, seconds=steps.seconds)
         else:
-            result = _roll_back(request, store, choice, previous, steps, observer)
+            result = _roll_back(request, store, choice, previous, steps)
     _write_report(store, repo, tag, result)
     log.info("%s", result.summary_line())
     return result
 
 
 def _roll_back(request: RollbackRequest, store: RegistryStore, choice: RollbackChoice, previous: Optional[Journal],
-               steps: _Steps, observer: Observer) -> RollbackResult:
+               steps: _Steps) -> RollbackResult:
     target, repo, tag, dest = request.target, request.repository, request.tag, choice.dest
     source = f"regpatch rollback{f' {opt.to} {request.to}' if request.to else ''}"
     journal = _open_journal(store, repo, tag, choice, previous, source)
@@ -74,7 +74,7 @@ def _roll_back(request: RollbackRequest, store: RegistryStore, choice: RollbackC
         journal.mark(store, "check image")
         steps("restart-registry", lambda: restart_registry(request.restart, target))
         verified = steps("verify-pull", lambda: verify_new_image(store, target, repo, dest, 0,
-                                                                 request.verify_command, observer.progress))
+                                                                 request.verify_command, steps.progress))
         journal.mark(store, "verify pull")
 
         def flip() -> bool:

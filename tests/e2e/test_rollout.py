@@ -380,7 +380,8 @@ def test_more_than_four_at_once_is_refused_on_sqlite_before_anything_is_touched(
 
 def test_progress_artifacts_only_for_copies_still_running_after_a_second(prefect_api):
     """A copy done within its first second leaves no progress artifact; a longer one shows
-    from its first second on, at most once a second, and ends at 100%."""
+    from its first second on, at most once a second, and ends at 100%, or, ended by its step
+    short of its total, says where it stopped and why."""
     from prefect import flow
     from prefect.context import FlowRunContext
 
@@ -400,14 +401,70 @@ def test_progress_artifacts_only_for_copies_still_running_after_a_second(prefect
         for _ in range(8):  # a MiB every 0.4 s: 3.2 s in all
             now[0] += 0.4
             long.advance(1 << 20)
-        return str(ctx.flow_run.id), short.updates, long.updates
+        long.end()  # its step ends: already at 100 %, nothing more written
+        # a copy its step ends short of its total (issue 25 item 6): where it stopped and why, at once
+        cut = ProgressArtifact("pull cut", 8 << 20, ctx.flow_run.id, None, clock=lambda: now[0])
+        for _ in range(3):
+            now[0] += 0.5
+            cut.advance(1 << 20)
+        cut.end(OSError("the registry closed the connection"))
+        cut.advance(1 << 20)  # a late count from another thread: the last words stay
+        return str(ctx.flow_run.id), short.updates, long.updates, cut.updates
 
-    flow_run_id, short_updates, long_updates = copies()
+    flow_run_id, short_updates, long_updates, cut_updates = copies()
     assert short_updates == 0
     assert long_updates == 3  # created 1.2 s into the copy, updated at 2.4 s and at its end (3.2 s)
+    assert cut_updates == 2  # created 1.0 s in, then its last words
     import httpx
 
     arts = httpx.post(prefect_api.url + "/artifacts/filter", timeout=10, json={
         "artifacts": {"flow_run_id": {"any_": [flow_run_id]}, "type": {"any_": ["progress"]}}}).json()
-    assert [a["description"] for a in arts] == ["stage long.tar.gz: 8.0 MiB in 3.2 s (2.5 MiB/s)"], arts
-    assert arts[0]["data"] == 100
+    assert [(a["data"], a["description"]) for a in sorted(arts, key=lambda a: a["created"])] == [
+        (100, "stage long.tar.gz: 8.0 MiB in 3.2 s (2.5 MiB/s)"),
+        (37.5, "pull cut: stopped at 38% of 8.0 MiB: the registry closed the connection")], arts
+
+
+def test_a_failed_run_says_its_error_once_in_its_logs(capsys, tmp_path, fleet, scenario):
+    """Issue 25 item 5: a failed patch logs its error once, one line (the step's where a step
+    failed, the flow's before any), and nothing of Prefect's repeats it: no traceback, no
+    "Encountered exception during execution", the final state's line without the message."""
+    import shutil
+
+    from regpatch.errors import RegpatchError
+    from regpatch.params import ChangeParams, RegistryParams
+    from regpatch_flows.patch import patch_registry
+
+    reg = fleet["site-a"]
+    bad = tmp_path / "bad-bundle"
+    shutil.copytree(scenario["staged"], bad)
+    layer = bad / "delta.tar.gz"
+    data = bytearray(layer.read_bytes())
+    data[200] ^= 0xFF
+    layer.write_bytes(bytes(data))
+    code = regpatch_main(["patch", str(bad), "--storage", str(reg.root), "--registry-url", reg.url,
+                          "--repository", REPO, "--tag", "corrupt", "--registry-name", "once-a"])
+    out, err = capsys.readouterr()
+    assert code != 0 and "digest mismatch" in err
+
+    def ended(n: int):
+        return lambda m: sum(x.startswith("Finished in state Failed") for x in m) >= n
+
+    messages = run_logs([f"once-a-{REPO}-corrupt"], until=ended(2))  # the task's and the flow's
+    said = [m for m in messages if "digest mismatch" in m]
+    assert len(said) == 1 and said[0].startswith("verify-digests failed: digest mismatch"), messages
+    assert "delta.tar.gz" in said[0]
+    assert [m for m in messages if m.startswith("Finished in state Failed")] == ["Finished in state Failed"] * 2, \
+        messages  # the task's and the flow's, without the message
+    for noise in ("Traceback", "Encountered exception", "Task run failed with exception", "Engine execution"):
+        assert not any(noise in m for m in messages), (noise, messages)
+
+    # before the engine (a CA file that does not exist): said once, by the flow
+    with pytest.raises(RegpatchError):
+        patch_registry(bundle=str(scenario["staged"]), repository=REPO, tag="early",
+                       change=ChangeParams(requested_by="ana", reason="CHG-5"),
+                       registry=RegistryParams(name="once-b", storage=str(reg.root), registry_url=reg.url,
+                                               registry_ca="/nonexistent/once-ca.pem"))
+    messages = run_logs([f"once-b-{REPO}-early"], until=ended(1))
+    said = [m for m in messages if "/nonexistent/once-ca.pem" in m]
+    assert len(said) == 1 and said[0].startswith(f"patch of {REPO}:early on once-b failed: "), messages
+    assert "Finished in state Failed" in messages and not any("Traceback" in m for m in messages), messages

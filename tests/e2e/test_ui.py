@@ -280,3 +280,85 @@ def test_the_scheduled_rollout_takes_the_newest_signed_bundle_of_the_drop_then_r
     page.get_by_text("Failed").first.wait_for()
     page.get_by_text("already serves").first.wait_for()
     shot(page, site, "ui-drop-refused.png")
+
+
+def test_a_long_copy_shows_its_progress_moving_and_an_early_failure_its_summary(site, page, tmp_path_factory):
+    """Issue 25 items 5 and 6. A patch whose verification pull lasts seconds (a 32 MiB layer through
+    a proxy that serves blobs at 3 MiB/s): while it runs, the run's summary links the progress of
+    the step that is running, and that progress moves (two screenshots); once the run is over
+    every progress artifact of it reads 100 % and the summary is the run's own, in the same
+    artifact. A run on the worker with a bundle that does not exist: its summary, and its error
+    said once in its logs."""
+    import subprocess
+    import time
+
+    from support.faultproxy import FaultProxy
+
+    from regpatch.demo.images import make_image, make_layer, write_staged_bundle
+
+    c, reg, tmp = site["c"], site["reg"], tmp_path_factory.mktemp("progress")
+    layer = make_layer(tmp / "big", "base.tar.gz", seed=25, size=32 << 20, compresslevel=0)
+    bundle = write_staged_bundle(tmp / "bundle", make_image(tmp / "big", [layer], os="windows"))
+    key = f"site-big-{REPO}-big"
+
+    def percent_shown() -> int:  # Prefect's UI shows a progress artifact as "Progress: N%"
+        page.get_by_text(re.compile(r"Progress: \d+%")).first.wait_for()
+        return int(re.search(r"Progress: (\d+)%", page.inner_text("body")).group(1))
+
+    with FaultProxy(upstream=reg.url) as proxy:
+        proxy.inject("throttle", count=1000, match=lambda r: "/blobs/" in r.path, rate=3 << 20)
+        proc = subprocess.Popen([str(a) for a in (
+            BIN / "regpatch", "patch", bundle, "--storage", reg.root, "--registry-url", proxy.url, "--repository",
+            REPO, "--tag", "big", "--registry-name", "site-big", "--reason", "CHG-25 a big layer")],
+            env=c.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            deadline = time.monotonic() + 120
+            while True:  # the running summary, once the pull has shown its progress
+                running = [a for a in c.artifacts(key={"any_": [key]}) if "Step **verify-pull**" in a["data"]]
+                if running:
+                    break
+                assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+                time.sleep(0.2)
+            (summary,) = running
+            assert summary["data"].startswith(f"# Running: Patch of `{REPO}:big` on `site-big`"), summary["data"]
+            progress_id = re.search(r"/artifacts/artifact/([0-9a-f-]{36})\)", summary["data"]).group(1)
+            page.goto(f"{c.ui_url}/artifacts/artifact/{summary['id']}", wait_until="networkidle")
+            link = page.get_by_role("link", name=re.compile("progress of pull")).first  # the summary's link
+            shot(page, site, "ui-running-summary.png", settle=200)
+            href = link.get_attribute("href")
+            assert href == f"{c.ui_url}/artifacts/artifact/{progress_id}", href
+            page.goto(href, wait_until="networkidle")  # (the UI opens a markdown link in a new tab)
+            first = percent_shown()
+            shot(page, site, "ui-progress-moving-1.png", settle=300)
+            page.wait_for_timeout(2000)
+            page.reload(wait_until="networkidle")
+            second = percent_shown()
+            shot(page, site, "ui-progress-moving-2.png", settle=300)
+            assert first < second, (first, second)  # moving (100 if the pull ended meanwhile)
+        finally:
+            out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, out
+    (fr,) = c.flow_runs(name={"any_": [f"site-big-{REPO}-big"]})
+    progress = [a for a in c.artifacts(flow_run_id={"any_": [fr["id"]]}) if a["type"] == "progress"]
+    assert progress and all(a["data"] == 100 for a in progress), progress  # every one ended at 100 %
+    (summary,) = c.artifacts(key={"any_": [key]})  # the running summary became the run's: one version
+    assert summary["id"] == running[0]["id"] and summary["data"].startswith(f"# Patched: `{REPO}:big` on `site-big`")
+
+    # an early failure on the worker: its summary, its error once in its logs
+    dep = c.get("/deployments/name/patch-registry/site-ui")
+    missing = str(tmp / "no-such-bundle")
+    fr = c.post(f"/deployments/{dep['id']}/create_flow_run", {"parameters": {
+        "bundle": missing, "tag": "early", "change": {"requested_by": "ana@example.org", "reason": "CHG-25"}}})
+    fr = c.wait_final(fr["id"], timeout=300)
+    assert fr["state_type"] == "FAILED" and missing in fr["state"]["message"]
+    (summary,) = [a for a in c.artifacts(flow_run_id={"any_": [fr["id"]]}) if a["key"] == f"site-ui-{REPO}-early"]
+    page.goto(f"{c.ui_url}/artifacts/artifact/{summary['id']}", wait_until="networkidle")
+    page.get_by_text(missing).first.wait_for()  # the error, in the summary
+    body = page.inner_text("body")
+    assert f"Failed: {REPO}:early on site-ui" in body.replace("`", "") and missing in body
+    shot(page, site, "ui-early-failure-summary.png")
+    messages = c.logs_until([fr["id"]], lambda m: sum(x.startswith("Finished in state Failed") for x in m) >= 2)
+    messages = c.logs_until([fr["id"]], lambda m: any("Engine execution" in x for x in m), timeout=4)
+    said = [m for m in messages if missing in m]
+    assert len(said) == 1 and said[0].startswith("fetch-bundle failed: "), messages  # the step's line
+    assert not any("Traceback" in m or "Engine execution" in m for m in messages), messages
