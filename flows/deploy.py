@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from prefect.automations import AutomationCore
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.client.schemas.actions import DeploymentUpdate, WorkPoolCreate
 from prefect.exceptions import ObjectNotFound
 from prefect.utilities.callables import parameter_schema
 from prefect.workers.process import ProcessWorker
@@ -55,11 +55,16 @@ def apply(specs: list[DeploymentSpec], entries: list[RegistryEntry], *, whole: b
         existing = {(d.flow_id, d.name) for d in client.read_deployments()}
         for s in specs:
             flow_id = client.create_flow_from_name(s.kind.flow)
-            client.create_deployment(
+            parameters = with_block(s.parameters, blocks[s.registry])
+            # the server checks a created deployment's parameters without knowing block references (an
+            # update's check knows them): created without its registry (no run can start without one),
+            # then given its block
+            deployment_id = client.create_deployment(
                 flow_id=flow_id, name=s.name, work_pool_name=s.work_pool, entrypoint=s.kind.entrypoint,
-                parameters=with_block(s.parameters, blocks[s.registry]), tags=s.tags, description=s.description,
-                parameter_openapi_schema=schemas[s.kind.flow], enforce_parameter_schema=True, pull_steps=[],
-                path=None)
+                parameters={k: v for k, v in parameters.items() if k != "registry"}, tags=s.tags,
+                description=s.description, parameter_openapi_schema=schemas[s.kind.flow],
+                enforce_parameter_schema=True, pull_steps=[], path=None)
+            client.update_deployment(deployment_id, DeploymentUpdate(parameters=parameters))
             verb = "updated" if (flow_id, s.name) in existing else "created"
             done.append(f"deployment {s.full_name} {verb} (work pool {s.work_pool})")
     return done
