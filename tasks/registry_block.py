@@ -61,6 +61,10 @@ class RegistryBlock(Block, RegistryEntry):
         return RegistryEntry.model_validate(self.model_dump(include=set(RegistryEntry.model_fields)))
 
 
+BLOCK_FIELD = ("The registry: its regpatch-registry block (Blocks page; written by regpatch deployments --apply "
+               "from the inventory). Edit the block to change its storage, URL or restart for every later run.")
+
+
 def _registry_is_a_block(registry: RegistryBlock) -> None:
     """(The shape of a parameter that is a block, as Prefect writes its schema.)"""
 
@@ -77,8 +81,8 @@ def block_parameter_schema(schema: dict[str, Any]) -> dict[str, Any]:
     definitions.update(shape.get("definitions", {}))
     registry = out["properties"]["registry"]
     out["properties"]["registry"] = {
-        **{k: v for k, v in registry.items() if k in ("title", "description", "position")},
-        **{k: v for k, v in shape["properties"]["registry"].items() if k not in ("title", "description", "position")}}
+        **{k: v for k, v in shape["properties"]["registry"].items() if k not in ("title", "description", "position")},
+        "title": registry["title"], "position": registry["position"], "description": BLOCK_FIELD}
     return out
 
 
