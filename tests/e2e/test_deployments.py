@@ -189,6 +189,11 @@ def test_regpatch_deployments_know_their_registry(cluster):
     assert "block regpatch-registry/site-a updated" in again.stdout
     assert {site: deployment(c, f"patch-registry/{site}")["id"] for site in POOLS} == ids
     assert {n: b["id"] for n, b in registry_blocks(c).items()} == {n: b["id"] for n, b in blocks.items()}
+    # the run on the worker reads the block chosen: another pool's (another host's paths) is refused
+    fr = run_deployment(c, "rollback-registry/site-a", {"tag": TAG, "registry": {
+        "$ref": {"block_document_id": blocks["site-b"]["id"]}}})
+    assert fr["state_type"] == "FAILED"
+    assert "'site-b' is on work pool 'pool-b', this run is on 'pool-a'" in fr["state"]["message"], fr["state"]
 
 
 def test_ui_run_needs_only_bundle_and_tag_then_rollback_from_the_ui(cluster):
