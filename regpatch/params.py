@@ -146,8 +146,8 @@ VerifyCommand = Annotated[Optional[str], AfterValidator(_command), spec(VERIFY["
 
 
 class RegistryParams(BaseModel):
-    """Which registry: its storage, how to reach its API, how to restart it. Per-host
-    deployments made by `regpatch deployments` fill these in from the inventory."""
+    """Which registry: its storage, how to reach its API, how to restart it. The per-registry
+    deployments made by `regpatch deployments --apply` name the registry's block instead."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, title="Registry", json_schema_extra=_TARGET_SCHEMA,
                               populate_by_name=True)
