@@ -47,7 +47,7 @@ def block_names(entries: Iterable[RegistryEntry]) -> dict[str, str]:
     return names
 
 
-def block_reference(block_id: str) -> dict[str, Any]:
+def parameter_ref(block_id: str) -> dict[str, Any]:
     """A flow parameter that Prefect replaces by the block (and the run form shows as chosen)."""
     return {"$ref": {"block_document_id": str(block_id)}}
 
@@ -56,7 +56,7 @@ def with_block(parameters: dict[str, Any], block_id: str) -> dict[str, Any]:
     """A per-registry deployment's parameters once its block exists: the registry is the
     block; the entry's verify command and trust keys are the block's too (not copied)."""
     out = {k: v for k, v in parameters.items() if k not in ("verify", "trust")}
-    out["registry"] = block_reference(block_id)
+    out["registry"] = parameter_ref(block_id)
     return out
 
 
