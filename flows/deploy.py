@@ -1,28 +1,33 @@
 """Create or update the per-registry deployments on the Prefect API (``regpatch deployments --apply``).
 
 The specs come from ``regpatch.fleet.deployments`` (the inventory, as plain data); this
-module only talks to the API: missing work pools are created as process pools,
-each deployment is created or updated in place (same flow and name: its id, its
-runs and its schedules stay), with the flow's parameter schema so the run form
-shows every field with its description and refuses what the schema refuses.
+module only talks to the API: every registry's ``regpatch-registry`` block is created
+or updated in place (``regpatch_tasks.registry_block``), missing work pools are created
+as process pools, each deployment is created or updated in place (same flow and name:
+its id, its runs and its schedules stay), its registry the block (chosen in the run
+form), with the flow's parameter schema so the run form shows every field with its
+description and refuses what the schema refuses.
 """
 
 from __future__ import annotations
 
 from prefect.automations import AutomationCore
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.client.schemas.actions import DeploymentUpdate, WorkPoolCreate
 from prefect.exceptions import ObjectNotFound
 from prefect.utilities.callables import parameter_schema
 from prefect.workers.process import ProcessWorker
 
 from regpatch.errors import UsageError
+from regpatch.fleet.blocks import with_block
 from regpatch.fleet.deployments import HISTORY, MAINTAIN, PATCH, ROLLBACK, DeploymentSpec
+from regpatch.fleet.inventory import RegistryEntry
 from regpatch.fleet.notify import AUTOMATION_NAME, automation_spec, block_reference
 from regpatch_flows.history import registry_history
 from regpatch_flows.maintenance import registry_maintenance
 from regpatch_flows.patch import patch_registry
 from regpatch_flows.rollback import rollback_registry
+from regpatch_tasks.registry_block import block_parameter_schema, save_blocks
 
 
 def _flows() -> dict:
@@ -30,12 +35,15 @@ def _flows() -> dict:
             MAINTAIN.flow: registry_maintenance}
 
 
-def apply(specs: list[DeploymentSpec]) -> list[str]:
-    """Create missing work pools and create or update every deployment; returns one
-    line per change, for the operator."""
+def apply(specs: list[DeploymentSpec], entries: list[RegistryEntry], *, whole: bool = True) -> list[str]:
+    """Create or update the registry block of every entry, create missing work pools and
+    create or update every deployment (its registry: its block); returns one line per
+    change, for the operator. ``whole``: the entries are the whole inventory (a block of a
+    registry that left it is reported)."""
     flows = _flows()
-    schemas = {name: parameter_schema(fn).model_dump_for_openapi() for name, fn in flows.items()}
-    done: list[str] = []
+    schemas = {name: block_parameter_schema(parameter_schema(fn).model_dump_for_openapi())
+               for name, fn in flows.items()}
+    blocks, done = save_blocks(entries, whole=whole)
     with get_client(sync_client=True) as client:
         for pool in sorted({s.work_pool for s in specs}):
             try:
@@ -47,11 +55,16 @@ def apply(specs: list[DeploymentSpec]) -> list[str]:
         existing = {(d.flow_id, d.name) for d in client.read_deployments()}
         for s in specs:
             flow_id = client.create_flow_from_name(s.kind.flow)
-            client.create_deployment(
+            parameters = with_block(s.parameters, blocks[s.registry])
+            # the server checks a created deployment's parameters without knowing block references (an
+            # update's check knows them): created without its registry (no run can start without one),
+            # then given its block
+            deployment_id = client.create_deployment(
                 flow_id=flow_id, name=s.name, work_pool_name=s.work_pool, entrypoint=s.kind.entrypoint,
-                parameters=s.parameters, tags=s.tags, description=s.description,
-                parameter_openapi_schema=schemas[s.kind.flow], enforce_parameter_schema=True, pull_steps=[],
-                path=None)
+                parameters={k: v for k, v in parameters.items() if k != "registry"}, tags=s.tags,
+                description=s.description, parameter_openapi_schema=schemas[s.kind.flow],
+                enforce_parameter_schema=True, pull_steps=[], path=None)
+            client.update_deployment(deployment_id, DeploymentUpdate(parameters=parameters))
             verb = "updated" if (flow_id, s.name) in existing else "created"
             done.append(f"deployment {s.full_name} {verb} (work pool {s.work_pool})")
     return done

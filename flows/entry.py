@@ -38,11 +38,11 @@ rollback_registry = _from_the_terminal(rollback.rollback_registry)
 rollout = _from_the_terminal(rollout_flow.rollout)
 
 
-def apply_deployments(specs: list) -> list[str]:
+def apply_deployments(specs: list, entries: list, whole: bool) -> list[str]:
     """``regpatch_flows.deploy.apply``."""
     from regpatch_flows.deploy import apply  # Prefect's deployment machinery, only for --apply (start-up)
 
-    return apply(specs)
+    return apply(specs, entries, whole=whole)
 
 
 def apply_notification(block: str) -> str:

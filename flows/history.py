@@ -9,6 +9,7 @@ from prefect import flow
 from regpatch.params import RegistryParams, form_terms
 from regpatch_tasks import route_core_logs
 from regpatch_tasks.observer import history_markdown, label_run, publish_history
+from regpatch_tasks.registry_block import chosen
 
 
 @flow(name="registry-history", log_prints=False, persist_result=False)
@@ -21,11 +22,12 @@ def registry_history(
     old and new digest, bundle, who) as the artifact history-REGISTRY, newest first.
 
     Args:
-        registry: The registry. A per-registry deployment (regpatch deployments) fills it in.
+        registry: The registry: a per-registry deployment has its regpatch-registry block chosen.
         repository: Optional. Only this repository.
         tag: Optional. Only this tag (with a repository).
     """
     route_core_logs()
+    registry = chosen(registry)[0]
     name = registry.label()
     with label_run(f"history-{name}", [f"registry:{name}"]), form_terms():
         target = registry.target()

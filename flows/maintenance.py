@@ -13,7 +13,8 @@ from regpatch.params import MaintenanceParams, RegistryParams, RetentionParams, 
 from regpatch_tasks import route_core_logs
 from regpatch_tasks.maintenance_tasks import maintain_here, maintain_remote, publish_maintenance
 from regpatch_tasks.observer import label_run
-from regpatch_tasks.rollout_tasks import read_inventory
+from regpatch_tasks.registry_block import chosen
+from regpatch_tasks.rollout_tasks import read_registries
 
 
 class MaintenanceFailed(RegpatchError):
@@ -32,13 +33,14 @@ def registry_maintenance(
     unless apply. The artifact maintenance-REGISTRY says what was unlinked, freed and proven.
 
     Args:
-        registry: The registry (a per-registry deployment fills it in); its restart must be
+        registry: The registry (a per-registry deployment has its block chosen); its restart must be
             process: or service: for apply.
         retention: What is kept: the K previous images of every tag, images younger than D days.
         maintenance: The registry's binary, for its garbage-collect.
         apply: Unlink, stop, collect, start, prove (default: dry runs of both, nothing written).
     """
     route_core_logs()
+    registry = chosen(registry)[0]
     name = registry.label()
     with label_run(f"maintenance-{name}", [f"registry:{name}"]), form_terms(("registry", "retention",
                                                                              "maintenance")):
@@ -69,7 +71,7 @@ def maintenance(
     route_core_logs()
     with label_run("maintenance" + ("" if apply else "-dry-run"), []), form_terms(("rollout", "retention",
                                                                                    "maintenance")):
-        entries = read_inventory(rollout.inventory, rollout.only)
+        entries = read_registries(rollout)
         refuse_stored_credentials(entries)
         results = []
         log = get_run_logger()

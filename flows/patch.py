@@ -24,6 +24,7 @@ from regpatch.params import (
 )
 from regpatch_tasks import debug_logs, failure_said_once, route_core_logs
 from regpatch_tasks.observer import PrefectObserver, RunningSummary, label_registry_run, publish_patch, s3_options_for
+from regpatch_tasks.registry_block import chosen
 
 NonEmpty = Annotated[str, Field(min_length=1)]
 
@@ -52,7 +53,7 @@ def patch_registry(
             runs the patch, or s3://bucket/prefix.
         repository: Repository to patch, e.g. servercore or windows/servercore.
         tag: Tag to point at the bundle's image, e.g. ltsc2019.
-        registry: The registry. A per-registry deployment (regpatch deployments) fills it in;
+        registry: The registry: a per-registry deployment has its regpatch-registry block chosen;
             otherwise give its storage folder or its config.yml.
         change: Who asked for the patch and why (a change ticket): recorded in the history.
         verify: Optional. An external puller run before the tag moves.
@@ -65,6 +66,7 @@ def patch_registry(
         debug: Debug logs, and a traceback for every error.
     """
     route_core_logs()
+    registry, verify, trust = chosen(registry, verify, trust)
     name = registry.label()
     with label_registry_run(name, repository, tag), debug_logs(debug), form_terms(), \
             failure_said_once(f"patch of {repository}:{tag} on {name}"):

@@ -28,6 +28,7 @@ from regpatch_tasks.observer import (
     publish_history,
     publish_summary,
 )
+from regpatch_tasks.registry_block import chosen
 
 
 @flow(name="rollback-registry", log_prints=False, persist_result=False)
@@ -47,7 +48,7 @@ def rollback_registry(
     Args:
         repository: Repository, e.g. servercore.
         tag: Tag to roll back, e.g. ltsc2019.
-        registry: The registry. A per-registry deployment (regpatch deployments) fills it in;
+        registry: The registry: a per-registry deployment has its regpatch-registry block chosen;
             otherwise give its storage folder or its config.yml.
         change: Who asked for the rollback and why (a change ticket): recorded in the history.
         to: Optional. The digest (sha256:...) to point the tag at; default: the one before the
@@ -56,6 +57,7 @@ def rollback_registry(
         debug: Debug logs, and a traceback for every error.
     """
     route_core_logs()
+    registry, verify, _ = chosen(registry, verify)
     name = registry.label()
     with label_registry_run(name, repository, tag), debug_logs(debug), form_terms(), \
             failure_said_once(f"rollback of {repository}:{tag} on {name}"):

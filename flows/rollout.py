@@ -38,7 +38,7 @@ from regpatch_tasks.rollout_tasks import (
     find_patch_deployments,
     patcher,
     publish_rollout,
-    read_inventory,
+    read_registries,
     show_unrun,
     wave_slots,
 )
@@ -79,14 +79,14 @@ def rollout(
             form_terms(("rollout", "verify", "s3", "change")):
         Repository.parse(repository), Tag.parse(tag)
         check_server(rollout.max_parallel)
-        entries = read_inventory(rollout.inventory, rollout.only)
+        entries = read_registries(rollout)
         refuse_stored_credentials(entries)  # as the command line does: what a run stores, logs or shows has none
         check_change_for_workers(change, entries)
         bundle = bundle_to_roll_out(bundle, rollout, repository, tag, entries, s3)
         deployments = find_patch_deployments(entries) if any(e.work_pool for e in entries) else {}
         s3_options = s3_options_for(bundle, s3)
         digest = str(open_bundle(bundle, image=image, s3=s3_options).top.digest)
-        state_dir = Path(rollout.state_dir) if rollout.state_dir else RolloutState.default_dir(Path(rollout.inventory))
+        state_dir = Path(rollout.state_dir or RolloutState.default_dir(Path(str(rollout.inventory))))
         check_state_dir(state_dir, entries)
         state = RolloutState(state_dir, repository, tag, digest)
         get_run_logger().info("rollout of %s:%s = %s to %d registries; state in %s", repository, tag, digest,

@@ -152,9 +152,17 @@ TRUST = _group(
 MAX_PARALLEL = 32
 
 ROLLOUT = _group(
-    Option("inventory", "Inventory", required=True, metavar="FILE",
+    Option("inventory", "Inventory", metavar="FILE",
            description="The inventory YAML file, a path on the host that runs the rollout "
-                       "(see deployments/inventory.example.yml)."),
+                       "(see deployments/inventory.example.yml); or leave it empty and give registry blocks."),
+    Option("registry_blocks", "Registry blocks (groups)", kind=list, metavar="GROUPS",
+           help="instead of --inventory: the registries of the regpatch-registry blocks on the Prefect API "
+                "whose group is one of these (comma-separated; repeatable; '*': every block); needs "
+                "--state-dir",
+           description="Instead of the inventory file: the registries of the Prefect blocks of type "
+                       "regpatch-registry (regpatch deployments --apply writes one per registry of the "
+                       "inventory) whose group is one of these; '*' takes every block, a block without a "
+                       "group is in 'default'. Needs the rollout state folder."),
     Option("only", "Only these registries", kind=list, metavar="NAMES",
            help="only these registries (comma-separated; repeatable)",
            description="Patch only these registries (names of the inventory); all when empty."),

@@ -22,7 +22,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Iterator, Optional
 
-from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.config import JsonDict
 
 from regpatch.errors import InvalidReference, UsageError
@@ -137,8 +146,8 @@ VerifyCommand = Annotated[Optional[str], AfterValidator(_command), spec(VERIFY["
 
 
 class RegistryParams(BaseModel):
-    """Which registry: its storage, how to reach its API, how to restart it. Per-host
-    deployments made by `regpatch deployments` fill these in from the inventory."""
+    """Which registry: its storage, how to reach its API, how to restart it. The per-registry
+    deployments made by `regpatch deployments --apply` name the registry's block instead."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, title="Registry", json_schema_extra=_TARGET_SCHEMA,
                               populate_by_name=True)
@@ -310,7 +319,8 @@ class RolloutParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, title="Rollout")
 
-    inventory: str = spec(ROLLOUT["inventory"], min_length=1)
+    inventory: Optional[str] = spec(ROLLOUT["inventory"], min_length=1)
+    registry_blocks: Optional[list[str]] = spec(ROLLOUT["registry_blocks"])
     only: Optional[list[str]] = spec(ROLLOUT["only"])
     max_parallel: int = spec(ROLLOUT["max_parallel"])
     state_dir: Optional[str] = spec(ROLLOUT["state_dir"])
@@ -323,19 +333,32 @@ class RolloutParams(BaseModel):
     def _line(cls, v: Optional[str]) -> Optional[str]:
         return _one_line(v)
 
-    @field_validator("only")
+    @field_validator("only", "registry_blocks")
     @classmethod
-    def _only(cls, v: Optional[list[str]]) -> Optional[list[str]]:
+    def _only(cls, v: Optional[list[str]], info: ValidationInfo) -> Optional[list[str]]:
         """Comma-separated and repeatable; spaces around a name are dropped, nothing else is.
-        Given, it must name at least one registry: an empty ``only`` never means the whole fleet
-        (None does)."""
+        Given, it must name at least one registry (or group): an empty ``only`` never means the
+        whole fleet (None does)."""
         if v is None:
             return None
         names = [n.strip(" ") for item in v for n in item.split(",") if n.strip(" ")]
         if not names:
+            if info.field_name == "registry_blocks":
+                raise ValueError("names no group; give the groups of the registry blocks to patch ('*': all)")
             raise ValueError("names no registry; give the names of the registries to patch, "
                              "or leave it out for all of them")
         return names
+
+    @model_validator(mode="after")
+    def _source(self) -> "RolloutParams":
+        """The registries come from the inventory file or from the registry blocks: one of them.
+        The state folder is beside the inventory by default; with blocks it must be given."""
+        if bool(self.inventory) == bool(self.registry_blocks):
+            raise ValueError(f"give {opt.inventory} or {opt.registry_blocks} (the groups of the registry "
+                             "blocks to patch), one of them")
+        if self.registry_blocks and not self.state_dir:
+            raise ValueError(f"with {opt.registry_blocks}, give the rollout's state folder ({opt.state_dir})")
+        return self
 
 
 REQUESTED_BY_MAX, REASON_MAX = 200, 500

@@ -50,7 +50,8 @@ from prefect.states import Cancelled, Completed, Failed, State
 
 from regpatch.bundle.s3 import S3Options
 from regpatch.errors import UsageError
-from regpatch.fleet.inventory import RegistryEntry, load_inventory
+from regpatch.fleet.blocks import select_groups
+from regpatch.fleet.inventory import Inventory, RegistryEntry, load_inventory
 from regpatch.fleet.prefect_server import SQLITE_MAX_PARALLEL, check_parallel, server_database
 from regpatch.fleet.rollout import (
     DRY_RUN,
@@ -65,7 +66,7 @@ from regpatch.fleet.rollout import (
     render_markdown,
     tag_state,
 )
-from regpatch.params import ChangeParams, S3Params, VerifyParams
+from regpatch.params import ChangeParams, RolloutParams, S3Params, VerifyParams
 from regpatch_tasks.observer import (
     PrefectObserver,
     RunningSummary,
@@ -75,6 +76,7 @@ from regpatch_tasks.observer import (
     run_name,
     run_tags,
 )
+from regpatch_tasks.registry_block import read_blocks
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
@@ -129,10 +131,21 @@ def find_patch_deployments(entries: list[RegistryEntry]) -> dict[str, str]:
     return found
 
 
-def read_inventory(path: str, only: Optional[list[str]]) -> list[RegistryEntry]:
+def read_registries(params: RolloutParams) -> list[RegistryEntry]:
+    """The registries of a rollout (or a maintenance): the inventory's selected entries, or
+    those of the regpatch-registry blocks of the groups given (``only`` among them)."""
+    if params.registry_blocks:
+        entries = select_groups(read_blocks().registries, params.registry_blocks)
+        get_run_logger().info("registry blocks of %s: %s", ", ".join(params.registry_blocks),
+                              ", ".join(e.name for e in entries))
+        return Inventory(registries=entries).select(params.only)
+    return read_inventory(params.inventory, params.only)
+
+
+def read_inventory(path: Optional[str], only: Optional[list[str]]) -> list[RegistryEntry]:
     """The selected entries of the inventory; a missing file says what to create (the
     shipped schedule names /etc/regpatch/inventory.yml)."""
-    if not Path(path).is_file():
+    if not path or not Path(path).is_file():
         raise UsageError(f"the inventory {path} does not exist on this host: create it (see "
                          "deployments/inventory.example.yml and docs/fleet/inventory.md), or set the rollout "
                          "deployment's rollout.inventory parameter to the inventory's path")

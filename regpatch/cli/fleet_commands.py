@@ -23,6 +23,7 @@ from regpatch.reference import Repository
 
 def run_deployments(args: argparse.Namespace) -> None:
     """Plain data from the inventory; Prefect is imported only with --apply."""
+    from regpatch.fleet.blocks import block_names  # only this command needs it (start-up)
     from regpatch.fleet.deployments import render_prefect_yaml, specs_for  # only this command needs it (start-up)
     from regpatch.fleet.inventory import (  # only this command needs it (start-up)
         load_inventory,
@@ -41,9 +42,11 @@ def run_deployments(args: argparse.Namespace) -> None:
     if args.check:
         _check_drop(fleet, inventory.select(fleet.only), args.repository, args.tag)
         return
-    refuse_stored_credentials(inventory.select(fleet.only))  # deployment parameters are stored in Prefect's database
+    entries = inventory.select(fleet.only)
+    refuse_stored_credentials(entries)  # deployment parameters and blocks are stored in Prefect's database
+    block_names(entries)  # two registries that would share a block: refused before anything is written
     specs = specs_for(inventory, default_pool=args.default_pool, repository=args.repository, only=fleet.only)
-    text = render_prefect_yaml(specs, fleet.inventory)
+    text = render_prefect_yaml(specs, str(fleet.inventory))
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
         sys.stdout.write(f"wrote {len(specs)} deployments to {args.output}\n")
@@ -54,7 +57,7 @@ def run_deployments(args: argparse.Namespace) -> None:
         if not api:
             raise UsageError("--apply needs a Prefect API: set PREFECT_API_URL (e.g. http://HOST:4200/api)")
         _check_prefect_api(api)
-        for line in prefect_side().apply_deployments(specs):
+        for line in prefect_side().apply_deployments(specs, entries, not fleet.only):
             sys.stdout.write(line + "\n")
         if args.notify is not None:
             sys.stdout.write(prefect_side().apply_notification(args.notify) + "\n")
@@ -89,9 +92,11 @@ def run_rollout(args: argparse.Namespace):
     change = change_of(args)
     if verify.command is not None and "{ref}" not in verify.command:
         raise UsageError(f"{opt.verify_command} must contain {{ref}}, where the image reference goes")
+    if fleet.registry_blocks:
+        return _rollout_from_blocks(args, fleet, verify, change)
     inventory = load_inventory(fleet.inventory)  # an invalid inventory fails here, before anything runs
     entries = inventory.select(fleet.only)
-    state_dir = Path(fleet.state_dir) if fleet.state_dir else RolloutState.default_dir(Path(fleet.inventory))
+    state_dir = Path(fleet.state_dir) if fleet.state_dir else RolloutState.default_dir(Path(str(fleet.inventory)))
     check_state_dir(state_dir, entries)
     api = _use_prefect(args)
     pooled = [e.name for e in entries if e.work_pool]
@@ -123,10 +128,38 @@ def run_rollout(args: argparse.Namespace):
     except RolloutFailed as e:
         sys.stdout.write(fit(render_table(e.outcomes)))
         raise
+    return _said_ok(args, outcomes)
+
+
+def _said_ok(args: argparse.Namespace, outcomes: list):
+    from regpatch.fleet.rollout import render_table  # only this command needs it (start-up)
+
     sys.stdout.write(fit(render_table(outcomes)))
     sys.stdout.write(f"rollout of {args.repository}:{args.tag}: all {len(outcomes)} registries ok"
                      f"{' (dry run)' if args.dry_run else ''}\n")
     return outcomes
+
+
+def _rollout_from_blocks(args: argparse.Namespace, fleet: RolloutParams, verify: VerifyParams, change):
+    """The registries are the Prefect API's regpatch-registry blocks: the rollout flow reads
+    and checks them (as it checks an inventory) on the API it runs on."""
+    from regpatch.fleet.rollout import RolloutFailed, render_table  # only this command needs it (start-up)
+
+    api = configured_prefect_api()
+    if not api:
+        raise UsageError(f"{opt.registry_blocks} reads the registry blocks of a Prefect API: set PREFECT_API_URL "
+                         f"(e.g. http://HOST:4200/api), or give {opt.inventory}")
+    refuse_inline_credentials(opt.verify_command, verify.command)
+    _check_prefect_api(api)
+    _check_server_database(api, fleet.max_parallel)
+    try:
+        outcomes = prefect_side().rollout(bundle=args.bundle, repository=args.repository, tag=args.tag,
+                                          rollout=fleet, change=change, verify=verify, image=args.image,
+                                          dry_run=args.dry_run)
+    except RolloutFailed as e:
+        sys.stdout.write(fit(render_table(e.outcomes)))
+        raise
+    return _said_ok(args, outcomes)
 
 
 def _check_drop(fleet, entries, repository, tag):

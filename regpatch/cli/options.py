@@ -29,8 +29,9 @@ def _options(group: dict[str, Option], only: Optional[Iterable[str]], exclude: I
 
 
 def add_options(parser: Any, group: dict[str, Option], *, only: Optional[Iterable[str]] = None,
-                exclude: Iterable[str] = (), title: Optional[str] = None) -> None:
-    """One flag per option of ``group`` (``only`` these, or all but ``exclude``)."""
+                exclude: Iterable[str] = (), title: Optional[str] = None, required: Iterable[str] = ()) -> None:
+    """One flag per option of ``group`` (``only`` these, or all but ``exclude``; ``required``:
+    these although the table makes them optional)."""
     target = parser.add_argument_group(title) if title else parser
     for o in _options(group, only, exclude):
         kwargs: dict[str, Any] = {"dest": o.key, "default": argparse.SUPPRESS,
@@ -41,7 +42,7 @@ def add_options(parser: Any, group: dict[str, Option], *, only: Optional[Iterabl
             kwargs["metavar"] = o.metavar or o.name.upper()
             if o.kind is list:
                 kwargs["action"] = "append"
-        if o.required:
+        if o.required or o.name in required:
             kwargs["required"] = True
         target.add_argument(o.cli_flag, **kwargs)
 
@@ -78,6 +79,8 @@ def _problem(err: Any, flags: dict[str, str]) -> str:
     msg = msg[len("Value error, "):] if msg.startswith("Value error, ") else msg
     if err.get("type") == "missing":
         return f"{flag} is required"
+    if not flag:  # a rule of the whole model: its message names the flags
+        return msg
     value = err.get("input")
     shown = f" {value!r}" if isinstance(value, (str, int, float)) and not isinstance(value, bool) else ""
     return f"{flag}{shown}: {msg[:1].lower() + msg[1:]}"

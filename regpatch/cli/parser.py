@@ -152,7 +152,7 @@ def _deployments(sub) -> None:
                                    "registry (storage, config, URL, restart...) stored as their parameters: a run "
                                    "from the UI needs only the bundle, the repository and the tag. Prints them "
                                    "as a prefect.yaml; --apply creates or updates them on the Prefect API.")
-    add_options(p, ROLLOUT, only=("inventory", "only", "drop", "max_bundle_age_days"))
+    add_options(p, ROLLOUT, only=("inventory", "only", "drop", "max_bundle_age_days"), required=("inventory",))
     p.add_argument("--repository", metavar="NAME", help="prefill the repository of the patch and rollback forms")
     p.add_argument("--tag", metavar="TAG", help="with --check: the tag the scheduled rollout patches")
     p.add_argument("--check", action="store_true",
@@ -175,7 +175,7 @@ def _status(sub) -> None:
                                    "and the one the API serves, the latest rollout's, the last change recorded, "
                                    "verified or not, disk used and free. Exit 7 when a registry is behind, "
                                    "drifts or cannot be read. Reads only.")
-    add_options(p, ROLLOUT, only=("inventory", "only", "state_dir"))
+    add_options(p, ROLLOUT, only=("inventory", "only", "state_dir"), required=("inventory",))
     p.add_argument("--repository", metavar="NAME",
                    help="the repository (default: every repository:tag the inventory's rollouts wrote state for)")
     p.add_argument("--tag", help="the tag (with --repository)")

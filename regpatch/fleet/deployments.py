@@ -12,7 +12,9 @@ Their parameters hold the registry as the inventory describes it (``registry``:
 name, storage, config.yml, URL, restart, auth file, CA, insecure), so a run from
 the UI never asks where the registry is. ``render_prefect_yaml`` writes them as a
 prefect.yaml for ``prefect deploy --all``; ``regpatch_flows.deploy.apply`` creates or
-updates them on the API directly (``regpatch deployments --apply``).
+updates them on the API directly (``regpatch deployments --apply``), each registry then
+a ``regpatch-registry`` block that its deployments name instead
+(``regpatch.fleet.blocks.with_block``): the run form shows the block chosen.
 """
 
 from __future__ import annotations

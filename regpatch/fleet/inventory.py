@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from regpatch.errors import UsageError
 from regpatch.options import REGISTRY, TRUST, inventory_namer, opt, wording
@@ -102,13 +102,18 @@ class RegistryEntry(RegistryParams):
         return f"pool {self.work_pool}" if self.work_pool else "local"
 
 
-def refuse_stored_credentials(entries: list[RegistryEntry]) -> None:
-    """Values a Prefect run or deployment would store (in its database) carry no credential."""
+def refuse_stored_credentials(entries: list[RegistryEntry], where: str = "inventory entry") -> None:
+    """Values a Prefect run, deployment or block would store (in its database) carry no
+    credential: every text of every entry (a path, a URL, a command, a key's path)."""
     for e in entries:
         with wording(inventory_namer(e.name)):
-            refuse_inline_credentials(opt.verify_command, e.verify_command)
-            refuse_inline_credentials(opt.registry_url, e.registry_url)
-            refuse_inline_credentials(opt.restart, e.restart)
+            for field, info in type(e).model_fields.items():
+                value = getattr(e, field)
+                for text in value if isinstance(value, list) else [value]:
+                    if isinstance(text, str):
+                        written = info.validation_alias.choices[-1] if isinstance(
+                            info.validation_alias, AliasChoices) else field
+                        refuse_inline_credentials(f"{written!r} of {where} {e.name}", text)
 
 
 class Inventory(BaseModel):

@@ -30,6 +30,7 @@ from regpatch.digest import Digest
 from regpatch.errors import FleetDrift, RegpatchError, UsageError
 from regpatch.fleet.inventory import RegistryEntry, load_inventory
 from regpatch.fleet.rollout import RolloutState
+from regpatch.options import opt
 from regpatch.progress import human
 from regpatch.reference import Repository, Tag
 from regpatch.sanitize import shown
@@ -197,10 +198,12 @@ def default_tags(state_dir: Path) -> list[tuple[str, str]]:
     return [k for k, _ in sorted(found.items(), key=lambda kv: -kv[1])]
 
 
-def status_rows(inventory: str, only: Optional[list[str]], state_dir: Optional[str], repository: Optional[str],
-                tag: Optional[str]) -> list[RegistryStatus]:
+def status_rows(inventory: Optional[str], only: Optional[list[str]], state_dir: Optional[str],
+                repository: Optional[str], tag: Optional[str]) -> list[RegistryStatus]:
     """The rows of ``regpatch status`` and of the fleet-status flow: every selected registry for
     ``repository:tag``, or for every repository:tag the rollouts wrote state for."""
+    if not inventory:
+        raise UsageError(f"the fleet's status reads an inventory file: give {opt.inventory}")
     entries = load_inventory(inventory).select(only)
     folder = Path(state_dir) if state_dir else RolloutState.default_dir(Path(inventory))
     if bool(repository) != bool(tag):

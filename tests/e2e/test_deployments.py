@@ -156,26 +156,44 @@ def test_a_bad_tag_or_repository_never_becomes_a_run(cluster):
     assert len(c.flow_runs()) == before
 
 
+def registry_blocks(c) -> dict[str, dict]:
+    return {d["name"]: d for d in c.get("/block_types/slug/regpatch-registry/block_documents")}
+
+
 def test_regpatch_deployments_know_their_registry(cluster):
+    """Each registry is a regpatch-registry block (the inventory's fields), and its deployments
+    name it: the run form shows the block chosen, not the registry's fields."""
     c, regs = cluster["c"], cluster["regs"]
     out = cluster["apply"]
+    blocks = registry_blocks(c)
+    assert sorted(blocks) == sorted(POOLS)
     for site, pool in POOLS.items():
         assert f"work pool {pool} created (type process)" in out
-        for flow in ("patch-registry", "rollback-registry", "registry-history"):
+        assert f"block regpatch-registry/{site} created" in out, out
+        data = blocks[site]["data"]
+        assert (data["name"], data["storage"], data["registry_url"], data["work_pool"]) == \
+            (site, str(regs[site].root), regs[site].url, pool)
+        for flow in ("patch-registry", "rollback-registry", "registry-history", "registry-maintenance"):
             assert f"deployment {flow}/{site} created (work pool {pool})" in out, out
             dep = deployment(c, f"{flow}/{site}")
             assert dep["work_pool_name"] == pool and f"registry:{site}" in dep["tags"]
-            assert dep["parameters"]["registry"] == {"name": site, "storage": str(regs[site].root),
-                                                     "registry_url": regs[site].url}
+            assert dep["parameters"]["registry"] == {"$ref": {"block_document_id": blocks[site]["id"]}}
             assert dep["entrypoint"].startswith("regpatch_flows.") and dep["enforce_parameter_schema"] is True
     assert deployment(c, "patch-registry/site-a")["parameters"]["repository"] == REPO
-    # running it again updates in place: same ids
+    # running it again updates in place: same ids, the blocks' too
     ids = {site: deployment(c, f"patch-registry/{site}")["id"] for site in POOLS}
     again = run([BIN / "regpatch", "deployments", "--inventory", cluster["inventory"], "--repository", REPO,
                  "--apply"], c.env())
     assert again.returncode == 0, again.stderr
     assert "deployment patch-registry/site-a updated" in again.stdout and "created" not in again.stdout
+    assert "block regpatch-registry/site-a updated" in again.stdout
     assert {site: deployment(c, f"patch-registry/{site}")["id"] for site in POOLS} == ids
+    assert {n: b["id"] for n, b in registry_blocks(c).items()} == {n: b["id"] for n, b in blocks.items()}
+    # the run on the worker reads the block chosen: another pool's (another host's paths) is refused
+    fr = run_deployment(c, "rollback-registry/site-a", {"tag": TAG, "registry": {
+        "$ref": {"block_document_id": blocks["site-b"]["id"]}}})
+    assert fr["state_type"] == "FAILED"
+    assert "'site-b' is on work pool 'pool-b', this run is on 'pool-a'" in fr["state"]["message"], fr["state"]
 
 
 def test_ui_run_needs_only_bundle_and_tag_then_rollback_from_the_ui(cluster):
@@ -186,6 +204,7 @@ def test_ui_run_needs_only_bundle_and_tag_then_rollback_from_the_ui(cluster):
     fr = run_deployment(c, "patch-registry/site-b", {"bundle": str(s["staged"]), "tag": TAG})
     assert fr["state_type"] == "COMPLETED", fr["state"]
     assert fr["name"] == f"site-b-{REPO}-{TAG}"
+    assert list(fr["parameters"]["registry"]) == ["$ref"]  # the worker's run read its registry from the block
     assert {"registry:site-b", f"repository:{REPO}", "regpatch"} <= set(fr["tags"])
     assert fr["labels"]["regpatch.status"] == "patched" and fr["labels"]["regpatch.new"] == new
     assert fr["id"] in c.workers["pool-b"].text() and fr["id"] not in c.workers["pool-a"].text()
@@ -400,3 +419,38 @@ def test_the_recipe_server_keeps_its_data_bounded_and_says_postgresql(cluster):
     assert server_database(settings, []) == "postgresql"
     schemas = c.post("/block_schemas/filter", {"limit": 10})
     assert server_database({}, schemas) == "postgresql"
+
+
+def test_a_rollout_takes_its_registries_from_the_blocks_of_a_group_and_refuses_a_credential(cluster):
+    """--registry-blocks canary: site-a only (its block's group), through its deployment on its
+    pool; a block edited to carry a password is refused, naming it, and the password is never
+    shown. A block whose registry left the inventory is reported by --apply, not deleted."""
+    c, s, tmp = cluster["c"], cluster["scenario"], cluster["tmp"]
+    argv = [BIN / "regpatch", "rollout", s["staged"], "--registry-blocks", "canary", "--state-dir",
+            tmp / "block-rollouts", "--repository", REPO, "--tag", "blocks", "--reason", "CHG-25", "--dry-run"]
+    out = run(argv, c.env(), timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "all 1 registries ok (dry run)" in out.stdout
+    assert [l.split()[0] for l in out.stdout.splitlines() if l.startswith("site-")] == ["site-a"]
+    none = run([*argv[:4], "nope", *argv[5:]], c.env(), timeout=120)
+    assert none.returncode == 2 and "no regpatch-registry block is in that group" in none.stderr, none.stderr
+    assert "the blocks' groups: canary, fleet" in none.stderr
+
+    site_a = registry_blocks(c)["site-a"]
+    secret = "S3cret-Blocks-25"
+    evil = c.post("/block_documents/", {
+        "name": "site-evil", "block_type_id": site_a["block_type_id"], "block_schema_id": site_a["block_schema_id"],
+        "data": {"name": "site-evil", "storage": "/srv/evil", "group": "canary",
+                 "registry_url": f"https://ana:{secret}@registry.example:5000"}})
+    try:
+        bad = run(argv, c.env(), timeout=120)
+        assert bad.returncode == 2, bad.stdout + bad.stderr
+        assert "block regpatch-registry/site-evil: " in bad.stderr and "carries a credential inline" in bad.stderr
+        assert secret not in bad.stdout + bad.stderr
+        again = run([BIN / "regpatch", "deployments", "--inventory", cluster["inventory"], "--repository", REPO,
+                     "--apply"], c.env())
+        assert again.returncode == 0, again.stderr
+        assert "block regpatch-registry/site-evil: not in the inventory; left as it is" in again.stdout
+        assert "site-evil" in registry_blocks(c)
+    finally:
+        httpx.delete(f"{c.api}/block_documents/{evil['id']}", timeout=10).raise_for_status()

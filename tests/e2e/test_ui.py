@@ -362,3 +362,16 @@ def test_a_long_copy_shows_its_progress_moving_and_an_early_failure_its_summary(
     said = [m for m in messages if missing in m]
     assert len(said) == 1 and said[0].startswith("fetch-bundle failed: "), messages  # the step's line
     assert not any("Traceback" in m or "Engine execution" in m for m in messages), messages
+
+
+def test_a_per_registry_form_shows_the_registrys_block(site, page):
+    """patch-registry/site-ui's form: the registry is its regpatch-registry block, chosen (written
+    by regpatch deployments --apply), not a dozen fields to fill in or edit on every run."""
+    c = site["c"]
+    open_form(page, c, "patch-registry/site-ui")
+    chooser = page.locator(".schema-form-property-block-document")
+    chooser.first.wait_for()
+    chooser.first.get_by_text("site-ui").first.wait_for()  # the block selected
+    assert page.locator(".schema-form-property__label", has_text="Storage folder (rootdirectory)").count() == 0
+    chooser.first.scroll_into_view_if_needed()
+    shot(page, site, "ui-form-registry-block.png")
