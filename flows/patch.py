@@ -66,7 +66,7 @@ def patch_registry(
     """
     route_core_logs()
     name = registry.label()
-    with label_registry_run(name, repository, tag), debug_logs(debug), form_terms():
+    with label_registry_run("patch", name, repository, tag), debug_logs(debug), form_terms():
         try:
             refuse_inline_credentials(opt.verify_command, verify.command)
             refuse_inline_credentials(opt.restart, registry.restart)

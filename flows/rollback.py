@@ -56,7 +56,7 @@ def rollback_registry(
     """
     route_core_logs()
     name = registry.label()
-    with label_registry_run(name, repository, tag), debug_logs(debug), form_terms():
+    with label_registry_run("rollback", name, repository, tag), debug_logs(debug), form_terms():
         request = None
         try:
             refuse_inline_credentials(opt.verify_command, verify.command)

@@ -30,6 +30,7 @@ from regpatch.reference import Repository, Tag
 from regpatch.sanitize import escape_controls, redact
 from regpatch.storage.layout import Layout
 from regpatch.storage.state import actor, now_iso
+from regpatch.tables import CompactTable, cell, code
 
 log = logging.getLogger("regpatch.state")
 
@@ -203,3 +204,19 @@ def render_history(entries: list[HistoryEntry]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     # every column but the last is padded
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] for r in rows)
+
+
+def render_history_markdown(entries: list[HistoryEntry], heading: str, where: str, limit: int) -> str:
+    """The newest ``limit`` entries as markdown, newest first (the artifact history-REGISTRY): digests
+    compact in the table and in full under it (``regpatch.tables``), so it fits a 1,366 px screen."""
+    lines = [f"# {heading}", "", f"{where}: {len(entries)} tag change(s) recorded"
+             f"{f', the newest {limit} shown' if len(entries) > limit else ''}.", ""]
+    table = CompactTable(("time (UTC)", "repository:tag", "action", "old", "new", "source", "by"))
+    for e in reversed(entries[-limit:]):
+        time = e.time[:-len("+00:00")].replace("T", " ") if e.time.endswith("+00:00") else e.time
+        table.add(cell(time), code(f"{e.repository}:{e.tag}"), cell(e.action),
+                  table.digest(e.old, "(new tag)"), table.digest(e.new), table.text(redact(e.source), f"{time} source"),
+                  table.text(e.actor, f"{time} by", width=32))
+        if e.notes():  # who asked, why, another writer: under the table, in full
+            table.detail(f"{time} {e.action} of {e.repository}:{e.tag}", e.notes())
+    return "\n".join(lines + table.lines()) + "\n"
