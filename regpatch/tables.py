@@ -1,14 +1,16 @@
 """The one maker of markdown tables for artifacts and summaries, readable on a 1,366 px screen.
 
-A digest is 71 characters that never wrap: two in a row push a table past a laptop's width.
-In a cell a digest is compact (``sha256:1a2b3c4d5e6f…``, 12 hex digits as ``docker images``
-shows them); every digest a table compacted is written in full once, in a list under it, so
-nothing is lost and a full digest can still be copied (``rollback --to``). A long text (a
-path, an error) is shortened in its cell to its start and its end around ``…``, and given in
-full under the table too. Every cell is escaped: controls shown, pipes and markup as typed.
+Prefect's UI never wraps a table cell, and at 1,366 px an artifact's page leaves a table
+about 790 px (its navigation and details panels take the rest): a digest is 71 characters,
+and two in a row already push a table out of sight. In a cell a digest is compact
+(``1a2b3c4d5e6f…``, its first 12 hex digits, as ``docker images`` shows an image id); every
+digest a table compacted is written in full once, in a list under it, so nothing is lost and
+a full digest can still be copied (``rollback --to``). A long text (a path, an error) is
+shortened in its cell to its start and its end around ``…``, and given in full under the
+table too. Every cell is escaped: controls shown, pipes and markup as typed.
 
     table = CompactTable(("time", "old", "new", "source"))
-    table.add(entry.time, table.digest(entry.old), table.digest(entry.new), entry.source)
+    table.add(cell(entry.time), table.digest(entry.old), table.digest(entry.new), table.text(entry.source))
     lines += table.lines()
 """
 
@@ -21,15 +23,15 @@ from regpatch.sanitize import escape_controls
 
 ELLIPSIS = "…"
 DIGEST_HEX = 12          # hex digits a compact digest keeps
-TEXT_WIDTH = 48          # characters of a cell's text before it is shortened
+TEXT_WIDTH = 32          # characters of a cell's text before it is shortened
 _DIGEST = re.compile(r"^([a-z0-9]+):([0-9a-f]{32,})$")
 _MARKUP = re.compile(r"([\\`*_\[\]<>|])")
 
 
 def short_digest(value: Optional[str]) -> str:
-    """``sha256:1a2b3c4d5e6f…``; anything that is not a digest unchanged."""
+    """``1a2b3c4d5e6f…`` for ``sha256:1a2b3c4d5e6f...``; anything that is not a digest unchanged."""
     m = _DIGEST.match(value or "")
-    return f"{m.group(1)}:{m.group(2)[:DIGEST_HEX]}{ELLIPSIS}" if m else (value or "")
+    return f"{m.group(2)[:DIGEST_HEX]}{ELLIPSIS}" if m else (value or "")
 
 
 def cell(text: object) -> str:

@@ -211,8 +211,8 @@ def test_ui_run_needs_only_bundle_and_tag_then_rollback_from_the_ui(cluster):
     assert not [a for a in arts if a["type"] == "progress"]
     (history,) = [a for a in arts if a["key"] == "history-site-b"]
     # digests compact in the table (it fits 1,366 px), in full once under it
-    assert f"`{REPO}:{TAG}` | patch | `{old[:19]}…` | `{new[:19]}…`" in history["data"]
-    assert {f"- `{old[:19]}…` = `{old}`", f"- `{new[:19]}…` = `{new}`"} <= set(history["data"].splitlines())
+    assert f"`{REPO}:{TAG}` | patch | `{old[7:19]}…` | `{new[7:19]}…`" in history["data"]
+    assert {f"- `{old[7:19]}…` = `{old}`", f"- `{new[7:19]}…` = `{new}`"} <= set(history["data"].splitlines())
     assert "requested by ana@example.org; reason CHG-25 monthly patch" in history["data"]
     assert "| requested by | ana@example.org |\n| reason | CHG-25 monthly patch |" in summaries[0]["data"]
 
@@ -221,7 +221,7 @@ def test_ui_run_needs_only_bundle_and_tag_then_rollback_from_the_ui(cluster):
     assert fr["name"] == f"rollback site-b {REPO}:{TAG}" and "registry:site-b" in fr["tags"]
     assert skopeo_inspect_digest(regs["site-b"].host, REPO, TAG) == old
     (history,) = [a for a in c.artifacts(flow_run_id={"any_": [fr["id"]]}) if a["key"] == "history-site-b"]
-    assert f"| rollback | `{new[:19]}…` | `{old[:19]}…` |" in history["data"]  # refreshed by the rollback
+    assert f"| rollback | `{new[7:19]}…` | `{old[7:19]}…` |" in history["data"]  # refreshed by the rollback
 
 
 def test_a_failed_patch_on_a_worker_logs_no_traceback_and_says_what_happened(cluster):

@@ -100,5 +100,5 @@ def test_the_fleet_status_flow_publishes_the_table_and_fails_on_drift(tmp_path, 
     new = str(s["new"].manifest_digest)
     rows, text = table()
     assert [(r["registry"], r["state"], r["storage"]) for r in rows] == [
-        ("site-a", "current", new[:19] + "…"), ("site-b", "current", new[:19] + "…")]
-    assert f"- `{new[:19]}…` = `{new}`" in text.splitlines()  # the full digest, once, under the table
+        ("site-a", "current", new[7:19] + "…"), ("site-b", "current", new[7:19] + "…")]
+    assert f"- `{new[7:19]}…` = `{new}`" in text.splitlines()  # the full digest, once, under the table

@@ -268,7 +268,7 @@ def test_the_history_fits_a_laptop_screen_of_1366_px(site, page):
     """Issue 25 item 8: the history table was 2,223 px wide (new digest, source and who off-screen
     at 1,920 px). Two patches of a new tag by the command line on the API (the old image, then
     the new: two lines, two digests, a long bundle path); at 1366x768 the history artifact's
-    table is no wider than the window, its digests compact, their full values under it."""
+    table fits the box the page shows it in, its digests compact, their full values under it."""
     c, reg, s = site["c"], site["reg"], site["scenario"]
     for bundle in (s["old_layout"], s["staged"]):
         out = run([BIN / "regpatch", "patch", bundle, "--storage", reg.root, "--registry-url", reg.url,
@@ -280,18 +280,22 @@ def test_the_history_fits_a_laptop_screen_of_1366_px(site, page):
     art = max((a for a in c.artifacts(key={"any_": ["history-site-ui"]}) if "CHG-25 item 8" in a["data"]),
               key=lambda a: a["created"])
     assert f"`{new}`" in art["data"]
-    assert f"`{new[:19]}…`" in art["data"]  # compact in its cell, in full under the table
+    assert f"`{new[7:19]}…`" in art["data"]  # compact in its cell, in full under the table
     page.set_viewport_size({"width": 1366, "height": 768})
     page.goto(f"{c.ui_url}/artifacts/artifact/{art['id']}", wait_until="networkidle")
     table = page.locator("table").first
     table.wait_for()
-    page.get_by_text(f"{new[:19]}…").first.wait_for()
+    page.get_by_text(f"{new[7:19]}…").first.wait_for()
     width = page.evaluate("() => window.innerWidth")
-    box = table.bounding_box()
-    sizes = table.evaluate("t => [t.scrollWidth, t.getBoundingClientRect().right, "
-                           "document.documentElement.scrollWidth]")
-    assert width == 1366 and box is not None
-    assert max(sizes) <= width, f"table {sizes[0]} px wide, right edge at {sizes[1]}, page {sizes[2]} (window {width})"
+    # Prefect never wraps a cell and shows a wide table in a box that scrolls sideways (the
+    # page beside it keeps its navigation and details panels): the table must fit that box
+    table_px, box_px, right, page_px = table.evaluate(
+        "t => [t.scrollWidth, t.parentElement.clientWidth, t.getBoundingClientRect().right, "
+        "document.documentElement.scrollWidth]")
+    columns = table.evaluate("t => [...t.querySelectorAll('th')].map(c => [c.innerText, "
+                             "Math.round(c.getBoundingClientRect().width)])")
+    assert width == 1366 and page_px <= width and right <= width, (right, page_px)
+    assert table_px <= box_px, f"the table is {table_px} px wide in a box of {box_px} px: {columns}"
     body = page.inner_text("body")
     assert new in body and "ana.operator@site-ui.example.org" in body  # nothing lost: under the table
     shot(page, site, "ui-history-1366.png")

@@ -104,11 +104,11 @@ def test_the_table_markdown_and_json_show_every_row_and_problem(fleet):
 
     md = render_markdown(rows, "Fleet status").splitlines()
     assert md[0] == "# Fleet status" and md[2].startswith("| registry | repository:tag | state |")
-    short = f"`{new[:19]}…`"  # compact in the table, in full under it (regpatch.tables)
+    short = f"`{new[7:19]}…`"  # compact in the table, in full under it (regpatch.tables)
     assert md[4].startswith(f"| site-a | `{REPO}:{TAG}` | **current** | {short} | - | {short} | no | ")
     assert md[6].startswith(f"| site-c | `{REPO}:{TAG}` | **unreadable** | - | - | {short} |")
     assert md[6].endswith("| - | - | - |")
-    assert md[7] == "" and md[8:10] == [f"- `{new[:19]}…` = `{new}`", f"- `{old[:19]}…` = `{old}`"]
+    assert md[7] == "" and md[8:10] == [f"- `{new[7:19]}…` = `{new}`", f"- `{old[7:19]}…` = `{old}`"]
     assert md[10].startswith("- site-a last change: ") and " patch by " in md[10]  # cut in its cell, whole here
     assert md[-3] == "" and md[-2].startswith("- site-c: storage: ") and md[-1].startswith("- site-c: API: ")
 

@@ -16,18 +16,18 @@ D1, D2 = "sha256:" + "1a2b3c4d5e6f" + "7" * 52, "sha256:" + "f" * 64
 
 
 def test_a_digest_is_compact_in_its_cell_and_in_full_once_under_the_table():
-    assert short_digest(D1) == "sha256:1a2b3c4d5e6f…" and short_digest("latest") == "latest"
+    assert short_digest(D1) == "1a2b3c4d5e6f…" and short_digest("latest") == "latest"  # docker's short id
     assert short_digest(None) == "" and short_digest("sha256:abc") == "sha256:abc"  # not a digest: as it is
     table = CompactTable(("old", "new", "n"), right=("n",))
     table.add(table.digest(D1), table.digest(D2), "1")
     table.add(table.digest(None, "(new tag)"), table.digest(D1), "2")
     assert table.lines() == [
         "| old | new | n |", "|---|---|---:|",
-        "| `sha256:1a2b3c4d5e6f…` | `sha256:ffffffffffff…` | 1 |",
-        "| (new tag) | `sha256:1a2b3c4d5e6f…` | 2 |",
+        "| `1a2b3c4d5e6f…` | `ffffffffffff…` | 1 |",
+        "| (new tag) | `1a2b3c4d5e6f…` | 2 |",
         "",
-        f"- `sha256:1a2b3c4d5e6f…` = `{D1}`",   # each digest once, in the order met
-        f"- `sha256:ffffffffffff…` = `{D2}`"]
+        f"- `1a2b3c4d5e6f…` = `{D1}`",   # each digest once, in the order met
+        f"- `ffffffffffff…` = `{D2}`"]
     assert CompactTable(("a",)).lines() == []  # no rows: no table
 
 
@@ -59,15 +59,16 @@ def test_the_history_artifact_has_compact_digests_and_the_full_ones_under_it():
     text = render_history_markdown(entries, "History of `site-a`", "Registry `/srv/a`", limit=100)
     lines = text.splitlines()
     assert lines[2] == "Registry `/srv/a`: 2 tag change(s) recorded."
-    assert lines[4] == "| time (UTC) | repository:tag | action | old | new | source | by |"
-    assert lines[6].startswith("| 2026-12-02 03:00:00 | `servercore:ltsc2019` | patch | `sha256:1a2b3c4d5e6f…` | "
-                               "`sha256:ffffffffffff…` | regpatch patch /sr…")  # newest first
-    assert lines[7].startswith("| 2026-12-01 03:00:00 | `servercore:ltsc2019` | patch | (new tag) | ")
-    assert max(len(x) for x in lines[4:8]) < 200  # was ~330 with full digests and sources
-    assert f"- `sha256:1a2b3c4d5e6f…` = `{D1}`" in lines and f"- `sha256:ffffffffffff…` = `{D2}`" in lines
-    assert "- 2026-12-02 03:00:00 source: regpatch patch /srv/shuttle/drop/2026-11/servercore-ltsc2019-delta " \
-        "(bundle signed by shuttle.pub)" in lines  # nothing lost
-    assert "- 2026-12-02 03:00:00 patch of servercore:ltsc2019: requested by ana@example.org; reason CHG-25" in lines
+    assert lines[4] == "| time (UTC) | repository:tag | action | old | new | by |"
+    assert lines[6] == ("| 2026-12-02 03:00:00 | `servercore:ltsc2019` | patch | `1a2b3c4d5e6f…` | `ffffffffffff…` | "
+                        "ana@example.org |")  # newest first; who asked
+    assert lines[7] == ("| 2026-12-01 03:00:00 | `servercore:ltsc2019` | patch | (new tag) | `ffffffffffff…` | "
+                        "svc-re…te-a-host |")  # else who ran it (user@host), cut to its start and end
+    assert max(len(x) for x in lines[4:8]) < 110  # was ~330 with full digests and sources
+    assert f"- `1a2b3c4d5e6f…` = `{D1}`" in lines and f"- `ffffffffffff…` = `{D2}`" in lines
+    assert "- 2026-12-02 03:00:00 patch of servercore:ltsc2019: source regpatch patch /srv/shuttle/drop/2026-11/" \
+        "servercore-ltsc2019-delta (bundle signed by shuttle.pub); requested by ana@example.org; reason CHG-25" \
+        in lines  # nothing lost
     assert "newest 1 shown" in render_history_markdown(entries, "h", "r", limit=1)
 
 
@@ -78,12 +79,12 @@ def test_the_rollout_and_maintenance_tables_are_compact_too():
                 RegistryOutcome("site-c", "fleet", "here", NOT_RUN, note="an earlier wave failed")]
     text = rollout_markdown(outcomes, "Rollout", ChangeParams(requested_by="ana", reason="CHG-1"))
     lines = text.splitlines()
-    assert "| site-a | canary | here | patched | `sha256:1a2b3c4d5e6f…` → `sha256:ffffffffffff…` | 1.0 MiB | 1.2 |" \
+    assert "| site-a | canary | here | patched | `1a2b3c4d5e6f…` → `ffffffffffff…` | 1.0 MiB | 1.2 |" \
         "  |" in lines
     (b_row,) = [x for x in lines if x.startswith("| site-b |")]
     assert len(b_row) < 120 and "…" in b_row  # the error cut in its cell, whole under ## Errors
     assert f"- **site-b**: disk full while writing {'x' * 200}" in lines
-    assert f"- `sha256:1a2b3c4d5e6f…` = `{D1}`" in lines
+    assert f"- `1a2b3c4d5e6f…` = `{D1}`" in lines
     failed = rollout_markdown([], "Rollout of servercore:ltsc2019 failed before any registry", None,
                               error='"Inventory" (rollout.inventory) is /etc/regpatch/inventory.yml, which ...')
     assert failed.splitlines()[2:5] == ["## Error", "", '"Inventory" (rollout.inventory) is '
