@@ -150,15 +150,16 @@ def render_markdown(outcomes: list[RegistryOutcome], title: str, change=None, er
     lines = [f"# {title}", ""]
     if change is not None:
         lines += ["| | |", "|---|---|", *change_rows(change).splitlines(), ""]
-    table = CompactTable(("registry", "group", "where", "status", "old → new", "bytes copied", "seconds", "error"),
-                         right=("bytes copied", "seconds"))
+    table = CompactTable(("registry", "group", "where", "status", "old → new", "copied", "seconds"),
+                         right=("copied", "seconds"))
     for o in outcomes:
         r = o.row()
         moved = f"{table.digest(o.old, '(new tag)')} → {table.digest(o.new, '?')}" \
             if o.status in (PATCHED, DRY_RUN) else table.digest(o.new, "")
-        why = cell(shorten(o.error)) if o.error else table.text(o.note or "", o.name)  # errors: in full below
-        table.add(cell(o.name), cell(o.group), cell(o.where), cell(o.status), moved, r["bytes copied"], r["seconds"],
-                  why)
+        table.add(cell(o.name), cell(o.group), cell(shorten(o.where, 24)), cell(o.status), moved, r["bytes copied"],
+                  r["seconds"])
+        if o.note and not o.error:  # an error is in full under ## Errors
+            table.detail(o.name, o.note)
     lines += table.lines()
     failed = [o for o in outcomes if o.failed]
     if failed:

@@ -88,7 +88,7 @@ def test_the_fleet_status_flow_publishes_the_table_and_fails_on_drift(tmp_path, 
         text = str(art.data)
         rows = [[c.strip() for c in line.strip("|").split(" | ")] for line in text.splitlines()
                 if line.startswith("| ") and not line.startswith("| registry |")]
-        return [{"registry": r[0], "state": r[2].strip("*"), "storage": r[3].strip("`")} for r in rows], text
+        return [{"registry": r[0], "state": r[1].strip("*"), "storage": r[2].strip("`")} for r in rows], text
 
     with pytest.raises(FleetDrift, match="1 of 2 registries are not current: site-b"):
         fleet_status(rollout=RolloutParams(inventory=str(inv)), repository=REPO, tag=TAG)

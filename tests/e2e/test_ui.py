@@ -282,20 +282,32 @@ def test_the_history_fits_a_laptop_screen_of_1366_px(site, page):
     assert f"`{new}`" in art["data"]
     assert f"`{new[7:19]}…`" in art["data"]  # compact in its cell, in full under the table
     page.set_viewport_size({"width": 1366, "height": 768})
-    page.goto(f"{c.ui_url}/artifacts/artifact/{art['id']}", wait_until="networkidle")
-    table = page.locator("table").first
-    table.wait_for()
-    page.get_by_text(f"{new[7:19]}…").first.wait_for()
+    fits_the_page(page, f"{c.ui_url}/artifacts/artifact/{art['id']}", f"{new[7:19]}…")
+    body = page.inner_text("body")
+    assert new in body and "ana.operator@site-ui.example.org" in body  # nothing lost: under the table
+    shot(page, site, "ui-history-1366.png")
+
+    # a rollout's table too (one registry, patched here)
+    out = run([BIN / "regpatch", "rollout", s["staged"], "--inventory", site["tmp"] / "inventory.yml",
+               "--repository", REPO, "--tag", "wide-rollout", "--reason", "CHG-25 item 8"], c.env(), timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    (art,) = c.artifacts(key={"any_": [f"rollout-{REPO}-wide-rollout"]})
+    fits_the_page(page, f"{c.ui_url}/artifacts/artifact/{art['id']}", f"{new[7:19]}…")
+    shot(page, site, "ui-rollout-table-1366.png")
+
+
+def fits_the_page(page, url: str, text: str) -> None:
+    """At the page's size, the first table of the artifact at ``url`` (which shows ``text``) fits
+    the box Prefect shows it in, and the page fits the window. Prefect never wraps a cell, and
+    shows a wide table in a box that scrolls sideways (beside its navigation and details panels)."""
+    page.goto(url, wait_until="networkidle")
+    page.get_by_text(text).first.wait_for()
+    table = page.locator("table").filter(has_text=text).first
     width = page.evaluate("() => window.innerWidth")
-    # Prefect never wraps a cell and shows a wide table in a box that scrolls sideways (the
-    # page beside it keeps its navigation and details panels): the table must fit that box
     table_px, box_px, right, page_px = table.evaluate(
         "t => [t.scrollWidth, t.parentElement.clientWidth, t.getBoundingClientRect().right, "
         "document.documentElement.scrollWidth]")
     columns = table.evaluate("t => [...t.querySelectorAll('th')].map(c => [c.innerText, "
                              "Math.round(c.getBoundingClientRect().width)])")
-    assert width == 1366 and page_px <= width and right <= width, (right, page_px)
+    assert page_px <= width and right <= width, (right, page_px, width)
     assert table_px <= box_px, f"the table is {table_px} px wide in a box of {box_px} px: {columns}"
-    body = page.inner_text("body")
-    assert new in body and "ana.operator@site-ui.example.org" in body  # nothing lost: under the table
-    shot(page, site, "ui-history-1366.png")

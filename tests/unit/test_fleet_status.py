@@ -103,13 +103,13 @@ def test_the_table_markdown_and_json_show_every_row_and_problem(fleet):
     assert len({line.index(line.split()[1]) for line in table[:4]}) == 1  # the columns line up
 
     md = render_markdown(rows, "Fleet status").splitlines()
-    assert md[0] == "# Fleet status" and md[2].startswith("| registry | repository:tag | state |")
+    assert md[0] == "# Fleet status" and md[2] == f"## `{REPO}:{TAG}`"  # a table per repository:tag
+    assert md[4] == "| registry | state | storage | API | rollout | verified | disk used / free |"
     short = f"`{new[7:19]}…`"  # compact in the table, in full under it (regpatch.tables)
-    assert md[4].startswith(f"| site-a | `{REPO}:{TAG}` | **current** | {short} | - | {short} | no | ")
-    assert md[6].startswith(f"| site-c | `{REPO}:{TAG}` | **unreadable** | - | - | {short} |")
-    assert md[6].endswith("| - | - | - |")
-    assert md[7] == "" and md[8:10] == [f"- `{new[7:19]}…` = `{new}`", f"- `{old[7:19]}…` = `{old}`"]
-    assert md[10].startswith("- site-a last change: ") and " patch by " in md[10]  # cut in its cell, whole here
+    assert md[6].startswith(f"| site-a | **current** | {short} | - | {short} | no | ")
+    assert md[8] == f"| site-c | **unreadable** | - | - | {short} | - | - |"
+    assert md[9] == "" and md[10] == f"- `{new[7:19]}…` = `{new}`" and f"- `{old[7:19]}…` = `{old}`" in md
+    assert any(x.startswith("- site-a last change: ") and " patch by " in x for x in md)  # under the table
     assert md[-3] == "" and md[-2].startswith("- site-c: storage: ") and md[-1].startswith("- site-c: API: ")
 
     doc = json.loads(to_json(rows))
@@ -142,7 +142,7 @@ def test_the_state_is_drift_when_storage_and_api_disagree():
     assert render_table([drifted]).splitlines()[1].split() == [
         "x", "drift", D1[7:19], D2[7:19], "-", "yes", "1.0", "MiB/2.0", "GiB", "2026-01-01T00:00:00Z", "patch",
         "by", "ops"]
-    assert f"| x | `{REPO}:{TAG}` | **drift** |" in render_markdown([drifted], "t") and "| yes | 1.0 MiB / 2.0 GiB |" in \
+    assert "| x | **drift** |" in render_markdown([drifted], "t") and "| yes | 1.0 MiB / 2.0 GiB |" in \
         render_markdown([drifted], "t")
     assert str(drift([drifted])) == "1 of 1 registries are not current: x (servercore:ltsc2019 drift)"
 
