@@ -30,6 +30,7 @@ from regpatch.fleet.rollout import (
 from regpatch.options import opt
 from regpatch.params import ChangeParams, RepositoryName, RolloutParams, S3Params, TagName, VerifyParams, form_terms
 from regpatch.reference import Repository, Tag
+from regpatch.tables import short_digest
 from regpatch_tasks import debug_logs, route_core_logs
 from regpatch_tasks.observer import label_run, run_name, s3_options_for
 from regpatch_tasks.rollout_tasks import (
@@ -107,8 +108,8 @@ def rollout(
                                    dry_run=dry_run, around_wave=wave_slots)
         progress.finish(outcomes)
         show_unrun(outcomes, repository, tag)
-        publish_rollout(outcomes, f"Rollout{' (dry run)' if dry_run else ''} of {repository}:{tag} = {digest}",
-                        repository, tag, change)
+        publish_rollout(outcomes, f"Rollout{' (dry run)' if dry_run else ''} of {repository}:{tag} "
+                        f"({short_digest(digest)})", repository, tag, change, image=digest)
         get_run_logger().info("\n%s", render_table(outcomes))
         if any(o.failed or o.status == "not-run" for o in outcomes):
             raise RolloutFailed(outcomes)

@@ -309,12 +309,13 @@ def _not_patched(outcome: RegistryOutcome) -> Callable[[], State]:
 
 
 def publish_rollout(outcomes: list[RegistryOutcome], title: str, repository: str, tag: str,
-                    change: Optional[ChangeParams] = None, error: Optional[str] = None) -> None:
+                    change: Optional[ChangeParams] = None, error: Optional[str] = None,
+                    image: Optional[str] = None) -> None:
     """One markdown artifact keyed ``rollout-<repository>-<tag>``: who asked and why, the
     table, then every error in full with where the tag stands (``error``: the rollout's own,
     when it stopped before any registry)."""
     create_markdown_artifact(key=artifact_key("rollout", repository, tag),
-                             markdown=render_markdown(outcomes, title, change, error), description=title)
+                             markdown=render_markdown(outcomes, title, change, error, image), description=title)
 
 
 class RegistriesProgress:

@@ -143,11 +143,13 @@ def render_table(outcomes: list[RegistryOutcome]) -> str:
     return "\n".join(out) + "\n"
 
 
-def render_markdown(outcomes: list[RegistryOutcome], title: str, change=None, error: Optional[str] = None) -> str:
+def render_markdown(outcomes: list[RegistryOutcome], title: str, change=None, error: Optional[str] = None,
+                    image: Optional[str] = None) -> str:
     """The table (``regpatch.tables``: compact digests, the full ones under it), then each failed
     registry's whole error (its cell is cut); ``change``: who asked for the rollout and why
-    (``ChangeParams``); ``error``: the rollout's own, when it stopped before any registry."""
-    lines = [f"# {title}", ""]
+    (``ChangeParams``); ``error``: the rollout's own, when it stopped before any registry; ``image``:
+    the bundle's digest, in full under the title (which shows it compact: a heading never wraps it)."""
+    lines = [f"# {title}", ""] + ([f"Image `{image}`", ""] if image else [])
     if change is not None:
         lines += ["| | |", "|---|---|", *change_rows(change).splitlines(), ""]
     table = CompactTable(("registry", "group", "where", "status", "old → new", "copied", "seconds"),
