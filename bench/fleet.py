@@ -17,7 +17,7 @@ and each N, side by side in one run:
   tree), and what one rollout adds to Prefect's database (rows per table, bytes);
 - a tiny patch with ``PREFECT_API_URL`` (the command line's flow run), median, and
   where its time goes (start-up without Prefect, importing Prefect, API requests);
-- a run of a ``patch-registry/NAME`` deployment on a process worker, created as the
+- a run of a ``patch-registry/patch-NAME`` deployment on a process worker, created as the
   UI's Run button creates it (one POST): seconds to ``Running`` and to ``Completed``,
   the worker polling every ``--worker-poll`` seconds (PREFECT_WORKER_QUERY_SECONDS).
 
@@ -314,7 +314,7 @@ def tiny_patches(work: Path, server: Server, repeat: int) -> dict:
 
 
 def ui_runs(work: Path, server: Server, staged: Path, template: Path, poll: float, repeat: int) -> dict:
-    """A patch-registry/NAME deployment on a process worker; runs created with one POST, as
+    """A patch-registry/patch-NAME deployment on a process worker; runs created with one POST, as
     the UI's Run button does; seconds from that POST to Running, and to Completed."""
     from prefect_cluster import Proc
 
@@ -344,7 +344,7 @@ def ui_runs(work: Path, server: Server, staged: Path, template: Path, poll: floa
         while not any(w["name"] == name for w in api.post("/work_pools/bench-pool/workers/filter", json={}).json()):
             assert time.monotonic() < deadline, worker.text()[-2000:]
             time.sleep(0.5)
-        dep = api.get("/deployments/name/patch-registry/site-ui").json()
+        dep = api.get("/deployments/name/patch-registry/patch-site-ui").json()
         for i in range(repeat):
             time.sleep((i * 0.37 * poll) % poll)  # the click lands anywhere in the worker's poll period
             t0 = time.perf_counter()
@@ -485,7 +485,7 @@ def print_tiny(db: str, tiny: dict) -> None:
 
 def print_ui(db: str, ui: dict) -> None:
     r, c = ui["running"], ui["completed"]
-    print(f"\nUI-style run of patch-registry/site-ui on a process worker ({db}, PREFECT_WORKER_QUERY_SECONDS="
+    print(f"\nUI-style run of patch-registry/patch-site-ui on a process worker ({db}, PREFECT_WORKER_QUERY_SECONDS="
           f"{ui['poll']:g}): to Running median {_median(r):.1f} s ({_span(r)}), target <= 10 s: "
           f"{'PASS' if max(r) <= 10 else 'FAIL'}; to Completed median {_median(c):.1f} s ({_span(c)})")
     print(f"  of which (server's state times): created -> Pending (the worker's poll found it) median "

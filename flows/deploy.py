@@ -4,8 +4,9 @@ The specs come from ``regpatch.fleet.deployments`` (the inventory, as plain data
 module only talks to the API: every registry's ``regpatch-registry`` block is created
 or updated in place (``regpatch_tasks.registry_block``), missing work pools are created
 as process pools, each deployment is created or updated in place (same flow and name:
-its id, its runs and its schedules stay), its registry the block (chosen in the run
-form), with the flow's parameter schema so the run form shows every field with its
+its id, its runs and its schedules stay), one made under a registry's old bare name is
+deleted once its successor exists (its runs stay), its registry the block (chosen in the
+run form), with the flow's parameter schema so the run form shows every field with its
 description and refuses what the schema refuses.
 """
 
@@ -52,7 +53,7 @@ def apply(specs: list[DeploymentSpec], entries: list[RegistryEntry], *, whole: b
                 client.create_work_pool(WorkPoolCreate(
                     name=pool, type="process", base_job_template=ProcessWorker.get_default_base_job_template()))
                 done.append(f"work pool {pool} created (type process): start its worker on the registry's host")
-        existing = {(d.flow_id, d.name) for d in client.read_deployments()}
+        existing = {(d.flow_id, d.name): d for d in client.read_deployments()}
         for s in specs:
             flow_id = client.create_flow_from_name(s.kind.flow)
             parameters = with_block(s.parameters, blocks[s.registry])
@@ -67,6 +68,10 @@ def apply(specs: list[DeploymentSpec], entries: list[RegistryEntry], *, whole: b
             client.update_deployment(deployment_id, DeploymentUpdate(parameters=parameters))
             verb = "updated" if (flow_id, s.name) in existing else "created"
             done.append(f"deployment {s.full_name} {verb} (work pool {s.work_pool})")
+            old = existing.get((flow_id, s.old_name))
+            if old is not None and f"registry:{s.registry}" in (old.tags or []):  # written by an older regpatch
+                client.delete_deployment(old.id)  # its runs stay, with their logs and artifacts
+                done.append(f"deployment {s.kind.flow}/{s.old_name} (the old name) deleted: replaced by {s.full_name}")
     return done
 
 

@@ -8,7 +8,7 @@ from prefect import flow
 
 from regpatch.params import RegistryParams, form_terms
 from regpatch_tasks import route_core_logs
-from regpatch_tasks.observer import history_markdown, label_run, publish_history
+from regpatch_tasks.observer import history_markdown, label_run, publish_history, run_name
 from regpatch_tasks.registry_block import chosen
 
 
@@ -29,7 +29,7 @@ def registry_history(
     route_core_logs()
     registry = chosen(registry)[0]
     name = registry.label()
-    with label_run(f"history-{name}", [f"registry:{name}"]), form_terms():
+    with label_run(run_name("history", name, repository, tag), [f"registry:{name}"]), form_terms():
         target = registry.target()
         publish_history(name, target, repository or None, tag or None)
         return history_markdown(name, target, repository or None, tag or None)

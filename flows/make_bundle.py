@@ -17,10 +17,12 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from regpatch.progress import Progress, human
+from regpatch.sanitize import redact
 from regpatch.shuttle.make import BundleReport
 from regpatch.shuttle.make import make_bundle as core_make_bundle
 from regpatch.shuttle.sources import RegistryOptions
 from regpatch_tasks import route_core_logs
+from regpatch_tasks.observer import label_run, run_name
 
 
 @task(name="write-bundle", cache_policy=NO_CACHE, persist_result=False)
@@ -82,20 +84,29 @@ def make_bundle(
         s3_part_size_mib: For s3:// destinations, the multipart part size in MiB (at least 5).
     """
     route_core_logs()
-    s3 = dict(endpoint_url=s3_endpoint_url, region=s3_region, aws_credentials_block=aws_credentials_block,
-              retries=s3_retries, part_size_mib=s3_part_size_mib)
-    report = write_bundle(source, out, list(have or []), sign_key, image, platform, repository, tag,
-                          RegistryOptions(registry_auth_file, registry_ca, insecure), s3)
-    create_markdown_artifact(key="bundle-" + "".join(c if c.isalnum() else "-" for c in
-                                                     (report.descriptor.tag or "image").lower())[:80],
-                             markdown=render_markdown(report), description=f"bundle {report.dest}")
-    d = report.descriptor
-    return {"dest": report.dest, "image": str(d.image.digest), "repository": d.repository, "tag": d.tag,
-            "carried": [(str(b.digest), b.size) for b in d.blobs],
-            "assumed": [(str(b.digest), b.size) for b in d.assumed],
-            "bytes_carried": d.bytes_carried, "signed_with": report.signed_with,
-            "written": report.written, "reused": report.reused, "seconds": report.seconds,
-            "warnings": report.warnings}
+    with label_run(bundle_run_name(source, repository, tag), []):
+        s3 = dict(endpoint_url=s3_endpoint_url, region=s3_region, aws_credentials_block=aws_credentials_block,
+                  retries=s3_retries, part_size_mib=s3_part_size_mib)
+        report = write_bundle(source, out, list(have or []), sign_key, image, platform, repository, tag,
+                              RegistryOptions(registry_auth_file, registry_ca, insecure), s3)
+        create_markdown_artifact(key="bundle-" + "".join(c if c.isalnum() else "-" for c in
+                                                         (report.descriptor.tag or "image").lower())[:80],
+                                 markdown=render_markdown(report), description=f"bundle {report.dest}")
+        d = report.descriptor
+        return {"dest": report.dest, "image": str(d.image.digest), "repository": d.repository, "tag": d.tag,
+                "carried": [(str(b.digest), b.size) for b in d.blobs],
+                "assumed": [(str(b.digest), b.size) for b in d.assumed],
+                "bytes_carried": d.bytes_carried, "signed_with": report.signed_with,
+                "written": report.written, "reused": report.reused, "seconds": report.seconds,
+                "warnings": report.warnings}
+
+
+def bundle_run_name(source: str, repository: Optional[str], tag: Optional[str]) -> str:
+    """``make-bundle servercore:ltsc2019``: the repository:tag the bundle is meant for, else the
+    source's last part (``docker://host/servercore:ltsc2019``: ``servercore:ltsc2019``)."""
+    if repository and tag:
+        return run_name("make-bundle", None, repository, tag)
+    return run_name("make-bundle", None, redact(source.rstrip("/").rsplit("/", 1)[-1]) or None)
 
 
 def render_markdown(r: BundleReport) -> str:

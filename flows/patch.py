@@ -68,7 +68,7 @@ def patch_registry(
     route_core_logs()
     registry, verify, trust = chosen(registry, verify, trust)
     name = registry.label()
-    with label_registry_run(name, repository, tag), debug_logs(debug), form_terms(), \
+    with label_registry_run("patch", name, repository, tag), debug_logs(debug), form_terms(), \
             failure_said_once(f"patch of {repository}:{tag} on {name}"):
         running = RunningSummary(name, "patch", repository, tag)
         try:

@@ -59,7 +59,7 @@ def rollback_registry(
     route_core_logs()
     registry, verify, _ = chosen(registry, verify)
     name = registry.label()
-    with label_registry_run(name, repository, tag), debug_logs(debug), form_terms(), \
+    with label_registry_run("rollback", name, repository, tag), debug_logs(debug), form_terms(), \
             failure_said_once(f"rollback of {repository}:{tag} on {name}"):
         request = None
         running = RunningSummary(name, "rollback", repository, tag)

@@ -16,8 +16,8 @@ from prefect import flow, get_run_logger
 
 from regpatch import interrupt
 from regpatch.engine.patch_run import open_bundle
-from regpatch.errors import UsageError
-from regpatch.fleet.drop import choose_bundle
+from regpatch.errors import RegpatchError, UsageError
+from regpatch.fleet.drop import choose_bundle, require_drop
 from regpatch.fleet.inventory import refuse_stored_credentials
 from regpatch.fleet.rollout import (
     RolloutFailed,
@@ -30,6 +30,7 @@ from regpatch.fleet.rollout import (
 from regpatch.options import opt
 from regpatch.params import ChangeParams, RepositoryName, RolloutParams, S3Params, TagName, VerifyParams, form_terms
 from regpatch.reference import Repository, Tag
+from regpatch.tables import short_digest
 from regpatch_tasks import debug_logs, route_core_logs
 from regpatch_tasks.observer import label_run, run_name, s3_options_for
 from regpatch_tasks.rollout_tasks import (
@@ -75,20 +76,26 @@ def rollout(
         debug: Debug logs, and a traceback for every error.
     """
     route_core_logs()
-    with label_run(run_name("rollout", repository, tag), [f"repository:{repository}"]), debug_logs(debug), \
-            form_terms(("rollout", "verify", "s3", "change")):
-        Repository.parse(repository), Tag.parse(tag)
-        check_server(rollout.max_parallel)
-        entries = read_registries(rollout)
-        refuse_stored_credentials(entries)  # as the command line does: what a run stores, logs or shows has none
-        check_change_for_workers(change, entries)
-        bundle = bundle_to_roll_out(bundle, rollout, repository, tag, entries, s3)
-        deployments = find_patch_deployments(entries) if any(e.work_pool for e in entries) else {}
-        s3_options = s3_options_for(bundle, s3)
-        digest = str(open_bundle(bundle, image=image, s3=s3_options).top.digest)
-        state_dir = Path(rollout.state_dir or RolloutState.default_dir(Path(str(rollout.inventory))))
-        check_state_dir(state_dir, entries)
-        state = RolloutState(state_dir, repository, tag, digest)
+    with label_run(run_name("rollout", None, repository, tag, dry_run), [f"repository:{repository}"]), \
+            debug_logs(debug), form_terms(("rollout", "verify", "s3", "change")):
+        try:  # the shipped deployment names /etc/regpatch/inventory.yml and /srv/shuttle/drop: checked first
+            Repository.parse(repository), Tag.parse(tag)
+            entries = read_registries(rollout)
+            require_drop(rollout.drop)
+            check_server(rollout.max_parallel)
+            refuse_stored_credentials(entries)  # as the command line does: what a run stores, logs or shows has none
+            check_change_for_workers(change, entries)
+            bundle = bundle_to_roll_out(bundle, rollout, repository, tag, entries, s3)
+            deployments = find_patch_deployments(entries) if any(e.work_pool for e in entries) else {}
+            s3_options = s3_options_for(bundle, s3)
+            digest = str(open_bundle(bundle, image=image, s3=s3_options).top.digest)
+            state_dir = Path(rollout.state_dir or RolloutState.default_dir(Path(str(rollout.inventory))))
+            check_state_dir(state_dir, entries)
+            state = RolloutState(state_dir, repository, tag, digest)
+        except RegpatchError as e:  # before any registry: still the rollout's summary, saying why
+            publish_rollout([], f"Rollout of {repository}:{tag} failed before any registry", repository, tag, change,
+                            error=str(e))
+            raise
         get_run_logger().info("rollout of %s:%s = %s to %d registries; state in %s", repository, tag, digest,
                               len(entries), state.path)
         patch_one = patcher(bundle=bundle, repository=repository, tag=tag, image=image,
@@ -100,8 +107,8 @@ def rollout(
                                    dry_run=dry_run, around_wave=wave_slots)
         progress.finish(outcomes)
         show_unrun(outcomes, repository, tag)
-        publish_rollout(outcomes, f"Rollout{' (dry run)' if dry_run else ''} of {repository}:{tag} = {digest}",
-                        repository, tag, change)
+        publish_rollout(outcomes, f"Rollout{' (dry run)' if dry_run else ''} of {repository}:{tag} "
+                        f"({short_digest(digest)})", repository, tag, change, image=digest)
         get_run_logger().info("\n%s", render_table(outcomes))
         if any(o.failed or o.status == "not-run" for o in outcomes):
             raise RolloutFailed(outcomes)

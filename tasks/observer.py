@@ -15,13 +15,15 @@ within its first second gets none (its time is in the step's and in the summary)
 While a patch-registry run is under way its summary artifact (``RunningSummary``)
 links the progress of the step that is running; the run's summary replaces it.
 
-Every run of a registry is named ``<registry>-<repository>-<tag>`` and tagged
+Every run is named for what it does (``run_name``): ``patch site-a servercore:ltsc2019``,
+``rollback site-a servercore:ltsc2019``, ``history site-a``, ``rollout servercore:ltsc2019``,
+``make-bundle servercore:ltsc2019``, ``maintenance site-a``; a run of a registry is tagged
 ``registry:<name>`` and ``repository:<name>`` (``label_run``), whoever started it:
 the UI, the command line, a rollout's deployment run or a schedule (a registry a
 rollout patches itself is a task run of the rollout, named the same way, untagged).
-Its summary is one markdown artifact keyed the same way, so the Artifacts page holds one history per registry
-and tag; ``history-<registry>`` shows the registry's tag changes (``regpatch
-history``), refreshed by every patch and rollback.
+Its summary is one markdown artifact keyed ``<registry>-<repository>-<tag>``, so the
+Artifacts page holds one history per registry and tag; ``history-<registry>`` shows
+the registry's tag changes (``regpatch history``), refreshed by every patch and rollback.
 """
 
 from __future__ import annotations
@@ -47,8 +49,8 @@ from regpatch.engine.results import render_failure_markdown, tag_position
 from regpatch.errors import Interrupted
 from regpatch.fleet.rollout import tag_state
 from regpatch.progress import Bar, Progress, copy_words
-from regpatch.sanitize import escape_controls, redact
-from regpatch.storage.history import read_history
+from regpatch.sanitize import escape_controls
+from regpatch.storage.history import read_history, render_history_markdown
 from regpatch_tasks import say_failure
 from regpatch_tasks.s3_support import load_aws_credentials_block
 
@@ -276,9 +278,14 @@ def artifact_key(*parts: str) -> str:
     return key[:100].rstrip("-")
 
 
-def run_name(registry: str, repository: str, tag: str) -> str:
-    """``site-a-windows-servercore-ltsc2019``: run names may not hold '/'."""
-    return re.sub(r"[/%&<>]+", "-", f"{registry}-{repository}-{tag}")
+def run_name(action: str, registry: Optional[str] = None, repository: Optional[str] = None,
+             tag: Optional[str] = None, dry_run: bool = False) -> str:
+    """What a run does, to which registry and tag: ``patch site-a servercore:ltsc2019``,
+    ``rollback site-a ...``, ``rollout servercore:ltsc2019``, ``history site-a``,
+    ``maintenance site-a (dry run)``; a '/' of a repository shown as '-' (like %, &, <, >)."""
+    ref = f"{repository}:{tag}" if repository and tag else (repository or "")
+    name = " ".join(p for p in (action, registry, ref, "(dry run)" if dry_run else "") if p)
+    return re.sub(r"[/%&<>]+", "-", escape_controls(name))
 
 
 def run_tags(registry: str, repository: str) -> list[str]:
@@ -304,9 +311,9 @@ def label_run(name: Optional[str], tags: list[str]) -> Iterator[None]:
     yield
 
 
-def label_registry_run(registry: str, repository: str, tag: str):
-    """``<registry>-<repository>-<tag>``, tagged ``registry:<registry>``, ``repository:<repository>``."""
-    return label_run(run_name(registry, repository, tag), run_tags(registry, repository))
+def label_registry_run(action: str, registry: str, repository: str, tag: str):
+    """``<action> <registry> <repository>:<tag>``, tagged ``registry:<registry>``, ``repository:<repository>``."""
+    return label_run(run_name(action, registry, repository, tag), run_tags(registry, repository))
 
 
 # --------------------------------------------------------------------------- artifacts
@@ -345,17 +352,8 @@ def history_markdown(registry: str, target, repository: Optional[str] = None, ta
     """``regpatch history`` of one registry as markdown, newest first."""
     entries = read_history(target.store().layout, repository, tag)
     which = f" of `{repository}{':' + tag if tag else ''}`" if repository else ""
-    lines = [f"# History of `{registry}`{which}", "",
-             f"Registry `{target.describe()}`: {len(entries)} tag change(s) recorded"
-             f"{f', the newest {limit} shown' if len(entries) > limit else ''}.", ""]
-    if entries:
-        lines += ["| time | repository:tag | action | old | new | source | by |", "|---|---|---|---|---|---|---|"]
-        for e in reversed(entries[-limit:]):
-            source = redact(e.source) + (f" ({e.notes()})" if e.notes() else "")
-            cells = (e.time, f"`{e.repository}:{e.tag}`", e.action, f"`{e.old or '(new tag)'}`", f"`{e.new}`",
-                     source, e.actor)
-            lines.append("| " + " | ".join(escape_controls(str(c)).replace("|", "\\|") for c in cells) + " |")
-    return "\n".join(lines) + "\n"
+    return render_history_markdown(entries, f"History of `{registry}`{which}", f"Registry `{target.describe()}`",
+                                   limit)
 
 
 def publish_history(registry: str, target, repository: Optional[str] = None, tag: Optional[str] = None) -> None:

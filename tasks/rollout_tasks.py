@@ -1,6 +1,6 @@
 """The tasks of the rollout flow: find where each registry is patched, patch one registry.
 
-Each registry of a rollout is one task run named ``<registry>-<repository>-<tag>``
+Each registry of a rollout is one task run named ``patch <registry> <repository>:<tag>``
 (no tags: a tagged task run first asks the API for tag concurrency slots), whose
 final state is the registry's outcome: Completed when it was patched (or was up to date), Failed when
 its patch failed, Cancelled ("NotRun") when an earlier wave failed, Completed
@@ -29,7 +29,6 @@ import contextlib
 import re
 import threading
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, TypedDict
 
 from prefect import get_run_logger, task
@@ -51,7 +50,8 @@ from prefect.states import Cancelled, Completed, Failed, State
 from regpatch.bundle.s3 import S3Options
 from regpatch.errors import UsageError
 from regpatch.fleet.blocks import select_groups
-from regpatch.fleet.inventory import Inventory, RegistryEntry, load_inventory
+from regpatch.fleet.deployments import PATCH
+from regpatch.fleet.inventory import Inventory, RegistryEntry, load_inventory, require_inventory
 from regpatch.fleet.prefect_server import SQLITE_MAX_PARALLEL, check_parallel, server_database
 from regpatch.fleet.rollout import (
     DRY_RUN,
@@ -81,7 +81,7 @@ from regpatch_tasks.registry_block import read_blocks
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
 
-PATCH_FLOW_NAME = "patch-registry"
+PATCH_FLOW_NAME = PATCH.flow
 
 
 class _TaskOptions(TypedDict):
@@ -99,10 +99,11 @@ def registry_lock_name(name: str) -> str:
 
 @task(name="find-patch-deployments", **_opts)
 def find_patch_deployments(entries: list[RegistryEntry]) -> dict[str, str]:
-    """For every registry with a work pool, the ``patch-registry/<name>`` deployment
-    that patches it: the one named after the registry (``regpatch deployments``), else
-    one named after its pool, else one named ``patch-registry``, else the only one on
-    its pool. Raises UsageError (before anything is touched) naming what is missing."""
+    """For every registry with a work pool, the ``patch-registry`` deployment that patches
+    it: ``patch-<name>`` (``regpatch deployments``), else one named after the registry (as
+    an older regpatch named them), else one named after its pool, else one named
+    ``patch-registry``, else the only one on its pool. Raises UsageError (before anything
+    is touched) naming what is missing."""
     found: dict[str, str] = {}
     problems = []
     pooled = [e for e in entries if e.work_pool]
@@ -114,14 +115,16 @@ def find_patch_deployments(entries: list[RegistryEntry]) -> dict[str, str]:
     for e in pooled:
         assert e.work_pool is not None  # pooled: the entries with a work pool
         names = sorted(by_pool.get(e.work_pool, []))
-        pick = next((n for n in (e.name, e.work_pool, PATCH_FLOW_NAME) if n in names), None)
+        pick = next((n for n in (PATCH.deployment_name(e.name), e.name, e.work_pool, PATCH_FLOW_NAME)
+                     if n in names), None)
         if pick is None and len(names) == 1:
             pick = names[0]
         if pick is None:
             problems.append(f"registry {e.name!r}: work pool {e.work_pool!r} has no {PATCH_FLOW_NAME} deployment"
                             if not names else
                             f"registry {e.name!r}: work pool {e.work_pool!r} has several {PATCH_FLOW_NAME} "
-                            f"deployments ({', '.join(names)}) and none named {e.name!r}")
+                            f"deployments ({', '.join(names)}) and none named "
+                            f"{PATCH.deployment_name(e.name)!r}")
             continue
         found[e.name] = f"{PATCH_FLOW_NAME}/{pick}"
     if problems:
@@ -139,16 +142,13 @@ def read_registries(params: RolloutParams) -> list[RegistryEntry]:
         get_run_logger().info("registry blocks of %s: %s", ", ".join(params.registry_blocks),
                               ", ".join(e.name for e in entries))
         return Inventory(registries=entries).select(params.only)
-    return read_inventory(params.inventory, params.only)
+    return read_inventory(params.inventory or "", params.only)
 
 
-def read_inventory(path: Optional[str], only: Optional[list[str]]) -> list[RegistryEntry]:
-    """The selected entries of the inventory; a missing file says what to create (the
-    shipped schedule names /etc/regpatch/inventory.yml)."""
-    if not path or not Path(path).is_file():
-        raise UsageError(f"the inventory {path} does not exist on this host: create it (see "
-                         "deployments/inventory.example.yml and docs/fleet/inventory.md), or set the rollout "
-                         "deployment's rollout.inventory parameter to the inventory's path")
+def read_inventory(path: str, only: Optional[list[str]]) -> list[RegistryEntry]:
+    """The selected entries of the inventory; a missing file says what to set (the shipped
+    deployments name /etc/regpatch/inventory.yml)."""
+    require_inventory(path)
     return load_inventory(path).select(only)
 
 
@@ -189,7 +189,7 @@ def _run_remote(entry: RegistryEntry, deployment: str, params: dict, timeout: Op
     # typed FlowRun | Coroutine by Prefect's async_dispatch: called from sync code, it returns the FlowRun
     fr: FlowRun = run_deployment(deployment, parameters=params, timeout=timeout,  # type: ignore[assignment]
                                  poll_interval=1,
-                                 flow_run_name=run_name(entry.name, params["repository"], params["tag"]),
+                                 flow_run_name=run_name("patch", entry.name, params["repository"], params["tag"]),
                                  tags=run_tags(entry.name, params["repository"]))
     outcome.flow_run = str(fr.id)
     state = fr.state
@@ -246,7 +246,7 @@ def patcher(*, bundle: str, repository: str, tag: str, image: Optional[str], ver
         return outcome_state(done.outcome)
 
     def patch_one(entry: RegistryEntry) -> RegistryOutcome:
-        state = patch_one_task.with_options(task_run_name=run_name(entry.name, repository, tag))(
+        state = patch_one_task.with_options(task_run_name=run_name("patch", entry.name, repository, tag))(
             entry, return_state=True)
         value = state.result(raise_on_failure=False)
         if isinstance(value, RegistryOutcome):
@@ -321,7 +321,7 @@ def show_unrun(outcomes: list[RegistryOutcome], repository: str, tag: str) -> No
         if o.status in (NOT_RUN, SKIPPED):
             # no inputs: the outcome is a closure, so the graph draws no dependency
             unrun = task(name="patch-registry", **_opts)(_not_patched(o))
-            unrun.with_options(task_run_name=run_name(o.name, repository, tag))(return_state=True)
+            unrun.with_options(task_run_name=run_name("patch", o.name, repository, tag))(return_state=True)
 
 
 def _not_patched(outcome: RegistryOutcome) -> Callable[[], State]:
@@ -333,11 +333,13 @@ def _not_patched(outcome: RegistryOutcome) -> Callable[[], State]:
 
 
 def publish_rollout(outcomes: list[RegistryOutcome], title: str, repository: str, tag: str,
-                    change: Optional[ChangeParams] = None) -> None:
+                    change: Optional[ChangeParams] = None, error: Optional[str] = None,
+                    image: Optional[str] = None) -> None:
     """One markdown artifact keyed ``rollout-<repository>-<tag>``: who asked and why, the
-    table, then every error in full with where the tag stands."""
+    table, then every error in full with where the tag stands (``error``: the rollout's own,
+    when it stopped before any registry)."""
     create_markdown_artifact(key=artifact_key("rollout", repository, tag),
-                             markdown=render_markdown(outcomes, title, change), description=title)
+                             markdown=render_markdown(outcomes, title, change, error, image), description=title)
 
 
 class RegistriesProgress:

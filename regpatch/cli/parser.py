@@ -146,12 +146,13 @@ def _rollout(sub) -> None:
 
 def _deployments(sub) -> None:
     p = sub.add_parser("deployments", help="per-registry Prefect deployments from an inventory",
-                       description="For every registry of the inventory, the deployments patch-registry/NAME, "
-                                   "rollback-registry/NAME, registry-history/NAME and registry-maintenance/NAME on its "
-                                   "work pool, with the "
+                       description="For every registry of the inventory, the deployments patch-registry/patch-NAME, "
+                                   "rollback-registry/rollback-NAME, registry-history/history-NAME and "
+                                   "registry-maintenance/maintenance-NAME on its work pool, with the "
                                    "registry (storage, config, URL, restart...) stored as their parameters: a run "
                                    "from the UI needs only the bundle, the repository and the tag. Prints them "
-                                   "as a prefect.yaml; --apply creates or updates them on the Prefect API.")
+                                   "as a prefect.yaml; --apply creates or updates them on the Prefect API (and "
+                                   "deletes those an older regpatch named NAME alone).")
     add_options(p, ROLLOUT, only=("inventory", "only", "drop", "max_bundle_age_days"), required=("inventory",))
     p.add_argument("--repository", metavar="NAME", help="prefill the repository of the patch and rollback forms")
     p.add_argument("--tag", metavar="TAG", help="with --check: the tag the scheduled rollout patches")
@@ -195,6 +196,7 @@ def _prune(sub) -> None:
     p.add_argument("--apply", action="store_true", help="unlink (default: print the plan, write nothing)")
     p.add_argument("--json", action="store_true", help="the plan (or what was done) as one JSON document")
     add_options(p, REGISTRY, only=STATE_ONLY + ("lock_timeout",), title="the registry")
+    add_options(p, CHANGE, title="the change (recorded in each pruned image's history line)")
 
 
 GC_REGISTRY = ("storage", "registry_config", "registry_url", "restart", "registry_auth_file", "registry_ca", "insecure",
@@ -212,6 +214,7 @@ def _gc(sub) -> None:
                                    "by the API and report the bytes freed. A killed run is finished by the next.")
     add_options(p, REGISTRY, only=GC_REGISTRY, title="the registry")
     add_options(p, MAINTENANCE, title="the maintenance window")
+    add_options(p, CHANGE, title="the change (recorded in the gc's journal and report)")
     p.add_argument("--apply", action="store_true",
                    help="stop the registry, collect, start it, prove (default: the dry run only, nothing stopped)")
     p.add_argument("--json", action="store_true", help="the report as one JSON document")

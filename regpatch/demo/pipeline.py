@@ -145,7 +145,7 @@ class Pipeline:
         self.say(f"shipped deployments: {', '.join(shipped) or '(see the UI)'}")
         out = self.run_cli(str(BIN / "regpatch"), "deployments", "--inventory", str(inventory), "--repository",
                            repository, "--apply")
-        self.say(f"per-registry deployments: {len(out.splitlines())} changes (patch-registry/site-a ...)")
+        self.say(f"per-registry deployments: {len(out.splitlines())} changes (patch-registry/patch-site-a ...)")
 
     def run_rollout(self, sc: dict, inventory: Path) -> dict:
         dep = self.call("GET", "/deployments/name/rollout/rollout")

@@ -44,6 +44,7 @@ from regpatch.errors import GcRefused, RegpatchError, RestartError, UsageError
 from regpatch.hooks import checkpoint
 from regpatch.manifest import ImageIndex
 from regpatch.options import opt
+from regpatch.params import ChangeParams
 from regpatch.platform import children
 from regpatch.platform.ownfiles import read_own_file
 from regpatch.progress import human
@@ -87,6 +88,8 @@ class GcReport:
     downtime_seconds: Optional[float] = None  # from the stop to the registry answering again
     proven: list[str] = field(default_factory=list)   # references pulled after the collection
     resumed_from: Optional[str] = None     # the step an earlier, unfinished gc was in
+    requested_by: Optional[str] = None     # who asked for the window, and why (ChangeParams; apply)
+    reason: Optional[str] = None
 
     def render(self) -> str:
         lines = []
@@ -103,6 +106,7 @@ class GcReport:
         lines.append(f"the registry's garbage-collect {verb} {self.eligible_blobs} blob(s), "
                      f"{human(self.eligible_bytes)}; none of them is a kept blob")
         if self.applied:
+            lines.append(f"requested by {self.requested_by or 'not given'}, reason: {self.reason or 'not given'}")
             lines.append(f"freed on the filesystem: {human(self.freed_bytes or 0)} "
                          f"(blobs {human(self.blob_bytes_before or 0)} -> {human(self.blob_bytes_after or 0)}); "
                          f"registry down for {self.downtime_seconds or 0:.1f} s")
@@ -236,6 +240,8 @@ class GcJournal:
     step: str = "planned"        # stopping | stopped | collecting | collected | starting | started | proven
     status: str = "running"      # running | complete | failed
     error: Optional[str] = None
+    requested_by: Optional[str] = None  # who asked for this window, and why
+    reason: Optional[str] = None
 
     @classmethod
     def load(cls, store: RegistryStore) -> Optional["GcJournal"]:
@@ -294,8 +300,10 @@ def check_gc(store: RegistryStore, collector: Collector) -> GcReport:
 
 
 def run_gc(store: RegistryStore, target: RegistryTarget, strategy: RestartStrategy, collector: Collector, *,
-           lock_timeout: float = 300.0, prove: Optional[Callable[[list[KeptImage]], list[str]]] = None) -> GcReport:
-    """The maintenance window (module docstring): returns what was freed and proven."""
+           lock_timeout: float = 300.0, prove: Optional[Callable[[list[KeptImage]], list[str]]] = None,
+           change: Optional[ChangeParams] = None) -> GcReport:
+    """The maintenance window (module docstring): returns what was freed and proven; who asked
+    for it and why (``change``) are in its journal and its report."""
     if not strategy.can_stop:
         raise UsageError(f"regpatch gc stops the registry through its restart strategy, and "
                          f"'{strategy.describe()}' cannot stop it on its own: give {opt.restart} "
@@ -305,8 +313,10 @@ def run_gc(store: RegistryStore, target: RegistryTarget, strategy: RestartStrate
                          f"or {opt.registry_config}")
     store.claim_state_dir()
     earlier = GcJournal.load(store)
-    journal = GcJournal(storage=str(store.layout.root))
-    report = GcReport(storage=str(store.layout.root), applied=True)
+    who = redact(change.requested_by) if change and change.requested_by else None
+    why = redact(change.reason) if change and change.reason else None
+    journal = GcJournal(storage=str(store.layout.root), requested_by=who, reason=why)
+    report = GcReport(storage=str(store.layout.root), applied=True, requested_by=who, reason=why)
     if earlier is not None and earlier.status == "running":  # killed: the registry may still be stopped
         report.resumed_from = earlier.step
         log.warning("an earlier gc of this storage did not finish (it was at '%s', %s): finishing it",

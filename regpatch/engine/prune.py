@@ -26,7 +26,7 @@ from typing import Iterable, Optional
 
 from regpatch.digest import Digest
 from regpatch.manifest import ImageIndex
-from regpatch.params import RetentionParams
+from regpatch.params import ChangeParams, RetentionParams
 from regpatch.progress import human
 from regpatch.reference import Repository, Tag
 from regpatch.signing.replay import parse_time
@@ -226,10 +226,11 @@ def _relink_if_tagged(store: RegistryStore, repo: Repository, img: PrunedImage) 
 
 
 def apply_prune(store: RegistryStore, plan: PrunePlan, policy: RetentionParams, *, lock_timeout: float = 300.0,
-                now: Optional[datetime] = None) -> PrunePlan:
+                now: Optional[datetime] = None, change: Optional[ChangeParams] = None) -> PrunePlan:
     """Unlink what ``plan`` names and the storage, read again under each repository's lock,
-    still says may go; each image's ``pruned`` history line first, so that a killed run is
-    finished, and recorded once, by the next. Returns what was done."""
+    still says may go; each image's ``pruned`` history line first (with who asked and why,
+    ``change``), so that a killed run is finished, and recorded once, by the next. Returns
+    what was done."""
     store.claim_state_dir()
     now = now or datetime.now(timezone.utc)
     done = PrunePlan(kept=plan.kept, skipped_unrecorded=plan.skipped_unrecorded, applied=True)
@@ -244,7 +245,7 @@ def apply_prune(store: RegistryStore, plan: PrunePlan, policy: RetentionParams, 
             for img in fresh.images:
                 if img.digest not in planned[name]:
                     continue  # not in the plan shown (a dry run's promise is kept)
-                _prune_image(store, repo, img, policy)
+                _prune_image(store, repo, img, policy, change)
                 if not _relink_if_tagged(store, repo, img):
                     done.images.append(img)
             for gone in planned[name] - {img.digest for img in fresh.images}:
@@ -254,12 +255,14 @@ def apply_prune(store: RegistryStore, plan: PrunePlan, policy: RetentionParams, 
     return done
 
 
-def _prune_image(store: RegistryStore, repo: Repository, img: PrunedImage, policy: RetentionParams) -> None:
+def _prune_image(store: RegistryStore, repo: Repository, img: PrunedImage, policy: RetentionParams,
+                 change: Optional[ChangeParams]) -> None:
     digest = Digest.parse(img.digest)
     if img.tag and not _already_recorded(store, img):
         tag = Tag.parse(img.tag)
         record_history(store, repo, tag, digest, store.current_tag(repo, tag) or digest, action="pruned",
-                       source=f"regpatch prune ({policy.describe()})")
+                       source=f"regpatch prune ({policy.describe()})",
+                       requested_by=change.requested_by if change else None, reason=change.reason if change else None)
     elif not img.tag:
         log.info("%s@%s was never tagged: its prune has no history line", repo, digest)
     for child in img.children:

@@ -1,12 +1,16 @@
 """Per-registry Prefect deployments from the inventory, as plain data (no Prefect here).
 
-For every registry of the inventory, four deployments named after it, on its
-work pool (the host that owns its disk; ``default_pool`` for entries without one):
+For every registry of the inventory, four deployments, each named for what it does to
+that registry (the UI's list of deployments shows the name, not the flow), on its work
+pool (the host that owns its disk; ``default_pool`` for entries without one):
 
-    patch-registry/<name>        the patch; the run form needs only bundle, repository, tag
-    rollback-registry/<name>     the rollback; the form needs only repository and tag
-    registry-history/<name>      the registry's tag changes as an artifact
-    registry-maintenance/<name>  prune and the registry's garbage collection (the maintenance flow's)
+    patch-registry/patch-<name>              the patch; the run form needs only bundle, repository, tag
+    rollback-registry/rollback-<name>        the rollback; the form needs only repository and tag
+    registry-history/history-<name>          the registry's tag changes as an artifact
+    registry-maintenance/maintenance-<name>  prune and the registry's garbage collection (the maintenance flow's)
+
+Deployments written before under the registry's bare name (``patch-registry/patch-<name>``)
+are replaced by ``regpatch deployments --apply`` (``old_name``).
 
 Their parameters hold the registry as the inventory describes it (``registry``:
 name, storage, config.yml, URL, restart, auth file, CA, insecure), so a run from
@@ -35,19 +39,29 @@ class FlowKind:
     flow: str           # the flow's name on the API
     entrypoint: str     # module path: workers run the installed code, nothing is pulled
     what: str
+    verb: str = ""      # the deployment of registry NAME is "<verb>-NAME"
+
+    def deployment_name(self, registry: str) -> str:
+        """``patch-site-a``: what it does and to which registry, in one word for ``prefect deployment run``."""
+        return f"{self.verb}-{registry}"
+
+    def full_name(self, registry: str) -> str:
+        """``patch-registry/patch-site-a``, the name ``run_deployment`` and the CLI take."""
+        return f"{self.flow}/{self.deployment_name(registry)}"
 
 
 PATCH = FlowKind("patch-registry", "regpatch_flows.patch.patch_registry",
                  "Patch a repository:tag of {name} ({where}) with a bundle: the form needs the bundle, "
-                 "the repository and the tag; the registry is filled in.")
+                 "the repository and the tag; the registry is filled in.", "patch")
 ROLLBACK = FlowKind("rollback-registry", "regpatch_flows.rollback.rollback_registry",
                     "Roll a repository:tag of {name} ({where}) back to the image it had before its last "
-                    "change (or to a digest): the form needs the repository and the tag.")
+                    "change (or to a digest): the form needs the repository and the tag.", "rollback")
 HISTORY = FlowKind("registry-history", "regpatch_flows.history.registry_history",
-                   "Every tag change recorded in {name} ({where}), as the artifact history-{name}.")
+                   "Every tag change recorded in {name} ({where}), as the artifact history-{name}.", "history")
 MAINTAIN = FlowKind("registry-maintenance", "regpatch_flows.maintenance.registry_maintenance",
                     "Prune {name} ({where}) and run its own garbage collection in a maintenance window "
-                    "(stopped and started through its restart, every kept image pulled): a dry run unless apply.")
+                    "(stopped and started through its restart, every kept image pulled): a dry run unless apply.",
+                    "maintenance")
 KINDS = (PATCH, ROLLBACK, HISTORY, MAINTAIN)
 
 
@@ -65,6 +79,11 @@ class DeploymentSpec:
     @property
     def full_name(self) -> str:
         return f"{self.kind.flow}/{self.name}"
+
+    @property
+    def old_name(self) -> str:
+        """The name the registry's deployment had before (its bare name), replaced on --apply."""
+        return self.registry
 
     def to_yaml_dict(self) -> dict[str, Any]:
         return {"name": self.name, "entrypoint": self.kind.entrypoint, "description": self.description,
@@ -94,7 +113,8 @@ def specs_for(inventory: Inventory, *, default_pool: str = DEFAULT_POOL, reposit
                 params["verify"] = {"command": entry.verify_command}
             if kind is PATCH and entry.trust_keys:
                 params["trust"] = entry.trust_params().model_dump()
-            specs.append(DeploymentSpec(kind, entry.name, pool, params, ["regpatch", f"registry:{entry.name}"],
+            specs.append(DeploymentSpec(kind, kind.deployment_name(entry.name), pool, params,
+                                        ["regpatch", f"registry:{entry.name}"],
                                         kind.what.format(name=entry.name, where=where), registry=entry.name))
     return specs
 

@@ -29,6 +29,7 @@ from typing import Optional, Sequence
 
 from regpatch.errors import RegpatchError, UsageError
 from regpatch.fleet.inventory import RegistryEntry
+from regpatch.options import opt
 from regpatch.reference import Repository, Tag
 from regpatch.signing.descriptor import DESCRIPTOR
 
@@ -74,10 +75,16 @@ def bundle_locations(drop: str, s3=None) -> list[str]:
         names = S3Source(prefix, s3).list()
         return sorted(f"{prefix}/{name[:-len(DESCRIPTOR) - 1]}" for name in names
                       if name.endswith("/" + DESCRIPTOR) and name.count("/") == 1)
-    root = Path(drop)
-    if not root.is_dir():
-        raise UsageError(f"the drop location {drop} is not a folder on this host (nor s3://bucket/prefix)")
-    return sorted(str(p.parent) for p in root.glob(f"*/{DESCRIPTOR}"))
+    require_drop(drop)
+    return sorted(str(p.parent) for p in Path(drop).glob(f"*/{DESCRIPTOR}"))
+
+
+def require_drop(drop: Optional[str]) -> None:
+    """A drop location on this host is a folder (the shipped rollout deployment names
+    /srv/shuttle/drop): one sentence naming the parameter and what to set, otherwise."""
+    if drop and not drop.startswith("s3://") and not Path(drop).is_dir():
+        raise UsageError(f"{opt.drop} is {drop}, which is not a folder on this host: set it to the folder (or "
+                         "s3://bucket/prefix) where the signed bundles land, or leave it empty and give the bundle")
 
 
 def read_bundle(location: str, trust_keys: Sequence[str], s3=None) -> DropBundle:

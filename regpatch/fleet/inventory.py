@@ -212,6 +212,15 @@ def parse_inventory(data: Any, source: str = "<inventory>") -> Inventory:
         raise InventoryError(source, problems) from None
 
 
+def require_inventory(path: str) -> None:
+    """The inventory a run was given is a file on this host (the shipped rollout deployment names
+    /etc/regpatch/inventory.yml): one sentence naming the parameter and what to set, otherwise."""
+    if not Path(path).is_file():
+        raise UsageError(f"{opt.inventory} is {path}, which does not exist on this host: set it to the path of "
+                         "this host's inventory (create one from deployments/inventory.example.yml, "
+                         "docs/fleet/inventory.md)")
+
+
 def load_inventory(path: Any) -> Inventory:
     """Read and validate an inventory YAML file."""
     p = Path(path)

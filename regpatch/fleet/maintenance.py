@@ -15,12 +15,14 @@ from typing import Optional
 from regpatch import platform
 from regpatch.engine.gc import Collector, GcReport, check_gc, collector_for, run_gc
 from regpatch.engine.prune import PrunePlan, apply_prune, plan_prune
-from regpatch.params import MaintenanceParams, RegistryParams, RetentionParams
+from regpatch.engine.results import change_rows
+from regpatch.params import ChangeParams, MaintenanceParams, RegistryParams, RetentionParams
 from regpatch.progress import human
 from regpatch.registry.restart import ProcessRestart, RestartStrategy, parse_restart_spec
 from regpatch.registry.target import RegistryTarget
 from regpatch.sanitize import redact, shown
 from regpatch.storage.store import RegistryStore
+from regpatch.tables import CompactTable, cell
 
 
 @dataclass
@@ -48,10 +50,12 @@ class GcSetup:
     strategy: RestartStrategy
     collector: Collector
 
-    def collect(self, *, apply: bool, lock_timeout: float) -> GcReport:
-        """The maintenance window with ``apply``, else the dry run against the running registry."""
+    def collect(self, *, apply: bool, lock_timeout: float, change: Optional[ChangeParams] = None) -> GcReport:
+        """The maintenance window with ``apply`` (who asked and why in its journal), else the dry
+        run against the running registry."""
         if apply:
-            return run_gc(self.store, self.target, self.strategy, self.collector, lock_timeout=lock_timeout)
+            return run_gc(self.store, self.target, self.strategy, self.collector, lock_timeout=lock_timeout,
+                          change=change)
         return check_gc(self.store, self.collector)
 
 
@@ -65,16 +69,17 @@ def gc_setup(registry: RegistryParams, maintenance: MaintenanceParams) -> GcSetu
     return GcSetup(target, store, strategy, collector_for(store, target, binary))
 
 
-def maintain_registry(registry: RegistryParams, retention: RetentionParams, maintenance: MaintenanceParams, *,
-                      apply: bool) -> tuple[MaintenanceResult, PrunePlan, Optional[GcReport]]:
-    """Prune then collect one registry; raises the engine's errors (the flow records them)."""
+def maintain_registry(registry: RegistryParams, retention: RetentionParams, maintenance: MaintenanceParams,
+                      change: ChangeParams, *, apply: bool) -> tuple[MaintenanceResult, PrunePlan, Optional[GcReport]]:
+    """Prune then collect one registry; raises the engine's errors (the flow records them). Who
+    asked and why (``change``) go into each pruned image's history line and the gc's journal."""
     gc = gc_setup(registry, maintenance)
     result = MaintenanceResult(registry.label(gc.target), apply)
     plan = plan_prune(gc.store, retention)
     if apply and plan.images:
-        plan = apply_prune(gc.store, plan, retention, lock_timeout=registry.lock_timeout)
+        plan = apply_prune(gc.store, plan, retention, lock_timeout=registry.lock_timeout, change=change)
     result.pruned = [f"{i.repository}@{i.digest}" for i in plan.images]
-    report = gc.collect(apply=apply, lock_timeout=registry.lock_timeout)
+    report = gc.collect(apply=apply, lock_timeout=registry.lock_timeout, change=change)
     if apply:
         result.freed_bytes, result.proven = report.freed_bytes or 0, report.proven
         result.downtime_seconds = report.downtime_seconds
@@ -87,14 +92,18 @@ def failed(name: str, error: BaseException) -> MaintenanceResult:
     return MaintenanceResult(name, False, error=redact(str(error) or type(error).__name__))
 
 
-def render_markdown(results: list[MaintenanceResult], title: str) -> str:
-    lines = [f"# {title}", "", "| registry | outcome | images unlinked | bytes freed | downtime | references proven |",
-             "|---|---|---|---|---|---|"]
+def render_markdown(results: list[MaintenanceResult], title: str, change: Optional[ChangeParams] = None) -> str:
+    """The table, who asked and why (``change``), every error, what was unlinked."""
+    lines = [f"# {title}", ""]
+    if change is not None:
+        lines += ["| | |", "|---|---|", *change_rows(change).splitlines(), ""]
+    table = CompactTable(("registry", "outcome", "images unlinked", "bytes freed", "downtime", "references proven"))
     for r in results:
         outcome = "**failed**" if r.error else ("done" if r.applied else "dry run")
         freed = human(r.freed_bytes) + ("" if r.applied else " (would)")
         down = f"{r.downtime_seconds:.1f} s" if r.downtime_seconds is not None else "-"
-        lines.append(f"| {r.registry} | {outcome} | {len(r.pruned)} | {freed} | {down} | {len(r.proven)} |")
+        table.add(cell(r.registry), outcome, str(len(r.pruned)), freed, down, str(len(r.proven)))
+    lines += table.lines()
     errors = [f"- {r.registry}: {shown(r.error, 400)}" for r in results if r.error]
     details = [f"- {r.registry}: unlinked {', '.join(r.pruned[:20])}" + (" ..." if len(r.pruned) > 20 else "")
                for r in results if r.pruned]

@@ -49,6 +49,7 @@ from regpatch.progress import human
 from regpatch.registry.target import RegistryTarget
 from regpatch.storage.history import read_history
 from regpatch.storage.store import RegistryStore, docker_tree_holding
+from regpatch.tables import CompactTable, cell, shorten
 
 log = logging.getLogger("regpatch.rollout")
 
@@ -142,20 +143,32 @@ def render_table(outcomes: list[RegistryOutcome]) -> str:
     return "\n".join(out) + "\n"
 
 
-def render_markdown(outcomes: list[RegistryOutcome], title: str, change=None) -> str:
-    """The table, then each failed registry's whole error (a table cell may be cut);
-    ``change``: who asked for the rollout and why (``ChangeParams``)."""
-    rows = [o.row() for o in outcomes]
-    cols = list(rows[0]) if rows else []
-    lines = [f"# {title}", ""]
+def render_markdown(outcomes: list[RegistryOutcome], title: str, change=None, error: Optional[str] = None,
+                    image: Optional[str] = None) -> str:
+    """The table (``regpatch.tables``: compact digests, the full ones under it), then each failed
+    registry's whole error (its cell is cut); ``change``: who asked for the rollout and why
+    (``ChangeParams``); ``error``: the rollout's own, when it stopped before any registry; ``image``:
+    the bundle's digest, in full under the title (which shows it compact: a heading never wraps it)."""
+    lines = [f"# {title}", ""] + ([f"Image `{image}`", ""] if image else [])
     if change is not None:
         lines += ["| | |", "|---|---|", *change_rows(change).splitlines(), ""]
-    lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(r[c]).replace("|", "\\|") for c in cols) + " |" for r in rows]
+    table = CompactTable(("registry", "group", "where", "status", "old → new", "copied", "seconds"),
+                         right=("copied", "seconds"))
+    for o in outcomes:
+        r = o.row()
+        moved = f"{table.digest(o.old, '(new tag)')} → {table.digest(o.new, '?')}" \
+            if o.status in (PATCHED, DRY_RUN) else table.digest(o.new, "")
+        table.add(cell(o.name), cell(o.group), cell(shorten(o.where, 24)), cell(o.status), moved, r["bytes copied"],
+                  r["seconds"])
+        if o.note and not o.error:  # an error is in full under ## Errors
+            table.detail(o.name, o.note)
+    lines += table.lines()
     failed = [o for o in outcomes if o.failed]
     if failed:
         lines += ["", "## Errors", ""]
         lines += [f"- **{o.name}**: {o.error}" for o in failed]
+    if error:
+        lines += ["## Error", "", error, "", "No registry was touched: the rollout stopped before its first wave."]
     return "\n".join(lines) + "\n"
 
 
@@ -171,13 +184,14 @@ def tag_state(moved: bool, old: Optional[str] = None, error: str = "") -> str:
     return "the tag was not moved" + (f": it still points at {old}" if old else "")
 
 
-def check_change_for_workers(change, entries: list[RegistryEntry]) -> None:
-    """A registry on a work pool is patched through its patch-registry deployment, whose
+def check_change_for_workers(change, entries: list[RegistryEntry],
+                             how: str = "patched through their patch-registry deployments") -> None:
+    """A registry on a work pool is patched (maintained) through its deployment, whose
     schema (the run form's) requires a reason: refused here, before anything runs, rather
     than by the API at the registry's turn."""
     pooled = [e.name for e in entries if e.work_pool]
     if pooled and (change is None or not change.reason):
-        raise UsageError(f"registries {', '.join(pooled)} are patched through their patch-registry deployments, "
+        raise UsageError(f"registries {', '.join(pooled)} are {how}, "
                          f"which require a reason: give {opt.reason} (e.g. the change ticket)")
 
 

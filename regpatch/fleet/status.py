@@ -37,6 +37,7 @@ from regpatch.sanitize import shown
 from regpatch.storage.history import read_history
 from regpatch.storage.journal import was_verified
 from regpatch.storage.store import RegistryStore
+from regpatch.tables import CompactTable, cell, code, shorten
 
 log = logging.getLogger("regpatch.fleet")
 
@@ -163,15 +164,24 @@ def render_table(rows: list[RegistryStatus]) -> str:
 
 
 def render_markdown(rows: list[RegistryStatus], title: str) -> str:
-    lines = [f"# {title}", "", "| registry | state | storage | API | rollout | verified | disk used / free | "
-             "last change |", "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        disk = f"{human(r.disk_used)} / {human(r.disk_free)}" if r.disk_used is not None \
-            and r.disk_free is not None else "-"
-        verified = "-" if r.verified is None else ("yes" if r.verified else "no")
-        lines.append(f"| {r.name} | **{r.state}** | `{_short(r.storage_digest)}` | `{_short(r.served_digest)}` | "
-                     f"`{_short(r.rollout_digest)}` | {verified} | {disk} | {shown(r.last_change or '-', 80)} |")
-    problems = [f"- {r.name}: {p}" for r in rows for p in r.problems]
+    """The fleet-status artifact: a table per repository:tag, one row per registry (``regpatch.tables``:
+    compact digests, the full ones and each registry's last change under the table), then every
+    problem."""
+    lines = [f"# {title}"]
+    for ref in dict.fromkeys(f"{r.repository}:{r.tag}" for r in rows):
+        table = CompactTable(("registry", "state", "storage", "API", "rollout", "verified", "disk used / free"))
+        for r in rows:
+            if f"{r.repository}:{r.tag}" != ref:
+                continue
+            disk = f"{human(r.disk_used)} / {human(r.disk_free)}" if r.disk_used is not None \
+                and r.disk_free is not None else "-"
+            verified = "-" if r.verified is None else ("yes" if r.verified else "no")
+            table.add(cell(shorten(r.name, 24)), f"**{r.state}**", table.digest(r.storage_digest),
+                      table.digest(r.served_digest), table.digest(r.rollout_digest), verified, disk)
+            if r.last_change:
+                table.detail(f"{r.name} last change", r.last_change)
+        lines += ["", f"## {code(ref)}", "", *table.lines()]
+    problems = [f"- {cell(r.name)}: {cell(p)}" for r in rows for p in r.problems]
     return "\n".join(lines + ([""] + problems if problems else [])) + "\n"
 
 

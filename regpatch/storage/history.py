@@ -30,6 +30,7 @@ from regpatch.reference import Repository, Tag
 from regpatch.sanitize import escape_controls, redact
 from regpatch.storage.layout import Layout
 from regpatch.storage.state import actor, now_iso
+from regpatch.tables import CompactTable, cell, code, shorten
 
 log = logging.getLogger("regpatch.state")
 
@@ -203,3 +204,20 @@ def render_history(entries: list[HistoryEntry]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     # every column but the last is padded
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] for r in rows)
+
+
+def render_history_markdown(entries: list[HistoryEntry], heading: str, where: str, limit: int) -> str:
+    """The newest ``limit`` entries as markdown, newest first (the artifact history-REGISTRY): digests
+    compact in the table and in full under it (``regpatch.tables``), so it fits a 1,366 px screen;
+    who asked (else the user@host that ran it) in the table, the source and the notes under it."""
+    lines = [f"# {heading}", "", f"{where}: {len(entries)} tag change(s) recorded"
+             f"{f', the newest {limit} shown' if len(entries) > limit else ''}.", ""]
+    table = CompactTable(("time (UTC)", "repository:tag", "action", "old", "new", "by"))
+    for e in reversed(entries[-limit:]):
+        time = e.time[:-len("+00:00")].replace("T", " ") if e.time.endswith("+00:00") else e.time
+        by = e.requested_by or e.actor.split(" pid ", 1)[0]  # user@host (its pid and flow run: --json)
+        table.add(cell(time), code(shorten(f"{e.repository}:{e.tag}", 24)), cell(e.action),
+                  table.digest(e.old, "(new tag)"), table.digest(e.new), cell(shorten(by, 16)))
+        notes = "; ".join(x for x in (f"source {redact(e.source)}", e.notes()) if x)
+        table.detail(f"{time} {e.action} of {e.repository}:{e.tag}", notes)  # in full, under the table
+    return "\n".join(lines + table.lines()) + "\n"

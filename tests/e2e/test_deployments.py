@@ -146,7 +146,7 @@ def test_a_bad_tag_or_repository_never_becomes_a_run(cluster):
     the server refuses the run at creation, for the form and the API alike."""
     c = cluster["c"]
     before = len(c.flow_runs())
-    for name in ("patch-registry/site-a", "rollback-registry/site-a", "rollout/rollout"):
+    for name in ("patch-registry/patch-site-a", "rollback-registry/rollback-site-a", "rollout/rollout"):
         dep = deployment(c, name)
         for bad in ({"tag": "LTSC 2019!"}, {"repository": "ServerCore", "tag": TAG}, {"tag": "x" * 129}):
             params = {"bundle": "/x", "change": CHANGE, **bad} if name.startswith("patch") else {"change": CHANGE, **bad}
@@ -173,37 +173,47 @@ def test_regpatch_deployments_know_their_registry(cluster):
         data = blocks[site]["data"]
         assert (data["name"], data["storage"], data["registry_url"], data["work_pool"]) == \
             (site, str(regs[site].root), regs[site].url, pool)
-        for flow in ("patch-registry", "rollback-registry", "registry-history", "registry-maintenance"):
-            assert f"deployment {flow}/{site} created (work pool {pool})" in out, out
-            dep = deployment(c, f"{flow}/{site}")
+        # each named for what it does: the UI's list shows "patch-site-a", "rollback-site-a", ...
+        for name in (f"patch-registry/patch-{site}", f"rollback-registry/rollback-{site}",
+                     f"registry-history/history-{site}", f"registry-maintenance/maintenance-{site}"):
+            assert f"deployment {name} created (work pool {pool})" in out, out
+            dep = deployment(c, name)
             assert dep["work_pool_name"] == pool and f"registry:{site}" in dep["tags"]
             assert dep["parameters"]["registry"] == {"$ref": {"block_document_id": blocks[site]["id"]}}
             assert dep["entrypoint"].startswith("regpatch_flows.") and dep["enforce_parameter_schema"] is True
-    assert deployment(c, "patch-registry/site-a")["parameters"]["repository"] == REPO
+    assert deployment(c, "patch-registry/patch-site-a")["parameters"]["repository"] == REPO
+    # a deployment an older regpatch made under the registry's bare name is replaced, said so
+    flow_id = c.get("/flows/name/patch-registry")["id"]
+    old = c.post("/deployments/", {"name": "site-a", "flow_id": flow_id, "work_pool_name": "pool-a",
+                                   "tags": ["regpatch", "registry:site-a"],
+                                   "entrypoint": "regpatch_flows.patch.patch_registry"})
     # running it again updates in place: same ids, the blocks' too
-    ids = {site: deployment(c, f"patch-registry/{site}")["id"] for site in POOLS}
+    ids = {site: deployment(c, f"patch-registry/patch-{site}")["id"] for site in POOLS}
     again = run([BIN / "regpatch", "deployments", "--inventory", cluster["inventory"], "--repository", REPO,
                  "--apply"], c.env())
     assert again.returncode == 0, again.stderr
-    assert "deployment patch-registry/site-a updated" in again.stdout and "created" not in again.stdout
+    assert "deployment patch-registry/patch-site-a updated" in again.stdout and "created" not in again.stdout
+    assert ("deployment patch-registry/site-a (the old name) deleted: replaced by patch-registry/patch-site-a"
+            in again.stdout), again.stdout
+    assert httpx.get(f"{c.api}/deployments/{old['id']}", timeout=10).status_code == 404
     assert "block regpatch-registry/site-a updated" in again.stdout
-    assert {site: deployment(c, f"patch-registry/{site}")["id"] for site in POOLS} == ids
+    assert {site: deployment(c, f"patch-registry/patch-{site}")["id"] for site in POOLS} == ids
     assert {n: b["id"] for n, b in registry_blocks(c).items()} == {n: b["id"] for n, b in blocks.items()}
     # the run on the worker reads the block chosen: another pool's (another host's paths) is refused
-    fr = run_deployment(c, "rollback-registry/site-a", {"tag": TAG, "registry": {
+    fr = run_deployment(c, "rollback-registry/rollback-site-a", {"tag": TAG, "registry": {
         "$ref": {"block_document_id": blocks["site-b"]["id"]}}})
     assert fr["state_type"] == "FAILED"
     assert "'site-b' is on work pool 'pool-b', this run is on 'pool-a'" in fr["state"]["message"], fr["state"]
 
 
 def test_ui_run_needs_only_bundle_and_tag_then_rollback_from_the_ui(cluster):
-    """The operator's path: patch from patch-registry/site-b's form (bundle and tag only),
-    read the summary and the history, roll back from rollback-registry/site-b's form."""
+    """The operator's path: patch from patch-registry/patch-site-b's form (bundle and tag only),
+    read the summary and the history, roll back from rollback-registry/rollback-site-b's form."""
     c, regs, s = cluster["c"], cluster["regs"], cluster["scenario"]
     old, new = str(s["old"].manifest_digest), str(s["new"].manifest_digest)
-    fr = run_deployment(c, "patch-registry/site-b", {"bundle": str(s["staged"]), "tag": TAG})
+    fr = run_deployment(c, "patch-registry/patch-site-b", {"bundle": str(s["staged"]), "tag": TAG})
     assert fr["state_type"] == "COMPLETED", fr["state"]
-    assert fr["name"] == f"site-b-{REPO}-{TAG}"
+    assert fr["name"] == f"patch site-b {REPO}:{TAG}"
     assert list(fr["parameters"]["registry"]) == ["$ref"]  # the worker's run read its registry from the block
     assert {"registry:site-b", f"repository:{REPO}", "regpatch"} <= set(fr["tags"])
     assert fr["labels"]["regpatch.status"] == "patched" and fr["labels"]["regpatch.new"] == new
@@ -219,16 +229,18 @@ def test_ui_run_needs_only_bundle_and_tag_then_rollback_from_the_ui(cluster):
     # test_rollout.py::test_progress_artifacts_only_for_copies_still_running_after_a_second)
     assert not [a for a in arts if a["type"] == "progress"]
     (history,) = [a for a in arts if a["key"] == "history-site-b"]
-    assert f"`{REPO}:{TAG}` | patch | `{old}` | `{new}`" in history["data"]
+    # digests compact in the table (it fits 1,366 px), in full once under it
+    assert f"`{REPO}:{TAG}` | patch | `{old[7:19]}…` | `{new[7:19]}…`" in history["data"]
+    assert {f"- `{old[7:19]}…` = `{old}`", f"- `{new[7:19]}…` = `{new}`"} <= set(history["data"].splitlines())
     assert "requested by ana@example.org; reason CHG-25 monthly patch" in history["data"]
     assert "| requested by | ana@example.org |\n| reason | CHG-25 monthly patch |" in summaries[0]["data"]
 
-    fr = run_deployment(c, "rollback-registry/site-b", {"tag": TAG})
+    fr = run_deployment(c, "rollback-registry/rollback-site-b", {"tag": TAG})
     assert fr["state_type"] == "COMPLETED", fr["state"]
-    assert fr["name"] == f"site-b-{REPO}-{TAG}" and "registry:site-b" in fr["tags"]
+    assert fr["name"] == f"rollback site-b {REPO}:{TAG}" and "registry:site-b" in fr["tags"]
     assert skopeo_inspect_digest(regs["site-b"].host, REPO, TAG) == old
     (history,) = [a for a in c.artifacts(flow_run_id={"any_": [fr["id"]]}) if a["key"] == "history-site-b"]
-    assert f"| rollback | `{new}` | `{old}` |" in history["data"]  # refreshed by the rollback
+    assert f"| rollback | `{new[7:19]}…` | `{old[7:19]}…` |" in history["data"]  # refreshed by the rollback
 
 
 def test_a_failed_patch_on_a_worker_logs_no_traceback_and_says_what_happened(cluster):
@@ -239,7 +251,7 @@ def test_a_failed_patch_on_a_worker_logs_no_traceback_and_says_what_happened(clu
     data = bytearray(layer.read_bytes())
     data[200] ^= 0xFF
     layer.write_bytes(bytes(data))
-    fr = run_deployment(c, "patch-registry/site-a", {"bundle": str(bad), "tag": "corrupt"})
+    fr = run_deployment(c, "patch-registry/patch-site-a", {"bundle": str(bad), "tag": "corrupt"})
     assert fr["state_type"] == "FAILED"
     assert "digest mismatch" in fr["state"]["message"] and "delta.tar.gz" in fr["state"]["message"]
     assert fr["labels"]["regpatch.status"] == "failed" and fr["labels"]["regpatch.tag_moved"] is False
@@ -279,11 +291,11 @@ def test_rollout_across_two_pools_each_registry_a_task_run(cluster):
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 300
-        while not [r for r in c.flow_runs(name={"any_": [f"site-a-{REPO}-fleet"]}) if r["state_type"] == "COMPLETED"]:
+        while not [r for r in c.flow_runs(name={"any_": [f"patch site-a {REPO}:fleet"]}) if r["state_type"] == "COMPLETED"]:
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
             time.sleep(0.5)
         time.sleep(3)  # site-a's wave is over: site-b's waits for the slot
-        assert not c.flow_runs(name={"any_": [f"site-b-{REPO}-fleet"]}) and proc.poll() is None
+        assert not c.flow_runs(name={"any_": [f"patch site-b {REPO}:fleet"]}) and proc.poll() is None
         released = time.time()
     finally:
         httpx.post(c.api + "/v2/concurrency_limits/decrement-with-lease", json={"lease_id": lease},
@@ -295,20 +307,20 @@ def test_rollout_across_two_pools_each_registry_a_task_run(cluster):
         line = next(l for l in out.splitlines() if l.startswith(site + " "))
         assert f"pool {pool}" in line and "patched" in line, out
         assert skopeo_inspect_digest(regs[site].host, REPO, "fleet") == new
-    (rollout,) = c.flow_runs(name={"any_": [f"rollout-{REPO}-fleet"]})
+    (rollout,) = c.flow_runs(name={"any_": [f"rollout {REPO}:fleet"]})
     tasks = {t["name"]: t for t in c.task_runs(rollout["id"])}
     for site in POOLS:
-        t = tasks[f"{site}-{REPO}-fleet"]
+        t = tasks[f"patch {site} {REPO}:fleet"]
         # a task run of a rollout carries no tags (each would cost a concurrency request): its
         # name says the registry, and the registry's own run, below, is tagged
         assert t["state_type"] == "COMPLETED" and t["tags"] == []
     # each registry was patched by the worker of its own pool, its run named after it and tagged
     for site, pool in POOLS.items():
-        (fr,) = c.flow_runs(name={"any_": [f"{site}-{REPO}-fleet"]})
+        (fr,) = c.flow_runs(name={"any_": [f"patch {site} {REPO}:fleet"]})
         assert fr["work_pool_name"] == pool and fr["state_type"] == "COMPLETED"
         assert {f"registry:{site}", f"repository:{REPO}"} <= set(fr["tags"])
         assert fr["id"] in c.workers[pool].text()
-    (site_b,) = c.flow_runs(name={"any_": [f"site-b-{REPO}-fleet"]})
+    (site_b,) = c.flow_runs(name={"any_": [f"patch site-b {REPO}:fleet"]})
     assert datetime.fromisoformat(site_b["created"]).timestamp() >= released - 0.01  # after the slot was free
     assert all(x["active_slots"] == 0 for x in c.post("/v2/concurrency_limits/filter", {}))  # all given back
 
@@ -326,17 +338,17 @@ def test_failed_rollout_failing_registry_red_later_wave_not_run(cluster, tmp_pat
     proc = run([BIN / "regpatch", "rollout", s["staged"], "--inventory", inv, "--repository", REPO,
                 "--tag", "broken", "--reason", "CHG-25"], c.env(), timeout=400)
     assert proc.returncode == 7, proc.stdout + proc.stderr
-    (rollout,) = c.flow_runs(name={"any_": [f"rollout-{REPO}-broken"]})
+    (rollout,) = c.flow_runs(name={"any_": [f"rollout {REPO}:broken"]})
     assert rollout["state_type"] == "FAILED"
     tasks = {t["name"]: t for t in c.task_runs(rollout["id"])}
-    a, b = tasks[f"site-a-{REPO}-broken"], tasks[f"site-b-{REPO}-broken"]
+    a, b = tasks[f"patch site-a {REPO}:broken"], tasks[f"patch site-b {REPO}:broken"]
     assert a["state_type"] == "FAILED" and "127.0.0.1:9" in a["state"]["message"]
     assert b["state_type"] == "CANCELLED" and b["state_name"] == "NotRun"
     assert "wave 'canary' failed" in b["state"]["message"]
     (art,) = [x for x in c.artifacts(flow_run_id={"any_": [rollout["id"]]}) if x["key"] == f"rollout-{REPO}-broken"]
     errors = art["data"].split("## Errors", 1)[1]
     assert "site-a" in errors and "the tag was not moved" in errors and "127.0.0.1:9" in errors
-    (remote,) = c.flow_runs(name={"any_": [f"site-a-{REPO}-broken"]})
+    (remote,) = c.flow_runs(name={"any_": [f"patch site-a {REPO}:broken"]})
     assert remote["state_type"] == "FAILED" and remote["labels"]["regpatch.status"] == "failed"
     assert not untouched.exists()
     logs = "\n".join(c.logs_until([rollout["id"], remote["id"]], lambda m: sum("127.0.0.1:9" in x for x in m) >= 2))
@@ -351,13 +363,27 @@ def test_rollout_deployment_on_a_worker_and_its_shipped_defaults(cluster):
     c, regs, s = cluster["c"], cluster["regs"], cluster["scenario"]
     fr = run_deployment(c, "rollout/rollout", {})
     assert fr["state_type"] == "FAILED"
-    assert "the inventory /etc/regpatch/inventory.yml does not exist on this host: create it" \
-        in fr["state"]["message"]
+    assert fr["state"]["message"].endswith('"Inventory" (rollout.inventory) is /etc/regpatch/inventory.yml, which '
+                                           "does not exist on this host: set it to the path of this host's inventory "
+                                           "(create one from deployments/inventory.example.yml, "
+                                           "docs/fleet/inventory.md)"), fr["state"]["message"]
+    (art,) = [a for a in c.artifacts(flow_run_id={"any_": [fr["id"]]}) if a["key"] == f"rollout-{REPO}-{TAG}"]
+    assert art["data"].startswith(f"# Rollout of {REPO}:{TAG} failed before any registry\n")
+    assert "| requested by | schedule of rollout/rollout |" in art["data"]
+    assert "rollout.inventory) is /etc/regpatch/inventory.yml" in art["data"].split("## Error", 1)[1]
+    # the inventory there, the shipped drop location not: the same, naming the drop location
+    fr = run_deployment(c, "rollout/rollout", {"rollout": {"inventory": str(cluster["inventory"]),
+                                                           "drop": "/srv/shuttle/drop"}})
+    assert fr["state_type"] == "FAILED"
+    assert fr["state"]["message"].endswith('"Drop location" (rollout.drop) is /srv/shuttle/drop, which is not a '
+                                           "folder on this host: set it to the folder (or s3://bucket/prefix) where "
+                                           "the signed bundles land, or leave it empty and give the bundle"), \
+        fr["state"]["message"]
     fr = run_deployment(c, "rollout/rollout", {"bundle": str(s["staged"]), "tag": "monthly",
                                                "rollout": {"inventory": str(cluster["inventory"]),
                                                            "max_parallel": 8}}, timeout=400)
     assert fr["state_type"] == "COMPLETED", fr["state"]
-    assert fr["name"] == f"rollout-{REPO}-monthly" and fr["work_pool_name"] == "regpatch"
+    assert fr["name"] == f"rollout {REPO}:monthly" and fr["work_pool_name"] == "regpatch"
     for site in POOLS:
         assert skopeo_inspect_digest(regs[site].host, REPO, "monthly") == str(s["new"].manifest_digest)
     (art,) = [a for a in c.artifacts(flow_run_id={"any_": [fr["id"]]}) if a["key"] == f"rollout-{REPO}-monthly"]

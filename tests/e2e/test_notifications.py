@@ -120,7 +120,7 @@ def test_a_failed_patch_on_a_worker_sends_one_message_with_the_tag_and_the_error
     (automation,) = c.post("/automations/filter", {})
     assert automation["name"] == AUTOMATION_NAME and automation["enabled"] is True
 
-    dep = c.get("/deployments/name/patch-registry/site-n")
+    dep = c.get("/deployments/name/patch-registry/patch-site-n")
     bad = world["tmp"] / "bad-bundle"
     shutil.copytree(s["staged"], bad)
     layer = bad / "delta.tar.gz"
@@ -133,7 +133,7 @@ def test_a_failed_patch_on_a_worker_sends_one_message_with_the_tag_and_the_error
     assert fr["state_type"] == "FAILED"
     (message,) = receiver.wait(1)
     text = message["text"]
-    assert text.startswith(f"regpatch: patch-registry site-n-{REPO}-corrupt Failed\n"), text
+    assert text.startswith(f"regpatch: patch-registry patch site-n {REPO}:corrupt Failed\n"), text
     assert "registry: site-n " in text and f"repository:tag: {REPO}:corrupt" in text
     assert "error: " in text and "digest mismatch" in text and "delta.tar.gz" in text
     assert "the tag: the tag was not moved" in text, text

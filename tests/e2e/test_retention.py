@@ -139,8 +139,8 @@ def test_a_year_of_patches_pruned_then_collected_frees_what_the_plan_said(year, 
     code, young = _prune(reg, capsys, "--keep-days", "1")  # everything was written today
     assert code == 0 and young["images"] == []
 
-    # the prune: links go, the history says so, a second run has nothing to do
-    code, done = _prune(reg, capsys, "--apply")
+    # the prune: links go, the history says so (who asked, why), a second run has nothing to do
+    code, done = _prune(reg, capsys, "--apply", "--requested-by", "ana@example.org", "--reason", "CHG-9 retention")
     assert code == 0 and done["applied"] and {i["digest"] for i in done["images"]} == set(planned)
     assert done["freed_bytes"] == plan["freed_bytes"] > 0
     revisions = _revisions(reg, REPO)
@@ -151,6 +151,7 @@ def test_a_year_of_patches_pruned_then_collected_frees_what_the_plan_said(year, 
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     pruned = [x for x in lines if x["action"] == "pruned"]
     assert sorted(x["old"] for x in pruned) == sorted(planned) and all("keep 2" in x["source"] for x in pruned)
+    assert {(x["requested_by"], x["reason"]) for x in pruned} == {("ana@example.org", "CHG-9 retention")}
     code, again = _prune(reg, capsys, "--apply")
     assert code == 0 and again["images"] == []
     _tree_after_prune(docker)
@@ -167,8 +168,12 @@ def test_a_year_of_patches_pruned_then_collected_frees_what_the_plan_said(year, 
     assert code == 0 and tree_hash(docker) == _tree_after_prune(docker) and dry["applied"] is False
     assert dry["eligible_bytes"] == plan["freed_bytes"] and dry["eligible_blobs"] == plan["freed_blobs"]
     old_pid = reg.pid
-    code, gc = _gc(reg, capsys, "--apply")
+    code, gc = _gc(reg, capsys, "--apply", "--reason", "CHG-9 window")
     assert code == 0 and gc["applied"] and reg.pid != old_pid
+    assert gc["reason"] == "CHG-9 window" and gc["requested_by"]  # --requested-by: user@host by default
+    journal = json.loads((reg.root / ".regpatch" / "journal" / "_gc.json").read_text())
+    assert (journal["status"], journal["requested_by"], journal["reason"]) == \
+        ("complete", gc["requested_by"], "CHG-9 window")
     assert before_bytes - _blob_bytes(reg) == plan["freed_bytes"] == gc["freed_bytes"]
     assert gc["downtime_seconds"] > 0 and len(gc["proven"]) == len(gc["kept_images"])
     assert f"{REPO}:{TAG}" in gc["proven"] and f"{REPO}:{LIST_TAG}" in gc["proven"]
@@ -270,7 +275,7 @@ def test_the_maintenance_flow_prunes_and_collects_every_registry_of_the_inventor
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
     from prefect.client.schemas.sorting import ArtifactSort
 
-    from regpatch.params import RetentionParams, RolloutParams
+    from regpatch.params import ChangeParams, RetentionParams, RolloutParams
     from regpatch_flows.maintenance import maintenance
 
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
@@ -287,12 +292,18 @@ def test_the_maintenance_flow_prunes_and_collects_every_registry_of_the_inventor
                                            sort=ArtifactSort.CREATED_DESC, limit=1)
         return str(art.data)
 
-    (dry,) = maintenance(rollout=RolloutParams(inventory=str(inv)), retention=RetentionParams(keep=2))
+    change = ChangeParams(requested_by="ana@example.org", reason="CHG-9 maintenance window")
+    (dry,) = maintenance(rollout=RolloutParams(inventory=str(inv)), change=change, retention=RetentionParams(keep=2))
     assert tree_hash(docker) == tree and reg.pid == pid and dry["pruned"] == 9 and dry["freed_bytes"] > 0
     assert "| site-a | dry run | 9 |" in artifact()
-    (done,) = maintenance(rollout=RolloutParams(inventory=str(inv)), retention=RetentionParams(keep=2), apply=True)
+    (done,) = maintenance(rollout=RolloutParams(inventory=str(inv)), change=change, retention=RetentionParams(keep=2),
+                          apply=True)
     assert done["pruned"] == 9 and done["freed_bytes"] == before - _blob_bytes(reg) == dry["freed_bytes"]
     assert done["proven"] > 0
     assert reg.pid != pid and "| site-a | done | 9 |" in artifact()
+    assert "| requested by | ana@example.org |\n| reason | CHG-9 maintenance window |" in artifact()
+    history = [json.loads(x) for x in (reg.root / ".regpatch" / "history.jsonl").read_text().splitlines()]
+    assert {(x["requested_by"], x["reason"]) for x in history if x["action"] == "pruned"} == \
+        {("ana@example.org", "CHG-9 maintenance window")}
     for tag, want in ((TAG, months[-1].image), (LIST_TAG, lists[-1])):
         assert skopeo_inspect_digest(reg.host, REPO, tag) == _digest(want)

@@ -213,7 +213,7 @@ def test_a_registry_patched_here_waits_for_its_storage_lock(capsys, tmp_path, fl
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         try:
             # the rollout's run says it waits (the engine's line, on the server)
-            waiting = run_logs([f"rollout-{REPO}-{tag}"], until=lambda m: any(
+            waiting = run_logs([f"rollout {REPO}:{tag}"], until=lambda m: any(
                 x.startswith(f"waiting for the lock of {REPO}") for x in m), timeout=120)
             assert any(x.startswith(f"waiting for the lock of {REPO}") for x in waiting), waiting
             time.sleep(2)
@@ -261,7 +261,7 @@ def test_one_traceback_at_most_per_failure_in_the_run_logs(capsys, tmp_path, fle
     code, out, err = rollout(capsys, scenario["staged"], inv, "--state-dir", tmp_path / "state")
     assert code == 7 and "127.0.0.1:9" in row(out, "site-a")
     # what the UI shows: the logs of the rollout run, site-a's task run among them, on the server
-    text = "\n".join(run_logs([f"rollout-{REPO}-{TAG}"], until=lambda m: any("127.0.0.1:9" in x for x in m)))
+    text = "\n".join(run_logs([f"rollout {REPO}:{TAG}"], until=lambda m: any("127.0.0.1:9" in x for x in m)))
     assert "127.0.0.1:9" in text and "Traceback" not in text, text
 
 
@@ -338,7 +338,7 @@ def test_lines_logged_by_the_blob_threads_reach_the_run_logs(capsys, fleet, scen
                           "--repository", REPO, "--tag", TAG, "--registry-name", "threads-a"])
     out, err = capsys.readouterr()
     assert code == 0, err
-    messages = run_logs([f"threads-a-{REPO}-{TAG}"],
+    messages = run_logs([f"patch threads-a {REPO}:{TAG}"],
                         until=lambda m: sum(x.startswith("staged bundle file") for x in m) >= 2)
     staged = [m for m in messages if m.startswith("staged bundle file")]
     assert len(staged) >= 2, "\n".join(messages)  # the blobs copied, each from its thread

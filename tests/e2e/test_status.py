@@ -62,7 +62,8 @@ def test_status_names_the_current_the_behind_and_the_unreadable(tmp_path, sites,
 
 
 def test_the_fleet_status_flow_publishes_the_table_and_fails_on_drift(tmp_path, sites, prefect_api, monkeypatch):
-    """The same rows as a table artifact of the fleet-status flow; the run fails (an automation's
+    """The same rows as the markdown artifact of the fleet-status flow (digests compact in the
+    table, in full under it); the run fails (an automation's
     trigger) while a registry is behind or unreadable, and passes once every registry is current."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
@@ -80,18 +81,24 @@ def test_the_fleet_status_flow_publishes_the_table_and_fails_on_drift(tmp_path, 
     assert regpatch_main(["rollout", str(s["staged"]), "--inventory", str(inv), "--repository", REPO, "--tag", TAG,
                           "--only", "site-a", "--local"]) == 0
 
-    def table() -> list:
+    def table() -> tuple[list[dict], str]:
         with get_client(sync_client=True) as client:
             (art,) = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["fleet-status"])),
                                            sort=ArtifactSort.CREATED_DESC, limit=1)
-        return json.loads(art.data) if isinstance(art.data, str) else art.data
+        text = str(art.data)
+        rows = [[c.strip() for c in line.strip("|").split(" | ")] for line in text.splitlines()
+                if line.startswith("| ") and not line.startswith("| registry |")]
+        return [{"registry": r[0], "state": r[1].strip("*"), "storage": r[2].strip("`")} for r in rows], text
 
     with pytest.raises(FleetDrift, match="1 of 2 registries are not current: site-b"):
         fleet_status(rollout=RolloutParams(inventory=str(inv)), repository=REPO, tag=TAG)
-    assert [(r["registry"], r["state"]) for r in table()] == [("site-a", "current"), ("site-b", "behind")]
+    assert [(r["registry"], r["state"]) for r in table()[0]] == [("site-a", "current"), ("site-b", "behind")]
     assert regpatch_main(["rollout", str(s["staged"]), "--inventory", str(inv), "--repository", REPO, "--tag", TAG,
                           "--local"]) == 0
     rows = fleet_status(rollout=RolloutParams(inventory=str(inv)))  # the tags the rollouts wrote state for
     assert [r["state"] for r in rows] == ["current", "current"]
-    assert [(r["registry"], r["state"], r["storage"]) for r in table()] == [
-        ("site-a", "current", str(s["new"].manifest_digest)), ("site-b", "current", str(s["new"].manifest_digest))]
+    new = str(s["new"].manifest_digest)
+    rows, text = table()
+    assert [(r["registry"], r["state"], r["storage"]) for r in rows] == [
+        ("site-a", "current", new[7:19] + "…"), ("site-b", "current", new[7:19] + "…")]
+    assert f"- `{new[7:19]}…` = `{new}`" in text.splitlines()  # the full digest, once, under the table

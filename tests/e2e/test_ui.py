@@ -95,7 +95,7 @@ def test_a_bad_tag_is_refused_by_the_form_before_a_run_exists(site, page):
     never becomes a run that fails on the worker."""
     c = site["c"]
     runs = len(c.flow_runs())
-    open_form(page, c, "patch-registry/site-ui")
+    open_form(page, c, "patch-registry/patch-site-ui")
     field(page, "bundle").fill(str(site["scenario"]["staged"]))
     field(page, "tag").fill("LTSC 2019!")
     fill_change(page)
@@ -109,23 +109,23 @@ def test_a_bad_tag_is_refused_by_the_form_before_a_run_exists(site, page):
 
 def test_patch_from_the_run_form_completes_and_its_summary_names_the_registry(site, page):
     c, reg, s = site["c"], site["reg"], site["scenario"]
-    open_form(page, c, "patch-registry/site-ui")
+    open_form(page, c, "patch-registry/patch-site-ui")
     assert field(page, "repository").input_value() == REPO   # prefilled by regpatch deployments
     field(page, "bundle").fill(str(s["staged"]))
     field(page, "tag").fill(TAG)
     fill_change(page)  # required: the server has no users to take it from
     shot(page, site, "ui-run-form.png")
-    dep = c.get("/deployments/name/patch-registry/site-ui")
+    dep = c.get("/deployments/name/patch-registry/patch-site-ui")
     page.get_by_role("button", name="Submit").click()
     page.wait_for_url(re.compile(r"/deployments/deployment/[0-9a-f-]+(\?.*)?$"))  # back to the deployment
     (fr,) = c.flow_runs(deployment_id={"any_": [dep["id"]]})
     flow_run_id = fr["id"]
     fr = c.wait_final(flow_run_id, timeout=300)
     assert fr["state_type"] == "COMPLETED", fr["state"]
-    assert fr["name"] == f"site-ui-{REPO}-{TAG}" and "registry:site-ui" in fr["tags"]
+    assert fr["name"] == f"patch site-ui {REPO}:{TAG}" and "registry:site-ui" in fr["tags"]
     assert skopeo_inspect_digest(reg.host, REPO, TAG) == str(s["new"].manifest_digest)
 
-    page.get_by_text(f"site-ui-{REPO}-{TAG}").first.click()  # the run, renamed, in the deployment's list
+    page.get_by_text(f"patch site-ui {REPO}:{TAG}").first.click()  # the run, renamed, in the deployment's list
     page.wait_for_url(re.compile(f"/runs/flow-run/{flow_run_id}"))
     page.get_by_text("Completed").first.wait_for()
     page.locator("canvas").first.wait_for()
@@ -157,13 +157,13 @@ def test_failed_rollout_shows_the_failing_registry_red(site, page):
         assert out.returncode == 7, out.stdout + out.stderr
     finally:
         second.stop()
-    (rollout,) = c.flow_runs(name={"any_": [f"rollout-{REPO}-october"]})
+    (rollout,) = c.flow_runs(name={"any_": [f"rollout {REPO}:october"]})
     # one task run per registry (a subflow's own task run is named after the subflow)
-    states = {t["name"]: t["state_name"] for t in c.task_runs(rollout["id"]) if t["name"].endswith("-october")}
-    assert states == {f"site-ui-{REPO}-october": "Completed", f"site-broken-{REPO}-october": "Failed",
-                      f"site-late-{REPO}-october": "NotRun"}
+    states = {t["name"]: t["state_name"] for t in c.task_runs(rollout["id"]) if t["name"].endswith(":october")}
+    assert states == {f"patch site-ui {REPO}:october": "Completed", f"patch site-broken {REPO}:october": "Failed",
+                      f"patch site-late {REPO}:october": "NotRun"}
     page.goto(f"{c.ui_url}/runs/flow-run/{rollout['id']}", wait_until="networkidle")
-    page.get_by_text(f"rollout-{REPO}-october").first.wait_for()
+    page.get_by_text(f"rollout {REPO}:october").first.wait_for()
     page.get_by_text("Failed").first.wait_for()
     # the graph is a canvas: what it draws comes from these states (checked above); the
     # picture is for the documentation (docs/fleet/ui.md)
@@ -199,22 +199,22 @@ def test_a_rollout_of_sixteen_registries_one_task_run_each(site, page, tmp_path_
         for reg in regs:
             reg.stop()
         template.stop()
-    (rollout,) = c.flow_runs(name={"any_": [f"rollout-{REPO}-november"]})
+    (rollout,) = c.flow_runs(name={"any_": [f"rollout {REPO}:november"]})
     tasks = {t["name"]: t for t in c.task_runs(rollout["id"])}
-    assert sorted(tasks) == [f"site-{i:02d}-{REPO}-november" for i in range(16)]  # one task run each, no other
+    assert sorted(tasks) == [f"patch site-{i:02d} {REPO}:november" for i in range(16)]  # one task run each, no other
     assert {t["state_name"] for t in tasks.values()} == {"Completed"}
     page.goto(f"{c.ui_url}/runs/flow-run/{rollout['id']}", wait_until="networkidle")
-    page.get_by_text(f"rollout-{REPO}-november").first.wait_for()
+    page.get_by_text(f"rollout {REPO}:november").first.wait_for()
     page.locator("canvas").first.wait_for()
     shot(page, site, "ui-rollout-16.png", settle=6000)
 
-    one = tasks[f"site-03-{REPO}-november"]
+    one = tasks[f"patch site-03 {REPO}:november"]
     (summary,) = [a for a in c.artifacts(task_run_id={"any_": [one["id"]]}) if a["type"] == "markdown"
                   and a["key"] == f"site-03-{REPO}-november"]
     assert summary["data"].startswith(f"# Patched: `{REPO}:november` on `site-03`")
     assert "## Time per step" in summary["data"] and "| verify-pull |" in summary["data"]
     page.goto(f"{c.ui_url}/runs/task-run/{one['id']}", wait_until="networkidle")
-    page.get_by_text(f"site-03-{REPO}-november").first.wait_for()
+    page.get_by_text(f"patch site-03 {REPO}:november").first.wait_for()
     steps = page.get_by_text("site-03: steps fetch-bundle").first  # its logs: every step with its time
     steps.wait_for()
     steps.scroll_into_view_if_needed()
@@ -338,14 +338,14 @@ def test_a_long_copy_shows_its_progress_moving_and_an_early_failure_its_summary(
         finally:
             out = proc.communicate(timeout=300)[0]
     assert proc.returncode == 0, out
-    (fr,) = c.flow_runs(name={"any_": [f"site-big-{REPO}-big"]})
+    (fr,) = c.flow_runs(name={"any_": [f"patch site-big {REPO}:big"]})
     progress = [a for a in c.artifacts(flow_run_id={"any_": [fr["id"]]}) if a["type"] == "progress"]
     assert progress and all(a["data"] == 100 for a in progress), progress  # every one ended at 100 %
     (summary,) = c.artifacts(key={"any_": [key]})  # the running summary became the run's: one version
     assert summary["id"] == running[0]["id"] and summary["data"].startswith(f"# Patched: `{REPO}:big` on `site-big`")
 
     # an early failure on the worker: its summary, its error once in its logs
-    dep = c.get("/deployments/name/patch-registry/site-ui")
+    dep = c.get("/deployments/name/patch-registry/patch-site-ui")
     missing = str(tmp / "no-such-bundle")
     fr = c.post(f"/deployments/{dep['id']}/create_flow_run", {"parameters": {
         "bundle": missing, "tag": "early", "change": {"requested_by": "ana@example.org", "reason": "CHG-25"}}})
@@ -365,13 +365,60 @@ def test_a_long_copy_shows_its_progress_moving_and_an_early_failure_its_summary(
 
 
 def test_a_per_registry_form_shows_the_registrys_block(site, page):
-    """patch-registry/site-ui's form: the registry is its regpatch-registry block, chosen (written
+    """patch-registry/patch-site-ui's form: the registry is its regpatch-registry block, chosen (written
     by regpatch deployments --apply), not a dozen fields to fill in or edit on every run."""
     c = site["c"]
-    open_form(page, c, "patch-registry/site-ui")
+    open_form(page, c, "patch-registry/patch-site-ui")
     chooser = page.locator(".schema-form-property-block-document")
     chooser.first.wait_for()
     chooser.first.get_by_text("site-ui").first.wait_for()  # the block selected
     assert page.locator(".schema-form-property__label", has_text="Storage folder (rootdirectory)").count() == 0
     chooser.first.scroll_into_view_if_needed()
     shot(page, site, "ui-form-registry-block.png")
+def test_the_history_fits_a_laptop_screen_of_1366_px(site, page):
+    """Issue 25 item 8: the history table was 2,223 px wide (new digest, source and who off-screen
+    at 1,920 px). Two patches of a new tag by the command line on the API (the old image, then
+    the new: two lines, two digests, a long bundle path); at 1366x768 the history artifact's
+    table fits the box the page shows it in, its digests compact, their full values under it."""
+    c, reg, s = site["c"], site["reg"], site["scenario"]
+    for bundle in (s["old_layout"], s["staged"]):
+        out = run([BIN / "regpatch", "patch", bundle, "--storage", reg.root, "--registry-url", reg.url,
+                   "--registry-name", "site-ui", "--repository", REPO, "--tag", "wide",
+                   "--requested-by", "ana.operator@site-ui.example.org", "--reason", "CHG-25 item 8: readable"],
+                  c.env(), timeout=300)
+        assert out.returncode == 0, out.stdout + out.stderr
+    new = str(s["new"].manifest_digest)
+    art = max((a for a in c.artifacts(key={"any_": ["history-site-ui"]}) if "CHG-25 item 8" in a["data"]),
+              key=lambda a: a["created"])
+    assert f"`{new}`" in art["data"]
+    assert f"`{new[7:19]}…`" in art["data"]  # compact in its cell, in full under the table
+    page.set_viewport_size({"width": 1366, "height": 768})
+    fits_the_page(page, f"{c.ui_url}/artifacts/artifact/{art['id']}", f"{new[7:19]}…")
+    body = page.inner_text("body")
+    assert new in body and "ana.operator@site-ui.example.org" in body  # nothing lost: under the table
+    shot(page, site, "ui-history-1366.png")
+
+    # a rollout's table too (one registry, patched here)
+    out = run([BIN / "regpatch", "rollout", s["staged"], "--inventory", site["tmp"] / "inventory.yml",
+               "--repository", REPO, "--tag", "wide-rollout", "--reason", "CHG-25 item 8"], c.env(), timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    (art,) = c.artifacts(key={"any_": [f"rollout-{REPO}-wide-rollout"]})
+    fits_the_page(page, f"{c.ui_url}/artifacts/artifact/{art['id']}", f"{new[7:19]}…")
+    shot(page, site, "ui-rollout-table-1366.png")
+
+
+def fits_the_page(page, url: str, text: str) -> None:
+    """At the page's size, the first table of the artifact at ``url`` (which shows ``text``) fits
+    the box Prefect shows it in, and the page fits the window. Prefect never wraps a cell, and
+    shows a wide table in a box that scrolls sideways (beside its navigation and details panels)."""
+    page.goto(url, wait_until="networkidle")
+    page.get_by_text(text).first.wait_for()
+    table = page.locator("table").filter(has_text=text).first
+    width = page.evaluate("() => window.innerWidth")
+    table_px, box_px, right, page_px = table.evaluate(
+        "t => [t.scrollWidth, t.parentElement.clientWidth, t.getBoundingClientRect().right, "
+        "document.documentElement.scrollWidth]")
+    columns = table.evaluate("t => [...t.querySelectorAll('th')].map(c => [c.innerText, "
+                             "Math.round(c.getBoundingClientRect().width)])")
+    assert page_px <= width and right <= width, (right, page_px, width)
+    assert table_px <= box_px, f"the table is {table_px} px wide in a box of {box_px} px: {columns}"

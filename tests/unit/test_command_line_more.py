@@ -198,7 +198,8 @@ def test_rollout_tables_state_and_errors_survive_their_round_trips(tmp_path):
     assert "(new tag) → sha256:222222222222" in table and "done in an earlier run" in table
     assert render_table([]) == "(no registries)\n"
     md = render_markdown(outcomes, "Rollout")
-    assert md.startswith("# Rollout\n") and "| b\\|c | canary | pool p | failed |" in md and "disk \\| full" in md
+    assert md.startswith("# Rollout\n") and "| b\\|c | canary | pool p | failed |" in md \
+        and "disk | full" in md.split("## Errors", 1)[1]  # the error in full under the table
     failed = RolloutFailed(outcomes)
     again = pickle.loads(pickle.dumps(failed))  # crosses process boundaries intact
     assert str(again) == str(failed) and again.exit_code == 7 and again.outcomes[1].error == "disk | full"

@@ -103,10 +103,14 @@ def test_the_table_markdown_and_json_show_every_row_and_problem(fleet):
     assert len({line.index(line.split()[1]) for line in table[:4]}) == 1  # the columns line up
 
     md = render_markdown(rows, "Fleet status").splitlines()
-    assert md[0] == "# Fleet status" and md[2].startswith("| registry | state |")
-    assert md[4].startswith(f"| site-a | **current** | `{new[7:19]}` | `-` | `{new[7:19]}` | no | ")
-    assert md[6].startswith("| site-c | **unreadable** | `-` | `-` |") and md[6].endswith("| - | - | - |")
-    assert md[7] == "" and md[8].startswith("- site-c: storage: ") and md[9].startswith("- site-c: API: ")
+    assert md[0] == "# Fleet status" and md[2] == f"## `{REPO}:{TAG}`"  # a table per repository:tag
+    assert md[4] == "| registry | state | storage | API | rollout | verified | disk used / free |"
+    short = f"`{new[7:19]}…`"  # compact in the table, in full under it (regpatch.tables)
+    assert md[6].startswith(f"| site-a | **current** | {short} | - | {short} | no | ")
+    assert md[8] == f"| site-c | **unreadable** | - | - | {short} | - | - |"
+    assert md[9] == "" and md[10] == f"- `{new[7:19]}…` = `{new}`" and f"- `{old[7:19]}…` = `{old}`" in md
+    assert any(x.startswith("- site-a last change: ") and " patch by " in x for x in md)  # under the table
+    assert md[-3] == "" and md[-2].startswith("- site-c: storage: ") and md[-1].startswith("- site-c: API: ")
 
     doc = json.loads(to_json(rows))
     assert [(r["name"], r["state"], r["storage_digest"]) for r in doc] == [

@@ -30,7 +30,7 @@ from regpatch.engine.gc import (
 )
 from regpatch.errors import GcRefused, LockTimeout, RestartError, UsageError
 from regpatch.fleet.maintenance import MaintenanceResult, failed, maintain_registry, render_markdown
-from regpatch.params import MaintenanceParams, RegistryParams, RetentionParams
+from regpatch.params import ChangeParams, MaintenanceParams, RegistryParams, RetentionParams
 from regpatch.platform.children import Output
 from regpatch.reference import Repository, Tag
 from regpatch.registry.target import RegistryTarget
@@ -39,6 +39,7 @@ from regpatch.storage.lock import maintenance_window, repository_lock
 from regpatch.storage.store import RegistryStore
 
 R = Repository.parse("servercore")
+CHANGE = ChangeParams(requested_by="ana@example.org", reason="CHG-7 maintenance window")
 D1 = "sha256:" + "1" * 64
 D2 = "sha256:" + "2" * 64
 
@@ -250,7 +251,7 @@ def test_maintenance_refuses_a_missing_binary_before_any_write(gc, tmp_path, cap
     missing = str(tmp_path / "no-registry")
     with pytest.raises(UsageError, match="--registry-binary"):
         maintain_registry(RegistryParams(storage=str(gc.root)), RetentionParams(),
-                          MaintenanceParams(registry_binary=missing), apply=True)
+                          MaintenanceParams(registry_binary=missing), CHANGE, apply=True)
     code = regpatch_main(["gc", "--storage", str(gc.root), "--registry-binary", missing, "--apply"])
     err = capsys.readouterr().err
     assert code == 2 and f"the registry's binary '{missing}' was not found" in err
@@ -293,7 +294,7 @@ def test_regpatch_gc_refuses_a_restart_that_cannot_stop_the_registry(gc, capsys)
     assert tree_hash(gc.root / "docker") == docker
     with pytest.raises(UsageError, match="cannot stop it on its own"):
         maintain_registry(RegistryParams(storage=str(gc.root), registry_url=URL), RetentionParams(),
-                          MaintenanceParams(registry_binary=sys.executable), apply=True)
+                          MaintenanceParams(registry_binary=sys.executable), CHANGE, apply=True)
     assert tree_hash(gc.root / "docker") == docker  # the policy kept every image: nothing was unlinked
 
 

@@ -86,19 +86,19 @@ def test_messages_name_options_as_their_reader_knows_them():
 def test_deployment_specs_from_the_inventory():
     inv = load_inventory(ROOT / "deployments/inventory.example.yml")
     specs = specs_for(inv, repository="servercore")
-    assert [s.full_name for s in specs[:3]] == ["patch-registry/site-a", "rollback-registry/site-a",
-                                                "registry-history/site-a"]
+    assert [s.full_name for s in specs[:3]] == ["patch-registry/patch-site-a", "rollback-registry/rollback-site-a",
+                                                "registry-history/history-site-a"]
     assert len(specs) == 4 * len(inv.registries)
     by = {s.full_name: s for s in specs}
-    assert by["patch-registry/site-a"].work_pool == "site-a-pool"
-    assert by["patch-registry/local-mirror"].work_pool == "regpatch"  # no work_pool: where the rollout runs
-    assert by["patch-registry/site-b"].parameters == {
+    assert by["patch-registry/patch-site-a"].work_pool == "site-a-pool"
+    assert by["patch-registry/patch-local-mirror"].work_pool == "regpatch"  # no work_pool: where the rollout runs
+    assert by["patch-registry/patch-site-b"].parameters == {
         "registry": {"name": "site-b", "storage": "D:\\registry\\data",
                      "registry_url": "https://registry.site-b.example:5000",
                      "registry_ca": "C:\\regpatch\\site-b-ca.pem"},
         "repository": "servercore"}
-    assert "repository" not in by["registry-history/site-b"].parameters
-    assert by["rollback-registry/site-a"].tags == ["regpatch", "registry:site-a"]
+    assert "repository" not in by["registry-history/history-site-b"].parameters
+    assert by["rollback-registry/rollback-site-a"].tags == ["regpatch", "registry:site-a"]
     for s in specs:  # the form's schema has no nulls for these: a null would be refused
         assert None not in s.parameters["registry"].values()
         RegistryParams(**s.parameters["registry"])
@@ -110,9 +110,9 @@ def test_deployment_specs_from_the_inventory():
 def test_a_registry_that_requires_signatures_keeps_them_in_its_patch_deployment():
     inv = parse_inventory({"registries": [{"name": "site-a", "storage": "/x", "trust_keys": ["/etc/regpatch/k.pub"]}]})
     by = {s.full_name: s for s in specs_for(inv)}
-    assert by["patch-registry/site-a"].parameters["trust"] == {"trust_keys": ["/etc/regpatch/k.pub"],
+    assert by["patch-registry/patch-site-a"].parameters["trust"] == {"trust_keys": ["/etc/regpatch/k.pub"],
                                                                "allow_unsigned": False, "allow_downgrade": False}
-    assert "trust" not in by["rollback-registry/site-a"].parameters
+    assert "trust" not in by["rollback-registry/rollback-site-a"].parameters
 
 
 def test_deployments_command_prints_yaml_without_importing_prefect(tmp_path):
@@ -125,7 +125,8 @@ def test_deployments_command_prints_yaml_without_importing_prefect(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "wrote 4 deployments" in proc.stdout
-    assert [d["name"] for d in yaml.safe_load(out.read_text())["deployments"]] == ["site-a"] * 4
+    assert [d["name"] for d in yaml.safe_load(out.read_text())["deployments"]] == [
+        "patch-site-a", "rollback-site-a", "history-site-a", "maintenance-site-a"]  # each says what it does
 
 
 def test_rollout_table_keeps_every_error_whole_and_says_where_the_tag_is():

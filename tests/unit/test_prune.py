@@ -22,7 +22,7 @@ from regpatch.demo.images import SampleIndex, make_image, make_index, make_layer
 from regpatch.digest import Digest
 from regpatch.engine.prune import PrunePlan, apply_prune, plan_prune
 from regpatch.hooks import install_checkpoint_hook
-from regpatch.params import RetentionParams
+from regpatch.params import ChangeParams, RetentionParams
 from regpatch.reference import Repository, Tag
 from regpatch.registry.target import RegistryTarget
 from regpatch.storage.history import read_history
@@ -209,7 +209,8 @@ def test_apply_unlinks_records_and_a_second_run_has_nothing_to_do(year):
     planned = {i.digest for i in plan.images}
     blob_paths = {d: year.layout.blob_data(Digest.parse(d)) for d in _blobs(m[1])}
 
-    done = apply_prune(year.store, plan, RetentionParams(keep=2))
+    done = apply_prune(year.store, plan, RetentionParams(keep=2),
+                       change=ChangeParams(requested_by="ana@example.org", reason="CHG-7 retention"))
     assert done.applied and {i.digest for i in done.images} == planned
     assert (done.freed_blobs, done.freed_bytes) == (plan.freed_blobs, plan.freed_bytes)
     revisions = year.revisions()
@@ -227,6 +228,7 @@ def test_apply_unlinks_records_and_a_second_run_has_nothing_to_do(year):
     assert by_old[_d(m[1])].tag == TAG and by_old[_d(m[1])].new == _d(m[5])
     assert by_old[_d(lists[1])].tag == LIST_TAG and by_old[_d(lists[1])].new == _d(lists[4])
     assert all(e.source == "regpatch prune (keep 2 previous per tag)" for e in lines)
+    assert {(e.requested_by, e.reason) for e in lines} == {("ana@example.org", "CHG-7 retention")}  # who, why
     assert "pruned 3 image(s)" in done.render() and "nothing was written" not in done.render()
 
     again = plan_prune(year.store, RetentionParams(keep=2))
