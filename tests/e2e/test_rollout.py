@@ -449,7 +449,7 @@ def test_a_failed_run_says_its_error_once_in_its_logs(capsys, tmp_path, fleet, s
     def ended(n: int):
         return lambda m: sum(x.startswith("Finished in state Failed") for x in m) >= n
 
-    messages = run_logs([f"once-a-{REPO}-corrupt"], until=ended(2))  # the task's and the flow's
+    messages = run_logs([f"patch once-a {REPO}:corrupt"], until=ended(2))  # the task's and the flow's
     said = [m for m in messages if "digest mismatch" in m]
     assert len(said) == 1 and said[0].startswith("verify-digests failed: digest mismatch"), messages
     assert "delta.tar.gz" in said[0]
@@ -464,7 +464,7 @@ def test_a_failed_run_says_its_error_once_in_its_logs(capsys, tmp_path, fleet, s
                        change=ChangeParams(requested_by="ana", reason="CHG-5"),
                        registry=RegistryParams(name="once-b", storage=str(reg.root), registry_url=reg.url,
                                                registry_ca="/nonexistent/once-ca.pem"))
-    messages = run_logs([f"once-b-{REPO}-early"], until=ended(1))
+    messages = run_logs([f"patch once-b {REPO}:early"], until=ended(1))
     said = [m for m in messages if "/nonexistent/once-ca.pem" in m]
     assert len(said) == 1 and said[0].startswith(f"patch of {REPO}:early on once-b failed: "), messages
     assert "Finished in state Failed" in messages and not any("Traceback" in m for m in messages), messages
