@@ -9,7 +9,7 @@ from prefect import flow, get_run_logger
 
 from regpatch.fleet.status import drift, render_table, status_rows
 from regpatch.params import RolloutParams, form_terms
-from regpatch_tasks import route_core_logs
+from regpatch_tasks import failure_said_once, route_core_logs
 from regpatch_tasks.maintenance_tasks import publish_status
 from regpatch_tasks.observer import label_run
 
@@ -30,7 +30,7 @@ def fleet_status(
         tag: Optional (with repository).
     """
     route_core_logs()
-    with label_run("fleet-status", []), form_terms(("rollout",)):
+    with label_run("fleet-status", []), form_terms(("rollout",)), failure_said_once("fleet-status"):
         rows = status_rows(rollout.inventory, rollout.only, rollout.state_dir, repository or None, tag or None)
         publish_status(rows)
         get_run_logger().info("\n%s", render_table(rows))

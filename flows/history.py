@@ -7,7 +7,7 @@ from typing import Optional
 from prefect import flow
 
 from regpatch.params import RegistryParams, form_terms
-from regpatch_tasks import route_core_logs
+from regpatch_tasks import failure_said_once, route_core_logs
 from regpatch_tasks.observer import history_markdown, label_run, publish_history, run_name
 from regpatch_tasks.registry_block import chosen
 
@@ -29,7 +29,8 @@ def registry_history(
     route_core_logs()
     registry = chosen(registry)[0]
     name = registry.label()
-    with label_run(run_name("history", name, repository, tag), [f"registry:{name}"]), form_terms():
+    with label_run(run_name("history", name, repository, tag), [f"registry:{name}"]), form_terms(), \
+            failure_said_once(f"history of {name}"):
         target = registry.target()
         publish_history(name, target, repository or None, tag or None)
         return history_markdown(name, target, repository or None, tag or None)

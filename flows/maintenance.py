@@ -11,7 +11,7 @@ from regpatch.errors import RegpatchError
 from regpatch.fleet.inventory import Inventory, refuse_stored_credentials
 from regpatch.fleet.rollout import check_change_for_workers
 from regpatch.params import ChangeParams, MaintenanceParams, RegistryParams, RetentionParams, RolloutParams, form_terms
-from regpatch_tasks import route_core_logs
+from regpatch_tasks import failure_said_once, route_core_logs
 from regpatch_tasks.maintenance_tasks import maintain_here, maintain_remote, publish_maintenance
 from regpatch_tasks.observer import label_run, run_name
 from regpatch_tasks.registry_block import chosen
@@ -47,7 +47,7 @@ def registry_maintenance(
     registry = chosen(registry)[0]
     name = registry.label()
     with label_run(run_name("maintenance", name, dry_run=not apply), [f"registry:{name}"]), \
-            form_terms(("registry", "change", "retention", "maintenance")):
+            form_terms(("registry", "change", "retention", "maintenance")), failure_said_once(f"maintenance of {name}"):
         result = maintain_here(name, registry, retention, maintenance, change, apply)
         publish_maintenance([result], f"Maintenance of {name}{'' if apply else ' (dry run)'}", f"maintenance-{name}",
                             change)
@@ -78,7 +78,7 @@ def maintenance(
     """
     route_core_logs()
     with label_run(run_name("maintenance", dry_run=not apply), []), \
-            form_terms(("rollout", "change", "retention", "maintenance")):
+            form_terms(("rollout", "change", "retention", "maintenance")), failure_said_once("maintenance"):
         entries = read_registries(rollout)
         refuse_stored_credentials(entries)
         check_change_for_workers(change, entries, "maintained through their registry-maintenance deployments")

@@ -21,7 +21,7 @@ from regpatch.sanitize import redact
 from regpatch.shuttle.make import BundleReport
 from regpatch.shuttle.make import make_bundle as core_make_bundle
 from regpatch.shuttle.sources import RegistryOptions
-from regpatch_tasks import route_core_logs
+from regpatch_tasks import failure_said_once, route_core_logs
 from regpatch_tasks.observer import label_run, run_name
 
 
@@ -84,7 +84,7 @@ def make_bundle(
         s3_part_size_mib: For s3:// destinations, the multipart part size in MiB (at least 5).
     """
     route_core_logs()
-    with label_run(bundle_run_name(source, repository, tag), []):
+    with label_run(bundle_run_name(source, repository, tag), []), failure_said_once("make-bundle"):
         s3 = dict(endpoint_url=s3_endpoint_url, region=s3_region, aws_credentials_block=aws_credentials_block,
                   retries=s3_retries, part_size_mib=s3_part_size_mib)
         report = write_bundle(source, out, list(have or []), sign_key, image, platform, repository, tag,

@@ -31,7 +31,7 @@ from regpatch.options import opt
 from regpatch.params import ChangeParams, RepositoryName, RolloutParams, S3Params, TagName, VerifyParams, form_terms
 from regpatch.reference import Repository, Tag
 from regpatch.tables import short_digest
-from regpatch_tasks import debug_logs, route_core_logs
+from regpatch_tasks import debug_logs, failure_said_once, route_core_logs
 from regpatch_tasks.observer import label_run, run_name, s3_options_for
 from regpatch_tasks.rollout_tasks import (
     RegistriesProgress,
@@ -77,7 +77,8 @@ def rollout(
     """
     route_core_logs()
     with label_run(run_name("rollout", None, repository, tag, dry_run), [f"repository:{repository}"]), \
-            debug_logs(debug), form_terms(("rollout", "verify", "s3", "change")):
+            debug_logs(debug), form_terms(("rollout", "verify", "s3", "change")), \
+            failure_said_once(f"rollout of {repository}:{tag}"):
         try:  # the shipped deployment names /etc/regpatch/inventory.yml and /srv/shuttle/drop: checked first
             Repository.parse(repository), Tag.parse(tag)
             entries = read_registries(rollout)

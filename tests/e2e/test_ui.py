@@ -279,6 +279,13 @@ def test_the_scheduled_rollout_takes_the_newest_signed_bundle_of_the_drop_then_r
     page.goto(f"{c.ui_url}/runs/flow-run/{second['id']}", wait_until="networkidle")
     page.get_by_text("Failed").first.wait_for()
     page.get_by_text("already serves").first.wait_for()
+    messages = c.logs_until([second["id"]], lambda m: any(x.startswith("Finished in state Failed") for x in m))
+    messages = c.logs_until([second["id"]], lambda m: any("Engine execution" in x for x in m), timeout=4)
+    said = [m for m in messages if "already serves" in m]  # the refusal, said once by the flow
+    assert len(said) == 1 and said[0].startswith(f"rollout of {REPO}:drop failed: "), messages
+    assert not any("Traceback" in m or "Encountered exception" in m or "Engine execution" in m for m in messages)
+    page.reload(wait_until="networkidle")
+    page.get_by_text("already serves").first.wait_for()
     shot(page, site, "ui-drop-refused.png")
 
 
