@@ -37,7 +37,7 @@ class RegistryBlock(Block, RegistryEntry):
     """A registry of the regpatch fleet: where its storage is, how to reach and restart it,
     the work pool of its host, its wave (group), its verify command and trust keys. Written
     by `regpatch deployments --inventory FILE --apply`; the per-registry deployments
-    (patch-registry/NAME...) run with it. No secret here: credentials stay in the worker's
+    (patch-registry/patch-NAME...) run with it. No secret here: credentials stay in the worker's
     environment or the auth file the block names."""
 
     _block_type_name = BLOCK_TYPE_NAME

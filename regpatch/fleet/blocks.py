@@ -91,7 +91,8 @@ def from_entry(entry: RegistryEntry, verify: VerifyParams, trust: TrustParams, *
     paths are those of another host."""
     if entry.work_pool and run_pool and run_pool != entry.work_pool:
         raise UsageError(f"the registry {entry.name!r} is on work pool {entry.work_pool!r}, this run is on "
-                         f"{run_pool!r}: choose that registry in its own deployment (patch-registry/{entry.name})")
+                         f"{run_pool!r}: run that registry's own deployment (patch-{entry.name}, "
+                         f"rollback-{entry.name}, ...)")
     verify = verify.model_copy(update={"command": entry.verify_command or verify.command})
     if entry.trust_keys:
         trust = TrustParams(trust_keys=list(entry.trust_keys), allow_unsigned=entry.allow_unsigned,
