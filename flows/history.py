@@ -27,10 +27,10 @@ def registry_history(
         tag: Optional. Only this tag (with a repository).
     """
     route_core_logs()
-    registry = chosen(registry)[0]
-    name = registry.label()
+    name = registry.label()  # (a block is a registry too: its name, before it is checked)
     with label_run(run_name("history", name, repository, tag), [f"registry:{name}"]), form_terms(), \
             failure_said_once(f"history of {name}"):
+        registry = chosen(registry)[0]
         target = registry.target()
         publish_history(name, target, repository or None, tag or None)
         return history_markdown(name, target, repository or None, tag or None)

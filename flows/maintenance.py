@@ -44,10 +44,10 @@ def registry_maintenance(
         apply: Unlink, stop, collect, start, prove (default: dry runs of both, nothing written).
     """
     route_core_logs()
-    registry = chosen(registry)[0]
-    name = registry.label()
+    name = registry.label()  # (a block is a registry too: its name, before it is checked)
     with label_run(run_name("maintenance", name, dry_run=not apply), [f"registry:{name}"]), \
             form_terms(("registry", "change", "retention", "maintenance")), failure_said_once(f"maintenance of {name}"):
+        registry = chosen(registry)[0]
         result = maintain_here(name, registry, retention, maintenance, change, apply)
         publish_maintenance([result], f"Maintenance of {name}{'' if apply else ' (dry run)'}", f"maintenance-{name}",
                             change)

@@ -106,7 +106,7 @@ def bundle_run_name(source: str, repository: Optional[str], tag: Optional[str]) 
     source's last part (``docker://host/servercore:ltsc2019``: ``servercore:ltsc2019``)."""
     if repository and tag:
         return run_name("make-bundle", None, repository, tag)
-    return run_name("make-bundle", None, redact(source.rstrip("/").rsplit("/", 1)[-1]) or None)
+    return run_name("make-bundle", None, redact(source).rstrip("/").rsplit("/", 1)[-1] or None)
 
 
 def render_markdown(r: BundleReport) -> str:

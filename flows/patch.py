@@ -66,12 +66,12 @@ def patch_registry(
         debug: Debug logs, and a traceback for every error.
     """
     route_core_logs()
-    registry, verify, trust = chosen(registry, verify, trust)
-    name = registry.label()
+    name = registry.label()  # (a block is a registry too: its name, before it is checked)
     with label_registry_run("patch", name, repository, tag), debug_logs(debug), form_terms(), \
             failure_said_once(f"patch of {repository}:{tag} on {name}"):
         running = RunningSummary(name, "patch", repository, tag)
         try:
+            registry, verify, trust = chosen(registry, verify, trust)
             refuse_inline_credentials(opt.verify_command, verify.command)
             refuse_inline_credentials(opt.restart, registry.restart)
             request = patch_request(bundle=bundle, repository=repository, tag=tag, registry=registry,

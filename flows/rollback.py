@@ -57,13 +57,13 @@ def rollback_registry(
         debug: Debug logs, and a traceback for every error.
     """
     route_core_logs()
-    registry, verify, _ = chosen(registry, verify)
-    name = registry.label()
+    name = registry.label()  # (a block is a registry too: its name, before it is checked)
     with label_registry_run("rollback", name, repository, tag), debug_logs(debug), form_terms(), \
             failure_said_once(f"rollback of {repository}:{tag} on {name}"):
         request = None
         running = RunningSummary(name, "rollback", repository, tag)
         try:
+            registry, verify, _ = chosen(registry, verify)
             refuse_inline_credentials(opt.verify_command, verify.command)
             refuse_inline_credentials(opt.restart, registry.restart)
             request = rollback_request(repository=repository, tag=tag, registry=registry, to=to or None,

@@ -45,7 +45,7 @@ class RegistryBlock(Block, RegistryEntry):
 
     # the title is the schema's definition name: Prefect's schema check lets a {"$ref": ...}
     # stand for a block by that name; the block's own schema keeps Block's extras (its slug)
-    model_config = ConfigDict(extra="forbid", frozen=False, title="RegistryBlock",
+    model_config = ConfigDict(extra="forbid", frozen=False, title="RegistryBlock", hide_input_in_errors=True,
                               json_schema_extra=Block.model_config.get("json_schema_extra"))
 
     @model_validator(mode="after")
@@ -86,9 +86,13 @@ def block_parameter_schema(schema: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _run_pool() -> Optional[str]:
+def _run_pool_and_registry() -> tuple[Optional[str], Optional[str]]:
+    """The run's work pool, and the registry its deployment is for (its ``registry:NAME`` tag)."""
     ctx = FlowRunContext.get()
-    return ctx.flow_run.work_pool_name if ctx and ctx.flow_run else None
+    if not ctx or not ctx.flow_run:
+        return None, None
+    named = [t[len("registry:"):] for t in ctx.flow_run.tags or [] if t.startswith("registry:")]
+    return ctx.flow_run.work_pool_name, named[0] if len(named) == 1 else None
 
 
 def chosen(registry: RegistryParams, verify: Optional[VerifyParams] = None,
@@ -97,7 +101,8 @@ def chosen(registry: RegistryParams, verify: Optional[VerifyParams] = None,
     (``regpatch.fleet.blocks.from_entry``), or the fields as given."""
     verify, trust = verify or VerifyParams(), trust or TrustParams()
     if isinstance(registry, RegistryEntry):
-        return from_entry(registry, verify, trust, run_pool=_run_pool())
+        run_pool, run_registry = _run_pool_and_registry()
+        return from_entry(registry, verify, trust, run_pool=run_pool, run_registry=run_registry)
     return registry, verify, trust
 
 

@@ -44,7 +44,7 @@ def run_deployments(args: argparse.Namespace) -> None:
         return
     entries = inventory.select(fleet.only)
     refuse_stored_credentials(entries)  # deployment parameters and blocks are stored in Prefect's database
-    block_names(entries)  # two registries that would share a block: refused before anything is written
+    block_names(inventory.registries)  # two registries that would share a block: refused before anything is written
     specs = specs_for(inventory, default_pool=args.default_pool, repository=args.repository, only=fleet.only)
     text = render_prefect_yaml(specs, str(fleet.inventory))
     if args.output:

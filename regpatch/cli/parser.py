@@ -149,7 +149,8 @@ def _deployments(sub) -> None:
                        description="For every registry of the inventory, the deployments patch-registry/patch-NAME, "
                                    "rollback-registry/rollback-NAME, registry-history/history-NAME and "
                                    "registry-maintenance/maintenance-NAME on its work pool, with the "
-                                   "registry (storage, config, URL, restart...) stored as their parameters: a run "
+                                   "registry (storage, config, URL, restart...) as their parameter (with --apply: "
+                                   "its regpatch-registry block): a run "
                                    "from the UI needs only the bundle, the repository and the tag. Prints them "
                                    "as a prefect.yaml; --apply creates or updates them on the Prefect API (and "
                                    "deletes those an older regpatch named NAME alone).")

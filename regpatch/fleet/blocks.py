@@ -82,13 +82,19 @@ def select_groups(entries: list[RegistryEntry], groups: list[str]) -> list[Regis
     return chosen
 
 
-def from_entry(entry: RegistryEntry, verify: VerifyParams, trust: TrustParams, *,
-               run_pool: Optional[str] = None) -> tuple[RegistryParams, VerifyParams, TrustParams]:
+def from_entry(entry: RegistryEntry, verify: VerifyParams, trust: TrustParams, *, run_pool: Optional[str] = None,
+               run_registry: Optional[str] = None) -> tuple[RegistryParams, VerifyParams, TrustParams]:
     """What a per-registry run uses when its registry is a block (an inventory entry): the
     entry's own verify command wins over the form's (as in a rollout), and its trust keys,
     when it has any, over the form's (the form's allow_downgrade is kept). A run on another
     work pool than the block's (another registry's block chosen in a form) is refused: its
-    paths are those of another host."""
+    paths are those of another host; so is a run of a deployment made for another registry
+    (``run_registry``, its ``registry:NAME`` tag), whatever the pools: it would patch a
+    registry its deployment does not name."""
+    if run_registry and run_registry != entry.name:
+        raise UsageError(f"this deployment is for the registry {run_registry!r}, the block chosen is for "
+                         f"{entry.name!r}: run a deployment of {entry.name!r} (patch-{entry.name}, "
+                         f"rollback-{entry.name}, ...)")
     if entry.work_pool and run_pool and run_pool != entry.work_pool:
         raise UsageError(f"the registry {entry.name!r} is on work pool {entry.work_pool!r}, this run is on "
                          f"{run_pool!r}: run that registry's own deployment (patch-{entry.name}, "

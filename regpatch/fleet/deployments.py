@@ -9,16 +9,17 @@ pool (the host that owns its disk; ``default_pool`` for entries without one):
     registry-history/history-<name>          the registry's tag changes as an artifact
     registry-maintenance/maintenance-<name>  prune and the registry's garbage collection (the maintenance flow's)
 
-Deployments written before under the registry's bare name (``patch-registry/patch-<name>``)
+Deployments written before under the registry's bare name (``patch-registry/<name>``)
 are replaced by ``regpatch deployments --apply`` (``old_name``).
 
-Their parameters hold the registry as the inventory describes it (``registry``:
-name, storage, config.yml, URL, restart, auth file, CA, insecure), so a run from
-the UI never asks where the registry is. ``render_prefect_yaml`` writes them as a
-prefect.yaml for ``prefect deploy --all``; ``regpatch_flows.deploy.apply`` creates or
-updates them on the API directly (``regpatch deployments --apply``), each registry then
-a ``regpatch-registry`` block that its deployments name instead
-(``regpatch.fleet.blocks.with_block``): the run form shows the block chosen.
+Their ``registry`` parameter is the registry as the inventory describes it (name,
+storage, config.yml, URL, restart, auth file, CA, insecure; with ``--apply`` its
+``regpatch-registry`` block), so a run from the UI never asks where the registry is.
+``render_prefect_yaml`` writes them as a prefect.yaml for ``prefect deploy --all``;
+``regpatch_flows.deploy.apply`` creates or updates them on the API directly
+(``regpatch deployments --apply``), each registry then a ``regpatch-registry`` block
+that its deployments name instead (``regpatch.fleet.blocks.with_block``): the run form
+shows the block chosen.
 """
 
 from __future__ import annotations

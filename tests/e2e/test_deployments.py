@@ -203,7 +203,11 @@ def test_regpatch_deployments_know_their_registry(cluster):
     fr = run_deployment(c, "rollback-registry/rollback-site-a", {"tag": TAG, "registry": {
         "$ref": {"block_document_id": blocks["site-b"]["id"]}}})
     assert fr["state_type"] == "FAILED"
-    assert "'site-b' is on work pool 'pool-b', this run is on 'pool-a'" in fr["state"]["message"], fr["state"]
+    assert "this deployment is for the registry 'site-a', the block chosen is for 'site-b'" \
+        in fr["state"]["message"], fr["state"]
+    said = [m for m in c.logs_until([fr["id"]], lambda m: any("Finished in state Failed" in x for x in m))
+            if "the block chosen is for" in m]
+    assert len(said) == 1 and said[0].startswith(f"rollback of {REPO}:{TAG} on site-b failed: "), said
 
 
 def test_ui_run_needs_only_bundle_and_tag_then_rollback_from_the_ui(cluster):

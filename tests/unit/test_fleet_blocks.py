@@ -75,6 +75,17 @@ def test_another_pools_block_is_refused():
         from_entry(pooled, VerifyParams(), TrustParams(), run_pool="pool-b")
 
 
+def test_a_block_of_another_registry_is_refused_whatever_the_pools():
+    """A registry without a work pool has its deployments on the default pool, and its block
+    says no pool: the deployment's own registry (its registry:NAME tag) decides."""
+    unpooled = entry()
+    from_entry(unpooled, VerifyParams(), TrustParams(), run_pool="regpatch", run_registry="site-a")
+    from_entry(unpooled, VerifyParams(), TrustParams(), run_pool=None, run_registry=None)  # the command line
+    with pytest.raises(UsageError, match="this deployment is for the registry 'site-b', the block chosen is for "
+                                         "'site-a': run a deployment of 'site-a'"):
+        from_entry(unpooled, VerifyParams(), TrustParams(), run_pool="regpatch", run_registry="site-b")
+
+
 @pytest.mark.parametrize("field", ["storage", "registry_auth_file", "registry_ca", "state_dir", "group",
                                    "work_pool", "trust_keys"])
 def test_every_text_of_an_entry_refuses_an_inline_credential(field):
