@@ -24,6 +24,7 @@ import contextvars
 import logging
 import os
 import threading
+import traceback
 from typing import Iterator
 
 from regpatch.errors import Interrupted, RegpatchError
@@ -143,8 +144,11 @@ def say_failure(error: BaseException, what: str) -> None:
         return  # a cancellation or a crash (BaseException) is Prefect's to report
     verb = "stopped" if isinstance(error, Interrupted) else "failed"
     text = str(error) if isinstance(error, RegpatchError) else f"{type(error).__name__}: {redact(str(error))}"
-    expected = isinstance(error, RegpatchError) and not debugging()
-    said_log.error("%s %s: %s", what, verb, text, exc_info=None if expected else error)
+    if isinstance(error, RegpatchError) and not debugging():
+        said_log.error("%s %s: %s", what, verb, text)
+    else:  # the traceback, through the one detector too: its last line repeats the message
+        trace = redact("".join(traceback.format_exception(error)).rstrip())
+        said_log.error("%s %s: %s\n%s", what, verb, text, trace)
     ONE_TRACEBACK.said(error)
 
 
